@@ -1,0 +1,23 @@
+//! Viberglass domain: identifiers, states and the rules that govern them.
+//!
+//! This crate does no I/O and knows nothing of HTTP or SQL. Everything that
+//! enters the system from outside is parsed into one of these types at the
+//! boundary ("parse, don't validate"), so code further in can trust it.
+#![forbid(unsafe_code)]
+
+pub mod ids;
+pub mod page;
+pub mod project;
+pub mod scm;
+pub mod states;
+pub mod ticket;
+pub mod validation;
+
+pub use ids::{ClankerId, JobId, ProjectId, TicketId, UserId};
+pub use page::{Cursor, Page, PageRequest};
+pub use project::{NewProject, Project, ProjectInput, ProjectPatch, ProjectSlug};
+pub use states::{Phase, Severity, TicketStatus};
+pub use ticket::{
+    ArchivedFilter, NewTicket, Ticket, TicketFilter, TicketInput, TicketPatch, TicketSource,
+};
+pub use validation::{FieldError, ValidationErrors};

@@ -1,0 +1,376 @@
+//! Projects: one repository and its settings.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::ProjectId;
+use crate::scm::{
+    DEFAULT_BRANCH_TEMPLATE, parse_branch_name, parse_branch_template, parse_repository_url,
+};
+use crate::validation::{ValidationErrors, bounded_text, nullable};
+
+pub const DEFAULT_MAX_EXECUTION_SECS: u32 = 45 * 60;
+pub const DEFAULT_MAX_CONCURRENT_JOBS: u32 = 2;
+const MAX_EXECUTION_RANGE: std::ops::RangeInclusive<u32> = 60..=24 * 60 * 60;
+const CONCURRENCY_RANGE: std::ops::RangeInclusive<u32> = 1..=100;
+
+/// A project's short, URL-safe name: lowercase letters, digits and dashes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ProjectSlug(String);
+
+impl ProjectSlug {
+    pub fn parse(value: &str) -> Result<Self, String> {
+        let slug = value.trim();
+        if slug.is_empty() || slug.len() > 63 {
+            return Err("must be 1 to 63 characters".into());
+        }
+        if !slug
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            || slug.starts_with('-')
+            || slug.ends_with('-')
+        {
+            return Err(format!(
+                "`{slug}` is not a valid slug: use lowercase letters, digits and single dashes, e.g. `web-app`"
+            ));
+        }
+        if slug.len() == 36 && slug.chars().filter(|c| *c == '-').count() == 4 {
+            return Err("must not look like an id".into());
+        }
+        Ok(Self(slug.to_owned()))
+    }
+
+    /// Derives a slug from a display name: "Web App (v2)" becomes `web-app-v2`.
+    pub fn from_name(name: &str) -> Result<Self, String> {
+        let mut slug = String::new();
+        for c in name.chars().flat_map(char::to_lowercase) {
+            if c.is_ascii_alphanumeric() {
+                slug.push(c);
+            } else if !slug.ends_with('-') && !slug.is_empty() {
+                slug.push('-');
+            }
+        }
+        let slug: String = slug.trim_end_matches('-').chars().take(63).collect();
+        Self::parse(slug.trim_end_matches('-'))
+            .map_err(|_| "cannot be derived from the name: give a `slug` of lowercase letters, digits and dashes".into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl utoipa::PartialSchema for ProjectSlug {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some("^[a-z0-9]+(-[a-z0-9]+)*$"))
+            .into()
+    }
+}
+impl utoipa::ToSchema for ProjectSlug {}
+
+/// A project as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct Project {
+    pub id: ProjectId,
+    pub name: String,
+    pub slug: ProjectSlug,
+    pub description: String,
+    /// The clone URL of the repository the agents work on.
+    pub repository_url: Option<String>,
+    /// The branch work starts from.
+    pub base_branch: String,
+    /// Where pull requests go, when not to `repository_url` (e.g. a fork flow).
+    pub pr_repository_url: Option<String>,
+    /// The branch pull requests target, when not `base_branch`.
+    pub pr_base_branch: Option<String>,
+    /// The template for work branches, e.g. `viberglass/{{ ticket }}`.
+    pub branch_name_template: String,
+    /// How long one run may take before it is stopped, in seconds.
+    pub max_execution_secs: u32,
+    /// How many runs of this project may be active at once.
+    pub max_concurrent_jobs: u32,
+    /// Extra instructions every agent in this project receives (its AGENTS.md).
+    pub agent_instructions: String,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub archived_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+/// The fields of a project as a client sends them, to create or to change one.
+/// On create, `name` is required; on change, only the fields present are changed
+/// and `null` clears an optional field.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectInput {
+    pub name: Option<String>,
+    pub slug: Option<String>,
+    pub description: Option<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    pub repository_url: Option<Option<String>>,
+    pub base_branch: Option<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    pub pr_repository_url: Option<Option<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    pub pr_base_branch: Option<Option<String>>,
+    pub branch_name_template: Option<String>,
+    pub max_execution_secs: Option<u32>,
+    pub max_concurrent_jobs: Option<u32>,
+    pub agent_instructions: Option<String>,
+}
+
+/// A validated change to a project: `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProjectPatch {
+    pub name: Option<String>,
+    pub slug: Option<ProjectSlug>,
+    pub description: Option<String>,
+    pub repository_url: Option<Option<String>>,
+    pub base_branch: Option<String>,
+    pub pr_repository_url: Option<Option<String>>,
+    pub pr_base_branch: Option<Option<String>>,
+    pub branch_name_template: Option<String>,
+    pub max_execution_secs: Option<u32>,
+    pub max_concurrent_jobs: Option<u32>,
+    pub agent_instructions: Option<String>,
+}
+
+/// A validated new project.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewProject(pub ProjectPatch);
+
+fn optional(
+    errors: &mut ValidationErrors,
+    field: &str,
+    value: Option<Option<String>>,
+    parse: fn(&str) -> Result<String, String>,
+) -> Option<Option<String>> {
+    match value {
+        None => None,
+        Some(None) => Some(None),
+        Some(Some(text)) if text.trim().is_empty() => Some(None),
+        Some(Some(text)) => errors.check(field, parse(&text)).map(Some),
+    }
+}
+
+impl ProjectPatch {
+    pub fn parse(input: ProjectInput) -> Result<Self, ValidationErrors> {
+        let mut e = ValidationErrors::new();
+        let patch = ProjectPatch {
+            name: input
+                .name
+                .and_then(|v| e.check("name", bounded_text(&v, "name", 1, 100))),
+            slug: input
+                .slug
+                .and_then(|v| e.check("slug", ProjectSlug::parse(&v))),
+            description: input
+                .description
+                .and_then(|v| e.check("description", bounded_text(&v, "description", 0, 10_000))),
+            repository_url: optional(
+                &mut e,
+                "repository_url",
+                input.repository_url,
+                parse_repository_url,
+            ),
+            base_branch: input
+                .base_branch
+                .and_then(|v| e.check("base_branch", parse_branch_name(&v))),
+            pr_repository_url: optional(
+                &mut e,
+                "pr_repository_url",
+                input.pr_repository_url,
+                parse_repository_url,
+            ),
+            pr_base_branch: optional(
+                &mut e,
+                "pr_base_branch",
+                input.pr_base_branch,
+                parse_branch_name,
+            ),
+            branch_name_template: input
+                .branch_name_template
+                .and_then(|v| e.check("branch_name_template", parse_branch_template(&v))),
+            max_execution_secs: input.max_execution_secs.and_then(|v| {
+                e.check(
+                    "max_execution_secs",
+                    if MAX_EXECUTION_RANGE.contains(&v) {
+                        Ok(v)
+                    } else {
+                        Err(format!("must be between 60 and 86400 seconds (got {v})"))
+                    },
+                )
+            }),
+            max_concurrent_jobs: input.max_concurrent_jobs.and_then(|v| {
+                e.check(
+                    "max_concurrent_jobs",
+                    if CONCURRENCY_RANGE.contains(&v) {
+                        Ok(v)
+                    } else {
+                        Err(format!("must be between 1 and 100 (got {v})"))
+                    },
+                )
+            }),
+            agent_instructions: input.agent_instructions.and_then(|v| {
+                e.check(
+                    "agent_instructions",
+                    bounded_text(&v, "agent_instructions", 0, 100_000),
+                )
+            }),
+        };
+        e.into_result(patch)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == ProjectPatch::default()
+    }
+
+    /// Applies this change to a project.
+    pub fn apply(self, project: &mut Project) {
+        let ProjectPatch {
+            name,
+            slug,
+            description,
+            repository_url,
+            base_branch,
+            pr_repository_url,
+            pr_base_branch,
+            branch_name_template,
+            max_execution_secs,
+            max_concurrent_jobs,
+            agent_instructions,
+        } = self;
+        macro_rules! set {
+            ($($field:ident),*) => { $(if let Some(v) = $field { project.$field = v; })* };
+        }
+        set!(
+            name,
+            slug,
+            description,
+            repository_url,
+            base_branch,
+            pr_repository_url,
+            pr_base_branch,
+            branch_name_template,
+            max_execution_secs,
+            max_concurrent_jobs,
+            agent_instructions
+        );
+    }
+}
+
+impl NewProject {
+    pub fn parse(input: ProjectInput) -> Result<Self, ValidationErrors> {
+        let name_missing = input.name.is_none();
+        let mut patch = match ProjectPatch::parse(input) {
+            Ok(patch) => patch,
+            Err(mut errors) => {
+                if name_missing {
+                    errors.add("name", "is required: give the project a name");
+                }
+                return Err(errors);
+            }
+        };
+        let Some(name) = patch.name.clone() else {
+            return Err(ValidationErrors::single(
+                "name",
+                "is required: give the project a name",
+            ));
+        };
+        if patch.slug.is_none() {
+            patch.slug = Some(
+                ProjectSlug::from_name(&name)
+                    .map_err(|msg| ValidationErrors::single("slug", msg))?,
+            );
+        }
+        Ok(NewProject(patch))
+    }
+
+    /// The project this creates, with defaults for every field not given.
+    pub fn into_project(self, now: OffsetDateTime) -> Project {
+        let mut project = Project {
+            id: ProjectId::new(),
+            name: String::new(),
+            slug: ProjectSlug(String::new()),
+            description: String::new(),
+            repository_url: None,
+            base_branch: "main".into(),
+            pr_repository_url: None,
+            pr_base_branch: None,
+            branch_name_template: DEFAULT_BRANCH_TEMPLATE.into(),
+            max_execution_secs: DEFAULT_MAX_EXECUTION_SECS,
+            max_concurrent_jobs: DEFAULT_MAX_CONCURRENT_JOBS,
+            agent_instructions: String::new(),
+            archived_at: None,
+            created_at: now,
+            updated_at: now,
+        };
+        self.0.apply(&mut project);
+        project
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(json: &str) -> ProjectInput {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn a_new_project_gets_a_slug_and_defaults() {
+        let project = NewProject::parse(input(r#"{"name":"Web App (v2)"}"#))
+            .unwrap()
+            .into_project(OffsetDateTime::now_utc());
+        assert_eq!(project.slug.as_str(), "web-app-v2");
+        assert_eq!(project.base_branch, "main");
+        assert_eq!(project.branch_name_template, DEFAULT_BRANCH_TEMPLATE);
+        assert_eq!(project.max_execution_secs, 2700);
+    }
+
+    #[test]
+    fn a_new_project_without_a_name_names_the_field() {
+        let err = NewProject::parse(input("{}")).unwrap_err();
+        assert_eq!(err.fields[0].field, "name");
+    }
+
+    #[test]
+    fn every_invalid_field_is_reported_at_once() {
+        let err = NewProject::parse(input(
+            r#"{"name":"","base_branch":"a b","max_execution_secs":5,"repository_url":"nope"}"#,
+        ))
+        .unwrap_err();
+        let fields: Vec<_> = err.fields.iter().map(|f| f.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "name",
+                "repository_url",
+                "base_branch",
+                "max_execution_secs"
+            ]
+        );
+    }
+
+    #[test]
+    fn null_clears_an_optional_field_and_absence_keeps_it() {
+        let patch = ProjectPatch::parse(input(r#"{"pr_base_branch":null}"#)).unwrap();
+        assert_eq!(patch.pr_base_branch, Some(None));
+        assert_eq!(patch.repository_url, None);
+    }
+
+    #[test]
+    fn slugs_that_look_like_ids_are_refused() {
+        assert!(ProjectSlug::parse("01920000-0000-7000-8000-000000000000").is_err());
+        assert!(ProjectSlug::parse("Web").is_err());
+        assert!(ProjectSlug::from_name("!!!").is_err());
+    }
+}

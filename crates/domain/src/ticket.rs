@@ -1,0 +1,356 @@
+//! Tickets: requested changes that move through research, planning and execution.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::states::UnknownValue;
+use crate::validation::{ValidationErrors, bounded_text, nullable};
+use crate::{Phase, ProjectId, Severity, TicketId, TicketStatus, UserId};
+
+/// Where a ticket was filed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TicketSource {
+    Ui,
+    Api,
+    Github,
+    Gitlab,
+    Jira,
+    Shortcut,
+    Slack,
+    Webhook,
+}
+
+impl TicketSource {
+    pub const NAMES: &'static [&'static str] = &[
+        "ui", "api", "github", "gitlab", "jira", "shortcut", "slack", "webhook",
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TicketSource::Ui => "ui",
+            TicketSource::Api => "api",
+            TicketSource::Github => "github",
+            TicketSource::Gitlab => "gitlab",
+            TicketSource::Jira => "jira",
+            TicketSource::Shortcut => "shortcut",
+            TicketSource::Slack => "slack",
+            TicketSource::Webhook => "webhook",
+        }
+    }
+}
+
+impl std::str::FromStr for TicketSource {
+    type Err = UnknownValue;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "ui" => TicketSource::Ui,
+            "api" => TicketSource::Api,
+            "github" => TicketSource::Github,
+            "gitlab" => TicketSource::Gitlab,
+            "jira" => TicketSource::Jira,
+            "shortcut" => TicketSource::Shortcut,
+            "slack" => TicketSource::Slack,
+            "webhook" => TicketSource::Webhook,
+            other => {
+                return Err(UnknownValue {
+                    what: "ticket source",
+                    value: other.chars().take(64).collect(),
+                    allowed: Self::NAMES,
+                });
+            }
+        })
+    }
+}
+
+/// A ticket as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct Ticket {
+    pub id: TicketId,
+    pub project_id: ProjectId,
+    pub title: String,
+    pub description: String,
+    pub severity: Severity,
+    pub phase: Phase,
+    pub status: TicketStatus,
+    pub source: TicketSource,
+    /// The ticket's id in the system it came from (e.g. a GitHub issue number).
+    pub external_id: Option<String>,
+    pub external_url: Option<String>,
+    pub pull_request_url: Option<String>,
+    /// Why the approval gate was skipped for this ticket, when it was.
+    pub workflow_override_reason: Option<String>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub workflow_overridden_at: Option<OffsetDateTime>,
+    pub workflow_overridden_by: Option<UserId>,
+    pub created_by: Option<UserId>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub archived_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+/// The fields of a ticket as a client sends them. On create `title` is
+/// required; on change only the fields present are changed.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TicketInput {
+    pub title: Option<String>,
+    pub description: Option<String>,
+    pub severity: Option<String>,
+    /// Only on create: where the ticket comes from (default `api`).
+    pub source: Option<String>,
+    /// Only on create: the ticket's id in its source system.
+    pub external_id: Option<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    pub external_url: Option<Option<String>>,
+}
+
+/// A validated change to a ticket's own fields. Phase and status change only
+/// through the workflow, never by a plain edit.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TicketPatch {
+    pub title: Option<String>,
+    pub description: Option<String>,
+    pub severity: Option<Severity>,
+    pub external_url: Option<Option<String>>,
+}
+
+/// A validated new ticket.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewTicket {
+    pub title: String,
+    pub description: String,
+    pub severity: Severity,
+    pub source: TicketSource,
+    pub external_id: Option<String>,
+    pub external_url: Option<String>,
+}
+
+fn parse_external_url(value: &str) -> Result<String, String> {
+    let url = value.trim();
+    if !(url.starts_with("https://") || url.starts_with("http://"))
+        || url.len() > 2048
+        || url.contains(char::is_whitespace)
+    {
+        return Err("must be an http(s) URL".into());
+    }
+    Ok(url.to_owned())
+}
+
+impl TicketPatch {
+    pub fn parse(input: TicketInput) -> Result<Self, ValidationErrors> {
+        let mut e = ValidationErrors::new();
+        if input.source.is_some() {
+            e.add("source", "cannot be changed after the ticket is filed");
+        }
+        if input.external_id.is_some() {
+            e.add("external_id", "cannot be changed after the ticket is filed");
+        }
+        let patch = TicketPatch {
+            title: input
+                .title
+                .and_then(|v| e.check("title", bounded_text(&v, "title", 1, 500))),
+            description: input
+                .description
+                .and_then(|v| e.check("description", bounded_text(&v, "description", 0, 100_000))),
+            severity: input
+                .severity
+                .and_then(|v| e.check("severity", v.parse::<Severity>())),
+            external_url: match input.external_url {
+                None => None,
+                Some(None) => Some(None),
+                Some(Some(v)) => e.check("external_url", parse_external_url(&v)).map(Some),
+            },
+        };
+        e.into_result(patch)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == TicketPatch::default()
+    }
+
+    pub fn apply(self, ticket: &mut Ticket) {
+        if let Some(title) = self.title {
+            ticket.title = title;
+        }
+        if let Some(description) = self.description {
+            ticket.description = description;
+        }
+        if let Some(severity) = self.severity {
+            ticket.severity = severity;
+        }
+        if let Some(url) = self.external_url {
+            ticket.external_url = url;
+        }
+    }
+}
+
+impl NewTicket {
+    pub fn parse(input: TicketInput) -> Result<Self, ValidationErrors> {
+        let mut e = ValidationErrors::new();
+        let title = match &input.title {
+            None => {
+                e.add("title", "is required: say in one line what should change");
+                None
+            }
+            Some(v) => e.check("title", bounded_text(v, "title", 1, 500)),
+        };
+        let description = input
+            .description
+            .as_deref()
+            .map_or(Some(String::new()), |v| {
+                e.check("description", bounded_text(v, "description", 0, 100_000))
+            });
+        let severity = input
+            .severity
+            .as_deref()
+            .map_or(Some(Severity::Medium), |v| e.check("severity", v.parse()));
+        let source = input
+            .source
+            .as_deref()
+            .map_or(Some(TicketSource::Api), |v| e.check("source", v.parse()));
+        let external_id = match input.external_id.as_deref() {
+            None => Some(None),
+            Some(v) => e
+                .check("external_id", bounded_text(v, "external_id", 1, 200))
+                .map(Some),
+        };
+        let external_url = match input.external_url.flatten() {
+            None => Some(None),
+            Some(v) => e.check("external_url", parse_external_url(&v)).map(Some),
+        };
+        match (
+            title,
+            description,
+            severity,
+            source,
+            external_id,
+            external_url,
+        ) {
+            (
+                Some(title),
+                Some(description),
+                Some(severity),
+                Some(source),
+                Some(external_id),
+                Some(external_url),
+            ) if e.is_empty() => Ok(NewTicket {
+                title,
+                description,
+                severity,
+                source,
+                external_id,
+                external_url,
+            }),
+            _ => Err(e),
+        }
+    }
+
+    /// The ticket this creates: new tickets start in research, open.
+    pub fn into_ticket(
+        self,
+        project_id: ProjectId,
+        created_by: Option<UserId>,
+        now: OffsetDateTime,
+    ) -> Ticket {
+        Ticket {
+            id: TicketId::new(),
+            project_id,
+            title: self.title,
+            description: self.description,
+            severity: self.severity,
+            phase: Phase::Research,
+            status: TicketStatus::Open,
+            source: self.source,
+            external_id: self.external_id,
+            external_url: self.external_url,
+            pull_request_url: None,
+            workflow_override_reason: None,
+            workflow_overridden_at: None,
+            workflow_overridden_by: None,
+            created_by,
+            archived_at: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+}
+
+/// Whether a list includes archived tickets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ArchivedFilter {
+    /// Only tickets that are not archived (the default).
+    #[default]
+    Exclude,
+    /// Archived and not archived alike.
+    Include,
+    /// Only archived tickets.
+    Only,
+}
+
+/// Which tickets a list returns.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TicketFilter {
+    pub project_id: Option<ProjectId>,
+    pub phase: Option<Phase>,
+    pub status: Option<TicketStatus>,
+    pub severity: Option<Severity>,
+    pub archived: ArchivedFilter,
+    /// Matches title and description, case-insensitively.
+    pub search: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(json: &str) -> TicketInput {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn an_empty_title_is_refused_naming_title() {
+        let err = NewTicket::parse(input(r#"{"title":"  "}"#)).unwrap_err();
+        assert_eq!(err.fields.len(), 1);
+        assert_eq!(err.fields[0].field, "title");
+        assert_eq!(err.fields[0].message, "title must not be empty");
+    }
+
+    #[test]
+    fn a_new_ticket_defaults_to_medium_from_the_api_in_research() {
+        let ticket = NewTicket::parse(input(r#"{"title":"Fix login"}"#))
+            .unwrap()
+            .into_ticket(ProjectId::new(), None, OffsetDateTime::now_utc());
+        assert_eq!(
+            (ticket.severity, ticket.source, ticket.phase, ticket.status),
+            (
+                Severity::Medium,
+                TicketSource::Api,
+                Phase::Research,
+                TicketStatus::Open
+            )
+        );
+    }
+
+    #[test]
+    fn unknown_severity_lists_the_valid_ones() {
+        let err = NewTicket::parse(input(r#"{"title":"x","severity":"urgent"}"#)).unwrap_err();
+        assert_eq!(err.fields[0].field, "severity");
+        assert!(
+            err.fields[0]
+                .message
+                .contains("low, medium, high, critical")
+        );
+    }
+
+    #[test]
+    fn the_source_cannot_be_edited() {
+        let err = TicketPatch::parse(input(r#"{"source":"ui"}"#)).unwrap_err();
+        assert_eq!(err.fields[0].field, "source");
+    }
+}

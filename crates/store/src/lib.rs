@@ -1,0 +1,212 @@
+//! Viberglass persistence: one store API over SQLite (the embedded default)
+//! and PostgreSQL (production).
+//!
+//! Every query is written once, in SQL both engines accept (`$n`
+//! placeholders, `RETURNING`, `ON CONFLICT`), and runs against whichever pool
+//! the store holds. The [`on_pool!`] macro instantiates a query body once per
+//! backend, so each is type-checked against its driver; dialect-only SQL is
+//! kept as two named constants. No other crate sees SQL.
+#![forbid(unsafe_code)]
+
+mod dbtime;
+mod error;
+pub mod migrate;
+mod projects;
+mod rows;
+mod tickets;
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgPool, SqlitePool};
+
+pub use dbtime::now;
+pub use error::{ConnectError, StoreError};
+pub use migrate::{MigrateError, SchemaStatus};
+pub use projects::ProjectFilter;
+
+/// Which database to open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseTarget {
+    /// An SQLite file, created if missing, opened in WAL mode.
+    Sqlite { path: PathBuf },
+    /// A PostgreSQL server, as a `postgres://` URL.
+    Postgres { url: String },
+}
+
+impl DatabaseTarget {
+    pub fn backend(&self) -> Backend {
+        match self {
+            DatabaseTarget::Sqlite { .. } => Backend::Sqlite,
+            DatabaseTarget::Postgres { .. } => Backend::Postgres,
+        }
+    }
+
+    /// Where the database is, for messages: the file path, or `host:port/db`.
+    /// Never includes a password.
+    pub fn describe(&self) -> String {
+        match self {
+            DatabaseTarget::Sqlite { path } => path.display().to_string(),
+            DatabaseTarget::Postgres { url } => match PgConnectOptions::from_str(url) {
+                Ok(opts) => format!(
+                    "{}:{}/{}",
+                    opts.get_host(),
+                    opts.get_port(),
+                    opts.get_database().unwrap_or(opts.get_username())
+                ),
+                Err(_) => "an unparseable PostgreSQL URL".to_owned(),
+            },
+        }
+    }
+
+    /// The `host:port` of a PostgreSQL target, for connection errors.
+    pub fn host_port(&self) -> Option<String> {
+        match self {
+            DatabaseTarget::Sqlite { .. } => None,
+            DatabaseTarget::Postgres { url } => PgConnectOptions::from_str(url)
+                .ok()
+                .map(|o| format!("{}:{}", o.get_host(), o.get_port())),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+/// How many connections to keep; SQLite serialises writers anyway.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolSettings {
+    pub max_connections: u32,
+    pub acquire_timeout: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        Self {
+            max_connections: 10,
+            acquire_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// The store: a handle to the database, cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pub(crate) pool: Pool,
+    target: DatabaseTarget,
+}
+
+/// Runs `$body` with `$pool` bound to the concrete pool of either backend.
+/// The body is compiled once per backend.
+macro_rules! on_pool {
+    ($store:expr, |$pool:ident| $body:expr) => {
+        match &$store.pool {
+            $crate::Pool::Sqlite($pool) => $body,
+            $crate::Pool::Postgres($pool) => $body,
+        }
+    };
+}
+pub(crate) use on_pool;
+
+impl Store {
+    /// Opens the database. Makes exactly one connection attempt: callers
+    /// decide whether and how to retry.
+    pub async fn connect(
+        target: &DatabaseTarget,
+        settings: PoolSettings,
+    ) -> Result<Store, ConnectError> {
+        let pool = match target {
+            DatabaseTarget::Sqlite { path } => {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir).map_err(|source| ConnectError::DataDir {
+                        path: dir.to_owned(),
+                        source,
+                    })?;
+                }
+                let options = SqliteConnectOptions::new()
+                    .filename(path)
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+                    .busy_timeout(Duration::from_secs(10))
+                    .foreign_keys(true);
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(settings.max_connections.max(1))
+                    .acquire_timeout(settings.acquire_timeout)
+                    .connect_with(options)
+                    .await
+                    .map_err(|source| ConnectError::classify(target, source))?;
+                Pool::Sqlite(pool)
+            }
+            DatabaseTarget::Postgres { url } => {
+                let options =
+                    PgConnectOptions::from_str(url).map_err(|source| ConnectError::InvalidUrl {
+                        reason: source.to_string(),
+                    })?;
+                let options = options.application_name("viberglass");
+                let pool = PgPoolOptions::new()
+                    .max_connections(settings.max_connections.max(1))
+                    .acquire_timeout(settings.acquire_timeout)
+                    .connect_with(options)
+                    .await
+                    .map_err(|source| ConnectError::classify(target, source))?;
+                Pool::Postgres(pool)
+            }
+        };
+        Ok(Store {
+            pool,
+            target: target.clone(),
+        })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.target.backend()
+    }
+
+    pub fn target(&self) -> &DatabaseTarget {
+        &self.target
+    }
+
+    /// Checks that the database answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        on_pool!(self, |pool| sqlx::query("SELECT 1")
+            .execute(pool)
+            .await
+            .map(|_| ()))?;
+        Ok(())
+    }
+
+    /// Closes every connection; used at shutdown.
+    pub async fn close(&self) {
+        on_pool!(self, |pool| pool.close().await)
+    }
+
+    /// The SQLite file this store uses, if it is SQLite.
+    pub fn sqlite_path(&self) -> Option<&Path> {
+        match &self.target {
+            DatabaseTarget::Sqlite { path } => Some(path),
+            DatabaseTarget::Postgres { .. } => None,
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! Tickets.
+
+use viberglass_domain::{
+    NewTicket, Page, PageRequest, ProjectId, Ticket, TicketFilter, TicketId, TicketPatch, UserId,
+};
+
+use crate::dbtime::DbTime;
+use crate::projects::archived_param;
+use crate::rows::{RowExt, contains_pattern, parse_stored};
+use crate::{Store, StoreError, on_pool};
+
+const TABLE: &str = "tickets";
+const ENTITY: &str = "ticket";
+
+macro_rules! select {
+    ($($rest:literal),*) => {
+        concat!(
+            "SELECT id, project_id, title, description, severity, phase, status, source, external_id, external_url, \
+             pull_request_url, workflow_override_reason, workflow_overridden_at, workflow_overridden_by, created_by, \
+             archived_at, created_at, updated_at FROM tickets ",
+            $($rest),*
+        )
+    };
+}
+
+const INSERT: &str = "INSERT INTO tickets (id, project_id, title, description, severity, phase, status, source, \
+     external_id, external_url, pull_request_url, workflow_override_reason, workflow_overridden_at, \
+     workflow_overridden_by, created_by, archived_at, created_at, updated_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)";
+
+/// Writes a ticket's editable fields, guarded by the `updated_at` it was read with.
+const UPDATE: &str = "UPDATE tickets SET title = $2, description = $3, severity = $4, external_url = $5, \
+     archived_at = $6, updated_at = $7 WHERE id = $1 AND updated_at = $8";
+
+const SELECT_BY_ID: &str = select!("WHERE id = $1");
+const SELECT_PAGE: &str = select!(
+    "WHERE ($1 IS NULL OR id < $1) ",
+    "AND ($2 = 'include' OR ($2 = 'exclude' AND archived_at IS NULL) OR ($2 = 'only' AND archived_at IS NOT NULL)) ",
+    "AND ($3 IS NULL OR project_id = $3) ",
+    "AND ($4 IS NULL OR phase = $4) ",
+    "AND ($5 IS NULL OR status = $5) ",
+    "AND ($6 IS NULL OR severity = $6) ",
+    "AND ($7 IS NULL OR lower(title) LIKE $7 ESCAPE '\\' OR lower(description) LIKE $7 ESCAPE '\\') ",
+    "ORDER BY id DESC LIMIT $8"
+);
+
+fn from_row(r: &impl RowExt) -> Result<Ticket, StoreError> {
+    Ok(Ticket {
+        id: TicketId::from_uuid(r.uuid("id")?),
+        project_id: ProjectId::from_uuid(r.uuid("project_id")?),
+        title: r.text("title")?,
+        description: r.text("description")?,
+        severity: parse_stored(ENTITY, r.text("severity")?)?,
+        phase: parse_stored(ENTITY, r.text("phase")?)?,
+        status: parse_stored(ENTITY, r.text("status")?)?,
+        source: parse_stored(ENTITY, r.text("source")?)?,
+        external_id: r.opt_text("external_id")?,
+        external_url: r.opt_text("external_url")?,
+        pull_request_url: r.opt_text("pull_request_url")?,
+        workflow_override_reason: r.opt_text("workflow_override_reason")?,
+        workflow_overridden_at: r.opt_time("workflow_overridden_at")?,
+        workflow_overridden_by: r.opt_uuid("workflow_overridden_by")?.map(UserId::from_uuid),
+        created_by: r.opt_uuid("created_by")?.map(UserId::from_uuid),
+        archived_at: r.opt_time("archived_at")?,
+        created_at: r.time("created_at")?,
+        updated_at: r.time("updated_at")?,
+    })
+}
+
+impl Store {
+    /// Files a ticket in a project. The project must exist and not be archived.
+    pub async fn create_ticket(
+        &self,
+        project_id: ProjectId,
+        new: NewTicket,
+        created_by: Option<UserId>,
+    ) -> Result<Ticket, StoreError> {
+        let project = self.get_project(project_id).await?;
+        if project.archived_at.is_some() {
+            return Err(StoreError::ParentArchived {
+                entity: "project",
+                id: project_id.to_string(),
+            });
+        }
+        let t = new.into_ticket(project_id, created_by, crate::now());
+        on_pool!(self, |pool| {
+            sqlx::query(INSERT)
+                .bind(t.id.as_uuid())
+                .bind(t.project_id.as_uuid())
+                .bind(t.title.clone())
+                .bind(t.description.clone())
+                .bind(t.severity.as_str())
+                .bind(t.phase.as_str())
+                .bind(t.status.as_str())
+                .bind(t.source.as_str())
+                .bind(t.external_id.clone())
+                .bind(t.external_url.clone())
+                .bind(t.pull_request_url.clone())
+                .bind(t.workflow_override_reason.clone())
+                .bind(DbTime::opt(t.workflow_overridden_at))
+                .bind(t.workflow_overridden_by.map(|u| u.as_uuid()))
+                .bind(t.created_by.map(|u| u.as_uuid()))
+                .bind(DbTime::opt(t.archived_at))
+                .bind(DbTime(t.created_at))
+                .bind(DbTime(t.updated_at))
+                .execute(pool)
+                .await
+                .map(|_| ())
+        })
+        .map_err(|e| StoreError::from_write(ENTITY, TABLE, e))?;
+        Ok(t)
+    }
+
+    pub async fn get_ticket(&self, id: TicketId) -> Result<Ticket, StoreError> {
+        let row = on_pool!(self, |pool| {
+            sqlx::query(SELECT_BY_ID)
+                .bind(id.as_uuid())
+                .fetch_optional(pool)
+                .await?
+                .map(|r| from_row(&r))
+                .transpose()
+        })?;
+        row.ok_or_else(|| StoreError::not_found(ENTITY, id))
+    }
+
+    pub async fn list_tickets(
+        &self,
+        filter: &TicketFilter,
+        page: PageRequest,
+    ) -> Result<Page<Ticket>, StoreError> {
+        let after = page.after.map(|c| c.id());
+        let search = filter
+            .search
+            .as_deref()
+            .filter(|s| !s.trim().is_empty())
+            .map(contains_pattern);
+        let rows = on_pool!(self, |pool| {
+            sqlx::query(SELECT_PAGE)
+                .bind(after)
+                .bind(archived_param(filter.archived))
+                .bind(filter.project_id.map(|p| p.as_uuid()))
+                .bind(filter.phase.map(|p| p.as_str()))
+                .bind(filter.status.map(|s| s.as_str()))
+                .bind(filter.severity.map(|s| s.as_str()))
+                .bind(search)
+                .bind(i64::from(page.limit) + 1)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(from_row)
+                .collect::<Result<Vec<_>, _>>()
+        })?;
+        Ok(Page::from_rows(rows, page.limit, |t| t.id.as_uuid()))
+    }
+
+    pub async fn update_ticket(
+        &self,
+        id: TicketId,
+        patch: TicketPatch,
+    ) -> Result<Ticket, StoreError> {
+        self.modify_ticket(id, |t| patch.clone().apply(t)).await
+    }
+
+    /// Archives a ticket; archiving an archived ticket changes nothing.
+    pub async fn archive_ticket(&self, id: TicketId) -> Result<Ticket, StoreError> {
+        let now = crate::now();
+        self.modify_ticket(id, |t| {
+            t.archived_at.get_or_insert(now);
+        })
+        .await
+    }
+
+    pub async fn unarchive_ticket(&self, id: TicketId) -> Result<Ticket, StoreError> {
+        self.modify_ticket(id, |t| t.archived_at = None).await
+    }
+
+    async fn modify_ticket(
+        &self,
+        id: TicketId,
+        change: impl Fn(&mut Ticket),
+    ) -> Result<Ticket, StoreError> {
+        for _ in 0..5 {
+            let before = self.get_ticket(id).await?;
+            let mut t = before.clone();
+            change(&mut t);
+            if t == before {
+                return Ok(before);
+            }
+            t.updated_at = crate::now().max(before.updated_at + time::Duration::microseconds(1));
+            let updated = on_pool!(self, |pool| {
+                sqlx::query(UPDATE)
+                    .bind(id.as_uuid())
+                    .bind(t.title.clone())
+                    .bind(t.description.clone())
+                    .bind(t.severity.as_str())
+                    .bind(t.external_url.clone())
+                    .bind(DbTime::opt(t.archived_at))
+                    .bind(DbTime(t.updated_at))
+                    .bind(DbTime(before.updated_at))
+                    .execute(pool)
+                    .await
+                    .map(|r| r.rows_affected())
+            })
+            .map_err(|e| StoreError::from_write(ENTITY, TABLE, e))?;
+            if updated == 1 {
+                return Ok(t);
+            }
+        }
+        Err(StoreError::Contended { entity: ENTITY })
+    }
+}

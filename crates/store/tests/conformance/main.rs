@@ -1,0 +1,7 @@
+//! The store conformance suite: every store operation, run against SQLite
+//! always and PostgreSQL when `TEST_DATABASE_URL` is set. Each test gets a
+//! database of its own.
+
+mod migrations;
+mod projects;
+mod tickets;

@@ -1,0 +1,37 @@
+//! Test support for Viberglass: isolated databases on both backends,
+//! `TestApp::spawn()` for a real server on port 0, and the fakes.
+//!
+//! Tests that should hold on both stores are written once as
+//! `async fn name(backend: TestBackend)` and listed in [`backend_tests!`],
+//! which makes one `#[tokio::test]` per backend: `name::sqlite` and
+//! `name::postgres`.
+
+pub mod app;
+pub mod db;
+
+pub use app::TestApp;
+pub use db::{TestBackend, TestDb};
+
+/// Declares one test per backend for each listed `async fn(TestBackend)`.
+/// PostgreSQL runs when `TEST_DATABASE_URL` is set; under `CI=true` its
+/// absence fails the test instead of skipping it.
+#[macro_export]
+macro_rules! backend_tests {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    super::$name($crate::TestBackend::Sqlite).await
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    if $crate::TestBackend::postgres_available() {
+                        super::$name($crate::TestBackend::Postgres).await
+                    }
+                }
+            }
+        )*
+    };
+}
