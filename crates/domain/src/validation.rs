@@ -68,6 +68,7 @@ impl ValidationErrors {
     pub fn summary(&self) -> String {
         match self.fields.as_slice() {
             [] => "no validation errors".to_owned(),
+            [one] if one.message.starts_with(&one.field) => one.message.clone(),
             [one] => format!("{}: {}", one.field, one.message),
             many => format!(
                 "{} fields are invalid: {}",

@@ -1,1 +1,16 @@
+//! The Viberglass server: configuration, the HTTP API, telemetry and the
+//! startup sequence. Only this crate knows HTTP routing.
+#![forbid(unsafe_code)]
 
+pub mod api;
+pub mod app;
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod request;
+pub mod serve;
+pub mod telemetry;
+
+pub use app::{AppState, build_router};
+pub use config::{Config, ConfigError};
+pub use serve::{StartupError, run, serve};

@@ -1,1 +1,129 @@
-fn main() {}
+//! The `viberglass` binary: parses the command line, loads configuration,
+//! starts logging and hands over to the library for each role.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use viberglass_server::config::{Config, EncryptionKey, Override};
+use viberglass_server::{StartupError, serve, telemetry};
+
+#[derive(Parser)]
+#[command(
+    name = "viberglass",
+    version,
+    about = "Tickets in, pull requests out: the Viberglass agent orchestrator"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server: API, web UI and background loops.
+    Serve(ServerArgs),
+    /// Apply pending database migrations, then exit.
+    Migrate(ServerArgs),
+    /// Configuration helpers.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print an annotated configuration file with every setting and its default.
+    Default,
+    /// Print a new random SECRETS_ENCRYPTION_KEY.
+    GenKey,
+}
+
+#[derive(Args)]
+struct ServerArgs {
+    /// A TOML configuration file (see `viberglass config default`).
+    #[arg(long, env = "VIBERGLASS_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Where the embedded database and other state live [default: ./viberglass-data].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<String>,
+    /// The address to listen on [default: 127.0.0.1].
+    #[arg(long)]
+    host: Option<String>,
+    /// The port to listen on [default: 8888].
+    #[arg(long)]
+    port: Option<String>,
+}
+
+impl ServerArgs {
+    fn load(&self) -> Result<Config, viberglass_server::ConfigError> {
+        let mut overrides = Vec::new();
+        for (key, flag, value) in [
+            ("data_dir", "--data-dir", &self.data_dir),
+            ("host", "--host", &self.host),
+            ("port", "--port", &self.port),
+        ] {
+            if let Some(value) = value {
+                overrides.push(Override {
+                    key,
+                    flag,
+                    value: value.clone(),
+                });
+            }
+        }
+        Config::from_env(self.config.as_deref(), &overrides)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Config(ConfigCommand::Default) => {
+            print!("{}", Config::default_file());
+            ExitCode::SUCCESS
+        }
+        Command::Config(ConfigCommand::GenKey) => {
+            println!("{}", EncryptionKey::generate().to_hex());
+            ExitCode::SUCCESS
+        }
+        Command::Serve(args) => {
+            run_server(&args, |config| Box::pin(viberglass_server::run(config)))
+        }
+        Command::Migrate(args) => run_server(&args, |config| {
+            Box::pin(async move { serve::open_database(&config).await.map(|_| ()) })
+        }),
+    }
+}
+
+type RoleFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StartupError>>>>;
+
+/// Loads the configuration, starts logging and runs one server role,
+/// turning any failure into one line on standard error and an exit code.
+fn run_server(args: &ServerArgs, role: impl FnOnce(Config) -> RoleFuture) -> ExitCode {
+    let config = match args.load() {
+        Ok(config) => config,
+        Err(err) => return fail(&StartupError::Config(err)),
+    };
+    telemetry::init(config.log_format, &config.log_level);
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("viberglass: error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(role(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => fail(&err),
+    }
+}
+
+fn fail(err: &StartupError) -> ExitCode {
+    tracing::error!(error = %err, "startup failed");
+    eprintln!("viberglass: error: {err}");
+    ExitCode::from(err.exit_code())
+}

@@ -1,0 +1,60 @@
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::Serialize;
+
+use crate::AppState;
+use crate::error::{ApiError, ErrorBody, error_chain};
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Health {
+    status: &'static str,
+    version: &'static str,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Readiness {
+    status: &'static str,
+    /// `sqlite` or `postgres`.
+    database: &'static str,
+    schema_version: i64,
+}
+
+/// The process is up. Says nothing about its dependencies: see `/readyz`.
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = Health)))]
+pub async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok",
+        version: env!("CARGO_PKG_VERSION"),
+    })
+}
+
+/// Ready to serve: the database answers and its schema is current.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "health",
+    responses((status = 200, body = Readiness), (status = 503, body = ErrorBody, description = "Not ready; the message says why"))
+)]
+pub async fn readyz(State(state): State<AppState>) -> Result<Json<Readiness>, ApiError> {
+    let not_ready =
+        |message: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", message);
+    let status = state.store.schema_status().await.map_err(|e| {
+        tracing::warn!(error = %error_chain(&e), "readiness check: database unreachable");
+        not_ready(format!(
+            "the database at {} does not answer",
+            state.store.target().describe()
+        ))
+    })?;
+    if !status.is_current() {
+        return Err(not_ready(format!(
+            "the database schema is at version {} but this server needs {}: run `viberglass migrate`",
+            status.applied, status.latest
+        )));
+    }
+    Ok(Json(Readiness {
+        status: "ready",
+        database: state.store.backend().as_str(),
+        schema_version: status.applied,
+    }))
+}

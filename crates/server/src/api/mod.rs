@@ -1,0 +1,90 @@
+//! The JSON API under `/api/v1`, plus `/healthz` and `/readyz`. Every route
+//! is declared with `#[utoipa::path]` and registered through `routes!`, so
+//! the OpenAPI document is generated from the same declarations that route
+//! requests.
+
+mod health;
+mod projects;
+mod tickets;
+
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::AppState;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Viberglass API",
+        description = "Tickets in, pull requests out: the Viberglass orchestrator's JSON API. \
+                       Errors share one shape: `{code, message, hint?, fields?}`.",
+        license(name = "Apache-2.0")
+    ),
+    tags(
+        (name = "health", description = "Liveness and readiness"),
+        (name = "projects", description = "Projects: one repository and its settings"),
+        (name = "tickets", description = "Tickets: requested changes"),
+    )
+)]
+struct ApiDoc;
+
+/// Every API route, with its OpenAPI description.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(projects::list_projects, projects::create_project))
+        .routes(routes!(projects::get_project, projects::update_project))
+        .routes(routes!(projects::archive_project))
+        .routes(routes!(projects::unarchive_project))
+        .routes(routes!(tickets::list_tickets))
+        .routes(routes!(tickets::create_ticket))
+        .routes(routes!(tickets::get_ticket, tickets::update_ticket))
+        .routes(routes!(tickets::archive_ticket))
+        .routes(routes!(tickets::unarchive_ticket))
+}
+
+/// Parses an optional enum-valued query parameter, recording a bad value.
+fn parse_param<T: std::str::FromStr>(
+    errors: &mut viberglass_domain::ValidationErrors,
+    name: &str,
+    value: Option<&str>,
+) -> Option<T>
+where
+    T::Err: std::fmt::Display,
+{
+    value
+        .filter(|v| !v.is_empty())
+        .and_then(|v| errors.check(name, v.parse::<T>()))
+}
+
+fn parse_archived(
+    errors: &mut viberglass_domain::ValidationErrors,
+    value: Option<&str>,
+) -> viberglass_domain::ArchivedFilter {
+    use viberglass_domain::ArchivedFilter;
+    match value {
+        None | Some("") | Some("exclude") => ArchivedFilter::Exclude,
+        Some("include") => ArchivedFilter::Include,
+        Some("only") => ArchivedFilter::Only,
+        Some(other) => {
+            errors.add(
+                "archived",
+                format!("`{other}` is not valid: use exclude, include or only"),
+            );
+            ArchivedFilter::Exclude
+        }
+    }
+}
+
+fn parse_page(
+    errors: &mut viberglass_domain::ValidationErrors,
+    limit: Option<u32>,
+    cursor: Option<&str>,
+) -> viberglass_domain::PageRequest {
+    viberglass_domain::PageRequest::parse(limit, cursor).unwrap_or_else(|(field, message)| {
+        errors.add(field, message);
+        viberglass_domain::PageRequest::default()
+    })
+}

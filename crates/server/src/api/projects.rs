@@ -1,0 +1,153 @@
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use serde::Deserialize;
+use viberglass_domain::{
+    NewProject, Page, Project, ProjectId, ProjectInput, ProjectPatch, ProjectSlug, ValidationErrors,
+};
+use viberglass_store::{ProjectFilter, Store};
+
+use super::{parse_archived, parse_page};
+use crate::AppState;
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::extract::{ApiJson, ApiQuery};
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListProjectsQuery {
+    /// `exclude` (default), `include` or `only`.
+    archived: Option<String>,
+    /// Matches name, slug and description, case-insensitively.
+    q: Option<String>,
+    /// Page size, 1 to 200 (default 50).
+    limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// Finds a project by id or by slug.
+pub(crate) async fn find_project(store: &Store, key: &str) -> ApiResult<Project> {
+    let found = match key.parse::<ProjectId>() {
+        Ok(id) => store.get_project(id).await,
+        Err(_) => match ProjectSlug::parse(key) {
+            Ok(slug) => store.get_project_by_slug(&slug).await,
+            Err(_) => {
+                return Err(ApiError::not_found(format!(
+                    "there is no project `{key}`: give its id or slug"
+                )));
+            }
+        },
+    };
+    found.map_err(ApiError::from)
+}
+
+/// Lists projects, newest first.
+#[utoipa::path(
+    get, path = "/api/v1/projects", tag = "projects", params(ListProjectsQuery),
+    responses((status = 200, body = Page<Project>), (status = 400, body = ErrorBody))
+)]
+pub async fn list_projects(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<ListProjectsQuery>,
+) -> ApiResult<Json<Page<Project>>> {
+    let mut errors = ValidationErrors::new();
+    let filter = ProjectFilter {
+        archived: parse_archived(&mut errors, query.archived.as_deref()),
+        search: query.q,
+    };
+    let page = parse_page(&mut errors, query.limit, query.cursor.as_deref());
+    errors.into_result(())?;
+    Ok(Json(state.store.list_projects(&filter, page).await?))
+}
+
+/// Creates a project. Only `name` is required; the slug is derived from it when not given.
+#[utoipa::path(
+    post, path = "/api/v1/projects", tag = "projects", request_body = ProjectInput,
+    responses((status = 201, body = Project), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody))
+)]
+pub async fn create_project(
+    State(state): State<AppState>,
+    ApiJson(input): ApiJson<ProjectInput>,
+) -> ApiResult<impl IntoResponse> {
+    let project = state
+        .store
+        .create_project(NewProject::parse(input)?)
+        .await?;
+    tracing::info!(project_id = %project.id, slug = project.slug.as_str(), "project created");
+    let location = format!("/api/v1/projects/{}", project.id);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(project),
+    ))
+}
+
+/// Reads a project by id or slug.
+#[utoipa::path(
+    get, path = "/api/v1/projects/{project}", tag = "projects",
+    params(("project" = String, Path, description = "The project's id or slug")),
+    responses((status = 200, body = Project), (status = 404, body = ErrorBody))
+)]
+pub async fn get_project(
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+) -> ApiResult<Json<Project>> {
+    Ok(Json(find_project(&state.store, &key).await?))
+}
+
+/// Changes a project's settings: only the fields present change; `null` clears an optional one.
+#[utoipa::path(
+    patch, path = "/api/v1/projects/{project}", tag = "projects", request_body = ProjectInput,
+    params(("project" = String, Path, description = "The project's id or slug")),
+    responses(
+        (status = 200, body = Project), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)
+    )
+)]
+pub async fn update_project(
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+    ApiJson(input): ApiJson<ProjectInput>,
+) -> ApiResult<Json<Project>> {
+    let patch = ProjectPatch::parse(input)?;
+    if patch.is_empty() {
+        return Err(ApiError::bad_request(
+            "invalid_input",
+            "the body names no field to change",
+        ));
+    }
+    let project = find_project(&state.store, &key).await?;
+    let updated = state.store.update_project(project.id, patch).await?;
+    tracing::info!(project_id = %updated.id, "project updated");
+    Ok(Json(updated))
+}
+
+/// Archives a project: it leaves the default lists and takes no new tickets. Idempotent.
+#[utoipa::path(
+    post, path = "/api/v1/projects/{project}/archive", tag = "projects",
+    params(("project" = String, Path, description = "The project's id or slug")),
+    responses((status = 200, body = Project), (status = 404, body = ErrorBody))
+)]
+pub async fn archive_project(
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+) -> ApiResult<Json<Project>> {
+    let project = find_project(&state.store, &key).await?;
+    Ok(Json(state.store.archive_project(project.id).await?))
+}
+
+/// Restores an archived project. Idempotent.
+#[utoipa::path(
+    post, path = "/api/v1/projects/{project}/unarchive", tag = "projects",
+    params(("project" = String, Path, description = "The project's id or slug")),
+    responses((status = 200, body = Project), (status = 404, body = ErrorBody))
+)]
+pub async fn unarchive_project(
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+) -> ApiResult<Json<Project>> {
+    let project = find_project(&state.store, &key).await?;
+    Ok(Json(state.store.unarchive_project(project.id).await?))
+}

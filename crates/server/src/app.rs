@@ -1,0 +1,97 @@
+//! The application: shared state and the router with its middleware.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use utoipa_swagger_ui::SwaggerUi;
+use viberglass_store::Store;
+
+use crate::config::{Config, EncryptionKey};
+use crate::error::ApiError;
+use crate::request::request_context;
+
+/// What every handler can reach: concrete handles built once at startup.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub config: Arc<Config>,
+    /// Encrypts stored secrets.
+    pub encryption_key: Arc<EncryptionKey>,
+}
+
+pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
+pub const DOCS_PATH: &str = "/api/docs";
+
+/// The OpenAPI document of every API route.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    crate::api::router().into_openapi()
+}
+
+/// Builds the whole HTTP application.
+pub fn build_router(state: AppState) -> Router {
+    let (api, openapi) = crate::api::router().split_for_parts();
+    let body_limit = state.config.body_limit_bytes;
+    let origins = state.config.cors_allowed_origins.clone();
+    let mut router = api
+        .merge(SwaggerUi::new(DOCS_PATH).url(OPENAPI_PATH, openapi))
+        .fallback(route_not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+        // Router::layer wraps every route (and the fallbacks), so the request
+        // span sees the matched route; the panic guard sits inside it so a
+        // panic is still logged with the request's id.
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(axum::middleware::from_fn(request_context))
+        .layer(DefaultBodyLimit::max(body_limit));
+    if !origins.is_empty() {
+        let origins: Vec<HeaderValue> = origins
+            .iter()
+            .filter_map(|o| HeaderValue::from_str(o).ok())
+            .collect();
+        router = router.layer(
+            CorsLayer::new()
+                .allow_origin(AllowOrigin::list(origins))
+                .allow_methods([
+                    Method::GET,
+                    Method::POST,
+                    Method::PUT,
+                    Method::PATCH,
+                    Method::DELETE,
+                ])
+                .allow_headers([
+                    axum::http::header::CONTENT_TYPE,
+                    axum::http::header::AUTHORIZATION,
+                ])
+                .allow_credentials(true)
+                .expose_headers([crate::request::X_REQUEST_ID.clone()]),
+        );
+    }
+    router
+}
+
+async fn route_not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "route_not_found",
+        format!("there is no route {method} {}", uri.path()),
+    )
+    .with_hint(format!("the API is described at {DOCS_PATH}"))
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} does not accept {method}", uri.path()),
+    )
+    .with_hint(format!("the API is described at {DOCS_PATH}"))
+}
+
+fn panic_response(_panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    ApiError::internal("a handler panicked").into_response()
+}

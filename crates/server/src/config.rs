@@ -1,0 +1,765 @@
+//! Server configuration: defaults < optional TOML file < environment
+//! variables < command-line flags, read once at startup.
+//!
+//! Every setting is declared once in [`SETTINGS`] with its TOML key, its
+//! environment variable, its default and a sentence for people; the loader,
+//! the error messages and `viberglass config default` are all driven by that
+//! table, so they cannot drift apart.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use viberglass_store::DatabaseTarget;
+
+/// One setting: where it comes from and what it means.
+pub struct Setting {
+    pub key: &'static str,
+    pub env: &'static str,
+    pub default: &'static str,
+    pub doc: &'static str,
+    /// Secret values are never echoed in messages.
+    pub secret: bool,
+}
+
+pub const SETTINGS: &[Setting] = &[
+    Setting {
+        key: "data_dir",
+        env: "VIBERGLASS_DATA_DIR",
+        default: "./viberglass-data",
+        doc: "Where the embedded SQLite database, the generated encryption key and job workspaces live.",
+        secret: false,
+    },
+    Setting {
+        key: "database_url",
+        env: "DATABASE_URL",
+        default: "",
+        doc: "Empty: the embedded SQLite database in data_dir. postgres://user:password@host:5432/db: PostgreSQL (production).",
+        secret: false,
+    },
+    Setting {
+        key: "host",
+        env: "VIBERGLASS_HOST",
+        default: "127.0.0.1",
+        doc: "The address to listen on. Use 0.0.0.0 to accept connections from other machines (e.g. in a container).",
+        secret: false,
+    },
+    Setting {
+        key: "port",
+        env: "VIBERGLASS_PORT",
+        default: "8888",
+        doc: "The TCP port to listen on (0 picks a free one).",
+        secret: false,
+    },
+    Setting {
+        key: "public_url",
+        env: "VIBERGLASS_PUBLIC_URL",
+        default: "",
+        doc: "The URL people and workers reach this server at. Empty: http://<host>:<port>.",
+        secret: false,
+    },
+    Setting {
+        key: "log_format",
+        env: "LOG_FORMAT",
+        default: "text",
+        doc: "text (readable) or json (one object per line, for log collectors).",
+        secret: false,
+    },
+    Setting {
+        key: "log_level",
+        env: "LOG_LEVEL",
+        default: "info",
+        doc: "error, warn, info, debug or trace, or per-module directives such as info,viberglass_store=debug.",
+        secret: false,
+    },
+    Setting {
+        key: "cors_allowed_origins",
+        env: "VIBERGLASS_CORS_ORIGINS",
+        default: "",
+        doc: "Origins other than this server's own that browsers may call the API from, comma-separated (https://app.example.com).",
+        secret: false,
+    },
+    Setting {
+        key: "body_limit_bytes",
+        env: "VIBERGLASS_BODY_LIMIT_BYTES",
+        default: "10485760",
+        doc: "The largest request body accepted, in bytes.",
+        secret: false,
+    },
+    Setting {
+        key: "secrets_encryption_key",
+        env: "SECRETS_ENCRYPTION_KEY",
+        default: "",
+        doc: "32 bytes as 64 hex characters (or base64) that encrypt stored secrets. Embedded mode generates one into \
+              data_dir/secrets.key; with PostgreSQL it is required and must be the same on every server.",
+        secret: true,
+    },
+    Setting {
+        key: "db_connect_attempts",
+        env: "VIBERGLASS_DB_CONNECT_ATTEMPTS",
+        default: "5",
+        doc: "How many times to try reaching the database at startup before giving up (with backoff between tries).",
+        secret: false,
+    },
+    Setting {
+        key: "db_max_connections",
+        env: "VIBERGLASS_DB_MAX_CONNECTIONS",
+        default: "10",
+        doc: "The most database connections this server keeps open.",
+        secret: false,
+    },
+    Setting {
+        key: "shutdown_timeout_secs",
+        env: "VIBERGLASS_SHUTDOWN_TIMEOUT_SECS",
+        default: "30",
+        doc: "How long to let in-flight requests finish after SIGTERM or Ctrl-C.",
+        secret: false,
+    },
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A secret value whose `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EncryptionKey([u8; 32]);
+
+impl EncryptionKey {
+    pub fn bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// Reads 64 hex characters or base64 of 32 bytes.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        use base64::Engine;
+        let text = text.trim();
+        let bytes = if text.len() == 64 && text.chars().all(|c| c.is_ascii_hexdigit()) {
+            hex::decode(text).map_err(|e| e.to_string())?
+        } else {
+            base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .map_err(|_| "expected 32 bytes as 64 hex characters or base64".to_owned())?
+        };
+        let bytes: [u8; 32] = bytes.try_into().map_err(|b: Vec<u8>| {
+            format!(
+                "expected 32 bytes as 64 hex characters or base64, got {} bytes",
+                b.len()
+            )
+        })?;
+        Ok(Self(bytes))
+    }
+
+    pub fn generate() -> Self {
+        Self(rand::random())
+    }
+
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+impl fmt::Debug for EncryptionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("EncryptionKey(***)")
+    }
+}
+
+/// Where the encryption key came from.
+#[derive(Debug, Clone)]
+pub enum KeySource {
+    Configured(EncryptionKey),
+    /// Embedded mode without a configured key: read or created at startup in this file.
+    DataDirFile(PathBuf),
+}
+
+/// The server's configuration, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub database: DatabaseTarget,
+    pub host: IpAddr,
+    pub port: u16,
+    pub public_url: Option<String>,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub cors_allowed_origins: Vec<String>,
+    pub body_limit_bytes: usize,
+    pub encryption_key: KeySource,
+    pub db_connect_attempts: u32,
+    pub db_max_connections: u32,
+    pub shutdown_timeout_secs: u64,
+}
+
+/// A setting was missing or invalid. Printed as one line; exit code 2.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid {origin}={value}: {reason}; set {env} to {expected}")]
+    Invalid {
+        origin: String,
+        env: &'static str,
+        value: String,
+        reason: String,
+        expected: String,
+    },
+    #[error("{env} is not set: {reason}; {fix}")]
+    Missing {
+        env: &'static str,
+        reason: String,
+        fix: String,
+    },
+    #[error("cannot read the config file {path}: {reason}")]
+    File { path: String, reason: String },
+}
+
+impl ConfigError {
+    pub fn exit_code(&self) -> u8 {
+        2
+    }
+}
+
+/// A value given on the command line, which wins over everything else.
+pub struct Override {
+    pub key: &'static str,
+    pub flag: &'static str,
+    pub value: String,
+}
+
+/// Where one raw value came from, for messages.
+enum Origin {
+    Default,
+    File(String),
+    Env(&'static str),
+    Flag(&'static str),
+}
+
+impl Origin {
+    fn name(&self, setting: &Setting) -> String {
+        match self {
+            Origin::Default => format!("default {}", setting.key),
+            Origin::File(path) => format!("{} in {path}", setting.key),
+            Origin::Env(name) => (*name).to_owned(),
+            Origin::Flag(flag) => (*flag).to_owned(),
+        }
+    }
+}
+
+struct Raw<'a> {
+    setting: &'a Setting,
+    value: String,
+    origin: Origin,
+}
+
+impl Raw<'_> {
+    fn invalid(&self, reason: impl Into<String>, expected: &str) -> ConfigError {
+        let shown = if self.setting.secret {
+            "(value hidden)".to_owned()
+        } else if self.setting.key == "database_url" {
+            format!("{:?}", redact_url_password(&self.value))
+        } else {
+            format!("{:?}", self.value.chars().take(200).collect::<String>())
+        };
+        ConfigError::Invalid {
+            origin: self.origin.name(self.setting),
+            env: self.setting.env,
+            value: shown,
+            reason: reason.into(),
+            expected: expected.to_owned(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.value.trim().is_empty()
+    }
+}
+
+/// Hides the password in a URL such as `postgres://user:pw@host/db`.
+pub fn redact_url_password(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    match (authority.rfind('@'), authority.find(':')) {
+        (Some(at), Some(colon)) if colon < at => {
+            format!(
+                "{}{}:***{}",
+                &url[..scheme_end],
+                &authority[..colon],
+                &rest[at..]
+            )
+        }
+        _ => url.to_owned(),
+    }
+}
+
+fn toml_to_string(value: &toml::Value) -> String {
+    match value {
+        toml::Value::String(s) => s.clone(),
+        toml::Value::Array(items) => items
+            .iter()
+            .map(toml_to_string)
+            .collect::<Vec<_>>()
+            .join(","),
+        other => other.to_string(),
+    }
+}
+
+fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
+    let display = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+        path: display.clone(),
+        reason: e.to_string(),
+    })?;
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        let line = e.span().map(|s| text[..s.start].lines().count().max(1));
+        ConfigError::File {
+            path: display.clone(),
+            reason: match line {
+                Some(line) => format!("line {line}: {}", e.message()),
+                None => e.message().to_owned(),
+            },
+        }
+    })?;
+    for key in table.keys() {
+        if !SETTINGS.iter().any(|s| s.key == key) {
+            return Err(ConfigError::File {
+                path: display,
+                reason: format!(
+                    "unknown setting `{key}`; known settings are listed by `viberglass config default`"
+                ),
+            });
+        }
+    }
+    Ok(table)
+}
+
+fn parse_number<T: std::str::FromStr + PartialOrd + fmt::Display>(
+    raw: &Raw,
+    min: T,
+    max: T,
+) -> Result<T, ConfigError> {
+    let expected = format!("a whole number from {min} to {max}");
+    let n: T = raw
+        .value
+        .trim()
+        .parse()
+        .map_err(|_| raw.invalid("not a whole number", &expected))?;
+    if n < min || n > max {
+        return Err(raw.invalid("out of range", &expected));
+    }
+    Ok(n)
+}
+
+fn parse_origin(origin: &str) -> Result<String, String> {
+    let origin = origin.trim().trim_end_matches('/');
+    let rest = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"))
+        .ok_or_else(|| {
+            format!("`{origin}` is not an origin: it must start with http:// or https://")
+        })?;
+    if rest.is_empty() || rest.contains('/') || rest.contains(char::is_whitespace) {
+        return Err(format!(
+            "`{origin}` is not an origin: give scheme, host and port only, without a path"
+        ));
+    }
+    Ok(origin.to_owned())
+}
+
+impl Config {
+    /// Loads the configuration. `env` looks up an environment variable;
+    /// `file` is the optional TOML file; `overrides` are command-line flags.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+        overrides: &[Override],
+    ) -> Result<Config, ConfigError> {
+        let table = file.map(read_file).transpose()?;
+        let file_name = file.map(|p| p.display().to_string()).unwrap_or_default();
+        let raw = |key: &str| -> Raw<'static> {
+            let setting = SETTINGS
+                .iter()
+                .find(|s| s.key == key)
+                .expect("every key read is declared in SETTINGS");
+            if let Some(o) = overrides.iter().find(|o| o.key == key) {
+                return Raw {
+                    setting,
+                    value: o.value.clone(),
+                    origin: Origin::Flag(o.flag),
+                };
+            }
+            if let Some(value) = env(setting.env) {
+                return Raw {
+                    setting,
+                    value,
+                    origin: Origin::Env(setting.env),
+                };
+            }
+            if let Some(value) = table.as_ref().and_then(|t| t.get(key)) {
+                return Raw {
+                    setting,
+                    value: toml_to_string(value),
+                    origin: Origin::File(file_name.clone()),
+                };
+            }
+            Raw {
+                setting,
+                value: setting.default.to_owned(),
+                origin: Origin::Default,
+            }
+        };
+
+        let data_dir_raw = raw("data_dir");
+        if data_dir_raw.is_empty() {
+            return Err(data_dir_raw.invalid("empty", "a directory path, e.g. ./viberglass-data"));
+        }
+        let data_dir = PathBuf::from(data_dir_raw.value.trim());
+
+        let database_raw = raw("database_url");
+        let database = if database_raw.is_empty() {
+            DatabaseTarget::Sqlite {
+                path: data_dir.join("viberglass.db"),
+            }
+        } else {
+            let url = database_raw.value.trim();
+            if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+                DatabaseTarget::Postgres {
+                    url: url.to_owned(),
+                }
+            } else if let Some(path) = url
+                .strip_prefix("sqlite://")
+                .or_else(|| url.strip_prefix("sqlite:"))
+            {
+                let path = path.split('?').next().unwrap_or_default();
+                if path.is_empty() || path == ":memory:" {
+                    return Err(database_raw.invalid(
+                        "an SQLite URL needs a file path",
+                        "sqlite://path/to/viberglass.db",
+                    ));
+                }
+                DatabaseTarget::Sqlite {
+                    path: PathBuf::from(path),
+                }
+            } else {
+                return Err(database_raw.invalid(
+                    "not a PostgreSQL or SQLite URL",
+                    "postgres://user:password@host:5432/viberglass (or unset it to use the embedded SQLite database)",
+                ));
+            }
+        };
+
+        let host_raw = raw("host");
+        let host: IpAddr = host_raw.value.trim().parse().map_err(|_| {
+            host_raw.invalid(
+                "not an IP address",
+                "an IP address such as 127.0.0.1 or 0.0.0.0",
+            )
+        })?;
+        let port: u16 = parse_number(&raw("port"), 0, 65535)?;
+
+        let public_raw = raw("public_url");
+        let public_url = if public_raw.is_empty() {
+            None
+        } else {
+            let url = public_raw.value.trim().trim_end_matches('/');
+            if !(url.starts_with("http://") || url.starts_with("https://"))
+                || url.contains(char::is_whitespace)
+            {
+                return Err(public_raw.invalid(
+                    "not an http(s) URL",
+                    "the URL people reach this server at, e.g. https://viberglass.example.com",
+                ));
+            }
+            Some(url.to_owned())
+        };
+
+        let format_raw = raw("log_format");
+        let log_format = match format_raw.value.trim() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            _ => return Err(format_raw.invalid("unknown log format", "text or json")),
+        };
+
+        let level_raw = raw("log_level");
+        let log_level = level_raw.value.trim().to_owned();
+        tracing_subscriber::EnvFilter::try_new(&log_level).map_err(|e| {
+            level_raw.invalid(
+                e.to_string(),
+                "a level such as info or a directive such as info,viberglass=debug",
+            )
+        })?;
+
+        let cors_raw = raw("cors_allowed_origins");
+        let cors_allowed_origins = cors_raw
+            .value
+            .split(',')
+            .filter(|o| !o.trim().is_empty())
+            .map(parse_origin)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|reason| {
+                cors_raw.invalid(
+                    reason,
+                    "a comma-separated list such as https://app.example.com",
+                )
+            })?;
+
+        let body_limit_bytes: usize = parse_number(&raw("body_limit_bytes"), 1024, 1 << 30)?;
+
+        let key_raw = raw("secrets_encryption_key");
+        let encryption_key = if key_raw.is_empty() {
+            match database {
+                DatabaseTarget::Postgres { .. } => {
+                    return Err(ConfigError::Missing {
+                        env: "SECRETS_ENCRYPTION_KEY",
+                        reason: "with PostgreSQL every server must share one key to read stored secrets".into(),
+                        fix: "generate one with `viberglass config gen-key` and set SECRETS_ENCRYPTION_KEY to it on every server".into(),
+                    });
+                }
+                DatabaseTarget::Sqlite { .. } => {
+                    KeySource::DataDirFile(data_dir.join("secrets.key"))
+                }
+            }
+        } else {
+            KeySource::Configured(EncryptionKey::parse(&key_raw.value).map_err(|reason| {
+                key_raw.invalid(
+                    reason,
+                    "64 hex characters, e.g. the output of `viberglass config gen-key`",
+                )
+            })?)
+        };
+
+        Ok(Config {
+            data_dir,
+            database,
+            host,
+            port,
+            public_url,
+            log_format,
+            log_level,
+            cors_allowed_origins,
+            body_limit_bytes,
+            encryption_key,
+            db_connect_attempts: parse_number(&raw("db_connect_attempts"), 1, 100)?,
+            db_max_connections: parse_number(&raw("db_max_connections"), 1, 1000)?,
+            shutdown_timeout_secs: parse_number(&raw("shutdown_timeout_secs"), 0, 3600)?,
+        })
+    }
+
+    /// Loads from the process environment.
+    pub fn from_env(file: Option<&Path>, overrides: &[Override]) -> Result<Config, ConfigError> {
+        Config::load(file, |name| std::env::var(name).ok(), overrides)
+    }
+
+    /// The default configuration file, annotated: what `viberglass config default` prints.
+    pub fn default_file() -> String {
+        let mut out = String::from(
+            "# Viberglass configuration.\n\
+             # Pass it with `viberglass serve --config FILE` (or VIBERGLASS_CONFIG=FILE).\n\
+             # Every setting can also be set by the environment variable named above it,\n\
+             # which wins over this file; command-line flags win over both.\n",
+        );
+        for s in SETTINGS {
+            out.push('\n');
+            for line in wrap(s.doc, 100) {
+                out.push_str(&format!("# {line}\n"));
+            }
+            out.push_str(&format!("# Environment: {}\n", s.env));
+            let value = match s.key {
+                "port"
+                | "body_limit_bytes"
+                | "db_connect_attempts"
+                | "db_max_connections"
+                | "shutdown_timeout_secs" => s.default.to_owned(),
+                "cors_allowed_origins" => "[]".to_owned(),
+                _ => format!("{:?}", s.default),
+            };
+            if s.default.is_empty() || s.secret {
+                out.push_str(&format!("# {} = {}\n", s.key, value));
+            } else {
+                out.push_str(&format!("{} = {}\n", s.key, value));
+            }
+        }
+        out
+    }
+}
+
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines = vec![String::new()];
+    for word in text.split_whitespace() {
+        let line = lines.last_mut().expect("never empty");
+        if !line.is_empty() && line.len() + 1 + word.len() > width {
+            lines.push(word.to_owned());
+        } else {
+            if !line.is_empty() {
+                line.push(' ');
+            }
+            line.push_str(word);
+        }
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn load(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Config::load(None, |name| map.get(name).cloned(), &[])
+    }
+
+    #[test]
+    fn no_settings_means_embedded_sqlite_on_port_8888() {
+        let config = load(&[]).unwrap();
+        assert_eq!(config.port, 8888);
+        assert_eq!(
+            config.database,
+            DatabaseTarget::Sqlite {
+                path: PathBuf::from("./viberglass-data/viberglass.db")
+            }
+        );
+        assert!(
+            matches!(config.encryption_key, KeySource::DataDirFile(ref p) if p.ends_with("secrets.key"))
+        );
+    }
+
+    #[test]
+    fn postgres_without_a_key_names_the_variable_and_the_fix() {
+        let err = load(&[("DATABASE_URL", "postgres://u@db:5432/vg")]).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with("SECRETS_ENCRYPTION_KEY is not set"),
+            "{text}"
+        );
+        assert!(text.contains("viberglass config gen-key"), "{text}");
+        assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn an_invalid_value_is_named_with_what_to_set() {
+        let err = load(&[("VIBERGLASS_PORT", "eighty")]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid VIBERGLASS_PORT=\"eighty\": not a whole number; set VIBERGLASS_PORT to a whole number from 0 to 65535"
+        );
+    }
+
+    #[test]
+    fn a_bad_database_url_hides_its_password() {
+        let err = load(&[("DATABASE_URL", "mysql://root:hunter2@db/x")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("DATABASE_URL=\"mysql://root:***@db/x\""),
+            "{err}"
+        );
+        assert!(!err.contains("hunter2"));
+    }
+
+    #[test]
+    fn a_bad_key_never_echoes_the_key() {
+        let err = load(&[("SECRETS_ENCRYPTION_KEY", "tooshort-secret")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("(value hidden)") && !err.contains("tooshort"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn keys_parse_from_hex_and_base64() {
+        let key = EncryptionKey::generate();
+        assert_eq!(EncryptionKey::parse(&key.to_hex()).unwrap(), key);
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(key.bytes());
+        assert_eq!(EncryptionKey::parse(&b64).unwrap(), key);
+        assert_eq!(format!("{key:?}"), "EncryptionKey(***)");
+    }
+
+    #[test]
+    fn environment_wins_over_the_file_and_flags_win_over_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("vg.toml");
+        std::fs::write(
+            &file,
+            "port = 9000\nhost = \"0.0.0.0\"\nlog_format = \"json\"\n",
+        )
+        .unwrap();
+        let env = |name: &str| (name == "VIBERGLASS_PORT").then(|| "9100".to_owned());
+        let config = Config::load(Some(&file), env, &[]).unwrap();
+        assert_eq!(
+            (config.port, config.host.to_string(), config.log_format),
+            (9100, "0.0.0.0".into(), LogFormat::Json)
+        );
+        let flag = Override {
+            key: "port",
+            flag: "--port",
+            value: "9200".into(),
+        };
+        assert_eq!(Config::load(Some(&file), env, &[flag]).unwrap().port, 9200);
+    }
+
+    #[test]
+    fn a_bad_file_value_names_the_key_and_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("vg.toml");
+        std::fs::write(&file, "log_format = \"xml\"\n").unwrap();
+        let err = Config::load(Some(&file), |_| None, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(&format!("invalid log_format in {}=\"xml\"", file.display())),
+            "{err}"
+        );
+        assert!(err.ends_with("set LOG_FORMAT to text or json"), "{err}");
+    }
+
+    #[test]
+    fn unknown_file_keys_and_syntax_errors_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("vg.toml");
+        std::fs::write(&file, "prot = 1\n").unwrap();
+        let err = Config::load(Some(&file), |_| None, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown setting `prot`"), "{err}");
+        std::fs::write(&file, "port = \n").unwrap();
+        let err = Config::load(Some(&file), |_| None, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn the_default_file_loads_and_gives_the_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("vg.toml");
+        std::fs::write(&file, Config::default_file()).unwrap();
+        let config = Config::load(Some(&file), |_| None, &[]).unwrap();
+        assert_eq!(config.port, 8888);
+        assert_eq!(config.body_limit_bytes, 10 * 1024 * 1024);
+    }
+
+    #[test]
+    fn cors_origins_must_be_origins() {
+        let config = load(&[(
+            "VIBERGLASS_CORS_ORIGINS",
+            "https://a.example.com, http://localhost:3000/",
+        )])
+        .unwrap();
+        assert_eq!(
+            config.cors_allowed_origins,
+            ["https://a.example.com", "http://localhost:3000"]
+        );
+        assert!(load(&[("VIBERGLASS_CORS_ORIGINS", "https://a.example.com/app")]).is_err());
+    }
+}

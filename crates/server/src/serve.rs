@@ -1,0 +1,243 @@
+//! Startup and shutdown of `viberglass serve`.
+//!
+//! Order: data directory → encryption key → database (retried with backoff
+//! while unreachable) → migrations → listen → serve until SIGTERM/SIGINT,
+//! then let in-flight requests finish within the shutdown timeout. Every
+//! failure before serving is one line naming what broke and what to do.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use viberglass_store::{ConnectError, MigrateError, PoolSettings, Store};
+
+use crate::app::{AppState, build_router};
+use crate::config::{Config, ConfigError, EncryptionKey, KeySource};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot create the data directory {}: {source}; set VIBERGLASS_DATA_DIR to a writable directory", path.display())]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot use the encryption key file {}: {reason}; restore it, or set SECRETS_ENCRYPTION_KEY", path.display())]
+    KeyFile { path: PathBuf, reason: String },
+    #[error(
+        "{source} (gave up after {attempts} attempts); check that the database is running and that DATABASE_URL points at it"
+    )]
+    Database { source: ConnectError, attempts: u32 },
+    #[error("{0}")]
+    Migrate(#[from] MigrateError),
+    #[error(
+        "cannot listen on {address}: {source}; set VIBERGLASS_PORT to a free port or stop what holds this one"
+    )]
+    Bind {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the server stopped: {0}")]
+    Serve(std::io::Error),
+}
+
+impl StartupError {
+    /// 2 for configuration problems, 1 for everything else.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            StartupError::Config(_)
+            | StartupError::DataDir { .. }
+            | StartupError::KeyFile { .. } => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// Creates the data directory if needed.
+pub fn prepare_data_dir(config: &Config) -> Result<(), StartupError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| StartupError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })
+}
+
+/// The configured key, or the embedded mode's key file: read if it exists,
+/// generated (mode 0600) if it does not.
+pub fn resolve_key(config: &Config) -> Result<EncryptionKey, StartupError> {
+    match &config.encryption_key {
+        KeySource::Configured(key) => Ok(key.clone()),
+        KeySource::DataDirFile(path) => load_or_create_key_file(path),
+    }
+}
+
+fn load_or_create_key_file(path: &Path) -> Result<EncryptionKey, StartupError> {
+    let fail = |reason: String| StartupError::KeyFile {
+        path: path.to_owned(),
+        reason,
+    };
+    let read = |path: &Path| -> Result<EncryptionKey, StartupError> {
+        let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+        EncryptionKey::parse(&text)
+            .map_err(|reason| fail(format!("it does not hold a key ({reason})")))
+    };
+    if path.exists() {
+        warn_if_readable_by_others(path);
+        return read(path);
+    }
+    let key = EncryptionKey::generate();
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(mut file) => {
+            file.write_all(format!("{}\n", key.to_hex()).as_bytes())
+                .map_err(|e| fail(e.to_string()))?;
+            tracing::info!(path = %path.display(), "generated the secrets encryption key; back this file up with the database");
+            Ok(key)
+        }
+        // Another process created it first: use theirs.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => read(path),
+        Err(e) => Err(fail(e.to_string())),
+    }
+}
+
+fn warn_if_readable_by_others(path: &Path) {
+    #[cfg(unix)]
+    if let Ok(meta) = std::fs::metadata(path) {
+        use std::os::unix::fs::PermissionsExt;
+        if meta.permissions().mode() & 0o077 != 0 {
+            tracing::warn!(path = %path.display(), "the encryption key file is readable by other users; run chmod 600 on it");
+        }
+    }
+}
+
+/// Opens the database, retrying with backoff while it is unreachable.
+pub async fn connect_with_retry(config: &Config) -> Result<Store, StartupError> {
+    let settings = PoolSettings {
+        max_connections: config.db_max_connections,
+        ..PoolSettings::default()
+    };
+    let attempts = config.db_connect_attempts.max(1);
+    let mut delay = Duration::from_millis(250);
+    for attempt in 1..=attempts {
+        match Store::connect(&config.database, settings).await {
+            Ok(store) => return Ok(store),
+            Err(err) if err.is_transient() && attempt < attempts => {
+                tracing::warn!(attempt, attempts, retry_in_ms = delay.as_millis() as u64, error = %err, "database unreachable; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(4));
+            }
+            Err(source) => {
+                return Err(StartupError::Database {
+                    source,
+                    attempts: attempt,
+                });
+            }
+        }
+    }
+    unreachable!("the loop returns on its last attempt")
+}
+
+/// Opens and migrates the database: what both `serve` and `migrate` do first.
+pub async fn open_database(config: &Config) -> Result<Store, StartupError> {
+    prepare_data_dir(config)?;
+    let store = connect_with_retry(config).await?;
+    let applied = store.migrate().await?;
+    let status = store
+        .schema_status()
+        .await
+        .map_err(|e| StartupError::Migrate(MigrateError::Database(e)))?;
+    tracing::info!(
+        database = store.backend().as_str(),
+        location = %store.target().describe(),
+        schema_version = status.applied,
+        newly_applied = applied.len(),
+        "database ready"
+    );
+    Ok(store)
+}
+
+/// Runs `viberglass serve` until a shutdown signal.
+pub async fn run(config: Config) -> Result<(), StartupError> {
+    prepare_data_dir(&config)?;
+    let key = resolve_key(&config)?;
+    let store = open_database(&config).await?;
+    let address = SocketAddr::new(config.host, config.port);
+    let listener = TcpListener::bind(address)
+        .await
+        .map_err(|source| StartupError::Bind { address, source })?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    let timeout = Duration::from_secs(config.shutdown_timeout_secs);
+    let state = AppState {
+        store: store.clone(),
+        config: Arc::new(config),
+        encryption_key: Arc::new(key),
+    };
+    let result = serve(listener, state, shutdown, timeout).await;
+    store.close().await;
+    result.map_err(StartupError::Serve)
+}
+
+/// Serves on a bound listener until `shutdown` is cancelled, then waits up
+/// to `grace` for in-flight requests.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: CancellationToken,
+    grace: Duration,
+) -> std::io::Result<()> {
+    let local = listener.local_addr()?;
+    let public = state
+        .config
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{local}"));
+    tracing::info!(address = %local, "viberglass listening on http://{local} (public URL {public})");
+    let app = build_router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let server =
+        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let deadline = async {
+        shutdown.cancelled().await;
+        tracing::info!(
+            grace_secs = grace.as_secs(),
+            "shutting down; letting in-flight requests finish"
+        );
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        result = server => { tracing::info!("server stopped"); result }
+        () = deadline => { tracing::warn!("in-flight requests did not finish within the shutdown timeout; stopping anyway"); Ok(()) }
+    }
+}
+
+async fn cancel_on_signal(token: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::terminate(),
+        ) {
+            Ok(term) => term,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot listen for SIGTERM; only Ctrl-C stops the server gracefully");
+                let _ = ctrl_c.await;
+                token.cancel();
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => tracing::info!(signal = "SIGINT", "shutdown requested"),
+            _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutdown requested"),
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    token.cancel();
+}
