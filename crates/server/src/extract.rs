@@ -77,11 +77,8 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             .to_owned();
         let field = if let Some(unknown) = message.strip_prefix("unknown field `") {
             let name = unknown.split('`').next().unwrap_or_default();
-            let field = if path == "." {
-                name.to_owned()
-            } else {
-                format!("{path}.{name}")
-            };
+            // The path already ends with the unknown field's name.
+            let field = if path == "." { name.to_owned() } else { path };
             return ApiError::invalid_field(&field, format!("is not a known field ({message})"));
         } else if path == "." {
             "body".to_owned()

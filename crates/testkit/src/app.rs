@@ -1,1 +1,175 @@
-pub struct TestApp;
+//! `TestApp::spawn()`: the real server on a real socket (port 0, bound
+//! before serving), over an isolated database, with a client to call it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use viberglass_server::config::{Config, EncryptionKey};
+use viberglass_server::{AppState, serve};
+use viberglass_store::Store;
+
+use crate::db::{TestBackend, TestDb};
+
+/// A running server for one test. Stopped when dropped.
+pub struct TestApp {
+    pub address: SocketAddr,
+    pub base_url: String,
+    pub client: reqwest::Client,
+    pub store: Store,
+    pub db: TestDb,
+    shutdown: CancellationToken,
+}
+
+/// Settings for a [`TestApp`] beyond the defaults, as environment variables
+/// the server's configuration loader reads.
+pub struct TestAppBuilder {
+    backend: TestBackend,
+    env: HashMap<String, String>,
+}
+
+impl TestAppBuilder {
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.insert(name.to_owned(), value.to_owned());
+        self
+    }
+
+    pub async fn spawn(self) -> TestApp {
+        crate::logs::capture();
+        let db = TestDb::new(self.backend).await;
+        let data_dir = match db.data_dir() {
+            Some(dir) => dir.to_owned(),
+            None => std::env::temp_dir()
+                .join(format!("viberglass-test-{}", uuid::Uuid::new_v4().simple())),
+        };
+        let mut env = HashMap::from([
+            (
+                "VIBERGLASS_DATA_DIR".to_owned(),
+                data_dir.display().to_string(),
+            ),
+            ("DATABASE_URL".to_owned(), db.url()),
+            ("VIBERGLASS_PORT".to_owned(), "0".to_owned()),
+            (
+                "SECRETS_ENCRYPTION_KEY".to_owned(),
+                EncryptionKey::generate().to_hex(),
+            ),
+        ]);
+        env.extend(self.env);
+        let config = Config::load(None, |name| env.get(name).cloned(), &[])
+            .expect("test configuration is valid");
+        let store = db.store().await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a free port");
+        let address = listener.local_addr().expect("bound address");
+        let key = match &config.encryption_key {
+            viberglass_server::config::KeySource::Configured(key) => key.clone(),
+            viberglass_server::config::KeySource::DataDirFile(_) => EncryptionKey::generate(),
+        };
+        let state = AppState {
+            store: store.clone(),
+            config: Arc::new(config),
+            encryption_key: Arc::new(key),
+        };
+        let shutdown = CancellationToken::new();
+        tokio::spawn(serve(
+            listener,
+            state,
+            shutdown.clone(),
+            Duration::from_secs(5),
+        ));
+        TestApp {
+            address,
+            base_url: format!("http://{address}"),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("HTTP client"),
+            store,
+            db,
+            shutdown,
+        }
+    }
+}
+
+impl TestApp {
+    /// A server on SQLite.
+    pub async fn spawn() -> TestApp {
+        Self::builder(TestBackend::Sqlite).spawn().await
+    }
+
+    pub async fn spawn_on(backend: TestBackend) -> TestApp {
+        Self::builder(backend).spawn().await
+    }
+
+    pub fn builder(backend: TestBackend) -> TestAppBuilder {
+        TestAppBuilder {
+            backend,
+            env: HashMap::new(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("GET reaches the server")
+    }
+
+    pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("POST reaches the server")
+    }
+
+    pub async fn patch_json(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
+        self.client
+            .patch(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("PATCH reaches the server")
+    }
+
+    /// Creates a project through the API and returns its JSON.
+    pub async fn create_project(&self, body: serde_json::Value) -> serde_json::Value {
+        let response = self.post_json("/api/v1/projects", &body).await;
+        assert_eq!(
+            response.status(),
+            201,
+            "creating a project: {}",
+            response.text().await.unwrap_or_default()
+        );
+        response.json().await.expect("project JSON")
+    }
+
+    /// Files a ticket through the API and returns its JSON.
+    pub async fn create_ticket(&self, project: &str, body: serde_json::Value) -> serde_json::Value {
+        let response = self
+            .post_json(&format!("/api/v1/projects/{project}/tickets"), &body)
+            .await;
+        assert_eq!(
+            response.status(),
+            201,
+            "filing a ticket: {}",
+            response.text().await.unwrap_or_default()
+        );
+        response.json().await.expect("ticket JSON")
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}

@@ -46,6 +46,12 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Readiness>, Ap
             state.store.target().describe()
         ))
     })?;
+    if status.applied > status.latest {
+        return Err(not_ready(format!(
+            "the database was migrated by a newer viberglass (schema version {}, this server knows {}): upgrade this server",
+            status.applied, status.latest
+        )));
+    }
     if !status.is_current() {
         return Err(not_ready(format!(
             "the database schema is at version {} but this server needs {}: run `viberglass migrate`",

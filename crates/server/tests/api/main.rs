@@ -1,0 +1,8 @@
+//! HTTP integration tests: the real server on a real socket.
+
+mod errors;
+mod health;
+mod openapi;
+mod projects;
+mod request_ids;
+mod tickets;

@@ -1,0 +1,111 @@
+//! The OpenAPI document is generated from the routes; these tests keep the
+//! two in step.
+
+use serde_json::Value;
+use viberglass_testkit::TestApp;
+
+/// Every route the server serves. A route missing from the OpenAPI document
+/// fails `every_served_route_is_in_the_openapi_document`.
+const ROUTES: &[(&str, &str)] = &[
+    ("get", "/healthz"),
+    ("get", "/readyz"),
+    ("get", "/api/v1/projects"),
+    ("post", "/api/v1/projects"),
+    ("get", "/api/v1/projects/{project}"),
+    ("patch", "/api/v1/projects/{project}"),
+    ("post", "/api/v1/projects/{project}/archive"),
+    ("post", "/api/v1/projects/{project}/unarchive"),
+    ("post", "/api/v1/projects/{project}/tickets"),
+    ("get", "/api/v1/tickets"),
+    ("get", "/api/v1/tickets/{ticket_id}"),
+    ("patch", "/api/v1/tickets/{ticket_id}"),
+    ("post", "/api/v1/tickets/{ticket_id}/archive"),
+    ("post", "/api/v1/tickets/{ticket_id}/unarchive"),
+];
+
+const METHODS: &[&str] = &["get", "post", "put", "patch", "delete"];
+
+async fn spec(app: &TestApp) -> Value {
+    let response = app.get("/api/v1/openapi.json").await;
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
+}
+
+fn concrete(path: &str) -> String {
+    path.replace("{project}", "some-project")
+        .replace("{ticket_id}", &uuid::Uuid::now_v7().to_string())
+}
+
+#[tokio::test]
+async fn the_document_is_openapi_3_1_with_a_docs_page_beside_it() {
+    let app = TestApp::spawn().await;
+    let spec = spec(&app).await;
+    assert_eq!(spec["openapi"], "3.1.0");
+    assert_eq!(spec["info"]["title"], "Viberglass API");
+    assert!(spec["components"]["schemas"]["ErrorBody"].is_object());
+    let docs = app.get("/api/docs/").await;
+    assert_eq!(docs.status(), 200);
+    assert!(
+        docs.text().await.unwrap().contains("swagger"),
+        "the docs page is Swagger UI"
+    );
+}
+
+#[tokio::test]
+async fn every_served_route_is_in_the_openapi_document() {
+    let app = TestApp::spawn().await;
+    let spec = spec(&app).await;
+    for (method, path) in ROUTES {
+        assert!(
+            spec["paths"][path][method].is_object(),
+            "{} {path} is served but missing from the OpenAPI document",
+            method.to_uppercase()
+        );
+    }
+}
+
+/// Probes every path in the document with every method: each documented
+/// operation must be routed, and each undocumented one must be a 405, so a
+/// handler added to a documented path without documentation is caught.
+#[tokio::test]
+async fn the_document_and_the_router_agree_method_by_method() {
+    let app = TestApp::spawn().await;
+    let spec = spec(&app).await;
+    let paths = spec["paths"].as_object().unwrap();
+    assert_eq!(
+        paths
+            .values()
+            .map(|p| p.as_object().unwrap().len())
+            .sum::<usize>(),
+        ROUTES.len(),
+        "ROUTES lists every documented operation"
+    );
+    for (path, operations) in paths {
+        for method in METHODS {
+            let request = app.client.request(
+                method.to_uppercase().parse().unwrap(),
+                app.url(&concrete(path)),
+            );
+            let request = if *method == "get" {
+                request
+            } else {
+                request.json(&serde_json::json!({}))
+            };
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            let documented = operations.get(*method).is_some();
+            if documented {
+                assert!(
+                    status != 405 && body["code"] != "route_not_found",
+                    "{method} {path} is documented but not routed ({status} {body})"
+                );
+            } else {
+                assert_eq!(
+                    status, 405,
+                    "{method} {path} is served ({status}) but not documented"
+                );
+            }
+        }
+    }
+}
