@@ -9,9 +9,7 @@ use uuid::Uuid;
 
 /// The error for a string that is not a valid id.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "`{value}` is not a valid {kind} id: expected a UUID such as 01920000-0000-7000-8000-000000000000"
-)]
+#[error("`{value}` is not a valid {kind} id: expected a UUID such as 01920000-0000-7000-8000-000000000000")]
 pub struct InvalidId {
     pub kind: &'static str,
     pub value: String,

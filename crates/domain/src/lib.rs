@@ -17,7 +17,5 @@ pub use ids::{ClankerId, JobId, ProjectId, TicketId, UserId};
 pub use page::{Cursor, Page, PageRequest};
 pub use project::{NewProject, Project, ProjectInput, ProjectPatch, ProjectSlug};
 pub use states::{Phase, Severity, TicketStatus};
-pub use ticket::{
-    ArchivedFilter, NewTicket, Ticket, TicketFilter, TicketInput, TicketPatch, TicketSource,
-};
+pub use ticket::{ArchivedFilter, NewTicket, Ticket, TicketFilter, TicketInput, TicketPatch, TicketSource};
 pub use validation::{FieldError, ValidationErrors};

@@ -26,10 +26,9 @@ impl Cursor {
     }
 
     pub fn decode(text: &str) -> Result<Self, String> {
-        Uuid::try_parse(text.trim()).map(Self).map_err(|_| {
-            "is not a cursor from a previous page: pass the `next_cursor` value unchanged"
-                .to_owned()
-        })
+        Uuid::try_parse(text.trim())
+            .map(Self)
+            .map_err(|_| "is not a cursor from a previous page: pass the `next_cursor` value unchanged".to_owned())
     }
 }
 
@@ -42,10 +41,7 @@ pub struct PageRequest {
 
 impl Default for PageRequest {
     fn default() -> Self {
-        Self {
-            limit: DEFAULT_PAGE_SIZE,
-            after: None,
-        }
+        Self { limit: DEFAULT_PAGE_SIZE, after: None }
     }
 }
 
@@ -56,10 +52,7 @@ impl PageRequest {
             None => DEFAULT_PAGE_SIZE,
             Some(n) if (1..=MAX_PAGE_SIZE).contains(&n) => n,
             Some(n) => {
-                return Err((
-                    "limit",
-                    format!("must be between 1 and {MAX_PAGE_SIZE} (got {n})"),
-                ));
+                return Err(("limit", format!("must be between 1 and {MAX_PAGE_SIZE} (got {n})")));
             }
         };
         let after = match cursor {
@@ -84,22 +77,12 @@ impl<T> Page<T> {
     pub fn from_rows(mut rows: Vec<T>, limit: u32, id_of: impl Fn(&T) -> Uuid) -> Self {
         let has_more = rows.len() > limit as usize;
         rows.truncate(limit as usize);
-        let next_cursor = if has_more {
-            rows.last().map(|row| Cursor::after(id_of(row)).encode())
-        } else {
-            None
-        };
-        Self {
-            items: rows,
-            next_cursor,
-        }
+        let next_cursor = if has_more { rows.last().map(|row| Cursor::after(id_of(row)).encode()) } else { None };
+        Self { items: rows, next_cursor }
     }
 
     pub fn map<U>(self, f: impl FnMut(T) -> U) -> Page<U> {
-        Page {
-            items: self.items.into_iter().map(f).collect(),
-            next_cursor: self.next_cursor,
-        }
+        Page { items: self.items.into_iter().map(f).collect(), next_cursor: self.next_cursor }
     }
 }
 
@@ -125,14 +108,8 @@ mod tests {
     fn limits_outside_the_range_name_the_parameter() {
         assert_eq!(PageRequest::parse(Some(0), None).unwrap_err().0, "limit");
         assert_eq!(PageRequest::parse(Some(201), None).unwrap_err().0, "limit");
-        assert_eq!(
-            PageRequest::parse(None, Some("zzz")).unwrap_err().0,
-            "cursor"
-        );
-        assert_eq!(
-            PageRequest::parse(None, None).unwrap().limit,
-            DEFAULT_PAGE_SIZE
-        );
+        assert_eq!(PageRequest::parse(None, Some("zzz")).unwrap_err().0, "cursor");
+        assert_eq!(PageRequest::parse(None, None).unwrap().limit, DEFAULT_PAGE_SIZE);
     }
 
     #[test]

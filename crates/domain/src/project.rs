@@ -4,9 +4,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::ProjectId;
-use crate::scm::{
-    DEFAULT_BRANCH_TEMPLATE, parse_branch_name, parse_branch_template, parse_repository_url,
-};
+use crate::scm::{DEFAULT_BRANCH_TEMPLATE, parse_branch_name, parse_branch_template, parse_repository_url};
 use crate::validation::{ValidationErrors, bounded_text, nullable};
 
 pub const DEFAULT_MAX_EXECUTION_SECS: u32 = 45 * 60;
@@ -25,9 +23,7 @@ impl ProjectSlug {
         if slug.is_empty() || slug.len() > 63 {
             return Err("must be 1 to 63 characters".into());
         }
-        if !slug
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        if !slug.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
             || slug.starts_with('-')
             || slug.ends_with('-')
         {
@@ -52,8 +48,9 @@ impl ProjectSlug {
             }
         }
         let slug: String = slug.trim_end_matches('-').chars().take(63).collect();
-        Self::parse(slug.trim_end_matches('-'))
-            .map_err(|_| "cannot be derived from the name: give a `slug` of lowercase letters, digits and dashes".into())
+        Self::parse(slug.trim_end_matches('-')).map_err(|_| {
+            "cannot be derived from the name: give a `slug` of lowercase letters, digits and dashes".into()
+        })
     }
 
     pub fn as_str(&self) -> &str {
@@ -165,36 +162,15 @@ impl ProjectPatch {
     pub fn parse(input: ProjectInput) -> Result<Self, ValidationErrors> {
         let mut e = ValidationErrors::new();
         let patch = ProjectPatch {
-            name: input
-                .name
-                .and_then(|v| e.check("name", bounded_text(&v, "name", 1, 100))),
-            slug: input
-                .slug
-                .and_then(|v| e.check("slug", ProjectSlug::parse(&v))),
+            name: input.name.and_then(|v| e.check("name", bounded_text(&v, "name", 1, 100))),
+            slug: input.slug.and_then(|v| e.check("slug", ProjectSlug::parse(&v))),
             description: input
                 .description
                 .and_then(|v| e.check("description", bounded_text(&v, "description", 0, 10_000))),
-            repository_url: optional(
-                &mut e,
-                "repository_url",
-                input.repository_url,
-                parse_repository_url,
-            ),
-            base_branch: input
-                .base_branch
-                .and_then(|v| e.check("base_branch", parse_branch_name(&v))),
-            pr_repository_url: optional(
-                &mut e,
-                "pr_repository_url",
-                input.pr_repository_url,
-                parse_repository_url,
-            ),
-            pr_base_branch: optional(
-                &mut e,
-                "pr_base_branch",
-                input.pr_base_branch,
-                parse_branch_name,
-            ),
+            repository_url: optional(&mut e, "repository_url", input.repository_url, parse_repository_url),
+            base_branch: input.base_branch.and_then(|v| e.check("base_branch", parse_branch_name(&v))),
+            pr_repository_url: optional(&mut e, "pr_repository_url", input.pr_repository_url, parse_repository_url),
+            pr_base_branch: optional(&mut e, "pr_base_branch", input.pr_base_branch, parse_branch_name),
             branch_name_template: input
                 .branch_name_template
                 .and_then(|v| e.check("branch_name_template", parse_branch_template(&v))),
@@ -218,12 +194,9 @@ impl ProjectPatch {
                     },
                 )
             }),
-            agent_instructions: input.agent_instructions.and_then(|v| {
-                e.check(
-                    "agent_instructions",
-                    bounded_text(&v, "agent_instructions", 0, 100_000),
-                )
-            }),
+            agent_instructions: input
+                .agent_instructions
+                .and_then(|v| e.check("agent_instructions", bounded_text(&v, "agent_instructions", 0, 100_000))),
         };
         e.into_result(patch)
     }
@@ -279,16 +252,10 @@ impl NewProject {
             }
         };
         let Some(name) = patch.name.clone() else {
-            return Err(ValidationErrors::single(
-                "name",
-                "is required: give the project a name",
-            ));
+            return Err(ValidationErrors::single("name", "is required: give the project a name"));
         };
         if patch.slug.is_none() {
-            patch.slug = Some(
-                ProjectSlug::from_name(&name)
-                    .map_err(|msg| ValidationErrors::single("slug", msg))?,
-            );
+            patch.slug = Some(ProjectSlug::from_name(&name).map_err(|msg| ValidationErrors::single("slug", msg))?);
         }
         Ok(NewProject(patch))
     }
@@ -327,9 +294,8 @@ mod tests {
 
     #[test]
     fn a_new_project_gets_a_slug_and_defaults() {
-        let project = NewProject::parse(input(r#"{"name":"Web App (v2)"}"#))
-            .unwrap()
-            .into_project(OffsetDateTime::now_utc());
+        let project =
+            NewProject::parse(input(r#"{"name":"Web App (v2)"}"#)).unwrap().into_project(OffsetDateTime::now_utc());
         assert_eq!(project.slug.as_str(), "web-app-v2");
         assert_eq!(project.base_branch, "main");
         assert_eq!(project.branch_name_template, DEFAULT_BRANCH_TEMPLATE);
@@ -349,15 +315,7 @@ mod tests {
         ))
         .unwrap_err();
         let fields: Vec<_> = err.fields.iter().map(|f| f.field.as_str()).collect();
-        assert_eq!(
-            fields,
-            [
-                "name",
-                "repository_url",
-                "base_branch",
-                "max_execution_secs"
-            ]
-        );
+        assert_eq!(fields, ["name", "repository_url", "base_branch", "max_execution_secs"]);
     }
 
     #[test]

@@ -10,8 +10,7 @@ pub fn parse_branch_name(value: &str) -> Result<String, String> {
         return Err("must be at most 200 characters".into());
     }
     let bad = |why: &str| Err(format!("`{name}` is not a valid git branch name: {why}"));
-    if name.starts_with('-') || name.starts_with('/') || name.ends_with('/') || name.ends_with('.')
-    {
+    if name.starts_with('-') || name.starts_with('/') || name.ends_with('/') || name.ends_with('.') {
         return bad("it must not start with `-` or `/` nor end with `/` or `.`");
     }
     if name.ends_with(".lock") {
@@ -20,11 +19,10 @@ pub fn parse_branch_name(value: &str) -> Result<String, String> {
     if name.contains("..") || name.contains("//") || name.contains("@{") || name == "@" {
         return bad("it must not contain `..`, `//` or `@{`");
     }
-    if let Some(c) = name.chars().find(|c| {
-        c.is_ascii_control()
-            || c.is_whitespace()
-            || matches!(c, '~' | '^' | ':' | '?' | '*' | '[' | '\\')
-    }) {
+    if let Some(c) = name
+        .chars()
+        .find(|c| c.is_ascii_control() || c.is_whitespace() || matches!(c, '~' | '^' | ':' | '?' | '*' | '[' | '\\'))
+    {
         return bad(&format!("it must not contain {c:?}"));
     }
     if name.split('/').any(|part| part.starts_with('.')) {
@@ -43,23 +41,18 @@ pub fn parse_repository_url(value: &str) -> Result<String, String> {
     if url.len() > 2048 || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err("must be a single clone URL without spaces".into());
     }
-    let scheme_ok = ["https://", "http://", "ssh://", "file://"]
-        .iter()
-        .any(|s| url.starts_with(s));
+    let scheme_ok = ["https://", "http://", "ssh://", "file://"].iter().any(|s| url.starts_with(s));
     let scp_like = url.starts_with("git@") && url.contains(':');
     if !scheme_ok && !scp_like {
         return Err(format!(
             "`{url}` is not a clone URL: use https://host/owner/repo.git, ssh://host/owner/repo.git or git@host:owner/repo.git"
         ));
     }
-    if let Some(rest) = url
-        .strip_prefix("https://")
-        .or_else(|| url.strip_prefix("http://"))
-    {
+    if let Some(rest) = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://")) {
         let authority = rest.split('/').next().unwrap_or_default();
         if authority.contains('@') {
             return Err(
-                "must not carry credentials: remove the `user:token@` part and link an SCM credential instead".into(),
+                "must not carry credentials: remove the `user:token@` part and link an SCM credential instead".into()
             );
         }
         if authority.is_empty() {
@@ -89,19 +82,14 @@ pub fn parse_branch_template(value: &str) -> Result<String, String> {
         if !BRANCH_TEMPLATE_PLACEHOLDERS.contains(&name) {
             return Err(format!(
                 "uses the unknown placeholder `{{{{ {name} }}}}`: use {}",
-                BRANCH_TEMPLATE_PLACEHOLDERS
-                    .iter()
-                    .map(|p| format!("{{{{ {p} }}}}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                BRANCH_TEMPLATE_PLACEHOLDERS.iter().map(|p| format!("{{{{ {p} }}}}")).collect::<Vec<_>>().join(", ")
             ));
         }
         sample.push_str("x1");
         rest = &after[end + 2..];
     }
     sample.push_str(rest);
-    parse_branch_name(&sample)
-        .map_err(|why| format!("does not render to a valid branch name: {why}"))?;
+    parse_branch_name(&sample).map_err(|why| format!("does not render to a valid branch name: {why}"))?;
     Ok(template.to_owned())
 }
 
@@ -118,13 +106,8 @@ mod tests {
 
     #[test]
     fn names_git_refuses_are_rejected() {
-        for name in [
-            "", "-x", "a..b", "a b", "a~1", "x.lock", "a//b", "/a", "a/", "a/.b", "a:b",
-        ] {
-            assert!(
-                parse_branch_name(name).is_err(),
-                "{name:?} should be rejected"
-            );
+        for name in ["", "-x", "a..b", "a b", "a~1", "x.lock", "a//b", "/a", "a/", "a/.b", "a:b"] {
+            assert!(parse_branch_name(name).is_err(), "{name:?} should be rejected");
         }
     }
 
@@ -136,12 +119,9 @@ mod tests {
 
     #[test]
     fn common_clone_urls_are_accepted() {
-        for url in [
-            "https://github.com/a/b.git",
-            "git@github.com:a/b.git",
-            "ssh://git@host/a/b",
-            "file:///srv/repo.git",
-        ] {
+        for url in
+            ["https://github.com/a/b.git", "git@github.com:a/b.git", "ssh://git@host/a/b", "file:///srv/repo.git"]
+        {
             assert!(parse_repository_url(url).is_ok(), "{url}");
         }
         assert!(parse_repository_url("ftp://x/y").is_err());

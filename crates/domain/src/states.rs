@@ -143,10 +143,7 @@ mod tests {
     #[test]
     fn an_unknown_name_lists_the_valid_ones() {
         let err = "urgent".parse::<Severity>().unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "`urgent` is not a valid severity: use one of low, medium, high, critical"
-        );
+        assert_eq!(err.to_string(), "`urgent` is not a valid severity: use one of low, medium, high, critical");
     }
 
     #[test]
@@ -160,9 +157,6 @@ mod tests {
 
     #[test]
     fn serde_uses_the_snake_case_names() {
-        assert_eq!(
-            serde_json::to_string(&TicketStatus::AwaitingApproval).unwrap(),
-            "\"awaiting_approval\""
-        );
+        assert_eq!(serde_json::to_string(&TicketStatus::AwaitingApproval).unwrap(), "\"awaiting_approval\"");
     }
 }

@@ -22,9 +22,8 @@ pub enum TicketSource {
 }
 
 impl TicketSource {
-    pub const NAMES: &'static [&'static str] = &[
-        "ui", "api", "github", "gitlab", "jira", "shortcut", "slack", "webhook",
-    ];
+    pub const NAMES: &'static [&'static str] =
+        &["ui", "api", "github", "gitlab", "jira", "shortcut", "slack", "webhook"];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -151,15 +150,11 @@ impl TicketPatch {
             e.add("external_id", "cannot be changed after the ticket is filed");
         }
         let patch = TicketPatch {
-            title: input
-                .title
-                .and_then(|v| e.check("title", bounded_text(&v, "title", 1, 500))),
+            title: input.title.and_then(|v| e.check("title", bounded_text(&v, "title", 1, 500))),
             description: input
                 .description
                 .and_then(|v| e.check("description", bounded_text(&v, "description", 0, 100_000))),
-            severity: input
-                .severity
-                .and_then(|v| e.check("severity", v.parse::<Severity>())),
+            severity: input.severity.and_then(|v| e.check("severity", v.parse::<Severity>())),
             external_url: match input.external_url {
                 None => None,
                 Some(None) => Some(None),
@@ -202,61 +197,29 @@ impl NewTicket {
         let description = input
             .description
             .as_deref()
-            .map_or(Some(String::new()), |v| {
-                e.check("description", bounded_text(v, "description", 0, 100_000))
-            });
-        let severity = input
-            .severity
-            .as_deref()
-            .map_or(Some(Severity::Medium), |v| e.check("severity", v.parse()));
-        let source = input
-            .source
-            .as_deref()
-            .map_or(Some(TicketSource::Api), |v| e.check("source", v.parse()));
+            .map_or(Some(String::new()), |v| e.check("description", bounded_text(v, "description", 0, 100_000)));
+        let severity = input.severity.as_deref().map_or(Some(Severity::Medium), |v| e.check("severity", v.parse()));
+        let source = input.source.as_deref().map_or(Some(TicketSource::Api), |v| e.check("source", v.parse()));
         let external_id = match input.external_id.as_deref() {
             None => Some(None),
-            Some(v) => e
-                .check("external_id", bounded_text(v, "external_id", 1, 200))
-                .map(Some),
+            Some(v) => e.check("external_id", bounded_text(v, "external_id", 1, 200)).map(Some),
         };
         let external_url = match input.external_url.flatten() {
             None => Some(None),
             Some(v) => e.check("external_url", parse_external_url(&v)).map(Some),
         };
-        match (
-            title,
-            description,
-            severity,
-            source,
-            external_id,
-            external_url,
-        ) {
-            (
-                Some(title),
-                Some(description),
-                Some(severity),
-                Some(source),
-                Some(external_id),
-                Some(external_url),
-            ) if e.is_empty() => Ok(NewTicket {
-                title,
-                description,
-                severity,
-                source,
-                external_id,
-                external_url,
-            }),
+        match (title, description, severity, source, external_id, external_url) {
+            (Some(title), Some(description), Some(severity), Some(source), Some(external_id), Some(external_url))
+                if e.is_empty() =>
+            {
+                Ok(NewTicket { title, description, severity, source, external_id, external_url })
+            }
             _ => Err(e),
         }
     }
 
     /// The ticket this creates: new tickets start in research, open.
-    pub fn into_ticket(
-        self,
-        project_id: ProjectId,
-        created_by: Option<UserId>,
-        now: OffsetDateTime,
-    ) -> Ticket {
+    pub fn into_ticket(self, project_id: ProjectId, created_by: Option<UserId>, now: OffsetDateTime) -> Ticket {
         Ticket {
             id: TicketId::new(),
             project_id,
@@ -323,17 +286,14 @@ mod tests {
 
     #[test]
     fn a_new_ticket_defaults_to_medium_from_the_api_in_research() {
-        let ticket = NewTicket::parse(input(r#"{"title":"Fix login"}"#))
-            .unwrap()
-            .into_ticket(ProjectId::new(), None, OffsetDateTime::now_utc());
+        let ticket = NewTicket::parse(input(r#"{"title":"Fix login"}"#)).unwrap().into_ticket(
+            ProjectId::new(),
+            None,
+            OffsetDateTime::now_utc(),
+        );
         assert_eq!(
             (ticket.severity, ticket.source, ticket.phase, ticket.status),
-            (
-                Severity::Medium,
-                TicketSource::Api,
-                Phase::Research,
-                TicketStatus::Open
-            )
+            (Severity::Medium, TicketSource::Api, Phase::Research, TicketStatus::Open)
         );
     }
 
@@ -341,11 +301,7 @@ mod tests {
     fn unknown_severity_lists_the_valid_ones() {
         let err = NewTicket::parse(input(r#"{"title":"x","severity":"urgent"}"#)).unwrap_err();
         assert_eq!(err.fields[0].field, "severity");
-        assert!(
-            err.fields[0]
-                .message
-                .contains("low, medium, high, critical")
-        );
+        assert!(err.fields[0].message.contains("low, medium, high, critical"));
     }
 
     #[test]

@@ -31,10 +31,7 @@ impl ValidationErrors {
     }
 
     pub fn add(&mut self, field: &str, message: impl Into<String>) {
-        self.fields.push(FieldError {
-            field: field.to_owned(),
-            message: message.into(),
-        });
+        self.fields.push(FieldError { field: field.to_owned(), message: message.into() });
     }
 
     pub fn is_empty(&self) -> bool {
@@ -43,19 +40,11 @@ impl ValidationErrors {
 
     /// `Ok(value)` when nothing was invalid, else the collected errors.
     pub fn into_result<T>(self, value: T) -> Result<T, Self> {
-        if self.is_empty() {
-            Ok(value)
-        } else {
-            Err(self)
-        }
+        if self.is_empty() { Ok(value) } else { Err(self) }
     }
 
     /// Runs a parser for one field and records its error under `field`.
-    pub fn check<T, E: std::fmt::Display>(
-        &mut self,
-        field: &str,
-        result: Result<T, E>,
-    ) -> Option<T> {
+    pub fn check<T, E: std::fmt::Display>(&mut self, field: &str, result: Result<T, E>) -> Option<T> {
         match result {
             Ok(value) => Some(value),
             Err(err) => {
@@ -73,10 +62,7 @@ impl ValidationErrors {
             many => format!(
                 "{} fields are invalid: {}",
                 many.len(),
-                many.iter()
-                    .map(|f| f.field.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                many.iter().map(|f| f.field.as_str()).collect::<Vec<_>>().join(", ")
             ),
         }
     }
@@ -93,17 +79,23 @@ pub fn bounded_text(value: &str, what: &str, min: usize, max: usize) -> Result<S
         return Err(format!("{what} must be at least {min} characters"));
     }
     if len > max {
-        return Err(format!(
-            "{what} must be at most {max} characters (got {len})"
-        ));
+        return Err(format!("{what} must be at most {max} characters (got {len})"));
     }
-    if trimmed
-        .chars()
-        .any(|c| c.is_control() && c != '\n' && c != '\r' && c != '\t')
-    {
+    if trimmed.chars().any(|c| c.is_control() && c != '\n' && c != '\r' && c != '\t') {
         return Err(format!("{what} must not contain control characters"));
     }
     Ok(trimmed.to_owned())
+}
+
+/// Deserializes a field that distinguishes "absent" (`None`), "null"
+/// (`Some(None)`) and a value (`Some(Some(v))`), as PATCH bodies need.
+pub fn nullable<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    use serde::Deserialize;
+    Option::<T>::deserialize(deserializer).map(Some)
 }
 
 #[cfg(test)]
@@ -112,10 +104,7 @@ mod tests {
 
     #[test]
     fn empty_text_is_rejected_with_the_field_name() {
-        assert_eq!(
-            bounded_text("   ", "title", 1, 10).unwrap_err(),
-            "title must not be empty"
-        );
+        assert_eq!(bounded_text("   ", "title", 1, 10).unwrap_err(), "title must not be empty");
     }
 
     #[test]
@@ -137,15 +126,4 @@ mod tests {
         errors.add("severity", "unknown");
         assert_eq!(errors.summary(), "2 fields are invalid: title, severity");
     }
-}
-
-/// Deserializes a field that distinguishes "absent" (`None`), "null"
-/// (`Some(None)`) and a value (`Some(Some(v))`), as PATCH bodies need.
-pub fn nullable<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: serde::Deserialize<'de>,
-{
-    use serde::Deserialize;
-    Option::<T>::deserialize(deserializer).map(Some)
 }

@@ -49,24 +49,12 @@ pub fn build_router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn(request_context))
         .layer(DefaultBodyLimit::max(body_limit));
     if !origins.is_empty() {
-        let origins: Vec<HeaderValue> = origins
-            .iter()
-            .filter_map(|o| HeaderValue::from_str(o).ok())
-            .collect();
+        let origins: Vec<HeaderValue> = origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
         router = router.layer(
             CorsLayer::new()
                 .allow_origin(AllowOrigin::list(origins))
-                .allow_methods([
-                    Method::GET,
-                    Method::POST,
-                    Method::PUT,
-                    Method::PATCH,
-                    Method::DELETE,
-                ])
-                .allow_headers([
-                    axum::http::header::CONTENT_TYPE,
-                    axum::http::header::AUTHORIZATION,
-                ])
+                .allow_methods([Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE])
+                .allow_headers([axum::http::header::CONTENT_TYPE, axum::http::header::AUTHORIZATION])
                 .allow_credentials(true)
                 .expose_headers([crate::request::X_REQUEST_ID.clone()]),
         );
@@ -75,12 +63,8 @@ pub fn build_router(state: AppState) -> Router {
 }
 
 async fn route_not_found(method: Method, uri: Uri) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "route_not_found",
-        format!("there is no route {method} {}", uri.path()),
-    )
-    .with_hint(format!("the API is described at {DOCS_PATH}"))
+    ApiError::new(StatusCode::NOT_FOUND, "route_not_found", format!("there is no route {method} {}", uri.path()))
+        .with_hint(format!("the API is described at {DOCS_PATH}"))
 }
 
 async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {

@@ -143,12 +143,9 @@ impl EncryptionKey {
                 .decode(text)
                 .map_err(|_| "expected 32 bytes as 64 hex characters or base64".to_owned())?
         };
-        let bytes: [u8; 32] = bytes.try_into().map_err(|b: Vec<u8>| {
-            format!(
-                "expected 32 bytes as 64 hex characters or base64, got {} bytes",
-                b.len()
-            )
-        })?;
+        let bytes: [u8; 32] = bytes
+            .try_into()
+            .map_err(|b: Vec<u8>| format!("expected 32 bytes as 64 hex characters or base64, got {} bytes", b.len()))?;
         Ok(Self(bytes))
     }
 
@@ -196,20 +193,10 @@ pub struct Config {
 /// A setting was missing or invalid. Printed as one line; exit code 2.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
-    #[error("invalid {origin}={value}: {reason}; set {env} to {expected}")]
-    Invalid {
-        origin: String,
-        env: &'static str,
-        value: String,
-        reason: String,
-        expected: String,
-    },
+    #[error("invalid {origin}={value}: {reason}; set {target} to {expected}")]
+    Invalid { origin: String, target: &'static str, value: String, reason: String, expected: String },
     #[error("{env} is not set: {reason}; {fix}")]
-    Missing {
-        env: &'static str,
-        reason: String,
-        fix: String,
-    },
+    Missing { env: &'static str, reason: String, fix: String },
     #[error("cannot read the config file {path}: {reason}")]
     File { path: String, reason: String },
 }
@@ -263,7 +250,10 @@ impl Raw<'_> {
         };
         ConfigError::Invalid {
             origin: self.origin.name(self.setting),
-            env: self.setting.env,
+            target: match self.origin {
+                Origin::Flag(flag) => flag,
+                _ => self.setting.env,
+            },
             value: shown,
             reason: reason.into(),
             expected: expected.to_owned(),
@@ -285,12 +275,7 @@ pub fn redact_url_password(url: &str) -> String {
     let authority = &rest[..authority_end];
     match (authority.rfind('@'), authority.find(':')) {
         (Some(at), Some(colon)) if colon < at => {
-            format!(
-                "{}{}:***{}",
-                &url[..scheme_end],
-                &authority[..colon],
-                &rest[at..]
-            )
+            format!("{}{}:***{}", &url[..scheme_end], &authority[..colon], &rest[at..])
         }
         _ => url.to_owned(),
     }
@@ -299,21 +284,15 @@ pub fn redact_url_password(url: &str) -> String {
 fn toml_to_string(value: &toml::Value) -> String {
     match value {
         toml::Value::String(s) => s.clone(),
-        toml::Value::Array(items) => items
-            .iter()
-            .map(toml_to_string)
-            .collect::<Vec<_>>()
-            .join(","),
+        toml::Value::Array(items) => items.iter().map(toml_to_string).collect::<Vec<_>>().join(","),
         other => other.to_string(),
     }
 }
 
 fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
     let display = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
-        path: display.clone(),
-        reason: e.to_string(),
-    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::File { path: display.clone(), reason: e.to_string() })?;
     let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
         let line = e.span().map(|s| text[..s.start].lines().count().max(1));
         ConfigError::File {
@@ -328,30 +307,24 @@ fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
         if !SETTINGS.iter().any(|s| s.key == key) {
             return Err(ConfigError::File {
                 path: display,
-                reason: format!(
-                    "unknown setting `{key}`; known settings are listed by `viberglass config default`"
-                ),
+                reason: format!("unknown setting `{key}`; known settings are listed by `viberglass config default`"),
             });
         }
     }
     Ok(table)
 }
 
-fn parse_number<T: std::str::FromStr + PartialOrd + fmt::Display>(
+fn parse_number<T: TryFrom<i128> + Into<i128> + Copy + fmt::Display>(
     raw: &Raw,
     min: T,
     max: T,
 ) -> Result<T, ConfigError> {
     let expected = format!("a whole number from {min} to {max}");
-    let n: T = raw
-        .value
-        .trim()
-        .parse()
-        .map_err(|_| raw.invalid("not a whole number", &expected))?;
-    if n < min || n > max {
+    let n: i128 = raw.value.trim().parse().map_err(|_| raw.invalid("not a whole number", &expected))?;
+    if n < min.into() || n > max.into() {
         return Err(raw.invalid("out of range", &expected));
     }
-    Ok(n)
+    T::try_from(n).map_err(|_| raw.invalid("out of range", &expected))
 }
 
 fn parse_origin(origin: &str) -> Result<String, String> {
@@ -359,13 +332,9 @@ fn parse_origin(origin: &str) -> Result<String, String> {
     let rest = origin
         .strip_prefix("https://")
         .or_else(|| origin.strip_prefix("http://"))
-        .ok_or_else(|| {
-            format!("`{origin}` is not an origin: it must start with http:// or https://")
-        })?;
+        .ok_or_else(|| format!("`{origin}` is not an origin: it must start with http:// or https://"))?;
     if rest.is_empty() || rest.contains('/') || rest.contains(char::is_whitespace) {
-        return Err(format!(
-            "`{origin}` is not an origin: give scheme, host and port only, without a path"
-        ));
+        return Err(format!("`{origin}` is not an origin: give scheme, host and port only, without a path"));
     }
     Ok(origin.to_owned())
 }
@@ -381,36 +350,17 @@ impl Config {
         let table = file.map(read_file).transpose()?;
         let file_name = file.map(|p| p.display().to_string()).unwrap_or_default();
         let raw = |key: &str| -> Raw<'static> {
-            let setting = SETTINGS
-                .iter()
-                .find(|s| s.key == key)
-                .expect("every key read is declared in SETTINGS");
+            let setting = SETTINGS.iter().find(|s| s.key == key).expect("every key read is declared in SETTINGS");
             if let Some(o) = overrides.iter().find(|o| o.key == key) {
-                return Raw {
-                    setting,
-                    value: o.value.clone(),
-                    origin: Origin::Flag(o.flag),
-                };
+                return Raw { setting, value: o.value.clone(), origin: Origin::Flag(o.flag) };
             }
             if let Some(value) = env(setting.env) {
-                return Raw {
-                    setting,
-                    value,
-                    origin: Origin::Env(setting.env),
-                };
+                return Raw { setting, value, origin: Origin::Env(setting.env) };
             }
             if let Some(value) = table.as_ref().and_then(|t| t.get(key)) {
-                return Raw {
-                    setting,
-                    value: toml_to_string(value),
-                    origin: Origin::File(file_name.clone()),
-                };
+                return Raw { setting, value: toml_to_string(value), origin: Origin::File(file_name.clone()) };
             }
-            Raw {
-                setting,
-                value: setting.default.to_owned(),
-                origin: Origin::Default,
-            }
+            Raw { setting, value: setting.default.to_owned(), origin: Origin::Default }
         };
 
         let data_dir_raw = raw("data_dir");
@@ -421,29 +371,19 @@ impl Config {
 
         let database_raw = raw("database_url");
         let database = if database_raw.is_empty() {
-            DatabaseTarget::Sqlite {
-                path: data_dir.join("viberglass.db"),
-            }
+            DatabaseTarget::Sqlite { path: data_dir.join("viberglass.db") }
         } else {
             let url = database_raw.value.trim();
             if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-                DatabaseTarget::Postgres {
-                    url: url.to_owned(),
-                }
-            } else if let Some(path) = url
-                .strip_prefix("sqlite://")
-                .or_else(|| url.strip_prefix("sqlite:"))
-            {
+                DatabaseTarget::Postgres { url: url.to_owned() }
+            } else if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
                 let path = path.split('?').next().unwrap_or_default();
                 if path.is_empty() || path == ":memory:" {
-                    return Err(database_raw.invalid(
-                        "an SQLite URL needs a file path",
-                        "sqlite://path/to/viberglass.db",
-                    ));
+                    return Err(
+                        database_raw.invalid("an SQLite URL needs a file path", "sqlite://path/to/viberglass.db")
+                    );
                 }
-                DatabaseTarget::Sqlite {
-                    path: PathBuf::from(path),
-                }
+                DatabaseTarget::Sqlite { path: PathBuf::from(path) }
             } else {
                 return Err(database_raw.invalid(
                     "not a PostgreSQL or SQLite URL",
@@ -453,12 +393,11 @@ impl Config {
         };
 
         let host_raw = raw("host");
-        let host: IpAddr = host_raw.value.trim().parse().map_err(|_| {
-            host_raw.invalid(
-                "not an IP address",
-                "an IP address such as 127.0.0.1 or 0.0.0.0",
-            )
-        })?;
+        let host: IpAddr = host_raw
+            .value
+            .trim()
+            .parse()
+            .map_err(|_| host_raw.invalid("not an IP address", "an IP address such as 127.0.0.1 or 0.0.0.0"))?;
         let port: u16 = parse_number(&raw("port"), 0, 65535)?;
 
         let public_raw = raw("public_url");
@@ -466,9 +405,7 @@ impl Config {
             None
         } else {
             let url = public_raw.value.trim().trim_end_matches('/');
-            if !(url.starts_with("http://") || url.starts_with("https://"))
-                || url.contains(char::is_whitespace)
-            {
+            if !(url.starts_with("http://") || url.starts_with("https://")) || url.contains(char::is_whitespace) {
                 return Err(public_raw.invalid(
                     "not an http(s) URL",
                     "the URL people reach this server at, e.g. https://viberglass.example.com",
@@ -487,10 +424,7 @@ impl Config {
         let level_raw = raw("log_level");
         let log_level = level_raw.value.trim().to_owned();
         tracing_subscriber::EnvFilter::try_new(&log_level).map_err(|e| {
-            level_raw.invalid(
-                e.to_string(),
-                "a level such as info or a directive such as info,viberglass=debug",
-            )
+            level_raw.invalid(e.to_string(), "a level such as info or a directive such as info,viberglass=debug")
         })?;
 
         let cors_raw = raw("cors_allowed_origins");
@@ -500,14 +434,9 @@ impl Config {
             .filter(|o| !o.trim().is_empty())
             .map(parse_origin)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|reason| {
-                cors_raw.invalid(
-                    reason,
-                    "a comma-separated list such as https://app.example.com",
-                )
-            })?;
+            .map_err(|reason| cors_raw.invalid(reason, "a comma-separated list such as https://app.example.com"))?;
 
-        let body_limit_bytes: usize = parse_number(&raw("body_limit_bytes"), 1024, 1 << 30)?;
+        let body_limit_bytes = parse_number::<u32>(&raw("body_limit_bytes"), 1024, 1 << 30)? as usize;
 
         let key_raw = raw("secrets_encryption_key");
         let encryption_key = if key_raw.is_empty() {
@@ -519,16 +448,11 @@ impl Config {
                         fix: "generate one with `viberglass config gen-key` and set SECRETS_ENCRYPTION_KEY to it on every server".into(),
                     });
                 }
-                DatabaseTarget::Sqlite { .. } => {
-                    KeySource::DataDirFile(data_dir.join("secrets.key"))
-                }
+                DatabaseTarget::Sqlite { .. } => KeySource::DataDirFile(data_dir.join("secrets.key")),
             }
         } else {
             KeySource::Configured(EncryptionKey::parse(&key_raw.value).map_err(|reason| {
-                key_raw.invalid(
-                    reason,
-                    "64 hex characters, e.g. the output of `viberglass config gen-key`",
-                )
+                key_raw.invalid(reason, "64 hex characters, e.g. the output of `viberglass config gen-key`")
             })?)
         };
 
@@ -609,10 +533,7 @@ mod tests {
     use std::collections::HashMap;
 
     fn load(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let map: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
+        let map: HashMap<String, String> = vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
         Config::load(None, |name| map.get(name).cloned(), &[])
     }
 
@@ -620,25 +541,15 @@ mod tests {
     fn no_settings_means_embedded_sqlite_on_port_8888() {
         let config = load(&[]).unwrap();
         assert_eq!(config.port, 8888);
-        assert_eq!(
-            config.database,
-            DatabaseTarget::Sqlite {
-                path: PathBuf::from("./viberglass-data/viberglass.db")
-            }
-        );
-        assert!(
-            matches!(config.encryption_key, KeySource::DataDirFile(ref p) if p.ends_with("secrets.key"))
-        );
+        assert_eq!(config.database, DatabaseTarget::Sqlite { path: PathBuf::from("./viberglass-data/viberglass.db") });
+        assert!(matches!(config.encryption_key, KeySource::DataDirFile(ref p) if p.ends_with("secrets.key")));
     }
 
     #[test]
     fn postgres_without_a_key_names_the_variable_and_the_fix() {
         let err = load(&[("DATABASE_URL", "postgres://u@db:5432/vg")]).unwrap_err();
         let text = err.to_string();
-        assert!(
-            text.starts_with("SECRETS_ENCRYPTION_KEY is not set"),
-            "{text}"
-        );
+        assert!(text.starts_with("SECRETS_ENCRYPTION_KEY is not set"), "{text}");
         assert!(text.contains("viberglass config gen-key"), "{text}");
         assert_eq!(err.exit_code(), 2);
     }
@@ -654,25 +565,15 @@ mod tests {
 
     #[test]
     fn a_bad_database_url_hides_its_password() {
-        let err = load(&[("DATABASE_URL", "mysql://root:hunter2@db/x")])
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("DATABASE_URL=\"mysql://root:***@db/x\""),
-            "{err}"
-        );
+        let err = load(&[("DATABASE_URL", "mysql://root:hunter2@db/x")]).unwrap_err().to_string();
+        assert!(err.contains("DATABASE_URL=\"mysql://root:***@db/x\""), "{err}");
         assert!(!err.contains("hunter2"));
     }
 
     #[test]
     fn a_bad_key_never_echoes_the_key() {
-        let err = load(&[("SECRETS_ENCRYPTION_KEY", "tooshort-secret")])
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("(value hidden)") && !err.contains("tooshort"),
-            "{err}"
-        );
+        let err = load(&[("SECRETS_ENCRYPTION_KEY", "tooshort-secret")]).unwrap_err().to_string();
+        assert!(err.contains("(value hidden)") && !err.contains("tooshort"), "{err}");
     }
 
     #[test]
@@ -689,22 +590,14 @@ mod tests {
     fn environment_wins_over_the_file_and_flags_win_over_both() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("vg.toml");
-        std::fs::write(
-            &file,
-            "port = 9000\nhost = \"0.0.0.0\"\nlog_format = \"json\"\n",
-        )
-        .unwrap();
+        std::fs::write(&file, "port = 9000\nhost = \"0.0.0.0\"\nlog_format = \"json\"\n").unwrap();
         let env = |name: &str| (name == "VIBERGLASS_PORT").then(|| "9100".to_owned());
         let config = Config::load(Some(&file), env, &[]).unwrap();
         assert_eq!(
             (config.port, config.host.to_string(), config.log_format),
             (9100, "0.0.0.0".into(), LogFormat::Json)
         );
-        let flag = Override {
-            key: "port",
-            flag: "--port",
-            value: "9200".into(),
-        };
+        let flag = Override { key: "port", flag: "--port", value: "9200".into() };
         assert_eq!(Config::load(Some(&file), env, &[flag]).unwrap().port, 9200);
     }
 
@@ -713,13 +606,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("vg.toml");
         std::fs::write(&file, "log_format = \"xml\"\n").unwrap();
-        let err = Config::load(Some(&file), |_| None, &[])
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.starts_with(&format!("invalid log_format in {}=\"xml\"", file.display())),
-            "{err}"
-        );
+        let err = Config::load(Some(&file), |_| None, &[]).unwrap_err().to_string();
+        assert!(err.starts_with(&format!("invalid log_format in {}=\"xml\"", file.display())), "{err}");
         assert!(err.ends_with("set LOG_FORMAT to text or json"), "{err}");
     }
 
@@ -728,14 +616,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("vg.toml");
         std::fs::write(&file, "prot = 1\n").unwrap();
-        let err = Config::load(Some(&file), |_| None, &[])
-            .unwrap_err()
-            .to_string();
+        let err = Config::load(Some(&file), |_| None, &[]).unwrap_err().to_string();
         assert!(err.contains("unknown setting `prot`"), "{err}");
         std::fs::write(&file, "port = \n").unwrap();
-        let err = Config::load(Some(&file), |_| None, &[])
-            .unwrap_err()
-            .to_string();
+        let err = Config::load(Some(&file), |_| None, &[]).unwrap_err().to_string();
         assert!(err.contains("line 1"), "{err}");
     }
 
@@ -751,15 +635,8 @@ mod tests {
 
     #[test]
     fn cors_origins_must_be_origins() {
-        let config = load(&[(
-            "VIBERGLASS_CORS_ORIGINS",
-            "https://a.example.com, http://localhost:3000/",
-        )])
-        .unwrap();
-        assert_eq!(
-            config.cors_allowed_origins,
-            ["https://a.example.com", "http://localhost:3000"]
-        );
+        let config = load(&[("VIBERGLASS_CORS_ORIGINS", "https://a.example.com, http://localhost:3000/")]).unwrap();
+        assert_eq!(config.cors_allowed_origins, ["https://a.example.com", "http://localhost:3000"]);
         assert!(load(&[("VIBERGLASS_CORS_ORIGINS", "https://a.example.com/app")]).is_err());
     }
 }

@@ -35,16 +35,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            body: ErrorBody {
-                code,
-                message: message.into(),
-                hint: None,
-                fields: Vec::new(),
-            },
-            cause: None,
-        }
+        Self { status, body: ErrorBody { code, message: message.into(), hint: None, fields: Vec::new() }, cause: None }
     }
 
     pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
@@ -87,19 +78,14 @@ impl From<ValidationErrors> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         match err {
-            StoreError::NotFound { entity, id } => {
-                ApiError::not_found(format!("there is no {entity} {id}"))
-            }
+            StoreError::NotFound { entity, id } => ApiError::not_found(format!("there is no {entity} {id}")),
             StoreError::Conflict { entity, field } => {
                 let mut api = ApiError::new(
                     StatusCode::CONFLICT,
                     "conflict",
                     format!("another {entity} already has this {field}: choose a different one"),
                 );
-                api.body.fields.push(FieldError {
-                    field,
-                    message: format!("is already used by another {entity}"),
-                });
+                api.body.fields.push(FieldError { field, message: format!("is already used by another {entity}") });
                 api
             }
             StoreError::ParentArchived { entity, id } => ApiError::new(
@@ -113,9 +99,7 @@ impl From<StoreError> for ApiError {
                 "busy",
                 format!("the {entity} is being changed by someone else right now; try again"),
             ),
-            other @ (StoreError::Database(_) | StoreError::Corrupt { .. }) => {
-                ApiError::internal(error_chain(&other))
-            }
+            other @ (StoreError::Database(_) | StoreError::Corrupt { .. }) => ApiError::internal(error_chain(&other)),
         }
     }
 }

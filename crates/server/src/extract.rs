@@ -25,8 +25,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
             .and_then(|v| v.split(';').next())
             .is_some_and(|mime| {
                 let mime = mime.trim();
-                mime == "application/json"
-                    || (mime.starts_with("application/") && mime.ends_with("+json"))
+                mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
             });
         if !is_json {
             return Err(ApiError::new(
@@ -46,10 +45,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
             } else {
                 ApiError::bad_request(
                     "unreadable_body",
-                    format!(
-                        "the request body could not be read: {}",
-                        rejection.body_text()
-                    ),
+                    format!("the request body could not be read: {}", rejection.body_text()),
                 )
             }
         })?;
@@ -64,17 +60,10 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         let path = err.path().to_string();
         let inner = err.into_inner();
         if inner.is_syntax() || inner.is_eof() {
-            return ApiError::bad_request(
-                "invalid_json",
-                format!("the body is not valid JSON: {inner}"),
-            );
+            return ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {inner}"));
         }
         let message = inner.to_string();
-        let message = message
-            .split(" at line ")
-            .next()
-            .unwrap_or(&message)
-            .to_owned();
+        let message = message.split(" at line ").next().unwrap_or(&message).to_owned();
         let field = if let Some(unknown) = message.strip_prefix("unknown field `") {
             let name = unknown.split('`').next().unwrap_or_default();
             // The path already ends with the unknown field's name.
@@ -98,20 +87,15 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         let query = parts.uri.query().unwrap_or_default();
         let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
-        serde_path_to_error::deserialize(de)
-            .map(ApiQuery)
-            .map_err(|err| {
-                let path = err.path().to_string();
-                let message = err.into_inner().to_string();
-                if let Some(unknown) = message.strip_prefix("unknown field `") {
-                    let name = unknown.split('`').next().unwrap_or_default();
-                    return ApiError::invalid_field(
-                        name,
-                        format!("is not a known query parameter ({message})"),
-                    );
-                }
-                ApiError::invalid_field(if path == "." { "query" } else { &path }, message)
-            })
+        serde_path_to_error::deserialize(de).map(ApiQuery).map_err(|err| {
+            let path = err.path().to_string();
+            let message = err.into_inner().to_string();
+            if let Some(unknown) = message.strip_prefix("unknown field `") {
+                let name = unknown.split('`').next().unwrap_or_default();
+                return ApiError::invalid_field(name, format!("is not a known query parameter ({message})"));
+            }
+            ApiError::invalid_field(if path == "." { "query" } else { &path }, message)
+        })
     }
 }
 

@@ -24,9 +24,7 @@ pub struct RequestId(pub String);
 /// characters from a safe set; anything else is replaced.
 pub fn is_valid_request_id(id: &str) -> bool {
     (1..=128).contains(&id.len())
-        && id.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'/' | b'+' | b'=')
-        })
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'/' | b'+' | b'='))
 }
 
 pub async fn request_context(mut req: Request, next: Next) -> Response {
@@ -37,10 +35,8 @@ pub async fn request_context(mut req: Request, next: Next) -> Response {
         .filter(|v| is_valid_request_id(v))
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "(unmatched)".to_owned(), |p| p.as_str().to_owned());
+    let route =
+        req.extensions().get::<MatchedPath>().map_or_else(|| "(unmatched)".to_owned(), |p| p.as_str().to_owned());
     let method = req.method().clone();
     let span = tracing::info_span!("request", request_id = %id, method = %method, route = %route);
     req.extensions_mut().insert(RequestId(id.clone()));
@@ -68,9 +64,7 @@ mod tests {
     #[test]
     fn request_ids_from_proxies_are_kept_and_junk_is_replaced() {
         assert!(is_valid_request_id("0192abcd-1234"));
-        assert!(is_valid_request_id(
-            "Root=1-5e1b4151-5ac6c58f5b5dd2c1b1b0ab43"
-        ));
+        assert!(is_valid_request_id("Root=1-5e1b4151-5ac6c58f5b5dd2c1b1b0ab43"));
         assert!(!is_valid_request_id(""));
         assert!(!is_valid_request_id("has space"));
         assert!(!is_valid_request_id(&"x".repeat(129)));

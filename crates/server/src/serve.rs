@@ -23,10 +23,7 @@ pub enum StartupError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error("cannot create the data directory {}: {source}; set VIBERGLASS_DATA_DIR to a writable directory", path.display())]
-    DataDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    DataDir { path: PathBuf, source: std::io::Error },
     #[error("cannot use the encryption key file {}: {reason}; restore it, or set SECRETS_ENCRYPTION_KEY", path.display())]
     KeyFile { path: PathBuf, reason: String },
     #[error(
@@ -35,13 +32,8 @@ pub enum StartupError {
     Database { source: ConnectError, attempts: u32 },
     #[error("{0}")]
     Migrate(#[from] MigrateError),
-    #[error(
-        "cannot listen on {address}: {source}; set VIBERGLASS_PORT to a free port or stop what holds this one"
-    )]
-    Bind {
-        address: SocketAddr,
-        source: std::io::Error,
-    },
+    #[error("cannot listen on {address}: {source}; set VIBERGLASS_PORT to a free port or stop what holds this one")]
+    Bind { address: SocketAddr, source: std::io::Error },
     #[error("the server stopped: {0}")]
     Serve(std::io::Error),
 }
@@ -50,9 +42,7 @@ impl StartupError {
     /// 2 for configuration problems, 1 for everything else.
     pub fn exit_code(&self) -> u8 {
         match self {
-            StartupError::Config(_)
-            | StartupError::DataDir { .. }
-            | StartupError::KeyFile { .. } => 2,
+            StartupError::Config(_) | StartupError::DataDir { .. } | StartupError::KeyFile { .. } => 2,
             _ => 1,
         }
     }
@@ -60,10 +50,8 @@ impl StartupError {
 
 /// Creates the data directory if needed.
 pub fn prepare_data_dir(config: &Config) -> Result<(), StartupError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| StartupError::DataDir {
-        path: config.data_dir.clone(),
-        source,
-    })
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|source| StartupError::DataDir { path: config.data_dir.clone(), source })
 }
 
 /// The configured key, or the embedded mode's key file: read if it exists,
@@ -76,14 +64,10 @@ pub fn resolve_key(config: &Config) -> Result<EncryptionKey, StartupError> {
 }
 
 fn load_or_create_key_file(path: &Path) -> Result<EncryptionKey, StartupError> {
-    let fail = |reason: String| StartupError::KeyFile {
-        path: path.to_owned(),
-        reason,
-    };
+    let fail = |reason: String| StartupError::KeyFile { path: path.to_owned(), reason };
     let read = |path: &Path| -> Result<EncryptionKey, StartupError> {
         let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
-        EncryptionKey::parse(&text)
-            .map_err(|reason| fail(format!("it does not hold a key ({reason})")))
+        EncryptionKey::parse(&text).map_err(|reason| fail(format!("it does not hold a key ({reason})")))
     };
     if path.exists() {
         warn_if_readable_by_others(path);
@@ -96,8 +80,7 @@ fn load_or_create_key_file(path: &Path) -> Result<EncryptionKey, StartupError> {
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     match options.open(path) {
         Ok(mut file) => {
-            file.write_all(format!("{}\n", key.to_hex()).as_bytes())
-                .map_err(|e| fail(e.to_string()))?;
+            file.write_all(format!("{}\n", key.to_hex()).as_bytes()).map_err(|e| fail(e.to_string()))?;
             tracing::info!(path = %path.display(), "generated the secrets encryption key; back this file up with the database");
             Ok(key)
         }
@@ -119,10 +102,7 @@ fn warn_if_readable_by_others(path: &Path) {
 
 /// Opens the database, retrying with backoff while it is unreachable.
 pub async fn connect_with_retry(config: &Config) -> Result<Store, StartupError> {
-    let settings = PoolSettings {
-        max_connections: config.db_max_connections,
-        ..PoolSettings::default()
-    };
+    let settings = PoolSettings { max_connections: config.db_max_connections, ..PoolSettings::default() };
     let attempts = config.db_connect_attempts.max(1);
     let mut delay = Duration::from_millis(250);
     for attempt in 1..=attempts {
@@ -134,10 +114,7 @@ pub async fn connect_with_retry(config: &Config) -> Result<Store, StartupError> 
                 delay = (delay * 2).min(Duration::from_secs(4));
             }
             Err(source) => {
-                return Err(StartupError::Database {
-                    source,
-                    attempts: attempt,
-                });
+                return Err(StartupError::Database { source, attempts: attempt });
             }
         }
     }
@@ -149,10 +126,7 @@ pub async fn open_database(config: &Config) -> Result<Store, StartupError> {
     prepare_data_dir(config)?;
     let store = connect_with_retry(config).await?;
     let applied = store.migrate().await?;
-    let status = store
-        .schema_status()
-        .await
-        .map_err(|e| StartupError::Migrate(MigrateError::Database(e)))?;
+    let status = store.schema_status().await.map_err(|e| StartupError::Migrate(MigrateError::Database(e)))?;
     tracing::info!(
         database = store.backend().as_str(),
         location = %store.target().describe(),
@@ -169,17 +143,11 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
     let key = resolve_key(&config)?;
     let store = open_database(&config).await?;
     let address = SocketAddr::new(config.host, config.port);
-    let listener = TcpListener::bind(address)
-        .await
-        .map_err(|source| StartupError::Bind { address, source })?;
+    let listener = TcpListener::bind(address).await.map_err(|source| StartupError::Bind { address, source })?;
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     let timeout = Duration::from_secs(config.shutdown_timeout_secs);
-    let state = AppState {
-        store: store.clone(),
-        config: Arc::new(config),
-        encryption_key: Arc::new(key),
-    };
+    let state = AppState { store: store.clone(), config: Arc::new(config), encryption_key: Arc::new(key) };
     let result = serve(listener, state, shutdown, timeout).await;
     store.close().await;
     result.map_err(StartupError::Serve)
@@ -194,21 +162,13 @@ pub async fn serve(
     grace: Duration,
 ) -> std::io::Result<()> {
     let local = listener.local_addr()?;
-    let public = state
-        .config
-        .public_url
-        .clone()
-        .unwrap_or_else(|| format!("http://{local}"));
+    let public = state.config.public_url.clone().unwrap_or_else(|| format!("http://{local}"));
     tracing::info!(address = %local, "viberglass listening on http://{local} (public URL {public})");
     let app = build_router(state).into_make_service_with_connect_info::<SocketAddr>();
-    let server =
-        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let deadline = async {
         shutdown.cancelled().await;
-        tracing::info!(
-            grace_secs = grace.as_secs(),
-            "shutting down; letting in-flight requests finish"
-        );
+        tracing::info!(grace_secs = grace.as_secs(), "shutting down; letting in-flight requests finish");
         tokio::time::sleep(grace).await;
     };
     tokio::select! {
@@ -221,9 +181,7 @@ async fn cancel_on_signal(token: CancellationToken) {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(
-            tokio::signal::unix::SignalKind::terminate(),
-        ) {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(term) => term,
             Err(err) => {
                 tracing::warn!(error = %err, "cannot listen for SIGTERM; only Ctrl-C stops the server gracefully");

@@ -33,12 +33,7 @@ where
             ),
         ),
         LogFormat::Text => Box::new(
-            registry.with(
-                tracing_subscriber::fmt::layer()
-                    .with_target(false)
-                    .with_ansi(ansi)
-                    .with_writer(writer),
-            ),
+            registry.with(tracing_subscriber::fmt::layer().with_target(false).with_ansi(ansi).with_writer(writer)),
         ),
     }
 }

@@ -21,8 +21,7 @@ pub fn now() -> OffsetDateTime {
 
 fn truncate(t: OffsetDateTime) -> OffsetDateTime {
     let t = t.to_offset(UtcOffset::UTC);
-    t.replace_nanosecond(t.nanosecond() / 1_000 * 1_000)
-        .unwrap_or(t)
+    t.replace_nanosecond(t.nanosecond() / 1_000 * 1_000).unwrap_or(t)
 }
 
 /// A timestamp column value.
@@ -57,9 +56,7 @@ impl Encode<'_, Sqlite> for DbTime {
 impl<'r> Decode<'r, Sqlite> for DbTime {
     fn decode(value: SqliteValueRef<'r>) -> Result<Self, BoxDynError> {
         let text = <&str as Decode<Sqlite>>::decode(value)?;
-        Ok(DbTime(
-            OffsetDateTime::parse(text, &Rfc3339)?.to_offset(UtcOffset::UTC),
-        ))
+        Ok(DbTime(OffsetDateTime::parse(text, &Rfc3339)?.to_offset(UtcOffset::UTC)))
     }
 }
 
@@ -80,9 +77,7 @@ impl Encode<'_, Postgres> for DbTime {
 
 impl<'r> Decode<'r, Postgres> for DbTime {
     fn decode(value: PgValueRef<'r>) -> Result<Self, BoxDynError> {
-        Ok(DbTime(
-            <OffsetDateTime as Decode<Postgres>>::decode(value)?.to_offset(UtcOffset::UTC),
-        ))
+        Ok(DbTime(<OffsetDateTime as Decode<Postgres>>::decode(value)?.to_offset(UtcOffset::UTC)))
     }
 }
 

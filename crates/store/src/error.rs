@@ -11,10 +11,7 @@ pub enum ConnectError {
     #[error("the PostgreSQL URL is invalid: {reason}")]
     InvalidUrl { reason: String },
     #[error("cannot create the data directory {}: {source}", path.display())]
-    DataDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    DataDir { path: PathBuf, source: std::io::Error },
     #[error("cannot reach the database at {address}: {reason}")]
     Unreachable { address: String, reason: String },
     #[error("the database at {address} refused the connection: {reason}")]
@@ -25,29 +22,14 @@ impl ConnectError {
     pub(crate) fn classify(target: &DatabaseTarget, err: sqlx::Error) -> ConnectError {
         let address = target.host_port().unwrap_or_else(|| target.describe());
         match err {
-            sqlx::Error::Io(io) => ConnectError::Unreachable {
-                address,
-                reason: io.to_string(),
-            },
-            sqlx::Error::PoolTimedOut => ConnectError::Unreachable {
-                address,
-                reason: "timed out waiting for a connection".into(),
-            },
-            sqlx::Error::Tls(tls) => ConnectError::Unreachable {
-                address,
-                reason: format!("TLS failed: {tls}"),
-            },
-            sqlx::Error::Database(db) => ConnectError::Rejected {
-                address,
-                reason: db.message().to_owned(),
-            },
-            sqlx::Error::Configuration(cfg) => ConnectError::InvalidUrl {
-                reason: cfg.to_string(),
-            },
-            other => ConnectError::Rejected {
-                address,
-                reason: other.to_string(),
-            },
+            sqlx::Error::Io(io) => ConnectError::Unreachable { address, reason: io.to_string() },
+            sqlx::Error::PoolTimedOut => {
+                ConnectError::Unreachable { address, reason: "timed out waiting for a connection".into() }
+            }
+            sqlx::Error::Tls(tls) => ConnectError::Unreachable { address, reason: format!("TLS failed: {tls}") },
+            sqlx::Error::Database(db) => ConnectError::Rejected { address, reason: db.message().to_owned() },
+            sqlx::Error::Configuration(cfg) => ConnectError::InvalidUrl { reason: cfg.to_string() },
+            other => ConnectError::Rejected { address, reason: other.to_string() },
         }
     }
 
@@ -68,10 +50,7 @@ pub enum StoreError {
     /// A row could not be turned into a domain value: the database holds
     /// something this version does not understand.
     #[error("stored {entity} is invalid: {detail}")]
-    Corrupt {
-        entity: &'static str,
-        detail: String,
-    },
+    Corrupt { entity: &'static str, detail: String },
     /// The parent is archived, so nothing new may be added to it.
     #[error("{entity} {id} is archived; unarchive it first")]
     ParentArchived { entity: &'static str, id: String },
@@ -84,10 +63,7 @@ pub enum StoreError {
 
 impl StoreError {
     pub(crate) fn not_found(entity: &'static str, id: impl ToString) -> Self {
-        StoreError::NotFound {
-            entity,
-            id: id.to_string(),
-        }
+        StoreError::NotFound { entity, id: id.to_string() }
     }
 
     /// Maps a unique violation to [`StoreError::Conflict`] naming the column.
@@ -95,10 +71,7 @@ impl StoreError {
         if let sqlx::Error::Database(db) = &err
             && db.is_unique_violation()
         {
-            return StoreError::Conflict {
-                entity,
-                field: unique_column(table, db.constraint(), db.message()),
-            };
+            return StoreError::Conflict { entity, field: unique_column(table, db.constraint(), db.message()) };
         }
         StoreError::Database(err)
     }
@@ -111,10 +84,7 @@ impl StoreError {
 fn unique_column(table: &str, constraint: Option<&str>, message: &str) -> String {
     if let Some(name) = constraint {
         let name = name.strip_suffix("_key").unwrap_or(name);
-        let name = name
-            .strip_prefix(table)
-            .and_then(|n| n.strip_prefix('_'))
-            .unwrap_or(name);
+        let name = name.strip_prefix(table).and_then(|n| n.strip_prefix('_')).unwrap_or(name);
         return name.to_owned();
     }
     message
@@ -132,18 +102,9 @@ mod tests {
 
     #[test]
     fn unique_columns_are_named_on_both_backends() {
-        assert_eq!(
-            unique_column("projects", Some("projects_slug_key"), ""),
-            "slug"
-        );
-        assert_eq!(
-            unique_column("tickets", Some("tickets_external_id_key"), ""),
-            "external_id"
-        );
-        assert_eq!(
-            unique_column("projects", None, "UNIQUE constraint failed: projects.slug"),
-            "slug"
-        );
+        assert_eq!(unique_column("projects", Some("projects_slug_key"), ""), "slug");
+        assert_eq!(unique_column("tickets", Some("tickets_external_id_key"), ""), "external_id");
+        assert_eq!(unique_column("projects", None, "UNIQUE constraint failed: projects.slug"), "slug");
         assert_eq!(
             unique_column(
                 "tickets",

@@ -66,9 +66,9 @@ impl DatabaseTarget {
     pub fn host_port(&self) -> Option<String> {
         match self {
             DatabaseTarget::Sqlite { .. } => None,
-            DatabaseTarget::Postgres { url } => PgConnectOptions::from_str(url)
-                .ok()
-                .map(|o| format!("{}:{}", o.get_host(), o.get_port())),
+            DatabaseTarget::Postgres { url } => {
+                PgConnectOptions::from_str(url).ok().map(|o| format!("{}:{}", o.get_host(), o.get_port()))
+            }
         }
     }
 }
@@ -97,10 +97,7 @@ pub struct PoolSettings {
 
 impl Default for PoolSettings {
     fn default() -> Self {
-        Self {
-            max_connections: 10,
-            acquire_timeout: Duration::from_secs(10),
-        }
+        Self { max_connections: 10, acquire_timeout: Duration::from_secs(10) }
     }
 }
 
@@ -132,17 +129,12 @@ pub(crate) use on_pool;
 impl Store {
     /// Opens the database. Makes exactly one connection attempt: callers
     /// decide whether and how to retry.
-    pub async fn connect(
-        target: &DatabaseTarget,
-        settings: PoolSettings,
-    ) -> Result<Store, ConnectError> {
+    pub async fn connect(target: &DatabaseTarget, settings: PoolSettings) -> Result<Store, ConnectError> {
         let pool = match target {
             DatabaseTarget::Sqlite { path } => {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir).map_err(|source| ConnectError::DataDir {
-                        path: dir.to_owned(),
-                        source,
-                    })?;
+                    std::fs::create_dir_all(dir)
+                        .map_err(|source| ConnectError::DataDir { path: dir.to_owned(), source })?;
                 }
                 let options = SqliteConnectOptions::new()
                     .filename(path)
@@ -160,11 +152,16 @@ impl Store {
                 Pool::Sqlite(pool)
             }
             DatabaseTarget::Postgres { url } => {
-                let options =
-                    PgConnectOptions::from_str(url).map_err(|source| ConnectError::InvalidUrl {
-                        reason: source.to_string(),
-                    })?;
+                let options = PgConnectOptions::from_str(url)
+                    .map_err(|source| ConnectError::InvalidUrl { reason: source.to_string() })?;
                 let options = options.application_name("viberglass");
+                // One direct attempt first: the pool retries failed connects
+                // internally until its timeout and then reports only that it
+                // timed out, which hides the OS error people need to see.
+                let probe = <sqlx::PgConnection as sqlx::Connection>::connect_with(&options)
+                    .await
+                    .map_err(|source| ConnectError::classify(target, source))?;
+                let _ = sqlx::Connection::close(probe).await;
                 let pool = PgPoolOptions::new()
                     .max_connections(settings.max_connections.max(1))
                     .acquire_timeout(settings.acquire_timeout)
@@ -174,10 +171,7 @@ impl Store {
                 Pool::Postgres(pool)
             }
         };
-        Ok(Store {
-            pool,
-            target: target.clone(),
-        })
+        Ok(Store { pool, target: target.clone() })
     }
 
     pub fn backend(&self) -> Backend {
@@ -190,10 +184,7 @@ impl Store {
 
     /// Checks that the database answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        on_pool!(self, |pool| sqlx::query("SELECT 1")
-            .execute(pool)
-            .await
-            .map(|_| ()))?;
+        on_pool!(self, |pool| sqlx::query("SELECT 1").execute(pool).await.map(|_| ()))?;
         Ok(())
     }
 

@@ -54,9 +54,9 @@ const CREATE_TABLE_SQLITE: &str = "CREATE TABLE IF NOT EXISTS viberglass_migrati
     version BIGINT PRIMARY KEY NOT NULL, name TEXT NOT NULL, checksum TEXT NOT NULL, applied_at TEXT NOT NULL)";
 const CREATE_TABLE_POSTGRES: &str = "CREATE TABLE IF NOT EXISTS viberglass_migrations (
     version BIGINT PRIMARY KEY, name TEXT NOT NULL, checksum TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL)";
-const SELECT_APPLIED: &str =
-    "SELECT version, name, checksum FROM viberglass_migrations ORDER BY version";
-const INSERT_APPLIED: &str = "INSERT INTO viberglass_migrations (version, name, checksum, applied_at) VALUES ($1, $2, $3, $4)";
+const SELECT_APPLIED: &str = "SELECT version, name, checksum FROM viberglass_migrations ORDER BY version";
+const INSERT_APPLIED: &str =
+    "INSERT INTO viberglass_migrations (version, name, checksum, applied_at) VALUES ($1, $2, $3, $4)";
 
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
@@ -106,22 +106,15 @@ fn pending<'a>(
     for row in applied {
         match MIGRATIONS.iter().find(|m| m.version == row.version) {
             None => {
-                return Err(MigrateError::Unknown {
-                    migration: format!("{:04}_{}", row.version, row.name),
-                });
+                return Err(MigrateError::Unknown { migration: format!("{:04}_{}", row.version, row.name) });
             }
             Some(m) if Migration::checksum(backend_sql(m)) != row.checksum => {
-                return Err(MigrateError::Modified {
-                    migration: m.label(),
-                });
+                return Err(MigrateError::Modified { migration: m.label() });
             }
             Some(_) => {}
         }
     }
-    Ok(MIGRATIONS
-        .iter()
-        .filter(|m| !applied.iter().any(|a| a.version == m.version))
-        .collect())
+    Ok(MIGRATIONS.iter().filter(|m| !applied.iter().any(|a| a.version == m.version)).collect())
 }
 
 fn applied_from_rows<R: Row>(rows: Vec<R>) -> Result<Vec<Applied>, sqlx::Error>
@@ -132,11 +125,7 @@ where
 {
     rows.iter()
         .map(|r| {
-            Ok(Applied {
-                version: r.try_get("version")?,
-                name: r.try_get("name")?,
-                checksum: r.try_get("checksum")?,
-            })
+            Ok(Applied { version: r.try_get("version")?, name: r.try_get("name")?, checksum: r.try_get("checksum")? })
         })
         .collect()
 }
@@ -161,9 +150,7 @@ impl Store {
                 crate::Backend::Sqlite => {
                     "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'viberglass_migrations'"
                 }
-                crate::Backend::Postgres => {
-                    "SELECT to_regclass('viberglass_migrations') IS NOT NULL"
-                }
+                crate::Backend::Postgres => "SELECT to_regclass('viberglass_migrations') IS NOT NULL",
             };
             sqlx::query_scalar(sql).fetch_one(pool).await?
         });
@@ -171,22 +158,15 @@ impl Store {
             return Ok(SchemaStatus { applied: 0, latest });
         }
         let applied: Option<i64> = on_pool!(self, |pool| {
-            sqlx::query_scalar("SELECT MAX(version) FROM viberglass_migrations")
-                .fetch_one(pool)
-                .await?
+            sqlx::query_scalar("SELECT MAX(version) FROM viberglass_migrations").fetch_one(pool).await?
         });
-        Ok(SchemaStatus {
-            applied: applied.unwrap_or(0),
-            latest,
-        })
+        Ok(SchemaStatus { applied: applied.unwrap_or(0), latest })
     }
 }
 
 async fn migrate_sqlite(pool: &sqlx::SqlitePool) -> Result<Vec<String>, MigrateError> {
     let mut conn = pool.acquire().await?;
-    sqlx::raw_sql(CREATE_TABLE_SQLITE)
-        .execute(&mut *conn)
-        .await?;
+    sqlx::raw_sql(CREATE_TABLE_SQLITE).execute(&mut *conn).await?;
     let mut done = Vec::new();
     loop {
         sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut *conn).await?;
@@ -199,10 +179,7 @@ async fn migrate_sqlite(pool: &sqlx::SqlitePool) -> Result<Vec<String>, MigrateE
             sqlx::raw_sql(next.sqlite)
                 .execute(&mut *conn)
                 .await
-                .map_err(|e| MigrateError::Failed {
-                    migration: next.label(),
-                    reason: db_reason(&e),
-                })?;
+                .map_err(|e| MigrateError::Failed { migration: next.label(), reason: db_reason(&e) })?;
             sqlx::query(INSERT_APPLIED)
                 .bind(next.version)
                 .bind(next.name)
@@ -233,19 +210,13 @@ async fn migrate_sqlite(pool: &sqlx::SqlitePool) -> Result<Vec<String>, MigrateE
 }
 
 async fn migrate_postgres(url: &str) -> Result<Vec<String>, MigrateError> {
-    let options =
-        sqlx::postgres::PgConnectOptions::from_str(url)?.application_name("viberglass-migrate");
+    let options = sqlx::postgres::PgConnectOptions::from_str(url)?.application_name("viberglass-migrate");
     // A dedicated connection: the advisory lock belongs to it, and closing
     // it releases the lock even if we fail halfway.
     let mut conn = PgConnection::connect_with(&options).await?;
     let result = async {
-        sqlx::query("SELECT pg_advisory_lock($1)")
-            .bind(ADVISORY_LOCK_KEY)
-            .execute(&mut conn)
-            .await?;
-        sqlx::raw_sql(CREATE_TABLE_POSTGRES)
-            .execute(&mut conn)
-            .await?;
+        sqlx::query("SELECT pg_advisory_lock($1)").bind(ADVISORY_LOCK_KEY).execute(&mut conn).await?;
+        sqlx::raw_sql(CREATE_TABLE_POSTGRES).execute(&mut conn).await?;
         let rows = sqlx::query(SELECT_APPLIED).fetch_all(&mut conn).await?;
         let applied = applied_from_rows(rows)?;
         let mut done = Vec::new();
@@ -254,10 +225,7 @@ async fn migrate_postgres(url: &str) -> Result<Vec<String>, MigrateError> {
             sqlx::raw_sql(next.postgres)
                 .execute(&mut *tx)
                 .await
-                .map_err(|e| MigrateError::Failed {
-                    migration: next.label(),
-                    reason: db_reason(&e),
-                })?;
+                .map_err(|e| MigrateError::Failed { migration: next.label(), reason: db_reason(&e) })?;
             sqlx::query(INSERT_APPLIED)
                 .bind(next.version)
                 .bind(next.name)

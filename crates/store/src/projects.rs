@@ -1,9 +1,7 @@
 //! Projects.
 
 use viberglass_domain::ticket::ArchivedFilter;
-use viberglass_domain::{
-    NewProject, Page, PageRequest, Project, ProjectId, ProjectPatch, ProjectSlug,
-};
+use viberglass_domain::{NewProject, Page, PageRequest, Project, ProjectId, ProjectPatch, ProjectSlug};
 
 use crate::dbtime::DbTime;
 use crate::rows::{RowExt, contains_pattern, to_u32};
@@ -63,10 +61,7 @@ fn from_row(r: &impl RowExt) -> Result<Project, StoreError> {
     Ok(Project {
         id: ProjectId::from_uuid(r.uuid("id")?),
         name: r.text("name")?,
-        slug: ProjectSlug::parse(&r.text("slug")?).map_err(|detail| StoreError::Corrupt {
-            entity: ENTITY,
-            detail,
-        })?,
+        slug: ProjectSlug::parse(&r.text("slug")?).map_err(|detail| StoreError::Corrupt { entity: ENTITY, detail })?,
         description: r.text("description")?,
         repository_url: r.opt_text("repository_url")?,
         base_branch: r.text("base_branch")?,
@@ -118,12 +113,7 @@ impl Store {
 
     pub async fn get_project(&self, id: ProjectId) -> Result<Project, StoreError> {
         let row = on_pool!(self, |pool| {
-            sqlx::query(SELECT_BY_ID)
-                .bind(id.as_uuid())
-                .fetch_optional(pool)
-                .await?
-                .map(|r| from_row(&r))
-                .transpose()
+            sqlx::query(SELECT_BY_ID).bind(id.as_uuid()).fetch_optional(pool).await?.map(|r| from_row(&r)).transpose()
         })?;
         row.ok_or_else(|| StoreError::not_found(ENTITY, id))
     }
@@ -140,17 +130,9 @@ impl Store {
         row.ok_or_else(|| StoreError::not_found(ENTITY, slug.as_str()))
     }
 
-    pub async fn list_projects(
-        &self,
-        filter: &ProjectFilter,
-        page: PageRequest,
-    ) -> Result<Page<Project>, StoreError> {
+    pub async fn list_projects(&self, filter: &ProjectFilter, page: PageRequest) -> Result<Page<Project>, StoreError> {
         let after = page.after.map(|c| c.id());
-        let search = filter
-            .search
-            .as_deref()
-            .filter(|s| !s.trim().is_empty())
-            .map(contains_pattern);
+        let search = filter.search.as_deref().filter(|s| !s.trim().is_empty()).map(contains_pattern);
         let rows = on_pool!(self, |pool| {
             sqlx::query(SELECT_PAGE)
                 .bind(after)
@@ -167,11 +149,7 @@ impl Store {
     }
 
     /// Applies a change to a project and returns it as stored.
-    pub async fn update_project(
-        &self,
-        id: ProjectId,
-        patch: ProjectPatch,
-    ) -> Result<Project, StoreError> {
+    pub async fn update_project(&self, id: ProjectId, patch: ProjectPatch) -> Result<Project, StoreError> {
         self.modify_project(id, |p| patch.clone().apply(p)).await
     }
 
@@ -190,11 +168,7 @@ impl Store {
 
     /// Read, change, write back guarded by `updated_at`; retried a few times
     /// if another writer got there first.
-    async fn modify_project(
-        &self,
-        id: ProjectId,
-        change: impl Fn(&mut Project),
-    ) -> Result<Project, StoreError> {
+    async fn modify_project(&self, id: ProjectId, change: impl Fn(&mut Project)) -> Result<Project, StoreError> {
         for _ in 0..5 {
             let before = self.get_project(id).await?;
             let mut project = before.clone();
@@ -202,8 +176,7 @@ impl Store {
             if project == before {
                 return Ok(before);
             }
-            project.updated_at =
-                crate::now().max(before.updated_at + time::Duration::microseconds(1));
+            project.updated_at = crate::now().max(before.updated_at + time::Duration::microseconds(1));
             let updated = on_pool!(self, |pool| {
                 bind_fields!(sqlx::query(UPDATE).bind(id.as_uuid()), project)
                     .bind(DbTime(project.updated_at))

@@ -43,8 +43,7 @@ macro_rules! row_ext {
                 self.try_get::<DbTime, _>(col).map(|t| t.0)
             }
             fn opt_time(&self, col: &str) -> Result<Option<OffsetDateTime>, sqlx::Error> {
-                self.try_get::<Option<DbTime>, _>(col)
-                    .map(|t| t.map(|t| t.0))
+                self.try_get::<Option<DbTime>, _>(col).map(|t| t.map(|t| t.0))
             }
         }
     };
@@ -53,25 +52,16 @@ row_ext!(SqliteRow);
 row_ext!(PgRow);
 
 /// Parses a stored enum name, reporting an unknown one as corruption.
-pub(crate) fn parse_stored<T: std::str::FromStr>(
-    entity: &'static str,
-    value: String,
-) -> Result<T, StoreError>
+pub(crate) fn parse_stored<T: std::str::FromStr>(entity: &'static str, value: String) -> Result<T, StoreError>
 where
     T::Err: std::fmt::Display,
 {
-    value.parse().map_err(|e: T::Err| StoreError::Corrupt {
-        entity,
-        detail: e.to_string(),
-    })
+    value.parse().map_err(|e: T::Err| StoreError::Corrupt { entity, detail: e.to_string() })
 }
 
 /// Converts a stored non-negative count to `u32`.
 pub(crate) fn to_u32(entity: &'static str, col: &str, value: i64) -> Result<u32, StoreError> {
-    u32::try_from(value).map_err(|_| StoreError::Corrupt {
-        entity,
-        detail: format!("{col} = {value} is out of range"),
-    })
+    u32::try_from(value).map_err(|_| StoreError::Corrupt { entity, detail: format!("{col} = {value} is out of range") })
 }
 
 /// A `LIKE` pattern that matches `text` anywhere, case-insensitively when

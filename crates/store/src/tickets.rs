@@ -1,8 +1,6 @@
 //! Tickets.
 
-use viberglass_domain::{
-    NewTicket, Page, PageRequest, ProjectId, Ticket, TicketFilter, TicketId, TicketPatch, UserId,
-};
+use viberglass_domain::{NewTicket, Page, PageRequest, ProjectId, Ticket, TicketFilter, TicketId, TicketPatch, UserId};
 
 use crate::dbtime::DbTime;
 use crate::projects::archived_param;
@@ -77,10 +75,7 @@ impl Store {
     ) -> Result<Ticket, StoreError> {
         let project = self.get_project(project_id).await?;
         if project.archived_at.is_some() {
-            return Err(StoreError::ParentArchived {
-                entity: "project",
-                id: project_id.to_string(),
-            });
+            return Err(StoreError::ParentArchived { entity: "project", id: project_id.to_string() });
         }
         let t = new.into_ticket(project_id, created_by, crate::now());
         on_pool!(self, |pool| {
@@ -113,27 +108,14 @@ impl Store {
 
     pub async fn get_ticket(&self, id: TicketId) -> Result<Ticket, StoreError> {
         let row = on_pool!(self, |pool| {
-            sqlx::query(SELECT_BY_ID)
-                .bind(id.as_uuid())
-                .fetch_optional(pool)
-                .await?
-                .map(|r| from_row(&r))
-                .transpose()
+            sqlx::query(SELECT_BY_ID).bind(id.as_uuid()).fetch_optional(pool).await?.map(|r| from_row(&r)).transpose()
         })?;
         row.ok_or_else(|| StoreError::not_found(ENTITY, id))
     }
 
-    pub async fn list_tickets(
-        &self,
-        filter: &TicketFilter,
-        page: PageRequest,
-    ) -> Result<Page<Ticket>, StoreError> {
+    pub async fn list_tickets(&self, filter: &TicketFilter, page: PageRequest) -> Result<Page<Ticket>, StoreError> {
         let after = page.after.map(|c| c.id());
-        let search = filter
-            .search
-            .as_deref()
-            .filter(|s| !s.trim().is_empty())
-            .map(contains_pattern);
+        let search = filter.search.as_deref().filter(|s| !s.trim().is_empty()).map(contains_pattern);
         let rows = on_pool!(self, |pool| {
             sqlx::query(SELECT_PAGE)
                 .bind(after)
@@ -153,11 +135,7 @@ impl Store {
         Ok(Page::from_rows(rows, page.limit, |t| t.id.as_uuid()))
     }
 
-    pub async fn update_ticket(
-        &self,
-        id: TicketId,
-        patch: TicketPatch,
-    ) -> Result<Ticket, StoreError> {
+    pub async fn update_ticket(&self, id: TicketId, patch: TicketPatch) -> Result<Ticket, StoreError> {
         self.modify_ticket(id, |t| patch.clone().apply(t)).await
     }
 
@@ -174,11 +152,7 @@ impl Store {
         self.modify_ticket(id, |t| t.archived_at = None).await
     }
 
-    async fn modify_ticket(
-        &self,
-        id: TicketId,
-        change: impl Fn(&mut Ticket),
-    ) -> Result<Ticket, StoreError> {
+    async fn modify_ticket(&self, id: TicketId, change: impl Fn(&mut Ticket)) -> Result<Ticket, StoreError> {
         for _ in 0..5 {
             let before = self.get_ticket(id).await?;
             let mut t = before.clone();

@@ -41,52 +41,30 @@ impl TestAppBuilder {
         let db = TestDb::new(self.backend).await;
         let data_dir = match db.data_dir() {
             Some(dir) => dir.to_owned(),
-            None => std::env::temp_dir()
-                .join(format!("viberglass-test-{}", uuid::Uuid::new_v4().simple())),
+            None => std::env::temp_dir().join(format!("viberglass-test-{}", uuid::Uuid::new_v4().simple())),
         };
         let mut env = HashMap::from([
-            (
-                "VIBERGLASS_DATA_DIR".to_owned(),
-                data_dir.display().to_string(),
-            ),
+            ("VIBERGLASS_DATA_DIR".to_owned(), data_dir.display().to_string()),
             ("DATABASE_URL".to_owned(), db.url()),
             ("VIBERGLASS_PORT".to_owned(), "0".to_owned()),
-            (
-                "SECRETS_ENCRYPTION_KEY".to_owned(),
-                EncryptionKey::generate().to_hex(),
-            ),
+            ("SECRETS_ENCRYPTION_KEY".to_owned(), EncryptionKey::generate().to_hex()),
         ]);
         env.extend(self.env);
-        let config = Config::load(None, |name| env.get(name).cloned(), &[])
-            .expect("test configuration is valid");
+        let config = Config::load(None, |name| env.get(name).cloned(), &[]).expect("test configuration is valid");
         let store = db.store().await;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind a free port");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a free port");
         let address = listener.local_addr().expect("bound address");
         let key = match &config.encryption_key {
             viberglass_server::config::KeySource::Configured(key) => key.clone(),
             viberglass_server::config::KeySource::DataDirFile(_) => EncryptionKey::generate(),
         };
-        let state = AppState {
-            store: store.clone(),
-            config: Arc::new(config),
-            encryption_key: Arc::new(key),
-        };
+        let state = AppState { store: store.clone(), config: Arc::new(config), encryption_key: Arc::new(key) };
         let shutdown = CancellationToken::new();
-        tokio::spawn(serve(
-            listener,
-            state,
-            shutdown.clone(),
-            Duration::from_secs(5),
-        ));
+        tokio::spawn(serve(listener, state, shutdown.clone(), Duration::from_secs(5)));
         TestApp {
             address,
             base_url: format!("http://{address}"),
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .expect("HTTP client"),
+            client: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("HTTP client"),
             store,
             db,
             shutdown,
@@ -105,10 +83,7 @@ impl TestApp {
     }
 
     pub fn builder(backend: TestBackend) -> TestAppBuilder {
-        TestAppBuilder {
-            backend,
-            env: HashMap::new(),
-        }
+        TestAppBuilder { backend, env: HashMap::new() }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -116,54 +91,28 @@ impl TestApp {
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
-        self.client
-            .get(self.url(path))
-            .send()
-            .await
-            .expect("GET reaches the server")
+        self.client.get(self.url(path)).send().await.expect("GET reaches the server")
     }
 
     pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
-        self.client
-            .post(self.url(path))
-            .json(body)
-            .send()
-            .await
-            .expect("POST reaches the server")
+        self.client.post(self.url(path)).json(body).send().await.expect("POST reaches the server")
     }
 
     pub async fn patch_json(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
-        self.client
-            .patch(self.url(path))
-            .json(body)
-            .send()
-            .await
-            .expect("PATCH reaches the server")
+        self.client.patch(self.url(path)).json(body).send().await.expect("PATCH reaches the server")
     }
 
     /// Creates a project through the API and returns its JSON.
     pub async fn create_project(&self, body: serde_json::Value) -> serde_json::Value {
         let response = self.post_json("/api/v1/projects", &body).await;
-        assert_eq!(
-            response.status(),
-            201,
-            "creating a project: {}",
-            response.text().await.unwrap_or_default()
-        );
+        assert_eq!(response.status(), 201, "creating a project: {}", response.text().await.unwrap_or_default());
         response.json().await.expect("project JSON")
     }
 
     /// Files a ticket through the API and returns its JSON.
     pub async fn create_ticket(&self, project: &str, body: serde_json::Value) -> serde_json::Value {
-        let response = self
-            .post_json(&format!("/api/v1/projects/{project}/tickets"), &body)
-            .await;
-        assert_eq!(
-            response.status(),
-            201,
-            "filing a ticket: {}",
-            response.text().await.unwrap_or_default()
-        );
+        let response = self.post_json(&format!("/api/v1/projects/{project}/tickets"), &body).await;
+        assert_eq!(response.status(), 201, "filing a ticket: {}", response.text().await.unwrap_or_default());
         response.json().await.expect("ticket JSON")
     }
 }

@@ -21,9 +21,7 @@ impl TestBackend {
             return true;
         }
         if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-            panic!(
-                "TEST_DATABASE_URL is not set under CI: the PostgreSQL half of the suite must run there"
-            );
+            panic!("TEST_DATABASE_URL is not set under CI: the PostgreSQL half of the suite must run there");
         }
         eprintln!("note: TEST_DATABASE_URL is not set; skipping the PostgreSQL variant");
         false
@@ -63,14 +61,8 @@ impl TestDb {
         match backend {
             TestBackend::Sqlite => {
                 let dir = tempfile::tempdir().expect("temporary directory");
-                let target = DatabaseTarget::Sqlite {
-                    path: dir.path().join("viberglass.db"),
-                };
-                TestDb {
-                    target,
-                    dir: Some(dir),
-                    postgres: None,
-                }
+                let target = DatabaseTarget::Sqlite { path: dir.path().join("viberglass.db") };
+                TestDb { target, dir: Some(dir), postgres: None }
             }
             TestBackend::Postgres => {
                 let admin = admin_url();
@@ -83,14 +75,8 @@ impl TestDb {
                     .await
                     .expect("create test database");
                 let _ = conn.close().await;
-                let target = DatabaseTarget::Postgres {
-                    url: with_database(&admin, &name),
-                };
-                TestDb {
-                    target,
-                    dir: None,
-                    postgres: Some((admin, name)),
-                }
+                let target = DatabaseTarget::Postgres { url: with_database(&admin, &name) };
+                TestDb { target, dir: None, postgres: Some((admin, name)) }
             }
         }
     }
@@ -114,23 +100,13 @@ impl TestDb {
         match &self.target {
             DatabaseTarget::Sqlite { path } => {
                 let url = format!("sqlite://{}?mode=rwc", path.display());
-                let mut conn = sqlx::SqliteConnection::connect(&url)
-                    .await
-                    .expect("open the SQLite test database");
-                sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
-                    .execute(&mut conn)
-                    .await
-                    .expect("execute SQL");
+                let mut conn = sqlx::SqliteConnection::connect(&url).await.expect("open the SQLite test database");
+                sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned())).execute(&mut conn).await.expect("execute SQL");
                 let _ = conn.close().await;
             }
             DatabaseTarget::Postgres { url } => {
-                let mut conn = sqlx::PgConnection::connect(url)
-                    .await
-                    .expect("open the PostgreSQL test database");
-                sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
-                    .execute(&mut conn)
-                    .await
-                    .expect("execute SQL");
+                let mut conn = sqlx::PgConnection::connect(url).await.expect("open the PostgreSQL test database");
+                sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned())).execute(&mut conn).await.expect("execute SQL");
                 let _ = conn.close().await;
             }
         }
@@ -138,24 +114,15 @@ impl TestDb {
 
     /// A connected store with no migrations applied.
     pub async fn connect(&self) -> Store {
-        Store::connect(
-            &self.target,
-            PoolSettings {
-                max_connections: 5,
-                acquire_timeout: Duration::from_secs(10),
-            },
-        )
-        .await
-        .expect("connect to the test database")
+        Store::connect(&self.target, PoolSettings { max_connections: 5, acquire_timeout: Duration::from_secs(10) })
+            .await
+            .expect("connect to the test database")
     }
 
     /// A connected, migrated store.
     pub async fn store(&self) -> Store {
         let store = self.connect().await;
-        store
-            .migrate()
-            .await
-            .expect("migrations apply to a fresh database");
+        store.migrate().await.expect("migrations apply to a fresh database");
         store
     }
 }
@@ -165,18 +132,13 @@ impl Drop for TestDb {
         if let Some((admin, name)) = self.postgres.take() {
             // Drop runs outside async context; use a short-lived runtime on its own thread.
             let _ = std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .ok()?;
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
                 rt.block_on(async {
                     let mut conn = sqlx::PgConnection::connect(&admin).await.ok()?;
-                    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                    )))
-                    .execute(&mut conn)
-                    .await
-                    .ok()?;
+                    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+                        .execute(&mut conn)
+                        .await
+                        .ok()?;
                     conn.close().await.ok()
                 })
             })
@@ -191,17 +153,8 @@ mod tests {
 
     #[test]
     fn the_database_name_is_replaced_and_options_kept() {
-        assert_eq!(
-            with_database("postgres://u@h:5432/test", "x"),
-            "postgres://u@h:5432/x"
-        );
-        assert_eq!(
-            with_database("postgres://u@h/test?sslmode=disable", "x"),
-            "postgres://u@h/x?sslmode=disable"
-        );
-        assert_eq!(
-            with_database("postgres://u@h:5432", "x"),
-            "postgres://u@h:5432/x"
-        );
+        assert_eq!(with_database("postgres://u@h:5432/test", "x"), "postgres://u@h:5432/x");
+        assert_eq!(with_database("postgres://u@h/test?sslmode=disable", "x"), "postgres://u@h/x?sslmode=disable");
+        assert_eq!(with_database("postgres://u@h:5432", "x"), "postgres://u@h:5432/x");
     }
 }

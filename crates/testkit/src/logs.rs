@@ -12,10 +12,7 @@ struct SharedWriter(Arc<Mutex<Vec<u8>>>);
 
 impl Write for SharedWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend_from_slice(buf);
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(buf);
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -28,10 +25,9 @@ pub fn capture() {
     BUFFER.get_or_init(|| {
         let buffer = Arc::new(Mutex::new(Vec::new()));
         let for_writer = buffer.clone();
-        let subscriber =
-            viberglass_server::telemetry::subscriber(LogFormat::Json, "info", false, move || {
-                SharedWriter(for_writer.clone())
-            });
+        let subscriber = viberglass_server::telemetry::subscriber(LogFormat::Json, "info", false, move || {
+            SharedWriter(for_writer.clone())
+        });
         let _ = tracing::subscriber::set_global_default(subscriber);
         buffer
     });

@@ -10,11 +10,7 @@ use viberglass_server::config::{Config, EncryptionKey, Override};
 use viberglass_server::{StartupError, serve, telemetry};
 
 #[derive(Parser)]
-#[command(
-    name = "viberglass",
-    version,
-    about = "Tickets in, pull requests out: the Viberglass agent orchestrator"
-)]
+#[command(name = "viberglass", version, about = "Tickets in, pull requests out: the Viberglass agent orchestrator")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -58,17 +54,11 @@ struct ServerArgs {
 impl ServerArgs {
     fn load(&self) -> Result<Config, viberglass_server::ConfigError> {
         let mut overrides = Vec::new();
-        for (key, flag, value) in [
-            ("data_dir", "--data-dir", &self.data_dir),
-            ("host", "--host", &self.host),
-            ("port", "--port", &self.port),
-        ] {
+        for (key, flag, value) in
+            [("data_dir", "--data-dir", &self.data_dir), ("host", "--host", &self.host), ("port", "--port", &self.port)]
+        {
             if let Some(value) = value {
-                overrides.push(Override {
-                    key,
-                    flag,
-                    value: value.clone(),
-                });
+                overrides.push(Override { key, flag, value: value.clone() });
             }
         }
         Config::from_env(self.config.as_deref(), &overrides)
@@ -86,12 +76,10 @@ fn main() -> ExitCode {
             println!("{}", EncryptionKey::generate().to_hex());
             ExitCode::SUCCESS
         }
-        Command::Serve(args) => {
-            run_server(&args, |config| Box::pin(viberglass_server::run(config)))
+        Command::Serve(args) => run_server(&args, |config| Box::pin(viberglass_server::run(config))),
+        Command::Migrate(args) => {
+            run_server(&args, |config| Box::pin(async move { serve::open_database(&config).await.map(|_| ()) }))
         }
-        Command::Migrate(args) => run_server(&args, |config| {
-            Box::pin(async move { serve::open_database(&config).await.map(|_| ()) })
-        }),
     }
 }
 
@@ -106,10 +94,7 @@ fn run_server(args: &ServerArgs, role: impl FnOnce(Config) -> RoleFuture) -> Exi
     };
     telemetry::init(config.log_format, &config.log_level);
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("viberglass: error: cannot start the async runtime: {err}");

@@ -23,10 +23,7 @@ pub struct Readiness {
 /// The process is up. Says nothing about its dependencies: see `/readyz`.
 #[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = Health)))]
 pub async fn healthz() -> Json<Health> {
-    Json(Health {
-        status: "ok",
-        version: env!("CARGO_PKG_VERSION"),
-    })
+    Json(Health { status: "ok", version: env!("CARGO_PKG_VERSION") })
 }
 
 /// Ready to serve: the database answers and its schema is current.
@@ -37,14 +34,10 @@ pub async fn healthz() -> Json<Health> {
     responses((status = 200, body = Readiness), (status = 503, body = ErrorBody, description = "Not ready; the message says why"))
 )]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Readiness>, ApiError> {
-    let not_ready =
-        |message: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", message);
+    let not_ready = |message: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", message);
     let status = state.store.schema_status().await.map_err(|e| {
         tracing::warn!(error = %error_chain(&e), "readiness check: database unreachable");
-        not_ready(format!(
-            "the database at {} does not answer",
-            state.store.target().describe()
-        ))
+        not_ready(format!("the database at {} does not answer", state.store.target().describe()))
     })?;
     if status.applied > status.latest {
         return Err(not_ready(format!(
@@ -58,9 +51,5 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Readiness>, Ap
             status.applied, status.latest
         )));
     }
-    Ok(Json(Readiness {
-        status: "ready",
-        database: state.store.backend().as_str(),
-        schema_version: status.applied,
-    }))
+    Ok(Json(Readiness { status: "ready", database: state.store.backend().as_str(), schema_version: status.applied }))
 }

@@ -54,9 +54,7 @@ fn parse_param<T: std::str::FromStr>(
 where
     T::Err: std::fmt::Display,
 {
-    value
-        .filter(|v| !v.is_empty())
-        .and_then(|v| errors.check(name, v.parse::<T>()))
+    value.filter(|v| !v.is_empty()).and_then(|v| errors.check(name, v.parse::<T>()))
 }
 
 fn parse_archived(
@@ -69,10 +67,7 @@ fn parse_archived(
         Some("include") => ArchivedFilter::Include,
         Some("only") => ArchivedFilter::Only,
         Some(other) => {
-            errors.add(
-                "archived",
-                format!("`{other}` is not valid: use exclude, include or only"),
-            );
+            errors.add("archived", format!("`{other}` is not valid: use exclude, include or only"));
             ArchivedFilter::Exclude
         }
     }

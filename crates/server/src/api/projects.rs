@@ -34,9 +34,7 @@ pub(crate) async fn find_project(store: &Store, key: &str) -> ApiResult<Project>
         Err(_) => match ProjectSlug::parse(key) {
             Ok(slug) => store.get_project_by_slug(&slug).await,
             Err(_) => {
-                return Err(ApiError::not_found(format!(
-                    "there is no project `{key}`: give its id or slug"
-                )));
+                return Err(ApiError::not_found(format!("there is no project `{key}`: give its id or slug")));
             }
         },
     };
@@ -53,10 +51,7 @@ pub async fn list_projects(
     ApiQuery(query): ApiQuery<ListProjectsQuery>,
 ) -> ApiResult<Json<Page<Project>>> {
     let mut errors = ValidationErrors::new();
-    let filter = ProjectFilter {
-        archived: parse_archived(&mut errors, query.archived.as_deref()),
-        search: query.q,
-    };
+    let filter = ProjectFilter { archived: parse_archived(&mut errors, query.archived.as_deref()), search: query.q };
     let page = parse_page(&mut errors, query.limit, query.cursor.as_deref());
     errors.into_result(())?;
     Ok(Json(state.store.list_projects(&filter, page).await?))
@@ -71,17 +66,10 @@ pub async fn create_project(
     State(state): State<AppState>,
     ApiJson(input): ApiJson<ProjectInput>,
 ) -> ApiResult<impl IntoResponse> {
-    let project = state
-        .store
-        .create_project(NewProject::parse(input)?)
-        .await?;
+    let project = state.store.create_project(NewProject::parse(input)?).await?;
     tracing::info!(project_id = %project.id, slug = project.slug.as_str(), "project created");
     let location = format!("/api/v1/projects/{}", project.id);
-    Ok((
-        StatusCode::CREATED,
-        [(header::LOCATION, location)],
-        Json(project),
-    ))
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(project)))
 }
 
 /// Reads a project by id or slug.
@@ -90,10 +78,7 @@ pub async fn create_project(
     params(("project" = String, Path, description = "The project's id or slug")),
     responses((status = 200, body = Project), (status = 404, body = ErrorBody))
 )]
-pub async fn get_project(
-    State(state): State<AppState>,
-    Path(key): Path<String>,
-) -> ApiResult<Json<Project>> {
+pub async fn get_project(State(state): State<AppState>, Path(key): Path<String>) -> ApiResult<Json<Project>> {
     Ok(Json(find_project(&state.store, &key).await?))
 }
 
@@ -113,10 +98,7 @@ pub async fn update_project(
 ) -> ApiResult<Json<Project>> {
     let patch = ProjectPatch::parse(input)?;
     if patch.is_empty() {
-        return Err(ApiError::bad_request(
-            "invalid_input",
-            "the body names no field to change",
-        ));
+        return Err(ApiError::bad_request("invalid_input", "the body names no field to change"));
     }
     let project = find_project(&state.store, &key).await?;
     let updated = state.store.update_project(project.id, patch).await?;
@@ -130,10 +112,7 @@ pub async fn update_project(
     params(("project" = String, Path, description = "The project's id or slug")),
     responses((status = 200, body = Project), (status = 404, body = ErrorBody))
 )]
-pub async fn archive_project(
-    State(state): State<AppState>,
-    Path(key): Path<String>,
-) -> ApiResult<Json<Project>> {
+pub async fn archive_project(State(state): State<AppState>, Path(key): Path<String>) -> ApiResult<Json<Project>> {
     let project = find_project(&state.store, &key).await?;
     Ok(Json(state.store.archive_project(project.id).await?))
 }
@@ -144,10 +123,7 @@ pub async fn archive_project(
     params(("project" = String, Path, description = "The project's id or slug")),
     responses((status = 200, body = Project), (status = 404, body = ErrorBody))
 )]
-pub async fn unarchive_project(
-    State(state): State<AppState>,
-    Path(key): Path<String>,
-) -> ApiResult<Json<Project>> {
+pub async fn unarchive_project(State(state): State<AppState>, Path(key): Path<String>) -> ApiResult<Json<Project>> {
     let project = find_project(&state.store, &key).await?;
     Ok(Json(state.store.unarchive_project(project.id).await?))
 }

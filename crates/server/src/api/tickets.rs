@@ -4,8 +4,8 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use serde::Deserialize;
 use viberglass_domain::{
-    NewTicket, Page, Phase, Severity, Ticket, TicketFilter, TicketId, TicketInput, TicketPatch,
-    TicketStatus, ValidationErrors,
+    NewTicket, Page, Phase, Severity, Ticket, TicketFilter, TicketId, TicketInput, TicketPatch, TicketStatus,
+    ValidationErrors,
 };
 
 use super::projects::find_project;
@@ -37,10 +37,7 @@ pub struct ListTicketsQuery {
 }
 
 fn parse_ticket_id(text: &str) -> ApiResult<TicketId> {
-    text.parse()
-        .map_err(|e: viberglass_domain::ids::InvalidId| {
-            ApiError::invalid_field("ticket_id", e.to_string())
-        })
+    text.parse().map_err(|e: viberglass_domain::ids::InvalidId| ApiError::invalid_field("ticket_id", e.to_string()))
 }
 
 /// Lists tickets, newest first, with filters and search.
@@ -88,11 +85,7 @@ pub async fn create_ticket(
     let ticket = state.store.create_ticket(project.id, new, None).await?;
     tracing::info!(ticket_id = %ticket.id, project_id = %project.id, "ticket filed");
     let location = format!("/api/v1/tickets/{}", ticket.id);
-    Ok((
-        StatusCode::CREATED,
-        [(header::LOCATION, location)],
-        Json(ticket),
-    ))
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(ticket)))
 }
 
 /// Reads a ticket.
@@ -101,10 +94,7 @@ pub async fn create_ticket(
     params(("ticket_id" = String, Path, description = "The ticket's id")),
     responses((status = 200, body = Ticket), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody))
 )]
-pub async fn get_ticket(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> ApiResult<Json<Ticket>> {
+pub async fn get_ticket(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Ticket>> {
     Ok(Json(state.store.get_ticket(parse_ticket_id(&id)?).await?))
 }
 
@@ -122,10 +112,7 @@ pub async fn update_ticket(
     let id = parse_ticket_id(&id)?;
     let patch = TicketPatch::parse(input)?;
     if patch.is_empty() {
-        return Err(ApiError::bad_request(
-            "invalid_input",
-            "the body names no field to change",
-        ));
+        return Err(ApiError::bad_request("invalid_input", "the body names no field to change"));
     }
     let ticket = state.store.update_ticket(id, patch).await?;
     tracing::info!(ticket_id = %ticket.id, "ticket updated");
@@ -138,13 +125,8 @@ pub async fn update_ticket(
     params(("ticket_id" = String, Path, description = "The ticket's id")),
     responses((status = 200, body = Ticket), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody))
 )]
-pub async fn archive_ticket(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> ApiResult<Json<Ticket>> {
-    Ok(Json(
-        state.store.archive_ticket(parse_ticket_id(&id)?).await?,
-    ))
+pub async fn archive_ticket(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Ticket>> {
+    Ok(Json(state.store.archive_ticket(parse_ticket_id(&id)?).await?))
 }
 
 /// Restores an archived ticket. Idempotent.
@@ -153,11 +135,6 @@ pub async fn archive_ticket(
     params(("ticket_id" = String, Path, description = "The ticket's id")),
     responses((status = 200, body = Ticket), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody))
 )]
-pub async fn unarchive_ticket(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> ApiResult<Json<Ticket>> {
-    Ok(Json(
-        state.store.unarchive_ticket(parse_ticket_id(&id)?).await?,
-    ))
+pub async fn unarchive_ticket(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Ticket>> {
+    Ok(Json(state.store.unarchive_ticket(parse_ticket_id(&id)?).await?))
 }

@@ -1,9 +1,6 @@
 use viberglass_testkit::{TestApp, TestBackend, backend_tests};
 
-backend_tests!(
-    ready_when_the_database_answers_and_is_migrated,
-    not_ready_when_the_schema_is_newer_than_the_server
-);
+backend_tests!(ready_when_the_database_answers_and_is_migrated, not_ready_when_the_schema_is_newer_than_the_server);
 
 #[tokio::test]
 async fn healthz_answers_without_touching_the_database() {
@@ -39,13 +36,7 @@ async fn not_ready_when_the_schema_is_newer_than_the_server(backend: TestBackend
     assert_eq!(response.status(), 503);
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["code"], "not_ready");
-    assert!(
-        body["message"]
-            .as_str()
-            .unwrap()
-            .contains("upgrade this server"),
-        "{body}"
-    );
+    assert!(body["message"].as_str().unwrap().contains("upgrade this server"), "{body}");
 }
 
 /// When PostgreSQL goes away under a running server, readiness says so and
@@ -58,26 +49,13 @@ async fn a_lost_database_means_not_ready_and_opaque_errors() {
     let app = TestApp::spawn_on(TestBackend::Postgres).await;
     let name = app.db.url().rsplit('/').next().unwrap().to_owned();
     let admin = std::env::var("TEST_DATABASE_URL").unwrap();
-    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin)
-        .await
-        .unwrap();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE {name} WITH (FORCE)"
-    )))
-    .execute(&mut conn)
-    .await
-    .unwrap();
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE {name} WITH (FORCE)"))).execute(&mut conn).await.unwrap();
 
     let ready = app.get("/readyz").await;
     assert_eq!(ready.status(), 503);
     let body: serde_json::Value = ready.json().await.unwrap();
-    assert!(
-        body["message"]
-            .as_str()
-            .unwrap()
-            .contains("does not answer"),
-        "{body}"
-    );
+    assert!(body["message"].as_str().unwrap().contains("does not answer"), "{body}");
 
     let list = app.get("/api/v1/projects").await;
     assert_eq!(list.status(), 500);
@@ -85,16 +63,8 @@ async fn a_lost_database_means_not_ready_and_opaque_errors() {
     let body: serde_json::Value = list.json().await.unwrap();
     assert_eq!(body["code"], "internal");
     let text = body.to_string().to_lowercase();
-    assert!(
-        !text.contains("database \"") && !text.contains("sqlx") && !text.contains("terminat"),
-        "{body}"
-    );
+    assert!(!text.contains("database \"") && !text.contains("sqlx") && !text.contains("terminat"), "{body}");
     // The cause is in the server log, under the request's id.
     let logged = viberglass_testkit::logs::lines_containing(&request_id);
-    assert!(
-        logged
-            .iter()
-            .any(|l| l["cause"].as_str().is_some_and(|c| !c.is_empty())),
-        "{logged:?}"
-    );
+    assert!(logged.iter().any(|l| l["cause"].as_str().is_some_and(|c| !c.is_empty())), "{logged:?}");
 }

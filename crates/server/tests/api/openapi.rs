@@ -32,8 +32,7 @@ async fn spec(app: &TestApp) -> Value {
 }
 
 fn concrete(path: &str) -> String {
-    path.replace("{project}", "some-project")
-        .replace("{ticket_id}", &uuid::Uuid::now_v7().to_string())
+    path.replace("{project}", "some-project").replace("{ticket_id}", &uuid::Uuid::now_v7().to_string())
 }
 
 #[tokio::test]
@@ -45,10 +44,7 @@ async fn the_document_is_openapi_3_1_with_a_docs_page_beside_it() {
     assert!(spec["components"]["schemas"]["ErrorBody"].is_object());
     let docs = app.get("/api/docs/").await;
     assert_eq!(docs.status(), 200);
-    assert!(
-        docs.text().await.unwrap().contains("swagger"),
-        "the docs page is Swagger UI"
-    );
+    assert!(docs.text().await.unwrap().contains("swagger"), "the docs page is Swagger UI");
 }
 
 #[tokio::test]
@@ -73,24 +69,14 @@ async fn the_document_and_the_router_agree_method_by_method() {
     let spec = spec(&app).await;
     let paths = spec["paths"].as_object().unwrap();
     assert_eq!(
-        paths
-            .values()
-            .map(|p| p.as_object().unwrap().len())
-            .sum::<usize>(),
+        paths.values().map(|p| p.as_object().unwrap().len()).sum::<usize>(),
         ROUTES.len(),
         "ROUTES lists every documented operation"
     );
     for (path, operations) in paths {
         for method in METHODS {
-            let request = app.client.request(
-                method.to_uppercase().parse().unwrap(),
-                app.url(&concrete(path)),
-            );
-            let request = if *method == "get" {
-                request
-            } else {
-                request.json(&serde_json::json!({}))
-            };
+            let request = app.client.request(method.to_uppercase().parse().unwrap(), app.url(&concrete(path)));
+            let request = if *method == "get" { request } else { request.json(&serde_json::json!({})) };
             let response = request.send().await.unwrap();
             let status = response.status().as_u16();
             let body: Value = response.json().await.unwrap_or(Value::Null);
@@ -101,10 +87,7 @@ async fn the_document_and_the_router_agree_method_by_method() {
                     "{method} {path} is documented but not routed ({status} {body})"
                 );
             } else {
-                assert_eq!(
-                    status, 405,
-                    "{method} {path} is served ({status}) but not documented"
-                );
+                assert_eq!(status, 405, "{method} {path} is served ({status}) but not documented");
             }
         }
     }

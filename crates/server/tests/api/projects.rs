@@ -16,95 +16,46 @@ async fn projects_through_every_layer(backend: TestBackend) {
     let created: Value = response.json().await.unwrap();
     assert_eq!(created["slug"], "web-shop");
     assert_eq!(created["base_branch"], "main");
-    assert_eq!(
-        location,
-        format!("/api/v1/projects/{}", created["id"].as_str().unwrap())
-    );
+    assert_eq!(location, format!("/api/v1/projects/{}", created["id"].as_str().unwrap()));
 
     let by_id: Value = app.get(&location).await.json().await.unwrap();
-    let by_slug: Value = app
-        .get("/api/v1/projects/web-shop")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let by_slug: Value = app.get("/api/v1/projects/web-shop").await.json().await.unwrap();
     assert_eq!(by_id, created);
     assert_eq!(by_slug, created);
 
     let patched = app
-        .patch_json(
-            "/api/v1/projects/web-shop",
-            &json!({"description": "Sells things", "max_concurrent_jobs": 4}),
-        )
+        .patch_json("/api/v1/projects/web-shop", &json!({"description": "Sells things", "max_concurrent_jobs": 4}))
         .await;
     assert_eq!(patched.status(), 200);
     let patched: Value = patched.json().await.unwrap();
     assert_eq!(
-        (
-            patched["description"].as_str(),
-            patched["max_concurrent_jobs"].as_u64()
-        ),
+        (patched["description"].as_str(), patched["max_concurrent_jobs"].as_u64()),
         (Some("Sells things"), Some(4))
     );
 
-    let invalid = app
-        .patch_json(
-            "/api/v1/projects/web-shop",
-            &json!({"branch_name_template": "x/{{ user }}"}),
-        )
-        .await;
+    let invalid = app.patch_json("/api/v1/projects/web-shop", &json!({"branch_name_template": "x/{{ user }}"})).await;
     assert_eq!(invalid.status(), 400);
     let invalid: Value = invalid.json().await.unwrap();
     assert_eq!(invalid["fields"][0]["field"], "branch_name_template");
 
     app.create_project(json!({"name": "Backoffice"})).await;
-    let listed: Value = app
-        .get("/api/v1/projects?limit=1")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let listed: Value = app.get("/api/v1/projects?limit=1").await.json().await.unwrap();
     assert_eq!(listed["items"][0]["name"], "Backoffice");
     let cursor = listed["next_cursor"].as_str().expect("a second page");
-    let second: Value = app
-        .get(&format!("/api/v1/projects?limit=1&cursor={cursor}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let second: Value = app.get(&format!("/api/v1/projects?limit=1&cursor={cursor}")).await.json().await.unwrap();
     assert_eq!(second["items"][0]["name"], "Web Shop");
     assert!(second["next_cursor"].is_null());
 
-    let searched: Value = app
-        .get("/api/v1/projects?q=sells")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let searched: Value = app.get("/api/v1/projects?q=sells").await.json().await.unwrap();
     assert_eq!(searched["items"].as_array().unwrap().len(), 1);
 
-    let archived: Value = app
-        .post_json("/api/v1/projects/web-shop/archive", &json!({}))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let archived: Value = app.post_json("/api/v1/projects/web-shop/archive", &json!({})).await.json().await.unwrap();
     assert!(archived["archived_at"].is_string());
     let live: Value = app.get("/api/v1/projects").await.json().await.unwrap();
     assert_eq!(live["items"].as_array().unwrap().len(), 1);
-    let only: Value = app
-        .get("/api/v1/projects?archived=only")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let only: Value = app.get("/api/v1/projects?archived=only").await.json().await.unwrap();
     assert_eq!(only["items"][0]["slug"], "web-shop");
-    let restored: Value = app
-        .post_json("/api/v1/projects/web-shop/unarchive", &json!({}))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let restored: Value = app.post_json("/api/v1/projects/web-shop/unarchive", &json!({})).await.json().await.unwrap();
     assert!(restored["archived_at"].is_null());
 
     let bad_filter = app.get("/api/v1/projects?archived=maybe").await;

@@ -16,22 +16,12 @@ async fn a_valid_request_id_round_trips_and_tags_every_log_line_of_the_request()
     assert_eq!(response.headers()["x-request-id"], id.as_str());
 
     let lines = logs::lines_containing(&id);
-    let handler_line = lines
-        .iter()
-        .find(|l| l["message"] == "project created")
-        .expect("the handler's own line");
-    assert_eq!(
-        logs::field(handler_line, "request_id"),
-        id.as_str(),
-        "{handler_line}"
-    );
-    let closing = lines
-        .iter()
-        .find(|l| l["message"] == "request finished")
-        .expect("one line per request");
+    let handler_line = lines.iter().find(|l| l["message"] == "project created").expect("the handler's own line");
+    assert_eq!(logs::field(handler_line, "request_id"), id.as_str(), "{handler_line}");
+    let closing = lines.iter().find(|l| l["message"] == "request finished").expect("one line per request");
     assert_eq!(logs::field(closing, "request_id"), id.as_str());
-    assert_eq!(logs::field(&closing, "method"), "POST");
-    assert_eq!(logs::field(&closing, "route"), "/api/v1/projects");
+    assert_eq!(logs::field(closing, "method"), "POST");
+    assert_eq!(logs::field(closing, "route"), "/api/v1/projects");
     assert_eq!(closing["status"], 201);
     assert!(closing["latency_ms"].as_f64().is_some(), "{closing}");
 }
@@ -39,14 +29,8 @@ async fn a_valid_request_id_round_trips_and_tags_every_log_line_of_the_request()
 #[tokio::test]
 async fn a_request_without_an_id_gets_a_fresh_one() {
     let app = TestApp::spawn().await;
-    let a = app.get("/healthz").await.headers()["x-request-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
-    let b = app.get("/healthz").await.headers()["x-request-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let a = app.get("/healthz").await.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let b = app.get("/healthz").await.headers()["x-request-id"].to_str().unwrap().to_owned();
     assert_ne!(a, b);
     assert!(uuid::Uuid::parse_str(&a).is_ok(), "{a}");
 }
@@ -54,13 +38,8 @@ async fn a_request_without_an_id_gets_a_fresh_one() {
 #[tokio::test]
 async fn an_invalid_request_id_is_replaced() {
     let app = TestApp::spawn().await;
-    let response = app
-        .client
-        .get(app.url("/healthz"))
-        .header("X-Request-Id", "bad id with spaces")
-        .send()
-        .await
-        .unwrap();
+    let response =
+        app.client.get(app.url("/healthz")).header("X-Request-Id", "bad id with spaces").send().await.unwrap();
     let returned = response.headers()["x-request-id"].to_str().unwrap();
     assert_ne!(returned, "bad id with spaces");
     assert!(uuid::Uuid::parse_str(returned).is_ok());
@@ -70,16 +49,8 @@ async fn an_invalid_request_id_is_replaced() {
 async fn the_route_is_logged_as_the_template_not_the_raw_path() {
     let app = TestApp::spawn().await;
     let id = format!("route-{}", uuid::Uuid::new_v4());
-    app.client
-        .get(app.url("/api/v1/projects/does-not-exist"))
-        .header("X-Request-Id", &id)
-        .send()
-        .await
-        .unwrap();
-    let closing = logs::lines_containing(&id)
-        .into_iter()
-        .find(|l| l["message"] == "request finished")
-        .unwrap();
+    app.client.get(app.url("/api/v1/projects/does-not-exist")).header("X-Request-Id", &id).send().await.unwrap();
+    let closing = logs::lines_containing(&id).into_iter().find(|l| l["message"] == "request finished").unwrap();
     assert_eq!(logs::field(&closing, "route"), "/api/v1/projects/{project}");
     assert_eq!(closing["status"], 404);
 }

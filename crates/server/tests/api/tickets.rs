@@ -8,113 +8,59 @@ async fn tickets_through_every_layer(backend: TestBackend) {
     app.create_project(json!({"name": "Shop"})).await;
     app.create_project(json!({"name": "Blog"})).await;
     let first = app
-        .create_ticket("shop", json!({"title": "Guest checkout fails", "description": "500 on /pay", "severity": "high"}))
-        .await;
-    assert_eq!(
-        (first["phase"].as_str(), first["status"].as_str()),
-        (Some("research"), Some("open"))
-    );
-    for i in 0..3 {
-        app.create_ticket("shop", json!({"title": format!("Polish {i}")}))
-            .await;
-    }
-    app.create_ticket("blog", json!({"title": "Typo on about page"}))
-        .await;
-
-    let id = first["id"].as_str().unwrap();
-    let read: Value = app
-        .get(&format!("/api/v1/tickets/{id}"))
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(read, first);
-
-    let edited = app
-        .patch_json(
-            &format!("/api/v1/tickets/{id}"),
-            &json!({"severity": "critical"}),
+        .create_ticket(
+            "shop",
+            json!({"title": "Guest checkout fails", "description": "500 on /pay", "severity": "high"}),
         )
         .await;
+    assert_eq!((first["phase"].as_str(), first["status"].as_str()), (Some("research"), Some("open")));
+    for i in 0..3 {
+        app.create_ticket("shop", json!({"title": format!("Polish {i}")})).await;
+    }
+    app.create_ticket("blog", json!({"title": "Typo on about page"})).await;
+
+    let id = first["id"].as_str().unwrap();
+    let read: Value = app.get(&format!("/api/v1/tickets/{id}")).await.json().await.unwrap();
+    assert_eq!(read, first);
+
+    let edited = app.patch_json(&format!("/api/v1/tickets/{id}"), &json!({"severity": "critical"})).await;
     assert_eq!(edited.status(), 200);
     let edited: Value = edited.json().await.unwrap();
     assert_eq!(edited["severity"], "critical");
-    let refused = app
-        .patch_json(
-            &format!("/api/v1/tickets/{id}"),
-            &json!({"phase": "execution"}),
-        )
-        .await;
-    assert_eq!(
-        refused.status(),
-        400,
-        "phase changes only through the workflow"
-    );
+    let refused = app.patch_json(&format!("/api/v1/tickets/{id}"), &json!({"phase": "execution"})).await;
+    assert_eq!(refused.status(), 400, "phase changes only through the workflow");
 
     // Page through the shop's tickets two at a time.
     let mut titles = Vec::new();
     let mut next = "/api/v1/tickets?project=shop&limit=2".to_owned();
     loop {
         let page: Value = app.get(&next).await.json().await.unwrap();
-        titles.extend(
-            page["items"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|t| t["title"].as_str().unwrap().to_owned()),
-        );
+        titles.extend(page["items"].as_array().unwrap().iter().map(|t| t["title"].as_str().unwrap().to_owned()));
         match page["next_cursor"].as_str() {
             Some(cursor) => next = format!("/api/v1/tickets?project=shop&limit=2&cursor={cursor}"),
             None => break,
         }
     }
-    assert_eq!(
-        titles,
-        ["Polish 2", "Polish 1", "Polish 0", "Guest checkout fails"]
-    );
+    assert_eq!(titles, ["Polish 2", "Polish 1", "Polish 0", "Guest checkout fails"]);
 
-    let critical: Value = app
-        .get("/api/v1/tickets?severity=critical")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let critical: Value = app.get("/api/v1/tickets?severity=critical").await.json().await.unwrap();
     assert_eq!(critical["items"].as_array().unwrap().len(), 1);
-    let searched: Value = app
-        .get("/api/v1/tickets?q=%2Fpay")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let searched: Value = app.get("/api/v1/tickets?q=%2Fpay").await.json().await.unwrap();
     assert_eq!(searched["items"][0]["id"], id);
     let all: Value = app.get("/api/v1/tickets").await.json().await.unwrap();
     assert_eq!(all["items"].as_array().unwrap().len(), 5);
 
-    let archived = app
-        .post_json(&format!("/api/v1/tickets/{id}/archive"), &json!({}))
-        .await;
+    let archived = app.post_json(&format!("/api/v1/tickets/{id}/archive"), &json!({})).await;
     assert_eq!(archived.status(), 200);
-    let live: Value = app
-        .get("/api/v1/tickets?project=shop")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let live: Value = app.get("/api/v1/tickets?project=shop").await.json().await.unwrap();
     assert_eq!(live["items"].as_array().unwrap().len(), 3);
-    let unarchived = app
-        .post_json(&format!("/api/v1/tickets/{id}/unarchive"), &json!({}))
-        .await;
+    let unarchived = app.post_json(&format!("/api/v1/tickets/{id}/unarchive"), &json!({})).await;
     assert_eq!(unarchived.status(), 200);
 
     let bad = app.get("/api/v1/tickets?phase=deploy&status=done").await;
     assert_eq!(bad.status(), 400);
     let bad: Value = bad.json().await.unwrap();
-    let fields: Vec<&str> = bad["fields"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["field"].as_str().unwrap())
-        .collect();
+    let fields: Vec<&str> = bad["fields"].as_array().unwrap().iter().map(|f| f["field"].as_str().unwrap()).collect();
     assert_eq!(fields, ["phase", "status"]);
     let unknown_project = app.get("/api/v1/tickets?project=nope").await;
     assert_eq!(unknown_project.status(), 404);

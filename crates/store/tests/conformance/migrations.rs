@@ -32,19 +32,9 @@ async fn concurrent_migrators_apply_each_migration_once(backend: TestBackend) {
     let b = db.connect().await;
     let (ra, rb) = tokio::join!(a.migrate(), b.migrate());
     let (ra, rb) = (ra.unwrap(), rb.unwrap());
-    assert_eq!(
-        ra.len() + rb.len(),
-        viberglass_store::migrate::MIGRATIONS.len(),
-        "{ra:?} {rb:?}"
-    );
+    assert_eq!(ra.len() + rb.len(), viberglass_store::migrate::MIGRATIONS.len(), "{ra:?} {rb:?}");
     let status = a.schema_status().await.unwrap();
-    assert_eq!(
-        status,
-        SchemaStatus {
-            applied: status.latest,
-            latest: status.latest
-        }
-    );
+    assert_eq!(status, SchemaStatus { applied: status.latest, latest: status.latest });
 }
 
 async fn a_failing_migration_is_named_with_the_database_error(backend: TestBackend) {
@@ -55,10 +45,7 @@ async fn a_failing_migration_is_named_with_the_database_error(backend: TestBacke
     let err = store.migrate().await.unwrap_err();
     assert!(matches!(err, MigrateError::Failed { .. }), "{err:?}");
     let text = err.to_string();
-    assert!(
-        text.starts_with("migration 0001_initial failed: "),
-        "{text}"
-    );
+    assert!(text.starts_with("migration 0001_initial failed: "), "{text}");
     assert!(text.contains("already exists"), "{text}");
     // Nothing of the failed migration stays behind.
     assert_eq!(store.schema_status().await.unwrap().applied, 0);

@@ -23,10 +23,7 @@ fn new_ticket(json: serde_json::Value) -> NewTicket {
 async fn a_filed_ticket_reads_back_whole(backend: TestBackend) {
     let db = TestDb::new(backend).await;
     let store = db.store().await;
-    let project = store
-        .create_project(new_project(serde_json::json!({"name": "App"})))
-        .await
-        .unwrap();
+    let project = store.create_project(new_project(serde_json::json!({"name": "App"}))).await.unwrap();
     let ticket = store
         .create_ticket(
             project.id,
@@ -42,10 +39,7 @@ async fn a_filed_ticket_reads_back_whole(backend: TestBackend) {
         )
         .await
         .unwrap();
-    assert_eq!(
-        (ticket.phase, ticket.status),
-        (Phase::Research, TicketStatus::Open)
-    );
+    assert_eq!((ticket.phase, ticket.status), (Phase::Research, TicketStatus::Open));
     assert_eq!(store.get_ticket(ticket.id).await.unwrap(), ticket);
 }
 
@@ -53,136 +47,64 @@ async fn a_ticket_needs_a_live_project(backend: TestBackend) {
     let db = TestDb::new(backend).await;
     let store = db.store().await;
     let missing = store
-        .create_ticket(
-            viberglass_domain::ProjectId::new(),
-            new_ticket(serde_json::json!({"title": "x"})),
-            None,
-        )
+        .create_ticket(viberglass_domain::ProjectId::new(), new_ticket(serde_json::json!({"title": "x"})), None)
         .await;
-    assert!(
-        matches!(
-            missing,
-            Err(StoreError::NotFound {
-                entity: "project",
-                ..
-            })
-        ),
-        "{missing:?}"
-    );
-    let project = store
-        .create_project(new_project(serde_json::json!({"name": "App"})))
-        .await
-        .unwrap();
+    assert!(matches!(missing, Err(StoreError::NotFound { entity: "project", .. })), "{missing:?}");
+    let project = store.create_project(new_project(serde_json::json!({"name": "App"}))).await.unwrap();
     store.archive_project(project.id).await.unwrap();
-    let archived = store
-        .create_ticket(
-            project.id,
-            new_ticket(serde_json::json!({"title": "x"})),
-            None,
-        )
-        .await;
-    assert!(
-        matches!(archived, Err(StoreError::ParentArchived { .. })),
-        "{archived:?}"
-    );
+    let archived = store.create_ticket(project.id, new_ticket(serde_json::json!({"title": "x"})), None).await;
+    assert!(matches!(archived, Err(StoreError::ParentArchived { .. })), "{archived:?}");
 }
 
 async fn external_ids_are_unique_per_project_and_source(backend: TestBackend) {
     let db = TestDb::new(backend).await;
     let store = db.store().await;
-    let a = store
-        .create_project(new_project(serde_json::json!({"name": "A"})))
-        .await
-        .unwrap();
-    let b = store
-        .create_project(new_project(serde_json::json!({"name": "B"})))
-        .await
-        .unwrap();
+    let a = store.create_project(new_project(serde_json::json!({"name": "A"}))).await.unwrap();
+    let b = store.create_project(new_project(serde_json::json!({"name": "B"}))).await.unwrap();
     let gh = serde_json::json!({"title": "x", "source": "github", "external_id": "7"});
-    store
-        .create_ticket(a.id, new_ticket(gh.clone()), None)
-        .await
-        .unwrap();
-    let dup = store
-        .create_ticket(a.id, new_ticket(gh.clone()), None)
-        .await;
-    assert!(
-        matches!(&dup, Err(StoreError::Conflict { field, .. }) if field == "external_id"),
-        "{dup:?}"
-    );
-    store
-        .create_ticket(b.id, new_ticket(gh), None)
-        .await
-        .expect("another project may reuse the id");
+    store.create_ticket(a.id, new_ticket(gh.clone()), None).await.unwrap();
+    let dup = store.create_ticket(a.id, new_ticket(gh.clone()), None).await;
+    assert!(matches!(&dup, Err(StoreError::Conflict { field, .. }) if field == "external_id"), "{dup:?}");
+    store.create_ticket(b.id, new_ticket(gh), None).await.expect("another project may reuse the id");
     let jira = serde_json::json!({"title": "x", "source": "jira", "external_id": "7"});
-    store
-        .create_ticket(a.id, new_ticket(jira), None)
-        .await
-        .expect("another source may reuse the id");
+    store.create_ticket(a.id, new_ticket(jira), None).await.expect("another source may reuse the id");
     // Tickets without an external id never collide.
-    store
-        .create_ticket(a.id, new_ticket(serde_json::json!({"title": "y"})), None)
-        .await
-        .unwrap();
-    store
-        .create_ticket(a.id, new_ticket(serde_json::json!({"title": "y"})), None)
-        .await
-        .unwrap();
+    store.create_ticket(a.id, new_ticket(serde_json::json!({"title": "y"})), None).await.unwrap();
+    store.create_ticket(a.id, new_ticket(serde_json::json!({"title": "y"})), None).await.unwrap();
 }
 
 async fn ticket_edits_and_archiving(backend: TestBackend) {
     let db = TestDb::new(backend).await;
     let store = db.store().await;
-    let project = store
-        .create_project(new_project(serde_json::json!({"name": "App"})))
-        .await
-        .unwrap();
-    let t = store
-        .create_ticket(
-            project.id,
-            new_ticket(serde_json::json!({"title": "Old"})),
-            None,
-        )
-        .await
-        .unwrap();
+    let project = store.create_project(new_project(serde_json::json!({"name": "App"}))).await.unwrap();
+    let t = store.create_ticket(project.id, new_ticket(serde_json::json!({"title": "Old"})), None).await.unwrap();
     let patch = TicketPatch::parse(
-        serde_json::from_value(serde_json::json!({"title": "New", "severity": "critical"}))
-            .unwrap(),
+        serde_json::from_value(serde_json::json!({"title": "New", "severity": "critical"})).unwrap(),
     )
     .unwrap();
     let edited = store.update_ticket(t.id, patch).await.unwrap();
-    assert_eq!(
-        (edited.title.as_str(), edited.severity),
-        ("New", Severity::Critical)
-    );
+    assert_eq!((edited.title.as_str(), edited.severity), ("New", Severity::Critical));
     assert_eq!(edited.description, t.description);
     let archived = store.archive_ticket(t.id).await.unwrap();
     assert!(archived.archived_at.is_some());
     assert_eq!(store.get_ticket(t.id).await.unwrap(), archived);
-    assert_eq!(
-        store.unarchive_ticket(t.id).await.unwrap().archived_at,
-        None
-    );
+    assert_eq!(store.unarchive_ticket(t.id).await.unwrap().archived_at, None);
 }
 
 async fn ticket_lists_filter_search_and_page(backend: TestBackend) {
     let db = TestDb::new(backend).await;
     let store = db.store().await;
-    let a = store
-        .create_project(new_project(serde_json::json!({"name": "A"})))
-        .await
-        .unwrap();
-    let b = store
-        .create_project(new_project(serde_json::json!({"name": "B"})))
-        .await
-        .unwrap();
+    let a = store.create_project(new_project(serde_json::json!({"name": "A"}))).await.unwrap();
+    let b = store.create_project(new_project(serde_json::json!({"name": "B"}))).await.unwrap();
     let mut in_a = Vec::new();
     for i in 0..7 {
         let severity = if i % 2 == 0 { "high" } else { "low" };
         let t = store
             .create_ticket(
                 a.id,
-                new_ticket(serde_json::json!({"title": format!("Ticket {i}"), "severity": severity, "description": "body"})),
+                new_ticket(
+                    serde_json::json!({"title": format!("Ticket {i}"), "severity": severity, "description": "body"}),
+                ),
                 None,
             )
             .await
@@ -190,25 +112,15 @@ async fn ticket_lists_filter_search_and_page(backend: TestBackend) {
         in_a.push(t.id);
     }
     let percent = store
-        .create_ticket(
-            b.id,
-            new_ticket(serde_json::json!({"title": "Give 50% OFF", "description": "Sale"})),
-            None,
-        )
+        .create_ticket(b.id, new_ticket(serde_json::json!({"title": "Give 50% OFF", "description": "Sale"})), None)
         .await
         .unwrap();
     store.archive_ticket(in_a[6]).await.unwrap();
 
     // Paging through project A visits every live ticket once, newest first.
-    let filter = TicketFilter {
-        project_id: Some(a.id),
-        ..TicketFilter::default()
-    };
+    let filter = TicketFilter { project_id: Some(a.id), ..TicketFilter::default() };
     let mut seen = Vec::new();
-    let mut page_request = PageRequest {
-        limit: 4,
-        after: None,
-    };
+    let mut page_request = PageRequest { limit: 4, after: None };
     loop {
         let page = store.list_tickets(&filter, page_request).await.unwrap();
         seen.extend(page.items.iter().map(|t| t.id));
@@ -220,95 +132,25 @@ async fn ticket_lists_filter_search_and_page(backend: TestBackend) {
     let expected: Vec<_> = in_a[..6].iter().rev().copied().collect();
     assert_eq!(seen, expected);
 
-    let high = TicketFilter {
-        project_id: Some(a.id),
-        severity: Some(Severity::High),
-        ..TicketFilter::default()
-    };
-    let page = store
-        .list_tickets(&high, PageRequest::default())
-        .await
-        .unwrap();
-    assert_eq!(
-        page.items.iter().map(|t| t.id).collect::<Vec<_>>(),
-        vec![in_a[4], in_a[2], in_a[0]]
-    );
+    let high = TicketFilter { project_id: Some(a.id), severity: Some(Severity::High), ..TicketFilter::default() };
+    let page = store.list_tickets(&high, PageRequest::default()).await.unwrap();
+    assert_eq!(page.items.iter().map(|t| t.id).collect::<Vec<_>>(), vec![in_a[4], in_a[2], in_a[0]]);
 
-    let archived = TicketFilter {
-        archived: ArchivedFilter::Only,
-        ..TicketFilter::default()
-    };
-    let page = store
-        .list_tickets(&archived, PageRequest::default())
-        .await
-        .unwrap();
-    assert_eq!(
-        page.items.iter().map(|t| t.id).collect::<Vec<_>>(),
-        vec![in_a[6]]
-    );
+    let archived = TicketFilter { archived: ArchivedFilter::Only, ..TicketFilter::default() };
+    let page = store.list_tickets(&archived, PageRequest::default()).await.unwrap();
+    assert_eq!(page.items.iter().map(|t| t.id).collect::<Vec<_>>(), vec![in_a[6]]);
 
-    let planning = TicketFilter {
-        phase: Some(Phase::Planning),
-        ..TicketFilter::default()
-    };
-    assert!(
-        store
-            .list_tickets(&planning, PageRequest::default())
-            .await
-            .unwrap()
-            .items
-            .is_empty()
-    );
-    let open = TicketFilter {
-        status: Some(TicketStatus::Open),
-        ..TicketFilter::default()
-    };
-    assert_eq!(
-        store
-            .list_tickets(&open, PageRequest::default())
-            .await
-            .unwrap()
-            .items
-            .len(),
-        7
-    );
+    let planning = TicketFilter { phase: Some(Phase::Planning), ..TicketFilter::default() };
+    assert!(store.list_tickets(&planning, PageRequest::default()).await.unwrap().items.is_empty());
+    let open = TicketFilter { status: Some(TicketStatus::Open), ..TicketFilter::default() };
+    assert_eq!(store.list_tickets(&open, PageRequest::default()).await.unwrap().items.len(), 7);
 
     // Search is case-insensitive and treats % and _ literally.
-    let search = TicketFilter {
-        search: Some("50% off".into()),
-        ..TicketFilter::default()
-    };
-    let page = store
-        .list_tickets(&search, PageRequest::default())
-        .await
-        .unwrap();
-    assert_eq!(
-        page.items.iter().map(|t| t.id).collect::<Vec<_>>(),
-        vec![percent.id]
-    );
-    let literal = TicketFilter {
-        search: Some("5_%".into()),
-        ..TicketFilter::default()
-    };
-    assert!(
-        store
-            .list_tickets(&literal, PageRequest::default())
-            .await
-            .unwrap()
-            .items
-            .is_empty()
-    );
-    let by_description = TicketFilter {
-        search: Some("SALE".into()),
-        ..TicketFilter::default()
-    };
-    assert_eq!(
-        store
-            .list_tickets(&by_description, PageRequest::default())
-            .await
-            .unwrap()
-            .items
-            .len(),
-        1
-    );
+    let search = TicketFilter { search: Some("50% off".into()), ..TicketFilter::default() };
+    let page = store.list_tickets(&search, PageRequest::default()).await.unwrap();
+    assert_eq!(page.items.iter().map(|t| t.id).collect::<Vec<_>>(), vec![percent.id]);
+    let literal = TicketFilter { search: Some("5_%".into()), ..TicketFilter::default() };
+    assert!(store.list_tickets(&literal, PageRequest::default()).await.unwrap().items.is_empty());
+    let by_description = TicketFilter { search: Some("SALE".into()), ..TicketFilter::default() };
+    assert_eq!(store.list_tickets(&by_description, PageRequest::default()).await.unwrap().items.len(), 1);
 }

@@ -1,0 +1,267 @@
+//! The `viberglass` binary as people run it: startup on both databases, and
+//! the one-line failures for each way startup can go wrong.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use viberglass_testkit::{TestBackend, TestDb, backend_tests};
+
+/// Every environment variable the server reads, cleared so the developer's
+/// own settings cannot leak into a test.
+const SERVER_VARIABLES: &[&str] = &[
+    "VIBERGLASS_CONFIG",
+    "VIBERGLASS_DATA_DIR",
+    "DATABASE_URL",
+    "VIBERGLASS_HOST",
+    "VIBERGLASS_PORT",
+    "VIBERGLASS_PUBLIC_URL",
+    "LOG_FORMAT",
+    "LOG_LEVEL",
+    "VIBERGLASS_CORS_ORIGINS",
+    "VIBERGLASS_BODY_LIMIT_BYTES",
+    "SECRETS_ENCRYPTION_KEY",
+    "VIBERGLASS_DB_CONNECT_ATTEMPTS",
+    "VIBERGLASS_DB_MAX_CONNECTIONS",
+    "VIBERGLASS_SHUTDOWN_TIMEOUT_SECS",
+];
+
+fn viberglass(dir: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_viberglass"));
+    command.current_dir(dir).stdin(Stdio::null());
+    for name in SERVER_VARIABLES {
+        command.env_remove(name);
+    }
+    command
+}
+
+fn key() -> String {
+    "ab".repeat(32)
+}
+
+/// Runs a command expected to fail at startup and returns its single stderr line.
+fn one_line_failure(output: Output, code: i32) -> String {
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(code), "exit code; stderr: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "exactly one line on stderr, got: {stderr}");
+    assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"), "{stderr}");
+    stderr.trim_end().to_owned()
+}
+
+/// A running `viberglass serve`, killed when dropped.
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Server {
+    fn start(mut command: Command) -> Server {
+        command.args(["serve", "--port", "0"]).env("LOG_FORMAT", "json").stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = command.spawn().expect("start viberglass serve");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let port =
+                        rest.split(|c: char| !c.is_ascii_digit() && c != ':' && c != '.').next().unwrap_or_default();
+                    let port = port.rsplit(':').next().and_then(|p| p.parse::<u16>().ok());
+                    let _ = tx.send(port);
+                }
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(Some(port)) => Server { child, port },
+            _ => {
+                let _ = child.kill();
+                let output = child.wait_with_output().unwrap();
+                panic!("the server did not start: {}", String::from_utf8_lossy(&output.stderr));
+            }
+        }
+    }
+
+    async fn readyz(&self) -> (u16, serde_json::Value) {
+        let response = reqwest::get(format!("http://127.0.0.1:{}/readyz", self.port)).await.expect("readyz answers");
+        (response.status().as_u16(), response.json().await.unwrap_or_default())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn serve_with_no_settings_makes_a_data_directory_and_is_ready_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(viberglass(dir.path()));
+    let (status, body) = server.readyz().await;
+    assert_eq!((status, body["database"].as_str()), (200, Some("sqlite")), "{body}");
+    let data = dir.path().join("viberglass-data");
+    assert!(data.join("viberglass.db").exists());
+    let key_file = data.join("secrets.key");
+    let key = std::fs::read_to_string(&key_file).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    drop(server);
+
+    // A second start reuses the key and the database.
+    let server = Server::start(viberglass(dir.path()));
+    assert_eq!(server.readyz().await.0, 200);
+    assert_eq!(std::fs::read_to_string(&key_file).unwrap(), key);
+}
+
+#[tokio::test]
+async fn the_data_directory_can_be_moved_by_flag_and_by_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = viberglass(dir.path());
+    command.env("VIBERGLASS_DATA_DIR", dir.path().join("from-env"));
+    let server = Server::start(command);
+    assert_eq!(server.readyz().await.0, 200);
+    assert!(dir.path().join("from-env/viberglass.db").exists());
+    drop(server);
+
+    let output = viberglass(dir.path()).args(["migrate", "--data-dir", "flagged"]).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(dir.path().join("flagged/viberglass.db").exists());
+}
+
+#[test]
+fn postgres_without_an_encryption_key_stops_with_exit_code_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = viberglass(dir.path())
+        .arg("serve")
+        .env("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/x")
+        .output()
+        .unwrap();
+    let line = one_line_failure(output, 2);
+    assert!(line.contains("SECRETS_ENCRYPTION_KEY is not set"), "{line}");
+    assert!(line.contains("viberglass config gen-key"), "{line}");
+}
+
+#[test]
+fn a_bad_database_url_stops_with_exit_code_2_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let output =
+        viberglass(dir.path()).arg("serve").env("DATABASE_URL", "mysql://root:hunter2@db/viberglass").output().unwrap();
+    let line = one_line_failure(output, 2);
+    assert!(line.contains("invalid DATABASE_URL=\"mysql://root:***@db/viberglass\""), "{line}");
+    assert!(line.contains("set DATABASE_URL to postgres://"), "{line}");
+    assert!(!line.contains("hunter2"));
+}
+
+#[test]
+fn an_invalid_flag_value_stops_with_exit_code_2_naming_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = viberglass(dir.path()).args(["serve", "--port", "99999"]).output().unwrap();
+    let line = one_line_failure(output, 2);
+    assert!(line.contains("invalid --port=\"99999\": out of range"), "{line}");
+}
+
+#[test]
+fn an_unreachable_database_is_retried_then_named_with_the_os_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let output = viberglass(dir.path())
+        .arg("serve")
+        .env("DATABASE_URL", "postgres://postgres@127.0.0.1:9/viberglass")
+        .env("SECRETS_ENCRYPTION_KEY", key())
+        .env("VIBERGLASS_DB_CONNECT_ATTEMPTS", "3")
+        .output()
+        .unwrap();
+    let line = one_line_failure(output.clone(), 1);
+    assert!(line.contains("cannot reach the database at 127.0.0.1:9"), "{line}");
+    assert!(line.contains("Connection refused"), "{line}");
+    assert!(line.contains("after 3 attempts"), "{line}");
+    // The retries happened, with backoff (250 ms, then 500 ms), and were logged.
+    assert!(started.elapsed() >= Duration::from_millis(700));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(stdout.matches("database unreachable; retrying").count(), 2, "{stdout}");
+}
+
+backend_tests!(a_broken_migration_stops_startup_naming_the_migration_and_the_error);
+
+async fn a_broken_migration_stops_startup_naming_the_migration_and_the_error(backend: TestBackend) {
+    let db = TestDb::new(backend).await;
+    // Something else already made a table the first migration creates.
+    db.execute("CREATE TABLE projects (id INTEGER)").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = viberglass(dir.path());
+    match backend {
+        TestBackend::Sqlite => command.env("VIBERGLASS_DATA_DIR", db.data_dir().unwrap()),
+        TestBackend::Postgres => command.env("DATABASE_URL", db.url()).env("SECRETS_ENCRYPTION_KEY", key()),
+    };
+    let serve = command.arg("serve").output().unwrap();
+    let line = one_line_failure(serve, 1);
+    assert!(line.contains("migration 0001_initial failed: "), "{line}");
+    assert!(line.contains("already exists"), "{line}");
+
+    // `migrate` alone fails the same way.
+    let mut migrate = viberglass(dir.path());
+    match backend {
+        TestBackend::Sqlite => migrate.env("VIBERGLASS_DATA_DIR", db.data_dir().unwrap()),
+        TestBackend::Postgres => migrate.env("DATABASE_URL", db.url()).env("SECRETS_ENCRYPTION_KEY", key()),
+    };
+    let line = one_line_failure(migrate.arg("migrate").output().unwrap(), 1);
+    assert!(line.contains("migration 0001_initial failed"), "{line}");
+}
+
+#[tokio::test]
+async fn two_servers_started_at_once_on_one_empty_postgres_both_come_up() {
+    if !TestBackend::postgres_available() {
+        return;
+    }
+    let db = TestDb::new(TestBackend::Postgres).await;
+    let dir = tempfile::tempdir().unwrap();
+    let start = || {
+        let mut command = viberglass(dir.path());
+        command.env("DATABASE_URL", db.url()).env("SECRETS_ENCRYPTION_KEY", key());
+        std::thread::spawn(move || Server::start(command))
+    };
+    let (a, b) = (start(), start());
+    let (a, b) = (a.join().unwrap(), b.join().unwrap());
+    for server in [&a, &b] {
+        let (status, body) = server.readyz().await;
+        assert_eq!((status, body["database"].as_str()), (200, Some("postgres")), "{body}");
+    }
+}
+
+#[test]
+fn migrate_applies_once_and_then_has_nothing_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    for _ in 0..2 {
+        let output = viberglass(dir.path()).arg("migrate").output().unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    }
+    assert!(dir.path().join("viberglass-data/viberglass.db").exists());
+}
+
+#[test]
+fn config_default_prints_every_setting_with_its_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = viberglass(dir.path()).args(["config", "default"]).output().unwrap();
+    assert!(output.status.success());
+    let text = String::from_utf8(output.stdout).unwrap();
+    for variable in SERVER_VARIABLES.iter().filter(|v| **v != "VIBERGLASS_CONFIG") {
+        assert!(text.contains(&format!("# Environment: {variable}\n")), "{variable} missing from:\n{text}");
+    }
+    // And it is a valid configuration file.
+    let file = dir.path().join("viberglass.toml");
+    std::fs::write(&file, &text).unwrap();
+    let migrate = viberglass(dir.path()).args(["migrate", "--config"]).arg(&file).output().unwrap();
+    assert!(migrate.status.success(), "{}", String::from_utf8_lossy(&migrate.stderr));
+}
+
+#[test]
+fn gen_key_prints_a_usable_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = viberglass(dir.path()).args(["config", "gen-key"]).output().unwrap();
+    let key = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(key.trim().len(), 64);
+    assert!(key.trim().chars().all(|c| c.is_ascii_hexdigit()));
+}
