@@ -1,1 +1,254 @@
-fn main() {}
+//! `viberglass-bench`: starts `viberglass serve` on each backend, measures
+//! its idle memory, then drives ticket creation and listing over HTTP from
+//! concurrent clients and prints throughput and latency percentiles.
+//!
+//! Run it through `scripts/bench`, which builds both binaries in release mode.
+#![forbid(unsafe_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use futures::StreamExt;
+use sqlx::Connection;
+
+#[derive(Parser)]
+#[command(about = "Benchmark a viberglass server on SQLite and PostgreSQL")]
+struct Args {
+    /// The viberglass binary to benchmark.
+    #[arg(long, default_value = "target/release/viberglass")]
+    binary: PathBuf,
+    /// A PostgreSQL URL the benchmark may create a database on; PostgreSQL is skipped without it.
+    #[arg(long, env = "BENCH_DATABASE_URL")]
+    postgres: Option<String>,
+    /// Tickets to create.
+    #[arg(long, default_value_t = 2000)]
+    creates: usize,
+    /// List requests to send.
+    #[arg(long, default_value_t = 1000)]
+    lists: usize,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+}
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(binary: &PathBuf, data_dir: &std::path::Path, database_url: Option<&str>) -> Result<Server> {
+    let mut command = Command::new(binary);
+    command
+        .args(["serve", "--port", "0"])
+        .env("VIBERGLASS_DATA_DIR", data_dir)
+        .env("LOG_FORMAT", "json")
+        .env("LOG_LEVEL", "info")
+        .env_remove("DATABASE_URL")
+        .env_remove("VIBERGLASS_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    if let Some(url) = database_url {
+        command.env("DATABASE_URL", url).env("SECRETS_ENCRYPTION_KEY", "cd".repeat(32));
+    }
+    let mut child = command.spawn().with_context(|| format!("starting {}", binary.display()))?;
+    let stdout = child.stdout.take().context("server stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Keep draining the server's log so it never blocks on a full pipe.
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if !sent && let Some(rest) = line.split("listening on http://").nth(1) {
+                let address: String = rest.chars().take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':').collect();
+                let _ = tx.send(address);
+                sent = true;
+            }
+        }
+    });
+    let address = rx.recv_timeout(Duration::from_secs(60)).context("the server did not report its address")?;
+    Ok(Server { child, base: format!("http://{address}") })
+}
+
+fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS")?;
+    Ok(line.split_whitespace().nth(1).context("VmRSS value")?.parse()?)
+}
+
+struct Stats {
+    requests: usize,
+    wall: Duration,
+    latencies: Vec<Duration>,
+}
+
+impl Stats {
+    fn percentile(&self, p: f64) -> f64 {
+        let mut sorted = self.latencies.clone();
+        sorted.sort();
+        let index = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
+        sorted[index].as_secs_f64() * 1000.0
+    }
+
+    fn print(&self, backend: &str, operation: &str, concurrency: usize) {
+        println!(
+            "{backend:<9} {operation:<15} {:>8} {concurrency:>5} {:>10.0} {:>8.2} {:>8.2} {:>8.2}",
+            self.requests,
+            self.requests as f64 / self.wall.as_secs_f64(),
+            self.percentile(50.0),
+            self.percentile(99.0),
+            self.percentile(100.0),
+        );
+    }
+}
+
+/// Sends `count` requests from `concurrency` clients and times each.
+async fn drive<F, Fut>(count: usize, concurrency: usize, request: F) -> Result<Stats>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let started = Instant::now();
+    let results: Vec<Result<Duration>> = futures::stream::iter(0..count)
+        .map(|i| {
+            let fut = request(i);
+            async move {
+                let t = Instant::now();
+                fut.await?;
+                Ok(t.elapsed())
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    let wall = started.elapsed();
+    let latencies = results.into_iter().collect::<Result<Vec<_>>>()?;
+    Ok(Stats { requests: count, wall, latencies })
+}
+
+async fn bench_backend(args: &Args, backend: &str, database_url: Option<&str>) -> Result<()> {
+    let data_dir = tempfile::tempdir()?;
+    let server = start(&args.binary, data_dir.path(), database_url)?;
+    let client = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency).build()?;
+    let base = Arc::new(server.base.clone());
+    for _ in 0..100 {
+        if client.get(format!("{base}/readyz")).send().await.is_ok_and(|r| r.status() == 200) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle = rss_kib(server.child.id())?;
+
+    let project = client
+        .post(format!("{base}/api/v1/projects"))
+        .json(&serde_json::json!({"name": "Bench", "slug": "bench"}))
+        .send()
+        .await?;
+    if project.status() != 201 {
+        bail!("creating the project failed: {}", project.text().await?);
+    }
+
+    let create = drive(args.creates, args.concurrency, |i| {
+        let client = client.clone();
+        let base = base.clone();
+        async move {
+            let response = client
+                .post(format!("{base}/api/v1/projects/bench/tickets"))
+                .json(&serde_json::json!({
+                    "title": format!("Ticket {i}: the checkout button does nothing"),
+                    "description": "Steps to reproduce: open the cart, press checkout. Expected: payment page.",
+                    "severity": "medium",
+                }))
+                .send()
+                .await?;
+            if response.status() != 201 {
+                bail!("create returned {}", response.status());
+            }
+            Ok(())
+        }
+    })
+    .await?;
+
+    let list = drive(args.lists, args.concurrency, |i| {
+        let client = client.clone();
+        let base = base.clone();
+        async move {
+            // Alternate the first page with a filtered search, both over the whole table.
+            let url = if i % 2 == 0 {
+                format!("{base}/api/v1/tickets?project=bench&limit=50")
+            } else {
+                format!("{base}/api/v1/tickets?project=bench&severity=medium&q=checkout&limit=50")
+            };
+            let response = client.get(url).send().await?;
+            if response.status() != 200 {
+                bail!("list returned {}", response.status());
+            }
+            let _ = response.bytes().await?;
+            Ok(())
+        }
+    })
+    .await?;
+    let loaded = rss_kib(server.child.id())?;
+
+    create.print(backend, "ticket create", args.concurrency);
+    list.print(backend, "ticket list", args.concurrency);
+    println!(
+        "{backend:<9} {:<15} idle {:.1} MiB, after the run {:.1} MiB",
+        "serve RSS",
+        idle as f64 / 1024.0,
+        loaded as f64 / 1024.0
+    );
+    Ok(())
+}
+
+/// Creates a fresh database on the PostgreSQL server and returns its URL and name.
+async fn fresh_postgres(admin: &str) -> Result<(String, String)> {
+    let name = format!("vgbench_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = sqlx::PgConnection::connect(admin).await.context("connecting to the PostgreSQL server")?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await?;
+    conn.close().await?;
+    let base = admin.split('?').next().unwrap_or(admin);
+    let root = &base[..base.rfind('/').filter(|i| *i > base.find("://").unwrap_or(0) + 2).unwrap_or(base.len())];
+    Ok((format!("{root}/{name}"), name))
+}
+
+async fn drop_postgres(admin: &str, name: &str) -> Result<()> {
+    let mut conn = sqlx::PgConnection::connect(admin).await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).execute(&mut conn).await?;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    if !args.binary.exists() {
+        bail!("{} does not exist: build it with `cargo build --release -p viberglass`", args.binary.display());
+    }
+    println!(
+        "{:<9} {:<15} {:>8} {:>5} {:>10} {:>8} {:>8} {:>8}",
+        "backend", "operation", "requests", "conc", "req/s", "p50 ms", "p99 ms", "max ms"
+    );
+    bench_backend(&args, "sqlite", None).await?;
+    match &args.postgres {
+        Some(admin) => {
+            let (url, name) = fresh_postgres(admin).await?;
+            let result = bench_backend(&args, "postgres", Some(&url)).await;
+            drop_postgres(admin, &name).await?;
+            result?;
+        }
+        None => println!("postgres  (skipped: pass --postgres or set BENCH_DATABASE_URL)"),
+    }
+    Ok(())
+}
