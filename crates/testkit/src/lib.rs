@@ -1,3 +1,4 @@
+#![forbid(unsafe_code)]
 //! Test support for Viberglass: isolated databases on both backends,
 //! `TestApp::spawn()` for a real server on port 0, and the fakes.
 //!

@@ -102,6 +102,8 @@ async fn serve_with_no_settings_makes_a_data_directory_and_is_ready_on_sqlite() 
     assert_eq!((status, body["database"].as_str()), (200, Some("sqlite")), "{body}");
     let data = dir.path().join("viberglass-data");
     assert!(data.join("viberglass.db").exists());
+    assert!(data.join("viberglass.db-wal").exists(), "SQLite runs in WAL mode");
+
     let key_file = data.join("secrets.key");
     let key = std::fs::read_to_string(&key_file).unwrap();
     {
@@ -264,4 +266,22 @@ fn gen_key_prints_a_usable_key() {
     let key = String::from_utf8(output.stdout).unwrap();
     assert_eq!(key.trim().len(), 64);
     assert!(key.trim().chars().all(|c| c.is_ascii_hexdigit()));
+}
+
+#[tokio::test]
+async fn sigterm_stops_the_server_gracefully() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(viberglass(dir.path()));
+    assert_eq!(server.readyz().await.0, 200);
+    let killed = Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the server did not stop within 20 s of SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "a graceful stop exits 0, got {status}");
 }
