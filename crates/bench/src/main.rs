@@ -71,7 +71,8 @@ fn start(binary: &PathBuf, data_dir: &std::path::Path, database_url: Option<&str
         let mut sent = false;
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             if !sent && let Some(rest) = line.split("listening on http://").nth(1) {
-                let address: String = rest.chars().take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':').collect();
+                let address: String =
+                    rest.chars().take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':').collect();
                 let _ = tx.send(address);
                 sent = true;
             }
@@ -226,7 +227,9 @@ async fn fresh_postgres(admin: &str) -> Result<(String, String)> {
 
 async fn drop_postgres(admin: &str, name: &str) -> Result<()> {
     let mut conn = sqlx::PgConnection::connect(admin).await?;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).execute(&mut conn).await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+        .execute(&mut conn)
+        .await?;
     Ok(())
 }
 

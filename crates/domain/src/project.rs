@@ -207,6 +207,7 @@ impl ProjectPatch {
 
     /// Applies this change to a project.
     pub fn apply(self, project: &mut Project) {
+        // Destructured, so that a field added to the patch cannot be forgotten here.
         let ProjectPatch {
             name,
             slug,

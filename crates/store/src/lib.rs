@@ -14,6 +14,7 @@ pub mod migrate;
 mod projects;
 mod rows;
 mod tickets;
+mod versioned;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;

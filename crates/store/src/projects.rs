@@ -5,6 +5,7 @@ use viberglass_domain::{NewProject, Page, PageRequest, Project, ProjectId, Proje
 
 use crate::dbtime::DbTime;
 use crate::rows::{RowExt, contains_pattern, to_u32};
+use crate::versioned::modify;
 use crate::{Store, StoreError, on_pool};
 
 const TABLE: &str = "projects";
@@ -166,30 +167,19 @@ impl Store {
         self.modify_project(id, |p| p.archived_at = None).await
     }
 
-    /// Read, change, write back guarded by `updated_at`; retried a few times
-    /// if another writer got there first.
     async fn modify_project(&self, id: ProjectId, change: impl Fn(&mut Project)) -> Result<Project, StoreError> {
-        for _ in 0..5 {
-            let before = self.get_project(id).await?;
-            let mut project = before.clone();
-            change(&mut project);
-            if project == before {
-                return Ok(before);
-            }
-            project.updated_at = crate::now().max(before.updated_at + time::Duration::microseconds(1));
-            let updated = on_pool!(self, |pool| {
+        let read = || self.get_project(id);
+        let write = |project: Project, read_at| async move {
+            on_pool!(self, |pool| {
                 bind_fields!(sqlx::query(UPDATE).bind(id.as_uuid()), project)
                     .bind(DbTime(project.updated_at))
-                    .bind(DbTime(before.updated_at))
+                    .bind(DbTime(read_at))
                     .execute(pool)
                     .await
                     .map(|r| r.rows_affected())
             })
-            .map_err(|e| StoreError::from_write(ENTITY, TABLE, e))?;
-            if updated == 1 {
-                return Ok(project);
-            }
-        }
-        Err(StoreError::Contended { entity: ENTITY })
+            .map_err(|e| StoreError::from_write(ENTITY, TABLE, e))
+        };
+        modify(ENTITY, read, write, change).await
     }
 }

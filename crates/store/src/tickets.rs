@@ -5,6 +5,7 @@ use viberglass_domain::{NewTicket, Page, PageRequest, ProjectId, Ticket, TicketF
 use crate::dbtime::DbTime;
 use crate::projects::archived_param;
 use crate::rows::{RowExt, contains_pattern, parse_stored};
+use crate::versioned::modify;
 use crate::{Store, StoreError, on_pool};
 
 const TABLE: &str = "tickets";
@@ -153,15 +154,9 @@ impl Store {
     }
 
     async fn modify_ticket(&self, id: TicketId, change: impl Fn(&mut Ticket)) -> Result<Ticket, StoreError> {
-        for _ in 0..5 {
-            let before = self.get_ticket(id).await?;
-            let mut t = before.clone();
-            change(&mut t);
-            if t == before {
-                return Ok(before);
-            }
-            t.updated_at = crate::now().max(before.updated_at + time::Duration::microseconds(1));
-            let updated = on_pool!(self, |pool| {
+        let read = || self.get_ticket(id);
+        let write = |t: Ticket, read_at| async move {
+            on_pool!(self, |pool| {
                 sqlx::query(UPDATE)
                     .bind(id.as_uuid())
                     .bind(t.title.clone())
@@ -170,16 +165,13 @@ impl Store {
                     .bind(t.external_url.clone())
                     .bind(DbTime::opt(t.archived_at))
                     .bind(DbTime(t.updated_at))
-                    .bind(DbTime(before.updated_at))
+                    .bind(DbTime(read_at))
                     .execute(pool)
                     .await
                     .map(|r| r.rows_affected())
             })
-            .map_err(|e| StoreError::from_write(ENTITY, TABLE, e))?;
-            if updated == 1 {
-                return Ok(t);
-            }
-        }
-        Err(StoreError::Contended { entity: ENTITY })
+            .map_err(|e| StoreError::from_write(ENTITY, TABLE, e))
+        };
+        modify(ENTITY, read, write, change).await
     }
 }
