@@ -5,15 +5,22 @@
 //! boundary ("parse, don't validate"), so code further in can trust it.
 #![forbid(unsafe_code)]
 
+#[macro_use]
+pub mod states;
+pub mod clanker;
+pub mod failure;
 pub mod ids;
+pub mod job;
 pub mod page;
 pub mod project;
 pub mod scm;
-pub mod states;
 pub mod ticket;
 pub mod validation;
 
+pub use clanker::{AgentKind, Clanker, ClankerInput, ClankerStatus, ComputeKind, NewClanker};
+pub use failure::{Failure, FailureLayer};
 pub use ids::{ClankerId, JobId, ProjectId, TicketId, UserId};
+pub use job::{EventKind, HarnessSpec, InstructionFile, Job, JobEvent, JobSpec, JobStatus, LogLevel, NewJobEvent};
 pub use page::{Cursor, Page, PageRequest};
 pub use project::{NewProject, Project, ProjectInput, ProjectPatch, ProjectSlug};
 pub use states::{Phase, Severity, TicketStatus};

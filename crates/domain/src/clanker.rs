@@ -1,0 +1,245 @@
+//! Clankers: saved worker configurations. A clanker names the agent CLI and
+//! its settings, the compute target workers run on, and the instruction
+//! files (AGENTS.md, skills/) every run receives.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::job::{HarnessSpec, InstructionFile};
+use crate::validation::{ValidationErrors, bounded_text};
+use crate::{ClankerId, ProjectSlug};
+
+named_enum!(
+    /// The agent a clanker runs.
+    AgentKind, "agent", {
+        /// A fixed command line (for scripted work and tests).
+        Command => "command",
+        ClaudeCode => "claude-code",
+        Codex => "codex",
+        GeminiCli => "gemini-cli",
+        QwenCli => "qwen-cli",
+        Opencode => "opencode",
+        KimiCode => "kimi-code",
+        MistralVibe => "mistral-vibe",
+    }
+);
+
+named_enum!(
+    /// Where a clanker's workers run.
+    ComputeKind, "compute target", {
+        /// A child process of the server, in its own workspace directory.
+        Local => "local",
+        Docker => "docker",
+        Kubernetes => "kubernetes",
+        Ecs => "ecs",
+        Lambda => "lambda",
+    }
+);
+
+named_enum!(
+    ClankerStatus, "clanker status", {
+        Inactive => "inactive",
+        Deploying => "deploying",
+        Active => "active",
+        Failed => "failed",
+    }
+);
+
+/// A clanker as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct Clanker {
+    pub id: ClankerId,
+    pub name: String,
+    pub slug: ProjectSlug,
+    pub description: String,
+    pub agent: AgentKind,
+    /// Agent settings; for `command`: `{"command": ["sh", "-c", "..."]}`.
+    pub agent_settings: serde_json::Value,
+    pub compute: ComputeKind,
+    pub compute_config: serde_json::Value,
+    pub status: ClankerStatus,
+    /// What provisioning last said, for people.
+    pub status_message: Option<String>,
+    /// How many of this clanker's runs may be active at once.
+    pub max_concurrent_jobs: u32,
+    pub instruction_files: Vec<InstructionFile>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+impl Clanker {
+    /// How runs of this clanker drive their agent.
+    pub fn harness(&self) -> Result<HarnessSpec, String> {
+        harness_for(self.agent, &self.agent_settings)
+    }
+}
+
+fn harness_for(agent: AgentKind, settings: &serde_json::Value) -> Result<HarnessSpec, String> {
+    match agent {
+        AgentKind::Command => {
+            let command: Vec<String> =
+                settings.get("command").and_then(|c| serde_json::from_value(c.clone()).ok()).ok_or(
+                    "the command agent needs `agent_settings.command`: a list such as [\"sh\", \"-c\", \"make fix\"]",
+                )?;
+            if command.is_empty() || command[0].trim().is_empty() {
+                return Err("`agent_settings.command` must name a program".into());
+            }
+            Ok(HarnessSpec::Command { command })
+        }
+        other => Err(format!("the {other} agent is not available yet: use the `command` agent")),
+    }
+}
+
+/// A clanker as a client sends it.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClankerInput {
+    pub name: Option<String>,
+    pub slug: Option<String>,
+    pub description: Option<String>,
+    pub agent: Option<String>,
+    pub agent_settings: Option<serde_json::Value>,
+    pub compute: Option<String>,
+    pub compute_config: Option<serde_json::Value>,
+    pub max_concurrent_jobs: Option<u32>,
+    pub instruction_files: Option<Vec<InstructionFile>>,
+}
+
+/// A validated new clanker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewClanker {
+    pub name: String,
+    pub slug: ProjectSlug,
+    pub description: String,
+    pub agent: AgentKind,
+    pub agent_settings: serde_json::Value,
+    pub compute: ComputeKind,
+    pub compute_config: serde_json::Value,
+    pub max_concurrent_jobs: u32,
+    pub instruction_files: Vec<InstructionFile>,
+}
+
+/// Checks an instruction file's path: AGENTS.md, or a markdown file under
+/// skills/, relative, without `..`.
+pub fn parse_instruction_path(path: &str) -> Result<String, String> {
+    let path = path.trim();
+    let safe = !path.starts_with('/')
+        && !path.split('/').any(|p| p.is_empty() || p == ".." || p == ".")
+        && path.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '-' | '_' | '.'));
+    if safe && (path == "AGENTS.md" || (path.starts_with("skills/") && path.ends_with(".md"))) {
+        Ok(path.to_owned())
+    } else {
+        Err(format!("`{path}` is not an allowed instruction file: use AGENTS.md or skills/<name>.md"))
+    }
+}
+
+impl NewClanker {
+    pub fn parse(input: ClankerInput) -> Result<Self, ValidationErrors> {
+        let mut e = ValidationErrors::new();
+        let name = match input.name.as_deref() {
+            None => {
+                e.add("name", "is required: give the clanker a name");
+                None
+            }
+            Some(v) => e.check("name", bounded_text(v, "name", 1, 100)),
+        };
+        let slug = match (input.slug.as_deref(), name.as_deref()) {
+            (Some(s), _) => e.check("slug", ProjectSlug::parse(s)),
+            (None, Some(n)) => e.check("slug", ProjectSlug::from_name(n)),
+            (None, None) => None,
+        };
+        let description =
+            e.check("description", bounded_text(input.description.as_deref().unwrap_or(""), "description", 0, 2000));
+        let agent = match input.agent.as_deref() {
+            None => {
+                e.add("agent", format!("is required: one of {}", AgentKind::NAMES.join(", ")));
+                None
+            }
+            Some(v) => e.check("agent", v.parse::<AgentKind>()),
+        };
+        let agent_settings = input.agent_settings.unwrap_or_else(|| serde_json::json!({}));
+        if let Some(agent) = agent
+            && let Err(msg) = harness_for(agent, &agent_settings)
+        {
+            e.add(if agent == AgentKind::Command { "agent_settings" } else { "agent" }, msg);
+        }
+        let compute = e.check("compute", input.compute.as_deref().unwrap_or("local").parse::<ComputeKind>());
+        if let Some(c) = compute
+            && c != ComputeKind::Local
+        {
+            e.add("compute", format!("the {c} compute target is not available yet: use `local`"));
+        }
+        let max_concurrent_jobs = match input.max_concurrent_jobs.unwrap_or(2) {
+            n @ 1..=100 => Some(n),
+            n => {
+                e.add("max_concurrent_jobs", format!("must be between 1 and 100 (got {n})"));
+                None
+            }
+        };
+        let mut instruction_files = Vec::new();
+        for (i, file) in input.instruction_files.unwrap_or_default().into_iter().enumerate() {
+            let field = format!("instruction_files[{i}].path");
+            if let Some(path) = e.check(&field, parse_instruction_path(&file.path)) {
+                if file.content.len() > 256 * 1024 {
+                    e.add(&format!("instruction_files[{i}].content"), "must be at most 256 KiB");
+                }
+                instruction_files.push(InstructionFile { path, content: file.content });
+            }
+        }
+        match (name, slug, description, agent, compute, max_concurrent_jobs) {
+            (Some(name), Some(slug), Some(description), Some(agent), Some(compute), Some(max_concurrent_jobs))
+                if e.is_empty() =>
+            {
+                Ok(NewClanker {
+                    name,
+                    slug,
+                    description,
+                    agent,
+                    agent_settings,
+                    compute,
+                    compute_config: input.compute_config.unwrap_or_else(|| serde_json::json!({})),
+                    max_concurrent_jobs,
+                    instruction_files,
+                })
+            }
+            _ => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: serde_json::Value) -> Result<NewClanker, ValidationErrors> {
+        NewClanker::parse(serde_json::from_value(json).unwrap())
+    }
+
+    #[test]
+    fn a_command_clanker_needs_a_command() {
+        let err = parse(serde_json::json!({"name": "Runner", "agent": "command"})).unwrap_err();
+        assert_eq!(err.fields[0].field, "agent_settings");
+        let ok =
+            parse(serde_json::json!({"name": "Runner", "agent": "command", "agent_settings": {"command": ["true"]}}))
+                .unwrap();
+        assert_eq!(ok.slug.as_str(), "runner");
+        assert_eq!(ok.compute, ComputeKind::Local);
+    }
+
+    #[test]
+    fn instruction_files_stay_inside_the_workspace() {
+        assert!(parse_instruction_path("AGENTS.md").is_ok());
+        assert!(parse_instruction_path("skills/testing.md").is_ok());
+        for bad in ["../AGENTS.md", "/etc/passwd", "skills/../x.md", "README.md", "skills/a b.md"] {
+            assert!(parse_instruction_path(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn unknown_agents_list_the_known_ones() {
+        let err = parse(serde_json::json!({"name": "x", "agent": "gpt"})).unwrap_err();
+        assert!(err.fields[0].message.contains("claude-code"), "{:?}", err.fields);
+    }
+}

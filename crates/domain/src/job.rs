@@ -1,0 +1,201 @@
+//! Jobs (runs): one worker invocation for one phase, and the events it reports.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::failure::Failure;
+use crate::{ClankerId, JobId, Phase, ProjectId, TicketId, UserId};
+
+named_enum!(
+    /// Where a job stands. `completed`, `failed` and `cancelled` are final:
+    /// every transition is one guarded update, so nothing moves a finished job.
+    JobStatus, "job status", {
+        /// Waiting for the dispatcher (and for a free slot under the concurrency limits).
+        Queued => "queued",
+        /// Claimed; the compute target is starting the worker.
+        Dispatching => "dispatching",
+        /// The worker is running and reporting.
+        Active => "active",
+        Completed => "completed",
+        Failed => "failed",
+        Cancelled => "cancelled",
+    }
+);
+
+impl JobStatus {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, JobStatus::Completed | JobStatus::Failed | JobStatus::Cancelled)
+    }
+}
+
+/// A file the worker writes into the workspace before the agent runs
+/// (AGENTS.md, skills/...), and excludes from commits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct InstructionFile {
+    pub path: String,
+    pub content: String,
+}
+
+/// How the agent is run. The command harness runs a fixed command line; the
+/// agent CLIs come with their own harnesses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum HarnessSpec {
+    /// Runs `command` (argv) in the repository checkout.
+    Command { command: Vec<String> },
+}
+
+/// Everything a worker needs to run a job, frozen when the job is queued so a
+/// later settings change cannot alter a run in flight.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct JobSpec {
+    pub phase: Phase,
+    pub repository_url: String,
+    pub base_branch: String,
+    /// The branch execution commits to.
+    pub branch: String,
+    /// What the agent is asked to do.
+    pub prompt: String,
+    pub harness: HarnessSpec,
+    pub instruction_files: Vec<InstructionFile>,
+    pub max_execution_secs: u64,
+    /// How often the worker must report; the reaper allows `heartbeat_grace_secs` of silence.
+    pub heartbeat_interval_secs: u64,
+    pub heartbeat_grace_secs: u64,
+    /// Keep the workspace of a failed run for inspection.
+    pub keep_workspace_on_failure: bool,
+    pub ticket_title: String,
+}
+
+/// A job as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct Job {
+    pub id: JobId,
+    pub project_id: ProjectId,
+    pub ticket_id: Option<TicketId>,
+    pub clanker_id: Option<ClankerId>,
+    pub phase: Phase,
+    pub status: JobStatus,
+    /// 1 for a first run; a re-run is the attempt after the job it repeats.
+    pub attempt: u32,
+    /// The job this one re-runs.
+    pub retry_of: Option<JobId>,
+    /// For people: the latest progress while running, the failure's message when failed.
+    pub status_message: Option<String>,
+    pub failure: Option<Failure>,
+    /// The last progress step the worker reported.
+    pub progress_step: Option<String>,
+    pub result: Option<serde_json::Value>,
+    /// Where the worker runs, as the compute target names it (e.g. `local:12345`).
+    pub compute_ref: Option<String>,
+    pub requested_by: Option<UserId>,
+    pub cancelled_by: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub queued_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub dispatched_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub started_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_heartbeat_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub finished_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+    #[serde(skip)]
+    pub spec: Option<JobSpec>,
+}
+
+named_enum!(
+    /// What a job event is.
+    EventKind, "event kind", {
+        /// A pipeline step started or finished (clone, agent, commit, ...).
+        Progress => "progress",
+        /// A line of output.
+        Log => "log",
+        /// A normalized agent event (tool call, message, usage, ...).
+        Agent => "agent",
+        /// The job's status changed.
+        Status => "status",
+    }
+);
+
+named_enum!(
+    LogLevel, "log level", {
+        Debug => "debug",
+        Info => "info",
+        Warn => "warn",
+        Error => "error",
+    }
+);
+
+/// One stored job event. `id` orders a job's events and resumes a stream.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct JobEvent {
+    pub id: i64,
+    pub job_id: JobId,
+    pub kind: EventKind,
+    pub level: LogLevel,
+    pub message: String,
+    pub data: Option<serde_json::Value>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+/// An event as a worker sends it; `seq` numbers the worker's events so a
+/// batch sent twice (after a lost response) is stored once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewJobEvent {
+    pub seq: u64,
+    pub kind: EventKind,
+    #[serde(default = "default_level")]
+    pub level: LogLevel,
+    pub message: String,
+    #[serde(default)]
+    pub data: Option<serde_json::Value>,
+}
+
+fn default_level() -> LogLevel {
+    LogLevel::Info
+}
+
+/// The longest event message stored; longer ones are cut and say so.
+pub const MAX_EVENT_MESSAGE_BYTES: usize = 8 * 1024;
+
+/// Cuts `message` to [`MAX_EVENT_MESSAGE_BYTES`] on a character boundary, saying how much was cut.
+pub fn bound_message(message: &str) -> String {
+    if message.len() <= MAX_EVENT_MESSAGE_BYTES {
+        return message.to_owned();
+    }
+    let mut end = MAX_EVENT_MESSAGE_BYTES;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{} … [cut {} bytes]", &message[..end], message.len() - end)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn final_states_are_terminal() {
+        assert!(JobStatus::Cancelled.is_terminal());
+        assert!(!JobStatus::Dispatching.is_terminal());
+    }
+
+    #[test]
+    fn long_messages_are_cut_and_say_so() {
+        let cut = bound_message(&"é".repeat(10_000));
+        assert!(cut.ends_with("bytes]"), "{}", &cut[cut.len() - 30..]);
+        assert!(cut.len() < MAX_EVENT_MESSAGE_BYTES + 40);
+        assert_eq!(bound_message("short"), "short");
+    }
+
+    #[test]
+    fn harness_specs_are_tagged() {
+        let spec: HarnessSpec = serde_json::from_str(r#"{"kind":"command","command":["sh","-c","true"]}"#).unwrap();
+        assert_eq!(spec, HarnessSpec::Command { command: vec!["sh".into(), "-c".into(), "true".into()] });
+    }
+}
