@@ -8,8 +8,11 @@
 //! kept as two named constants. No other crate sees SQL.
 #![forbid(unsafe_code)]
 
+mod clankers;
 mod dbtime;
+mod documents;
 mod error;
+mod jobs;
 pub mod migrate;
 mod projects;
 mod rows;
@@ -26,6 +29,7 @@ use sqlx::{PgPool, SqlitePool};
 
 pub use dbtime::now;
 pub use error::{ConnectError, StoreError};
+pub use jobs::{JobFilter, NewJob, Outcome};
 pub use migrate::{MigrateError, SchemaStatus};
 pub use projects::ProjectFilter;
 

@@ -19,6 +19,8 @@ pub(crate) trait RowExt {
     fn int(&self, col: &str) -> Result<i64, sqlx::Error>;
     fn time(&self, col: &str) -> Result<OffsetDateTime, sqlx::Error>;
     fn opt_time(&self, col: &str) -> Result<Option<OffsetDateTime>, sqlx::Error>;
+    fn json(&self, col: &str) -> Result<serde_json::Value, sqlx::Error>;
+    fn opt_json(&self, col: &str) -> Result<Option<serde_json::Value>, sqlx::Error>;
 }
 
 macro_rules! row_ext {
@@ -44,6 +46,12 @@ macro_rules! row_ext {
             }
             fn opt_time(&self, col: &str) -> Result<Option<OffsetDateTime>, sqlx::Error> {
                 self.try_get::<Option<DbTime>, _>(col).map(|t| t.map(|t| t.0))
+            }
+            fn json(&self, col: &str) -> Result<serde_json::Value, sqlx::Error> {
+                self.try_get::<sqlx::types::Json<serde_json::Value>, _>(col).map(|j| j.0)
+            }
+            fn opt_json(&self, col: &str) -> Result<Option<serde_json::Value>, sqlx::Error> {
+                self.try_get::<Option<sqlx::types::Json<serde_json::Value>>, _>(col).map(|j| j.map(|j| j.0))
             }
         }
     };

@@ -231,19 +231,21 @@ CREATE TABLE jobs (
                         CHECK (status IN ('queued', 'dispatching', 'active', 'completed', 'failed', 'cancelled')),
     attempt             INTEGER NOT NULL DEFAULT 1,
     retry_of            BLOB REFERENCES jobs (id) ON DELETE RESTRICT,
-    spec                TEXT NOT NULL DEFAULT '{}',
+    spec                TEXT NOT NULL,
+    -- sha256 of the job's worker token; the token itself is never stored.
     token_hash          TEXT,
     compute_ref         TEXT,
+    dispatch_attempts   INTEGER NOT NULL DEFAULT 0,
     progress_step       TEXT,
     status_message      TEXT,
     failure_layer       TEXT,
-    failure_code        TEXT,
-    failure_retryable   BOOLEAN,
+    failure             TEXT,
     result              TEXT,
     tokens_in           INTEGER NOT NULL DEFAULT 0,
     tokens_out          INTEGER NOT NULL DEFAULT 0,
     cost_microusd       INTEGER NOT NULL DEFAULT 0,
     requested_by        BLOB REFERENCES users (id) ON DELETE SET NULL,
+    cancelled_by        TEXT,
     queued_at           TEXT NOT NULL,
     dispatched_at       TEXT,
     started_at          TEXT,
@@ -254,17 +256,21 @@ CREATE TABLE jobs (
 CREATE INDEX jobs_status ON jobs (status, id);
 CREATE INDEX jobs_ticket ON jobs (ticket_id, id);
 CREATE INDEX jobs_project ON jobs (project_id, id);
+CREATE INDEX jobs_clanker ON jobs (clanker_id, status);
 
 CREATE TABLE job_events (
     id              INTEGER PRIMARY KEY,
     job_id          BLOB NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
-    kind            TEXT NOT NULL CHECK (kind IN ('progress', 'log', 'agent')),
+    -- The worker's own sequence number: a batch sent twice is stored once.
+    worker_seq      INTEGER,
+    kind            TEXT NOT NULL CHECK (kind IN ('progress', 'log', 'agent', 'status')),
     level           TEXT NOT NULL DEFAULT 'info',
     message         TEXT NOT NULL,
     data            TEXT,
     created_at      TEXT NOT NULL
 );
 CREATE INDEX job_events_job ON job_events (job_id, id);
+CREATE UNIQUE INDEX job_events_worker_seq_key ON job_events (job_id, worker_seq);
 
 CREATE TABLE audit_log (
     id              BLOB PRIMARY KEY NOT NULL,

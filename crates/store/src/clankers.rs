@@ -1,0 +1,185 @@
+//! Clankers and their instruction files.
+
+use viberglass_domain::{
+    Clanker, ClankerId, ClankerStatus, InstructionFile, NewClanker, Page, PageRequest, ProjectSlug,
+};
+
+use sqlx::types::Json;
+
+use crate::dbtime::DbTime;
+use crate::rows::{RowExt, parse_stored, to_u32};
+use crate::{Store, StoreError, on_pool};
+
+const TABLE: &str = "clankers";
+const ENTITY: &str = "clanker";
+
+macro_rules! select {
+    ($($rest:literal),*) => {
+        concat!(
+            "SELECT id, name, slug, description, agent, agent_settings, compute, compute_config, status, \
+             status_message, max_concurrent_jobs, created_at, updated_at FROM clankers ",
+            $($rest),*
+        )
+    };
+}
+
+const INSERT: &str = "INSERT INTO clankers (id, name, slug, description, agent, agent_settings, compute, \
+     compute_config, status, status_message, max_concurrent_jobs, created_at, updated_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
+const INSERT_FILE: &str = "INSERT INTO clanker_files (clanker_id, path, content, updated_at) VALUES ($1, $2, $3, $4)";
+const SELECT_FILES: &str = "SELECT path, content FROM clanker_files WHERE clanker_id = $1 ORDER BY path";
+const SELECT_BY_ID: &str = select!("WHERE id = $1");
+const SELECT_BY_SLUG: &str = select!("WHERE slug = $1");
+const SELECT_PAGE: &str = select!("WHERE ($1 IS NULL OR id < $1) ORDER BY id DESC LIMIT $2");
+const SET_STATUS: &str = "UPDATE clankers SET status = $2, status_message = $3, updated_at = $4 WHERE id = $1";
+
+fn from_row(r: &impl RowExt) -> Result<Clanker, StoreError> {
+    Ok(Clanker {
+        id: ClankerId::from_uuid(r.uuid("id")?),
+        name: r.text("name")?,
+        slug: ProjectSlug::parse(&r.text("slug")?).map_err(|detail| StoreError::Corrupt { entity: ENTITY, detail })?,
+        description: r.text("description")?,
+        agent: parse_stored(ENTITY, r.text("agent")?)?,
+        agent_settings: r.json("agent_settings")?,
+        compute: parse_stored(ENTITY, r.text("compute")?)?,
+        compute_config: r.json("compute_config")?,
+        status: parse_stored(ENTITY, r.text("status")?)?,
+        status_message: r.opt_text("status_message")?,
+        max_concurrent_jobs: to_u32(ENTITY, "max_concurrent_jobs", r.int("max_concurrent_jobs")?)?,
+        instruction_files: Vec::new(),
+        created_at: r.time("created_at")?,
+        updated_at: r.time("updated_at")?,
+    })
+}
+
+impl Store {
+    pub async fn create_clanker(&self, new: NewClanker) -> Result<Clanker, StoreError> {
+        let now = crate::now();
+        let clanker = Clanker {
+            id: ClankerId::new(),
+            name: new.name,
+            slug: new.slug,
+            description: new.description,
+            agent: new.agent,
+            agent_settings: new.agent_settings,
+            compute: new.compute,
+            compute_config: new.compute_config,
+            status: ClankerStatus::Inactive,
+            status_message: None,
+            max_concurrent_jobs: new.max_concurrent_jobs,
+            instruction_files: new.instruction_files,
+            created_at: now,
+            updated_at: now,
+        };
+        let c = &clanker;
+        // The body is an async block so that `?` stays inside it and every
+        // error reaches `from_write`, which names a duplicate slug.
+        on_pool!(self, |pool| async {
+            let mut tx = pool.begin().await?;
+            sqlx::query(INSERT)
+                .bind(c.id.as_uuid())
+                .bind(c.name.clone())
+                .bind(c.slug.as_str().to_owned())
+                .bind(c.description.clone())
+                .bind(c.agent.as_str())
+                .bind(Json(c.agent_settings.clone()))
+                .bind(c.compute.as_str())
+                .bind(Json(c.compute_config.clone()))
+                .bind(c.status.as_str())
+                .bind(c.status_message.clone())
+                .bind(i64::from(c.max_concurrent_jobs))
+                .bind(DbTime(c.created_at))
+                .bind(DbTime(c.updated_at))
+                .execute(&mut *tx)
+                .await?;
+            for file in &c.instruction_files {
+                sqlx::query(INSERT_FILE)
+                    .bind(c.id.as_uuid())
+                    .bind(file.path.clone())
+                    .bind(file.content.clone())
+                    .bind(DbTime(now))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await
+        }
+        .await)
+        .map_err(|e| StoreError::from_write(ENTITY, TABLE, e))?;
+
+        Ok(clanker)
+    }
+
+    pub async fn get_clanker(&self, id: ClankerId) -> Result<Clanker, StoreError> {
+        let row = on_pool!(self, |pool| {
+            sqlx::query(SELECT_BY_ID).bind(id.as_uuid()).fetch_optional(pool).await?.map(|r| from_row(&r)).transpose()
+        })?;
+        let mut clanker = row.ok_or_else(|| StoreError::not_found(ENTITY, id))?;
+        clanker.instruction_files = self.clanker_files(id).await?;
+        Ok(clanker)
+    }
+
+    pub async fn get_clanker_by_slug(&self, slug: &ProjectSlug) -> Result<Clanker, StoreError> {
+        let row = on_pool!(self, |pool| {
+            sqlx::query(SELECT_BY_SLUG)
+                .bind(slug.as_str())
+                .fetch_optional(pool)
+                .await?
+                .map(|r| from_row(&r))
+                .transpose()
+        })?;
+        let mut clanker = row.ok_or_else(|| StoreError::not_found(ENTITY, slug.as_str()))?;
+        clanker.instruction_files = self.clanker_files(clanker.id).await?;
+        Ok(clanker)
+    }
+
+    async fn clanker_files(&self, id: ClankerId) -> Result<Vec<InstructionFile>, StoreError> {
+        let files = on_pool!(self, |pool| {
+            sqlx::query(SELECT_FILES)
+                .bind(id.as_uuid())
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|r| Ok::<_, sqlx::Error>(InstructionFile { path: r.text("path")?, content: r.text("content")? }))
+                .collect::<Result<Vec<_>, _>>()
+        })?;
+        Ok(files)
+    }
+
+    /// Lists clankers, newest first (without their instruction files).
+    pub async fn list_clankers(&self, page: PageRequest) -> Result<Page<Clanker>, StoreError> {
+        let rows = on_pool!(self, |pool| {
+            sqlx::query(SELECT_PAGE)
+                .bind(page.after.map(|c| c.id()))
+                .bind(i64::from(page.limit) + 1)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(from_row)
+                .collect::<Result<Vec<_>, _>>()
+        })?;
+        Ok(Page::from_rows(rows, page.limit, |c| c.id.as_uuid()))
+    }
+
+    /// Records what provisioning or the compute target last said about a clanker.
+    pub async fn set_clanker_status(
+        &self,
+        id: ClankerId,
+        status: ClankerStatus,
+        message: Option<String>,
+    ) -> Result<(), StoreError> {
+        let changed = on_pool!(self, |pool| {
+            sqlx::query(SET_STATUS)
+                .bind(id.as_uuid())
+                .bind(status.as_str())
+                .bind(message)
+                .bind(DbTime(crate::now()))
+                .execute(pool)
+                .await
+                .map(|r| r.rows_affected())
+        })?;
+        if changed == 0 {
+            return Err(StoreError::not_found(ENTITY, id));
+        }
+        Ok(())
+    }
+}

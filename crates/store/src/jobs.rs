@@ -1,0 +1,452 @@
+//! Jobs and their events: the durable queue.
+//!
+//! Every status change is one guarded update (`WHERE status IN (...)`), so a
+//! late or repeated callback cannot move a finished job, and two servers
+//! cannot both act on the same transition. Job rows are never deleted.
+
+use sqlx::types::Json;
+use viberglass_domain::{
+    ClankerId, EventKind, Failure, Job, JobEvent, JobId, JobSpec, JobStatus, LogLevel, NewJobEvent, Page, PageRequest,
+    Phase, ProjectId, TicketId, UserId, job::bound_message,
+};
+
+use crate::dbtime::DbTime;
+use crate::rows::{RowExt, parse_stored, to_u32};
+use crate::{Store, StoreError, on_pool};
+
+const ENTITY: &str = "job";
+const TABLE: &str = "jobs";
+
+macro_rules! select {
+    ($($rest:literal),*) => {
+        concat!(
+            "SELECT id, project_id, ticket_id, clanker_id, phase, status, attempt, retry_of, spec, compute_ref, \
+             progress_step, status_message, failure, result, requested_by, cancelled_by, \
+             queued_at, dispatched_at, started_at, last_heartbeat_at, finished_at, updated_at FROM jobs ",
+            $($rest),*
+        )
+    };
+}
+macro_rules! returning {
+    () => {
+        " RETURNING id, project_id, ticket_id, clanker_id, phase, status, attempt, retry_of, spec, compute_ref, \
+         progress_step, status_message, failure, result, requested_by, cancelled_by, \
+         queued_at, dispatched_at, started_at, last_heartbeat_at, finished_at, updated_at"
+    };
+}
+
+const INSERT: &str = "INSERT INTO jobs (id, project_id, ticket_id, clanker_id, phase, status, attempt, retry_of, spec, \
+     requested_by, queued_at, updated_at) VALUES ($1, $2, $3, $4, $5, 'queued', $6, $7, $8, $9, $10, $10)";
+const SELECT_BY_ID: &str = select!("WHERE id = $1");
+const SELECT_PAGE: &str = select!(
+    "WHERE ($1 IS NULL OR id < $1) AND ($2 IS NULL OR project_id = $2) AND ($3 IS NULL OR ticket_id = $3) ",
+    "AND ($4 IS NULL OR clanker_id = $4) AND ($5 IS NULL OR status = $5) ORDER BY id DESC LIMIT $6"
+);
+const SELECT_LIVE: &str = select!("WHERE status IN ('dispatching', 'active') ORDER BY id LIMIT $1");
+const SELECT_TOKEN: &str = "SELECT status, token_hash FROM jobs WHERE id = $1";
+
+/// Claims the oldest queued job whose project and clanker are under their
+/// concurrency limits. Jobs over a limit keep their place and wait.
+macro_rules! claim_sql {
+    ($lock:literal) => {
+        concat!(
+            "UPDATE jobs SET status = 'dispatching', dispatched_at = $1, token_hash = $2, updated_at = $1, \
+             dispatch_attempts = dispatch_attempts + 1 \
+             WHERE status = 'queued' AND id = (\
+               SELECT j.id FROM jobs j \
+               JOIN projects p ON p.id = j.project_id \
+               LEFT JOIN clankers c ON c.id = j.clanker_id \
+               WHERE j.status = 'queued' \
+                 AND (SELECT COUNT(*) FROM jobs a WHERE a.project_id = j.project_id \
+                      AND a.status IN ('dispatching', 'active')) < p.max_concurrent_jobs \
+                 AND (c.id IS NULL OR (SELECT COUNT(*) FROM jobs a WHERE a.clanker_id = j.clanker_id \
+                      AND a.status IN ('dispatching', 'active')) < c.max_concurrent_jobs) \
+               ORDER BY j.id LIMIT 1",
+            $lock,
+            ")",
+            returning!()
+        )
+    };
+}
+const CLAIM_SQLITE: &str = claim_sql!("");
+const CLAIM_POSTGRES: &str = claim_sql!(" FOR UPDATE OF j SKIP LOCKED");
+/// Serialises claims across servers, so concurrency limits hold even when
+/// two servers claim at the same moment.
+const CLAIM_LOCK: &str = "SELECT pg_advisory_xact_lock(6294561077405238081)";
+
+const SET_COMPUTE_REF: &str = "UPDATE jobs SET compute_ref = $2, updated_at = $3 \
+     WHERE id = $1 AND status IN ('dispatching', 'active')";
+const REQUEUE: &str = "UPDATE jobs SET status = 'queued', token_hash = NULL, status_message = $2, updated_at = $3 \
+     WHERE id = $1 AND status = 'dispatching'";
+const HEARTBEAT: &str = "UPDATE jobs SET last_heartbeat_at = $2, updated_at = $2, started_at = COALESCE(started_at, $2), \
+     status = CASE WHEN status = 'dispatching' THEN 'active' ELSE status END \
+     WHERE id = $1 AND status IN ('dispatching', 'active')";
+const FINISH: &str = "UPDATE jobs SET status = $2, result = $3, failure = $4, failure_layer = $5, status_message = $6, \
+     cancelled_by = $7, finished_at = $8, updated_at = $8 \
+     WHERE id = $1 AND status IN ('queued', 'dispatching', 'active')";
+const SET_PROGRESS: &str = "UPDATE jobs SET progress_step = $2, status_message = $2, updated_at = $3 \
+     WHERE id = $1 AND status IN ('dispatching', 'active')";
+const INSERT_EVENT: &str = "INSERT INTO job_events (job_id, worker_seq, kind, level, message, data, created_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (job_id, worker_seq) DO NOTHING";
+const SELECT_EVENTS: &str = "SELECT id, job_id, kind, level, message, data, created_at FROM job_events \
+     WHERE job_id = $1 AND id > $2 ORDER BY id LIMIT $3";
+
+/// A job to queue.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub project_id: ProjectId,
+    pub ticket_id: Option<TicketId>,
+    pub clanker_id: Option<ClankerId>,
+    pub spec: JobSpec,
+    pub requested_by: Option<UserId>,
+}
+
+/// Which jobs a list returns.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    pub project_id: Option<ProjectId>,
+    pub ticket_id: Option<TicketId>,
+    pub clanker_id: Option<ClankerId>,
+    pub status: Option<JobStatus>,
+}
+
+/// How a job ended.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Completed { result: serde_json::Value, summary: String },
+    Failed(Failure),
+    Cancelled { by: String },
+}
+
+fn corrupt(detail: impl ToString) -> StoreError {
+    StoreError::Corrupt { entity: ENTITY, detail: detail.to_string() }
+}
+
+fn from_row(r: &impl RowExt) -> Result<Job, StoreError> {
+    let spec: JobSpec = serde_json::from_value(r.json("spec")?).map_err(corrupt)?;
+    let failure: Option<Failure> = r.opt_json("failure")?.map(serde_json::from_value).transpose().map_err(corrupt)?;
+
+    Ok(Job {
+        id: JobId::from_uuid(r.uuid("id")?),
+        project_id: ProjectId::from_uuid(r.uuid("project_id")?),
+        ticket_id: r.opt_uuid("ticket_id")?.map(TicketId::from_uuid),
+        clanker_id: r.opt_uuid("clanker_id")?.map(ClankerId::from_uuid),
+        phase: parse_stored::<Phase>(ENTITY, r.text("phase")?)?,
+        status: parse_stored(ENTITY, r.text("status")?)?,
+        attempt: to_u32(ENTITY, "attempt", r.int("attempt")?)?,
+        retry_of: r.opt_uuid("retry_of")?.map(JobId::from_uuid),
+        status_message: r.opt_text("status_message")?,
+        failure,
+        progress_step: r.opt_text("progress_step")?,
+        result: r.opt_json("result")?,
+        compute_ref: r.opt_text("compute_ref")?,
+        requested_by: r.opt_uuid("requested_by")?.map(UserId::from_uuid),
+        cancelled_by: r.opt_text("cancelled_by")?,
+        queued_at: r.time("queued_at")?,
+        dispatched_at: r.opt_time("dispatched_at")?,
+        started_at: r.opt_time("started_at")?,
+        last_heartbeat_at: r.opt_time("last_heartbeat_at")?,
+        finished_at: r.opt_time("finished_at")?,
+        updated_at: r.time("updated_at")?,
+        spec: Some(spec),
+    })
+}
+
+fn event_from_row(r: &impl RowExt) -> Result<JobEvent, StoreError> {
+    Ok(JobEvent {
+        id: r.int("id")?,
+        job_id: JobId::from_uuid(r.uuid("job_id")?),
+        kind: parse_stored(ENTITY, r.text("kind")?)?,
+        level: parse_stored(ENTITY, r.text("level")?)?,
+        message: r.text("message")?,
+        data: r.opt_json("data")?,
+        created_at: r.time("created_at")?,
+    })
+}
+
+impl Store {
+    /// Queues a job (a first run).
+    pub async fn create_job(&self, new: NewJob) -> Result<Job, StoreError> {
+        self.insert_job(new, 1, None).await
+    }
+
+    /// Queues a new run of `id`'s spec, linked to it as the next attempt.
+    /// Always safe: the original job is untouched.
+    pub async fn rerun_job(&self, id: JobId, requested_by: Option<UserId>) -> Result<Job, StoreError> {
+        let old = self.get_job(id).await?;
+        let spec = old.spec.clone().ok_or_else(|| corrupt("a stored job has no spec"))?;
+        let new = NewJob {
+            project_id: old.project_id,
+            ticket_id: old.ticket_id,
+            clanker_id: old.clanker_id,
+            spec,
+            requested_by,
+        };
+        self.insert_job(new, old.attempt + 1, Some(old.id)).await
+    }
+
+    async fn insert_job(&self, new: NewJob, attempt: u32, retry_of: Option<JobId>) -> Result<Job, StoreError> {
+        let id = JobId::new();
+        let now = crate::now();
+        let spec = serde_json::to_value(&new.spec).map_err(corrupt)?;
+        on_pool!(self, |pool| {
+            sqlx::query(INSERT)
+                .bind(id.as_uuid())
+                .bind(new.project_id.as_uuid())
+                .bind(new.ticket_id.map(|t| t.as_uuid()))
+                .bind(new.clanker_id.map(|c| c.as_uuid()))
+                .bind(new.spec.phase.as_str())
+                .bind(i64::from(attempt))
+                .bind(retry_of.map(|r| r.as_uuid()))
+                .bind(Json(spec))
+                .bind(new.requested_by.map(|u| u.as_uuid()))
+                .bind(DbTime(now))
+                .execute(pool)
+                .await
+                .map(|_| ())
+        })
+        .map_err(|e| StoreError::from_write(ENTITY, TABLE, e))?;
+        let message = match retry_of {
+            Some(previous) => format!("queued (attempt {attempt}, re-running {previous})"),
+            None => "queued".to_owned(),
+        };
+        self.append_event(id, EventKind::Status, LogLevel::Info, &message, None).await?;
+        self.get_job(id).await
+    }
+
+    pub async fn get_job(&self, id: JobId) -> Result<Job, StoreError> {
+        let row = on_pool!(self, |pool| {
+            sqlx::query(SELECT_BY_ID).bind(id.as_uuid()).fetch_optional(pool).await?.map(|r| from_row(&r)).transpose()
+        })?;
+        row.ok_or_else(|| StoreError::not_found(ENTITY, id))
+    }
+
+    pub async fn list_jobs(&self, filter: &JobFilter, page: PageRequest) -> Result<Page<Job>, StoreError> {
+        let rows = on_pool!(self, |pool| {
+            sqlx::query(SELECT_PAGE)
+                .bind(page.after.map(|c| c.id()))
+                .bind(filter.project_id.map(|p| p.as_uuid()))
+                .bind(filter.ticket_id.map(|t| t.as_uuid()))
+                .bind(filter.clanker_id.map(|c| c.as_uuid()))
+                .bind(filter.status.map(|s| s.as_str()))
+                .bind(i64::from(page.limit) + 1)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(from_row)
+                .collect::<Result<Vec<_>, _>>()
+        })?;
+        Ok(Page::from_rows(rows, page.limit, |j| j.id.as_uuid()))
+    }
+
+    /// Claims the next dispatchable job, moving it to `dispatching` with the
+    /// given token hash. `None` when nothing can be dispatched now.
+    pub async fn claim_next_job(&self, token_hash: &str) -> Result<Option<Job>, StoreError> {
+        let now = DbTime(crate::now());
+        let claimed = match &self.pool {
+            crate::Pool::Sqlite(pool) => {
+                // One statement: SQLite runs it under its single write lock.
+                sqlx::query(CLAIM_SQLITE)
+                    .bind(now)
+                    .bind(token_hash)
+                    .fetch_optional(pool)
+                    .await?
+                    .map(|r| from_row(&r))
+                    .transpose()?
+            }
+            crate::Pool::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                sqlx::query(CLAIM_LOCK).execute(&mut *tx).await?;
+                let row = sqlx::query(CLAIM_POSTGRES).bind(now).bind(token_hash).fetch_optional(&mut *tx).await?;
+                tx.commit().await?;
+                row.map(|r| from_row(&r)).transpose()?
+            }
+        };
+        if let Some(job) = &claimed {
+            self.append_event(job.id, EventKind::Status, LogLevel::Info, "dispatching: starting the worker", None)
+                .await?;
+        }
+        Ok(claimed)
+    }
+
+    /// Records where the worker runs.
+    pub async fn set_job_compute_ref(&self, id: JobId, compute_ref: &str) -> Result<bool, StoreError> {
+        let changed = on_pool!(self, |pool| {
+            sqlx::query(SET_COMPUTE_REF)
+                .bind(id.as_uuid())
+                .bind(compute_ref)
+                .bind(DbTime(crate::now()))
+                .execute(pool)
+                .await
+                .map(|r| r.rows_affected())
+        })?;
+        Ok(changed == 1)
+    }
+
+    /// Puts a job the compute target could not start back in the queue.
+    pub async fn requeue_job(&self, id: JobId, reason: &str) -> Result<bool, StoreError> {
+        let changed = on_pool!(self, |pool| {
+            sqlx::query(REQUEUE)
+                .bind(id.as_uuid())
+                .bind(reason)
+                .bind(DbTime(crate::now()))
+                .execute(pool)
+                .await
+                .map(|r| r.rows_affected())
+        })?;
+        if changed == 1 {
+            self.append_event(id, EventKind::Status, LogLevel::Warn, &format!("requeued: {reason}"), None).await?;
+        }
+        Ok(changed == 1)
+    }
+
+    /// Records a heartbeat (the first one makes the job `active`) and
+    /// returns the job's status, which tells the worker whether to go on.
+    pub async fn heartbeat_job(&self, id: JobId) -> Result<JobStatus, StoreError> {
+        on_pool!(self, |pool| {
+            sqlx::query(HEARTBEAT).bind(id.as_uuid()).bind(DbTime(crate::now())).execute(pool).await.map(|_| ())
+        })?;
+        Ok(self.get_job(id).await?.status)
+    }
+
+    /// Ends a job. Returns whether this call ended it: `false` when it had
+    /// already ended (a late or repeated report), which changes nothing.
+    pub async fn finish_job(&self, id: JobId, outcome: Outcome) -> Result<bool, StoreError> {
+        let now = DbTime(crate::now());
+        let (status, result, failure, message, cancelled_by) = match &outcome {
+            Outcome::Completed { result, summary } => {
+                (JobStatus::Completed, Some(result.clone()), None, summary.clone(), None)
+            }
+            Outcome::Failed(failure) => (JobStatus::Failed, None, Some(failure.clone()), failure.message.clone(), None),
+            Outcome::Cancelled { by } => {
+                let failure = Failure::cancelled(by);
+                (JobStatus::Cancelled, None, Some(failure.clone()), failure.message, Some(by.clone()))
+            }
+        };
+        let layer = failure.as_ref().map(|f| f.layer.as_str());
+        let failure_json = failure.as_ref().map(|f| serde_json::to_value(f).map(Json)).transpose().map_err(corrupt)?;
+        let changed = on_pool!(self, |pool| {
+            sqlx::query(FINISH)
+                .bind(id.as_uuid())
+                .bind(status.as_str())
+                .bind(result.clone().map(Json))
+                .bind(failure_json.clone())
+                .bind(layer)
+                .bind(message.clone())
+                .bind(cancelled_by.clone())
+                .bind(now)
+                .execute(pool)
+                .await
+                .map(|r| r.rows_affected())
+        })?;
+        if changed == 1 {
+            let level = if status == JobStatus::Completed { LogLevel::Info } else { LogLevel::Error };
+            let data = failure.map(|f| serde_json::json!({"layer": f.layer, "code": f.code, "retryable": f.retryable}));
+            self.append_event(id, EventKind::Status, level, &format!("{status}: {message}"), data).await?;
+        }
+        Ok(changed == 1)
+    }
+
+    /// The job's status and token hash, for authenticating its worker.
+    pub async fn job_token(&self, id: JobId) -> Result<Option<(JobStatus, Option<String>)>, StoreError> {
+        let row = on_pool!(self, |pool| {
+            sqlx::query(SELECT_TOKEN)
+                .bind(id.as_uuid())
+                .fetch_optional(pool)
+                .await?
+                .map(|r| Ok::<_, sqlx::Error>((r.text("status")?, r.opt_text("token_hash")?)))
+                .transpose()
+        })?;
+        row.map(|(status, hash)| Ok((parse_stored(ENTITY, status)?, hash))).transpose()
+    }
+
+    /// Jobs that are dispatching or running, oldest first.
+    pub async fn live_jobs(&self, limit: u32) -> Result<Vec<Job>, StoreError> {
+        let rows = on_pool!(self, |pool| {
+            sqlx::query(SELECT_LIVE)
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(from_row)
+                .collect::<Result<Vec<_>, _>>()
+        })?;
+        Ok(rows)
+    }
+
+    /// Stores a worker's events; an event whose `seq` was stored before is
+    /// skipped. The last progress event becomes the job's status message.
+    /// Returns how many were new.
+    pub async fn append_worker_events(&self, id: JobId, events: &[NewJobEvent]) -> Result<u64, StoreError> {
+        let now = DbTime(crate::now());
+        let inserted = on_pool!(self, |pool| {
+            let mut tx = pool.begin().await?;
+            let mut inserted = 0;
+            for event in events {
+                inserted += sqlx::query(INSERT_EVENT)
+                    .bind(id.as_uuid())
+                    .bind(i64::try_from(event.seq).unwrap_or(i64::MAX))
+                    .bind(event.kind.as_str())
+                    .bind(event.level.as_str())
+                    .bind(bound_message(&event.message))
+                    .bind(event.data.clone().map(Json))
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+            }
+            if let Some(progress) = events.iter().rev().find(|e| e.kind == EventKind::Progress) {
+                sqlx::query(SET_PROGRESS)
+                    .bind(id.as_uuid())
+                    .bind(bound_message(&progress.message))
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(inserted)
+        })?;
+        Ok(inserted)
+    }
+
+    /// Stores an event the server itself reports about a job.
+    pub async fn append_event(
+        &self,
+        id: JobId,
+        kind: EventKind,
+        level: LogLevel,
+        message: &str,
+        data: Option<serde_json::Value>,
+    ) -> Result<(), StoreError> {
+        on_pool!(self, |pool| {
+            sqlx::query(INSERT_EVENT)
+                .bind(id.as_uuid())
+                .bind(None::<i64>)
+                .bind(kind.as_str())
+                .bind(level.as_str())
+                .bind(bound_message(message))
+                .bind(data.map(Json))
+                .bind(DbTime(crate::now()))
+                .execute(pool)
+                .await
+                .map(|_| ())
+        })?;
+        Ok(())
+    }
+
+    /// A job's events after `after` (an event id; 0 for the start), in order.
+    pub async fn list_job_events(&self, id: JobId, after: i64, limit: u32) -> Result<Vec<JobEvent>, StoreError> {
+        let rows = on_pool!(self, |pool| {
+            sqlx::query(SELECT_EVENTS)
+                .bind(id.as_uuid())
+                .bind(after)
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(event_from_row)
+                .collect::<Result<Vec<_>, _>>()
+        })?;
+        Ok(rows)
+    }
+}

@@ -1,0 +1,268 @@
+use std::collections::HashSet;
+
+use viberglass_domain::{
+    ClankerInput, EventKind, Failure, HarnessSpec, JobSpec, JobStatus, LogLevel, NewClanker, NewJobEvent, PageRequest,
+    Phase, Project,
+};
+use viberglass_store::{JobFilter, NewJob, Outcome, Store, StoreError};
+use viberglass_testkit::{TestBackend, TestDb, backend_tests};
+
+use crate::projects::new_project;
+
+backend_tests!(
+    clankers_round_trip_with_their_instruction_files,
+    a_queued_job_is_claimed_once_then_heartbeats_make_it_active,
+    claims_honour_project_and_clanker_limits_in_order,
+    a_finished_job_cannot_be_moved_by_late_reports,
+    cancelling_a_queued_job_ends_it_and_records_who,
+    a_rerun_is_a_new_job_linked_to_the_one_it_repeats,
+    worker_events_are_stored_once_in_order_and_progress_becomes_the_status,
+    a_requeued_job_can_be_claimed_again,
+    concurrent_claimers_take_each_job_exactly_once,
+    agent_documents_become_revisions,
+);
+
+pub fn spec(phase: Phase) -> JobSpec {
+    JobSpec {
+        phase,
+        repository_url: "file:///srv/repo.git".into(),
+        base_branch: "main".into(),
+        branch: "viberglass/t1".into(),
+        prompt: "Fix it".into(),
+        harness: HarnessSpec::Command { command: vec!["true".into()] },
+        instruction_files: Vec::new(),
+        max_execution_secs: 60,
+        heartbeat_interval_secs: 2,
+        heartbeat_grace_secs: 60,
+        keep_workspace_on_failure: false,
+        ticket_title: "Fix it".into(),
+    }
+}
+
+async fn project(store: &Store, name: &str, limit: u32) -> Project {
+    store.create_project(new_project(serde_json::json!({"name": name, "max_concurrent_jobs": limit}))).await.unwrap()
+}
+
+async fn clanker(store: &Store, name: &str, limit: u32) -> viberglass_domain::Clanker {
+    let input: ClankerInput = serde_json::from_value(serde_json::json!({
+        "name": name, "agent": "command", "agent_settings": {"command": ["true"]}, "max_concurrent_jobs": limit,
+        "instruction_files": [{"path": "AGENTS.md", "content": "Be brief."}, {"path": "skills/test.md", "content": "Run tests."}]
+    }))
+    .unwrap();
+    store.create_clanker(NewClanker::parse(input).unwrap()).await.unwrap()
+}
+
+fn job(project: &Project, clanker: Option<&viberglass_domain::Clanker>) -> NewJob {
+    NewJob {
+        project_id: project.id,
+        ticket_id: None,
+        clanker_id: clanker.map(|c| c.id),
+        spec: spec(Phase::Execution),
+        requested_by: None,
+    }
+}
+
+async fn clankers_round_trip_with_their_instruction_files(backend: TestBackend) {
+    let db = TestDb::new(backend).await;
+    let store = db.store().await;
+    let created = clanker(&store, "Runner", 2).await;
+    let read = store.get_clanker(created.id).await.unwrap();
+    assert_eq!(read, created);
+    assert_eq!(read.instruction_files.len(), 2);
+    let by_slug = store.get_clanker_by_slug(&created.slug).await.unwrap();
+    assert_eq!(by_slug.id, created.id);
+    store
+        .set_clanker_status(created.id, viberglass_domain::ClankerStatus::Active, Some("running unsandboxed".into()))
+        .await
+        .unwrap();
+    let listed = store.list_clankers(PageRequest::default()).await.unwrap();
+    assert_eq!(listed.items[0].status_message.as_deref(), Some("running unsandboxed"));
+    let input: ClankerInput = serde_json::from_value(
+        serde_json::json!({"name": "Runner", "agent": "command", "agent_settings": {"command": ["x"]}}),
+    )
+    .unwrap();
+    let dup = store.create_clanker(NewClanker::parse(input).unwrap()).await;
+    assert!(matches!(&dup, Err(StoreError::Conflict { field, .. }) if field == "slug"), "{dup:?}");
+}
+
+async fn a_queued_job_is_claimed_once_then_heartbeats_make_it_active(backend: TestBackend) {
+    let db = TestDb::new(backend).await;
+    let store = db.store().await;
+    let p = project(&store, "App", 2).await;
+    let queued = store.create_job(job(&p, None)).await.unwrap();
+    assert_eq!(queued.status, JobStatus::Queued);
+    assert_eq!(queued.spec.as_ref().unwrap().phase, Phase::Execution);
+    let claimed = store.claim_next_job("hash-1").await.unwrap().expect("one job to claim");
+    assert_eq!((claimed.id, claimed.status), (queued.id, JobStatus::Dispatching));
+    assert!(store.claim_next_job("hash-2").await.unwrap().is_none(), "nothing else is queued");
+    assert_eq!(store.job_token(queued.id).await.unwrap(), Some((JobStatus::Dispatching, Some("hash-1".into()))));
+    assert!(store.set_job_compute_ref(queued.id, "local:42").await.unwrap());
+    assert_eq!(store.heartbeat_job(queued.id).await.unwrap(), JobStatus::Active);
+    let active = store.get_job(queued.id).await.unwrap();
+    assert!(active.started_at.is_some() && active.last_heartbeat_at.is_some());
+    assert_eq!(active.compute_ref.as_deref(), Some("local:42"));
+    assert_eq!(store.live_jobs(10).await.unwrap().len(), 1);
+}
+
+async fn claims_honour_project_and_clanker_limits_in_order(backend: TestBackend) {
+    let db = TestDb::new(backend).await;
+    let store = db.store().await;
+    let narrow = project(&store, "Narrow", 1).await;
+    let wide = project(&store, "Wide", 5).await;
+    let single = clanker(&store, "Single", 1).await;
+    let n1 = store.create_job(job(&narrow, None)).await.unwrap();
+    let n2 = store.create_job(job(&narrow, None)).await.unwrap();
+    let w1 = store.create_job(job(&wide, Some(&single))).await.unwrap();
+    let w2 = store.create_job(job(&wide, Some(&single))).await.unwrap();
+    let w3 = store.create_job(job(&wide, None)).await.unwrap();
+
+    let mut order = Vec::new();
+    while let Some(j) = store.claim_next_job("h").await.unwrap() {
+        order.push(j.id);
+    }
+    // n2 waits for n1 (project limit 1); w2 waits for w1 (clanker limit 1).
+    assert_eq!(order, vec![n1.id, w1.id, w3.id]);
+    store
+        .finish_job(n1.id, Outcome::Completed { result: serde_json::json!({}), summary: "done".into() })
+        .await
+        .unwrap();
+    assert_eq!(store.claim_next_job("h").await.unwrap().map(|j| j.id), Some(n2.id));
+    store.finish_job(w1.id, Outcome::Failed(Failure::internal("boom"))).await.unwrap();
+    assert_eq!(store.claim_next_job("h").await.unwrap().map(|j| j.id), Some(w2.id));
+}
+
+async fn a_finished_job_cannot_be_moved_by_late_reports(backend: TestBackend) {
+    let db = TestDb::new(backend).await;
+    let store = db.store().await;
+    let p = project(&store, "App", 2).await;
+    let j = store.create_job(job(&p, None)).await.unwrap();
+    store.claim_next_job("h").await.unwrap();
+    store.heartbeat_job(j.id).await.unwrap();
+    let done = Outcome::Completed { result: serde_json::json!({"commit": "abc"}), summary: "completed".into() };
+    assert!(store.finish_job(j.id, done.clone()).await.unwrap());
+    assert!(!store.finish_job(j.id, done).await.unwrap(), "a repeated result changes nothing");
+    assert!(!store.finish_job(j.id, Outcome::Failed(Failure::heartbeat_lost(60))).await.unwrap());
+    assert!(!store.finish_job(j.id, Outcome::Cancelled { by: "someone".into() }).await.unwrap());
+    assert_eq!(store.heartbeat_job(j.id).await.unwrap(), JobStatus::Completed, "a late heartbeat sees the end");
+    let end = store.get_job(j.id).await.unwrap();
+    assert_eq!(end.status, JobStatus::Completed);
+    assert_eq!(end.result, Some(serde_json::json!({"commit": "abc"})));
+    assert!(end.failure.is_none());
+    assert!(store.live_jobs(10).await.unwrap().is_empty());
+}
+
+async fn cancelling_a_queued_job_ends_it_and_records_who(backend: TestBackend) {
+    let db = TestDb::new(backend).await;
+    let store = db.store().await;
+    let p = project(&store, "App", 2).await;
+    let j = store.create_job(job(&p, None)).await.unwrap();
+    assert!(store.finish_job(j.id, Outcome::Cancelled { by: "ada@example.com".into() }).await.unwrap());
+    let end = store.get_job(j.id).await.unwrap();
+    assert_eq!(end.status, JobStatus::Cancelled);
+    assert_eq!(end.cancelled_by.as_deref(), Some("ada@example.com"));
+    assert_eq!(end.status_message.as_deref(), Some("cancelled by ada@example.com"));
+    assert!(store.claim_next_job("h").await.unwrap().is_none(), "a cancelled job is never dispatched");
+}
+
+async fn a_rerun_is_a_new_job_linked_to_the_one_it_repeats(backend: TestBackend) {
+    let db = TestDb::new(backend).await;
+    let store = db.store().await;
+    let p = project(&store, "App", 2).await;
+    let first = store.create_job(job(&p, None)).await.unwrap();
+    store.finish_job(first.id, Outcome::Failed(Failure::heartbeat_lost(60))).await.unwrap();
+    let second = store.rerun_job(first.id, None).await.unwrap();
+    assert_ne!(second.id, first.id);
+    assert_eq!((second.attempt, second.retry_of, second.status), (2, Some(first.id), JobStatus::Queued));
+    assert_eq!(second.spec, store.get_job(first.id).await.unwrap().spec);
+    let third = store.rerun_job(second.id, None).await.unwrap();
+    assert_eq!(third.attempt, 3);
+    assert_eq!(store.get_job(first.id).await.unwrap().status, JobStatus::Failed, "the original is untouched");
+    let all =
+        store.list_jobs(&JobFilter { project_id: Some(p.id), ..JobFilter::default() }, PageRequest::default()).await;
+    assert_eq!(all.unwrap().items.len(), 3);
+}
+
+async fn worker_events_are_stored_once_in_order_and_progress_becomes_the_status(backend: TestBackend) {
+    let db = TestDb::new(backend).await;
+    let store = db.store().await;
+    let p = project(&store, "App", 2).await;
+    let j = store.create_job(job(&p, None)).await.unwrap();
+    store.claim_next_job("h").await.unwrap();
+    let event = |seq: u64, kind: EventKind, message: &str| NewJobEvent {
+        seq,
+        kind,
+        level: LogLevel::Info,
+        message: message.into(),
+        data: None,
+    };
+    let batch = vec![event(1, EventKind::Progress, "cloning"), event(2, EventKind::Log, "Cloning into 'repo'...")];
+    assert_eq!(store.append_worker_events(j.id, &batch).await.unwrap(), 2);
+    assert_eq!(store.append_worker_events(j.id, &batch).await.unwrap(), 0, "a batch sent twice is stored once");
+    let more = vec![event(3, EventKind::Progress, "running the agent"), event(4, EventKind::Log, &"x".repeat(20_000))];
+    assert_eq!(store.append_worker_events(j.id, &more).await.unwrap(), 2);
+    assert_eq!(store.get_job(j.id).await.unwrap().status_message.as_deref(), Some("running the agent"));
+
+    let events = store.list_job_events(j.id, 0, 100).await.unwrap();
+    let messages: Vec<&str> = events.iter().map(|e| e.message.as_str()).collect();
+    assert_eq!(messages[..4], ["queued", "dispatching: starting the worker", "cloning", "Cloning into 'repo'..."]);
+    assert!(events[5].message.ends_with("bytes]"), "long lines are cut and say so");
+    let after = store.list_job_events(j.id, events[2].id, 2).await.unwrap();
+    assert_eq!(after.iter().map(|e| e.id).collect::<Vec<_>>(), vec![events[3].id, events[4].id]);
+}
+
+async fn a_requeued_job_can_be_claimed_again(backend: TestBackend) {
+    let db = TestDb::new(backend).await;
+    let store = db.store().await;
+    let p = project(&store, "App", 1).await;
+    let j = store.create_job(job(&p, None)).await.unwrap();
+    store.claim_next_job("h1").await.unwrap();
+    assert!(store.requeue_job(j.id, "the Docker daemon did not answer").await.unwrap());
+    let again = store.claim_next_job("h2").await.unwrap().unwrap();
+    assert_eq!(again.id, j.id);
+    assert_eq!(store.job_token(j.id).await.unwrap().unwrap().1.as_deref(), Some("h2"));
+}
+
+async fn concurrent_claimers_take_each_job_exactly_once(backend: TestBackend) {
+    let db = TestDb::new(backend).await;
+    let store = db.store().await;
+    let p = project(&store, "Busy", 100).await;
+    let mut ids = HashSet::new();
+    for _ in 0..60 {
+        ids.insert(store.create_job(job(&p, None)).await.unwrap().id);
+    }
+    let claimers: Vec<_> = (0..4)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut mine = Vec::new();
+                while let Some(j) = store.claim_next_job("h").await.unwrap() {
+                    mine.push(j.id);
+                    store
+                        .finish_job(j.id, Outcome::Completed { result: serde_json::json!({}), summary: "ok".into() })
+                        .await
+                        .unwrap();
+                }
+                mine
+            })
+        })
+        .collect();
+    let mut claimed = Vec::new();
+    for c in claimers {
+        claimed.extend(c.await.unwrap());
+    }
+    assert_eq!(claimed.len(), 60, "every job claimed once");
+    assert_eq!(claimed.into_iter().collect::<HashSet<_>>(), ids);
+}
+
+async fn agent_documents_become_revisions(backend: TestBackend) {
+    let db = TestDb::new(backend).await;
+    let store = db.store().await;
+    let p = project(&store, "App", 2).await;
+    let input: viberglass_domain::TicketInput = serde_json::from_value(serde_json::json!({"title": "t"})).unwrap();
+    let t = store.create_ticket(p.id, viberglass_domain::NewTicket::parse(input).unwrap(), None).await.unwrap();
+    let j = store.create_job(job(&p, None)).await.unwrap();
+    assert_eq!(store.save_agent_document(t.id, Phase::Research, "# Findings\n", j.id).await.unwrap(), 1);
+    assert_eq!(store.save_agent_document(t.id, Phase::Research, "# Findings v2\n", j.id).await.unwrap(), 2);
+    assert_eq!(store.phase_document(t.id, Phase::Research).await.unwrap(), Some(("# Findings v2\n".into(), 2)));
+    assert_eq!(store.phase_document(t.id, Phase::Planning).await.unwrap(), None);
+}
