@@ -13,6 +13,7 @@ pub mod ids;
 pub mod job;
 pub mod page;
 pub mod project;
+pub mod protocol;
 pub mod scm;
 pub mod ticket;
 pub mod validation;

@@ -1,0 +1,188 @@
+//! The local target: each worker is a child process of the server, in its
+//! own process group and workspace directory, with a scrubbed environment.
+//! Stop kills the whole process group, so the agent and anything it spawned
+//! go too. Workers outlive a server restart (they are not killed with it),
+//! and a restarted server finds them again through `/proc`.
+
+use std::process::Stdio;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use viberglass_domain::{ComputeKind, JobId};
+
+use crate::{ComputeError, ComputeTarget, LaunchRequest, LocalSettings, Provisioned, WorkerState};
+
+pub struct LocalTarget {
+    settings: LocalSettings,
+}
+
+/// Environment variables a worker inherits from the server; nothing else
+/// (in particular no server secrets) reaches it.
+const PASSED_THROUGH: &[&str] = &["PATH", "LANG", "LC_ALL", "TZ", "SSL_CERT_FILE", "SSL_CERT_DIR"];
+
+impl LocalTarget {
+    pub fn new(settings: LocalSettings) -> Self {
+        Self { settings }
+    }
+
+    fn pid_of(compute_ref: &str) -> Option<u32> {
+        compute_ref.strip_prefix("local:")?.parse().ok()
+    }
+
+    async fn launch_inner(&self, request: LaunchRequest) -> Result<String, ComputeError> {
+        let workspace = self.settings.workspace_root.join(request.job_id.to_string());
+        std::fs::create_dir_all(&workspace).map_err(|e| {
+            ComputeError::Permanent(format!("cannot create the workspace {}: {e}", workspace.display()))
+        })?;
+        let log = std::fs::File::create(workspace.join("worker.log"))
+            .map_err(|e| ComputeError::Permanent(format!("cannot create the worker log: {e}")))?;
+        let log_err = log.try_clone().map_err(|e| ComputeError::Permanent(e.to_string()))?;
+        let mut command = tokio::process::Command::new(&self.settings.worker_binary);
+        command
+            .arg("worker")
+            .arg("--job")
+            .arg(request.job_id.to_string())
+            .current_dir(&workspace)
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .process_group(0)
+            .kill_on_drop(false);
+        for name in PASSED_THROUGH {
+            if let Ok(value) = std::env::var(name) {
+                command.env(name, value);
+            }
+        }
+        command
+            .env("HOME", workspace.join("home"))
+            .env("VIBERGLASS_SERVER_URL", &request.server_url)
+            .env("VIBERGLASS_JOB_TOKEN", &request.token)
+            .env("VIBERGLASS_WORKSPACE", &workspace);
+        for (name, value) in &self.settings.env {
+            command.env(name, value);
+        }
+        let mut child = command.spawn().map_err(|e| {
+            ComputeError::Permanent(format!(
+                "cannot start {}: {e}; check that the viberglass binary is installed there",
+                self.settings.worker_binary.display()
+            ))
+        })?;
+        let pid = child.id().ok_or_else(|| ComputeError::Transient("the worker exited at once".into()))?;
+        // Reap the child when it exits so it does not linger as a zombie.
+        tokio::spawn(async move {
+            let _ = child.wait().await;
+        });
+        Ok(format!("local:{pid}"))
+    }
+}
+
+impl ComputeTarget for LocalTarget {
+    fn kind(&self) -> ComputeKind {
+        ComputeKind::Local
+    }
+
+    fn provision(&self) -> BoxFuture<'_, Result<Provisioned, ComputeError>> {
+        async move {
+            if !self.settings.worker_binary.exists() {
+                return Err(ComputeError::Permanent(format!(
+                    "the worker binary {} does not exist",
+                    self.settings.worker_binary.display()
+                )));
+            }
+            std::fs::create_dir_all(&self.settings.workspace_root).map_err(|e| {
+                ComputeError::Permanent(format!("cannot create {}: {e}", self.settings.workspace_root.display()))
+            })?;
+            Ok(Provisioned {
+                message: "ready: workers run as local processes without a sandbox (each in its own workspace \
+                          directory and process group, with a scrubbed environment)"
+                    .into(),
+            })
+        }
+        .boxed()
+    }
+
+    fn launch(&self, request: LaunchRequest) -> BoxFuture<'_, Result<String, ComputeError>> {
+        self.launch_inner(request).boxed()
+    }
+
+    fn stop<'a>(&'a self, compute_ref: &'a str) -> BoxFuture<'a, Result<(), ComputeError>> {
+        async move {
+            let Some(pid) = Self::pid_of(compute_ref) else {
+                return Err(ComputeError::Permanent(format!("`{compute_ref}` is not a local worker")));
+            };
+            // The worker leads its own process group: kill the group.
+            let status = tokio::process::Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pid}")])
+                .stderr(Stdio::null())
+                .status()
+                .await
+                .map_err(|e| ComputeError::Transient(format!("cannot run kill: {e}")))?;
+            if !status.success() {
+                tracing::debug!(pid, "kill found no process group; the worker was already gone");
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn inspect<'a>(&'a self, job_id: JobId, compute_ref: &'a str) -> BoxFuture<'a, WorkerState> {
+        async move {
+            let Some(pid) = Self::pid_of(compute_ref) else { return WorkerState::Gone };
+            // A pid can be reused: it must still be this job's worker.
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let zombie = stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z'));
+            let ours = String::from_utf8_lossy(&cmdline).contains(&job_id.to_string());
+            if ours && !zombie { WorkerState::Running } else { WorkerState::Gone }
+        }
+        .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(binary: &str, root: &std::path::Path) -> LocalTarget {
+        LocalTarget::new(LocalSettings {
+            worker_binary: binary.into(),
+            workspace_root: root.to_owned(),
+            env: Vec::new(),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_launched_worker_is_found_running_and_stop_kills_its_group() {
+        let root = tempfile::tempdir().unwrap();
+        // A stand-in worker: sleeps, with a child of its own in the same group.
+        let script = root.path().join("fake-worker");
+        std::fs::write(&script, "#!/bin/sh\nsleep 300 &\nsleep 300\n").unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let target = target(script.to_str().unwrap(), root.path());
+        let job = JobId::new();
+        let request = LaunchRequest { job_id: job, server_url: "http://127.0.0.1:1".into(), token: "t".into() };
+        let compute_ref = target.launch(request).await.unwrap();
+        assert_eq!(target.inspect(job, &compute_ref).await, WorkerState::Running);
+        assert_eq!(target.inspect(JobId::new(), &compute_ref).await, WorkerState::Gone, "another job's id does not match");
+        target.stop(&compute_ref).await.unwrap();
+        for _ in 0..100 {
+            if target.inspect(job, &compute_ref).await == WorkerState::Gone {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("the worker still runs after stop");
+    }
+
+    #[tokio::test]
+    async fn a_missing_binary_is_a_permanent_error() {
+        let root = tempfile::tempdir().unwrap();
+        let target = target("/nonexistent/viberglass", root.path());
+        let request = LaunchRequest { job_id: JobId::new(), server_url: String::new(), token: String::new() };
+        let err = target.launch(request).await.unwrap_err();
+        assert!(!err.is_transient());
+        assert!(err.to_string().contains("/nonexistent/viberglass"), "{err}");
+        assert!(target.provision().await.is_err());
+    }
+}

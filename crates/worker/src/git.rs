@@ -1,0 +1,141 @@
+//! Git through the `git` CLI. Credentials reach git only through an askpass
+//! helper reading environment variables of the git process: never in the
+//! remote URL, `.git/config`, the command line or the logs.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use viberglass_domain::protocol::GitCredential;
+use viberglass_domain::{Failure, FailureLayer};
+
+/// Runs git in `dir` with credentials (if any) offered through askpass.
+pub struct Git {
+    askpass: PathBuf,
+    credential: Option<GitCredential>,
+}
+
+pub struct Output {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Git {
+    /// Writes the askpass helper into `workspace` (outside the checkout).
+    pub fn new(workspace: &Path, credential: Option<GitCredential>) -> std::io::Result<Self> {
+        let askpass = workspace.join(".viberglass-askpass");
+        std::fs::write(
+            &askpass,
+            "#!/bin/sh\ncase \"$1\" in\n  Username*) printf '%s\\n' \"$VIBERGLASS_GIT_USERNAME\" ;;\n  *) printf '%s\\n' \"$VIBERGLASS_GIT_PASSWORD\" ;;\nesac\n",
+        )?;
+        std::fs::set_permissions(&askpass, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+        Ok(Self { askpass, credential })
+    }
+
+    pub async fn run(&self, dir: &Path, args: &[&str]) -> std::io::Result<Output> {
+        let mut command = tokio::process::Command::new("git");
+        command
+            .args(["-c", "credential.helper=", "-c", "core.askPass="])
+            .args(args)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .env("GIT_ASKPASS", &self.askpass)
+            .env_remove("VIBERGLASS_JOB_TOKEN");
+        if let Some(credential) = &self.credential {
+            command.env("VIBERGLASS_GIT_USERNAME", &credential.username).env("VIBERGLASS_GIT_PASSWORD", &credential.password);
+        }
+        let output = command.output().await?;
+        Ok(Output {
+            success: output.status.success(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: self.redact(&String::from_utf8_lossy(&output.stderr)),
+        })
+    }
+
+    /// Removes the credential's secret from text git printed.
+    pub fn redact(&self, text: &str) -> String {
+        match &self.credential {
+            Some(c) if !c.password.is_empty() => text.replace(&c.password, "***"),
+            _ => text.to_owned(),
+        }
+    }
+}
+
+/// Turns a failed clone into a failure that tells "no such repository"
+/// apart from "no access", with the fix for each.
+pub fn clone_failure(url: &str, branch: &str, stderr: &str, had_credential: bool) -> Failure {
+    let lower = stderr.to_lowercase();
+    let auth = [
+        "authentication failed",
+        "could not read username",
+        "could not read password",
+        "terminal prompts disabled",
+        "the requested url returned error: 401",
+        "the requested url returned error: 403",
+        "permission denied",
+        "invalid username or password",
+    ]
+    .iter()
+    .any(|p| lower.contains(p));
+    let missing = [
+        "repository not found",
+        "does not appear to be a git repository",
+        "does not exist",
+        "the requested url returned error: 404",
+        "not found",
+    ]
+    .iter()
+    .any(|p| lower.contains(p));
+    let failure = if lower.contains("remote branch") && lower.contains("not found") {
+        Failure::new(
+            FailureLayer::Clone,
+            "base_branch_not_found",
+            format!("the repository has no branch `{branch}`: set the project's base branch to an existing branch, then re-run"),
+            false,
+        )
+    } else if auth {
+        let why = if had_credential {
+            "the project's SCM credential was refused: it may be expired, revoked or scoped too narrowly (for an organisation's repository the token needs access to that repository, not only public ones)"
+        } else {
+            "the repository needs credentials and the project has none: link an SCM credential to the project"
+        };
+        Failure::new(
+            FailureLayer::Clone,
+            "clone_authentication_failed",
+            format!("cloning {url} failed: {why}; fix it in the project's SCM settings, then re-run"),
+            false,
+        )
+    } else if missing {
+        Failure::new(
+            FailureLayer::Clone,
+            "repository_not_found",
+            format!("cloning {url} failed: the repository does not exist at that address; check the project's repository URL, then re-run"),
+            false,
+        )
+    } else {
+        Failure::new(
+            FailureLayer::Clone,
+            "clone_failed",
+            format!("cloning {url} failed; the detail has git's own words. Network trouble clears on a re-run"),
+            true,
+        )
+    };
+    failure.with_detail(stderr.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_repository_and_a_refused_credential_read_differently() {
+        let missing = clone_failure("u", "main", "fatal: repository 'http://x/a.git/' not found", true);
+        let refused = clone_failure("u", "main", "fatal: Authentication failed for 'http://x/a.git/'", true);
+        assert_eq!(missing.code, "repository_not_found");
+        assert_eq!(refused.code, "clone_authentication_failed");
+        assert!(refused.message.contains("expired"), "{}", refused.message);
+        let branch = clone_failure("u", "dev", "warning: Could not find remote branch dev to clone.\nfatal: Remote branch dev not found in upstream origin", false);
+        assert_eq!(branch.code, "base_branch_not_found");
+    }
+}
