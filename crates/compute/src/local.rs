@@ -164,7 +164,11 @@ mod tests {
         let request = LaunchRequest { job_id: job, server_url: "http://127.0.0.1:1".into(), token: "t".into() };
         let compute_ref = target.launch(request).await.unwrap();
         assert_eq!(target.inspect(job, &compute_ref).await, WorkerState::Running);
-        assert_eq!(target.inspect(JobId::new(), &compute_ref).await, WorkerState::Gone, "another job's id does not match");
+        assert_eq!(
+            target.inspect(JobId::new(), &compute_ref).await,
+            WorkerState::Gone,
+            "another job's id does not match"
+        );
         target.stop(&compute_ref).await.unwrap();
         for _ in 0..100 {
             if target.inspect(job, &compute_ref).await == WorkerState::Gone {

@@ -80,6 +80,9 @@ pub struct Job {
     pub attempt: u32,
     /// The job this one re-runs.
     pub retry_of: Option<JobId>,
+    /// How many times the dispatcher tried to start a worker for it.
+    pub dispatch_attempts: u32,
+
     /// For people: the latest progress while running, the failure's message when failed.
     pub status_message: Option<String>,
     pub failure: Option<Failure>,

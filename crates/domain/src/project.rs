@@ -9,7 +9,7 @@ use crate::validation::{ValidationErrors, bounded_text, nullable};
 
 pub const DEFAULT_MAX_EXECUTION_SECS: u32 = 45 * 60;
 pub const DEFAULT_MAX_CONCURRENT_JOBS: u32 = 2;
-const MAX_EXECUTION_RANGE: std::ops::RangeInclusive<u32> = 60..=24 * 60 * 60;
+const MAX_EXECUTION_RANGE: std::ops::RangeInclusive<u32> = 10..=24 * 60 * 60;
 const CONCURRENCY_RANGE: std::ops::RangeInclusive<u32> = 1..=100;
 
 /// A project's short, URL-safe name: lowercase letters, digits and dashes.
@@ -180,7 +180,7 @@ impl ProjectPatch {
                     if MAX_EXECUTION_RANGE.contains(&v) {
                         Ok(v)
                     } else {
-                        Err(format!("must be between 60 and 86400 seconds (got {v})"))
+                        Err(format!("must be between 10 and 86400 seconds (got {v})"))
                     },
                 )
             }),

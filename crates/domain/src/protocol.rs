@@ -1,8 +1,8 @@
 //! The worker protocol's message bodies, shared by the server and the worker.
 //! Versioned by the URL prefix `/api/worker/v1`. Plain data: no transport here.
 
-use serde::{Deserialize, Serialize};
 use crate::{Failure, JobId, JobSpec, JobStatus, NewJobEvent};
+use serde::{Deserialize, Serialize};
 
 pub const PREFIX: &str = "/api/worker/v1";
 

@@ -22,6 +22,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Encrypts stored secrets.
     pub encryption_key: Arc<EncryptionKey>,
+    /// The dispatcher and reaper, and the compute targets they drive.
+    pub engine: crate::engine::Engine,
 }
 
 pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";

@@ -109,6 +109,48 @@ pub const SETTINGS: &[Setting] = &[
         secret: false,
     },
     Setting {
+        key: "worker_binary",
+        env: "VIBERGLASS_WORKER_BINARY",
+        default: "",
+        doc: "The viberglass binary local workers run as `viberglass worker`. Empty: this server's own binary.",
+        secret: false,
+    },
+    Setting {
+        key: "heartbeat_interval_secs",
+        env: "VIBERGLASS_HEARTBEAT_INTERVAL_SECS",
+        default: "5",
+        doc: "How often workers report that they are alive.",
+        secret: false,
+    },
+    Setting {
+        key: "heartbeat_grace_secs",
+        env: "VIBERGLASS_HEARTBEAT_GRACE_SECS",
+        default: "60",
+        doc: "How long a worker may stay silent before its job is failed and its compute stopped.",
+        secret: false,
+    },
+    Setting {
+        key: "reaper_interval_ms",
+        env: "VIBERGLASS_REAPER_INTERVAL_MS",
+        default: "2000",
+        doc: "How often the reaper looks for silent or overlong jobs.",
+        secret: false,
+    },
+    Setting {
+        key: "dispatch_interval_ms",
+        env: "VIBERGLASS_DISPATCH_INTERVAL_MS",
+        default: "500",
+        doc: "How often the dispatcher looks for queued jobs (it also wakes at once when a run is requested here).",
+        secret: false,
+    },
+    Setting {
+        key: "keep_failed_workspaces",
+        env: "VIBERGLASS_KEEP_FAILED_WORKSPACES",
+        default: "false",
+        doc: "Keep the workspace of a failed run for inspection (true or false).",
+        secret: false,
+    },
+    Setting {
         key: "shutdown_timeout_secs",
         env: "VIBERGLASS_SHUTDOWN_TIMEOUT_SECS",
         default: "30",
@@ -188,6 +230,13 @@ pub struct Config {
     pub db_connect_attempts: u32,
     pub db_max_connections: u32,
     pub shutdown_timeout_secs: u64,
+    /// Empty means this process's own executable.
+    pub worker_binary: Option<PathBuf>,
+    pub heartbeat_interval_secs: u64,
+    pub heartbeat_grace_secs: u64,
+    pub reaper_interval_ms: u64,
+    pub dispatch_interval_ms: u64,
+    pub keep_failed_workspaces: bool,
 }
 
 /// A setting was missing or invalid. Printed as one line; exit code 2.
@@ -325,6 +374,14 @@ fn parse_number<T: TryFrom<i128> + Into<i128> + Copy + fmt::Display>(
         return Err(raw.invalid("out of range", &expected));
     }
     T::try_from(n).map_err(|_| raw.invalid("out of range", &expected))
+}
+
+fn parse_bool(raw: &Raw) -> Result<bool, ConfigError> {
+    match raw.value.trim() {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" | "" => Ok(false),
+        _ => Err(raw.invalid("not a boolean", "true or false")),
+    }
 }
 
 fn parse_origin(origin: &str) -> Result<String, String> {
@@ -470,6 +527,12 @@ impl Config {
             db_connect_attempts: parse_number(&raw("db_connect_attempts"), 1, 100)?,
             db_max_connections: parse_number(&raw("db_max_connections"), 1, 1000)?,
             shutdown_timeout_secs: parse_number(&raw("shutdown_timeout_secs"), 0, 3600)?,
+            worker_binary: Some(raw("worker_binary")).filter(|r| !r.is_empty()).map(|r| PathBuf::from(r.value.trim())),
+            heartbeat_interval_secs: parse_number(&raw("heartbeat_interval_secs"), 1, 300)?,
+            heartbeat_grace_secs: parse_number(&raw("heartbeat_grace_secs"), 2, 3600)?,
+            reaper_interval_ms: parse_number(&raw("reaper_interval_ms"), 50, 600_000)?,
+            dispatch_interval_ms: parse_number(&raw("dispatch_interval_ms"), 10, 600_000)?,
+            keep_failed_workspaces: parse_bool(&raw("keep_failed_workspaces"))?,
         })
     }
 
@@ -492,15 +555,13 @@ impl Config {
                 out.push_str(&format!("# {line}\n"));
             }
             out.push_str(&format!("# Environment: {}\n", s.env));
+            let bare = s.default.parse::<i64>().is_ok() || s.default == "true" || s.default == "false";
             let value = match s.key {
-                "port"
-                | "body_limit_bytes"
-                | "db_connect_attempts"
-                | "db_max_connections"
-                | "shutdown_timeout_secs" => s.default.to_owned(),
+                _ if bare => s.default.to_owned(),
                 "cors_allowed_origins" => "[]".to_owned(),
                 _ => format!("{:?}", s.default),
             };
+
             if s.default.is_empty() || s.secret {
                 out.push_str(&format!("# {} = {}\n", s.key, value));
             } else {

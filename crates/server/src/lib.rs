@@ -5,6 +5,7 @@
 pub mod api;
 pub mod app;
 pub mod config;
+pub mod engine;
 pub mod error;
 pub mod extract;
 pub mod request;

@@ -17,6 +17,7 @@ use viberglass_store::{ConnectError, MigrateError, PoolSettings, Store};
 
 use crate::app::{AppState, build_router};
 use crate::config::{Config, ConfigError, EncryptionKey, KeySource};
+use crate::engine::Engine;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -34,6 +35,8 @@ pub enum StartupError {
     Migrate(#[from] MigrateError),
     #[error("cannot listen on {address}: {source}; set VIBERGLASS_PORT to a free port or stop what holds this one")]
     Bind { address: SocketAddr, source: std::io::Error },
+    #[error("cannot find this server's own binary to run local workers ({0}); set VIBERGLASS_WORKER_BINARY")]
+    WorkerBinary(std::io::Error),
     #[error("the server stopped: {0}")]
     Serve(std::io::Error),
 }
@@ -42,7 +45,11 @@ impl StartupError {
     /// 2 for configuration problems, 1 for everything else.
     pub fn exit_code(&self) -> u8 {
         match self {
-            StartupError::Config(_) | StartupError::DataDir { .. } | StartupError::KeyFile { .. } => 2,
+            StartupError::Config(_)
+            | StartupError::DataDir { .. }
+            | StartupError::KeyFile { .. }
+            | StartupError::WorkerBinary(_) => 2,
+
             _ => 1,
         }
     }
@@ -147,14 +154,50 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     let timeout = Duration::from_secs(config.shutdown_timeout_secs);
-    let state = AppState { store: store.clone(), config: Arc::new(config), encryption_key: Arc::new(key) };
+    let local = listener.local_addr().map_err(|source| StartupError::Bind { address, source })?;
+    let state = app_state(config, store.clone(), key, local)?;
     let result = serve(listener, state, shutdown, timeout).await;
     store.close().await;
     result.map_err(StartupError::Serve)
 }
 
+/// Builds the application state for a server listening on `local`.
+pub fn app_state(
+    config: Config,
+    store: Store,
+    key: EncryptionKey,
+    local: SocketAddr,
+) -> Result<AppState, StartupError> {
+    let server_url: Arc<str> = match &config.public_url {
+        Some(url) => url.as_str().into(),
+        // Local workers reach an all-interfaces listener on loopback.
+        None if local.ip().is_unspecified() => format!("http://127.0.0.1:{}", local.port()).into(),
+        None => format!("http://{local}").into(),
+    };
+    let worker_binary = match &config.worker_binary {
+        Some(path) => path.clone(),
+        None => std::env::current_exe().map_err(StartupError::WorkerBinary)?,
+    };
+    let local_target = viberglass_compute::LocalTarget::new(viberglass_compute::LocalSettings {
+        worker_binary,
+        workspace_root: config.data_dir.join("workspaces"),
+        env: vec![("LOG_FORMAT".into(), "json".into())],
+    });
+    let engine = Engine {
+        store: store.clone(),
+        local: Arc::new(local_target),
+        server_url,
+        wake: Arc::new(tokio::sync::Notify::new()),
+        dispatch_interval: Duration::from_millis(config.dispatch_interval_ms),
+        reaper_interval: Duration::from_millis(config.reaper_interval_ms),
+        heartbeat_interval: Duration::from_secs(config.heartbeat_interval_secs),
+    };
+    Ok(AppState { store, config: Arc::new(config), encryption_key: Arc::new(key), engine })
+}
+
 /// Serves on a bound listener until `shutdown` is cancelled, then waits up
-/// to `grace` for in-flight requests.
+/// to `grace` for in-flight requests. The dispatcher and the reaper run
+/// alongside and stop with it.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
@@ -164,6 +207,7 @@ pub async fn serve(
     let local = listener.local_addr()?;
     let public = state.config.public_url.clone().unwrap_or_else(|| format!("http://{local}"));
     tracing::info!(address = %local, "viberglass listening on http://{local} (public URL {public})");
+    state.engine.clone().spawn(shutdown.clone());
     let app = build_router(state).into_make_service_with_connect_info::<SocketAddr>();
     let server = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let deadline = async {

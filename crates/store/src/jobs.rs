@@ -21,7 +21,7 @@ macro_rules! select {
     ($($rest:literal),*) => {
         concat!(
             "SELECT id, project_id, ticket_id, clanker_id, phase, status, attempt, retry_of, spec, compute_ref, \
-             progress_step, status_message, failure, result, requested_by, cancelled_by, \
+             dispatch_attempts, progress_step, status_message, failure, result, requested_by, cancelled_by, \
              queued_at, dispatched_at, started_at, last_heartbeat_at, finished_at, updated_at FROM jobs ",
             $($rest),*
         )
@@ -30,7 +30,8 @@ macro_rules! select {
 macro_rules! returning {
     () => {
         " RETURNING id, project_id, ticket_id, clanker_id, phase, status, attempt, retry_of, spec, compute_ref, \
-         progress_step, status_message, failure, result, requested_by, cancelled_by, \
+         dispatch_attempts, progress_step,
+ status_message, failure, result, requested_by, cancelled_by, \
          queued_at, dispatched_at, started_at, last_heartbeat_at, finished_at, updated_at"
     };
 }
@@ -94,6 +95,8 @@ const SELECT_EVENTS: &str = "SELECT id, job_id, kind, level, message, data, crea
 /// A job to queue.
 #[derive(Debug, Clone)]
 pub struct NewJob {
+    /// Chosen by the caller, so the spec can name it (e.g. in the branch name).
+    pub id: JobId,
     pub project_id: ProjectId,
     pub ticket_id: Option<TicketId>,
     pub clanker_id: Option<ClankerId>,
@@ -135,6 +138,8 @@ fn from_row(r: &impl RowExt) -> Result<Job, StoreError> {
         status: parse_stored(ENTITY, r.text("status")?)?,
         attempt: to_u32(ENTITY, "attempt", r.int("attempt")?)?,
         retry_of: r.opt_uuid("retry_of")?.map(JobId::from_uuid),
+        dispatch_attempts: to_u32(ENTITY, "dispatch_attempts", r.int("dispatch_attempts")?)?,
+
         status_message: r.opt_text("status_message")?,
         failure,
         progress_step: r.opt_text("progress_step")?,
@@ -176,6 +181,7 @@ impl Store {
         let old = self.get_job(id).await?;
         let spec = old.spec.clone().ok_or_else(|| corrupt("a stored job has no spec"))?;
         let new = NewJob {
+            id: JobId::new(),
             project_id: old.project_id,
             ticket_id: old.ticket_id,
             clanker_id: old.clanker_id,
@@ -186,7 +192,8 @@ impl Store {
     }
 
     async fn insert_job(&self, new: NewJob, attempt: u32, retry_of: Option<JobId>) -> Result<Job, StoreError> {
-        let id = JobId::new();
+        let id = new.id;
+
         let now = crate::now();
         let spec = serde_json::to_value(&new.spec).map_err(corrupt)?;
         on_pool!(self, |pool| {

@@ -3,12 +3,11 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use viberglass_server::config::{Config, EncryptionKey};
-use viberglass_server::{AppState, serve};
+use viberglass_server::serve;
 use viberglass_store::Store;
 
 use crate::db::{TestBackend, TestDb};
@@ -58,7 +57,9 @@ impl TestAppBuilder {
             viberglass_server::config::KeySource::Configured(key) => key.clone(),
             viberglass_server::config::KeySource::DataDirFile(_) => EncryptionKey::generate(),
         };
-        let state = AppState { store: store.clone(), config: Arc::new(config), encryption_key: Arc::new(key) };
+        let state =
+            viberglass_server::serve::app_state(config, store.clone(), key, address).expect("application state");
+
         let shutdown = CancellationToken::new();
         tokio::spawn(serve(listener, state, shutdown.clone(), Duration::from_secs(5)));
         TestApp {

@@ -9,7 +9,9 @@
 
 pub mod app;
 pub mod db;
+pub mod git;
 pub mod logs;
+pub mod process;
 
 pub use app::TestApp;
 pub use db::{TestBackend, TestDb};

@@ -25,6 +25,24 @@ enum Command {
     /// Configuration helpers.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Run one job as a viberator (started by a compute target, not by people).
+    Worker(WorkerArgs),
+}
+
+#[derive(Args)]
+struct WorkerArgs {
+    /// The job to run.
+    #[arg(long)]
+    job: String,
+    /// The server to report to.
+    #[arg(long, env = "VIBERGLASS_SERVER_URL")]
+    server_url: String,
+    /// The job's token (from the environment, so it does not show in process lists).
+    #[arg(long, env = "VIBERGLASS_JOB_TOKEN", hide_env_values = true)]
+    token: String,
+    /// The workspace directory [default: the current directory].
+    #[arg(long, env = "VIBERGLASS_WORKSPACE")]
+    workspace: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -79,6 +97,35 @@ fn main() -> ExitCode {
         Command::Serve(args) => run_server(&args, |config| Box::pin(viberglass_server::run(config))),
         Command::Migrate(args) => {
             run_server(&args, |config| Box::pin(async move { serve::open_database(&config).await.map(|_| ()) }))
+        }
+        Command::Worker(args) => run_worker(args),
+    }
+}
+
+fn run_worker(args: WorkerArgs) -> ExitCode {
+    let format = match std::env::var("LOG_FORMAT").as_deref() {
+        Ok("json") => viberglass_server::config::LogFormat::Json,
+        _ => viberglass_server::config::LogFormat::Text,
+    };
+    telemetry::init(format, &std::env::var("LOG_LEVEL").unwrap_or_else(|_| "info".into()));
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let Ok(job_id) = args.job.parse() else {
+        eprintln!("viberglass: error: `{}` is not a job id", args.job);
+        return ExitCode::from(2);
+    };
+    let workspace = match args.workspace.map_or_else(std::env::current_dir, Ok) {
+        Ok(dir) => dir,
+        Err(err) => {
+            eprintln!("viberglass: error: cannot determine the workspace directory: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let config = viberglass_worker::WorkerConfig { job_id, server_url: args.server_url, token: args.token, workspace };
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => ExitCode::from(runtime.block_on(viberglass_worker::run(config))),
+        Err(err) => {
+            eprintln!("viberglass: error: cannot start the async runtime: {err}");
+            ExitCode::FAILURE
         }
     }
 }

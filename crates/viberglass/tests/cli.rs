@@ -1,40 +1,18 @@
 //! The `viberglass` binary as people run it: startup on both databases, and
 //! the one-line failures for each way startup can go wrong.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use viberglass_testkit::process::ServerProcess;
 use viberglass_testkit::{TestBackend, TestDb, backend_tests};
 
-/// Every environment variable the server reads, cleared so the developer's
-/// own settings cannot leak into a test.
-const SERVER_VARIABLES: &[&str] = &[
-    "VIBERGLASS_CONFIG",
-    "VIBERGLASS_DATA_DIR",
-    "DATABASE_URL",
-    "VIBERGLASS_HOST",
-    "VIBERGLASS_PORT",
-    "VIBERGLASS_PUBLIC_URL",
-    "LOG_FORMAT",
-    "LOG_LEVEL",
-    "VIBERGLASS_CORS_ORIGINS",
-    "VIBERGLASS_BODY_LIMIT_BYTES",
-    "SECRETS_ENCRYPTION_KEY",
-    "VIBERGLASS_DB_CONNECT_ATTEMPTS",
-    "VIBERGLASS_DB_MAX_CONNECTIONS",
-    "VIBERGLASS_SHUTDOWN_TIMEOUT_SECS",
-];
-
 fn viberglass(dir: &Path) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_viberglass"));
-    command.current_dir(dir).stdin(Stdio::null());
-    for name in SERVER_VARIABLES {
-        command.env_remove(name);
-    }
-    command
+    viberglass_testkit::process::viberglass(env!("CARGO_BIN_EXE_viberglass"), dir)
 }
+
+const SERVER_VARIABLES: &[&str] = viberglass_testkit::process::SERVER_VARIABLES;
 
 fn key() -> String {
     "ab".repeat(32)
@@ -49,48 +27,11 @@ fn one_line_failure(output: Output, code: i32) -> String {
     stderr.trim_end().to_owned()
 }
 
-/// A running `viberglass serve`, killed when dropped.
-struct Server {
-    child: Child,
-    port: u16,
-}
+struct Server;
 
 impl Server {
-    fn start(mut command: Command) -> Server {
-        command.args(["serve", "--port", "0"]).env("LOG_FORMAT", "json").stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = command.spawn().expect("start viberglass serve");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("listening on http://").nth(1) {
-                    let port =
-                        rest.split(|c: char| !c.is_ascii_digit() && c != ':' && c != '.').next().unwrap_or_default();
-                    let port = port.rsplit(':').next().and_then(|p| p.parse::<u16>().ok());
-                    let _ = tx.send(port);
-                }
-            }
-        });
-        match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(Some(port)) => Server { child, port },
-            _ => {
-                let _ = child.kill();
-                let output = child.wait_with_output().unwrap();
-                panic!("the server did not start: {}", String::from_utf8_lossy(&output.stderr));
-            }
-        }
-    }
-
-    async fn readyz(&self) -> (u16, serde_json::Value) {
-        let response = reqwest::get(format!("http://127.0.0.1:{}/readyz", self.port)).await.expect("readyz answers");
-        (response.status().as_u16(), response.json().await.unwrap_or_default())
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    fn start(command: Command) -> ServerProcess {
+        ServerProcess::start(command, 0)
     }
 }
 

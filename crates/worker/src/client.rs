@@ -8,7 +8,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use viberglass_domain::JobId;
 use viberglass_domain::protocol::{
-    Bootstrap, DocumentReply, DocumentUpload, EventBatch, EventsReply, HeartbeatReply, PREFIX, ResultReply, WorkerResult,
+    Bootstrap, DocumentReply, DocumentUpload, EventBatch, EventsReply, HeartbeatReply, PREFIX, ResultReply,
+    WorkerResult,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +58,8 @@ impl Client {
         let started = Instant::now();
         let mut delay = Duration::from_millis(200);
         loop {
-            let mut request = self.http.request(method.clone(), format!("{}{path}", self.base)).bearer_auth(&self.token);
+            let mut request =
+                self.http.request(method.clone(), format!("{}{path}", self.base)).bearer_auth(&self.token);
             if let Some(body) = body {
                 request = request.json(body);
             }

@@ -43,7 +43,9 @@ impl Git {
             .env("GIT_ASKPASS", &self.askpass)
             .env_remove("VIBERGLASS_JOB_TOKEN");
         if let Some(credential) = &self.credential {
-            command.env("VIBERGLASS_GIT_USERNAME", &credential.username).env("VIBERGLASS_GIT_PASSWORD", &credential.password);
+            command
+                .env("VIBERGLASS_GIT_USERNAME", &credential.username)
+                .env("VIBERGLASS_GIT_PASSWORD", &credential.password);
         }
         let output = command.output().await?;
         Ok(Output {
@@ -91,7 +93,9 @@ pub fn clone_failure(url: &str, branch: &str, stderr: &str, had_credential: bool
         Failure::new(
             FailureLayer::Clone,
             "base_branch_not_found",
-            format!("the repository has no branch `{branch}`: set the project's base branch to an existing branch, then re-run"),
+            format!(
+                "the repository has no branch `{branch}`: set the project's base branch to an existing branch, then re-run"
+            ),
             false,
         )
     } else if auth {
@@ -110,7 +114,9 @@ pub fn clone_failure(url: &str, branch: &str, stderr: &str, had_credential: bool
         Failure::new(
             FailureLayer::Clone,
             "repository_not_found",
-            format!("cloning {url} failed: the repository does not exist at that address; check the project's repository URL, then re-run"),
+            format!(
+                "cloning {url} failed: the repository does not exist at that address; check the project's repository URL, then re-run"
+            ),
             false,
         )
     } else {
@@ -135,7 +141,12 @@ mod tests {
         assert_eq!(missing.code, "repository_not_found");
         assert_eq!(refused.code, "clone_authentication_failed");
         assert!(refused.message.contains("expired"), "{}", refused.message);
-        let branch = clone_failure("u", "dev", "warning: Could not find remote branch dev to clone.\nfatal: Remote branch dev not found in upstream origin", false);
+        let branch = clone_failure(
+            "u",
+            "dev",
+            "warning: Could not find remote branch dev to clone.\nfatal: Remote branch dev not found in upstream origin",
+            false,
+        );
         assert_eq!(branch.code, "base_branch_not_found");
     }
 }

@@ -26,7 +26,12 @@ pub async fn run_agent(
 ) -> Result<AgentEnd, Failure> {
     let HarnessSpec::Command { command } = &spec.harness;
     let (program, args) = command.split_first().ok_or_else(|| {
-        Failure::new(FailureLayer::Agent, "no_command", "the clanker's command is empty: set agent_settings.command", false)
+        Failure::new(
+            FailureLayer::Agent,
+            "no_command",
+            "the clanker's command is empty: set agent_settings.command",
+            false,
+        )
     })?;
     let mut child = tokio::process::Command::new(program)
         .args(args)

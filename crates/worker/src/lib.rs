@@ -46,7 +46,11 @@ pub async fn run(config: WorkerConfig) -> u8 {
     tracing::info!(phase = %boot.spec.phase, "bootstrapped");
     let sink = EventSink::start(client.clone());
     let cancel = CancellationToken::new();
-    let heartbeat = tokio::spawn(heartbeat_loop(client.clone(), Duration::from_secs(boot.spec.heartbeat_interval_secs.max(1)), cancel.clone()));
+    let heartbeat = tokio::spawn(heartbeat_loop(
+        client.clone(),
+        Duration::from_secs(boot.spec.heartbeat_interval_secs.max(1)),
+        cancel.clone(),
+    ));
 
     let end = pipeline::run(pipeline::Context {
         boot: &boot,
@@ -69,7 +73,6 @@ pub async fn run(config: WorkerConfig) -> u8 {
     cleanup(&config.workspace, (job_failed || code != 0) && boot.spec.keep_workspace_on_failure);
     code
 }
-
 
 async fn report(client: &Client, result: &WorkerResult) -> u8 {
     match client.result(result).await {

@@ -66,7 +66,8 @@ async fn steps(cx: &Context<'_>) -> Result<End, Failure> {
         .await
         .map_err(|e| io_failure("running git", e))?;
     if !clone.success {
-        let failure = clone_failure(&spec.repository_url, &spec.base_branch, &clone.stderr, cx.boot.git_credential.is_some());
+        let failure =
+            clone_failure(&spec.repository_url, &spec.base_branch, &clone.stderr, cx.boot.git_credential.is_some());
         cx.sink.log(viberglass_domain::LogLevel::Error, clone.stderr.trim());
         return Err(failure);
     }
@@ -125,13 +126,19 @@ async fn commit(cx: &Context<'_>, git: &Git, repo: &Path) -> Result<End, Failure
     };
     let checkout = run(vec!["checkout".into(), "-b".into(), spec.branch.clone()]).await?;
     if !checkout.success {
-        return Err(Failure::new(FailureLayer::Commit, "branch_failed", format!("cannot create the branch {}", spec.branch), false)
-            .with_detail(checkout.stderr));
+        return Err(Failure::new(
+            FailureLayer::Commit,
+            "branch_failed",
+            format!("cannot create the branch {}", spec.branch),
+            false,
+        )
+        .with_detail(checkout.stderr));
     }
     // `add -A` takes new files too; instruction files are excluded above.
     let add = run(vec!["add".into(), "-A".into()]).await?;
     if !add.success {
-        return Err(Failure::new(FailureLayer::Commit, "add_failed", "git could not stage the changes", true).with_detail(add.stderr));
+        return Err(Failure::new(FailureLayer::Commit, "add_failed", "git could not stage the changes", true)
+            .with_detail(add.stderr));
     }
     let changed = run(vec!["diff".into(), "--cached".into(), "--name-status".into()]).await?;
     let files: Vec<serde_json::Value> = changed
@@ -166,11 +173,17 @@ async fn commit(cx: &Context<'_>, git: &Git, repo: &Path) -> Result<End, Failure
     ])
     .await?;
     if !commit.success {
-        return Err(Failure::new(FailureLayer::Commit, "commit_failed", "git could not commit the changes", true).with_detail(commit.stderr));
+        return Err(Failure::new(FailureLayer::Commit, "commit_failed", "git could not commit the changes", true)
+            .with_detail(commit.stderr));
     }
     let sha = run(vec!["rev-parse".into(), "HEAD".into()]).await?.stdout.trim().to_owned();
     Ok(End::Report(WorkerResult::Completed {
-        summary: format!("committed {} changed file(s) to {} ({})", files.len(), spec.branch, &sha[..sha.len().min(12)]),
+        summary: format!(
+            "committed {} changed file(s) to {} ({})",
+            files.len(),
+            spec.branch,
+            &sha[..sha.len().min(12)]
+        ),
         result: serde_json::json!({"branch": spec.branch, "commit": sha, "changed_files": files}),
     }))
 }

@@ -3,9 +3,12 @@
 //! the OpenAPI document is generated from the same declarations that route
 //! requests.
 
+mod clankers;
 mod health;
+mod jobs;
 mod projects;
 mod tickets;
+pub mod worker;
 
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -25,9 +28,28 @@ use crate::AppState;
         (name = "health", description = "Liveness and readiness"),
         (name = "projects", description = "Projects: one repository and its settings"),
         (name = "tickets", description = "Tickets: requested changes"),
-    )
+        (name = "clankers", description = "Clankers: saved worker configurations"),
+        (name = "jobs", description = "Jobs (runs): one worker invocation for one phase"),
+        (name = "worker", description = "The worker protocol, called by viberators with their job token"),
+    ),
+    modifiers(&WorkerTokenScheme)
 )]
 struct ApiDoc;
+
+struct WorkerTokenScheme;
+
+impl utoipa::Modify for WorkerTokenScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "worker_token",
+            SecurityScheme::Http(
+                HttpBuilder::new().scheme(HttpAuthScheme::Bearer).description(Some("The job's worker token")).build(),
+            ),
+        );
+    }
+}
 
 /// Every API route, with its OpenAPI description.
 pub fn router() -> OpenApiRouter<AppState> {
@@ -43,6 +65,22 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(tickets::get_ticket, tickets::update_ticket))
         .routes(routes!(tickets::archive_ticket))
         .routes(routes!(tickets::unarchive_ticket))
+        .routes(routes!(clankers::list_clankers, clankers::create_clanker))
+        .routes(routes!(clankers::get_clanker))
+        .routes(routes!(clankers::start_clanker))
+        .routes(routes!(clankers::stop_clanker))
+        .routes(routes!(jobs::create_run))
+        .routes(routes!(jobs::list_jobs))
+        .routes(routes!(jobs::get_job))
+        .routes(routes!(jobs::cancel_job))
+        .routes(routes!(jobs::rerun_job))
+        .routes(routes!(jobs::list_events))
+        .routes(routes!(jobs::stream_events))
+        .routes(routes!(worker::bootstrap))
+        .routes(routes!(worker::heartbeat))
+        .routes(routes!(worker::events))
+        .routes(routes!(worker::document))
+        .routes(routes!(worker::result))
 }
 
 /// Parses an optional enum-valued query parameter, recording a bad value.

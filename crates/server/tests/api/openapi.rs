@@ -21,6 +21,23 @@ const ROUTES: &[(&str, &str)] = &[
     ("patch", "/api/v1/tickets/{ticket_id}"),
     ("post", "/api/v1/tickets/{ticket_id}/archive"),
     ("post", "/api/v1/tickets/{ticket_id}/unarchive"),
+    ("get", "/api/v1/clankers"),
+    ("post", "/api/v1/clankers"),
+    ("get", "/api/v1/clankers/{clanker}"),
+    ("post", "/api/v1/clankers/{clanker}/start"),
+    ("post", "/api/v1/clankers/{clanker}/stop"),
+    ("post", "/api/v1/tickets/{ticket_id}/runs"),
+    ("get", "/api/v1/jobs"),
+    ("get", "/api/v1/jobs/{job_id}"),
+    ("post", "/api/v1/jobs/{job_id}/cancel"),
+    ("post", "/api/v1/jobs/{job_id}/rerun"),
+    ("get", "/api/v1/jobs/{job_id}/events"),
+    ("get", "/api/v1/jobs/{job_id}/events/stream"),
+    ("get", "/api/worker/v1/jobs/{job_id}/bootstrap"),
+    ("post", "/api/worker/v1/jobs/{job_id}/heartbeat"),
+    ("post", "/api/worker/v1/jobs/{job_id}/events"),
+    ("post", "/api/worker/v1/jobs/{job_id}/document"),
+    ("post", "/api/worker/v1/jobs/{job_id}/result"),
 ];
 
 const METHODS: &[&str] = &["get", "post", "put", "patch", "delete"];
@@ -32,7 +49,10 @@ async fn spec(app: &TestApp) -> Value {
 }
 
 fn concrete(path: &str) -> String {
-    path.replace("{project}", "some-project").replace("{ticket_id}", &uuid::Uuid::now_v7().to_string())
+    path.replace("{project}", "some-project")
+        .replace("{clanker}", "some-clanker")
+        .replace("{ticket_id}", &uuid::Uuid::now_v7().to_string())
+        .replace("{job_id}", &uuid::Uuid::now_v7().to_string())
 }
 
 #[tokio::test]

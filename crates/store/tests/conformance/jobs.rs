@@ -54,7 +54,9 @@ async fn clanker(store: &Store, name: &str, limit: u32) -> viberglass_domain::Cl
 
 fn job(project: &Project, clanker: Option<&viberglass_domain::Clanker>) -> NewJob {
     NewJob {
+        id: viberglass_domain::JobId::new(),
         project_id: project.id,
+
         ticket_id: None,
         clanker_id: clanker.map(|c| c.id),
         spec: spec(Phase::Execution),

@@ -1,0 +1,165 @@
+//! The worker protocol, `/api/worker/v1`: what a viberator calls. Every
+//! route takes `Authorization: Bearer <job token>`; the token is compared
+//! (as its hash) in constant time, is valid only for its own job, and is
+//! dead once the job has ended (410 `job_ended`, which tells the worker to stop).
+
+use axum::Json;
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use subtle::ConstantTimeEq;
+use viberglass_domain::protocol::{
+    Bootstrap, DocumentReply, DocumentUpload, EventBatch, EventsReply, HeartbeatReply, ResultReply, WorkerResult,
+};
+use viberglass_domain::{EventKind, FailureLayer, JobId, JobStatus, LogLevel};
+use viberglass_store::Outcome;
+
+use crate::AppState;
+use crate::engine::hash_token;
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::extract::ApiJson;
+
+/// The most events one batch may carry.
+pub const MAX_BATCH: usize = 1000;
+
+/// A request authenticated as the worker of the job in its path.
+pub struct WorkerAuth(pub JobId);
+
+fn refused() -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "invalid_worker_token",
+        "the worker token is missing or not valid for this job",
+    )
+}
+
+impl FromRequestParts<AppState> for WorkerAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let Path(job) = Path::<String>::from_request_parts(parts, state).await.map_err(|_| refused())?;
+        let job_id: JobId = job.parse().map_err(|_| refused())?;
+        let token = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(refused)?;
+        let Some((status, Some(stored))) = state.store.job_token(job_id).await? else { return Err(refused()) };
+        let presented = hash_token(token.trim());
+        if !bool::from(presented.as_bytes().ct_eq(stored.as_bytes())) {
+            return Err(refused());
+        }
+        if status.is_terminal() {
+            return Err(ApiError::new(
+                StatusCode::GONE,
+                "job_ended",
+                format!("the job has ended ({status}); stop working on it"),
+            ));
+        }
+        Ok(WorkerAuth(job_id))
+    }
+}
+
+/// The job's spec and the secrets it may use. Marks the job active.
+#[utoipa::path(
+    get, path = "/api/worker/v1/jobs/{job_id}/bootstrap", tag = "worker",
+    params(("job_id" = String, Path)), security(("worker_token" = [])),
+    responses((status = 200, body = Bootstrap), (status = 401, body = ErrorBody), (status = 410, body = ErrorBody))
+)]
+pub async fn bootstrap(State(state): State<AppState>, WorkerAuth(id): WorkerAuth) -> ApiResult<Json<Bootstrap>> {
+    state.store.heartbeat_job(id).await?;
+    let job = state.store.get_job(id).await?;
+    let spec = job.spec.ok_or_else(|| ApiError::internal("a job without a spec"))?;
+    state.store.append_event(id, EventKind::Status, LogLevel::Info, "worker running", None).await?;
+    Ok(Json(Bootstrap { job_id: id, spec, secrets: Default::default(), git_credential: None }))
+}
+
+/// The worker is alive. The answer says whether to go on.
+#[utoipa::path(
+    post, path = "/api/worker/v1/jobs/{job_id}/heartbeat", tag = "worker",
+    params(("job_id" = String, Path)), security(("worker_token" = [])),
+    responses((status = 200, body = HeartbeatReply), (status = 401, body = ErrorBody), (status = 410, body = ErrorBody))
+)]
+pub async fn heartbeat(State(state): State<AppState>, WorkerAuth(id): WorkerAuth) -> ApiResult<Json<HeartbeatReply>> {
+    let status = state.store.heartbeat_job(id).await?;
+    Ok(Json(HeartbeatReply { status, cancel: status.is_terminal() }))
+}
+
+/// Progress steps, log lines and agent events, numbered by the worker; a batch sent twice is stored once.
+#[utoipa::path(
+    post, path = "/api/worker/v1/jobs/{job_id}/events", tag = "worker", request_body = EventBatch,
+    params(("job_id" = String, Path)), security(("worker_token" = [])),
+    responses((status = 200, body = EventsReply), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 410, body = ErrorBody))
+)]
+pub async fn events(
+    State(state): State<AppState>,
+    WorkerAuth(id): WorkerAuth,
+    ApiJson(batch): ApiJson<EventBatch>,
+) -> ApiResult<Json<EventsReply>> {
+    if batch.events.len() > MAX_BATCH {
+        return Err(ApiError::invalid_field(
+            "events",
+            format!("at most {MAX_BATCH} events per batch (got {})", batch.events.len()),
+        ));
+    }
+    let stored = state.store.append_worker_events(id, &batch.events).await?;
+    Ok(Json(EventsReply { stored }))
+}
+
+/// The research or planning document the agent wrote; saved as a new revision.
+#[utoipa::path(
+    post, path = "/api/worker/v1/jobs/{job_id}/document", tag = "worker", request_body = DocumentUpload,
+    params(("job_id" = String, Path)), security(("worker_token" = [])),
+    responses((status = 200, body = DocumentReply), (status = 401, body = ErrorBody), (status = 410, body = ErrorBody), (status = 422, body = ErrorBody))
+)]
+pub async fn document(
+    State(state): State<AppState>,
+    WorkerAuth(id): WorkerAuth,
+    ApiJson(upload): ApiJson<DocumentUpload>,
+) -> ApiResult<Json<DocumentReply>> {
+    let job = state.store.get_job(id).await?;
+    let Some(ticket_id) = job.ticket_id else {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "no_ticket",
+            "this job has no ticket to attach a document to",
+        ));
+    };
+    if job.phase.document_name().is_none() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "no_document_phase",
+            "execution runs produce no document",
+        ));
+    }
+    let revision = state.store.save_agent_document(ticket_id, job.phase, &upload.content, id).await?;
+    Ok(Json(DocumentReply { revision }))
+}
+
+/// How the run ended. Reporting twice changes nothing.
+#[utoipa::path(
+    post, path = "/api/worker/v1/jobs/{job_id}/result", tag = "worker", request_body = WorkerResult,
+    params(("job_id" = String, Path)), security(("worker_token" = [])),
+    responses((status = 200, body = ResultReply), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 410, body = ErrorBody))
+)]
+pub async fn result(
+    State(state): State<AppState>,
+    WorkerAuth(id): WorkerAuth,
+    ApiJson(result): ApiJson<WorkerResult>,
+) -> ApiResult<Json<ResultReply>> {
+    let outcome = match result {
+        WorkerResult::Completed { result, summary } => Outcome::Completed { result, summary },
+        WorkerResult::Failed { mut failure } => {
+            // A worker cannot claim layers only the server decides.
+            if matches!(failure.layer, FailureLayer::Cancelled | FailureLayer::Heartbeat | FailureLayer::Timeout) {
+                failure.layer = FailureLayer::Internal;
+            }
+            Outcome::Failed(failure)
+        }
+    };
+    state.store.finish_job(id, outcome).await?;
+    let status = state.store.get_job(id).await?.status;
+    debug_assert!(status.is_terminal() || status == JobStatus::Queued);
+    Ok(Json(ResultReply { status }))
+}

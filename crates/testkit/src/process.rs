@@ -1,0 +1,107 @@
+//! `viberglass serve` as a separate process, for tests that kill or restart it.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// Every environment variable the server reads, cleared so the developer's
+/// own settings cannot leak into a test.
+pub const SERVER_VARIABLES: &[&str] = &[
+    "VIBERGLASS_CONFIG",
+    "VIBERGLASS_DATA_DIR",
+    "DATABASE_URL",
+    "VIBERGLASS_HOST",
+    "VIBERGLASS_PORT",
+    "VIBERGLASS_PUBLIC_URL",
+    "LOG_FORMAT",
+    "LOG_LEVEL",
+    "VIBERGLASS_CORS_ORIGINS",
+    "VIBERGLASS_BODY_LIMIT_BYTES",
+    "SECRETS_ENCRYPTION_KEY",
+    "VIBERGLASS_DB_CONNECT_ATTEMPTS",
+    "VIBERGLASS_DB_MAX_CONNECTIONS",
+    "VIBERGLASS_SHUTDOWN_TIMEOUT_SECS",
+    "VIBERGLASS_WORKER_BINARY",
+    "VIBERGLASS_HEARTBEAT_INTERVAL_SECS",
+    "VIBERGLASS_HEARTBEAT_GRACE_SECS",
+    "VIBERGLASS_REAPER_INTERVAL_MS",
+    "VIBERGLASS_DISPATCH_INTERVAL_MS",
+    "VIBERGLASS_KEEP_FAILED_WORKSPACES",
+];
+
+/// A `viberglass` command with a clean environment, run in `dir`.
+pub fn viberglass(binary: &str, dir: &Path) -> Command {
+    let mut command = Command::new(binary);
+    command.current_dir(dir).stdin(Stdio::null());
+    for name in SERVER_VARIABLES {
+        command.env_remove(name);
+    }
+    command
+}
+
+/// A running `viberglass serve`, killed when dropped.
+pub struct ServerProcess {
+    pub child: Child,
+    pub port: u16,
+}
+
+impl ServerProcess {
+    /// Starts `command` (a [`viberglass`] command) as `serve` on `port` (0: any) and
+    /// waits until it reports its address.
+    pub fn start(mut command: Command, port: u16) -> ServerProcess {
+        command
+            .args(["serve", "--port", &port.to_string()])
+            .env("LOG_FORMAT", "json")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("start viberglass serve");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if !sent && let Some(rest) = line.split("listening on http://").nth(1) {
+                    let address: String =
+                        rest.chars().take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':').collect();
+                    let _ = tx.send(address.rsplit(':').next().and_then(|p| p.parse::<u16>().ok()));
+                    sent = true;
+                }
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(Some(port)) => ServerProcess { child, port },
+            _ => {
+                let _ = child.kill();
+                let output = child.wait_with_output().unwrap();
+                panic!("the server did not start: {}", String::from_utf8_lossy(&output.stderr));
+            }
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub async fn readyz(&self) -> (u16, serde_json::Value) {
+        let response = reqwest::get(self.url("/readyz")).await.expect("readyz answers");
+        (response.status().as_u16(), response.json().await.unwrap_or_default())
+    }
+
+    /// Kills the server at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A port that was free a moment ago (for a server that must come back on the same port).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}

@@ -1,0 +1,318 @@
+//! The job engine end to end: real server, real `viberglass worker`
+//! processes on the local compute target, real git repositories.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use viberglass_testkit::git::TestRepo;
+use viberglass_testkit::{TestApp, TestBackend};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_viberglass");
+
+/// A server whose dispatcher and reaper run fast, with workers that heartbeat every second.
+async fn app(backend: TestBackend, grace_secs: u32) -> TestApp {
+    TestApp::builder(backend)
+        .env("VIBERGLASS_WORKER_BINARY", BINARY)
+        .env("VIBERGLASS_DISPATCH_INTERVAL_MS", "50")
+        .env("VIBERGLASS_REAPER_INTERVAL_MS", "200")
+        .env("VIBERGLASS_HEARTBEAT_INTERVAL_SECS", "1")
+        .env("VIBERGLASS_HEARTBEAT_GRACE_SECS", &grace_secs.to_string())
+        .spawn()
+        .await
+}
+
+struct Setup {
+    ticket: String,
+}
+
+/// A project on `repo_url`, a started command clanker running `script`, and a ticket.
+async fn setup(app: &TestApp, repo_url: &str, script: &str, max_execution_secs: u32) -> Setup {
+    app.create_project(json!({"name": "Shop", "repository_url": repo_url, "max_execution_secs": max_execution_secs}))
+        .await;
+    let clanker = app
+        .post_json(
+            "/api/v1/clankers",
+            &json!({
+                "name": "Scripted",
+                "agent": "command",
+                "agent_settings": {"command": ["sh", "-c", script]},
+                "max_concurrent_jobs": 10,
+                "instruction_files": [{"path": "AGENTS.md", "content": "Keep it small."}],
+            }),
+        )
+        .await;
+    assert_eq!(clanker.status(), 201, "{}", clanker.text().await.unwrap());
+    let started: Value = app.post_json("/api/v1/clankers/scripted/start", &json!({})).await.json().await.unwrap();
+    assert_eq!(started["status"], "active", "{started}");
+    let ticket = app.create_ticket("shop", json!({"title": "Fix the readme"})).await;
+    Setup { ticket: ticket["id"].as_str().unwrap().to_owned() }
+}
+
+async fn run(app: &TestApp, setup: &Setup, phase: &str) -> String {
+    let response = app
+        .post_json(&format!("/api/v1/tickets/{}/runs", setup.ticket), &json!({"phase": phase, "clanker": "scripted"}))
+        .await;
+    assert_eq!(response.status(), 202, "{}", response.text().await.unwrap());
+    let job: Value = response.json().await.unwrap();
+    job["id"].as_str().unwrap().to_owned()
+}
+
+async fn job(app: &TestApp, id: &str) -> Value {
+    app.get(&format!("/api/v1/jobs/{id}")).await.json().await.unwrap()
+}
+
+/// Waits until the job's status is one of `statuses`.
+async fn wait_for(app: &TestApp, id: &str, statuses: &[&str], within: Duration) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let job = job(app, id).await;
+        if statuses.contains(&job["status"].as_str().unwrap_or_default()) {
+            return job;
+        }
+        assert!(Instant::now() < deadline, "job not {statuses:?} within {within:?}: {job}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn pid_of(job: &Value) -> u32 {
+    job["compute_ref"]
+        .as_str()
+        .and_then(|r| r.strip_prefix("local:"))
+        .and_then(|p| p.parse().ok())
+        .expect("a local worker")
+}
+
+/// Whether any process of the worker's process group still runs.
+fn group_alive(pid: u32) -> bool {
+    std::process::Command::new("kill")
+        .args(["-0", "--", &format!("-{pid}")])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+async fn wait_until_gone(pid: u32, within: Duration) {
+    let deadline = Instant::now() + within;
+    while group_alive(pid) {
+        assert!(Instant::now() < deadline, "worker process group {pid} still runs after {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Reads the job's SSE stream from `last_event_id` to its `end` event: (id, event, data) triples.
+async fn read_stream(app: &TestApp, id: &str, last_event_id: Option<i64>) -> Vec<(i64, String, Value)> {
+    let mut request = app.client.get(app.url(&format!("/api/v1/jobs/{id}/events/stream")));
+    if let Some(last) = last_event_id {
+        request = request.header("Last-Event-ID", last.to_string());
+    }
+    let text = request.send().await.unwrap().text().await.unwrap();
+    let mut frames = Vec::new();
+    for block in text.split("\n\n") {
+        let (mut event_id, mut event, mut data) = (0, String::new(), Value::Null);
+        for line in block.lines() {
+            if let Some(v) = line.strip_prefix("id: ").or_else(|| line.strip_prefix("id:")) {
+                event_id = v.trim().parse().unwrap_or(0);
+            } else if let Some(v) = line.strip_prefix("event: ").or_else(|| line.strip_prefix("event:")) {
+                event = v.trim().to_owned();
+            } else if let Some(v) = line.strip_prefix("data: ").or_else(|| line.strip_prefix("data:")) {
+                data = serde_json::from_str(v.trim()).unwrap_or(Value::Null);
+            }
+        }
+        if !event.is_empty() {
+            frames.push((event_id, event, data));
+        }
+    }
+    frames
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_execution_run_clones_runs_the_agent_and_commits_new_files_too() {
+    let app = app(TestBackend::Sqlite, 30).await;
+    let repo = TestRepo::with_files(&[("README.md", "# Shop\n")]);
+    let script = "echo 'Fixed.' >> README.md && echo 'brand new' > NEW.md && echo 'Fix the readme' > PR_TITLE.md \
+                  && test -f AGENTS.md && echo agent-says-hello";
+    let setup = setup(&app, &repo.url(), script, 600).await;
+    let id = run(&app, &setup, "execution").await;
+    let done = wait_for(&app, &id, &["completed", "failed"], Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let files: Vec<(String, String)> = done["result"]["changed_files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["status"].as_str().unwrap().to_owned(), f["path"].as_str().unwrap().to_owned()))
+        .collect();
+    assert_eq!(
+        files,
+        [("A".to_owned(), "NEW.md".to_owned()), ("M".to_owned(), "README.md".to_owned())],
+        "instruction and PR files are never committed"
+    );
+    assert!(done["result"]["branch"].as_str().unwrap().starts_with("viberglass/"));
+    assert_eq!(done["status_message"].as_str().unwrap().split(' ').next(), Some("committed"));
+
+    // Progress and logs arrive in order over SSE, then the stream ends.
+    let frames = read_stream(&app, &id, None).await;
+    let ids: Vec<i64> = frames.iter().filter(|f| f.0 > 0).map(|f| f.0).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "event ids increase: {ids:?}");
+    let messages: Vec<&str> = frames.iter().filter_map(|f| f.2["message"].as_str()).collect();
+    let position = |needle: &str| {
+        messages.iter().position(|m| m.contains(needle)).unwrap_or_else(|| panic!("no `{needle}` in {messages:#?}"))
+    };
+    assert!(position("queued") < position("cloning"));
+    assert!(position("cloning") < position("running the agent"));
+    assert!(position("running the agent") < position("agent-says-hello"));
+    assert!(position("agent-says-hello") < position("committing"));
+    assert!(position("committing") < position("completed: committed"));
+    assert_eq!(frames.last().unwrap().1, "end");
+
+    // Resuming after the third event replays from the fourth, without repeats.
+    let resumed = read_stream(&app, &id, Some(ids[2])).await;
+    let resumed_ids: Vec<i64> = resumed.iter().filter(|f| f.0 > 0).map(|f| f.0).collect();
+    assert_eq!(resumed_ids, ids[3..]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn research_uploads_its_document_and_a_missing_document_fails_clearly() {
+    let app = app(TestBackend::Sqlite, 30).await;
+    let repo = TestRepo::with_files(&[("README.md", "# Shop\n")]);
+    let setup =
+        setup(&app, &repo.url(), "test \"$VIBERGLASS_PHASE\" = research && printf '# Findings\\n' > RESEARCH.md", 600)
+            .await;
+    let id = run(&app, &setup, "research").await;
+    let done = wait_for(&app, &id, &["completed", "failed"], Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["result"], json!({"document": "RESEARCH.md", "revision": 1}));
+    let (content, revision) = app
+        .store
+        .phase_document(setup.ticket.parse().unwrap(), viberglass_domain::Phase::Research)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((content.as_str(), revision), ("# Findings\n", 1));
+
+    // Planning with the same script writes no PLAN.md.
+    let id = run(&app, &setup, "planning").await;
+    let failed = wait_for(&app, &id, &["completed", "failed"], Duration::from_secs(60)).await;
+    assert_eq!(failed["status"], "failed");
+    assert_eq!(failed["failure"]["code"], "agent_exited_nonzero", "{failed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_run_fails_the_job_with_the_heartbeat_message() {
+    let app = app(TestBackend::Sqlite, 3).await;
+    let repo = TestRepo::with_files(&[("README.md", "x")]);
+    let setup = setup(&app, &repo.url(), "sleep 120", 600).await;
+    let id = run(&app, &setup, "execution").await;
+    let active = wait_for(&app, &id, &["active"], Duration::from_secs(30)).await;
+    let pid = pid_of(&active);
+    wait_for_progress(&app, &id, "running the agent").await;
+    let killed_at = Instant::now();
+    std::process::Command::new("kill").args(["-KILL", "--", &format!("-{pid}")]).status().unwrap();
+    let failed = wait_for(&app, &id, &["failed", "completed"], Duration::from_secs(3 + 10)).await;
+    assert!(killed_at.elapsed() <= Duration::from_secs(13));
+    assert_eq!(failed["status"], "failed");
+    assert_eq!(failed["failure"]["layer"], "heartbeat");
+    assert!(failed["status_message"].as_str().unwrap().starts_with("the worker stopped reporting"), "{failed}");
+    wait_until_gone(pid, Duration::from_secs(5)).await;
+}
+
+async fn wait_for_progress(app: &TestApp, id: &str, step: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while job(app, id).await["progress_step"].as_str() != Some(step) {
+        assert!(Instant::now() < deadline, "never reached `{step}`");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_the_worker_within_five_seconds() {
+    let app = app(TestBackend::Sqlite, 30).await;
+    let repo = TestRepo::with_files(&[("README.md", "x")]);
+    let setup = setup(&app, &repo.url(), "sleep 120", 600).await;
+    let id = run(&app, &setup, "execution").await;
+    let active = wait_for(&app, &id, &["active"], Duration::from_secs(30)).await;
+    let pid = pid_of(&active);
+    wait_for_progress(&app, &id, "running the agent").await;
+    let response = app.post_json(&format!("/api/v1/jobs/{id}/cancel"), &json!({})).await;
+    assert_eq!(response.status(), 200);
+    let cancelled: Value = response.json().await.unwrap();
+    assert_eq!(cancelled["status"], "cancelled");
+    assert_eq!(cancelled["cancelled_by"], "an API client");
+    wait_until_gone(pid, Duration::from_secs(5)).await;
+    let again = app.post_json(&format!("/api/v1/jobs/{id}/cancel"), &json!({})).await;
+    assert_eq!(again.status(), 409);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_past_the_max_execution_time_is_stopped_with_the_limit_message() {
+    let app = app(TestBackend::Sqlite, 30).await;
+    let repo = TestRepo::with_files(&[("README.md", "x")]);
+    let setup = setup(&app, &repo.url(), "sleep 60", 30).await;
+    let id = run(&app, &setup, "execution").await;
+    let active = wait_for(&app, &id, &["active"], Duration::from_secs(30)).await;
+    let pid = pid_of(&active);
+    let failed = wait_for(&app, &id, &["failed", "completed"], Duration::from_secs(45)).await;
+    assert_eq!(failed["failure"]["layer"], "timeout", "{failed}");
+    let message = failed["status_message"].as_str().unwrap();
+    assert!(message.contains("30 s") && message.contains("max_execution_secs"), "{message}");
+    wait_until_gone(pid, Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_run_that_heartbeats_is_never_failed_for_being_long() {
+    let app = app(TestBackend::Sqlite, 20).await;
+    let repo = TestRepo::with_files(&[("README.md", "x")]);
+    let setup = setup(&app, &repo.url(), "sleep 180 && echo done >> README.md", 600).await;
+    let id = run(&app, &setup, "execution").await;
+    let done = wait_for(&app, &id, &["completed", "failed"], Duration::from_secs(240)).await;
+    assert_eq!(done["status"], "completed", "{done}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloning_a_missing_repository_fails_in_the_clone_layer() {
+    let app = app(TestBackend::Sqlite, 30).await;
+    let setup = setup(&app, "file:///nonexistent/nothing-here.git", "true", 600).await;
+    let id = run(&app, &setup, "execution").await;
+    let failed = wait_for(&app, &id, &["failed", "completed"], Duration::from_secs(60)).await;
+    assert_eq!(failed["failure"]["layer"], "clone", "{failed}");
+    assert_eq!(failed["failure"]["code"], "repository_not_found");
+    assert!(failed["status_message"].as_str().unwrap().contains("does not exist"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rerun_is_a_new_attempt_that_runs_again() {
+    let app = app(TestBackend::Sqlite, 30).await;
+    let repo = TestRepo::with_files(&[("README.md", "x")]);
+    let setup = setup(&app, &repo.url(), "echo more >> README.md", 600).await;
+    let first = run(&app, &setup, "execution").await;
+    wait_for(&app, &first, &["completed"], Duration::from_secs(60)).await;
+    let response = app.post_json(&format!("/api/v1/jobs/{first}/rerun"), &json!({})).await;
+    assert_eq!(response.status(), 202);
+    let second: Value = response.json().await.unwrap();
+    assert_eq!((second["attempt"].as_u64(), second["retry_of"].as_str()), (Some(2), Some(first.as_str())));
+    let done = wait_for(&app, second["id"].as_str().unwrap(), &["completed", "failed"], Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "completed");
+    let listed: Value = app.get(&format!("/api/v1/jobs?ticket={}", setup.ticket)).await.json().await.unwrap();
+    assert_eq!(listed["items"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_needs_a_started_clanker_and_a_repository() {
+    let app = app(TestBackend::Sqlite, 30).await;
+    app.create_project(json!({"name": "Bare"})).await;
+    app.post_json(
+        "/api/v1/clankers",
+        &json!({"name": "Idle", "agent": "command", "agent_settings": {"command": ["true"]}}),
+    )
+    .await;
+    let ticket = app.create_ticket("bare", json!({"title": "x"})).await;
+    let path = format!("/api/v1/tickets/{}/runs", ticket["id"].as_str().unwrap());
+    let not_started: Value =
+        app.post_json(&path, &json!({"phase": "research", "clanker": "idle"})).await.json().await.unwrap();
+    assert_eq!(not_started["code"], "clanker_not_started", "{not_started}");
+    app.post_json("/api/v1/clankers/idle/start", &json!({})).await;
+    let no_repo: Value =
+        app.post_json(&path, &json!({"phase": "research", "clanker": "idle"})).await.json().await.unwrap();
+    assert_eq!(no_repo["code"], "project_has_no_repository", "{no_repo}");
+    let bad_phase = app.post_json(&path, &json!({"phase": "deploy", "clanker": "idle"})).await;
+    assert_eq!(bad_phase.status(), 400);
+}
