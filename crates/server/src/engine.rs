@@ -33,7 +33,14 @@ pub struct Engine {
     pub heartbeat_interval: Duration,
 }
 
+/// How long to wait before dispatching again after `attempts` transient
+/// failures: 2 s, 4 s, 8 s, ... up to a minute.
+pub fn dispatch_backoff(attempts: u32) -> Duration {
+    Duration::from_secs(2u64.saturating_pow(attempts.clamp(1, 6)).min(60))
+}
+
 /// A new worker token and the hash the database keeps.
+
 pub fn mint_token() -> (String, String) {
     let token = hex::encode(rand::random::<[u8; 32]>());
     let hash = hash_token(&token);
@@ -129,12 +136,8 @@ impl Engine {
                 let attempts = job.dispatch_attempts;
                 tracing::warn!(error = %err, attempts, "the compute target could not start the worker");
                 if err.is_transient() && attempts < MAX_DISPATCH_ATTEMPTS {
-                    self.store
-                        .requeue_job(
-                            job.id,
-                            &format!("the {} target could not start the worker: {err}", clanker.compute),
-                        )
-                        .await?;
+                    let reason = format!("the {} target could not start the worker: {err}", clanker.compute);
+                    self.store.requeue_job(job.id, &reason, dispatch_backoff(attempts)).await?;
                 } else {
                     let failure = Failure::dispatch(clanker.compute.as_str(), &err.to_string(), err.is_transient());
                     self.store.finish_job(job.id, Outcome::Failed(failure)).await?;
@@ -225,5 +228,26 @@ impl Engine {
                 WorkerState::Gone => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dispatch_retries_back_off_up_to_a_minute() {
+        let delays: Vec<u64> = (1..=7).map(|a| dispatch_backoff(a).as_secs()).collect();
+        assert_eq!(delays, [2, 4, 8, 16, 32, 60, 60]);
+    }
+
+    #[test]
+    fn tokens_are_random_and_only_their_hash_is_kept() {
+        let (a, hash_a) = mint_token();
+        let (b, _) = mint_token();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 64);
+        assert_eq!(hash_token(&a), hash_a);
+        assert_ne!(hash_a, a);
     }
 }

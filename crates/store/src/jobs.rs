@@ -57,7 +57,7 @@ macro_rules! claim_sql {
                SELECT j.id FROM jobs j \
                JOIN projects p ON p.id = j.project_id \
                LEFT JOIN clankers c ON c.id = j.clanker_id \
-               WHERE j.status = 'queued' \
+               WHERE j.status = 'queued' AND (j.dispatch_after IS NULL OR j.dispatch_after <= $1) \
                  AND (SELECT COUNT(*) FROM jobs a WHERE a.project_id = j.project_id \
                       AND a.status IN ('dispatching', 'active')) < p.max_concurrent_jobs \
                  AND (c.id IS NULL OR (SELECT COUNT(*) FROM jobs a WHERE a.clanker_id = j.clanker_id \
@@ -77,8 +77,8 @@ const CLAIM_LOCK: &str = "SELECT pg_advisory_xact_lock(6294561077405238081)";
 
 const SET_COMPUTE_REF: &str = "UPDATE jobs SET compute_ref = $2, updated_at = $3 \
      WHERE id = $1 AND status IN ('dispatching', 'active')";
-const REQUEUE: &str = "UPDATE jobs SET status = 'queued', token_hash = NULL, status_message = $2, updated_at = $3 \
-     WHERE id = $1 AND status = 'dispatching'";
+const REQUEUE: &str = "UPDATE jobs SET status = 'queued', token_hash = NULL, status_message = $2, updated_at = $3, \
+     dispatch_after = $4 WHERE id = $1 AND status = 'dispatching'";
 const HEARTBEAT: &str = "UPDATE jobs SET last_heartbeat_at = $2, updated_at = $2, started_at = COALESCE(started_at, $2), \
      status = CASE WHEN status = 'dispatching' THEN 'active' ELSE status END \
      WHERE id = $1 AND status IN ('dispatching', 'active')";
@@ -290,13 +290,22 @@ impl Store {
         Ok(changed == 1)
     }
 
-    /// Puts a job the compute target could not start back in the queue.
-    pub async fn requeue_job(&self, id: JobId, reason: &str) -> Result<bool, StoreError> {
+    /// Puts a job the compute target could not start back in the queue, to
+    /// be dispatched again no sooner than `retry_in` from now.
+    pub async fn requeue_job(
+        &self,
+        id: JobId,
+        reason: &str,
+        retry_in: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        let now = crate::now();
+        let after = now + time::Duration::try_from(retry_in).unwrap_or(time::Duration::ZERO);
         let changed = on_pool!(self, |pool| {
             sqlx::query(REQUEUE)
                 .bind(id.as_uuid())
                 .bind(reason)
-                .bind(DbTime(crate::now()))
+                .bind(DbTime(now))
+                .bind(DbTime(after))
                 .execute(pool)
                 .await
                 .map(|r| r.rows_affected())

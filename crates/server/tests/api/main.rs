@@ -6,3 +6,4 @@ mod openapi;
 mod projects;
 mod request_ids;
 mod tickets;
+mod worker_auth;

@@ -236,6 +236,8 @@ CREATE TABLE jobs (
     token_hash          TEXT,
     compute_ref         TEXT,
     dispatch_attempts   INTEGER NOT NULL DEFAULT 0,
+    -- After a transient dispatch failure: not before this time.
+    dispatch_after      TEXT,
     progress_step       TEXT,
     status_message      TEXT,
     failure_layer       TEXT,

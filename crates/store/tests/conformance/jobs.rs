@@ -218,8 +218,17 @@ async fn a_requeued_job_can_be_claimed_again(backend: TestBackend) {
     let p = project(&store, "App", 1).await;
     let j = store.create_job(job(&p, None)).await.unwrap();
     store.claim_next_job("h1").await.unwrap();
-    assert!(store.requeue_job(j.id, "the Docker daemon did not answer").await.unwrap());
+    assert!(
+        store
+            .requeue_job(j.id, "the Docker daemon did not answer", std::time::Duration::from_millis(300))
+            .await
+            .unwrap()
+    );
+    assert!(store.claim_next_job("h2").await.unwrap().is_none(), "not before its backoff has passed");
+    tokio::time::sleep(std::time::Duration::from_millis(350)).await;
     let again = store.claim_next_job("h2").await.unwrap().unwrap();
+    assert_eq!(again.dispatch_attempts, 2);
+
     assert_eq!(again.id, j.id);
     assert_eq!(store.job_token(j.id).await.unwrap().unwrap().1.as_deref(), Some("h2"));
 }
