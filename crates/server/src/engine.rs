@@ -40,7 +40,6 @@ pub fn dispatch_backoff(attempts: u32) -> Duration {
 }
 
 /// A new worker token and the hash the database keeps.
-
 pub fn mint_token() -> (String, String) {
     let token = hex::encode(rand::random::<[u8; 32]>());
     let hash = hash_token(&token);
