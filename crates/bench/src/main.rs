@@ -16,6 +16,8 @@ use clap::Parser;
 use futures::StreamExt;
 use sqlx::Connection;
 
+mod engine;
+
 #[derive(Parser)]
 #[command(about = "Benchmark a viberglass server on SQLite and PostgreSQL")]
 struct Args {
@@ -34,6 +36,12 @@ struct Args {
     /// Concurrent clients.
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
+    /// Jobs for the queue benchmark (claim + complete, no worker).
+    #[arg(long, default_value_t = 2000)]
+    queue_jobs: usize,
+    /// Runs for the dispatch-latency benchmark (run request → worker started).
+    #[arg(long, default_value_t = 50)]
+    dispatches: usize,
 }
 
 struct Server {
@@ -151,6 +159,9 @@ async fn bench_backend(args: &Args, backend: &str, database_url: Option<&str>) -
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle = rss_kib(server.child.id())?;
+    if backend == "sqlite" {
+        engine::dispatch(&base, args.dispatches).await?;
+    }
 
     let project = client
         .post(format!("{base}/api/v1/projects"))
@@ -244,10 +255,17 @@ async fn main() -> Result<()> {
         "backend", "operation", "requests", "conc", "req/s", "p50 ms", "p99 ms", "max ms"
     );
     bench_backend(&args, "sqlite", None).await?;
+    let queue_dir = tempfile::tempdir()?;
+    let sqlite = viberglass_store::DatabaseTarget::Sqlite { path: queue_dir.path().join("queue.db") };
+    engine::queue("sqlite", sqlite, args.queue_jobs, 4).await?;
     match &args.postgres {
         Some(admin) => {
             let (url, name) = fresh_postgres(admin).await?;
             let result = bench_backend(&args, "postgres", Some(&url)).await;
+            drop_postgres(admin, &name).await?;
+            result?;
+            let (url, name) = fresh_postgres(admin).await?;
+            let result = engine::queue("postgres", viberglass_store::DatabaseTarget::Postgres { url }, args.queue_jobs, 4).await;
             drop_postgres(admin, &name).await?;
             result?;
         }

@@ -1,0 +1,143 @@
+//! Job-engine benchmarks: the queue alone (claim + complete, no worker) on
+//! each store, and dispatch latency (run request → worker process started)
+//! on the local compute target.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use viberglass_domain::{ClankerInput, HarnessSpec, JobId, JobSpec, NewClanker, NewProject, Phase};
+use viberglass_store::{DatabaseTarget, NewJob, Outcome, PoolSettings, Store};
+
+use crate::Stats;
+
+fn spec() -> JobSpec {
+    JobSpec {
+        phase: Phase::Execution,
+        repository_url: "file:///srv/repo.git".into(),
+        base_branch: "main".into(),
+        branch: "viberglass/bench".into(),
+        prompt: "bench".into(),
+        harness: HarnessSpec::Command { command: vec!["true".into()] },
+        instruction_files: Vec::new(),
+        max_execution_secs: 600,
+        heartbeat_interval_secs: 5,
+        heartbeat_grace_secs: 60,
+        keep_workspace_on_failure: false,
+        ticket_title: "bench".into(),
+    }
+}
+
+/// Claims and completes `jobs` queued jobs with `claimers` concurrent claimers.
+pub async fn queue(backend: &str, target: DatabaseTarget, jobs: usize, claimers: usize) -> Result<()> {
+    let store = Store::connect(&target, PoolSettings { max_connections: (claimers + 2) as u32, ..PoolSettings::default() })
+        .await
+        .context("connecting")?;
+    store.migrate().await?;
+    let input = serde_json::from_value(serde_json::json!({"name": "Queue bench", "max_concurrent_jobs": 100}))?;
+    let project = store.create_project(NewProject::parse(input).map_err(|e| anyhow::anyhow!(e))?).await?;
+    let clanker_input: ClankerInput = serde_json::from_value(
+        serde_json::json!({"name": "bench", "agent": "command", "agent_settings": {"command": ["true"]}, "max_concurrent_jobs": 100}),
+    )?;
+    let clanker = store.create_clanker(NewClanker::parse(clanker_input).map_err(|e| anyhow::anyhow!(e))?).await?;
+    for _ in 0..jobs {
+        store
+            .create_job(NewJob { id: JobId::new(), project_id: project.id, ticket_id: None, clanker_id: Some(clanker.id), spec: spec(), requested_by: None })
+            .await?;
+    }
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..claimers)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                loop {
+                    let t = Instant::now();
+                    let Some(job) = store.claim_next_job("bench").await? else { break };
+                    store.finish_job(job.id, Outcome::Completed { result: serde_json::json!({}), summary: "ok".into() }).await?;
+                    latencies.push(t.elapsed());
+                }
+                Ok::<_, anyhow::Error>(latencies)
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await??);
+    }
+    if latencies.len() != jobs {
+        bail!("claimed {} of {jobs} jobs", latencies.len());
+    }
+    Stats { requests: jobs, wall: started.elapsed(), latencies }.print(backend, "claim+complete", claimers);
+    store.close().await;
+    Ok(())
+}
+
+/// Requests `runs` runs one after another against a running server and
+/// measures from the request to the worker process starting, as the
+/// server's own event timestamps record it.
+pub async fn dispatch(base: &str, runs: usize) -> Result<()> {
+    let client = reqwest::Client::new();
+    let repo = tempfile::tempdir()?;
+    let bare = repo.path().join("remote.git");
+    let seed = repo.path().join("seed");
+    std::fs::create_dir_all(&seed)?;
+    let git = |dir: &std::path::Path, args: &[&str]| -> Result<()> {
+        let status = std::process::Command::new("git")
+            .args(["-c", "user.name=b", "-c", "user.email=b@example.com", "-c", "init.defaultBranch=main"])
+            .args(args)
+            .current_dir(dir)
+            .status()?;
+        if !status.success() {
+            bail!("git {args:?} failed");
+        }
+        Ok(())
+    };
+    git(repo.path(), &["init", "-q", "--bare", bare.to_str().unwrap()])?;
+    git(&seed, &["init", "-q"])?;
+    std::fs::write(seed.join("README.md"), "bench\n")?;
+    git(&seed, &["add", "-A"])?;
+    git(&seed, &["commit", "-q", "-m", "init"])?;
+    git(&seed, &["push", "-q", bare.to_str().unwrap(), "HEAD:refs/heads/main"])?;
+
+    let post = |path: String, body: serde_json::Value| {
+        let client = client.clone();
+        let url = format!("{base}{path}");
+        async move {
+            let response = client.post(&url).json(&body).send().await?;
+            if !response.status().is_success() {
+                bail!("POST {url}: {}", response.text().await?);
+            }
+            Ok::<serde_json::Value, anyhow::Error>(response.json().await?)
+        }
+    };
+    post("/api/v1/projects".into(), serde_json::json!({"name": "Dispatch", "slug": "dispatch", "repository_url": format!("file://{}", bare.display()), "max_concurrent_jobs": 4})).await?;
+    post("/api/v1/clankers".into(), serde_json::json!({"name": "bench-true", "agent": "command", "agent_settings": {"command": ["true"]}, "max_concurrent_jobs": 4})).await?;
+    post("/api/v1/clankers/bench-true/start".into(), serde_json::json!({})).await?;
+    let ticket = post("/api/v1/projects/dispatch/tickets".into(), serde_json::json!({"title": "bench"})).await?;
+    let ticket = ticket["id"].as_str().context("ticket id")?.to_owned();
+
+    let started = Instant::now();
+    let mut latencies = Vec::new();
+    for _ in 0..runs {
+        let job = post(format!("/api/v1/tickets/{ticket}/runs"), serde_json::json!({"phase": "research", "clanker": "bench-true"})).await?;
+        let id = job["id"].as_str().context("job id")?.to_owned();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let latency = loop {
+            let events: serde_json::Value = client.get(format!("{base}/api/v1/jobs/{id}/events")).send().await?.json().await?;
+            let items = events["items"].as_array().cloned().unwrap_or_default();
+            let queued = items.iter().find(|e| e["message"] == "queued");
+            let launched = items.iter().find(|e| e["message"].as_str().is_some_and(|m| m.starts_with("worker started")));
+            if let (Some(q), Some(l)) = (queued, launched) {
+                let parse = |v: &serde_json::Value| time::OffsetDateTime::parse(v["created_at"].as_str().unwrap_or_default(), &time::format_description::well_known::Rfc3339);
+                break (parse(l)? - parse(q)?).unsigned_abs();
+            }
+            if Instant::now() > deadline {
+                bail!("job {id} was not dispatched within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        latencies.push(latency);
+    }
+    Stats { requests: runs, wall: started.elapsed(), latencies }.print("local", "dispatch latency", 1);
+    Ok(())
+}
