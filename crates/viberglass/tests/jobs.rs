@@ -168,7 +168,70 @@ async fn an_execution_run_clones_runs_the_agent_and_commits_new_files_too() {
     let resumed = read_stream(&app, &id, Some(ids[2])).await;
     let resumed_ids: Vec<i64> = resumed.iter().filter(|f| f.0 > 0).map(|f| f.0).collect();
     assert_eq!(resumed_ids, ids[3..]);
+
+    // The checkout is gone; the worker's own log stays, every line tagged with the job.
+    let workspace = app.db.data_dir().unwrap().join("workspaces").join(&id);
+    assert!(!workspace.join("repo").exists(), "the checkout is removed after a successful run");
+    let log = std::fs::read_to_string(workspace.join("worker.log")).unwrap();
+    assert!(log.lines().count() >= 3, "{log}");
+    for line in log.lines() {
+        let line: Value = serde_json::from_str(line).unwrap_or_else(|_| panic!("a JSON log line: {line}"));
+        assert_eq!(viberglass_testkit::logs::field(&line, "job_id"), id.as_str(), "{line}");
+    }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_cannot_start_fails_the_job_in_the_dispatch_layer() {
+    let app = TestApp::builder(TestBackend::Sqlite)
+        .env("VIBERGLASS_WORKER_BINARY", "/nonexistent/viberglass")
+        .env("VIBERGLASS_DISPATCH_INTERVAL_MS", "50")
+        .spawn()
+        .await;
+    let repo = TestRepo::with_files(&[("README.md", "x")]);
+    app.create_project(json!({"name": "Shop", "repository_url": repo.url()})).await;
+    app.post_json("/api/v1/clankers", &json!({"name": "Scripted", "agent": "command", "agent_settings": {"command": ["true"]}}))
+        .await;
+    // Starting reports the missing binary in the clanker's status.
+    let started: Value = app.post_json("/api/v1/clankers/scripted/start", &json!({})).await.json().await.unwrap();
+    assert_eq!(started["status"], "failed");
+    assert!(started["status_message"].as_str().unwrap().contains("/nonexistent/viberglass"), "{started}");
+
+    // A job queued for it anyway is failed by the dispatcher with the target's own words.
+    let project = app.store.get_project_by_slug(&viberglass_domain::ProjectSlug::parse("shop").unwrap()).await.unwrap();
+    let clanker = app.store.get_clanker_by_slug(&viberglass_domain::ProjectSlug::parse("scripted").unwrap()).await.unwrap();
+    let spec = viberglass_domain::JobSpec {
+        phase: viberglass_domain::Phase::Execution,
+        repository_url: repo.url(),
+        base_branch: "main".into(),
+        branch: "viberglass/x".into(),
+        prompt: "p".into(),
+        harness: clanker.harness().unwrap(),
+        instruction_files: Vec::new(),
+        max_execution_secs: 60,
+        heartbeat_interval_secs: 1,
+        heartbeat_grace_secs: 30,
+        keep_workspace_on_failure: false,
+        ticket_title: "t".into(),
+    };
+    let queued = app
+        .store
+        .create_job(viberglass_store::NewJob {
+            id: viberglass_domain::JobId::new(),
+            project_id: project.id,
+            ticket_id: None,
+            clanker_id: Some(clanker.id),
+            spec,
+            requested_by: None,
+        })
+        .await
+        .unwrap();
+    let failed = wait_for(&app, &queued.id.to_string(), &["failed"], Duration::from_secs(10)).await;
+    assert_eq!(failed["failure"]["layer"], "dispatch", "{failed}");
+    assert!(failed["failure"]["detail"].as_str().unwrap().contains("/nonexistent/viberglass"), "{failed}");
+    assert!(failed["status_message"].as_str().unwrap().contains("compute target could not start the worker"));
+}
+
+
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn research_uploads_its_document_and_a_missing_document_fails_clearly() {
