@@ -29,9 +29,10 @@ fn spec() -> JobSpec {
 
 /// Claims and completes `jobs` queued jobs with `claimers` concurrent claimers.
 pub async fn queue(backend: &str, target: DatabaseTarget, jobs: usize, claimers: usize) -> Result<()> {
-    let store = Store::connect(&target, PoolSettings { max_connections: (claimers + 2) as u32, ..PoolSettings::default() })
-        .await
-        .context("connecting")?;
+    let store =
+        Store::connect(&target, PoolSettings { max_connections: (claimers + 2) as u32, ..PoolSettings::default() })
+            .await
+            .context("connecting")?;
     store.migrate().await?;
     let input = serde_json::from_value(serde_json::json!({"name": "Queue bench", "max_concurrent_jobs": 100}))?;
     let project = store.create_project(NewProject::parse(input).map_err(|e| anyhow::anyhow!(e))?).await?;
@@ -41,7 +42,14 @@ pub async fn queue(backend: &str, target: DatabaseTarget, jobs: usize, claimers:
     let clanker = store.create_clanker(NewClanker::parse(clanker_input).map_err(|e| anyhow::anyhow!(e))?).await?;
     for _ in 0..jobs {
         store
-            .create_job(NewJob { id: JobId::new(), project_id: project.id, ticket_id: None, clanker_id: Some(clanker.id), spec: spec(), requested_by: None })
+            .create_job(NewJob {
+                id: JobId::new(),
+                project_id: project.id,
+                ticket_id: None,
+                clanker_id: Some(clanker.id),
+                spec: spec(),
+                requested_by: None,
+            })
             .await?;
     }
     let started = Instant::now();
@@ -53,7 +61,9 @@ pub async fn queue(backend: &str, target: DatabaseTarget, jobs: usize, claimers:
                 loop {
                     let t = Instant::now();
                     let Some(job) = store.claim_next_job("bench").await? else { break };
-                    store.finish_job(job.id, Outcome::Completed { result: serde_json::json!({}), summary: "ok".into() }).await?;
+                    store
+                        .finish_job(job.id, Outcome::Completed { result: serde_json::json!({}), summary: "ok".into() })
+                        .await?;
                     latencies.push(t.elapsed());
                 }
                 Ok::<_, anyhow::Error>(latencies)
@@ -119,16 +129,27 @@ pub async fn dispatch(base: &str, runs: usize) -> Result<()> {
     let started = Instant::now();
     let mut latencies = Vec::new();
     for _ in 0..runs {
-        let job = post(format!("/api/v1/tickets/{ticket}/runs"), serde_json::json!({"phase": "research", "clanker": "bench-true"})).await?;
+        let job = post(
+            format!("/api/v1/tickets/{ticket}/runs"),
+            serde_json::json!({"phase": "research", "clanker": "bench-true"}),
+        )
+        .await?;
         let id = job["id"].as_str().context("job id")?.to_owned();
         let deadline = Instant::now() + Duration::from_secs(30);
         let latency = loop {
-            let events: serde_json::Value = client.get(format!("{base}/api/v1/jobs/{id}/events")).send().await?.json().await?;
+            let events: serde_json::Value =
+                client.get(format!("{base}/api/v1/jobs/{id}/events")).send().await?.json().await?;
             let items = events["items"].as_array().cloned().unwrap_or_default();
             let queued = items.iter().find(|e| e["message"] == "queued");
-            let launched = items.iter().find(|e| e["message"].as_str().is_some_and(|m| m.starts_with("worker started")));
+            let launched =
+                items.iter().find(|e| e["message"].as_str().is_some_and(|m| m.starts_with("worker started")));
             if let (Some(q), Some(l)) = (queued, launched) {
-                let parse = |v: &serde_json::Value| time::OffsetDateTime::parse(v["created_at"].as_str().unwrap_or_default(), &time::format_description::well_known::Rfc3339);
+                let parse = |v: &serde_json::Value| {
+                    time::OffsetDateTime::parse(
+                        v["created_at"].as_str().unwrap_or_default(),
+                        &time::format_description::well_known::Rfc3339,
+                    )
+                };
                 break (parse(l)? - parse(q)?).unsigned_abs();
             }
             if Instant::now() > deadline {

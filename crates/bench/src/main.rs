@@ -265,7 +265,8 @@ async fn main() -> Result<()> {
             drop_postgres(admin, &name).await?;
             result?;
             let (url, name) = fresh_postgres(admin).await?;
-            let result = engine::queue("postgres", viberglass_store::DatabaseTarget::Postgres { url }, args.queue_jobs, 4).await;
+            let result =
+                engine::queue("postgres", viberglass_store::DatabaseTarget::Postgres { url }, args.queue_jobs, 4).await;
             drop_postgres(admin, &name).await?;
             result?;
         }

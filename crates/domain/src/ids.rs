@@ -98,6 +98,11 @@ id_type!(
     UserId,
     "user"
 );
+id_type!(
+    /// A secret.
+    SecretId,
+    "secret"
+);
 
 #[cfg(test)]
 mod tests {

@@ -15,15 +15,17 @@ pub mod page;
 pub mod project;
 pub mod protocol;
 pub mod scm;
+pub mod secret;
 pub mod ticket;
 pub mod validation;
 
 pub use clanker::{AgentKind, Clanker, ClankerInput, ClankerStatus, ComputeKind, NewClanker};
 pub use failure::{Failure, FailureLayer};
-pub use ids::{ClankerId, JobId, ProjectId, TicketId, UserId};
+pub use ids::{ClankerId, JobId, ProjectId, SecretId, TicketId, UserId};
 pub use job::{EventKind, HarnessSpec, InstructionFile, Job, JobEvent, JobSpec, JobStatus, LogLevel, NewJobEvent};
 pub use page::{Cursor, Page, PageRequest};
 pub use project::{NewProject, Project, ProjectInput, ProjectPatch, ProjectSlug};
+pub use secret::{NewSecret, Secret, SecretBackend, SecretInput};
 pub use states::{Phase, Severity, TicketStatus};
 pub use ticket::{ArchivedFilter, NewTicket, Ticket, TicketFilter, TicketInput, TicketPatch, TicketSource};
 pub use validation::{FieldError, ValidationErrors};

@@ -85,6 +85,10 @@ pub struct Project {
     pub pr_base_branch: Option<String>,
     /// The template for work branches, e.g. `viberglass/{{ ticket }}`.
     pub branch_name_template: String,
+    /// The name of the secret holding the token git uses to clone and push.
+    pub credential_secret: Option<String>,
+    /// The user name sent with that token (GitHub: `x-access-token`, GitLab: `oauth2`).
+    pub scm_username: String,
     /// How long one run may take before it is stopped, in seconds.
     pub max_execution_secs: u32,
     /// How many runs of this project may be active at once.
@@ -119,6 +123,11 @@ pub struct ProjectInput {
     #[schema(value_type = Option<String>)]
     pub pr_base_branch: Option<Option<String>>,
     pub branch_name_template: Option<String>,
+    /// The name of a secret holding the repository token; `null` removes it.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    pub credential_secret: Option<Option<String>>,
+    pub scm_username: Option<String>,
     pub max_execution_secs: Option<u32>,
     pub max_concurrent_jobs: Option<u32>,
     pub agent_instructions: Option<String>,
@@ -135,6 +144,8 @@ pub struct ProjectPatch {
     pub pr_repository_url: Option<Option<String>>,
     pub pr_base_branch: Option<Option<String>>,
     pub branch_name_template: Option<String>,
+    pub credential_secret: Option<Option<String>>,
+    pub scm_username: Option<String>,
     pub max_execution_secs: Option<u32>,
     pub max_concurrent_jobs: Option<u32>,
     pub agent_instructions: Option<String>,
@@ -174,6 +185,15 @@ impl ProjectPatch {
             branch_name_template: input
                 .branch_name_template
                 .and_then(|v| e.check("branch_name_template", parse_branch_template(&v))),
+            credential_secret: optional(
+                &mut e,
+                "credential_secret",
+                input.credential_secret,
+                crate::secret::parse_secret_name,
+            ),
+            scm_username: input
+                .scm_username
+                .and_then(|v| e.check("scm_username", bounded_text(&v, "scm_username", 1, 100))),
             max_execution_secs: input.max_execution_secs.and_then(|v| {
                 e.check(
                     "max_execution_secs",
@@ -217,6 +237,8 @@ impl ProjectPatch {
             pr_repository_url,
             pr_base_branch,
             branch_name_template,
+            credential_secret,
+            scm_username,
             max_execution_secs,
             max_concurrent_jobs,
             agent_instructions,
@@ -233,6 +255,8 @@ impl ProjectPatch {
             pr_repository_url,
             pr_base_branch,
             branch_name_template,
+            credential_secret,
+            scm_username,
             max_execution_secs,
             max_concurrent_jobs,
             agent_instructions
@@ -273,6 +297,8 @@ impl NewProject {
             pr_repository_url: None,
             pr_base_branch: None,
             branch_name_template: DEFAULT_BRANCH_TEMPLATE.into(),
+            credential_secret: None,
+            scm_username: "x-access-token".into(),
             max_execution_secs: DEFAULT_MAX_EXECUTION_SECS,
             max_concurrent_jobs: DEFAULT_MAX_CONCURRENT_JOBS,
             agent_instructions: String::new(),

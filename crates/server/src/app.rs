@@ -24,7 +24,12 @@ pub struct AppState {
     pub encryption_key: Arc<EncryptionKey>,
     /// The dispatcher and reaper, and the compute targets they drive.
     pub engine: crate::engine::Engine,
+    /// Reads the server's environment, where `env` secrets live.
+    pub env: EnvLookup,
 }
+
+/// Looks up an environment variable (replaceable in tests).
+pub type EnvLookup = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
 pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
 pub const DOCS_PATH: &str = "/api/docs";

@@ -192,7 +192,8 @@ pub fn app_state(
         reaper_interval: Duration::from_millis(config.reaper_interval_ms),
         heartbeat_interval: Duration::from_secs(config.heartbeat_interval_secs),
     };
-    Ok(AppState { store, config: Arc::new(config), encryption_key: Arc::new(key), engine })
+    let env: crate::app::EnvLookup = Arc::new(|name: &str| std::env::var(name).ok());
+    Ok(AppState { store, config: Arc::new(config), encryption_key: Arc::new(key), engine, env })
 }
 
 /// Serves on a bound listener until `shutdown` is cancelled, then waits up

@@ -16,6 +16,7 @@ mod jobs;
 pub mod migrate;
 mod projects;
 mod rows;
+mod secrets;
 mod tickets;
 mod versioned;
 

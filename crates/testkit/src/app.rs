@@ -57,8 +57,10 @@ impl TestAppBuilder {
             viberglass_server::config::KeySource::Configured(key) => key.clone(),
             viberglass_server::config::KeySource::DataDirFile(_) => EncryptionKey::generate(),
         };
-        let state =
+        let mut state =
             viberglass_server::serve::app_state(config, store.clone(), key, address).expect("application state");
+        // The builder's variables are this server's environment, e.g. for `env` secrets.
+        state.env = std::sync::Arc::new(move |name: &str| env.get(name).cloned().or_else(|| std::env::var(name).ok()));
 
         let shutdown = CancellationToken::new();
         tokio::spawn(serve(listener, state, shutdown.clone(), Duration::from_secs(5)));

@@ -9,6 +9,7 @@
 
 pub mod app;
 pub mod db;
+pub mod forge;
 pub mod git;
 pub mod logs;
 pub mod process;

@@ -189,8 +189,11 @@ async fn a_worker_that_cannot_start_fails_the_job_in_the_dispatch_layer() {
         .await;
     let repo = TestRepo::with_files(&[("README.md", "x")]);
     app.create_project(json!({"name": "Shop", "repository_url": repo.url()})).await;
-    app.post_json("/api/v1/clankers", &json!({"name": "Scripted", "agent": "command", "agent_settings": {"command": ["true"]}}))
-        .await;
+    app.post_json(
+        "/api/v1/clankers",
+        &json!({"name": "Scripted", "agent": "command", "agent_settings": {"command": ["true"]}}),
+    )
+    .await;
     // Starting reports the missing binary in the clanker's status.
     let started: Value = app.post_json("/api/v1/clankers/scripted/start", &json!({})).await.json().await.unwrap();
     assert_eq!(started["status"], "failed");
@@ -198,7 +201,8 @@ async fn a_worker_that_cannot_start_fails_the_job_in_the_dispatch_layer() {
 
     // A job queued for it anyway is failed by the dispatcher with the target's own words.
     let project = app.store.get_project_by_slug(&viberglass_domain::ProjectSlug::parse("shop").unwrap()).await.unwrap();
-    let clanker = app.store.get_clanker_by_slug(&viberglass_domain::ProjectSlug::parse("scripted").unwrap()).await.unwrap();
+    let clanker =
+        app.store.get_clanker_by_slug(&viberglass_domain::ProjectSlug::parse("scripted").unwrap()).await.unwrap();
     let spec = viberglass_domain::JobSpec {
         phase: viberglass_domain::Phase::Execution,
         repository_url: repo.url(),
@@ -230,8 +234,6 @@ async fn a_worker_that_cannot_start_fails_the_job_in_the_dispatch_layer() {
     assert!(failed["failure"]["detail"].as_str().unwrap().contains("/nonexistent/viberglass"), "{failed}");
     assert!(failed["status_message"].as_str().unwrap().contains("compute target could not start the worker"));
 }
-
-
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn research_uploads_its_document_and_a_missing_document_fails_clearly() {
@@ -378,4 +380,81 @@ async fn a_run_needs_a_started_clanker_and_a_repository() {
     assert_eq!(no_repo["code"], "project_has_no_repository", "{no_repo}");
     let bad_phase = app.post_json(&path, &json!({"phase": "deploy", "clanker": "idle"})).await;
     assert_eq!(bad_phase.status(), 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clone_credentials_come_from_secrets_and_each_clone_failure_says_which_it_is() {
+    let forge = viberglass_testkit::forge::GitHttpServer::start(Some(("x-access-token", "good-token-123"))).await;
+    let shop = forge.add_repo("shop", &[("README.md", "# Shop\n")]);
+    let app = TestApp::builder(TestBackend::Sqlite)
+        .env("VIBERGLASS_WORKER_BINARY", BINARY)
+        .env("VIBERGLASS_DISPATCH_INTERVAL_MS", "50")
+        .env("VIBERGLASS_HEARTBEAT_INTERVAL_SECS", "1")
+        .env("VG_TEST_GOOD_TOKEN", "good-token-123")
+        .env("VG_TEST_BAD_TOKEN", "revoked-token-456")
+        .spawn()
+        .await;
+    for (name, reference) in
+        [("GOOD", "VG_TEST_GOOD_TOKEN"), ("BAD", "VG_TEST_BAD_TOKEN"), ("UNSET", "VG_TEST_NOT_SET")]
+    {
+        let response = app.post_json("/api/v1/secrets", &json!({"name": name, "reference": reference})).await;
+        assert_eq!(response.status(), 201);
+    }
+    let listed = app.get("/api/v1/secrets").await.text().await.unwrap();
+    assert!(!listed.contains("good-token-123"), "secret values are never returned");
+    let missing_secret = app.post_json("/api/v1/projects", &json!({"name": "X", "credential_secret": "NOPE"})).await;
+    assert_eq!(missing_secret.status(), 400);
+
+    app.post_json(
+        "/api/v1/clankers",
+        &json!({"name": "Scripted", "agent": "command", "agent_settings": {"command": ["sh", "-c", "echo changed >> README.md"]}}),
+    )
+    .await;
+    app.post_json("/api/v1/clankers/scripted/start", &json!({})).await;
+    let run_with = |name: &'static str, url: String, secret: &'static str| {
+        let app = &app;
+        async move {
+            app.create_project(json!({"name": name, "repository_url": url, "credential_secret": secret})).await;
+            let ticket = app.create_ticket(&name.to_lowercase(), json!({"title": "Fix"})).await;
+            let path = format!("/api/v1/tickets/{}/runs", ticket["id"].as_str().unwrap());
+            let job: Value =
+                app.post_json(&path, &json!({"phase": "execution", "clanker": "scripted"})).await.json().await.unwrap();
+            wait_for(app, job["id"].as_str().unwrap(), &["completed", "failed"], Duration::from_secs(60)).await
+        }
+    };
+
+    let refused = run_with("Refused", shop.clone(), "BAD").await;
+    assert_eq!(
+        (refused["failure"]["layer"].as_str(), refused["failure"]["code"].as_str()),
+        (Some("clone"), Some("clone_authentication_failed")),
+        "{refused}"
+    );
+    assert!(refused["status_message"].as_str().unwrap().contains("credential was refused"), "{refused}");
+
+    let missing = run_with("Missing", forge.url("nothing-here"), "GOOD").await;
+    assert_eq!(
+        (missing["failure"]["layer"].as_str(), missing["failure"]["code"].as_str()),
+        (Some("clone"), Some("repository_not_found")),
+        "{missing}"
+    );
+
+    let unset = run_with("Unset", shop.clone(), "UNSET").await;
+    assert_eq!(unset["failure"]["layer"], "secrets", "{unset}");
+    assert!(unset["status_message"].as_str().unwrap().contains("VG_TEST_NOT_SET"), "{unset}");
+
+    let cloned = run_with("Cloned", shop, "GOOD").await;
+    assert_eq!(cloned["status"], "completed", "{cloned}");
+    // The token reaches git only through askpass: never in logs or events.
+    for job in [&refused, &missing, &cloned] {
+        let events = app
+            .get(&format!("/api/v1/jobs/{}/events?limit=1000", job["id"].as_str().unwrap()))
+            .await
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            !events.contains("good-token-123") && !events.contains("revoked-token-456"),
+            "a token leaked into events"
+        );
+    }
 }

@@ -7,6 +7,7 @@ mod clankers;
 mod health;
 mod jobs;
 mod projects;
+mod secrets;
 mod tickets;
 pub mod worker;
 
@@ -28,6 +29,7 @@ use crate::AppState;
         (name = "health", description = "Liveness and readiness"),
         (name = "projects", description = "Projects: one repository and its settings"),
         (name = "tickets", description = "Tickets: requested changes"),
+        (name = "secrets", description = "Secrets: named values kept outside the code, never returned"),
         (name = "clankers", description = "Clankers: saved worker configurations"),
         (name = "jobs", description = "Jobs (runs): one worker invocation for one phase"),
         (name = "worker", description = "The worker protocol, called by viberators with their job token"),
@@ -65,6 +67,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(tickets::get_ticket, tickets::update_ticket))
         .routes(routes!(tickets::archive_ticket))
         .routes(routes!(tickets::unarchive_ticket))
+        .routes(routes!(secrets::list_secrets, secrets::create_secret))
         .routes(routes!(clankers::list_clankers, clankers::create_clanker))
         .routes(routes!(clankers::get_clanker))
         .routes(routes!(clankers::start_clanker))

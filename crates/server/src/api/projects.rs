@@ -27,6 +27,23 @@ pub struct ListProjectsQuery {
     cursor: Option<String>,
 }
 
+/// A project may only name a secret that exists.
+async fn check_secret(store: &Store, patch: &ProjectPatch) -> ApiResult<()> {
+    if let Some(Some(name)) = &patch.credential_secret {
+        match store.get_secret_by_name(name).await {
+            Ok(_) => {}
+            Err(viberglass_store::StoreError::NotFound { .. }) => {
+                return Err(ApiError::invalid_field(
+                    "credential_secret",
+                    format!("there is no secret named {name}: declare it first (POST /api/v1/secrets)"),
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
 /// Finds a project by id or by slug.
 pub(crate) async fn find_project(store: &Store, key: &str) -> ApiResult<Project> {
     let found = match key.parse::<ProjectId>() {
@@ -66,7 +83,9 @@ pub async fn create_project(
     State(state): State<AppState>,
     ApiJson(input): ApiJson<ProjectInput>,
 ) -> ApiResult<impl IntoResponse> {
-    let project = state.store.create_project(NewProject::parse(input)?).await?;
+    let new = NewProject::parse(input)?;
+    check_secret(&state.store, &new.0).await?;
+    let project = state.store.create_project(new).await?;
     tracing::info!(project_id = %project.id, slug = project.slug.as_str(), "project created");
     let location = format!("/api/v1/projects/{}", project.id);
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(project)))
@@ -100,6 +119,7 @@ pub async fn update_project(
     if patch.is_empty() {
         return Err(ApiError::bad_request("invalid_input", "the body names no field to change"));
     }
+    check_secret(&state.store, &patch).await?;
     let project = find_project(&state.store, &key).await?;
     let updated = state.store.update_project(project.id, patch).await?;
     tracing::info!(project_id = %updated.id, "project updated");

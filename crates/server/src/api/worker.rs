@@ -9,9 +9,10 @@ use axum::http::StatusCode;
 use axum::http::request::Parts;
 use subtle::ConstantTimeEq;
 use viberglass_domain::protocol::{
-    Bootstrap, DocumentReply, DocumentUpload, EventBatch, EventsReply, HeartbeatReply, ResultReply, WorkerResult,
+    Bootstrap, DocumentReply, DocumentUpload, EventBatch, EventsReply, GitCredential, HeartbeatReply, ResultReply,
+    WorkerResult,
 };
-use viberglass_domain::{EventKind, FailureLayer, JobId, JobStatus, LogLevel};
+use viberglass_domain::{EventKind, Failure, FailureLayer, JobId, JobStatus, LogLevel};
 use viberglass_store::Outcome;
 
 use crate::AppState;
@@ -71,8 +72,47 @@ pub async fn bootstrap(State(state): State<AppState>, WorkerAuth(id): WorkerAuth
     state.store.heartbeat_job(id).await?;
     let job = state.store.get_job(id).await?;
     let spec = job.spec.ok_or_else(|| ApiError::internal("a job without a spec"))?;
+    let project = state.store.get_project(job.project_id).await?;
+    let git_credential = match &project.credential_secret {
+        None => None,
+        Some(name) => match resolve_secret(&state, name).await {
+            Ok(password) => Some(GitCredential { username: project.scm_username.clone(), password }),
+            Err(failure) => {
+                state.store.finish_job(id, Outcome::Failed(failure)).await?;
+                return Err(ApiError::new(
+                    StatusCode::GONE,
+                    "job_ended",
+                    "the job failed: a secret it needs cannot be read",
+                ));
+            }
+        },
+    };
     state.store.append_event(id, EventKind::Status, LogLevel::Info, "worker running", None).await?;
-    Ok(Json(Bootstrap { job_id: id, spec, secrets: Default::default(), git_credential: None }))
+    Ok(Json(Bootstrap { job_id: id, spec, secrets: Default::default(), git_credential }))
+}
+
+/// Reads a secret's value, or says exactly why it cannot be read.
+async fn resolve_secret(state: &AppState, name: &str) -> Result<String, Failure> {
+    let secret = state.store.get_secret_by_name(name).await.map_err(|_| {
+        Failure::new(
+            FailureLayer::Secrets,
+            "secret_missing",
+            format!("the project's SCM credential names the secret {name}, which does not exist: declare it on the Secrets page, then re-run"),
+            false,
+        )
+    })?;
+    let variable = secret.reference.clone().unwrap_or_else(|| secret.name.clone());
+    match (state.env)(&variable) {
+        Some(value) if !value.is_empty() => Ok(value),
+        _ => Err(Failure::new(
+            FailureLayer::Secrets,
+            "secret_unresolved",
+            format!(
+                "the secret {name} (env backend) has no value: set the environment variable {variable} for the viberglass server, then re-run"
+            ),
+            false,
+        )),
+    }
 }
 
 /// The worker is alive. The answer says whether to go on.

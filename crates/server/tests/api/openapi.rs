@@ -21,6 +21,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("patch", "/api/v1/tickets/{ticket_id}"),
     ("post", "/api/v1/tickets/{ticket_id}/archive"),
     ("post", "/api/v1/tickets/{ticket_id}/unarchive"),
+    ("get", "/api/v1/secrets"),
+    ("post", "/api/v1/secrets"),
     ("get", "/api/v1/clankers"),
     ("post", "/api/v1/clankers"),
     ("get", "/api/v1/clankers/{clanker}"),

@@ -78,6 +78,7 @@ CREATE TABLE projects (
     branch_name_template    TEXT NOT NULL,
     scm_integration_id      UUID REFERENCES integrations (id) ON DELETE SET NULL,
     credential_secret_id    UUID REFERENCES secrets (id) ON DELETE RESTRICT,
+    scm_username            TEXT NOT NULL DEFAULT 'x-access-token',
     max_execution_secs      BIGINT NOT NULL CHECK (max_execution_secs > 0),
     max_concurrent_jobs     BIGINT NOT NULL CHECK (max_concurrent_jobs > 0),
     research_needs_approval BOOLEAN NOT NULL DEFAULT FALSE,

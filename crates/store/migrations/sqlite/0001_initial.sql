@@ -78,6 +78,7 @@ CREATE TABLE projects (
     branch_name_template    TEXT NOT NULL,
     scm_integration_id      BLOB REFERENCES integrations (id) ON DELETE SET NULL,
     credential_secret_id    BLOB REFERENCES secrets (id) ON DELETE RESTRICT,
+    scm_username            TEXT NOT NULL DEFAULT 'x-access-token',
     max_execution_secs      INTEGER NOT NULL CHECK (max_execution_secs > 0),
     max_concurrent_jobs     INTEGER NOT NULL CHECK (max_concurrent_jobs > 0),
     research_needs_approval BOOLEAN NOT NULL DEFAULT FALSE,

@@ -5,4 +5,5 @@
 mod jobs;
 mod migrations;
 mod projects;
+mod secrets;
 mod tickets;
