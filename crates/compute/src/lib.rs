@@ -82,4 +82,16 @@ pub struct LocalSettings {
     pub workspace_root: PathBuf,
     /// Extra environment for workers (e.g. `LOG_FORMAT`).
     pub env: Vec<(String, String)>,
+    pub sandbox: Sandbox,
+}
+
+/// How local workers are isolated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sandbox {
+    /// Bubblewrap when it is installed, else none.
+    Auto,
+    /// Bubblewrap, required.
+    Bubblewrap,
+    /// None: workers run as plain child processes.
+    None,
 }

@@ -10,10 +10,18 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use viberglass_domain::{ComputeKind, JobId};
 
-use crate::{ComputeError, ComputeTarget, LaunchRequest, LocalSettings, Provisioned, WorkerState};
+use crate::{ComputeError, ComputeTarget, LaunchRequest, LocalSettings, Provisioned, Sandbox, WorkerState};
 
 pub struct LocalTarget {
     settings: LocalSettings,
+    /// The bubblewrap binary, when workers are sandboxed.
+    bwrap: Option<std::path::PathBuf>,
+}
+
+/// Finds `bwrap` on the PATH.
+fn find_bwrap() -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|dir| dir.join("bwrap")).find(|candidate| candidate.is_file())
 }
 
 /// Environment variables a worker inherits from the server; nothing else
@@ -22,7 +30,16 @@ const PASSED_THROUGH: &[&str] = &["PATH", "LANG", "LC_ALL", "TZ", "SSL_CERT_FILE
 
 impl LocalTarget {
     pub fn new(settings: LocalSettings) -> Self {
-        Self { settings }
+        let bwrap = match settings.sandbox {
+            Sandbox::None => None,
+            Sandbox::Auto | Sandbox::Bubblewrap => find_bwrap(),
+        };
+        Self { settings, bwrap }
+    }
+
+    /// Whether workers run inside bubblewrap.
+    pub fn sandboxed(&self) -> bool {
+        self.bwrap.is_some()
     }
 
     fn pid_of(compute_ref: &str) -> Option<u32> {
@@ -30,6 +47,15 @@ impl LocalTarget {
     }
 
     async fn launch_inner(&self, request: LaunchRequest) -> Result<String, ComputeError> {
+        // Checked here because inside a sandbox a missing binary would only
+        // show as a worker that never reports.
+        if !self.settings.worker_binary.is_file() {
+            return Err(ComputeError::Permanent(format!(
+                "cannot start {}: no such file; check that the viberglass binary is installed there",
+                self.settings.worker_binary.display()
+            )));
+        }
+
         let workspace = self.settings.workspace_root.join(request.job_id.to_string());
         std::fs::create_dir_all(&workspace).map_err(|e| {
             ComputeError::Permanent(format!("cannot create the workspace {}: {e}", workspace.display()))
@@ -37,7 +63,25 @@ impl LocalTarget {
         let log = std::fs::File::create(workspace.join("worker.log"))
             .map_err(|e| ComputeError::Permanent(format!("cannot create the worker log: {e}")))?;
         let log_err = log.try_clone().map_err(|e| ComputeError::Permanent(e.to_string()))?;
-        let mut command = tokio::process::Command::new(&self.settings.worker_binary);
+        let mut command = match &self.bwrap {
+            // The whole system read-only, the workspace writable, a private
+            // /tmp, its own PID, IPC and UTS namespaces; the network stays
+            // shared so the worker can reach the server and the forge. Not
+            // --die-with-parent: a worker must outlive a server restart.
+            Some(bwrap) => {
+                let mut c = tokio::process::Command::new(bwrap);
+                c.args(["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"])
+                    .arg("--bind")
+                    .arg(&workspace)
+                    .arg(&workspace)
+                    .arg("--chdir")
+                    .arg(&workspace)
+                    .args(["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--hostname", "viberglass-worker", "--"])
+                    .arg(&self.settings.worker_binary);
+                c
+            }
+            None => tokio::process::Command::new(&self.settings.worker_binary),
+        };
         command
             .arg("worker")
             .arg("--job")
@@ -93,11 +137,20 @@ impl ComputeTarget for LocalTarget {
             std::fs::create_dir_all(&self.settings.workspace_root).map_err(|e| {
                 ComputeError::Permanent(format!("cannot create {}: {e}", self.settings.workspace_root.display()))
             })?;
-            Ok(Provisioned {
-                message: "ready: workers run as local processes without a sandbox (each in its own workspace \
-                          directory and process group, with a scrubbed environment)"
-                    .into(),
-            })
+            if self.settings.sandbox == Sandbox::Bubblewrap && self.bwrap.is_none() {
+                return Err(ComputeError::Permanent(
+                    "the sandbox is set to bubblewrap but `bwrap` is not installed: install bubblewrap".into(),
+                ));
+            }
+            let message = if self.sandboxed() {
+                "ready: workers run sandboxed with bubblewrap (read-only system, writable workspace, private /tmp, \
+                 own PID namespace)"
+            } else {
+                "ready, unsandboxed: bubblewrap is not installed, so workers run as plain local processes (each in \
+                 its own workspace directory and process group, with a scrubbed environment); install bubblewrap \
+                 to sandbox them"
+            };
+            Ok(Provisioned { message: message.into() })
         }
         .boxed()
     }
@@ -149,6 +202,7 @@ mod tests {
             worker_binary: binary.into(),
             workspace_root: root.to_owned(),
             env: Vec::new(),
+            sandbox: Sandbox::None,
         })
     }
 
@@ -163,7 +217,13 @@ mod tests {
         let job = JobId::new();
         let request = LaunchRequest { job_id: job, server_url: "http://127.0.0.1:1".into(), token: "t".into() };
         let compute_ref = target.launch(request).await.unwrap();
-        assert_eq!(target.inspect(job, &compute_ref).await, WorkerState::Running);
+        // Until the child has exec'd, /proc shows the parent's command line.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while target.inspect(job, &compute_ref).await != WorkerState::Running {
+            assert!(std::time::Instant::now() < deadline, "the launched worker is never seen running");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+
         assert_eq!(
             target.inspect(JobId::new(), &compute_ref).await,
             WorkerState::Gone,

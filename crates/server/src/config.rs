@@ -116,6 +116,13 @@ pub const SETTINGS: &[Setting] = &[
         secret: false,
     },
     Setting {
+        key: "sandbox",
+        env: "VIBERGLASS_SANDBOX",
+        default: "auto",
+        doc: "How local workers are isolated: auto (bubblewrap when installed), bubblewrap (required) or none.",
+        secret: false,
+    },
+    Setting {
         key: "heartbeat_interval_secs",
         env: "VIBERGLASS_HEARTBEAT_INTERVAL_SECS",
         default: "5",
@@ -237,6 +244,7 @@ pub struct Config {
     pub reaper_interval_ms: u64,
     pub dispatch_interval_ms: u64,
     pub keep_failed_workspaces: bool,
+    pub sandbox: viberglass_compute::Sandbox,
 }
 
 /// A setting was missing or invalid. Printed as one line; exit code 2.
@@ -533,6 +541,15 @@ impl Config {
             reaper_interval_ms: parse_number(&raw("reaper_interval_ms"), 50, 600_000)?,
             dispatch_interval_ms: parse_number(&raw("dispatch_interval_ms"), 10, 600_000)?,
             keep_failed_workspaces: parse_bool(&raw("keep_failed_workspaces"))?,
+            sandbox: {
+                let raw = raw("sandbox");
+                match raw.value.trim() {
+                    "auto" => viberglass_compute::Sandbox::Auto,
+                    "bubblewrap" => viberglass_compute::Sandbox::Bubblewrap,
+                    "none" => viberglass_compute::Sandbox::None,
+                    _ => return Err(raw.invalid("unknown sandbox", "auto, bubblewrap or none")),
+                }
+            },
         })
     }
 

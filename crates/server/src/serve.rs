@@ -182,6 +182,7 @@ pub fn app_state(
         worker_binary,
         workspace_root: config.data_dir.join("workspaces"),
         env: vec![("LOG_FORMAT".into(), "json".into())],
+        sandbox: config.sandbox,
     });
     let engine = Engine {
         store: store.clone(),

@@ -22,7 +22,10 @@ fn git(dir: &Path, args: &[&str]) -> String {
 
 impl TestRepo {
     pub fn with_files(files: &[(&str, &str)]) -> TestRepo {
-        let dir = tempfile::tempdir().expect("temporary directory");
+        // Not under /tmp: sandboxed workers get a private /tmp and would not see it.
+        let dir =
+            tempfile::Builder::new().prefix("viberglass-repo-").tempdir_in("/var/tmp").expect("temporary directory");
+
         let bare = dir.path().join("remote.git");
         let work = dir.path().join("seed");
         std::fs::create_dir_all(&work).unwrap();

@@ -28,6 +28,7 @@ pub const SERVER_VARIABLES: &[&str] = &[
     "VIBERGLASS_REAPER_INTERVAL_MS",
     "VIBERGLASS_DISPATCH_INTERVAL_MS",
     "VIBERGLASS_KEEP_FAILED_WORKSPACES",
+    "VIBERGLASS_SANDBOX",
 ];
 
 /// A `viberglass` command with a clean environment, run in `dir`.

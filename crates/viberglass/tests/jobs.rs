@@ -458,3 +458,33 @@ async fn clone_credentials_come_from_secrets_and_each_clone_failure_says_which_i
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_bubblewrap_installed_the_agent_can_write_only_its_workspace() {
+    let installed = std::process::Command::new("bwrap").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !installed {
+        assert!(std::env::var("CI").is_err(), "bubblewrap must be installed under CI (scripts/test installs it)");
+        eprintln!("note: bubblewrap is not installed; skipping the sandbox test");
+        return;
+    }
+    let marker = format!("/var/tmp/viberglass-escape-{}", uuid_like());
+    let app = app(TestBackend::Sqlite, 30).await;
+    let repo = TestRepo::with_files(&[("README.md", "x")]);
+    let script = format!(
+        "(touch {marker} 2>/dev/null && echo ESCAPED) ; echo private > /tmp/mine && echo changed >> README.md && echo host=$(hostname)"
+    );
+    let setup = setup(&app, &repo.url(), &script, 600).await;
+    let clanker: Value = app.get("/api/v1/clankers/scripted").await.json().await.unwrap();
+    assert!(clanker["status_message"].as_str().unwrap().contains("sandboxed with bubblewrap"), "{clanker}");
+    let id = run(&app, &setup, "execution").await;
+    let done = wait_for(&app, &id, &["completed", "failed"], Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert!(!std::path::Path::new(&marker).exists(), "the agent wrote outside its workspace");
+    let events = app.get(&format!("/api/v1/jobs/{id}/events?limit=1000")).await.text().await.unwrap();
+    assert!(!events.contains("ESCAPED"));
+    assert!(events.contains("host=viberglass-worker"), "the worker runs in its own UTS namespace");
+}
+
+fn uuid_like() -> String {
+    format!("{}-{}", std::process::id(), Instant::now().elapsed().as_nanos())
+}
