@@ -4,100 +4,27 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The layer that broke.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum FailureLayer {
-    Provisioning,
-    Dispatch,
-    Bootstrap,
-    Secrets,
-    Clone,
-    AgentAuth,
-    Agent,
-    AgentTimeout,
-    NoChanges,
-    Commit,
-    Push,
-    PullRequest,
-    Heartbeat,
-    Timeout,
-    Cancelled,
-    Internal,
-}
-
-impl FailureLayer {
-    pub const NAMES: &'static [&'static str] = &[
-        "provisioning",
-        "dispatch",
-        "bootstrap",
-        "secrets",
-        "clone",
-        "agent_auth",
-        "agent",
-        "agent_timeout",
-        "no_changes",
-        "commit",
-        "push",
-        "pull_request",
-        "heartbeat",
-        "timeout",
-        "cancelled",
-        "internal",
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        use FailureLayer::*;
-        match self {
-            Provisioning => "provisioning",
-            Dispatch => "dispatch",
-            Bootstrap => "bootstrap",
-            Secrets => "secrets",
-            Clone => "clone",
-            AgentAuth => "agent_auth",
-            Agent => "agent",
-            AgentTimeout => "agent_timeout",
-            NoChanges => "no_changes",
-            Commit => "commit",
-            Push => "push",
-            PullRequest => "pull_request",
-            Heartbeat => "heartbeat",
-            Timeout => "timeout",
-            Cancelled => "cancelled",
-            Internal => "internal",
-        }
+named_enum!(
+    /// The layer that broke.
+    FailureLayer, "failure layer", {
+        Provisioning => "provisioning",
+        Dispatch => "dispatch",
+        Bootstrap => "bootstrap",
+        Secrets => "secrets",
+        Clone => "clone",
+        AgentAuth => "agent_auth",
+        Agent => "agent",
+        AgentTimeout => "agent_timeout",
+        NoChanges => "no_changes",
+        Commit => "commit",
+        Push => "push",
+        PullRequest => "pull_request",
+        Heartbeat => "heartbeat",
+        Timeout => "timeout",
+        Cancelled => "cancelled",
+        Internal => "internal",
     }
-}
-
-impl std::str::FromStr for FailureLayer {
-    type Err = crate::states::UnknownValue;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        use FailureLayer::*;
-        const ALL: [FailureLayer; 16] = [
-            Provisioning,
-            Dispatch,
-            Bootstrap,
-            Secrets,
-            Clone,
-            AgentAuth,
-            Agent,
-            AgentTimeout,
-            NoChanges,
-            Commit,
-            Push,
-            PullRequest,
-            Heartbeat,
-            Timeout,
-            Cancelled,
-            Internal,
-        ];
-        ALL.into_iter().find(|l| l.as_str() == s).ok_or_else(|| crate::states::UnknownValue {
-            what: "failure layer",
-            value: s.chars().take(64).collect(),
-            allowed: Self::NAMES,
-        })
-    }
-}
+);
 
 /// Why a job failed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

@@ -180,7 +180,10 @@ pub fn app_state(
     };
     let local_target = viberglass_compute::LocalTarget::new(viberglass_compute::LocalSettings {
         worker_binary,
-        workspace_root: config.data_dir.join("workspaces"),
+        // Absolute: workers start in it, and the sandbox binds it by path.
+        workspace_root: std::path::absolute(config.data_dir.join("workspaces"))
+            .map_err(|source| StartupError::DataDir { path: config.data_dir.clone(), source })?,
+
         env: vec![("LOG_FORMAT".into(), "json".into())],
         sandbox: config.sandbox,
     });

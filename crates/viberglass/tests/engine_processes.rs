@@ -71,8 +71,13 @@ async fn a_server_killed_mid_run_and_restarted_sees_the_job_complete_once() {
     .await;
     let id = job["id"].as_str().unwrap().to_owned();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while get(&client, server.url(&format!("/api/v1/jobs/{id}"))).await["progress_step"] != "running the agent" {
-        assert!(Instant::now() < deadline, "the agent never started");
+    loop {
+        let job = get(&client, server.url(&format!("/api/v1/jobs/{id}"))).await;
+        if job["progress_step"] == "running the agent" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the agent never started: {job}");
+
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
