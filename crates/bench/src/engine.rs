@@ -24,6 +24,8 @@ fn spec() -> JobSpec {
         heartbeat_grace_secs: 60,
         keep_workspace_on_failure: false,
         ticket_title: "bench".into(),
+        secret_names: Vec::new(),
+        clanker_name: "c".into(),
     }
 }
 

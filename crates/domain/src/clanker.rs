@@ -63,6 +63,8 @@ pub struct Clanker {
     /// How many of this clanker's runs may be active at once.
     pub max_concurrent_jobs: u32,
     pub instruction_files: Vec<InstructionFile>,
+    /// The secrets (by name) its agent receives as environment variables.
+    pub secrets: Vec<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
@@ -105,6 +107,26 @@ pub struct ClankerInput {
     pub compute_config: Option<serde_json::Value>,
     pub max_concurrent_jobs: Option<u32>,
     pub instruction_files: Option<Vec<InstructionFile>>,
+    /// Names of secrets the agent receives as environment variables.
+    pub secrets: Option<Vec<String>>,
+}
+
+impl ClankerInput {
+    /// This input laid over an existing clanker: what a change (PATCH) validates as a whole.
+    pub fn over(self, current: &Clanker) -> ClankerInput {
+        ClankerInput {
+            name: self.name.or_else(|| Some(current.name.clone())),
+            slug: self.slug.or_else(|| Some(current.slug.as_str().to_owned())),
+            description: self.description.or_else(|| Some(current.description.clone())),
+            agent: self.agent.or_else(|| Some(current.agent.as_str().to_owned())),
+            agent_settings: self.agent_settings.or_else(|| Some(current.agent_settings.clone())),
+            compute: self.compute.or_else(|| Some(current.compute.as_str().to_owned())),
+            compute_config: self.compute_config.or_else(|| Some(current.compute_config.clone())),
+            max_concurrent_jobs: self.max_concurrent_jobs.or(Some(current.max_concurrent_jobs)),
+            instruction_files: self.instruction_files.or_else(|| Some(current.instruction_files.clone())),
+            secrets: self.secrets.or_else(|| Some(current.secrets.clone())),
+        }
+    }
 }
 
 /// A validated new clanker.
@@ -119,6 +141,7 @@ pub struct NewClanker {
     pub compute_config: serde_json::Value,
     pub max_concurrent_jobs: u32,
     pub instruction_files: Vec<InstructionFile>,
+    pub secrets: Vec<String>,
 }
 
 /// Checks an instruction file's path: AGENTS.md, or a markdown file under
@@ -188,6 +211,14 @@ impl NewClanker {
                 instruction_files.push(InstructionFile { path, content: file.content });
             }
         }
+        let mut secrets = Vec::new();
+        for (i, name) in input.secrets.unwrap_or_default().iter().enumerate() {
+            if let Some(name) = e.check(&format!("secrets[{i}]"), crate::secret::parse_secret_name(name))
+                && !secrets.contains(&name)
+            {
+                secrets.push(name);
+            }
+        }
         match (name, slug, description, agent, compute, max_concurrent_jobs) {
             (Some(name), Some(slug), Some(description), Some(agent), Some(compute), Some(max_concurrent_jobs))
                 if e.is_empty() =>
@@ -202,6 +233,7 @@ impl NewClanker {
                     compute_config: input.compute_config.unwrap_or_else(|| serde_json::json!({})),
                     max_concurrent_jobs,
                     instruction_files,
+                    secrets,
                 })
             }
             _ => Err(e),

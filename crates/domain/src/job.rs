@@ -65,6 +65,12 @@ pub struct JobSpec {
     /// Keep the workspace of a failed run for inspection.
     pub keep_workspace_on_failure: bool,
     pub ticket_title: String,
+    /// The secrets (by name) the agent receives as environment variables.
+    #[serde(default)]
+    pub secret_names: Vec<String>,
+    /// The clanker that runs the job, for messages.
+    #[serde(default)]
+    pub clanker_name: String,
 }
 
 /// A job as the API shows it.

@@ -27,6 +27,14 @@ const INSERT: &str = "INSERT INTO clankers (id, name, slug, description, agent, 
      compute_config, status, status_message, max_concurrent_jobs, created_at, updated_at) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
 const INSERT_FILE: &str = "INSERT INTO clanker_files (clanker_id, path, content, updated_at) VALUES ($1, $2, $3, $4)";
+const INSERT_SECRET: &str =
+    "INSERT INTO clanker_secrets (clanker_id, secret_id) SELECT $1, id FROM secrets WHERE name = $2";
+const SELECT_SECRETS: &str = "SELECT secrets.name AS name FROM clanker_secrets \
+     JOIN secrets ON secrets.id = clanker_secrets.secret_id WHERE clanker_secrets.clanker_id = $1 ORDER BY secrets.name";
+const DELETE_FILES: &str = "DELETE FROM clanker_files WHERE clanker_id = $1";
+const DELETE_SECRETS: &str = "DELETE FROM clanker_secrets WHERE clanker_id = $1";
+const UPDATE: &str = "UPDATE clankers SET name = $2, slug = $3, description = $4, agent = $5, agent_settings = $6, \
+     compute = $7, compute_config = $8, max_concurrent_jobs = $9, updated_at = $10 WHERE id = $1";
 const SELECT_FILES: &str = "SELECT path, content FROM clanker_files WHERE clanker_id = $1 ORDER BY path";
 const SELECT_BY_ID: &str = select!("WHERE id = $1");
 const SELECT_BY_SLUG: &str = select!("WHERE slug = $1");
@@ -47,6 +55,7 @@ fn from_row(r: &impl RowExt) -> Result<Clanker, StoreError> {
         status_message: r.opt_text("status_message")?,
         max_concurrent_jobs: to_u32(ENTITY, "max_concurrent_jobs", r.int("max_concurrent_jobs")?)?,
         instruction_files: Vec::new(),
+        secrets: Vec::new(),
         created_at: r.time("created_at")?,
         updated_at: r.time("updated_at")?,
     })
@@ -68,6 +77,7 @@ impl Store {
             status_message: None,
             max_concurrent_jobs: new.max_concurrent_jobs,
             instruction_files: new.instruction_files,
+            secrets: new.secrets,
             created_at: now,
             updated_at: now,
         };
@@ -101,6 +111,9 @@ impl Store {
                     .execute(&mut *tx)
                     .await?;
             }
+            for name in &c.secrets {
+                sqlx::query(INSERT_SECRET).bind(c.id.as_uuid()).bind(name.clone()).execute(&mut *tx).await?;
+            }
             tx.commit().await
         }
         .await)
@@ -115,6 +128,7 @@ impl Store {
         })?;
         let mut clanker = row.ok_or_else(|| StoreError::not_found(ENTITY, id))?;
         clanker.instruction_files = self.clanker_files(id).await?;
+        clanker.secrets = self.clanker_secrets(id).await?;
         Ok(clanker)
     }
 
@@ -127,9 +141,8 @@ impl Store {
                 .map(|r| from_row(&r))
                 .transpose()
         })?;
-        let mut clanker = row.ok_or_else(|| StoreError::not_found(ENTITY, slug.as_str()))?;
-        clanker.instruction_files = self.clanker_files(clanker.id).await?;
-        Ok(clanker)
+        let clanker = row.ok_or_else(|| StoreError::not_found(ENTITY, slug.as_str()))?;
+        self.get_clanker(clanker.id).await
     }
 
     async fn clanker_files(&self, id: ClankerId) -> Result<Vec<InstructionFile>, StoreError> {
@@ -145,7 +158,64 @@ impl Store {
         Ok(files)
     }
 
-    /// Lists clankers, newest first (without their instruction files).
+    async fn clanker_secrets(&self, id: ClankerId) -> Result<Vec<String>, StoreError> {
+        let names = on_pool!(self, |pool| {
+            sqlx::query(SELECT_SECRETS)
+                .bind(id.as_uuid())
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|r| r.text("name"))
+                .collect::<Result<Vec<_>, _>>()
+        })?;
+        Ok(names)
+    }
+
+    /// Replaces a clanker's configuration (its status is kept).
+    pub async fn update_clanker(&self, id: ClankerId, new: NewClanker) -> Result<Clanker, StoreError> {
+        let now = DbTime(crate::now());
+        let changed = on_pool!(self, |pool| async {
+            let mut tx = pool.begin().await?;
+            let changed = sqlx::query(UPDATE)
+                .bind(id.as_uuid())
+                .bind(new.name.clone())
+                .bind(new.slug.as_str().to_owned())
+                .bind(new.description.clone())
+                .bind(new.agent.as_str())
+                .bind(Json(new.agent_settings.clone()))
+                .bind(new.compute.as_str())
+                .bind(Json(new.compute_config.clone()))
+                .bind(i64::from(new.max_concurrent_jobs))
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            sqlx::query(DELETE_FILES).bind(id.as_uuid()).execute(&mut *tx).await?;
+            sqlx::query(DELETE_SECRETS).bind(id.as_uuid()).execute(&mut *tx).await?;
+            for file in &new.instruction_files {
+                sqlx::query(INSERT_FILE)
+                    .bind(id.as_uuid())
+                    .bind(file.path.clone())
+                    .bind(file.content.clone())
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            for name in &new.secrets {
+                sqlx::query(INSERT_SECRET).bind(id.as_uuid()).bind(name.clone()).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(changed)
+        }
+        .await)
+        .map_err(|e| StoreError::from_write(ENTITY, TABLE, e))?;
+        if changed == 0 {
+            return Err(StoreError::not_found(ENTITY, id));
+        }
+        self.get_clanker(id).await
+    }
+
+    /// Lists clankers, newest first (without their instruction files and secrets).
     pub async fn list_clankers(&self, page: PageRequest) -> Result<Page<Clanker>, StoreError> {
         let rows = on_pool!(self, |pool| {
             sqlx::query(SELECT_PAGE)

@@ -216,6 +216,8 @@ async fn a_worker_that_cannot_start_fails_the_job_in_the_dispatch_layer() {
         heartbeat_grace_secs: 30,
         keep_workspace_on_failure: false,
         ticket_title: "t".into(),
+        secret_names: Vec::new(),
+        clanker_name: "c".into(),
     };
     let queued = app
         .store
@@ -487,4 +489,45 @@ async fn with_bubblewrap_installed_the_agent_can_write_only_its_workspace() {
 
 fn uuid_like() -> String {
     format!("{}-{}", std::process::id(), Instant::now().elapsed().as_nanos())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clanker_secrets_reach_the_agent_and_never_the_logs() {
+    let app = TestApp::builder(TestBackend::Sqlite)
+        .env("VIBERGLASS_WORKER_BINARY", BINARY)
+        .env("VIBERGLASS_DISPATCH_INTERVAL_MS", "50")
+        .env("VIBERGLASS_HEARTBEAT_INTERVAL_SECS", "1")
+        .env("VG_TEST_API_KEY", "sk-test-abcdef123456")
+        .spawn()
+        .await;
+    app.post_json("/api/v1/secrets", &json!({"name": "API_KEY", "reference": "VG_TEST_API_KEY"})).await;
+    app.post_json("/api/v1/secrets", &json!({"name": "UNSET_KEY", "reference": "VG_TEST_NOT_SET_EITHER"})).await;
+    let repo = TestRepo::with_files(&[("README.md", "x")]);
+    let setup = setup(&app, &repo.url(), "echo \"the key is $API_KEY\" && echo changed >> README.md", 600).await;
+    let unknown = app.patch_json("/api/v1/clankers/scripted", &json!({"secrets": ["NOPE"]})).await;
+    assert_eq!(unknown.status(), 400);
+    let patched = app.patch_json("/api/v1/clankers/scripted", &json!({"secrets": ["API_KEY"]})).await;
+    assert_eq!(patched.status(), 200);
+
+    let id = run(&app, &setup, "execution").await;
+    let done = wait_for(&app, &id, &["completed", "failed"], Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let events = app.get(&format!("/api/v1/jobs/{id}/events?limit=1000")).await.text().await.unwrap();
+    assert!(events.contains("the key is ***"), "the agent saw the key and the log shows it redacted: {events}");
+    assert!(!events.contains("sk-test-abcdef123456"));
+    let streamed = read_stream(&app, &id, None).await;
+    assert!(streamed.iter().all(|f| !f.2.to_string().contains("sk-test-abcdef123456")));
+
+    // A secret without a value fails the run in the secrets layer, naming the secret, the clanker and the fix.
+    app.patch_json("/api/v1/clankers/scripted", &json!({"secrets": ["API_KEY", "UNSET_KEY"]})).await;
+    let id = run(&app, &setup, "execution").await;
+    let failed = wait_for(&app, &id, &["completed", "failed"], Duration::from_secs(60)).await;
+    assert_eq!(failed["failure"]["layer"], "secrets", "{failed}");
+    let message = failed["status_message"].as_str().unwrap();
+    assert!(
+        message.contains("UNSET_KEY")
+            && message.contains("clanker scripted")
+            && message.contains("VG_TEST_NOT_SET_EITHER"),
+        "{message}"
+    );
 }

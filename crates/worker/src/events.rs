@@ -26,10 +26,12 @@ pub struct EventSink {
 }
 
 impl EventSink {
-    /// Starts the background sender.
-    pub fn start(client: Client) -> Self {
+    /// Starts the background sender. Every occurrence of a value in
+    /// `redact` (the job's secrets) is replaced by `***` before it leaves.
+    pub fn start(client: Client, redact: Vec<String>) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(client, rx));
+        let redact: Vec<String> = redact.into_iter().filter(|v| v.len() >= 4).collect();
+        tokio::spawn(run(client, rx, redact));
         Self { tx }
     }
 
@@ -89,7 +91,15 @@ fn dropped_line(seq: u64, count: u64) -> NewJobEvent {
     }
 }
 
-async fn run(client: Client, mut rx: mpsc::UnboundedReceiver<Message>) {
+/// Replaces every secret value in `text` with `***`.
+fn redact(text: String, secrets: &[String]) -> String {
+    secrets.iter().fold(
+        text,
+        |text, secret| if text.contains(secret.as_str()) { text.replace(secret.as_str(), "***") } else { text },
+    )
+}
+
+async fn run(client: Client, mut rx: mpsc::UnboundedReceiver<Message>, secrets: Vec<String>) {
     let mut seq = 0u64;
     let mut buffer = Vec::new();
     let mut limit = RateLimit { window: Instant::now(), in_window: 0, dropped: 0 };
@@ -105,7 +115,8 @@ async fn run(client: Client, mut rx: mpsc::UnboundedReceiver<Message>) {
                     }
                     if admitted {
                         seq += 1;
-                        buffer.push(NewJobEvent { seq, kind, level, message: text, data });
+                        let data = data.map(|d| serde_json::from_str(&redact(d.to_string(), &secrets)).unwrap_or(serde_json::Value::Null));
+                        buffer.push(NewJobEvent { seq, kind, level, message: redact(text, &secrets), data });
                     }
                     if buffer.len() >= BATCH_SIZE {
                         flush(&client, &mut buffer).await;
@@ -145,6 +156,13 @@ async fn flush(client: &Client, buffer: &mut Vec<NewJobEvent>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secret_values_are_replaced() {
+        let secrets = vec!["s3cr3t-value".to_owned()];
+        assert_eq!(redact("token=s3cr3t-value; again s3cr3t-value".into(), &secrets), "token=***; again ***");
+        assert_eq!(redact("nothing here".into(), &secrets), "nothing here");
+    }
 
     #[test]
     fn lines_past_the_rate_are_dropped_and_reported_once_the_window_ends() {

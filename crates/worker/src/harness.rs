@@ -19,6 +19,7 @@ pub enum AgentEnd {
 /// Runs the agent described by `spec.harness` in `repo`, streaming its output as log lines.
 pub async fn run_agent(
     spec: &JobSpec,
+    secrets: &std::collections::BTreeMap<String, String>,
     repo: &Path,
     home: &Path,
     sink: &EventSink,
@@ -43,6 +44,7 @@ pub async fn run_agent(
         .env("VIBERGLASS_PHASE", spec.phase.as_str())
         .env("VIBERGLASS_PROMPT", &spec.prompt)
         .env("VIBERGLASS_TICKET_TITLE", &spec.ticket_title)
+        .envs(secrets)
         .env_remove("VIBERGLASS_JOB_TOKEN")
         .kill_on_drop(true)
         .spawn()

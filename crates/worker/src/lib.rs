@@ -35,7 +35,8 @@ pub struct WorkerConfig {
 pub async fn run(config: WorkerConfig) -> u8 {
     let span = tracing::info_span!("job", job_id = %config.job_id);
     let _guard = span.enter();
-    let client = Client::new(&config.server_url, config.job_id, config.token);
+    let client = Client::new(&config.server_url, config.job_id, config.token.clone());
+
     let boot = match client.bootstrap().await {
         Ok(boot) => boot,
         Err(err) => {
@@ -44,7 +45,10 @@ pub async fn run(config: WorkerConfig) -> u8 {
         }
     };
     tracing::info!(phase = %boot.spec.phase, "bootstrapped");
-    let sink = EventSink::start(client.clone());
+    let mut secret_values: Vec<String> = boot.secrets.values().cloned().collect();
+    secret_values.extend(boot.git_credential.as_ref().map(|c| c.password.clone()));
+    secret_values.push(config.token.clone());
+    let sink = EventSink::start(client.clone(), secret_values);
     let cancel = CancellationToken::new();
     let heartbeat = tokio::spawn(heartbeat_loop(
         client.clone(),

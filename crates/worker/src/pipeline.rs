@@ -90,7 +90,7 @@ async fn steps(cx: &Context<'_>) -> Result<End, Failure> {
     std::fs::write(&exclude_file, exclude).map_err(|e| io_failure("excluding instruction files", e))?;
 
     cx.sink.progress("running the agent");
-    match run_agent(spec, &repo, &home, cx.sink, cx.cancel).await? {
+    match run_agent(spec, &cx.boot.secrets, &repo, &home, cx.sink, cx.cancel).await? {
         AgentEnd::Cancelled => return Ok(End::Cancelled),
         AgentEnd::Finished => {}
     }

@@ -60,7 +60,9 @@ pub async fn create_clanker(
     State(state): State<AppState>,
     ApiJson(input): ApiJson<ClankerInput>,
 ) -> ApiResult<impl IntoResponse> {
-    let clanker = state.store.create_clanker(NewClanker::parse(input)?).await?;
+    let new = NewClanker::parse(input)?;
+    check_secrets(&state.store, &new.secrets).await?;
+    let clanker = state.store.create_clanker(new).await?;
     tracing::info!(clanker_id = %clanker.id, slug = clanker.slug.as_str(), "clanker created");
     let location = format!("/api/v1/clankers/{}", clanker.id);
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(clanker)))
@@ -74,6 +76,42 @@ pub async fn create_clanker(
 )]
 pub async fn get_clanker(State(state): State<AppState>, Path(key): Path<String>) -> ApiResult<Json<Clanker>> {
     Ok(Json(find_clanker(&state.store, &key).await?))
+}
+
+/// Changes a clanker: the fields present replace the current ones
+/// (`instruction_files` and `secrets` as whole lists); runs in flight keep what they started with.
+#[utoipa::path(
+    patch, path = "/api/v1/clankers/{clanker}", tag = "clankers", request_body = ClankerInput,
+    params(("clanker" = String, Path, description = "The clanker's id or slug")),
+    responses((status = 200, body = Clanker), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody))
+)]
+pub async fn update_clanker(
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+    ApiJson(input): ApiJson<ClankerInput>,
+) -> ApiResult<Json<Clanker>> {
+    let current = find_clanker(&state.store, &key).await?;
+    let new = NewClanker::parse(input.over(&current))?;
+    check_secrets(&state.store, &new.secrets).await?;
+    Ok(Json(state.store.update_clanker(current.id, new).await?))
+}
+
+/// A clanker may only name secrets that exist.
+async fn check_secrets(store: &Store, names: &[String]) -> ApiResult<()> {
+    let mut errors = ValidationErrors::new();
+    for (i, name) in names.iter().enumerate() {
+        match store.get_secret_by_name(name).await {
+            Ok(_) => {}
+            Err(viberglass_store::StoreError::NotFound { .. }) => {
+                errors.add(
+                    &format!("secrets[{i}]"),
+                    format!("there is no secret named {name}: declare it first (POST /api/v1/secrets)"),
+                );
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(errors.into_result(())?)
 }
 
 /// Provisions a clanker on its compute target. Idempotent; the status message says what happened.

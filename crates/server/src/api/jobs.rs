@@ -118,6 +118,8 @@ fn build_spec(
         heartbeat_grace_secs: state.config.heartbeat_grace_secs,
         keep_workspace_on_failure: state.config.keep_failed_workspaces,
         ticket_title: ticket.title.clone(),
+        secret_names: clanker.secrets.clone(),
+        clanker_name: clanker.slug.as_str().to_owned(),
     })
 }
 

@@ -69,7 +69,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(tickets::unarchive_ticket))
         .routes(routes!(secrets::list_secrets, secrets::create_secret))
         .routes(routes!(clankers::list_clankers, clankers::create_clanker))
-        .routes(routes!(clankers::get_clanker))
+        .routes(routes!(clankers::get_clanker, clankers::update_clanker))
         .routes(routes!(clankers::start_clanker))
         .routes(routes!(clankers::stop_clanker))
         .routes(routes!(jobs::create_run))

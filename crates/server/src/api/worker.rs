@@ -73,31 +73,47 @@ pub async fn bootstrap(State(state): State<AppState>, WorkerAuth(id): WorkerAuth
     let job = state.store.get_job(id).await?;
     let spec = job.spec.ok_or_else(|| ApiError::internal("a job without a spec"))?;
     let project = state.store.get_project(job.project_id).await?;
-    let git_credential = match &project.credential_secret {
-        None => None,
-        Some(name) => match resolve_secret(&state, name).await {
-            Ok(password) => Some(GitCredential { username: project.scm_username.clone(), password }),
-            Err(failure) => {
-                state.store.finish_job(id, Outcome::Failed(failure)).await?;
-                return Err(ApiError::new(
-                    StatusCode::GONE,
-                    "job_ended",
-                    "the job failed: a secret it needs cannot be read",
-                ));
+    let resolved = async {
+        let git_credential = match &project.credential_secret {
+            None => None,
+            Some(name) => {
+                let whose = format!("project {}'s SCM credential", project.slug.as_str());
+                let password = resolve_secret(&state, name, &whose).await?;
+                Some(GitCredential { username: project.scm_username.clone(), password })
             }
-        },
+        };
+        let mut secrets = std::collections::BTreeMap::new();
+        for name in &spec.secret_names {
+            let whose = format!("clanker {}", spec.clanker_name);
+            secrets.insert(name.clone(), resolve_secret(&state, name, &whose).await?);
+        }
+        Ok::<_, Failure>((git_credential, secrets))
+    }
+    .await;
+    let (git_credential, secrets) = match resolved {
+        Ok(found) => found,
+        Err(failure) => {
+            state.store.finish_job(id, Outcome::Failed(failure)).await?;
+            return Err(ApiError::new(
+                StatusCode::GONE,
+                "job_ended",
+                "the job failed: a secret it needs cannot be read",
+            ));
+        }
     };
     state.store.append_event(id, EventKind::Status, LogLevel::Info, "worker running", None).await?;
-    Ok(Json(Bootstrap { job_id: id, spec, secrets: Default::default(), git_credential }))
+    Ok(Json(Bootstrap { job_id: id, spec, secrets, git_credential }))
 }
 
 /// Reads a secret's value, or says exactly why it cannot be read.
-async fn resolve_secret(state: &AppState, name: &str) -> Result<String, Failure> {
+async fn resolve_secret(state: &AppState, name: &str, whose: &str) -> Result<String, Failure> {
     let secret = state.store.get_secret_by_name(name).await.map_err(|_| {
         Failure::new(
             FailureLayer::Secrets,
             "secret_missing",
-            format!("the project's SCM credential names the secret {name}, which does not exist: declare it on the Secrets page, then re-run"),
+            format!(
+                "{whose} names the secret {name}, which does not exist: declare it on the Secrets page, then re-run"
+            ),
             false,
         )
     })?;
@@ -108,7 +124,7 @@ async fn resolve_secret(state: &AppState, name: &str) -> Result<String, Failure>
             FailureLayer::Secrets,
             "secret_unresolved",
             format!(
-                "the secret {name} (env backend) has no value: set the environment variable {variable} for the viberglass server, then re-run"
+                "the secret {name} of {whose} (env backend) has no value: set the environment variable {variable} for the viberglass server, then re-run"
             ),
             false,
         )),

@@ -26,6 +26,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/clankers"),
     ("post", "/api/v1/clankers"),
     ("get", "/api/v1/clankers/{clanker}"),
+    ("patch", "/api/v1/clankers/{clanker}"),
     ("post", "/api/v1/clankers/{clanker}/start"),
     ("post", "/api/v1/clankers/{clanker}/stop"),
     ("post", "/api/v1/tickets/{ticket_id}/runs"),

@@ -21,6 +21,8 @@ fn spec() -> JobSpec {
         heartbeat_grace_secs: 600,
         keep_workspace_on_failure: false,
         ticket_title: "t".into(),
+        secret_names: Vec::new(),
+        clanker_name: "c".into(),
     }
 }
 

@@ -36,6 +36,8 @@ pub fn spec(phase: Phase) -> JobSpec {
         heartbeat_grace_secs: 60,
         keep_workspace_on_failure: false,
         ticket_title: "Fix it".into(),
+        secret_names: Vec::new(),
+        clanker_name: "runner".into(),
     }
 }
 
@@ -85,6 +87,20 @@ async fn clankers_round_trip_with_their_instruction_files(backend: TestBackend) 
     .unwrap();
     let dup = store.create_clanker(NewClanker::parse(input).unwrap()).await;
     assert!(matches!(&dup, Err(StoreError::Conflict { field, .. }) if field == "slug"), "{dup:?}");
+
+    // A change replaces the configuration, files and secrets, and keeps the status.
+    let secret = viberglass_domain::SecretInput { name: Some("API_KEY".into()), ..Default::default() };
+    store.create_secret(viberglass_domain::NewSecret::parse(secret).unwrap()).await.unwrap();
+    let change: ClankerInput = serde_json::from_value(serde_json::json!({
+        "description": "now with a key", "secrets": ["API_KEY"], "instruction_files": [{"path": "AGENTS.md", "content": "v2"}]
+    }))
+    .unwrap();
+    let updated = store.update_clanker(created.id, NewClanker::parse(change.over(&read)).unwrap()).await.unwrap();
+    assert_eq!(updated.description, "now with a key");
+    assert_eq!(updated.secrets, ["API_KEY"]);
+    assert_eq!(updated.instruction_files.len(), 1);
+    assert_eq!(updated.status, viberglass_domain::ClankerStatus::Active);
+    assert_eq!(updated.name, "Runner");
 }
 
 async fn a_queued_job_is_claimed_once_then_heartbeats_make_it_active(backend: TestBackend) {
