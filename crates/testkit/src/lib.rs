@@ -12,6 +12,7 @@ pub mod db;
 pub mod forge;
 pub mod git;
 pub mod logs;
+pub mod model;
 pub mod process;
 
 pub use app::TestApp;

@@ -1,0 +1,78 @@
+//! Agent adapters. Each knows how to run its CLI unattended (flags, the
+//! environment it needs, what keeps it quiet) and how to read its output
+//! stream into normalized [`AgentEvent`]s, and classifies how a run ended.
+//! No I/O here: the worker runs the command and feeds the lines in.
+#![forbid(unsafe_code)]
+
+mod claude;
+mod codex;
+mod events;
+
+use std::path::PathBuf;
+
+use viberglass_domain::{AgentKind, Failure};
+
+pub use events::{AgentEvent, ErrorKind};
+
+/// The clanker's settings for an agent (`agent_settings`).
+#[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSettings {
+    /// The model to ask for (the CLI's default when absent).
+    pub model: Option<String>,
+    /// The model API's base URL, for proxies, gateways and tests.
+    pub base_url: Option<String>,
+    /// The secret holding the API key (default: the agent's usual variable, e.g. ANTHROPIC_API_KEY).
+    pub api_key_secret: Option<String>,
+    /// Extra instructions appended to the agent's system prompt.
+    pub system_prompt: Option<String>,
+    /// The CLI's executable (default: its usual name on the PATH).
+    pub binary: Option<String>,
+}
+
+/// What one run needs to build its command line.
+pub struct RunContext<'a> {
+    pub prompt: &'a str,
+    /// A fresh home directory for the CLI (outside /tmp).
+    pub home: PathBuf,
+    pub settings: &'a AgentSettings,
+    pub api_key: &'a str,
+}
+
+/// A command to run in the checkout, with stdin closed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Invocation {
+    pub program: String,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+/// Reads one CLI's output, line by line.
+pub trait StreamParser: Send {
+    /// The events a line of output carries. Lines it does not understand
+    /// come back as [`AgentEvent::Raw`]: never an error, never a panic.
+    fn line(&mut self, line: &str) -> Vec<AgentEvent>;
+}
+
+/// One agent CLI.
+pub trait Adapter: Send + Sync {
+    fn kind(&self) -> AgentKind;
+    /// The secret (environment variable) the API key usually lives in.
+    fn default_key_secret(&self) -> &'static str;
+    fn invocation(&self, cx: &RunContext<'_>) -> Invocation;
+    fn parser(&self) -> Box<dyn StreamParser>;
+}
+
+/// The adapter for an agent, if one exists yet.
+pub fn adapter(kind: AgentKind) -> Option<&'static dyn Adapter> {
+    match kind {
+        AgentKind::ClaudeCode => Some(&claude::ClaudeCode),
+        AgentKind::Codex => Some(&codex::Codex),
+        _ => None,
+    }
+}
+
+/// How a run ended, from its exit status and what its stream said.
+pub fn classify(agent: AgentKind, exit_code: Option<i32>, events: &[AgentEvent]) -> Option<Failure> {
+    events::classify(agent, exit_code, events)
+}

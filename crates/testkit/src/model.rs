@@ -1,0 +1,238 @@
+//! A scripted model server speaking the Anthropic Messages API and the
+//! OpenAI Responses API, both streaming (SSE), for driving the real agent
+//! CLIs offline. Each test gives it a script of steps; it records every
+//! request so the test can assert what the CLI sent.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+/// One answer of the model.
+#[derive(Debug, Clone)]
+pub enum Step {
+    /// A tool call that runs a shell command (Anthropic `Bash`, OpenAI `exec_command`).
+    Run(String),
+    /// The final answer.
+    Text(String),
+    /// An HTTP error: 401 (bad key), 429 (rate limit), 529 (overloaded), ...
+    Fail { status: u16, no_retry_header: bool },
+}
+
+/// A request the CLI made.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Value,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+struct Inner {
+    script: Mutex<VecDeque<Step>>,
+    requests: Mutex<Vec<Recorded>>,
+}
+
+/// A running mock model server. Stops when dropped.
+pub struct MockModel {
+    pub address: SocketAddr,
+    inner: Arc<Inner>,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl MockModel {
+    pub async fn start(script: Vec<Step>) -> MockModel {
+        let inner = Arc::new(Inner { script: Mutex::new(script.into()), requests: Mutex::new(Vec::new()) });
+        let app = axum::Router::new().fallback(handle).with_state(inner.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let stop = tokio_util::sync::CancellationToken::new();
+        let shutdown = stop.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+        });
+        MockModel { address, inner, stop }
+    }
+
+    /// The base URL for Anthropic clients (`ANTHROPIC_BASE_URL`).
+    pub fn anthropic_url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    /// The base URL for OpenAI clients (ends in `/v1`).
+    pub fn openai_url(&self) -> String {
+        format!("http://{}/v1", self.address)
+    }
+
+    /// Every model request so far (side queries included).
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.inner.requests.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl Drop for MockModel {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn handle(State(inner): State<Arc<Inner>>, uri: Uri, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let path = uri.path().to_owned();
+    inner.requests.lock().unwrap_or_else(|e| e.into_inner()).push(Recorded {
+        path: path.clone(),
+        headers: headers.iter().map(|(n, v)| (n.to_string(), v.to_str().unwrap_or_default().to_owned())).collect(),
+        body: body.clone(),
+    });
+    let anthropic = path.ends_with("/messages");
+    let openai = path.ends_with("/responses");
+    if !anthropic && !openai {
+        return (StatusCode::OK, "ok").into_response();
+    }
+    // Side queries without tools (e.g. a session title) do not use up the script.
+    let has_tools = body.get("tools").and_then(Value::as_array).is_some_and(|t| !t.is_empty());
+    let step = if has_tools || openai {
+        inner.script.lock().unwrap_or_else(|e| e.into_inner()).pop_front().unwrap_or(Step::Text("Done.".into()))
+    } else {
+        Step::Text("{\"title\": \"Viberglass job\"}".into())
+    };
+    match step {
+        Step::Fail { status, no_retry_header } => failure(anthropic, status, no_retry_header),
+        step if anthropic => sse(anthropic_stream(&step, &body)),
+        step => sse(openai_stream(&step)),
+    }
+}
+
+fn failure(anthropic: bool, status: u16, no_retry_header: bool) -> Response {
+    let (kind, message) = match status {
+        401 => ("authentication_error", "invalid x-api-key"),
+        429 => ("rate_limit_error", "Number of request tokens has exceeded your per-minute rate limit"),
+        529 => ("overloaded_error", "Overloaded"),
+        404 => ("not_found_error", "model: not-a-model"),
+        _ => ("api_error", "Internal server error"),
+    };
+    let body = if anthropic {
+        json!({"type": "error", "error": {"type": kind, "message": message}})
+    } else {
+        let code = match status {
+            401 => "invalid_api_key",
+            429 => "rate_limit_exceeded",
+            404 => "model_not_found",
+            _ => "server_error",
+        };
+        json!({"error": {"message": message, "type": kind, "code": code}})
+    };
+    let mut response =
+        (StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), Json(body)).into_response();
+    if no_retry_header {
+        response.headers_mut().insert("x-should-retry", "false".parse().unwrap());
+    }
+    response
+}
+
+fn sse(events: Vec<(String, Value)>) -> Response {
+    let mut text = String::new();
+    for (event, data) in events {
+        text.push_str(&format!("event: {event}\ndata: {data}\n\n"));
+    }
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "text/event-stream")
+        .header("cache-control", "no-cache")
+        .body(Body::from(text))
+        .expect("an SSE response")
+}
+
+fn anthropic_stream(step: &Step, request: &Value) -> Vec<(String, Value)> {
+    let model = request.get("model").cloned().unwrap_or(json!("claude-test"));
+    let mut events = vec![(
+        "message_start".to_owned(),
+        json!({"type": "message_start", "message": {"id": "msg_mock", "type": "message", "role": "assistant", "model": model,
+               "content": [], "stop_reason": null, "stop_sequence": null,
+               "usage": {"input_tokens": 120, "output_tokens": 1, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}}}),
+    )];
+    let stop_reason = match step {
+        Step::Run(command) => {
+            events.push(("content_block_start".into(), json!({"type": "content_block_start", "index": 0,
+                "content_block": {"type": "tool_use", "id": format!("toolu_{}", uuid::Uuid::new_v4().simple()), "name": "Bash", "input": {}}})));
+            let input = json!({"command": command, "description": "Run a command"}).to_string();
+            events.push((
+                "content_block_delta".into(),
+                json!({"type": "content_block_delta", "index": 0,
+                "delta": {"type": "input_json_delta", "partial_json": input}}),
+            ));
+            "tool_use"
+        }
+        Step::Text(text) => {
+            events.push((
+                "content_block_start".into(),
+                json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+            ));
+            events.push((
+                "content_block_delta".into(),
+                json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}}),
+            ));
+            "end_turn"
+        }
+        Step::Fail { .. } => unreachable!("failures are answered before streaming"),
+    };
+    events.push(("content_block_stop".into(), json!({"type": "content_block_stop", "index": 0})));
+    events.push((
+        "message_delta".into(),
+        json!({"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": null}, "usage": {"output_tokens": 42}}),
+    ));
+    events.push(("message_stop".into(), json!({"type": "message_stop"})));
+    events
+}
+
+fn openai_stream(step: &Step) -> Vec<(String, Value)> {
+    let id = format!("resp_{}", uuid::Uuid::new_v4().simple());
+    let item = match step {
+        Step::Run(command) => json!({"type": "function_call", "id": format!("fc_{}", uuid::Uuid::new_v4().simple()),
+            "call_id": format!("call_{}", uuid::Uuid::new_v4().simple()), "name": "exec_command",
+            "arguments": json!({"cmd": command}).to_string(), "status": "completed"}),
+        Step::Text(text) => {
+            json!({"type": "message", "id": format!("msg_{}", uuid::Uuid::new_v4().simple()), "role": "assistant",
+            "status": "completed", "content": [{"type": "output_text", "text": text, "annotations": []}]})
+        }
+        Step::Fail { .. } => unreachable!("failures are answered before streaming"),
+    };
+    let mut events = vec![
+        (
+            "response.created".to_owned(),
+            json!({"type": "response.created", "response": {"id": id, "object": "response", "status": "in_progress", "output": []}}),
+        ),
+        (
+            "response.output_item.added".to_owned(),
+            json!({"type": "response.output_item.added", "output_index": 0, "item": item}),
+        ),
+    ];
+    if let Step::Text(text) = step {
+        events.push((
+            "response.output_text.delta".into(),
+            json!({"type": "response.output_text.delta", "output_index": 0, "content_index": 0, "delta": text}),
+        ));
+    }
+    events.push((
+        "response.output_item.done".into(),
+        json!({"type": "response.output_item.done", "output_index": 0, "item": item}),
+    ));
+    events.push((
+        "response.completed".into(),
+        json!({"type": "response.completed", "response": {"id": id, "object": "response", "status": "completed", "output": [item],
+               "usage": {"input_tokens": 120, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 42,
+                         "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 162}}}),
+    ));
+    events
+}
