@@ -73,6 +73,12 @@ fn tool_summary(name: &str, input: &Value) -> String {
     input.get(field).and_then(Value::as_str).map_or_else(|| brief(&input.to_string()), brief)
 }
 
+/// The HTTP status in a message such as "API Error: 529 Overloaded".
+fn api_status(message: &str) -> Option<u64> {
+    let rest = message.split("API Error: ").nth(1)?;
+    rest.split_whitespace().next()?.parse().ok()
+}
+
 impl StreamParser for Parser {
     fn line(&mut self, line: &str) -> Vec<AgentEvent> {
         let raw = || vec![AgentEvent::Raw { line: line.to_owned() }];
@@ -93,10 +99,9 @@ impl StreamParser for Parser {
                 let message = value.get("message").cloned().unwrap_or_default();
                 let mut events = Vec::new();
                 if let Some(error) = value.get("error").and_then(Value::as_str) {
-                    events.push(AgentEvent::Error {
-                        kind: ErrorKind::from_status(None, error),
-                        message: text(&message["content"]),
-                    });
+                    let message = text(&message["content"]);
+                    let kind = ErrorKind::from_status(api_status(&message), &format!("{error} {message}"));
+                    events.push(AgentEvent::Error { kind, message });
                     return events;
                 }
                 for block in message.get("content").and_then(Value::as_array).into_iter().flatten() {
@@ -189,6 +194,14 @@ mod tests {
     fn a_bad_key_is_an_auth_error() {
         let events = parse(include_str!("../tests/streams/claude-code-auth.jsonl"));
         assert!(events.iter().any(|e| matches!(e, AgentEvent::Error { kind: ErrorKind::Auth, .. })), "{events:#?}");
+    }
+
+    #[test]
+    fn an_overloaded_provider_is_told_apart_from_other_errors() {
+        let line = r#"{"type":"assistant","error":"unknown","message":{"content":[{"type":"text","text":"API Error: 529 Overloaded. This is a server-side issue"}]}}"#;
+        assert!(matches!(Parser.line(line).as_slice(), [AgentEvent::Error { kind: ErrorKind::Overloaded, .. }]));
+        let line = r#"{"type":"assistant","error":"rate_limit","message":{"content":[{"type":"text","text":"API Error: 429 rate limited"}]}}"#;
+        assert!(matches!(Parser.line(line).as_slice(), [AgentEvent::Error { kind: ErrorKind::RateLimit, .. }]));
     }
 
     #[test]

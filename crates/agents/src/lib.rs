@@ -10,25 +10,10 @@ mod events;
 
 use std::path::PathBuf;
 
+pub use viberglass_domain::AgentSettings;
 use viberglass_domain::{AgentKind, Failure};
 
 pub use events::{AgentEvent, ErrorKind};
-
-/// The clanker's settings for an agent (`agent_settings`).
-#[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct AgentSettings {
-    /// The model to ask for (the CLI's default when absent).
-    pub model: Option<String>,
-    /// The model API's base URL, for proxies, gateways and tests.
-    pub base_url: Option<String>,
-    /// The secret holding the API key (default: the agent's usual variable, e.g. ANTHROPIC_API_KEY).
-    pub api_key_secret: Option<String>,
-    /// Extra instructions appended to the agent's system prompt.
-    pub system_prompt: Option<String>,
-    /// The CLI's executable (default: its usual name on the PATH).
-    pub binary: Option<String>,
-}
 
 /// What one run needs to build its command line.
 pub struct RunContext<'a> {

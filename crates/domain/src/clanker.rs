@@ -45,6 +45,22 @@ named_enum!(
     }
 );
 
+/// A clanker's settings for an agent CLI (`agent_settings` of every agent but `command`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSettings {
+    /// The model to ask for (the CLI's default when absent).
+    pub model: Option<String>,
+    /// The model API's base URL, for proxies, gateways and tests.
+    pub base_url: Option<String>,
+    /// The secret holding the API key (default: the agent's usual variable, e.g. ANTHROPIC_API_KEY).
+    pub api_key_secret: Option<String>,
+    /// Extra instructions appended to the agent's system prompt.
+    pub system_prompt: Option<String>,
+    /// The CLI's executable (default: its usual name on the PATH).
+    pub binary: Option<String>,
+}
+
 /// A clanker as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Clanker {
@@ -90,7 +106,15 @@ fn harness_for(agent: AgentKind, settings: &serde_json::Value) -> Result<Harness
             }
             Ok(HarnessSpec::Command { command })
         }
-        other => Err(format!("the {other} agent is not available yet: use the `command` agent")),
+        AgentKind::ClaudeCode | AgentKind::Codex => {
+            let parsed: AgentSettings = serde_json::from_value(settings.clone())
+                .map_err(|e| format!("`agent_settings` for {agent} are invalid: {e}; known settings are model, base_url, api_key_secret, system_prompt and binary"))?;
+            if let Some(name) = &parsed.api_key_secret {
+                crate::secret::parse_secret_name(name).map_err(|e| format!("`agent_settings.api_key_secret`: {e}"))?;
+            }
+            Ok(HarnessSpec::Agent { agent, settings: parsed })
+        }
+        other => Err(format!("the {other} agent is not available yet: use claude-code, codex or command")),
     }
 }
 
@@ -186,7 +210,12 @@ impl NewClanker {
         if let Some(agent) = agent
             && let Err(msg) = harness_for(agent, &agent_settings)
         {
-            e.add(if agent == AgentKind::Command { "agent_settings" } else { "agent" }, msg);
+            let field = if matches!(agent, AgentKind::Command | AgentKind::ClaudeCode | AgentKind::Codex) {
+                "agent_settings"
+            } else {
+                "agent"
+            };
+            e.add(field, msg);
         }
         let compute = e.check("compute", input.compute.as_deref().unwrap_or("local").parse::<ComputeKind>());
         if let Some(c) = compute

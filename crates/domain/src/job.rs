@@ -43,6 +43,8 @@ pub struct InstructionFile {
 pub enum HarnessSpec {
     /// Runs `command` (argv) in the repository checkout.
     Command { command: Vec<String> },
+    /// Runs an agent CLI unattended through its adapter.
+    Agent { agent: crate::AgentKind, settings: crate::clanker::AgentSettings },
 }
 
 /// Everything a worker needs to run a job, frozen when the job is queued so a

@@ -19,7 +19,7 @@ pub mod secret;
 pub mod ticket;
 pub mod validation;
 
-pub use clanker::{AgentKind, Clanker, ClankerInput, ClankerStatus, ComputeKind, NewClanker};
+pub use clanker::{AgentKind, AgentSettings, Clanker, ClankerInput, ClankerStatus, ComputeKind, NewClanker};
 pub use failure::{Failure, FailureLayer};
 pub use ids::{ClankerId, JobId, ProjectId, SecretId, TicketId, UserId};
 pub use job::{EventKind, HarnessSpec, InstructionFile, Job, JobEvent, JobSpec, JobStatus, LogLevel, NewJobEvent};

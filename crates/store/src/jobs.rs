@@ -47,21 +47,26 @@ const SELECT_LIVE: &str = select!("WHERE status IN ('dispatching', 'active') ORD
 const SELECT_TOKEN: &str = "SELECT status, token_hash FROM jobs WHERE id = $1";
 
 /// Claims the oldest queued job whose project and clanker are under their
-/// concurrency limits. Jobs over a limit keep their place and wait.
+/// concurrency limits. Jobs over a limit keep their place and wait. The
+/// running counts are computed once per claim (the running set is small),
+/// not once per queued row.
 macro_rules! claim_sql {
     ($lock:literal) => {
         concat!(
             "UPDATE jobs SET status = 'dispatching', dispatched_at = $1, token_hash = $2, updated_at = $1, \
              dispatch_attempts = dispatch_attempts + 1 \
              WHERE status = 'queued' AND id = (\
+               WITH running AS (SELECT project_id, clanker_id FROM jobs WHERE status IN ('dispatching', 'active')), \
+               by_project AS (SELECT project_id, COUNT(*) AS n FROM running GROUP BY project_id), \
+               by_clanker AS (SELECT clanker_id, COUNT(*) AS n FROM running WHERE clanker_id IS NOT NULL GROUP BY clanker_id) \
                SELECT j.id FROM jobs j \
                JOIN projects p ON p.id = j.project_id \
                LEFT JOIN clankers c ON c.id = j.clanker_id \
+               LEFT JOIN by_project bp ON bp.project_id = j.project_id \
+               LEFT JOIN by_clanker bc ON bc.clanker_id = j.clanker_id \
                WHERE j.status = 'queued' AND (j.dispatch_after IS NULL OR j.dispatch_after <= $1) \
-                 AND (SELECT COUNT(*) FROM jobs a WHERE a.project_id = j.project_id \
-                      AND a.status IN ('dispatching', 'active')) < p.max_concurrent_jobs \
-                 AND (c.id IS NULL OR (SELECT COUNT(*) FROM jobs a WHERE a.clanker_id = j.clanker_id \
-                      AND a.status IN ('dispatching', 'active')) < c.max_concurrent_jobs) \
+                 AND COALESCE(bp.n, 0) < p.max_concurrent_jobs \
+                 AND (c.id IS NULL OR COALESCE(bc.n, 0) < c.max_concurrent_jobs) \
                ORDER BY j.id LIMIT 1",
             $lock,
             ")",

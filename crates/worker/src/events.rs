@@ -40,6 +40,17 @@ impl EventSink {
         let _ = self.tx.send(Message::Event(EventKind::Progress, LogLevel::Info, step.to_owned(), None));
     }
 
+    /// A normalized agent event, with its one-line summary as the message.
+    pub fn agent(&self, event: &viberglass_agents::AgentEvent) {
+        let level = match event {
+            viberglass_agents::AgentEvent::Error { .. } => LogLevel::Error,
+            viberglass_agents::AgentEvent::ToolFinished { ok: false, .. } => LogLevel::Warn,
+            _ => LogLevel::Info,
+        };
+        let data = serde_json::to_value(event).ok();
+        let _ = self.tx.send(Message::Event(EventKind::Agent, level, event.summary(), data));
+    }
+
     pub fn log(&self, level: LogLevel, line: &str) {
         let _ = self.tx.send(Message::Event(EventKind::Log, level, line.to_owned(), None));
     }

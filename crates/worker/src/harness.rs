@@ -12,8 +12,17 @@ use crate::events::EventSink;
 
 /// What the agent did, as far as the pipeline cares.
 pub enum AgentEnd {
-    Finished,
+    /// It finished; the usage it reported, if any.
+    Finished(Option<Usage>),
     Cancelled,
+}
+
+/// Tokens and cost the agent reported.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Usage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cost_usd: Option<f64>,
 }
 
 /// Runs the agent described by `spec.harness` in `repo`, streaming its output as log lines.
@@ -25,7 +34,12 @@ pub async fn run_agent(
     sink: &EventSink,
     cancel: &CancellationToken,
 ) -> Result<AgentEnd, Failure> {
-    let HarnessSpec::Command { command } = &spec.harness;
+    let command = match &spec.harness {
+        HarnessSpec::Command { command } => command,
+        HarnessSpec::Agent { agent, settings } => {
+            return run_cli(*agent, settings, spec, secrets, repo, home, sink, cancel).await;
+        }
+    };
     let (program, args) = command.split_first().ok_or_else(|| {
         Failure::new(
             FailureLayer::Agent,
@@ -82,7 +96,7 @@ pub async fn run_agent(
     let _ = tokio::join!(out, err);
     let status = status.map_err(|e| Failure::internal(format!("waiting for the agent: {e}")))?;
     if status.success() {
-        Ok(AgentEnd::Finished)
+        Ok(AgentEnd::Finished(None))
     } else {
         Err(Failure::new(
             FailureLayer::Agent,
@@ -94,4 +108,122 @@ pub async fn run_agent(
             true,
         ))
     }
+}
+
+/// Runs an agent CLI through its adapter: its output becomes normalized
+/// agent events (raw lines kept at debug level), and its end is classified.
+#[allow(clippy::too_many_arguments)]
+async fn run_cli(
+    agent: viberglass_domain::AgentKind,
+    settings: &viberglass_domain::AgentSettings,
+    spec: &JobSpec,
+    secrets: &std::collections::BTreeMap<String, String>,
+    repo: &Path,
+    home: &Path,
+    sink: &EventSink,
+    cancel: &CancellationToken,
+) -> Result<AgentEnd, Failure> {
+    use viberglass_agents::AgentEvent;
+    let adapter = viberglass_agents::adapter(agent).ok_or_else(|| {
+        Failure::new(
+            FailureLayer::Agent,
+            "agent_unsupported",
+            format!("this worker cannot run the {agent} agent yet"),
+            false,
+        )
+    })?;
+    // The key is checked before the CLI starts: a missing key is a
+    // configuration problem, not something the CLI should discover.
+    let key_name = settings.api_key_secret.clone().unwrap_or_else(|| adapter.default_key_secret().to_owned());
+    let Some(api_key) = secrets.get(&key_name) else {
+        return Err(Failure::new(
+            FailureLayer::Secrets,
+            "agent_key_missing",
+            format!(
+                "clanker {} has no secret {key_name} for the {agent} agent's API key: attach a secret named {key_name} to the clanker (or set agent_settings.api_key_secret), then re-run",
+                spec.clanker_name
+            ),
+            false,
+        ));
+    };
+    std::fs::create_dir_all(home.join(".codex"))
+        .map_err(|e| Failure::internal(format!("creating the agent's home: {e}")))?;
+    let invocation = adapter.invocation(&viberglass_agents::RunContext {
+        prompt: &spec.prompt,
+        home: home.to_owned(),
+        settings,
+        api_key,
+    });
+    let mut child = tokio::process::Command::new(&invocation.program)
+        .args(&invocation.args)
+        .current_dir(repo)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .envs(secrets)
+        .envs(invocation.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env_remove("VIBERGLASS_JOB_TOKEN")
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| {
+            Failure::new(
+                FailureLayer::Agent,
+                "agent_not_installed",
+                format!("the {agent} CLI `{}` could not start ({e}): install it on the worker, or set agent_settings.binary", invocation.program),
+                false,
+            )
+        })?;
+    tracing::info!(agent = %agent, program = invocation.program, "agent started");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let err_sink = sink.clone();
+    let err = tokio::spawn(async move {
+        let mut lines = BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            err_sink.log(LogLevel::Warn, &line);
+        }
+    });
+    let mut parser = adapter.parser();
+    let mut kept = Vec::new();
+    let mut lines = BufReader::new(stdout).lines();
+    let read = async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            for event in parser.line(&line) {
+                match &event {
+                    AgentEvent::Raw { line } => sink.log(LogLevel::Debug, line),
+                    other => sink.agent(other),
+                }
+                if matches!(
+                    event,
+                    AgentEvent::Error { .. } | AgentEvent::ToolFinished { .. } | AgentEvent::Usage { .. }
+                ) {
+                    kept.push(event);
+                }
+            }
+        }
+        child.wait().await
+    };
+    let status = tokio::select! {
+        status = read => status,
+        () = cancel.cancelled() => return Ok(AgentEnd::Cancelled),
+    };
+    let _ = err.await;
+    let status = status.map_err(|e| Failure::internal(format!("waiting for the agent: {e}")))?;
+    if let Some(failure) = viberglass_agents::classify(agent, status.code(), &kept) {
+        return Err(failure);
+    }
+    let usage = kept.iter().fold(None, |total: Option<Usage>, e| match e {
+        AgentEvent::Usage { input_tokens, output_tokens, cost_usd } => {
+            let mut t = total.unwrap_or_default();
+            t.input_tokens += input_tokens;
+            t.output_tokens += output_tokens;
+            t.cost_usd = match (t.cost_usd, cost_usd) {
+                (Some(a), Some(b)) => Some(a + b),
+                (a, b) => a.or(*b),
+            };
+            Some(t)
+        }
+        _ => total,
+    });
+    Ok(AgentEnd::Finished(usage))
 }

@@ -90,10 +90,11 @@ async fn steps(cx: &Context<'_>) -> Result<End, Failure> {
     std::fs::write(&exclude_file, exclude).map_err(|e| io_failure("excluding instruction files", e))?;
 
     cx.sink.progress("running the agent");
-    match run_agent(spec, &cx.boot.secrets, &repo, &home, cx.sink, cx.cancel).await? {
+    let usage = match run_agent(spec, &cx.boot.secrets, &repo, &home, cx.sink, cx.cancel).await? {
         AgentEnd::Cancelled => return Ok(End::Cancelled),
-        AgentEnd::Finished => {}
-    }
+        AgentEnd::Finished(usage) => usage,
+    };
+    let usage = usage.map(|u| serde_json::to_value(u).unwrap_or_default());
 
     match spec.phase {
         Phase::Research | Phase::Planning => {
@@ -108,12 +109,24 @@ async fn steps(cx: &Context<'_>) -> Result<End, Failure> {
                 )
             })?;
             let reply = cx.client.document(content).await.map_err(|e| Failure::internal(e.to_string()))?;
+            let mut result = serde_json::json!({"document": name, "revision": reply.revision});
+            if let Some(usage) = usage {
+                result["usage"] = usage;
+            }
             Ok(End::Report(WorkerResult::Completed {
-                result: serde_json::json!({"document": name, "revision": reply.revision}),
+                result,
                 summary: format!("wrote {name} (revision {})", reply.revision),
             }))
         }
-        Phase::Execution => commit(cx, &git, &repo).await,
+        Phase::Execution => match commit(cx, &git, &repo).await? {
+            End::Report(WorkerResult::Completed { mut result, summary }) => {
+                if let Some(usage) = usage {
+                    result["usage"] = usage;
+                }
+                Ok(End::Report(WorkerResult::Completed { result, summary }))
+            }
+            other => Ok(other),
+        },
     }
 }
 

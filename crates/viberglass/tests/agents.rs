@@ -1,0 +1,207 @@
+//! The real Claude Code and Codex CLIs, driven by the mock model server,
+//! running research and execution jobs end to end.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use viberglass_testkit::git::TestRepo;
+use viberglass_testkit::model::{MockModel, Step};
+use viberglass_testkit::{TestApp, TestBackend};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_viberglass");
+
+/// Where scripts/test installs the agent CLIs; `None` (skip) outside CI when they are missing.
+fn cli(name: &str) -> Option<String> {
+    let dir = std::env::var("VIBERGLASS_TEST_CLI_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| "/var/tmp/viberglass-tools/node_modules/.bin".into());
+    let path = dir.join(name);
+    if path.exists() {
+        return Some(path.display().to_string());
+    }
+    assert!(std::env::var("CI").is_err(), "{} is not installed under CI: scripts/test installs it", path.display());
+    eprintln!("note: {} is not installed; skipping (scripts/test installs it)", path.display());
+    None
+}
+
+struct Agent {
+    kind: &'static str,
+    key: &'static str,
+    binary: String,
+}
+
+fn claude() -> Option<Agent> {
+    cli("claude").map(|binary| Agent { kind: "claude-code", key: "ANTHROPIC_API_KEY", binary })
+}
+
+fn codex() -> Option<Agent> {
+    cli("codex").map(|binary| Agent { kind: "codex", key: "OPENAI_API_KEY", binary })
+}
+
+/// A server, a project on a real repository, a started clanker for `agent`
+/// talking to `model`, and a ticket. `with_key: false` leaves the key secret off the clanker.
+async fn setup(agent: &Agent, model: &MockModel, with_key: bool) -> (TestApp, String, TestRepo) {
+    let app = TestApp::builder(TestBackend::Sqlite)
+        .env("VIBERGLASS_WORKER_BINARY", BINARY)
+        .env("VIBERGLASS_DISPATCH_INTERVAL_MS", "50")
+        .env("VIBERGLASS_HEARTBEAT_INTERVAL_SECS", "1")
+        .env("VG_TEST_MODEL_KEY", "sk-mock-key-0123456789")
+        .spawn()
+        .await;
+    let repo = TestRepo::with_files(&[("README.md", "# Shop\n")]);
+    app.post_json("/api/v1/secrets", &json!({"name": agent.key, "reference": "VG_TEST_MODEL_KEY"})).await;
+    app.create_project(json!({"name": "Shop", "repository_url": repo.url()})).await;
+    let base_url = if agent.kind == "codex" { model.openai_url() } else { model.anthropic_url() };
+    let response = app
+        .post_json(
+            "/api/v1/clankers",
+            &json!({
+                "name": "Agent",
+                "agent": agent.kind,
+                "agent_settings": {"base_url": base_url, "binary": agent.binary, "model": if agent.kind == "codex" { "gpt-5.5" } else { "claude-test-model" }},
+                "secrets": if with_key { vec![agent.key] } else { Vec::new() },
+            }),
+        )
+        .await;
+    assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+    app.post_json("/api/v1/clankers/agent/start", &json!({})).await;
+    let ticket = app.create_ticket("shop", json!({"title": "Fix the readme"})).await;
+    (app, ticket["id"].as_str().unwrap().to_owned(), repo)
+}
+
+async fn run(app: &TestApp, ticket: &str, phase: &str) -> (Value, Duration) {
+    let started = Instant::now();
+    let job: Value = app
+        .post_json(&format!("/api/v1/tickets/{ticket}/runs"), &json!({"phase": phase, "clanker": "agent"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = job["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let job: Value = app.get(&format!("/api/v1/jobs/{id}")).await.json().await.unwrap();
+        if matches!(job["status"].as_str(), Some("completed" | "failed")) {
+            return (job, started.elapsed());
+        }
+        assert!(Instant::now() < deadline, "job did not finish: {job}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The agent events of a job, as `type` names in order.
+async fn agent_events(app: &TestApp, job: &Value) -> Vec<Value> {
+    let events: Value =
+        app.get(&format!("/api/v1/jobs/{}/events?limit=1000", job["id"].as_str().unwrap())).await.json().await.unwrap();
+    events["items"].as_array().unwrap().iter().filter(|e| e["kind"] == "agent").map(|e| e["data"].clone()).collect()
+}
+
+async fn research_and_execution(agent: Agent) {
+    let model = MockModel::start(vec![
+        Step::Run("printf '# Findings\\n\\nThe readme lacks a title.\\n' > RESEARCH.md".into()),
+        Step::Text("Wrote RESEARCH.md.".into()),
+        Step::Run("printf 'Fixed.\\n' >> README.md && printf 'Fix the readme\\n' > PR_TITLE.md".into()),
+        Step::Text("Changed README.md.".into()),
+    ])
+    .await;
+    let (app, ticket, _repo) = setup(&agent, &model, true).await;
+
+    let (research, _) = run(&app, &ticket, "research").await;
+    assert_eq!(research["status"], "completed", "{research}");
+    assert_eq!(research["result"]["document"], "RESEARCH.md");
+    assert!(research["result"]["usage"]["input_tokens"].as_u64().unwrap() > 0, "usage is recorded: {research}");
+    let (content, _) =
+        app.store.phase_document(ticket.parse().unwrap(), viberglass_domain::Phase::Research).await.unwrap().unwrap();
+    assert!(content.starts_with("# Findings"), "{content}");
+    let kinds: Vec<String> =
+        agent_events(&app, &research).await.iter().map(|e| e["type"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(kinds, ["tool_started", "tool_finished", "text", "usage"], "the tool calls in order");
+
+    let (execution, _) = run(&app, &ticket, "execution").await;
+    assert_eq!(execution["status"], "completed", "{execution}");
+    let files = execution["result"]["changed_files"].as_array().unwrap();
+    assert_eq!(files.len(), 1, "only README.md; PR_TITLE.md is read, not committed: {files:?}");
+    assert_eq!(files[0]["path"], "README.md");
+
+    // What the CLI sent: our prompt, with the ticket text delimited, and the key from the secret.
+    let requests = model.requests();
+    let main =
+        requests.iter().find(|r| r.body.to_string().contains("Fix the readme")).expect("a request with the prompt");
+    assert!(main.body.to_string().contains("<<<TICKET"), "untrusted ticket text is delimited");
+    let key = main.header("x-api-key").or(main.header("authorization")).unwrap_or_default();
+    assert!(key.contains("sk-mock-key-0123456789"), "the key comes from the clanker's secret: {key}");
+    let events = app
+        .get(&format!("/api/v1/jobs/{}/events?limit=1000", execution["id"].as_str().unwrap()))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(!events.contains("sk-mock-key-0123456789"), "the key never reaches the logs");
+}
+
+async fn model_errors_are_classified(agent: Agent) {
+    for (status, layer, code) in [
+        (401, "agent_auth", "agent_authentication_failed"),
+        (429, "agent", "agent_rate_limited"),
+        (529, "agent", "provider_overloaded"),
+    ] {
+        let model = MockModel::start(vec![Step::Fail { status, no_retry_header: true }; 3]).await;
+        let (app, ticket, _repo) = setup(&agent, &model, true).await;
+        let (job, took) = run(&app, &ticket, "research").await;
+        assert_eq!(
+            (job["failure"]["layer"].as_str(), job["failure"]["code"].as_str()),
+            (Some(layer), Some(code)),
+            "{status}: {job}"
+        );
+        if status == 401 {
+            assert!(took < Duration::from_secs(10), "an auth failure fails the job within 10 s, took {took:?}");
+            assert!(job["status_message"].as_str().unwrap().contains("API key secret is missing or stale"), "{job}");
+        }
+    }
+}
+
+async fn a_missing_key_secret_fails_before_the_cli_starts(agent: Agent) {
+    let model = MockModel::start(Vec::new()).await;
+    let (app, ticket, _repo) = setup(&agent, &model, false).await;
+    let (job, _) = run(&app, &ticket, "research").await;
+    assert_eq!(job["failure"]["layer"], "secrets", "{job}");
+    let message = job["status_message"].as_str().unwrap();
+    assert!(message.contains(agent.key) && message.contains("clanker agent"), "{message}");
+    assert!(model.requests().is_empty(), "the CLI never started");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claude_code_researches_and_executes() {
+    if let Some(agent) = claude() {
+        research_and_execution(agent).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claude_code_model_errors_are_classified() {
+    if let Some(agent) = claude() {
+        model_errors_are_classified(agent).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claude_code_without_its_key_secret_never_starts() {
+    if let Some(agent) = claude() {
+        a_missing_key_secret_fails_before_the_cli_starts(agent).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codex_researches_and_executes() {
+    if let Some(agent) = codex() {
+        research_and_execution(agent).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codex_model_errors_are_classified() {
+    if let Some(agent) = codex() {
+        model_errors_are_classified(agent).await;
+    }
+}
