@@ -89,7 +89,9 @@ pub async fn queue(backend: &str, target: DatabaseTarget, jobs: usize, claimers:
 /// server's own event timestamps record it.
 pub async fn dispatch(base: &str, runs: usize) -> Result<()> {
     let client = reqwest::Client::new();
-    let repo = tempfile::tempdir()?;
+    // Not under /tmp: sandboxed workers get a private /tmp.
+    let repo = tempfile::Builder::new().prefix("viberglass-bench-").tempdir_in("/var/tmp")?;
+
     let bare = repo.path().join("remote.git");
     let seed = repo.path().join("seed");
     std::fs::create_dir_all(&seed)?;
@@ -130,6 +132,7 @@ pub async fn dispatch(base: &str, runs: usize) -> Result<()> {
 
     let started = Instant::now();
     let mut latencies = Vec::new();
+    let mut overheads = Vec::new();
     for _ in 0..runs {
         let job = post(
             format!("/api/v1/tickets/{ticket}/runs"),
@@ -160,7 +163,35 @@ pub async fn dispatch(base: &str, runs: usize) -> Result<()> {
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         latencies.push(latency);
+        overheads.push(worker_overhead(&client, base, &id).await?);
     }
     Stats { requests: runs, wall: started.elapsed(), latencies }.print("local", "dispatch latency", 1);
+    Stats { requests: runs, wall: started.elapsed(), latencies: overheads }.print("local", "worker overhead", 1);
     Ok(())
+}
+
+/// The worker's own time from bootstrap to starting the agent, clone excluded,
+/// from the job's event timestamps.
+async fn worker_overhead(client: &reqwest::Client, base: &str, id: &str) -> Result<Duration> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let events: serde_json::Value =
+            client.get(format!("{base}/api/v1/jobs/{id}/events")).send().await?.json().await?;
+        let items = events["items"].as_array().cloned().unwrap_or_default();
+        let at = |prefix: &str| {
+            items.iter().find(|e| e["message"].as_str().is_some_and(|m| m.starts_with(prefix))).and_then(|e| {
+                time::OffsetDateTime::parse(e["created_at"].as_str()?, &time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+        };
+        if let (Some(boot), Some(clone), Some(cloned), Some(agent)) =
+            (at("worker running"), at("cloning"), at("writing instruction files"), at("running the agent"))
+        {
+            return Ok(((agent - boot) - (cloned - clone)).unsigned_abs());
+        }
+        if Instant::now() > deadline {
+            bail!("job {id} never reached its agent");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
