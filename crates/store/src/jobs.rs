@@ -88,8 +88,12 @@ const HEARTBEAT: &str = "UPDATE jobs SET last_heartbeat_at = $2, updated_at = $2
      status = CASE WHEN status = 'dispatching' THEN 'active' ELSE status END \
      WHERE id = $1 AND status IN ('dispatching', 'active')";
 const FINISH: &str = "UPDATE jobs SET status = $2, result = $3, failure = $4, failure_layer = $5, status_message = $6, \
-     cancelled_by = $7, finished_at = $8, updated_at = $8 \
+     cancelled_by = $7, finished_at = $8, updated_at = $8, tokens_in = $9, tokens_out = $10, cost_microusd = $11 \
      WHERE id = $1 AND status IN ('queued', 'dispatching', 'active')";
+const USAGE: &str = "SELECT COUNT(*) AS jobs, CAST(COALESCE(SUM(tokens_in), 0) AS BIGINT) AS tokens_in, \
+     CAST(COALESCE(SUM(tokens_out), 0) AS BIGINT) AS tokens_out, \
+     CAST(COALESCE(SUM(cost_microusd), 0) AS BIGINT) AS cost_microusd FROM jobs \
+     WHERE ($1 IS NULL OR project_id = $1) AND ($2 IS NULL OR ticket_id = $2)";
 const SET_PROGRESS: &str = "UPDATE jobs SET progress_step = $2, status_message = $2, updated_at = $3 \
      WHERE id = $1 AND status IN ('dispatching', 'active')";
 const INSERT_EVENT: &str = "INSERT INTO job_events (job_id, worker_seq, kind, level, message, data, created_at) \
@@ -116,6 +120,15 @@ pub struct JobFilter {
     pub ticket_id: Option<TicketId>,
     pub clanker_id: Option<ClankerId>,
     pub status: Option<JobStatus>,
+}
+
+/// Tokens and cost the agents reported, summed over jobs.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
+pub struct UsageSummary {
+    pub jobs: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cost_usd: f64,
 }
 
 /// How a job ended.
@@ -345,6 +358,12 @@ impl Store {
             }
         };
         let layer = failure.as_ref().map(|f| f.layer.as_str());
+        // Usage the agent reported, as the result carries it.
+        let usage = result.as_ref().map(|r| &r["usage"]);
+        let count =
+            |field: &str| usage.and_then(|u| u[field].as_u64()).map_or(0, |n| i64::try_from(n).unwrap_or(i64::MAX));
+        let (tokens_in, tokens_out) = (count("input_tokens"), count("output_tokens"));
+        let cost_microusd = usage.and_then(|u| u["cost_usd"].as_f64()).map_or(0, |c| (c * 1_000_000.0).round() as i64);
         let failure_json = failure.as_ref().map(|f| serde_json::to_value(f).map(Json)).transpose().map_err(corrupt)?;
         let changed = on_pool!(self, |pool| {
             sqlx::query(FINISH)
@@ -356,6 +375,9 @@ impl Store {
                 .bind(message.clone())
                 .bind(cancelled_by.clone())
                 .bind(now)
+                .bind(tokens_in)
+                .bind(tokens_out)
+                .bind(cost_microusd)
                 .execute(pool)
                 .await
                 .map(|r| r.rows_affected())
@@ -366,6 +388,29 @@ impl Store {
             self.append_event(id, EventKind::Status, level, &format!("{status}: {message}"), data).await?;
         }
         Ok(changed == 1)
+    }
+
+    /// Usage summed over a project's or a ticket's jobs.
+    pub async fn usage_summary(
+        &self,
+        project: Option<ProjectId>,
+        ticket: Option<TicketId>,
+    ) -> Result<UsageSummary, StoreError> {
+        let summary = on_pool!(self, |pool| {
+            let r = sqlx::query(USAGE)
+                .bind(project.map(|p| p.as_uuid()))
+                .bind(ticket.map(|t| t.as_uuid()))
+                .fetch_one(pool)
+                .await?;
+            let n = |col: &str| r.int(col).map(|v| u64::try_from(v).unwrap_or(0));
+            Ok::<_, sqlx::Error>(UsageSummary {
+                jobs: n("jobs")?,
+                input_tokens: n("tokens_in")?,
+                output_tokens: n("tokens_out")?,
+                cost_usd: n("cost_microusd")? as f64 / 1_000_000.0,
+            })
+        })?;
+        Ok(summary)
     }
 
     /// The job's status and token hash, for authenticating its worker.

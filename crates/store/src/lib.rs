@@ -30,7 +30,7 @@ use sqlx::{PgPool, SqlitePool};
 
 pub use dbtime::now;
 pub use error::{ConnectError, StoreError};
-pub use jobs::{JobFilter, NewJob, Outcome};
+pub use jobs::{JobFilter, NewJob, Outcome, UsageSummary};
 pub use migrate::{MigrateError, SchemaStatus};
 pub use projects::ProjectFilter;
 

@@ -366,3 +366,34 @@ pub async fn stream_events(
     });
     Ok(Sse::new(futures::StreamExt::flatten(stream)).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
+
+/// Tokens and cost the agents reported over a project's jobs.
+#[utoipa::path(
+    get, path = "/api/v1/projects/{project}/usage", tag = "jobs",
+    params(("project" = String, Path, description = "The project's id or slug")),
+    responses((status = 200, body = viberglass_store::UsageSummary), (status = 404, body = ErrorBody))
+)]
+pub async fn project_usage(
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+) -> ApiResult<Json<viberglass_store::UsageSummary>> {
+    let project = find_project(&state.store, &key).await?;
+    Ok(Json(state.store.usage_summary(Some(project.id), None).await?))
+}
+
+/// Tokens and cost the agents reported over a ticket's jobs.
+#[utoipa::path(
+    get, path = "/api/v1/tickets/{ticket_id}/usage", tag = "jobs",
+    params(("ticket_id" = String, Path, description = "The ticket's id")),
+    responses((status = 200, body = viberglass_store::UsageSummary), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody))
+)]
+pub async fn ticket_usage(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<viberglass_store::UsageSummary>> {
+    let id: TicketId = id
+        .parse()
+        .map_err(|e: viberglass_domain::ids::InvalidId| ApiError::invalid_field("ticket_id", e.to_string()))?;
+    let ticket = state.store.get_ticket(id).await?;
+    Ok(Json(state.store.usage_summary(None, Some(ticket.id)).await?))
+}

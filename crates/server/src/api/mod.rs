@@ -79,6 +79,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(jobs::rerun_job))
         .routes(routes!(jobs::list_events))
         .routes(routes!(jobs::stream_events))
+        .routes(routes!(jobs::project_usage))
+        .routes(routes!(jobs::ticket_usage))
         .routes(routes!(worker::bootstrap))
         .routes(routes!(worker::heartbeat))
         .routes(routes!(worker::events))

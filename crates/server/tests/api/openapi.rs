@@ -36,6 +36,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/jobs/{job_id}/rerun"),
     ("get", "/api/v1/jobs/{job_id}/events"),
     ("get", "/api/v1/jobs/{job_id}/events/stream"),
+    ("get", "/api/v1/projects/{project}/usage"),
+    ("get", "/api/v1/tickets/{ticket_id}/usage"),
     ("get", "/api/worker/v1/jobs/{job_id}/bootstrap"),
     ("post", "/api/worker/v1/jobs/{job_id}/heartbeat"),
     ("post", "/api/worker/v1/jobs/{job_id}/events"),

@@ -20,7 +20,25 @@ backend_tests!(
     a_requeued_job_can_be_claimed_again,
     concurrent_claimers_take_each_job_exactly_once,
     agent_documents_become_revisions,
+    usage_is_summed_per_project_and_ticket,
 );
+
+async fn usage_is_summed_per_project_and_ticket(backend: TestBackend) {
+    let db = TestDb::new(backend).await;
+    let store = db.store().await;
+    let p = project(&store, "App", 5).await;
+    let other = project(&store, "Other", 5).await;
+    for (proj, tokens) in [(&p, 100u64), (&p, 50), (&other, 7)] {
+        let j = store.create_job(job(proj, None)).await.unwrap();
+        let result =
+            serde_json::json!({"usage": {"input_tokens": tokens, "output_tokens": tokens / 2, "cost_usd": 0.0125}});
+        store.finish_job(j.id, Outcome::Completed { result, summary: "ok".into() }).await.unwrap();
+    }
+    let summary = store.usage_summary(Some(p.id), None).await.unwrap();
+    assert_eq!((summary.jobs, summary.input_tokens, summary.output_tokens), (2, 150, 75));
+    assert!((summary.cost_usd - 0.025).abs() < 1e-9, "{summary:?}");
+    assert_eq!(store.usage_summary(None, None).await.unwrap().jobs, 3);
+}
 
 pub fn spec(phase: Phase) -> JobSpec {
     JobSpec {
