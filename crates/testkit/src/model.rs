@@ -19,8 +19,14 @@ use serde_json::{Value, json};
 pub enum Step {
     /// A tool call that runs a shell command (Anthropic `Bash`, OpenAI `exec_command`).
     Run(String),
+    /// A tool call that creates a file (Anthropic `Write`, OpenAI `apply_patch`), relative to the working directory.
+    Write { path: String, content: String },
+    /// A tool call that replaces `old` with `new` in a file (Anthropic `Edit`, OpenAI `apply_patch`).
+    Edit { path: String, old: String, new: String },
     /// The final answer.
     Text(String),
+    /// The next step, answered only after a delay (a slow stream).
+    Slow { delay_ms: u64, step: Box<Step> },
     /// An HTTP error: 401 (bad key), 429 (rate limit), 529 (overloaded), ...
     Fail { status: u16, no_retry_header: bool },
 }
@@ -107,6 +113,13 @@ async fn handle(State(inner): State<Arc<Inner>>, uri: Uri, headers: HeaderMap, b
     } else {
         Step::Text("{\"title\": \"Viberglass job\"}".into())
     };
+    let step = match step {
+        Step::Slow { delay_ms, step } => {
+            tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
+            *step
+        }
+        other => other,
+    };
     match step {
         Step::Fail { status, no_retry_header } => failure(anthropic, status, no_retry_header),
         step if anthropic => sse(anthropic_stream(&step, &body)),
@@ -162,15 +175,33 @@ fn anthropic_stream(step: &Step, request: &Value) -> Vec<(String, Value)> {
                "content": [], "stop_reason": null, "stop_sequence": null,
                "usage": {"input_tokens": 120, "output_tokens": 1, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}}}),
     )];
+    let cwd = working_directory(request);
+    let tool = |name: &str, input: Value| {
+        vec![
+            (
+                "content_block_start".to_owned(),
+                json!({"type": "content_block_start", "index": 0,
+                       "content_block": {"type": "tool_use", "id": format!("toolu_{}", uuid::Uuid::new_v4().simple()), "name": name, "input": {}}}),
+            ),
+            (
+                "content_block_delta".to_owned(),
+                json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": input.to_string()}}),
+            ),
+        ]
+    };
     let stop_reason = match step {
         Step::Run(command) => {
-            events.push(("content_block_start".into(), json!({"type": "content_block_start", "index": 0,
-                "content_block": {"type": "tool_use", "id": format!("toolu_{}", uuid::Uuid::new_v4().simple()), "name": "Bash", "input": {}}})));
-            let input = json!({"command": command, "description": "Run a command"}).to_string();
-            events.push((
-                "content_block_delta".into(),
-                json!({"type": "content_block_delta", "index": 0,
-                "delta": {"type": "input_json_delta", "partial_json": input}}),
+            events.extend(tool("Bash", json!({"command": command, "description": "Run a command"})));
+            "tool_use"
+        }
+        Step::Write { path, content } => {
+            events.extend(tool("Write", json!({"file_path": format!("{cwd}/{path}"), "content": content})));
+            "tool_use"
+        }
+        Step::Edit { path, old, new } => {
+            events.extend(tool(
+                "Edit",
+                json!({"file_path": format!("{cwd}/{path}"), "old_string": old, "new_string": new}),
             ));
             "tool_use"
         }
@@ -185,7 +216,7 @@ fn anthropic_stream(step: &Step, request: &Value) -> Vec<(String, Value)> {
             ));
             "end_turn"
         }
-        Step::Fail { .. } => unreachable!("failures are answered before streaming"),
+        Step::Fail { .. } | Step::Slow { .. } => unreachable!("answered before streaming"),
     };
     events.push(("content_block_stop".into(), json!({"type": "content_block_stop", "index": 0})));
     events.push((
@@ -196,17 +227,46 @@ fn anthropic_stream(step: &Step, request: &Value) -> Vec<(String, Value)> {
     events
 }
 
+/// The absolute working directory Claude Code names in its system prompt.
+fn working_directory(request: &Value) -> String {
+    let system = request.get("system").map(Value::to_string).unwrap_or_default();
+    system
+        .split("Primary working directory: ")
+        .nth(1)
+        .and_then(|rest| rest.split(['\\', '"']).next())
+        .map(|dir| dir.trim().to_owned())
+        .unwrap_or_else(|| ".".to_owned())
+}
+
+/// An apply_patch body for a new file or a one-line replacement.
+fn patch(step: &Step) -> String {
+    match step {
+        Step::Write { path, content } => {
+            let lines: String = content.lines().map(|l| format!("+{l}\n")).collect();
+            format!("*** Begin Patch\n*** Add File: {path}\n{lines}*** End Patch\n")
+        }
+        Step::Edit { path, old, new } => {
+            format!("*** Begin Patch\n*** Update File: {path}\n@@\n-{old}\n+{new}\n*** End Patch\n")
+        }
+        _ => String::new(),
+    }
+}
+
 fn openai_stream(step: &Step) -> Vec<(String, Value)> {
     let id = format!("resp_{}", uuid::Uuid::new_v4().simple());
     let item = match step {
         Step::Run(command) => json!({"type": "function_call", "id": format!("fc_{}", uuid::Uuid::new_v4().simple()),
             "call_id": format!("call_{}", uuid::Uuid::new_v4().simple()), "name": "exec_command",
             "arguments": json!({"cmd": command}).to_string(), "status": "completed"}),
+        Step::Write { .. } | Step::Edit { .. } => {
+            json!({"type": "custom_tool_call", "id": format!("ctc_{}", uuid::Uuid::new_v4().simple()),
+            "call_id": format!("call_{}", uuid::Uuid::new_v4().simple()), "name": "apply_patch", "input": patch(step), "status": "completed"})
+        }
         Step::Text(text) => {
             json!({"type": "message", "id": format!("msg_{}", uuid::Uuid::new_v4().simple()), "role": "assistant",
             "status": "completed", "content": [{"type": "output_text", "text": text, "annotations": []}]})
         }
-        Step::Fail { .. } => unreachable!("failures are answered before streaming"),
+        Step::Fail { .. } | Step::Slow { .. } => unreachable!("answered before streaming"),
     };
     let mut events = vec![
         (

@@ -205,3 +205,66 @@ async fn codex_model_errors_are_classified() {
         model_errors_are_classified(agent).await;
     }
 }
+
+async fn file_tools_write_and_edit(agent: Agent) {
+    let model = MockModel::start(vec![
+        Step::Write { path: "RESEARCH.md".into(), content: "# Findings\nThe title is wrong.\n".into() },
+        Step::Text("Wrote RESEARCH.md.".into()),
+        Step::Edit { path: "README.md".into(), old: "# Shop".into(), new: "# The Shop".into() },
+        Step::Write { path: "CHANGELOG.md".into(), content: "- Fixed the title\n".into() },
+        Step::Slow { delay_ms: 1500, step: Box::new(Step::Text("Edited README.md and added CHANGELOG.md.".into())) },
+    ])
+    .await;
+    let (app, ticket, _repo) = setup(&agent, &model, true).await;
+    let (research, _) = run(&app, &ticket, "research").await;
+    assert_eq!(research["status"], "completed", "{research}");
+    let events = agent_events(&app, &research).await;
+    assert!(
+        events.iter().any(|e| e["type"] == "file_changed"
+            || (e["type"] == "tool_started" && e["summary"].as_str().unwrap_or_default().contains("RESEARCH.md"))),
+        "{events:#?}"
+    );
+
+    let (execution, _) = run(&app, &ticket, "execution").await;
+    assert_eq!(execution["status"], "completed", "{execution}");
+    let mut files: Vec<(String, String)> = execution["result"]["changed_files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["status"].as_str().unwrap().to_owned(), f["path"].as_str().unwrap().to_owned()))
+        .collect();
+    files.sort();
+    assert_eq!(files, [("A".to_owned(), "CHANGELOG.md".to_owned()), ("M".to_owned(), "README.md".to_owned())]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claude_code_writes_and_edits_files_through_a_slow_stream() {
+    if let Some(agent) = claude() {
+        file_tools_write_and_edit(agent).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codex_writes_and_edits_files_through_a_slow_stream() {
+    if let Some(agent) = codex() {
+        file_tools_write_and_edit(agent).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_model_api_is_named_as_such() {
+    let Some(agent) = claude() else { return };
+    let model = MockModel::start(Vec::new()).await;
+    let (app, ticket, _repo) = setup(&agent, &model, true).await;
+    // Point the clanker at a port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let patched = app
+        .patch_json(
+            "/api/v1/clankers/agent",
+            &json!({"agent_settings": {"base_url": format!("http://{closed}"), "binary": agent.binary}}),
+        )
+        .await;
+    assert_eq!(patched.status(), 200);
+    let (job, _) = run(&app, &ticket, "research").await;
+    assert_eq!(job["failure"]["code"], "provider_unreachable", "{job}");
+}
