@@ -51,7 +51,8 @@ impl Adapter for ClaudeCode {
     }
 }
 
-struct Parser;
+/// Claude Code's stream-json reader; Qwen Code writes the same shapes.
+pub(crate) struct Parser;
 
 fn text(value: &Value) -> String {
     match value {
@@ -148,8 +149,14 @@ impl StreamParser for Parser {
                     cost_usd: value["total_cost_usd"].as_f64(),
                 }];
                 if value["is_error"].as_bool() == Some(true) {
-                    let message = value["result"].as_str().unwrap_or("the run failed").to_owned();
-                    let status = value["api_error_status"].as_u64();
+                    // Claude Code puts the message in `result`, Qwen Code in `error.message`.
+                    let message = value["result"]
+                        .as_str()
+                        .or_else(|| value["error"]["message"].as_str())
+                        .unwrap_or("the run failed")
+                        .to_owned();
+                    let status = value["api_error_status"].as_u64().or_else(|| api_status(&message));
+
                     events.push(AgentEvent::Error { kind: ErrorKind::from_status(status, &message), message });
                 }
                 events

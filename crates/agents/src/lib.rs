@@ -7,6 +7,7 @@
 mod claude;
 mod codex;
 mod events;
+mod qwen;
 
 use std::path::PathBuf;
 
@@ -53,6 +54,7 @@ pub fn adapter(kind: AgentKind) -> Option<&'static dyn Adapter> {
     match kind {
         AgentKind::ClaudeCode => Some(&claude::ClaudeCode),
         AgentKind::Codex => Some(&codex::Codex),
+        AgentKind::QwenCli => Some(&qwen::QwenCode),
         _ => None,
     }
 }

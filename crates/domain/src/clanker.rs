@@ -59,6 +59,8 @@ pub struct AgentSettings {
     pub system_prompt: Option<String>,
     /// The CLI's executable (default: its usual name on the PATH).
     pub binary: Option<String>,
+    /// For CLIs that speak several model APIs (Qwen Code): `openai` (default), `openai-responses` or `anthropic`.
+    pub provider: Option<String>,
 }
 
 /// A clanker as stored.
@@ -106,15 +108,22 @@ fn harness_for(agent: AgentKind, settings: &serde_json::Value) -> Result<Harness
             }
             Ok(HarnessSpec::Command { command })
         }
-        AgentKind::ClaudeCode | AgentKind::Codex => {
+        AgentKind::ClaudeCode | AgentKind::Codex | AgentKind::QwenCli => {
             let parsed: AgentSettings = serde_json::from_value(settings.clone())
                 .map_err(|e| format!("`agent_settings` for {agent} are invalid: {e}; known settings are model, base_url, api_key_secret, system_prompt and binary"))?;
+            if let Some(provider) = &parsed.provider
+                && !matches!(provider.as_str(), "openai" | "openai-responses" | "anthropic")
+            {
+                return Err(format!(
+                    "`agent_settings.provider` `{provider}` is not known: use openai, openai-responses or anthropic"
+                ));
+            }
             if let Some(name) = &parsed.api_key_secret {
                 crate::secret::parse_secret_name(name).map_err(|e| format!("`agent_settings.api_key_secret`: {e}"))?;
             }
             Ok(HarnessSpec::Agent { agent, settings: parsed })
         }
-        other => Err(format!("the {other} agent is not available yet: use claude-code, codex or command")),
+        other => Err(format!("the {other} agent is not available yet: use claude-code, codex, qwen-cli or command")),
     }
 }
 

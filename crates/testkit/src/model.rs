@@ -189,20 +189,32 @@ fn anthropic_stream(step: &Step, request: &Value) -> Vec<(String, Value)> {
             ),
         ]
     };
+    // Claude Code names its tools Bash/Write/Edit; Qwen Code run_shell_command/write_file/edit.
+    let offered: Vec<String> = request["tools"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t["name"].as_str().map(str::to_owned))
+        .collect();
+    let name = |claude: &'static str, qwen: &'static str| if offered.iter().any(|n| n == qwen) { qwen } else { claude };
     let stop_reason = match step {
         Step::Run(command) => {
-            events.extend(tool("Bash", json!({"command": command, "description": "Run a command"})));
+            events.extend(tool(
+                name("Bash", "run_shell_command"),
+                json!({"command": command, "description": "Run a command"}),
+            ));
             "tool_use"
         }
         Step::Write { path, content } => {
-            events.extend(tool("Write", json!({"file_path": format!("{cwd}/{path}"), "content": content})));
+            events.extend(tool(
+                name("Write", "write_file"),
+                json!({"file_path": format!("{cwd}/{path}"), "content": content}),
+            ));
             "tool_use"
         }
         Step::Edit { path, old, new } => {
-            events.extend(tool(
-                "Edit",
-                json!({"file_path": format!("{cwd}/{path}"), "old_string": old, "new_string": new}),
-            ));
+            let input = json!({"file_path": format!("{cwd}/{path}"), "old_string": old, "new_string": new});
+            events.extend(tool(name("Edit", "edit"), input));
             "tool_use"
         }
         Step::Text(text) => {

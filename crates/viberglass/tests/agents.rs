@@ -29,14 +29,20 @@ struct Agent {
     kind: &'static str,
     key: &'static str,
     binary: String,
+    /// Which model API the CLI speaks to the mock: `anthropic` or `openai-responses`.
+    api: &'static str,
 }
 
 fn claude() -> Option<Agent> {
-    cli("claude").map(|binary| Agent { kind: "claude-code", key: "ANTHROPIC_API_KEY", binary })
+    cli("claude").map(|binary| Agent { kind: "claude-code", key: "ANTHROPIC_API_KEY", binary, api: "anthropic" })
 }
 
 fn codex() -> Option<Agent> {
-    cli("codex").map(|binary| Agent { kind: "codex", key: "OPENAI_API_KEY", binary })
+    cli("codex").map(|binary| Agent { kind: "codex", key: "OPENAI_API_KEY", binary, api: "openai-responses" })
+}
+
+fn qwen() -> Option<Agent> {
+    cli("qwen").map(|binary| Agent { kind: "qwen-cli", key: "ANTHROPIC_API_KEY", binary, api: "anthropic" })
 }
 
 /// A server, a project on a real repository, a started clanker for `agent`
@@ -52,14 +58,19 @@ async fn setup(agent: &Agent, model: &MockModel, with_key: bool) -> (TestApp, St
     let repo = TestRepo::with_files(&[("README.md", "# Shop\n")]);
     app.post_json("/api/v1/secrets", &json!({"name": agent.key, "reference": "VG_TEST_MODEL_KEY"})).await;
     app.create_project(json!({"name": "Shop", "repository_url": repo.url()})).await;
-    let base_url = if agent.kind == "codex" { model.openai_url() } else { model.anthropic_url() };
+    let base_url = if agent.api == "anthropic" { model.anthropic_url() } else { model.openai_url() };
+    let mut settings = json!({"base_url": base_url, "binary": agent.binary, "model": if agent.kind == "codex" { "gpt-5.5" } else { "claude-test-model" }});
+    if agent.kind == "qwen-cli" {
+        settings["provider"] = json!(agent.api);
+        settings["api_key_secret"] = json!(agent.key);
+    }
     let response = app
         .post_json(
             "/api/v1/clankers",
             &json!({
                 "name": "Agent",
                 "agent": agent.kind,
-                "agent_settings": {"base_url": base_url, "binary": agent.binary, "model": if agent.kind == "codex" { "gpt-5.5" } else { "claude-test-model" }},
+                "agent_settings": settings,
                 "secrets": if with_key { vec![agent.key] } else { Vec::new() },
             }),
         )
@@ -140,12 +151,13 @@ async fn research_and_execution(agent: Agent) {
     assert!(!events.contains("sk-mock-key-0123456789"), "the key never reaches the logs");
 }
 
-async fn model_errors_are_classified(agent: Agent) {
-    for (status, layer, code) in [
+async fn model_errors_are_classified(agent: Agent, statuses: &[u16]) {
+    let cases = [
         (401, "agent_auth", "agent_authentication_failed"),
         (429, "agent", "agent_rate_limited"),
         (529, "agent", "provider_overloaded"),
-    ] {
+    ];
+    for (status, layer, code) in cases.into_iter().filter(|c| statuses.contains(&c.0)) {
         let model = MockModel::start(vec![Step::Fail { status, no_retry_header: true }; 3]).await;
         let (app, ticket, _repo) = setup(&agent, &model, true).await;
         let (job, took) = run(&app, &ticket, "research").await;
@@ -181,7 +193,7 @@ async fn claude_code_researches_and_executes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claude_code_model_errors_are_classified() {
     if let Some(agent) = claude() {
-        model_errors_are_classified(agent).await;
+        model_errors_are_classified(agent, &[401, 429, 529]).await;
     }
 }
 
@@ -202,7 +214,7 @@ async fn codex_researches_and_executes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn codex_model_errors_are_classified() {
     if let Some(agent) = codex() {
-        model_errors_are_classified(agent).await;
+        model_errors_are_classified(agent, &[401, 429, 529]).await;
     }
 }
 
@@ -267,4 +279,19 @@ async fn an_unreachable_model_api_is_named_as_such() {
     assert_eq!(patched.status(), 200);
     let (job, _) = run(&app, &ticket, "research").await;
     assert_eq!(job["failure"]["code"], "provider_unreachable", "{job}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qwen_code_researches_and_executes() {
+    if let Some(agent) = qwen() {
+        research_and_execution(agent).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qwen_code_model_errors_are_classified() {
+    // Qwen Code retries 429 and 529 itself, with no switch to turn that off; its bad-key case is tested.
+    if let Some(agent) = qwen() {
+        model_errors_are_classified(agent, &[401]).await;
+    }
 }
