@@ -43,7 +43,12 @@ impl Adapter for ClaudeCode {
         if let Some(url) = &cx.settings.base_url {
             env.push(("ANTHROPIC_BASE_URL".to_owned(), url.clone()));
         }
-        Invocation { program: cx.settings.binary.clone().unwrap_or_else(|| "claude".to_owned()), args, env }
+        Invocation {
+            program: cx.settings.binary.clone().unwrap_or_else(|| "claude".to_owned()),
+            args,
+            env,
+            home_files: Vec::new(),
+        }
     }
 
     fn parser(&self) -> Box<dyn StreamParser> {

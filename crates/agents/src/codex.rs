@@ -53,7 +53,12 @@ impl Adapter for Codex {
             ("CODEX_HOME".to_owned(), cx.home.join(".codex").display().to_string()),
             ("VIBERGLASS_OPENAI_KEY".to_owned(), cx.api_key.to_owned()),
         ];
-        Invocation { program: cx.settings.binary.clone().unwrap_or_else(|| "codex".to_owned()), args, env }
+        Invocation {
+            program: cx.settings.binary.clone().unwrap_or_else(|| "codex".to_owned()),
+            args,
+            env,
+            home_files: Vec::new(),
+        }
     }
 
     fn parser(&self) -> Box<dyn StreamParser> {

@@ -28,9 +28,16 @@ impl ErrorKind {
             Some(429) => ErrorKind::RateLimit,
             Some(529) | Some(503) => ErrorKind::Overloaded,
             Some(404) => ErrorKind::ModelNotFound,
-            _ if name.contains("authentication") || name.contains("invalid_api_key") || name.contains("api key") => {
+            _ if name.contains("authentication")
+                || name.contains("unauthenticated")
+                || name.contains("invalid_api_key")
+                || name.contains("api key") =>
+            {
                 ErrorKind::Auth
             }
+            _ if name.contains("resource_exhausted") => ErrorKind::RateLimit,
+            _ if name.contains("unavailable") => ErrorKind::Overloaded,
+
             _ if name.contains("quota") || name.contains("billing") => ErrorKind::Quota,
             _ if name.contains("rate_limit") || name.contains("rate limit") => ErrorKind::RateLimit,
             _ if name.contains("overloaded") => ErrorKind::Overloaded,
@@ -120,6 +127,7 @@ fn key_hint(agent: AgentKind) -> &'static str {
     match agent {
         AgentKind::ClaudeCode => "ANTHROPIC_API_KEY for Claude Code",
         AgentKind::Codex | AgentKind::Opencode => "OPENAI_API_KEY for Codex and OpenCode",
+        AgentKind::GeminiCli => "GEMINI_API_KEY for Gemini CLI",
         _ => "the agent's API key",
     }
 }

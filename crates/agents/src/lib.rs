@@ -7,6 +7,7 @@
 mod claude;
 mod codex;
 mod events;
+mod gemini;
 mod qwen;
 
 use std::path::PathBuf;
@@ -31,6 +32,8 @@ pub struct Invocation {
     pub program: String,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// Files to write under the run's fresh home before starting (e.g. the CLI's settings).
+    pub home_files: Vec<(String, String)>,
 }
 
 /// Reads one CLI's output, line by line.
@@ -55,6 +58,7 @@ pub fn adapter(kind: AgentKind) -> Option<&'static dyn Adapter> {
         AgentKind::ClaudeCode => Some(&claude::ClaudeCode),
         AgentKind::Codex => Some(&codex::Codex),
         AgentKind::QwenCli => Some(&qwen::QwenCode),
+        AgentKind::GeminiCli => Some(&gemini::GeminiCli),
         _ => None,
     }
 }

@@ -47,7 +47,12 @@ impl Adapter for QwenCode {
         if let Some(url) = &cx.settings.base_url {
             env.push((url_var.to_owned(), url.clone()));
         }
-        Invocation { program: cx.settings.binary.clone().unwrap_or_else(|| "qwen".to_owned()), args, env }
+        Invocation {
+            program: cx.settings.binary.clone().unwrap_or_else(|| "qwen".to_owned()),
+            args,
+            env,
+            home_files: Vec::new(),
+        }
     }
 
     fn parser(&self) -> Box<dyn StreamParser> {

@@ -108,7 +108,7 @@ fn harness_for(agent: AgentKind, settings: &serde_json::Value) -> Result<Harness
             }
             Ok(HarnessSpec::Command { command })
         }
-        AgentKind::ClaudeCode | AgentKind::Codex | AgentKind::QwenCli => {
+        AgentKind::ClaudeCode | AgentKind::Codex | AgentKind::QwenCli | AgentKind::GeminiCli => {
             let parsed: AgentSettings = serde_json::from_value(settings.clone())
                 .map_err(|e| format!("`agent_settings` for {agent} are invalid: {e}; known settings are model, base_url, api_key_secret, system_prompt and binary"))?;
             if let Some(provider) = &parsed.provider
@@ -123,7 +123,9 @@ fn harness_for(agent: AgentKind, settings: &serde_json::Value) -> Result<Harness
             }
             Ok(HarnessSpec::Agent { agent, settings: parsed })
         }
-        other => Err(format!("the {other} agent is not available yet: use claude-code, codex, qwen-cli or command")),
+        other => Err(format!(
+            "the {other} agent is not available yet: use claude-code, codex, gemini-cli, qwen-cli or command"
+        )),
     }
 }
 

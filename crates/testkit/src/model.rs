@@ -103,6 +103,43 @@ async fn handle(State(inner): State<Arc<Inner>>, uri: Uri, headers: HeaderMap, b
     });
     let anthropic = path.ends_with("/messages");
     let openai = path.ends_with("/responses");
+    let gemini = path.contains(":streamGenerateContent");
+    if path.contains(":countTokens") {
+        return Json(json!({"totalTokens": 100})).into_response();
+    }
+    if path.contains(":generateContent") {
+        // Side queries (routing, loop checks) get a neutral answer without using up the script.
+        return Json(gemini_response(&Step::Text("{}".into()), &body)).into_response();
+    }
+    if gemini {
+        let step =
+            inner.script.lock().unwrap_or_else(|e| e.into_inner()).pop_front().unwrap_or(Step::Text("Done.".into()));
+        let step = match step {
+            Step::Slow { delay_ms, step } => {
+                tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
+                *step
+            }
+            other => other,
+        };
+        if let Step::Fail { status, .. } = step {
+            let name = match status {
+                401 => "UNAUTHENTICATED",
+                429 => "RESOURCE_EXHAUSTED",
+                503 | 529 => "UNAVAILABLE",
+                404 => "NOT_FOUND",
+                _ => "INTERNAL",
+            };
+            let body = json!({"error": {"code": status, "message": format!("mock {name}"), "status": name}});
+            return (StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), Json(body))
+                .into_response();
+        }
+        let data = gemini_response(&step, &body);
+        return Response::builder()
+            .status(StatusCode::OK)
+            .header("content-type", "text/event-stream")
+            .body(Body::from(format!("data: {data}\r\n\r\n")))
+            .expect("an SSE response");
+    }
     if !anthropic && !openai {
         return (StatusCode::OK, "ok").into_response();
     }
@@ -237,6 +274,24 @@ fn anthropic_stream(step: &Step, request: &Value) -> Vec<(String, Value)> {
     ));
     events.push(("message_stop".into(), json!({"type": "message_stop"})));
     events
+}
+
+/// One Gemini `GenerateContentResponse` for a step (function calls by the names Gemini CLI offers).
+fn gemini_response(step: &Step, _request: &Value) -> Value {
+    let part = match step {
+        Step::Run(command) => json!({"functionCall": {"name": "run_shell_command", "args": {"command": command}}}),
+        Step::Write { path, content } => {
+            json!({"functionCall": {"name": "write_file", "args": {"file_path": path, "content": content}}})
+        }
+        Step::Edit { path, old, new } => {
+            json!({"functionCall": {"name": "replace", "args": {"file_path": path, "old_string": old, "new_string": new}}})
+        }
+        Step::Text(text) => json!({"text": text}),
+        Step::Fail { .. } | Step::Slow { .. } => unreachable!("answered before streaming"),
+    };
+    json!({"candidates": [{"content": {"parts": [part], "role": "model"}, "finishReason": "STOP", "index": 0}],
+           "usageMetadata": {"promptTokenCount": 120, "candidatesTokenCount": 42, "totalTokenCount": 162},
+           "modelVersion": "gemini-test"})
 }
 
 /// The absolute working directory Claude Code names in its system prompt.

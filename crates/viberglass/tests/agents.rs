@@ -41,6 +41,10 @@ fn codex() -> Option<Agent> {
     cli("codex").map(|binary| Agent { kind: "codex", key: "OPENAI_API_KEY", binary, api: "openai-responses" })
 }
 
+fn gemini() -> Option<Agent> {
+    cli("gemini").map(|binary| Agent { kind: "gemini-cli", key: "GEMINI_API_KEY", binary, api: "gemini" })
+}
+
 fn qwen() -> Option<Agent> {
     cli("qwen").map(|binary| Agent { kind: "qwen-cli", key: "ANTHROPIC_API_KEY", binary, api: "anthropic" })
 }
@@ -58,8 +62,13 @@ async fn setup(agent: &Agent, model: &MockModel, with_key: bool) -> (TestApp, St
     let repo = TestRepo::with_files(&[("README.md", "# Shop\n")]);
     app.post_json("/api/v1/secrets", &json!({"name": agent.key, "reference": "VG_TEST_MODEL_KEY"})).await;
     app.create_project(json!({"name": "Shop", "repository_url": repo.url()})).await;
-    let base_url = if agent.api == "anthropic" { model.anthropic_url() } else { model.openai_url() };
-    let mut settings = json!({"base_url": base_url, "binary": agent.binary, "model": if agent.kind == "codex" { "gpt-5.5" } else { "claude-test-model" }});
+    let base_url = if agent.api == "openai-responses" { model.openai_url() } else { model.anthropic_url() };
+    let model_name = match agent.kind {
+        "codex" => "gpt-5.5",
+        "gemini-cli" => "gemini-test",
+        _ => "claude-test-model",
+    };
+    let mut settings = json!({"base_url": base_url, "binary": agent.binary, "model": model_name});
     if agent.kind == "qwen-cli" {
         settings["provider"] = json!(agent.api);
         settings["api_key_secret"] = json!(agent.key);
@@ -140,7 +149,8 @@ async fn research_and_execution(agent: Agent) {
     let main =
         requests.iter().find(|r| r.body.to_string().contains("Fix the readme")).expect("a request with the prompt");
     assert!(main.body.to_string().contains("<<<TICKET"), "untrusted ticket text is delimited");
-    let key = main.header("x-api-key").or(main.header("authorization")).unwrap_or_default();
+    let key =
+        main.header("x-api-key").or(main.header("authorization")).or(main.header("x-goog-api-key")).unwrap_or_default();
     assert!(key.contains("sk-mock-key-0123456789"), "the key comes from the clanker's secret: {key}");
     let events = app
         .get(&format!("/api/v1/jobs/{}/events?limit=1000", execution["id"].as_str().unwrap()))
@@ -292,6 +302,20 @@ async fn qwen_code_researches_and_executes() {
 async fn qwen_code_model_errors_are_classified() {
     // Qwen Code retries 429 and 529 itself, with no switch to turn that off; its bad-key case is tested.
     if let Some(agent) = qwen() {
+        model_errors_are_classified(agent, &[401]).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gemini_cli_researches_and_executes() {
+    if let Some(agent) = gemini() {
+        research_and_execution(agent).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gemini_cli_bad_key_is_classified() {
+    if let Some(agent) = gemini() {
         model_errors_are_classified(agent, &[401]).await;
     }
 }

@@ -154,7 +154,16 @@ async fn run_cli(
         settings,
         api_key,
     });
+    for (path, content) in &invocation.home_files {
+        let path = home.join(path);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Failure::internal(format!("writing the agent's settings: {e}")))?;
+        }
+        std::fs::write(&path, content).map_err(|e| Failure::internal(format!("writing the agent's settings: {e}")))?;
+    }
     let mut child = tokio::process::Command::new(&invocation.program)
+
         .args(&invocation.args)
         .current_dir(repo)
         .stdin(Stdio::null())
