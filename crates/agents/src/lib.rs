@@ -8,6 +8,7 @@ mod claude;
 mod codex;
 mod events;
 mod gemini;
+mod opencode;
 mod qwen;
 
 use std::path::PathBuf;
@@ -59,6 +60,7 @@ pub fn adapter(kind: AgentKind) -> Option<&'static dyn Adapter> {
         AgentKind::Codex => Some(&codex::Codex),
         AgentKind::QwenCli => Some(&qwen::QwenCode),
         AgentKind::GeminiCli => Some(&gemini::GeminiCli),
+        AgentKind::Opencode => Some(&opencode::OpenCode),
         _ => None,
     }
 }

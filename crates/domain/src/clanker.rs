@@ -59,7 +59,8 @@ pub struct AgentSettings {
     pub system_prompt: Option<String>,
     /// The CLI's executable (default: its usual name on the PATH).
     pub binary: Option<String>,
-    /// For CLIs that speak several model APIs (Qwen Code): `openai` (default), `openai-responses` or `anthropic`.
+    /// For CLIs that speak several model APIs (Qwen Code, OpenCode): `openai` (default), `openai-responses`
+    /// (Qwen Code) or `anthropic`.
     pub provider: Option<String>,
 }
 
@@ -108,7 +109,7 @@ fn harness_for(agent: AgentKind, settings: &serde_json::Value) -> Result<Harness
             }
             Ok(HarnessSpec::Command { command })
         }
-        AgentKind::ClaudeCode | AgentKind::Codex | AgentKind::QwenCli | AgentKind::GeminiCli => {
+        AgentKind::ClaudeCode | AgentKind::Codex | AgentKind::QwenCli | AgentKind::GeminiCli | AgentKind::Opencode => {
             let parsed: AgentSettings = serde_json::from_value(settings.clone())
                 .map_err(|e| format!("`agent_settings` for {agent} are invalid: {e}; known settings are model, base_url, api_key_secret, system_prompt and binary"))?;
             if let Some(provider) = &parsed.provider
@@ -124,7 +125,7 @@ fn harness_for(agent: AgentKind, settings: &serde_json::Value) -> Result<Harness
             Ok(HarnessSpec::Agent { agent, settings: parsed })
         }
         other => Err(format!(
-            "the {other} agent is not available yet: use claude-code, codex, gemini-cli, qwen-cli or command"
+            "the {other} agent is not available yet: use claude-code, codex, gemini-cli, qwen-cli, opencode or command"
         )),
     }
 }

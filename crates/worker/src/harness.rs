@@ -51,6 +51,8 @@ pub async fn run_agent(
     let mut child = tokio::process::Command::new(program)
         .args(args)
         .current_dir(repo)
+        // Some CLIs (OpenCode) take their project directory from PWD, not from the real cwd.
+        .env("PWD", repo)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -166,6 +168,8 @@ async fn run_cli(
 
         .args(&invocation.args)
         .current_dir(repo)
+        // Some CLIs (OpenCode) take their project directory from PWD, not from the real cwd.
+        .env("PWD", repo)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
