@@ -69,3 +69,9 @@ pub fn adapter(kind: AgentKind) -> Option<&'static dyn Adapter> {
 pub fn classify(agent: AgentKind, exit_code: Option<i32>, events: &[AgentEvent]) -> Option<Failure> {
     events::classify(agent, exit_code, events)
 }
+
+/// Feeds every line of a recorded stream through a parser (for tests).
+#[cfg(test)]
+pub(crate) fn parse_all(parser: &mut dyn StreamParser, lines: &str) -> Vec<AgentEvent> {
+    lines.lines().flat_map(|l| parser.line(l)).collect()
+}

@@ -119,8 +119,7 @@ mod tests {
     use super::*;
 
     fn parse(lines: &str) -> Vec<AgentEvent> {
-        let mut parser = Parser;
-        lines.lines().flat_map(|l| parser.line(l)).collect()
+        crate::parse_all(&mut Parser, lines)
     }
 
     #[test]
