@@ -73,6 +73,9 @@ pub trait ComputeTarget: Send + Sync {
     fn stop<'a>(&'a self, compute_ref: &'a str) -> BoxFuture<'a, Result<(), ComputeError>>;
 
     fn inspect<'a>(&'a self, job_id: JobId, compute_ref: &'a str) -> BoxFuture<'a, WorkerState>;
+
+    /// The last lines the worker wrote to its own log, when the target keeps one.
+    fn log_tail(&self, job_id: JobId) -> BoxFuture<'_, Option<String>>;
 }
 
 /// Where the local target keeps workspaces, and which binary it runs.

@@ -179,6 +179,17 @@ impl ComputeTarget for LocalTarget {
         .boxed()
     }
 
+    fn log_tail(&self, job_id: JobId) -> BoxFuture<'_, Option<String>> {
+        async move {
+            let path = self.settings.workspace_root.join(job_id.to_string()).join("worker.log");
+            let text = std::fs::read_to_string(path).ok()?;
+            let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+            let tail = lines[lines.len().saturating_sub(10)..].join("\n");
+            Some(tail.chars().rev().take(3000).collect::<Vec<_>>().into_iter().rev().collect())
+        }
+        .boxed()
+    }
+
     fn inspect<'a>(&'a self, job_id: JobId, compute_ref: &'a str) -> BoxFuture<'a, WorkerState> {
         async move {
             let Some(pid) = Self::pid_of(compute_ref) else { return WorkerState::Gone };

@@ -97,6 +97,19 @@ impl Failure {
         .with_detail(error)
     }
 
+    /// The worker process ended before it ever reported.
+    pub fn worker_exited_at_start(log_tail: Option<String>) -> Self {
+        Self::new(
+            FailureLayer::Dispatch,
+            "worker_exited_at_start",
+            "the worker started but exited before reporting to the server: the detail has the last lines of its log \
+             (a sandbox that cannot start, a wrong server URL, a missing binary); fix the clanker's compute settings or \
+             VIBERGLASS_PUBLIC_URL, then re-run",
+            false,
+        )
+        .with_detail(log_tail.unwrap_or_else(|| "the worker left no log".into()))
+    }
+
     /// The server restarted and the worker it had started is gone.
     pub fn orphaned() -> Self {
         Self::new(

@@ -167,7 +167,16 @@ impl Engine {
             let last_sign = job.last_heartbeat_at.or(job.dispatched_at).unwrap_or(job.queued_at);
             let silent = (now - last_sign).whole_seconds();
             let running = job.started_at.map(|s| (now - s).whole_seconds()).unwrap_or(0);
-            let failure = if silent > spec.heartbeat_grace_secs as i64 {
+            // A worker that never reported and whose process is gone will not
+            // report: say so now, with its log, instead of after the grace.
+            let never_reported = job.status == JobStatus::Dispatching && job.last_heartbeat_at.is_none();
+            let gone = match (&job.compute_ref, never_reported && silent >= 2) {
+                (Some(compute_ref), true) => self.local.inspect(job.id, compute_ref).await == WorkerState::Gone,
+                _ => false,
+            };
+            let failure = if gone {
+                Failure::worker_exited_at_start(self.local.log_tail(job.id).await)
+            } else if silent > spec.heartbeat_grace_secs as i64 {
                 Failure::heartbeat_lost(spec.heartbeat_grace_secs)
             } else if job.status == JobStatus::Active && running > spec.max_execution_secs as i64 {
                 Failure::time_limit(spec.max_execution_secs)

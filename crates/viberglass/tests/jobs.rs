@@ -531,3 +531,26 @@ async fn clanker_secrets_reach_the_agent_and_never_the_logs() {
         "{message}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_dies_before_reporting_fails_fast_with_its_last_log_lines() {
+    let dir = tempfile::Builder::new().prefix("viberglass-fake-worker-").tempdir_in("/var/tmp").unwrap();
+    let script = dir.path().join("broken-worker");
+    std::fs::write(&script, "#!/bin/sh\necho 'fatal: cannot open the sandbox (demo)' >&2\nexit 3\n").unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let app = TestApp::builder(TestBackend::Sqlite)
+        .env("VIBERGLASS_WORKER_BINARY", script.to_str().unwrap())
+        .env("VIBERGLASS_DISPATCH_INTERVAL_MS", "50")
+        .env("VIBERGLASS_REAPER_INTERVAL_MS", "200")
+        .env("VIBERGLASS_HEARTBEAT_GRACE_SECS", "120")
+        .spawn()
+        .await;
+    let repo = TestRepo::with_files(&[("README.md", "x")]);
+    let setup = setup(&app, &repo.url(), "true", 600).await;
+    let id = run(&app, &setup, "execution").await;
+    let started = Instant::now();
+    let failed = wait_for(&app, &id, &["failed"], Duration::from_secs(15)).await;
+    assert!(started.elapsed() < Duration::from_secs(15), "not after the 120 s grace");
+    assert_eq!(failed["failure"]["code"], "worker_exited_at_start", "{failed}");
+    assert!(failed["failure"]["detail"].as_str().unwrap().contains("cannot open the sandbox (demo)"), "{failed}");
+}
