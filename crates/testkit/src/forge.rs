@@ -162,3 +162,33 @@ async fn handle(
         .body(Body::from(raw[end + sep..].to_vec()))
         .unwrap_or_else(|_| status(StatusCode::BAD_GATEWAY, "bad CGI output"))
 }
+
+/// One repository served over smart HTTP without authentication: what most
+/// end-to-end tests clone from and push to. (A `file://` remote is read-only
+/// inside the workers' sandbox, as a real host path would be.)
+pub struct ServedRepo {
+    server: GitHttpServer,
+}
+
+impl ServedRepo {
+    pub async fn with_files(files: &[(&str, &str)]) -> ServedRepo {
+        let server = GitHttpServer::start(None).await;
+        server.add_repo("repo", files);
+        ServedRepo { server }
+    }
+
+    pub fn url(&self) -> String {
+        self.server.url("repo")
+    }
+
+    /// Runs git against the served bare repository (e.g. `["log", "--oneline", "branch"]`).
+    pub fn git(&self, args: &[&str]) -> String {
+        let output = std::process::Command::new("git")
+            .args(args)
+            .current_dir(self.server.repo_path("repo"))
+            .output()
+            .expect("git runs");
+        assert!(output.status.success(), "git {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+}

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use viberglass_testkit::git::TestRepo;
+use viberglass_testkit::forge::ServedRepo;
 use viberglass_testkit::model::{MockModel, Step};
 use viberglass_testkit::{TestApp, TestBackend};
 
@@ -55,7 +55,7 @@ fn qwen() -> Option<Agent> {
 
 /// A server, a project on a real repository, a started clanker for `agent`
 /// talking to `model`, and a ticket. `with_key: false` leaves the key secret off the clanker.
-async fn setup(agent: &Agent, model: &MockModel, with_key: bool) -> (TestApp, String, TestRepo) {
+async fn setup(agent: &Agent, model: &MockModel, with_key: bool) -> (TestApp, String, ServedRepo) {
     let app = TestApp::builder(TestBackend::Sqlite)
         .env("VIBERGLASS_WORKER_BINARY", BINARY)
         .env("VIBERGLASS_DISPATCH_INTERVAL_MS", "50")
@@ -63,7 +63,7 @@ async fn setup(agent: &Agent, model: &MockModel, with_key: bool) -> (TestApp, St
         .env("VG_TEST_MODEL_KEY", "sk-mock-key-0123456789")
         .spawn()
         .await;
-    let repo = TestRepo::with_files(&[("README.md", "# Shop\n")]);
+    let repo = ServedRepo::with_files(&[("README.md", "# Shop\n")]).await;
     app.post_json("/api/v1/secrets", &json!({"name": agent.key, "reference": "VG_TEST_MODEL_KEY"})).await;
     app.create_project(json!({"name": "Shop", "repository_url": repo.url()})).await;
     let base_url = match (agent.api, agent.kind) {

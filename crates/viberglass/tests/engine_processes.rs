@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use viberglass_testkit::git::TestRepo;
+use viberglass_testkit::forge::ServedRepo;
 use viberglass_testkit::process::{ServerProcess, free_port, viberglass};
 use viberglass_testkit::{TestBackend, TestDb};
 
@@ -31,7 +31,13 @@ async fn get(client: &reqwest::Client, url: String) -> Value {
 }
 
 /// A project on `repo`, a started clanker running `script`, and a ticket; returns the ticket id.
-async fn setup(client: &reqwest::Client, server: &ServerProcess, repo: &TestRepo, script: &str, limit: u32) -> String {
+async fn setup(
+    client: &reqwest::Client,
+    server: &ServerProcess,
+    repo: &ServedRepo,
+    script: &str,
+    limit: u32,
+) -> String {
     post(
         client,
         server.url("/api/v1/projects"),
@@ -52,7 +58,7 @@ async fn setup(client: &reqwest::Client, server: &ServerProcess, repo: &TestRepo
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_killed_mid_run_and_restarted_sees_the_job_complete_once() {
     let dir = tempfile::tempdir().unwrap();
-    let repo = TestRepo::with_files(&[("README.md", "# Shop\n")]);
+    let repo = ServedRepo::with_files(&[("README.md", "# Shop\n")]).await;
     let port = free_port();
     let start = || {
         let mut command = viberglass(BINARY, dir.path());
@@ -115,7 +121,7 @@ async fn two_servers_on_one_postgres_dispatch_each_of_200_jobs_exactly_once() {
     }
     let db = TestDb::new(TestBackend::Postgres).await;
     let dir = tempfile::tempdir().unwrap();
-    let repo = TestRepo::with_files(&[("README.md", "# Shop\n")]);
+    let repo = ServedRepo::with_files(&[("README.md", "# Shop\n")]).await;
     let start = |data: &str| {
         let mut command = viberglass(BINARY, dir.path());
         fast(&mut command);

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use viberglass_testkit::git::TestRepo;
+use viberglass_testkit::forge::ServedRepo;
 use viberglass_testkit::{TestApp, TestBackend};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_viberglass");
@@ -128,7 +128,7 @@ async fn read_stream(app: &TestApp, id: &str, last_event_id: Option<i64>) -> Vec
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_execution_run_clones_runs_the_agent_and_commits_new_files_too() {
     let app = app(TestBackend::Sqlite, 30).await;
-    let repo = TestRepo::with_files(&[("README.md", "# Shop\n")]);
+    let repo = ServedRepo::with_files(&[("README.md", "# Shop\n")]).await;
     let script = "echo 'Fixed.' >> README.md && echo 'brand new' > NEW.md && echo 'Fix the readme' > PR_TITLE.md \
                   && test -f AGENTS.md && echo agent-says-hello";
     let setup = setup(&app, &repo.url(), script, 600).await;
@@ -146,7 +146,13 @@ async fn an_execution_run_clones_runs_the_agent_and_commits_new_files_too() {
         [("A".to_owned(), "NEW.md".to_owned()), ("M".to_owned(), "README.md".to_owned())],
         "instruction and PR files are never committed"
     );
-    assert!(done["result"]["branch"].as_str().unwrap().starts_with("viberglass/"));
+    let branch = done["result"]["branch"].as_str().unwrap().to_owned();
+    assert!(branch.starts_with("viberglass/"));
+    // The commit left the worker: it is on the remote's branch, titled from PR_TITLE.md.
+    assert_eq!(done["result"]["pushed"], true);
+    let log = repo.git(&["log", "--format=%s%n%b", &branch]);
+    assert!(log.starts_with("Fix the readme\n"), "{log}");
+    assert!(log.contains(&format!("Viberglass-Job: {id}")), "{log}");
     assert_eq!(done["status_message"].as_str().unwrap().split(' ').next(), Some("committed"));
 
     // Progress and logs arrive in order over SSE, then the stream ends.
@@ -187,7 +193,7 @@ async fn a_worker_that_cannot_start_fails_the_job_in_the_dispatch_layer() {
         .env("VIBERGLASS_DISPATCH_INTERVAL_MS", "50")
         .spawn()
         .await;
-    let repo = TestRepo::with_files(&[("README.md", "x")]);
+    let repo = ServedRepo::with_files(&[("README.md", "x")]).await;
     app.create_project(json!({"name": "Shop", "repository_url": repo.url()})).await;
     app.post_json(
         "/api/v1/clankers",
@@ -240,7 +246,7 @@ async fn a_worker_that_cannot_start_fails_the_job_in_the_dispatch_layer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn research_uploads_its_document_and_a_missing_document_fails_clearly() {
     let app = app(TestBackend::Sqlite, 30).await;
-    let repo = TestRepo::with_files(&[("README.md", "# Shop\n")]);
+    let repo = ServedRepo::with_files(&[("README.md", "# Shop\n")]).await;
     let setup =
         setup(&app, &repo.url(), "test \"$VIBERGLASS_PHASE\" = research && printf '# Findings\\n' > RESEARCH.md", 600)
             .await;
@@ -266,7 +272,7 @@ async fn research_uploads_its_document_and_a_missing_document_fails_clearly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_run_fails_the_job_with_the_heartbeat_message() {
     let app = app(TestBackend::Sqlite, 3).await;
-    let repo = TestRepo::with_files(&[("README.md", "x")]);
+    let repo = ServedRepo::with_files(&[("README.md", "x")]).await;
     let setup = setup(&app, &repo.url(), "sleep 120", 600).await;
     let id = run(&app, &setup, "execution").await;
     let active = wait_for(&app, &id, &["active"], Duration::from_secs(30)).await;
@@ -293,7 +299,7 @@ async fn wait_for_progress(app: &TestApp, id: &str, step: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_stops_the_worker_within_five_seconds() {
     let app = app(TestBackend::Sqlite, 30).await;
-    let repo = TestRepo::with_files(&[("README.md", "x")]);
+    let repo = ServedRepo::with_files(&[("README.md", "x")]).await;
     let setup = setup(&app, &repo.url(), "sleep 120", 600).await;
     let id = run(&app, &setup, "execution").await;
     let active = wait_for(&app, &id, &["active"], Duration::from_secs(30)).await;
@@ -312,7 +318,7 @@ async fn cancel_stops_the_worker_within_five_seconds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_past_the_max_execution_time_is_stopped_with_the_limit_message() {
     let app = app(TestBackend::Sqlite, 30).await;
-    let repo = TestRepo::with_files(&[("README.md", "x")]);
+    let repo = ServedRepo::with_files(&[("README.md", "x")]).await;
     let setup = setup(&app, &repo.url(), "sleep 60", 30).await;
     let id = run(&app, &setup, "execution").await;
     let active = wait_for(&app, &id, &["active"], Duration::from_secs(30)).await;
@@ -327,7 +333,7 @@ async fn a_run_past_the_max_execution_time_is_stopped_with_the_limit_message() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_run_that_heartbeats_is_never_failed_for_being_long() {
     let app = app(TestBackend::Sqlite, 20).await;
-    let repo = TestRepo::with_files(&[("README.md", "x")]);
+    let repo = ServedRepo::with_files(&[("README.md", "x")]).await;
     let setup = setup(&app, &repo.url(), "sleep 180 && echo done >> README.md", 600).await;
     let id = run(&app, &setup, "execution").await;
     let done = wait_for(&app, &id, &["completed", "failed"], Duration::from_secs(240)).await;
@@ -348,7 +354,7 @@ async fn cloning_a_missing_repository_fails_in_the_clone_layer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rerun_is_a_new_attempt_that_runs_again() {
     let app = app(TestBackend::Sqlite, 30).await;
-    let repo = TestRepo::with_files(&[("README.md", "x")]);
+    let repo = ServedRepo::with_files(&[("README.md", "x")]).await;
     let setup = setup(&app, &repo.url(), "echo more >> README.md", 600).await;
     let first = run(&app, &setup, "execution").await;
     wait_for(&app, &first, &["completed"], Duration::from_secs(60)).await;
@@ -357,7 +363,11 @@ async fn a_rerun_is_a_new_attempt_that_runs_again() {
     let second: Value = response.json().await.unwrap();
     assert_eq!((second["attempt"].as_u64(), second["retry_of"].as_str()), (Some(2), Some(first.as_str())));
     let done = wait_for(&app, second["id"].as_str().unwrap(), &["completed", "failed"], Duration::from_secs(60)).await;
-    assert_eq!(done["status"], "completed");
+    assert_eq!(done["status"], "completed", "{done}");
+    // The re-run continued the branch the first run pushed: both commits are on it.
+    let branch = done["result"]["branch"].as_str().unwrap();
+    let commits = repo.git(&["rev-list", "--count", branch]);
+    assert_eq!(commits.trim(), "3", "the initial commit and one per run");
     let listed: Value = app.get(&format!("/api/v1/jobs?ticket={}", setup.ticket)).await.json().await.unwrap();
     assert_eq!(listed["items"].as_array().unwrap().len(), 2);
 }
@@ -471,7 +481,7 @@ async fn with_bubblewrap_installed_the_agent_can_write_only_its_workspace() {
     }
     let marker = format!("/var/tmp/viberglass-escape-{}", uuid_like());
     let app = app(TestBackend::Sqlite, 30).await;
-    let repo = TestRepo::with_files(&[("README.md", "x")]);
+    let repo = ServedRepo::with_files(&[("README.md", "x")]).await;
     let script = format!(
         "(touch {marker} 2>/dev/null && echo ESCAPED) ; echo private > /tmp/mine && echo changed >> README.md && echo host=$(hostname)"
     );
@@ -502,7 +512,7 @@ async fn clanker_secrets_reach_the_agent_and_never_the_logs() {
         .await;
     app.post_json("/api/v1/secrets", &json!({"name": "API_KEY", "reference": "VG_TEST_API_KEY"})).await;
     app.post_json("/api/v1/secrets", &json!({"name": "UNSET_KEY", "reference": "VG_TEST_NOT_SET_EITHER"})).await;
-    let repo = TestRepo::with_files(&[("README.md", "x")]);
+    let repo = ServedRepo::with_files(&[("README.md", "x")]).await;
     let setup = setup(&app, &repo.url(), "echo \"the key is $API_KEY\" && echo changed >> README.md", 600).await;
     let unknown = app.patch_json("/api/v1/clankers/scripted", &json!({"secrets": ["NOPE"]})).await;
     assert_eq!(unknown.status(), 400);
@@ -545,7 +555,7 @@ async fn a_worker_that_dies_before_reporting_fails_fast_with_its_last_log_lines(
         .env("VIBERGLASS_HEARTBEAT_GRACE_SECS", "120")
         .spawn()
         .await;
-    let repo = TestRepo::with_files(&[("README.md", "x")]);
+    let repo = ServedRepo::with_files(&[("README.md", "x")]).await;
     let setup = setup(&app, &repo.url(), "true", 600).await;
     let id = run(&app, &setup, "execution").await;
     let started = Instant::now();

@@ -130,9 +130,78 @@ pub fn clone_failure(url: &str, branch: &str, stderr: &str, had_credential: bool
     failure.with_detail(stderr.trim())
 }
 
+/// Turns a refused push into a failure that says why and what to change.
+pub fn push_failure(url: &str, branch: &str, stderr: &str) -> Failure {
+    let lower = stderr.to_lowercase();
+    let failure = if lower.contains("protected branch")
+        || lower.contains("pre-receive hook declined")
+        || lower.contains("protected")
+    {
+        Failure::new(
+            FailureLayer::Push,
+            "push_protected_branch",
+            format!(
+                "the remote refused the push to {branch}: the branch is protected. Change the project's branch-name template so work goes to an unprotected branch, then re-run"
+            ),
+            false,
+        )
+    } else if lower.contains("non-fast-forward") || lower.contains("fetch first") || lower.contains("[rejected]") {
+        Failure::new(
+            FailureLayer::Push,
+            "push_rejected",
+            format!(
+                "the remote refused the push to {branch}: it has commits this run did not start from (someone pushed meanwhile). Re-run to build on them"
+            ),
+            true,
+        )
+    } else if [
+        "authentication failed",
+        "could not read username",
+        "returned error: 401",
+        "returned error: 403",
+        "permission denied",
+        "terminal prompts disabled",
+    ]
+    .iter()
+    .any(|p| lower.contains(p))
+    {
+        Failure::new(
+            FailureLayer::Push,
+            "push_not_permitted",
+            format!(
+                "pushing to {url} was refused: the project's SCM credential cannot write to the repository (it may be read-only, expired or scoped too narrowly); give it write access, then re-run"
+            ),
+            false,
+        )
+    } else {
+        Failure::new(
+            FailureLayer::Push,
+            "push_failed",
+            format!(
+                "pushing {branch} to {url} failed; the detail has git's own words. Network trouble clears on a re-run"
+            ),
+            true,
+        )
+    };
+    failure.with_detail(stderr.trim())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn push_refusals_are_told_apart() {
+        let rejected =
+            push_failure("u", "b", " ! [rejected]        HEAD -> b (fetch first)\nerror: failed to push some refs");
+        assert_eq!(rejected.code, "push_rejected");
+        let protected =
+            push_failure("u", "main", "remote: error: GH006: Protected branch update failed for refs/heads/main.");
+        assert_eq!(protected.code, "push_protected_branch");
+        let denied = push_failure("u", "b", "fatal: Authentication failed for 'http://x/a.git/'");
+        assert_eq!(denied.code, "push_not_permitted");
+        assert_eq!(denied.layer, FailureLayer::Push);
+    }
 
     #[test]
     fn a_missing_repository_and_a_refused_credential_read_differently() {

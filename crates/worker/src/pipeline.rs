@@ -72,6 +72,10 @@ async fn steps(cx: &Context<'_>) -> Result<End, Failure> {
         return Err(failure);
     }
 
+    if spec.phase == Phase::Execution {
+        start_branch(cx, &git, &repo).await?;
+    }
+
     cx.sink.progress("writing instruction files");
     let mut excluded: Vec<String> = PR_FILES.iter().map(|s| (*s).to_owned()).collect();
     for file in &spec.instruction_files {
@@ -130,6 +134,59 @@ async fn steps(cx: &Context<'_>) -> Result<End, Failure> {
     }
 }
 
+/// Puts the checkout on the work branch: the remote's copy when an earlier
+/// run pushed one (so a follow-up run adds to it), else a new branch from the base.
+async fn start_branch(cx: &Context<'_>, git: &Git, repo: &Path) -> Result<(), Failure> {
+    let branch = &cx.boot.spec.branch;
+    let run = |args: Vec<String>| async move {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        git.run(repo, &refs).await.map_err(|e| io_failure("running git", e))
+    };
+    let exists = run(vec![
+        "ls-remote".into(),
+        "--exit-code".into(),
+        "--heads".into(),
+        "origin".into(),
+        format!("refs/heads/{branch}"),
+    ])
+    .await?
+    .success;
+    let checkout = if exists {
+        cx.sink.progress(&format!("continuing branch {branch} from the remote"));
+        let fetch = run(vec![
+            "fetch".into(),
+            "-q".into(),
+            "--depth".into(),
+            "1".into(),
+            "origin".into(),
+            format!("+refs/heads/{branch}:refs/remotes/origin/{branch}"),
+        ])
+        .await?;
+        if !fetch.success {
+            return Err(Failure::new(
+                FailureLayer::Clone,
+                "branch_fetch_failed",
+                format!("cannot fetch the existing branch {branch}"),
+                true,
+            )
+            .with_detail(fetch.stderr));
+        }
+        run(vec!["checkout".into(), "-q".into(), "-b".into(), branch.clone(), format!("origin/{branch}")]).await?
+    } else {
+        run(vec!["checkout".into(), "-q".into(), "-b".into(), branch.clone()]).await?
+    };
+    if !checkout.success {
+        return Err(Failure::new(
+            FailureLayer::Commit,
+            "branch_failed",
+            format!("cannot create the branch {branch}"),
+            false,
+        )
+        .with_detail(checkout.stderr));
+    }
+    Ok(())
+}
+
 async fn commit(cx: &Context<'_>, git: &Git, repo: &Path) -> Result<End, Failure> {
     let spec = &cx.boot.spec;
     cx.sink.progress(&format!("committing to {}", spec.branch));
@@ -137,16 +194,6 @@ async fn commit(cx: &Context<'_>, git: &Git, repo: &Path) -> Result<End, Failure
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         git.run(repo, &refs).await.map_err(|e| io_failure("running git", e))
     };
-    let checkout = run(vec!["checkout".into(), "-b".into(), spec.branch.clone()]).await?;
-    if !checkout.success {
-        return Err(Failure::new(
-            FailureLayer::Commit,
-            "branch_failed",
-            format!("cannot create the branch {}", spec.branch),
-            false,
-        )
-        .with_detail(checkout.stderr));
-    }
     // `add -A` takes new files too; instruction files are excluded above.
     let add = run(vec!["add".into(), "-A".into()]).await?;
     if !add.success {
@@ -190,13 +237,19 @@ async fn commit(cx: &Context<'_>, git: &Git, repo: &Path) -> Result<End, Failure
             .with_detail(commit.stderr));
     }
     let sha = run(vec!["rev-parse".into(), "HEAD".into()]).await?.stdout.trim().to_owned();
+    cx.sink.progress(&format!("pushing {}", spec.branch));
+    let push = run(vec!["push".into(), "origin".into(), format!("HEAD:refs/heads/{}", spec.branch)]).await?;
+    if !push.success {
+        cx.sink.log(viberglass_domain::LogLevel::Error, push.stderr.trim());
+        return Err(crate::git::push_failure(&spec.repository_url, &spec.branch, &push.stderr));
+    }
     Ok(End::Report(WorkerResult::Completed {
         summary: format!(
-            "committed {} changed file(s) to {} ({})",
+            "committed {} changed file(s) to {} ({}) and pushed it",
             files.len(),
             spec.branch,
             &sha[..sha.len().min(12)]
         ),
-        result: serde_json::json!({"branch": spec.branch, "commit": sha, "changed_files": files}),
+        result: serde_json::json!({"branch": spec.branch, "commit": sha, "changed_files": files, "pushed": true}),
     }))
 }
