@@ -26,6 +26,7 @@ pub struct AppState {
     pub engine: crate::engine::Engine,
     /// Reads the server's environment, where `env` secrets live.
     pub env: EnvLookup,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Looks up an environment variable (replaceable in tests).
@@ -44,6 +45,7 @@ pub fn build_router(state: AppState) -> Router {
     let (api, openapi) = crate::api::router().split_for_parts();
     let body_limit = state.config.body_limit_bytes;
     let origins = state.config.cors_allowed_origins.clone();
+    let metrics = state.metrics.clone();
     let mut router = api
         .merge(SwaggerUi::new(DOCS_PATH).url(OPENAPI_PATH, openapi))
         .fallback(route_not_found)
@@ -53,7 +55,7 @@ pub fn build_router(state: AppState) -> Router {
         // span sees the matched route; the panic guard sits inside it so a
         // panic is still logged with the request's id.
         .layer(CatchPanicLayer::custom(panic_response))
-        .layer(axum::middleware::from_fn(request_context))
+        .layer(axum::middleware::from_fn_with_state(metrics, request_context))
         .layer(DefaultBodyLimit::max(body_limit));
     if !origins.is_empty() {
         let origins: Vec<HeaderValue> = origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();

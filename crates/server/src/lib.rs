@@ -8,6 +8,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod extract;
+pub mod metrics;
 pub mod request;
 pub mod serve;
 pub mod telemetry;

@@ -197,7 +197,14 @@ pub fn app_state(
         heartbeat_interval: Duration::from_secs(config.heartbeat_interval_secs),
     };
     let env: crate::app::EnvLookup = Arc::new(|name: &str| std::env::var(name).ok());
-    Ok(AppState { store, config: Arc::new(config), encryption_key: Arc::new(key), engine, env })
+    Ok(AppState {
+        store,
+        config: Arc::new(config),
+        encryption_key: Arc::new(key),
+        engine,
+        env,
+        metrics: Arc::new(crate::metrics::Metrics::default()),
+    })
 }
 
 /// Serves on a bound listener until `shutdown` is cancelled, then waits up

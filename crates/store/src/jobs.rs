@@ -390,6 +390,19 @@ impl Store {
         Ok(changed == 1)
     }
 
+    /// How many jobs are in each status.
+    pub async fn job_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows = on_pool!(self, |pool| {
+            sqlx::query("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status ORDER BY status")
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|r| Ok::<_, sqlx::Error>((r.text("status")?, r.int("n")?)))
+                .collect::<Result<Vec<_>, _>>()
+        })?;
+        Ok(rows)
+    }
+
     /// Usage summed over a project's or a ticket's jobs.
     pub async fn usage_summary(
         &self,

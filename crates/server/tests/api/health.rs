@@ -68,3 +68,18 @@ async fn a_lost_database_means_not_ready_and_opaque_errors() {
     let logged = viberglass_testkit::logs::lines_containing(&request_id);
     assert!(logged.iter().any(|l| l["cause"].as_str().is_some_and(|c| !c.is_empty())), "{logged:?}");
 }
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_and_jobs_by_status() {
+    let app = TestApp::spawn().await;
+    app.get("/healthz").await;
+    app.get("/api/v1/projects/nope").await;
+    let response = app.get("/metrics").await;
+    assert_eq!(response.status(), 200);
+    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    let text = response.text().await.unwrap();
+    assert!(text.contains(r#"viberglass_http_requests_total{method="GET",route="/healthz",status="200"} 1"#), "{text}");
+    assert!(text.contains(r#"route="/api/v1/projects/{project}",status="404"} 1"#), "{text}");
+    assert!(text.contains("viberglass_build_info{version="), "{text}");
+    assert!(text.contains("# TYPE viberglass_jobs gauge"), "{text}");
+}

@@ -38,6 +38,7 @@ async fn usage_is_summed_per_project_and_ticket(backend: TestBackend) {
     assert_eq!((summary.jobs, summary.input_tokens, summary.output_tokens), (2, 150, 75));
     assert!((summary.cost_usd - 0.025).abs() < 1e-9, "{summary:?}");
     assert_eq!(store.usage_summary(None, None).await.unwrap().jobs, 3);
+    assert_eq!(store.job_counts().await.unwrap(), [("completed".to_owned(), 3)]);
 }
 
 pub fn spec(phase: Phase) -> JobSpec {

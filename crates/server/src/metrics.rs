@@ -1,0 +1,75 @@
+//! Prometheus metrics at `/metrics`: request counts and latency by matched
+//! route, and job counts by status read from the database at scrape time
+//! (so every server of a cluster reports the same job figures).
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+
+use crate::AppState;
+use crate::error::ApiResult;
+
+/// (method, matched route, status).
+type RequestKey = (String, String, u16);
+
+/// Request counters, kept in memory per process: count and total seconds per key.
+#[derive(Default)]
+pub struct Metrics {
+    requests: Mutex<BTreeMap<RequestKey, (u64, f64)>>,
+}
+
+impl Metrics {
+    pub fn record(&self, method: &str, route: &str, status: u16, seconds: f64) {
+        let mut map = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = map.entry((method.to_owned(), route.to_owned(), status)).or_default();
+        entry.0 += 1;
+        entry.1 += seconds;
+    }
+
+    fn render(&self, out: &mut String) {
+        let map = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        out.push_str("# HELP viberglass_http_requests_total HTTP requests served, by matched route and status.\n");
+        out.push_str("# TYPE viberglass_http_requests_total counter\n");
+        for ((method, route, status), (count, _)) in map.iter() {
+            let _ = writeln!(
+                out,
+                "viberglass_http_requests_total{{method=\"{method}\",route=\"{}\",status=\"{status}\"}} {count}",
+                escape(route)
+            );
+        }
+        out.push_str("# HELP viberglass_http_request_seconds_sum Time spent serving requests, by matched route.\n");
+        out.push_str("# TYPE viberglass_http_request_seconds_sum counter\n");
+        for ((method, route, status), (_, seconds)) in map.iter() {
+            let _ = writeln!(
+                out,
+                "viberglass_http_request_seconds_sum{{method=\"{method}\",route=\"{}\",status=\"{status}\"}} {seconds:.6}",
+                escape(route)
+            );
+        }
+    }
+}
+
+fn escape(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+/// Prometheus text exposition of this server's metrics.
+#[utoipa::path(
+    get, path = "/metrics", tag = "health",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain"))
+)]
+pub async fn metrics(State(state): State<AppState>) -> ApiResult<impl IntoResponse> {
+    let mut out = String::new();
+    out.push_str("# HELP viberglass_build_info The running version.\n# TYPE viberglass_build_info gauge\n");
+    let _ = writeln!(out, "viberglass_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
+    out.push_str("# HELP viberglass_jobs Jobs by status, from the database.\n# TYPE viberglass_jobs gauge\n");
+    for (status, count) in state.store.job_counts().await? {
+        let _ = writeln!(out, "viberglass_jobs{{status=\"{status}\"}} {count}");
+    }
+    state.metrics.render(&mut out);
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out))
+}
