@@ -564,3 +564,28 @@ async fn a_worker_that_dies_before_reporting_fails_fast_with_its_last_log_lines(
     assert_eq!(failed["failure"]["code"], "worker_exited_at_start", "{failed}");
     assert!(failed["failure"]["detail"].as_str().unwrap().contains("cannot open the sandbox (demo)"), "{failed}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_runs_checkout_is_kept_only_when_the_setting_asks() {
+    for keep in [true, false] {
+        let app = TestApp::builder(TestBackend::Sqlite)
+            .env("VIBERGLASS_WORKER_BINARY", BINARY)
+            .env("VIBERGLASS_DISPATCH_INTERVAL_MS", "50")
+            .env("VIBERGLASS_HEARTBEAT_INTERVAL_SECS", "1")
+            .env("VIBERGLASS_KEEP_FAILED_WORKSPACES", if keep { "true" } else { "false" })
+            .spawn()
+            .await;
+        let repo = ServedRepo::with_files(&[("README.md", "x")]).await;
+        let setup = setup(&app, &repo.url(), "echo partial > WIP.md && exit 4", 600).await;
+        let id = run(&app, &setup, "execution").await;
+        let failed = wait_for(&app, &id, &["failed"], Duration::from_secs(60)).await;
+        assert_eq!(failed["failure"]["code"], "agent_exited_nonzero", "{failed}");
+        let checkout = app.db.data_dir().unwrap().join("workspaces").join(&id).join("repo");
+        // The worker cleans up after reporting; give it a moment to exit.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !keep && checkout.exists() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(checkout.join("WIP.md").exists(), keep, "keep={keep}");
+    }
+}
