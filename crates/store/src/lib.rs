@@ -20,7 +20,7 @@ mod secrets;
 mod tickets;
 mod versioned;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -197,13 +197,5 @@ impl Store {
     /// Closes every connection; used at shutdown.
     pub async fn close(&self) {
         on_pool!(self, |pool| pool.close().await)
-    }
-
-    /// The SQLite file this store uses, if it is SQLite.
-    pub fn sqlite_path(&self) -> Option<&Path> {
-        match &self.target {
-            DatabaseTarget::Sqlite { path } => Some(path),
-            DatabaseTarget::Postgres { .. } => None,
-        }
     }
 }

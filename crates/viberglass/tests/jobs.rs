@@ -9,16 +9,18 @@ use viberglass_testkit::{TestApp, TestBackend};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_viberglass");
 
-/// A server whose dispatcher and reaper run fast, with workers that heartbeat every second.
-async fn app(backend: TestBackend, grace_secs: u32) -> TestApp {
+/// A server on `backend` whose dispatcher and reaper run fast, with workers
+/// that heartbeat every second; later `.env` calls override these.
+fn fast(backend: TestBackend) -> viberglass_testkit::app::TestAppBuilder {
     TestApp::builder(backend)
         .env("VIBERGLASS_WORKER_BINARY", BINARY)
         .env("VIBERGLASS_DISPATCH_INTERVAL_MS", "50")
         .env("VIBERGLASS_REAPER_INTERVAL_MS", "200")
         .env("VIBERGLASS_HEARTBEAT_INTERVAL_SECS", "1")
-        .env("VIBERGLASS_HEARTBEAT_GRACE_SECS", &grace_secs.to_string())
-        .spawn()
-        .await
+}
+
+async fn app(backend: TestBackend, grace_secs: u32) -> TestApp {
+    fast(backend).env("VIBERGLASS_HEARTBEAT_GRACE_SECS", &grace_secs.to_string()).spawn().await
 }
 
 struct Setup {
@@ -188,11 +190,7 @@ async fn an_execution_run_clones_runs_the_agent_and_commits_new_files_too() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_that_cannot_start_fails_the_job_in_the_dispatch_layer() {
-    let app = TestApp::builder(TestBackend::Sqlite)
-        .env("VIBERGLASS_WORKER_BINARY", "/nonexistent/viberglass")
-        .env("VIBERGLASS_DISPATCH_INTERVAL_MS", "50")
-        .spawn()
-        .await;
+    let app = fast(TestBackend::Sqlite).env("VIBERGLASS_WORKER_BINARY", "/nonexistent/viberglass").spawn().await;
     let repo = ServedRepo::with_files(&[("README.md", "x")]).await;
     app.create_project(json!({"name": "Shop", "repository_url": repo.url()})).await;
     app.post_json(
@@ -398,10 +396,7 @@ async fn a_run_needs_a_started_clanker_and_a_repository() {
 async fn clone_credentials_come_from_secrets_and_each_clone_failure_says_which_it_is() {
     let forge = viberglass_testkit::forge::GitHttpServer::start(Some(("x-access-token", "good-token-123"))).await;
     let shop = forge.add_repo("shop", &[("README.md", "# Shop\n")]);
-    let app = TestApp::builder(TestBackend::Sqlite)
-        .env("VIBERGLASS_WORKER_BINARY", BINARY)
-        .env("VIBERGLASS_DISPATCH_INTERVAL_MS", "50")
-        .env("VIBERGLASS_HEARTBEAT_INTERVAL_SECS", "1")
+    let app = fast(TestBackend::Sqlite)
         .env("VG_TEST_GOOD_TOKEN", "good-token-123")
         .env("VG_TEST_BAD_TOKEN", "revoked-token-456")
         .spawn()
@@ -503,13 +498,7 @@ fn uuid_like() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clanker_secrets_reach_the_agent_and_never_the_logs() {
-    let app = TestApp::builder(TestBackend::Sqlite)
-        .env("VIBERGLASS_WORKER_BINARY", BINARY)
-        .env("VIBERGLASS_DISPATCH_INTERVAL_MS", "50")
-        .env("VIBERGLASS_HEARTBEAT_INTERVAL_SECS", "1")
-        .env("VG_TEST_API_KEY", "sk-test-abcdef123456")
-        .spawn()
-        .await;
+    let app = fast(TestBackend::Sqlite).env("VG_TEST_API_KEY", "sk-test-abcdef123456").spawn().await;
     app.post_json("/api/v1/secrets", &json!({"name": "API_KEY", "reference": "VG_TEST_API_KEY"})).await;
     app.post_json("/api/v1/secrets", &json!({"name": "UNSET_KEY", "reference": "VG_TEST_NOT_SET_EITHER"})).await;
     let repo = ServedRepo::with_files(&[("README.md", "x")]).await;
@@ -548,10 +537,8 @@ async fn a_worker_that_dies_before_reporting_fails_fast_with_its_last_log_lines(
     let script = dir.path().join("broken-worker");
     std::fs::write(&script, "#!/bin/sh\necho 'fatal: cannot open the sandbox (demo)' >&2\nexit 3\n").unwrap();
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let app = TestApp::builder(TestBackend::Sqlite)
+    let app = fast(TestBackend::Sqlite)
         .env("VIBERGLASS_WORKER_BINARY", script.to_str().unwrap())
-        .env("VIBERGLASS_DISPATCH_INTERVAL_MS", "50")
-        .env("VIBERGLASS_REAPER_INTERVAL_MS", "200")
         .env("VIBERGLASS_HEARTBEAT_GRACE_SECS", "120")
         .spawn()
         .await;
@@ -568,10 +555,7 @@ async fn a_worker_that_dies_before_reporting_fails_fast_with_its_last_log_lines(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_runs_checkout_is_kept_only_when_the_setting_asks() {
     for keep in [true, false] {
-        let app = TestApp::builder(TestBackend::Sqlite)
-            .env("VIBERGLASS_WORKER_BINARY", BINARY)
-            .env("VIBERGLASS_DISPATCH_INTERVAL_MS", "50")
-            .env("VIBERGLASS_HEARTBEAT_INTERVAL_SECS", "1")
+        let app = fast(TestBackend::Sqlite)
             .env("VIBERGLASS_KEEP_FAILED_WORKSPACES", if keep { "true" } else { "false" })
             .spawn()
             .await;

@@ -12,7 +12,7 @@ use viberglass_domain::protocol::{
     Bootstrap, DocumentReply, DocumentUpload, EventBatch, EventsReply, GitCredential, HeartbeatReply, ResultReply,
     WorkerResult,
 };
-use viberglass_domain::{EventKind, Failure, FailureLayer, JobId, JobStatus, LogLevel};
+use viberglass_domain::{EventKind, Failure, FailureLayer, JobId, LogLevel};
 use viberglass_store::Outcome;
 
 use crate::AppState;
@@ -216,6 +216,5 @@ pub async fn result(
     };
     state.store.finish_job(id, outcome).await?;
     let status = state.store.get_job(id).await?.status;
-    debug_assert!(status.is_terminal() || status == JobStatus::Queued);
     Ok(Json(ResultReply { status }))
 }
