@@ -26,6 +26,8 @@ fn spec() -> JobSpec {
         ticket_title: "bench".into(),
         secret_names: Vec::new(),
         clanker_name: "c".into(),
+        scm: None,
+        commit_author: Default::default(),
     }
 }
 

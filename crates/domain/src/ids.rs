@@ -103,6 +103,11 @@ id_type!(
     SecretId,
     "secret"
 );
+id_type!(
+    /// An integration: a connection to an SCM provider or another service.
+    IntegrationId,
+    "integration"
+);
 
 #[cfg(test)]
 mod tests {

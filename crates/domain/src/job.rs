@@ -73,6 +73,63 @@ pub struct JobSpec {
     /// The clanker that runs the job, for messages.
     #[serde(default)]
     pub clanker_name: String,
+    /// Where an execution's change goes after the push (none: push only).
+    #[serde(default)]
+    pub scm: Option<ScmSpec>,
+    /// Who execution commits are written by.
+    #[serde(default)]
+    pub commit_author: CommitAuthor,
+}
+
+/// Where an execution's change goes once its branch is pushed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ScmSpec {
+    pub provider: crate::ScmProvider,
+    /// The provider's REST API root; none for plain git.
+    pub api_url: Option<String>,
+    /// `owner/name` of the repository the branch is pushed to.
+    pub repository: String,
+    /// `owner/name` of the repository the pull request is opened on (another
+    /// one than `repository` in a fork flow).
+    pub pr_repository: String,
+    /// The branch the pull request targets.
+    pub pr_base_branch: String,
+    pub ticket_id: Option<crate::TicketId>,
+    /// A link back to the ticket, for the pull request's body.
+    pub ticket_url: Option<String>,
+    /// The ticket's description (bounded), for a generated body.
+    pub ticket_description: String,
+    /// Labels put on the pull request.
+    #[serde(default)]
+    pub labels: Vec<String>,
+}
+
+/// The author of execution commits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CommitAuthor {
+    pub name: String,
+    pub email: String,
+}
+
+impl Default for CommitAuthor {
+    fn default() -> Self {
+        Self { name: "Viberglass".into(), email: "viberglass@localhost".into() }
+    }
+}
+
+impl CommitAuthor {
+    /// Parses `Name <email>`.
+    pub fn parse(value: &str) -> Result<Self, String> {
+        let value = value.trim();
+        let err = || format!("`{value}` is not a commit author: write it as `Name <email@example.com>`");
+        let (name, rest) = value.split_once('<').ok_or_else(err)?;
+        let email = rest.strip_suffix('>').ok_or_else(err)?.trim();
+        let name = name.trim();
+        if name.is_empty() || email.is_empty() || !email.contains('@') || value.chars().any(char::is_control) {
+            return Err(err());
+        }
+        Ok(Self { name: name.to_owned(), email: email.to_owned() })
+    }
 }
 
 /// A job as the API shows it.

@@ -10,6 +10,7 @@ pub mod states;
 pub mod clanker;
 pub mod failure;
 pub mod ids;
+pub mod integration;
 pub mod job;
 pub mod page;
 pub mod project;
@@ -21,10 +22,15 @@ pub mod validation;
 
 pub use clanker::{AgentKind, AgentSettings, Clanker, ClankerInput, ClankerStatus, ComputeKind, NewClanker};
 pub use failure::{Failure, FailureLayer};
-pub use ids::{ClankerId, JobId, ProjectId, SecretId, TicketId, UserId};
-pub use job::{EventKind, HarnessSpec, InstructionFile, Job, JobEvent, JobSpec, JobStatus, LogLevel, NewJobEvent};
+pub use ids::{ClankerId, IntegrationId, JobId, ProjectId, SecretId, TicketId, UserId};
+pub use integration::{Integration, IntegrationInput, IntegrationPatch, NewIntegration};
+pub use job::{
+    CommitAuthor, EventKind, HarnessSpec, InstructionFile, Job, JobEvent, JobSpec, JobStatus, LogLevel, NewJobEvent,
+    ScmSpec,
+};
 pub use page::{Cursor, Page, PageRequest};
 pub use project::{NewProject, Project, ProjectInput, ProjectPatch, ProjectSlug};
+pub use scm::ScmProvider;
 pub use secret::{NewSecret, Secret, SecretBackend, SecretInput};
 pub use states::{Phase, Severity, TicketStatus};
 pub use ticket::{ArchivedFilter, NewTicket, Ticket, TicketFilter, TicketInput, TicketPatch, TicketSource};

@@ -85,7 +85,12 @@ pub struct Project {
     pub pr_base_branch: Option<String>,
     /// The template for work branches, e.g. `viberglass/{{ ticket }}`.
     pub branch_name_template: String,
-    /// The name of the secret holding the token git uses to clone and push.
+    /// The SCM integration (by name) that opens pull requests; without one,
+    /// github.com and gitlab.com are recognised by host and any other remote
+    /// is plain git (push only).
+    pub scm_integration: Option<String>,
+    /// The name of the secret holding the token git uses to clone and push
+    /// (default: the integration's credential).
     pub credential_secret: Option<String>,
     /// The user name sent with that token (GitHub: `x-access-token`, GitLab: `oauth2`).
     pub scm_username: String,
@@ -123,6 +128,10 @@ pub struct ProjectInput {
     #[schema(value_type = Option<String>)]
     pub pr_base_branch: Option<Option<String>>,
     pub branch_name_template: Option<String>,
+    /// The name of an SCM integration; `null` unlinks it.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    pub scm_integration: Option<Option<String>>,
     /// The name of a secret holding the repository token; `null` removes it.
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<String>)]
@@ -144,6 +153,7 @@ pub struct ProjectPatch {
     pub pr_repository_url: Option<Option<String>>,
     pub pr_base_branch: Option<Option<String>>,
     pub branch_name_template: Option<String>,
+    pub scm_integration: Option<Option<String>>,
     pub credential_secret: Option<Option<String>>,
     pub scm_username: Option<String>,
     pub max_execution_secs: Option<u32>,
@@ -185,6 +195,12 @@ impl ProjectPatch {
             branch_name_template: input
                 .branch_name_template
                 .and_then(|v| e.check("branch_name_template", parse_branch_template(&v))),
+            scm_integration: optional(
+                &mut e,
+                "scm_integration",
+                input.scm_integration,
+                crate::integration::parse_integration_name,
+            ),
             credential_secret: optional(
                 &mut e,
                 "credential_secret",
@@ -237,6 +253,7 @@ impl ProjectPatch {
             pr_repository_url,
             pr_base_branch,
             branch_name_template,
+            scm_integration,
             credential_secret,
             scm_username,
             max_execution_secs,
@@ -255,6 +272,7 @@ impl ProjectPatch {
             pr_repository_url,
             pr_base_branch,
             branch_name_template,
+            scm_integration,
             credential_secret,
             scm_username,
             max_execution_secs,
@@ -297,6 +315,7 @@ impl NewProject {
             pr_repository_url: None,
             pr_base_branch: None,
             branch_name_template: DEFAULT_BRANCH_TEMPLATE.into(),
+            scm_integration: None,
             credential_secret: None,
             scm_username: "x-access-token".into(),
             max_execution_secs: DEFAULT_MAX_EXECUTION_SECS,

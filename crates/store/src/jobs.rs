@@ -390,6 +390,25 @@ impl Store {
         Ok(changed == 1)
     }
 
+    /// The branch the ticket's latest successful execution pushed, so that a
+    /// follow-up execution continues it (and updates the same pull request)
+    /// even when the branch template would name a new one.
+    pub async fn ticket_work_branch(&self, ticket: TicketId) -> Result<Option<String>, StoreError> {
+        let result = on_pool!(self, |pool| {
+            sqlx::query(
+                "SELECT result FROM jobs WHERE ticket_id = $1 AND phase = 'execution' AND status = 'completed' \
+                 AND result IS NOT NULL ORDER BY id DESC LIMIT 1",
+            )
+            .bind(ticket.as_uuid())
+            .fetch_optional(pool)
+            .await?
+            .map(|r| r.opt_json("result"))
+            .transpose()?
+            .flatten()
+        });
+        Ok(result.and_then(|r| r["branch"].as_str().map(str::to_owned)))
+    }
+
     /// How many jobs are in each status.
     pub async fn job_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
         let rows = on_pool!(self, |pool| {

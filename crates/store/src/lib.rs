@@ -12,6 +12,7 @@ mod clankers;
 mod dbtime;
 mod documents;
 mod error;
+mod integrations;
 mod jobs;
 pub mod migrate;
 mod projects;

@@ -15,7 +15,8 @@ macro_rules! select {
     ($($rest:literal),*) => {
         concat!(
             "SELECT id, name, slug, description, repository_url, base_branch, pr_repository_url, pr_base_branch, \
-             branch_name_template, (SELECT secrets.name FROM secrets WHERE secrets.id = projects.credential_secret_id) \
+             branch_name_template, (SELECT integrations.name FROM integrations \
+             WHERE integrations.id = projects.scm_integration_id) AS scm_integration, (SELECT secrets.name FROM secrets WHERE secrets.id = projects.credential_secret_id) \
              AS credential_secret, scm_username, max_execution_secs, max_concurrent_jobs, agent_instructions, \
              archived_at, created_at, updated_at FROM projects ",
             $($rest),*
@@ -25,15 +26,17 @@ macro_rules! select {
 
 const INSERT: &str = "INSERT INTO projects (id, name, slug, description, repository_url, base_branch, pr_repository_url, \
      pr_base_branch, branch_name_template, credential_secret_id, scm_username, max_execution_secs, max_concurrent_jobs, \
-     agent_instructions, archived_at, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
-     (SELECT id FROM secrets WHERE name = $10), $11, $12, $13, $14, $15, $16, $17)";
+     agent_instructions, archived_at, scm_integration_id, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, \
+     $9, (SELECT id FROM secrets WHERE name = $10), $11, $12, $13, $14, $15, \
+     (SELECT id FROM integrations WHERE name = $16), $17, $18)";
 /// Writes every field of a project, guarded by the `updated_at` it was read
 /// with, so two concurrent edits cannot silently overwrite each other.
 const UPDATE: &str = "UPDATE projects SET name = $2, slug = $3, description = $4, repository_url = $5, base_branch = $6, \
      pr_repository_url = $7, pr_base_branch = $8, branch_name_template = $9, \
      credential_secret_id = (SELECT id FROM secrets WHERE name = $10), scm_username = $11, max_execution_secs = $12, \
-     max_concurrent_jobs = $13, agent_instructions = $14, archived_at = $15, updated_at = $16 \
-     WHERE id = $1 AND updated_at = $17";
+     max_concurrent_jobs = $13, agent_instructions = $14, archived_at = $15, \
+     scm_integration_id = (SELECT id FROM integrations WHERE name = $16), updated_at = $17 \
+     WHERE id = $1 AND updated_at = $18";
 const SELECT_BY_ID: &str = select!("WHERE id = $1");
 const SELECT_BY_SLUG: &str = select!("WHERE slug = $1");
 const SELECT_PAGE: &str = select!(
@@ -70,6 +73,7 @@ fn from_row(r: &impl RowExt) -> Result<Project, StoreError> {
         pr_repository_url: r.opt_text("pr_repository_url")?,
         pr_base_branch: r.opt_text("pr_base_branch")?,
         branch_name_template: r.text("branch_name_template")?,
+        scm_integration: r.opt_text("scm_integration")?,
         credential_secret: r.opt_text("credential_secret")?,
         scm_username: r.text("scm_username")?,
         max_execution_secs: to_u32(ENTITY, "max_execution_secs", r.int("max_execution_secs")?)?,
@@ -81,7 +85,7 @@ fn from_row(r: &impl RowExt) -> Result<Project, StoreError> {
     })
 }
 
-/// Binds every column of a project in the order INSERT and UPDATE use ($2..$15).
+/// Binds every column of a project in the order INSERT and UPDATE use ($2..$16).
 macro_rules! bind_fields {
     ($query:expr, $p:expr) => {
         $query
@@ -99,6 +103,7 @@ macro_rules! bind_fields {
             .bind(i64::from($p.max_concurrent_jobs))
             .bind($p.agent_instructions.clone())
             .bind(DbTime::opt($p.archived_at))
+            .bind($p.scm_integration.clone())
     };
 }
 

@@ -153,6 +153,21 @@ impl Store {
         self.modify_ticket(id, |t| t.archived_at = None).await
     }
 
+    /// Records the pull request a ticket's execution opened (or updated).
+    pub async fn set_ticket_pull_request(&self, id: TicketId, url: &str) -> Result<(), StoreError> {
+        let now = DbTime(crate::now());
+        on_pool!(self, |pool| {
+            sqlx::query("UPDATE tickets SET pull_request_url = $2, updated_at = $3 WHERE id = $1")
+                .bind(id.as_uuid())
+                .bind(url)
+                .bind(now)
+                .execute(pool)
+                .await
+                .map(|_| ())
+        })?;
+        Ok(())
+    }
+
     async fn modify_ticket(&self, id: TicketId, change: impl Fn(&mut Ticket)) -> Result<Ticket, StoreError> {
         let read = || self.get_ticket(id);
         let write = |t: Ticket, read_at| async move {

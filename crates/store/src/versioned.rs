@@ -31,6 +31,15 @@ impl Versioned for viberglass_domain::Ticket {
     }
 }
 
+impl Versioned for viberglass_domain::Integration {
+    fn updated_at(&self) -> OffsetDateTime {
+        self.updated_at
+    }
+    fn set_updated_at(&mut self, at: OffsetDateTime) {
+        self.updated_at = at;
+    }
+}
+
 const ATTEMPTS: usize = 5;
 
 /// Applies `change` to the row `read` returns. `write(new, read_at)` must

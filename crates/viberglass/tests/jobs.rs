@@ -222,6 +222,8 @@ async fn a_worker_that_cannot_start_fails_the_job_in_the_dispatch_layer() {
         ticket_title: "t".into(),
         secret_names: Vec::new(),
         clanker_name: "c".into(),
+        scm: None,
+        commit_author: Default::default(),
     };
     let queued = app
         .store

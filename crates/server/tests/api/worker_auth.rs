@@ -23,6 +23,8 @@ fn spec() -> JobSpec {
         ticket_title: "t".into(),
         secret_names: Vec::new(),
         clanker_name: "c".into(),
+        scm: None,
+        commit_author: Default::default(),
     }
 }
 

@@ -21,7 +21,38 @@ backend_tests!(
     concurrent_claimers_take_each_job_exactly_once,
     agent_documents_become_revisions,
     usage_is_summed_per_project_and_ticket,
+    a_ticket_remembers_its_work_branch_and_pull_request,
 );
+
+async fn a_ticket_remembers_its_work_branch_and_pull_request(backend: TestBackend) {
+    let db = TestDb::new(backend).await;
+    let store = db.store().await;
+    let p = project(&store, "App", 5).await;
+    let input: viberglass_domain::TicketInput = serde_json::from_value(serde_json::json!({"title": "t"})).unwrap();
+    let t = store.create_ticket(p.id, viberglass_domain::NewTicket::parse(input).unwrap(), None).await.unwrap();
+    assert_eq!(store.ticket_work_branch(t.id).await.unwrap(), None);
+    let with_ticket = |branch: &str| {
+        let mut new = job(&p, None);
+        new.ticket_id = Some(t.id);
+        new.spec.branch = branch.into();
+        new
+    };
+    // Only completed executions count; the latest wins.
+    for (branch, outcome) in [("vg/first", true), ("vg/second", true), ("vg/failed", false)] {
+        let j = store.create_job(with_ticket(branch)).await.unwrap();
+        let outcome = if outcome {
+            Outcome::Completed { result: serde_json::json!({"branch": branch}), summary: "ok".into() }
+        } else {
+            Outcome::Failed(Failure::internal("boom"))
+        };
+        store.finish_job(j.id, outcome).await.unwrap();
+    }
+    assert_eq!(store.ticket_work_branch(t.id).await.unwrap().as_deref(), Some("vg/second"));
+    store.set_ticket_pull_request(t.id, "https://forge.example/acme/app/pull/1").await.unwrap();
+    let stored = store.get_ticket(t.id).await.unwrap();
+    assert_eq!(stored.pull_request_url.as_deref(), Some("https://forge.example/acme/app/pull/1"));
+    assert!(stored.updated_at > t.updated_at);
+}
 
 async fn usage_is_summed_per_project_and_ticket(backend: TestBackend) {
     let db = TestDb::new(backend).await;
@@ -57,6 +88,8 @@ pub fn spec(phase: Phase) -> JobSpec {
         ticket_title: "Fix it".into(),
         secret_names: Vec::new(),
         clanker_name: "runner".into(),
+        scm: None,
+        commit_author: Default::default(),
     }
 }
 
