@@ -19,6 +19,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub store: Store,
     pub db: TestDb,
+    /// The server's data directory (workspaces live under it).
+    pub data_dir: std::path::PathBuf,
     shutdown: CancellationToken,
 }
 
@@ -70,6 +72,7 @@ impl TestAppBuilder {
             client: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("HTTP client"),
             store,
             db,
+            data_dir,
             shutdown,
         }
     }
@@ -99,6 +102,10 @@ impl TestApp {
 
     pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
         self.client.post(self.url(path)).json(body).send().await.expect("POST reaches the server")
+    }
+
+    pub async fn delete(&self, path: &str) -> reqwest::Response {
+        self.client.delete(self.url(path)).send().await.expect("request")
     }
 
     pub async fn patch_json(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {

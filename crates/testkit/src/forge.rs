@@ -70,7 +70,7 @@ impl Drop for GitHttpServer {
     }
 }
 
-fn copy_dir(from: &Path, to: &Path) {
+pub(crate) fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();
@@ -107,10 +107,23 @@ async fn handle(
             return response;
         }
     }
+    git_backend(&inner.root, &method, &uri, &headers, body, &[]).await
+}
+
+/// Runs `git http-backend` (CGI) for one request against the bare
+/// repositories under `root`, with extra environment (e.g. the pushing user).
+pub(crate) async fn git_backend(
+    root: &Path,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Bytes,
+    env: &[(&str, &str)],
+) -> Response {
     let mut command = tokio::process::Command::new("git");
     command
         .arg("http-backend")
-        .env("GIT_PROJECT_ROOT", &inner.root)
+        .env("GIT_PROJECT_ROOT", root)
         .env("GIT_HTTP_EXPORT_ALL", "1")
         .env("PATH_INFO", uri.path())
         .env("QUERY_STRING", uri.query().unwrap_or_default())
@@ -120,7 +133,8 @@ async fn handle(
         .env("REMOTE_ADDR", "127.0.0.1")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+        .stderr(Stdio::null())
+        .envs(env.iter().copied());
     if let Some(value) = headers.get("content-type").and_then(|v| v.to_str().ok()) {
         command.env("CONTENT_TYPE", value);
     }

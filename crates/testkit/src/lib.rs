@@ -9,6 +9,7 @@
 
 pub mod app;
 pub mod db;
+pub mod fake_forge;
 pub mod forge;
 pub mod git;
 pub mod logs;
