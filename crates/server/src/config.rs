@@ -158,6 +158,13 @@ pub const SETTINGS: &[Setting] = &[
         secret: false,
     },
     Setting {
+        key: "commit_author",
+        env: "VIBERGLASS_COMMIT_AUTHOR",
+        default: "Viberglass <viberglass@localhost>",
+        doc: "The author of the commits execution runs make, as `Name <email>`.",
+        secret: false,
+    },
+    Setting {
         key: "shutdown_timeout_secs",
         env: "VIBERGLASS_SHUTDOWN_TIMEOUT_SECS",
         default: "30",
@@ -244,6 +251,7 @@ pub struct Config {
     pub reaper_interval_ms: u64,
     pub dispatch_interval_ms: u64,
     pub keep_failed_workspaces: bool,
+    pub commit_author: viberglass_domain::CommitAuthor,
     pub sandbox: viberglass_compute::Sandbox,
 }
 
@@ -541,6 +549,12 @@ impl Config {
             reaper_interval_ms: parse_number(&raw("reaper_interval_ms"), 50, 600_000)?,
             dispatch_interval_ms: parse_number(&raw("dispatch_interval_ms"), 10, 600_000)?,
             keep_failed_workspaces: parse_bool(&raw("keep_failed_workspaces"))?,
+            commit_author: {
+                let raw = raw("commit_author");
+                viberglass_domain::CommitAuthor::parse(&raw.value).map_err(|reason| {
+                    raw.invalid(reason, "a name and an address, e.g. `Viberglass <bot@example.com>`")
+                })?
+            },
             sandbox: {
                 let raw = raw("sandbox");
                 match raw.value.trim() {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use tokio_util::sync::CancellationToken;
 use viberglass_domain::protocol::{Bootstrap, WorkerResult};
-use viberglass_domain::{Failure, FailureLayer, Phase};
+use viberglass_domain::{Failure, FailureLayer, Phase, ScmProvider};
 
 use crate::client::Client;
 use crate::events::EventSink;
@@ -138,6 +138,10 @@ async fn steps(cx: &Context<'_>) -> Result<End, Failure> {
 /// run pushed one (so a follow-up run adds to it), else a new branch from the base.
 async fn start_branch(cx: &Context<'_>, git: &Git, repo: &Path) -> Result<(), Failure> {
     let branch = &cx.boot.spec.branch;
+    if *branch == cx.boot.spec.base_branch {
+        // Work goes straight to the base branch: the clone is already on it.
+        return Ok(());
+    }
     let run = |args: Vec<String>| async move {
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         git.run(repo, &refs).await.map_err(|e| io_failure("running git", e))
@@ -215,17 +219,18 @@ async fn commit(cx: &Context<'_>, git: &Git, repo: &Path) -> Result<End, Failure
             false,
         ));
     }
-    let title = std::fs::read_to_string(repo.join("PR_TITLE.md"))
-        .ok()
-        .and_then(|t| t.lines().next().map(str::trim).map(str::to_owned))
-        .filter(|t| !t.is_empty())
-        .unwrap_or_else(|| spec.ticket_title.clone());
-    let message = format!("{title}\n\nViberglass-Job: {}\n", cx.boot.job_id);
+    let content = PrContent::read(repo, spec, &files);
+    let mut message = format!("{}\n\n", content.title);
+    if let Some(ticket) = spec.scm.as_ref().and_then(|scm| scm.ticket_id) {
+        message.push_str(&format!("Viberglass-Ticket: {ticket}\n"));
+    }
+    message.push_str(&format!("Viberglass-Job: {}\n", cx.boot.job_id));
+    let author = &spec.commit_author;
     let commit = run(vec![
         "-c".into(),
-        "user.name=Viberglass".into(),
+        format!("user.name={}", author.name),
         "-c".into(),
-        "user.email=viberglass@localhost".into(),
+        format!("user.email={}", author.email),
         "commit".into(),
         "-q".into(),
         "-m".into(),
@@ -243,13 +248,145 @@ async fn commit(cx: &Context<'_>, git: &Git, repo: &Path) -> Result<End, Failure
         cx.sink.log(viberglass_domain::LogLevel::Error, push.stderr.trim());
         return Err(crate::git::push_failure(&spec.repository_url, &spec.branch, &push.stderr));
     }
-    Ok(End::Report(WorkerResult::Completed {
-        summary: format!(
-            "committed {} changed file(s) to {} ({}) and pushed it",
-            files.len(),
-            spec.branch,
-            &sha[..sha.len().min(12)]
-        ),
-        result: serde_json::json!({"branch": spec.branch, "commit": sha, "changed_files": files, "pushed": true}),
-    }))
+    let short = &sha[..sha.len().min(12)];
+    let mut result = serde_json::json!({"branch": spec.branch, "commit": sha, "changed_files": files, "pushed": true});
+    let mut summary = format!("committed {} changed file(s) to {} ({short}) and pushed it", files.len(), spec.branch);
+    match spec.scm.as_ref().filter(|scm| scm.provider != ScmProvider::Git) {
+        Some(scm) => {
+            let published = open_pull_request(cx, scm, &content, short).await?;
+            let noun = scm.provider.pull_request_noun();
+            let verb = if published.created { "opened" } else { "updated" };
+            summary.push_str(&format!("; {verb} {noun} {}", published.pull_request.url));
+            result["pull_request"] = serde_json::to_value(&published).unwrap_or_default();
+        }
+        None => {
+            // A plain git remote: record the change itself in Viberglass.
+            let stat = run(vec!["show".into(), "--stat".into(), "--format=".into(), "HEAD".into()]).await?;
+            let diff = run(vec!["show".into(), "--format=".into(), "HEAD".into()]).await?;
+            result["diff_stat"] = stat.stdout.trim().into();
+            result["diff"] = bounded(&diff.stdout, MAX_RECORDED_DIFF).into();
+            result["diff_truncated"] = (diff.stdout.len() > MAX_RECORDED_DIFF).into();
+        }
+    }
+    Ok(End::Report(WorkerResult::Completed { summary, result }))
+}
+
+/// The most diff a plain-git run records.
+const MAX_RECORDED_DIFF: usize = 256 * 1024;
+/// GitHub refuses bodies over 65536 characters; stay below.
+const MAX_PR_BODY: usize = 60_000;
+
+fn bounded(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
+}
+
+/// The pull request's title and body: the agent's PR_TITLE.md and
+/// PR_DESCRIPTION.md when it wrote them, else made from the ticket and the
+/// changed files; the body always links back to the ticket.
+struct PrContent {
+    title: String,
+    body: String,
+}
+
+impl PrContent {
+    fn read(repo: &Path, spec: &viberglass_domain::JobSpec, files: &[serde_json::Value]) -> PrContent {
+        let title = std::fs::read_to_string(repo.join("PR_TITLE.md"))
+            .ok()
+            .and_then(|t| t.lines().map(|l| l.trim().trim_start_matches('#').trim().to_owned()).find(|l| !l.is_empty()))
+            .unwrap_or_else(|| spec.ticket_title.clone());
+        let title: String = title.chars().take(200).collect();
+        let written = std::fs::read_to_string(repo.join("PR_DESCRIPTION.md"))
+            .ok()
+            .map(|d| d.trim().to_owned())
+            .filter(|d| !d.is_empty());
+        let mut body = match written {
+            Some(description) => bounded(&description, MAX_PR_BODY),
+            None => {
+                let mut body = String::new();
+                if let Some(scm) = &spec.scm
+                    && !scm.ticket_description.trim().is_empty()
+                {
+                    body.push_str(scm.ticket_description.trim());
+                    body.push_str("\n\n");
+                }
+                body.push_str("### Changed files\n");
+                for file in files.iter().take(200) {
+                    body.push_str(&format!(
+                        "- `{}` ({})\n",
+                        file["path"].as_str().unwrap_or("?"),
+                        file["status"].as_str().unwrap_or("?")
+                    ));
+                }
+                body
+            }
+        };
+        if let Some(scm) = &spec.scm {
+            let link = match &scm.ticket_url {
+                Some(url) => format!("[{}]({url})", spec.ticket_title.replace(['[', ']'], "")),
+                None => format!("\"{}\"", spec.ticket_title),
+            };
+            body.push_str(&format!("\n\n---\nOpened by Viberglass for the ticket {link}."));
+        }
+        PrContent { title, body }
+    }
+}
+
+/// Opens the pull request for the pushed branch, or updates the open one.
+async fn open_pull_request(
+    cx: &Context<'_>,
+    scm: &viberglass_domain::ScmSpec,
+    content: &PrContent,
+    commit: &str,
+) -> Result<viberglass_scm::Published, Failure> {
+    let spec = &cx.boot.spec;
+    let noun = scm.provider.pull_request_noun();
+    let Some(token) = cx.boot.git_credential.as_ref().map(|c| c.password.clone()) else {
+        return Err(Failure::new(
+            FailureLayer::PullRequest,
+            "no_scm_credential",
+            format!(
+                "the branch is pushed, but the project has no SCM credential to open the {noun} with: link one to the project or its integration, then re-run"
+            ),
+            false,
+        ));
+    };
+    let api_url = scm.api_url.clone().unwrap_or_default();
+    let Some(forge) = viberglass_scm::connect(scm.provider, &api_url, &token) else {
+        return Err(Failure::internal(format!("no API client for {}", scm.provider)));
+    };
+    cx.sink.progress(&format!(
+        "opening the {noun} on {} ({} into {})",
+        scm.pr_repository, spec.branch, scm.pr_base_branch
+    ));
+    let update_comment = format!("Updated by Viberglass job {} with commit {commit}.", cx.boot.job_id);
+    let publication = viberglass_scm::Publication {
+        new: viberglass_scm::NewPullRequest {
+            repository: &scm.pr_repository,
+            head_repository: &scm.repository,
+            branch: &spec.branch,
+            base: &scm.pr_base_branch,
+            title: &content.title,
+            body: &content.body,
+        },
+        labels: &scm.labels,
+        update_comment: &update_comment,
+    };
+    match viberglass_scm::publish(&forge, &publication).await {
+        Ok(published) => {
+            let verb = if published.created { "opened" } else { "updated the open" };
+            cx.sink.progress(&format!("{verb} {noun} {}", published.pull_request.url));
+            Ok(published)
+        }
+        Err(failure) => {
+            cx.sink.log(viberglass_domain::LogLevel::Error, &format!("{}: {}", failure.message, failure.detail));
+            Err(failure)
+        }
+    }
 }

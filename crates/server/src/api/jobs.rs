@@ -9,8 +9,9 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
 use serde::{Deserialize, Serialize};
 use viberglass_domain::{
-    Clanker, ClankerStatus, InstructionFile, Job, JobEvent, JobId, JobSpec, JobStatus, Page, Phase, Project, Ticket,
-    TicketId, ValidationErrors, scm::parse_branch_name,
+    Clanker, ClankerStatus, InstructionFile, Job, JobEvent, JobId, JobSpec, JobStatus, Page, Phase, Project,
+    ScmProvider, ScmSpec, Ticket, TicketId, ValidationErrors,
+    scm::{BranchVars, render_branch_template, repository_path},
 };
 use viberglass_store::{JobFilter, NewJob, Outcome};
 
@@ -42,16 +43,75 @@ fn unprocessable(code: &'static str, message: String) -> ApiError {
 /// Renders the project's branch-name template into a valid branch name.
 fn branch_name(template: &str, ticket: &Ticket, clanker: &Clanker, job: JobId) -> Result<String, String> {
     let date = viberglass_store::now().date();
-    let rendered = template
-        .replace("{{ ticket }}", &ticket.id.as_uuid().simple().to_string()[..12])
-        .replace("{{ clanker }}", clanker.slug.as_str())
-        .replace("{{ job }}", &job.as_uuid().simple().to_string()[..12])
-        .replace("{{ date }}", &format!("{:04}{:02}{:02}", date.year(), u8::from(date.month()), date.day()));
-    let sanitized: String = rendered
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '/' | '-' | '_' | '.') { c } else { '-' })
-        .collect();
-    parse_branch_name(&sanitized)
+    let date = format!("{:04}{:02}{:02}", date.year(), u8::from(date.month()), date.day());
+    let ticket = ticket.id.as_uuid().simple().to_string();
+    let job = job.as_uuid().simple().to_string();
+    let vars = BranchVars { ticket: &ticket[..12], clanker: clanker.slug.as_str(), job: &job[..12], date: &date };
+    render_branch_template(template, &vars)
+}
+
+/// The longest ticket description a generated pull-request body quotes.
+const PR_DESCRIPTION_EXCERPT: usize = 2000;
+
+/// Where an execution's change goes: the provider (from the project's
+/// integration, else recognised by host, else plain git), its API, the
+/// repositories and the base the pull request targets.
+async fn scm_spec(state: &AppState, project: &Project, ticket: &Ticket, repository_url: &str) -> ApiResult<ScmSpec> {
+    let integration = match &project.scm_integration {
+        None => None,
+        Some(name) => Some(state.store.get_integration_by_name(name).await.map_err(|_| {
+            unprocessable(
+                "integration_missing",
+                format!(
+                    "project {} names the SCM integration {name}, which does not exist: create it or unlink it, then run again",
+                    project.slug.as_str()
+                ),
+            )
+        })?),
+    };
+    let located = repository_path(repository_url);
+    let provider = match (&integration, &located) {
+        (_, None) => ScmProvider::Git,
+        (Some(integration), Some(_)) => integration.kind,
+        (None, Some((host, _))) => ScmProvider::for_host(host),
+    };
+    let api_url = match &integration {
+        Some(integration) if provider != ScmProvider::Git => Some(integration.api_url()),
+        _ => provider.default_base_url().and_then(|base| provider.api_url(base)),
+    };
+    let has_credential =
+        project.credential_secret.is_some() || integration.as_ref().is_some_and(|i| i.credential_secret.is_some());
+    if provider != ScmProvider::Git && !has_credential {
+        return Err(unprocessable(
+            "no_scm_credential",
+            format!(
+                "project {} opens {}s on {provider} but has no SCM credential: set the project's credential_secret or its integration's, then run again",
+                project.slug.as_str(),
+                provider.pull_request_noun()
+            ),
+        ));
+    }
+    let repository = located.map(|(_, path)| path).unwrap_or_default();
+    let pr_repository = match &project.pr_repository_url {
+        None => repository.clone(),
+        Some(url) => repository_path(url).map(|(_, path)| path).ok_or_else(|| {
+            unprocessable(
+                "invalid_pr_repository",
+                format!("the project's PR repository {url} has no owner/name path: give its https clone URL"),
+            )
+        })?,
+    };
+    Ok(ScmSpec {
+        provider,
+        api_url,
+        repository,
+        pr_repository,
+        pr_base_branch: project.pr_base_branch.clone().unwrap_or_else(|| project.base_branch.clone()),
+        ticket_id: Some(ticket.id),
+        ticket_url: Some(format!("{}/api/v1/tickets/{}", state.engine.server_url, ticket.id)),
+        ticket_description: ticket.description.chars().take(PR_DESCRIPTION_EXCERPT).collect(),
+        labels: Vec::new(),
+    })
 }
 
 fn prompt(phase: Phase, ticket: &Ticket) -> String {
@@ -76,7 +136,7 @@ fn prompt(phase: Phase, ticket: &Ticket) -> String {
     )
 }
 
-fn build_spec(
+async fn build_spec(
     state: &AppState,
     project: &Project,
     ticket: &Ticket,
@@ -91,12 +151,22 @@ fn build_spec(
         )
     })?;
     let harness = clanker.harness().map_err(|reason| unprocessable("clanker_misconfigured", reason))?;
-    let branch = branch_name(&project.branch_name_template, ticket, clanker, job).map_err(|reason| {
+    let mut branch = branch_name(&project.branch_name_template, ticket, clanker, job).map_err(|reason| {
         unprocessable(
             "invalid_branch_template",
             format!("the project's branch-name template renders to an invalid branch: {reason}"),
         )
     })?;
+    let scm = if phase == Phase::Execution {
+        // A follow-up execution continues the branch (and pull request) the
+        // last one pushed, even if the template would name a new branch.
+        if let Some(previous) = state.store.ticket_work_branch(ticket.id).await? {
+            branch = previous;
+        }
+        Some(scm_spec(state, project, ticket, &repository_url).await?)
+    } else {
+        None
+    };
     let mut instruction_files = clanker.instruction_files.clone();
     if !project.agent_instructions.trim().is_empty() {
         match instruction_files.iter_mut().find(|f| f.path == "AGENTS.md") {
@@ -120,6 +190,8 @@ fn build_spec(
         ticket_title: ticket.title.clone(),
         secret_names: clanker.secrets.clone(),
         clanker_name: clanker.slug.as_str().to_owned(),
+        scm,
+        commit_author: state.config.commit_author.clone(),
     })
 }
 
@@ -162,7 +234,7 @@ pub async fn create_run(
         ));
     }
     let id = JobId::new();
-    let spec = build_spec(&state, &project, &ticket, &clanker, phase, id)?;
+    let spec = build_spec(&state, &project, &ticket, &clanker, phase, id).await?;
     let job = state
         .store
         .create_job(NewJob {

@@ -5,6 +5,7 @@
 
 mod clankers;
 mod health;
+mod integrations;
 mod jobs;
 mod projects;
 mod secrets;
@@ -30,6 +31,7 @@ use crate::AppState;
         (name = "projects", description = "Projects: one repository and its settings"),
         (name = "tickets", description = "Tickets: requested changes"),
         (name = "secrets", description = "Secrets: named values kept outside the code, never returned"),
+        (name = "integrations", description = "SCM integrations: GitHub or GitLab, with Test connection"),
         (name = "clankers", description = "Clankers: saved worker configurations"),
         (name = "jobs", description = "Jobs (runs): one worker invocation for one phase"),
         (name = "worker", description = "The worker protocol, called by viberators with their job token"),
@@ -69,6 +71,13 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(tickets::archive_ticket))
         .routes(routes!(tickets::unarchive_ticket))
         .routes(routes!(secrets::list_secrets, secrets::create_secret))
+        .routes(routes!(integrations::list_integrations, integrations::create_integration))
+        .routes(routes!(
+            integrations::get_integration,
+            integrations::update_integration,
+            integrations::delete_integration
+        ))
+        .routes(routes!(integrations::test_integration))
         .routes(routes!(clankers::list_clankers, clankers::create_clanker))
         .routes(routes!(clankers::get_clanker, clankers::update_clanker))
         .routes(routes!(clankers::start_clanker))

@@ -27,8 +27,16 @@ pub struct ListProjectsQuery {
     cursor: Option<String>,
 }
 
-/// A project may only name a secret that exists.
+/// A project may only name a secret and an integration that exist.
 async fn check_secret(store: &Store, patch: &ProjectPatch) -> ApiResult<()> {
+    if let Some(Some(name)) = &patch.scm_integration
+        && store.get_integration_by_name(name).await.is_err()
+    {
+        return Err(ApiError::invalid_field(
+            "scm_integration",
+            format!("there is no integration named {name}: create it first (POST /api/v1/integrations)"),
+        ));
+    }
     if let Some(Some(name)) = &patch.credential_secret {
         match store.get_secret_by_name(name).await {
             Ok(_) => {}

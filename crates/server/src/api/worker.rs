@@ -74,7 +74,12 @@ pub async fn bootstrap(State(state): State<AppState>, WorkerAuth(id): WorkerAuth
     let spec = job.spec.ok_or_else(|| ApiError::internal("a job without a spec"))?;
     let project = state.store.get_project(job.project_id).await?;
     let resolved = async {
-        let git_credential = match &project.credential_secret {
+        // The project's own credential, else its integration's.
+        let integration_secret = match &project.scm_integration {
+            Some(name) => state.store.get_integration_by_name(name).await.ok().and_then(|i| i.credential_secret),
+            None => None,
+        };
+        let git_credential = match project.credential_secret.as_ref().or(integration_secret.as_ref()) {
             None => None,
             Some(name) => {
                 let whose = format!("project {}'s SCM credential", project.slug.as_str());
@@ -106,7 +111,7 @@ pub async fn bootstrap(State(state): State<AppState>, WorkerAuth(id): WorkerAuth
 }
 
 /// Reads a secret's value, or says exactly why it cannot be read.
-async fn resolve_secret(state: &AppState, name: &str, whose: &str) -> Result<String, Failure> {
+pub(crate) async fn resolve_secret(state: &AppState, name: &str, whose: &str) -> Result<String, Failure> {
     let secret = state.store.get_secret_by_name(name).await.map_err(|_| {
         Failure::new(
             FailureLayer::Secrets,
@@ -214,7 +219,18 @@ pub async fn result(
             Outcome::Failed(failure)
         }
     };
-    state.store.finish_job(id, outcome).await?;
-    let status = state.store.get_job(id).await?.status;
+    let pull_request = match &outcome {
+        Outcome::Completed { result, .. } => result["pull_request"]["url"].as_str().map(str::to_owned),
+        _ => None,
+    };
+    let ended_now = state.store.finish_job(id, outcome).await?;
+    let job = state.store.get_job(id).await?;
+    if ended_now
+        && let (Some(url), Some(ticket)) = (pull_request, job.ticket_id)
+        && (url.starts_with("https://") || url.starts_with("http://"))
+    {
+        state.store.set_ticket_pull_request(ticket, &url).await?;
+    }
+    let status = job.status;
     Ok(Json(ResultReply { status }))
 }

@@ -2,6 +2,7 @@
 
 mod errors;
 mod health;
+mod integrations;
 mod openapi;
 mod projects;
 mod request_ids;
