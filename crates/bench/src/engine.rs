@@ -89,8 +89,7 @@ pub async fn queue(backend: &str, target: DatabaseTarget, jobs: usize, claimers:
 /// Requests `runs` runs one after another against a running server and
 /// measures from the request to the worker process starting, as the
 /// server's own event timestamps record it.
-pub async fn dispatch(base: &str, runs: usize) -> Result<()> {
-    let client = reqwest::Client::new();
+pub async fn dispatch(client: &reqwest::Client, base: &str, runs: usize) -> Result<()> {
     // Not under /tmp: sandboxed workers get a private /tmp.
     let repo = tempfile::Builder::new().prefix("viberglass-bench-").tempdir_in("/var/tmp")?;
 
@@ -165,7 +164,7 @@ pub async fn dispatch(base: &str, runs: usize) -> Result<()> {
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         latencies.push(latency);
-        overheads.push(worker_overhead(&client, base, &id).await?);
+        overheads.push(worker_overhead(client, base, &id).await?);
     }
     Stats { requests: runs, wall: started.elapsed(), latencies }.print("local", "dispatch latency", 1);
     Stats { requests: runs, wall: started.elapsed(), latencies: overheads }.print("local", "worker overhead", 1);

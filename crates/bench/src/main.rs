@@ -146,6 +146,36 @@ where
     Ok(Stats { requests: count, wall, latencies })
 }
 
+/// Creates the first administrator and returns a client sending an API
+/// token, as a real API client would (every request is authenticated).
+pub async fn signed_in(base: &str, concurrency: usize) -> Result<reqwest::Client> {
+    let plain = reqwest::Client::new();
+    let setup = plain
+        .post(format!("{base}/api/v1/setup"))
+        .json(&serde_json::json!({"email": "bench@example.com", "password": "bench-password-123"}))
+        .send()
+        .await?;
+    let cookie = setup
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .ok_or_else(|| anyhow::anyhow!("setup gave no session cookie ({})", setup.status()))?
+        .to_owned();
+    let token: serde_json::Value = plain
+        .post(format!("{base}/api/v1/me/tokens"))
+        .header("cookie", cookie)
+        .json(&serde_json::json!({"name": "bench"}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let token = token["token"].as_str().ok_or_else(|| anyhow::anyhow!("no token: {token}"))?;
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse()?);
+    Ok(reqwest::Client::builder().pool_max_idle_per_host(concurrency).default_headers(headers).build()?)
+}
+
 async fn bench_backend(args: &Args, backend: &str, database_url: Option<&str>) -> Result<()> {
     let data_dir = tempfile::tempdir()?;
     let server = start(&args.binary, data_dir.path(), database_url)?;
@@ -159,8 +189,9 @@ async fn bench_backend(args: &Args, backend: &str, database_url: Option<&str>) -
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle = rss_kib(server.child.id())?;
+    let client = signed_in(&base, args.concurrency).await?;
     if backend == "sqlite" {
-        engine::dispatch(&base, args.dispatches).await?;
+        engine::dispatch(&client, &base, args.dispatches).await?;
     }
 
     let project = client

@@ -18,6 +18,7 @@ pub mod protocol;
 pub mod scm;
 pub mod secret;
 pub mod ticket;
+pub mod user;
 pub mod validation;
 
 pub use clanker::{AgentKind, AgentSettings, Clanker, ClankerInput, ClankerStatus, ComputeKind, NewClanker};
@@ -31,7 +32,8 @@ pub use job::{
 pub use page::{Cursor, Page, PageRequest};
 pub use project::{NewProject, Project, ProjectInput, ProjectPatch, ProjectSlug};
 pub use scm::ScmProvider;
-pub use secret::{NewSecret, Secret, SecretBackend, SecretInput};
+pub use secret::{NewSecret, Secret, SecretBackend, SecretInput, SecretPatchInput};
 pub use states::{Phase, Severity, TicketStatus};
 pub use ticket::{ArchivedFilter, NewTicket, Ticket, TicketFilter, TicketInput, TicketPatch, TicketSource};
+pub use user::{ApiToken, AuditEntry, NewUser, ProjectRole, User, UserInput, UserPatch, UserPatchInput};
 pub use validation::{FieldError, ValidationErrors};

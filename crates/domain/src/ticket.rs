@@ -266,6 +266,8 @@ pub struct TicketFilter {
     pub archived: ArchivedFilter,
     /// Matches title and description, case-insensitively.
     pub search: Option<String>,
+    /// Only the projects this user is a member of.
+    pub member_of: Option<crate::UserId>,
 }
 
 #[cfg(test)]

@@ -19,6 +19,10 @@ use crate::request::request_context;
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
+    /// Reads and writes secret values.
+    pub vault: Arc<crate::vault::Vault>,
+    /// Failed sign-ins per account and per address.
+    pub limiter: Arc<crate::auth::LoginLimiter>,
     pub config: Arc<Config>,
     /// Encrypts stored secrets.
     pub encryption_key: Arc<EncryptionKey>,
@@ -43,6 +47,8 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 /// Builds the whole HTTP application.
 pub fn build_router(state: AppState) -> Router {
     let (api, openapi) = crate::api::router().split_for_parts();
+    // Every API route passes the access guard (its rule, the caller, CSRF, the role).
+    let api = api.route_layer(axum::middleware::from_fn_with_state(state.clone(), crate::auth::guard));
     let body_limit = state.config.body_limit_bytes;
     let origins = state.config.cors_allowed_origins.clone();
     let metrics = state.metrics.clone();

@@ -95,6 +95,44 @@ pub const SETTINGS: &[Setting] = &[
         secret: true,
     },
     Setting {
+        key: "secrets_previous_keys",
+        env: "SECRETS_PREVIOUS_KEYS",
+        default: "",
+        doc: "Earlier encryption keys, comma-separated: they still decrypt what they encrypted (during a key rotation, \
+              see `viberglass secrets rotate-key`).",
+        secret: true,
+    },
+    Setting {
+        key: "ssm_prefix",
+        env: "VIBERGLASS_SSM_PREFIX",
+        default: "/viberglass",
+        doc: "Where `ssm` secrets live in AWS SSM Parameter Store when they give no explicit path: <prefix>/<NAME>. \
+              The endpoint, region and credentials come from the standard AWS settings (AWS_REGION, AWS_ENDPOINT_URL, ...).",
+        secret: false,
+    },
+    Setting {
+        key: "auth_disabled",
+        env: "AUTH_DISABLED",
+        default: "false",
+        doc: "Local development only: every request acts as an administrator, without signing in. Logged as a warning \
+              at startup; refused with PostgreSQL unless auth_disabled_allow_postgres is also true.",
+        secret: false,
+    },
+    Setting {
+        key: "auth_disabled_allow_postgres",
+        env: "AUTH_DISABLED_ALLOW_POSTGRES",
+        default: "false",
+        doc: "Confirms AUTH_DISABLED together with a PostgreSQL database (which usually means a shared deployment).",
+        secret: false,
+    },
+    Setting {
+        key: "session_ttl_hours",
+        env: "VIBERGLASS_SESSION_TTL_HOURS",
+        default: "168",
+        doc: "How long a sign-in lasts.",
+        secret: false,
+    },
+    Setting {
         key: "db_connect_attempts",
         env: "VIBERGLASS_DB_CONNECT_ATTEMPTS",
         default: "5",
@@ -252,6 +290,11 @@ pub struct Config {
     pub dispatch_interval_ms: u64,
     pub keep_failed_workspaces: bool,
     pub commit_author: viberglass_domain::CommitAuthor,
+    /// Earlier encryption keys that still decrypt.
+    pub previous_keys: Vec<EncryptionKey>,
+    pub ssm_prefix: String,
+    pub auth_disabled: bool,
+    pub session_ttl_hours: u32,
     pub sandbox: viberglass_compute::Sandbox,
 }
 
@@ -529,6 +572,7 @@ impl Config {
             })?)
         };
 
+        let is_postgres = matches!(database, DatabaseTarget::Postgres { .. });
         Ok(Config {
             data_dir,
             database,
@@ -549,6 +593,38 @@ impl Config {
             reaper_interval_ms: parse_number(&raw("reaper_interval_ms"), 50, 600_000)?,
             dispatch_interval_ms: parse_number(&raw("dispatch_interval_ms"), 10, 600_000)?,
             keep_failed_workspaces: parse_bool(&raw("keep_failed_workspaces"))?,
+            previous_keys: {
+                let raw = raw("secrets_previous_keys");
+                raw.value
+                    .split(',')
+                    .filter(|k| !k.trim().is_empty())
+                    .map(EncryptionKey::parse)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|reason| raw.invalid(reason, "comma-separated keys of 64 hex characters"))?
+            },
+            ssm_prefix: {
+                let raw = raw("ssm_prefix");
+                let prefix = raw.value.trim().trim_end_matches('/').to_owned();
+                viberglass_domain::secret::parse_ssm_path(&format!("{prefix}/X")).map_err(|_| {
+                    raw.invalid("not an SSM path", "a path such as /viberglass or /teams/app/viberglass")
+                })?;
+                prefix
+            },
+            auth_disabled: {
+                let disabled = parse_bool(&raw("auth_disabled"))?;
+                let allow_postgres = parse_bool(&raw("auth_disabled_allow_postgres"))?;
+                if disabled && !allow_postgres && is_postgres {
+                    return Err(ConfigError::Invalid {
+                        origin: "AUTH_DISABLED".into(),
+                        target: "AUTH_DISABLED",
+                        value: "true".into(),
+                        reason: "signing in is off while DATABASE_URL points at PostgreSQL, which usually means a shared deployment".into(),
+                        expected: "false (or confirm with AUTH_DISABLED_ALLOW_POSTGRES=true for a private database)".into(),
+                    });
+                }
+                disabled
+            },
+            session_ttl_hours: parse_number(&raw("session_ttl_hours"), 1, 24 * 365)?,
             commit_author: {
                 let raw = raw("commit_author");
                 viberglass_domain::CommitAuthor::parse(&raw.value).map_err(|reason| {

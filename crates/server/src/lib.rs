@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod app;
+pub mod auth;
 pub mod config;
 pub mod engine;
 pub mod error;
@@ -12,6 +13,7 @@ pub mod metrics;
 pub mod request;
 pub mod serve;
 pub mod telemetry;
+pub mod vault;
 
 pub use app::{AppState, build_router};
 pub use config::{Config, ConfigError};

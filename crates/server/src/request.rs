@@ -27,6 +27,15 @@ pub fn is_valid_request_id(id: &str) -> bool {
         && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'/' | b'+' | b'='))
 }
 
+tokio::task_local! {
+    static CURRENT: String;
+}
+
+/// The id of the request being served on this task, if any.
+pub fn current_request_id() -> Option<String> {
+    CURRENT.try_with(Clone::clone).ok()
+}
+
 pub async fn request_context(
     axum::extract::State(metrics): axum::extract::State<std::sync::Arc<crate::metrics::Metrics>>,
     mut req: Request,
@@ -45,7 +54,7 @@ pub async fn request_context(
     let span = tracing::info_span!("request", request_id = %id, method = %method, route = %route);
     req.extensions_mut().insert(RequestId(id.clone()));
     let started = Instant::now();
-    let mut response = next.run(req).instrument(span.clone()).await;
+    let mut response = CURRENT.scope(id.clone(), next.run(req).instrument(span.clone())).await;
     let elapsed = started.elapsed().as_secs_f64();
     let latency_ms = elapsed * 1000.0;
     if let Ok(value) = HeaderValue::from_str(&id) {

@@ -39,6 +39,8 @@ pub enum StartupError {
     WorkerBinary(std::io::Error),
     #[error("the server stopped: {0}")]
     Serve(std::io::Error),
+    #[error("key rotation failed: {0}")]
+    Rotate(String),
 }
 
 impl StartupError {
@@ -95,6 +97,22 @@ fn load_or_create_key_file(path: &Path) -> Result<EncryptionKey, StartupError> {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => read(path),
         Err(e) => Err(fail(e.to_string())),
     }
+}
+
+/// After a key rotation in embedded mode: the key file gets the new key, and
+/// the old one is kept beside it (`<file>.previous`, mode 0600).
+pub fn replace_key_file(path: &Path, old: &EncryptionKey, new: &EncryptionKey) -> Result<(), StartupError> {
+    let fail = |reason: String| StartupError::KeyFile { path: path.to_owned(), reason };
+    let write = |target: &Path, key: &EncryptionKey| -> Result<(), StartupError> {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(target).map_err(|e| fail(e.to_string()))?;
+        file.write_all(format!("{}\n", key.to_hex()).as_bytes()).map_err(|e| fail(e.to_string()))
+    };
+    write(&path.with_extension("key.previous"), old)?;
+    write(path, new)
 }
 
 fn warn_if_readable_by_others(path: &Path) {
@@ -197,8 +215,11 @@ pub fn app_state(
         heartbeat_interval: Duration::from_secs(config.heartbeat_interval_secs),
     };
     let env: crate::app::EnvLookup = Arc::new(|name: &str| std::env::var(name).ok());
+    let vault = Arc::new(crate::vault::Vault::new(&config, &key));
     Ok(AppState {
         store,
+        vault,
+        limiter: Arc::new(crate::auth::LoginLimiter::default()),
         config: Arc::new(config),
         encryption_key: Arc::new(key),
         engine,
@@ -219,6 +240,13 @@ pub async fn serve(
     let local = listener.local_addr()?;
     let public = state.config.public_url.clone().unwrap_or_else(|| format!("http://{local}"));
     tracing::info!(address = %local, "viberglass listening on http://{local} (public URL {public})");
+    if state.config.auth_disabled {
+        tracing::warn!(
+            "AUTH_DISABLED is set: every request acts as an administrator without signing in. For local development only"
+        );
+    } else if state.store.count_users().await.unwrap_or(1) == 0 {
+        tracing::info!("no user yet: open {public}/api/docs/ and POST /api/v1/setup to create the first administrator");
+    }
     state.engine.clone().spawn(shutdown.clone());
     let app = build_router(state).into_make_service_with_connect_info::<SocketAddr>();
     let server = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());

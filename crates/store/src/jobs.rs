@@ -41,7 +41,9 @@ const INSERT: &str = "INSERT INTO jobs (id, project_id, ticket_id, clanker_id, p
 const SELECT_BY_ID: &str = select!("WHERE id = $1");
 const SELECT_PAGE: &str = select!(
     "WHERE ($1 IS NULL OR id < $1) AND ($2 IS NULL OR project_id = $2) AND ($3 IS NULL OR ticket_id = $3) ",
-    "AND ($4 IS NULL OR clanker_id = $4) AND ($5 IS NULL OR status = $5) ORDER BY id DESC LIMIT $6"
+    "AND ($4 IS NULL OR clanker_id = $4) AND ($5 IS NULL OR status = $5) ",
+    "AND ($7 IS NULL OR project_id IN (SELECT project_id FROM project_members WHERE user_id = $7)) ",
+    "ORDER BY id DESC LIMIT $6"
 );
 const SELECT_LIVE: &str = select!("WHERE status IN ('dispatching', 'active') ORDER BY id LIMIT $1");
 const SELECT_TOKEN: &str = "SELECT status, token_hash FROM jobs WHERE id = $1";
@@ -120,6 +122,8 @@ pub struct JobFilter {
     pub ticket_id: Option<TicketId>,
     pub clanker_id: Option<ClankerId>,
     pub status: Option<JobStatus>,
+    /// Only the projects this user is a member of.
+    pub member_of: Option<viberglass_domain::UserId>,
 }
 
 /// Tokens and cost the agents reported, summed over jobs.
@@ -255,6 +259,7 @@ impl Store {
                 .bind(filter.clanker_id.map(|c| c.as_uuid()))
                 .bind(filter.status.map(|s| s.as_str()))
                 .bind(i64::from(page.limit) + 1)
+                .bind(filter.member_of.map(|u| u.as_uuid()))
                 .fetch_all(pool)
                 .await?
                 .iter()

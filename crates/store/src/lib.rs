@@ -19,6 +19,7 @@ mod projects;
 mod rows;
 mod secrets;
 mod tickets;
+mod users;
 mod versioned;
 
 use std::path::PathBuf;
@@ -34,6 +35,8 @@ pub use error::{ConnectError, StoreError};
 pub use jobs::{JobFilter, NewJob, Outcome, UsageSummary};
 pub use migrate::{MigrateError, SchemaStatus};
 pub use projects::ProjectFilter;
+pub use secrets::{SealedValue, SecretUsers};
+pub use users::{AuditFilter, NewAudit, UserChange};
 
 /// Which database to open.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -45,7 +45,10 @@ macro_rules! migration {
 }
 
 /// Every migration, in order. Append only: never edit or remove one that has shipped.
-pub const MIGRATIONS: &[Migration] = &[migration!(1, "initial", "0001_initial.sql")];
+pub const MIGRATIONS: &[Migration] = &[
+    migration!(1, "initial", "0001_initial.sql"),
+    migration!(2, "secret_values_and_access", "0002_secret_values_and_access.sql"),
+];
 
 /// A key no other application is likely to use for `pg_advisory_lock`: "VIBERGLA".
 const ADVISORY_LOCK_KEY: i64 = 0x5649_4245_5247_4c41;

@@ -43,6 +43,7 @@ const SELECT_PAGE: &str = select!(
     "WHERE ($1 IS NULL OR id < $1) ",
     "AND ($2 = 'include' OR ($2 = 'exclude' AND archived_at IS NULL) OR ($2 = 'only' AND archived_at IS NOT NULL)) ",
     "AND ($3 IS NULL OR lower(name) LIKE $3 ESCAPE '\\' OR slug LIKE $3 ESCAPE '\\' OR lower(description) LIKE $3 ESCAPE '\\') ",
+    "AND ($5 IS NULL OR id IN (SELECT project_id FROM project_members WHERE user_id = $5)) ",
     "ORDER BY id DESC LIMIT $4"
 );
 
@@ -52,6 +53,8 @@ pub struct ProjectFilter {
     pub archived: ArchivedFilter,
     /// Matches name, slug and description, case-insensitively.
     pub search: Option<String>,
+    /// Only the projects this user is a member of.
+    pub member_of: Option<viberglass_domain::UserId>,
 }
 
 pub(crate) fn archived_param(filter: ArchivedFilter) -> &'static str {
@@ -150,6 +153,7 @@ impl Store {
                 .bind(archived_param(filter.archived))
                 .bind(search)
                 .bind(i64::from(page.limit) + 1)
+                .bind(filter.member_of.map(|u| u.as_uuid()))
                 .fetch_all(pool)
                 .await?
                 .iter()

@@ -21,6 +21,8 @@ pub(crate) trait RowExt {
     fn opt_time(&self, col: &str) -> Result<Option<OffsetDateTime>, sqlx::Error>;
     fn json(&self, col: &str) -> Result<serde_json::Value, sqlx::Error>;
     fn opt_json(&self, col: &str) -> Result<Option<serde_json::Value>, sqlx::Error>;
+    fn flag(&self, col: &str) -> Result<bool, sqlx::Error>;
+    fn opt_bytes(&self, col: &str) -> Result<Option<Vec<u8>>, sqlx::Error>;
 }
 
 macro_rules! row_ext {
@@ -52,6 +54,12 @@ macro_rules! row_ext {
             }
             fn opt_json(&self, col: &str) -> Result<Option<serde_json::Value>, sqlx::Error> {
                 self.try_get::<Option<sqlx::types::Json<serde_json::Value>>, _>(col).map(|j| j.map(|j| j.0))
+            }
+            fn flag(&self, col: &str) -> Result<bool, sqlx::Error> {
+                self.try_get(col)
+            }
+            fn opt_bytes(&self, col: &str) -> Result<Option<Vec<u8>>, sqlx::Error> {
+                self.try_get(col)
             }
         }
     };

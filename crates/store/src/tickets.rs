@@ -40,6 +40,7 @@ const SELECT_PAGE: &str = select!(
     "AND ($5 IS NULL OR status = $5) ",
     "AND ($6 IS NULL OR severity = $6) ",
     "AND ($7 IS NULL OR lower(title) LIKE $7 ESCAPE '\\' OR lower(description) LIKE $7 ESCAPE '\\') ",
+    "AND ($9 IS NULL OR project_id IN (SELECT project_id FROM project_members WHERE user_id = $9)) ",
     "ORDER BY id DESC LIMIT $8"
 );
 
@@ -127,6 +128,7 @@ impl Store {
                 .bind(filter.severity.map(|s| s.as_str()))
                 .bind(search)
                 .bind(i64::from(page.limit) + 1)
+                .bind(filter.member_of.map(|u| u.as_uuid()))
                 .fetch_all(pool)
                 .await?
                 .iter()

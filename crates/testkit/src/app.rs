@@ -29,9 +29,71 @@ pub struct TestApp {
 pub struct TestAppBuilder {
     backend: TestBackend,
     env: HashMap<String, String>,
+    setup: bool,
+}
+
+/// The first administrator every [`TestApp`] creates (unless told not to).
+pub const ADMIN_EMAIL: &str = "admin@example.com";
+pub const ADMIN_PASSWORD: &str = "test-admin-password";
+
+/// Signs in to a server as the test administrator (creating it by first-run
+/// setup when no user exists) and returns a client that sends an API token.
+pub async fn admin_client(base_url: &str) -> (reqwest::Client, String) {
+    let plain = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("HTTP client");
+    let setup = plain
+        .post(format!("{base_url}/api/v1/setup"))
+        .json(&serde_json::json!({"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD, "name": "Admin"}))
+        .send()
+        .await
+        .expect("setup reaches the server");
+    assert!(
+        matches!(setup.status().as_u16(), 201 | 409),
+        "first-run setup: {}",
+        setup.text().await.unwrap_or_default()
+    );
+    let token = token_for(base_url, ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    (client_with_token(&token), token)
+}
+
+/// Signs in as `email` and creates an API token for them.
+pub async fn token_for(base_url: &str, email: &str, password: &str) -> String {
+    let jar = reqwest::Client::builder().cookie_store(true).timeout(Duration::from_secs(30)).build().expect("client");
+    let login = jar
+        .post(format!("{base_url}/api/v1/auth/login"))
+        .json(&serde_json::json!({"email": email, "password": password}))
+        .send()
+        .await
+        .expect("login reaches the server");
+    assert_eq!(login.status(), 200, "signing in as {email}: {}", login.text().await.unwrap_or_default());
+    let created: serde_json::Value = jar
+        .post(format!("{base_url}/api/v1/me/tokens"))
+        .json(&serde_json::json!({"name": "tests"}))
+        .send()
+        .await
+        .expect("token request")
+        .json()
+        .await
+        .expect("token JSON");
+    created["token"].as_str().expect("a token").to_owned()
+}
+
+/// A client that authenticates every request with `token`.
+pub fn client_with_token(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).expect("a header value"),
+    );
+    reqwest::Client::builder().default_headers(headers).timeout(Duration::from_secs(30)).build().expect("HTTP client")
 }
 
 impl TestAppBuilder {
+    /// Leaves first-run setup undone: the client is anonymous.
+    pub fn without_setup(mut self) -> Self {
+        self.setup = false;
+        self
+    }
+
     pub fn env(mut self, name: &str, value: &str) -> Self {
         self.env.insert(name.to_owned(), value.to_owned());
         self
@@ -66,15 +128,13 @@ impl TestAppBuilder {
 
         let shutdown = CancellationToken::new();
         tokio::spawn(serve(listener, state, shutdown.clone(), Duration::from_secs(5)));
-        TestApp {
-            address,
-            base_url: format!("http://{address}"),
-            client: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("HTTP client"),
-            store,
-            db,
-            data_dir,
-            shutdown,
-        }
+        let base_url = format!("http://{address}");
+        let client = if self.setup {
+            admin_client(&base_url).await.0
+        } else {
+            reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("HTTP client")
+        };
+        TestApp { address, base_url, client, store, db, data_dir, shutdown }
     }
 }
 
@@ -89,7 +149,7 @@ impl TestApp {
     }
 
     pub fn builder(backend: TestBackend) -> TestAppBuilder {
-        TestAppBuilder { backend, env: HashMap::new() }
+        TestAppBuilder { backend, env: HashMap::new(), setup: true }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -110,6 +170,32 @@ impl TestApp {
 
     pub async fn patch_json(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
         self.client.patch(self.url(path)).json(body).send().await.expect("PATCH reaches the server")
+    }
+
+    /// Adds a user (as the administrator) and returns an API client signed in as them.
+    pub async fn user_client(&self, email: &str, is_admin: bool) -> (reqwest::Client, serde_json::Value) {
+        let password = "user-password-123";
+        let response = self
+            .post_json(
+                "/api/v1/users",
+                &serde_json::json!({"email": email, "password": password, "is_admin": is_admin}),
+            )
+            .await;
+        assert_eq!(response.status(), 201, "adding {email}: {}", response.text().await.unwrap_or_default());
+        let user: serde_json::Value = response.json().await.expect("user JSON");
+        (client_with_token(&token_for(&self.base_url, email, password).await), user)
+    }
+
+    /// Gives a user a role in a project.
+    pub async fn grant(&self, project: &str, user: &serde_json::Value, role: &str) {
+        let response = self
+            .client
+            .put(self.url(&format!("/api/v1/projects/{project}/members/{}", user["id"].as_str().unwrap())))
+            .json(&serde_json::json!({"role": role}))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), 200, "granting {role}: {}", response.text().await.unwrap_or_default());
     }
 
     /// Creates a project through the API and returns its JSON.

@@ -14,6 +14,7 @@ pub mod forge;
 pub mod git;
 pub mod logs;
 pub mod model;
+pub mod moto;
 pub mod process;
 
 pub use app::TestApp;

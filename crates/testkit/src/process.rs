@@ -29,6 +29,12 @@ pub const SERVER_VARIABLES: &[&str] = &[
     "VIBERGLASS_DISPATCH_INTERVAL_MS",
     "VIBERGLASS_KEEP_FAILED_WORKSPACES",
     "VIBERGLASS_SANDBOX",
+    "VIBERGLASS_COMMIT_AUTHOR",
+    "SECRETS_PREVIOUS_KEYS",
+    "VIBERGLASS_SSM_PREFIX",
+    "AUTH_DISABLED",
+    "AUTH_DISABLED_ALLOW_POSTGRES",
+    "VIBERGLASS_SESSION_TTL_HOURS",
 ];
 
 /// A `viberglass` command with a clean environment, run in `dir`.
@@ -45,6 +51,7 @@ pub fn viberglass(binary: &str, dir: &Path) -> Command {
 pub struct ServerProcess {
     pub child: Child,
     pub port: u16,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl ServerProcess {
@@ -59,9 +66,15 @@ impl ServerProcess {
         let mut child = command.spawn().expect("start viberglass serve");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let kept = log.clone();
         std::thread::spawn(move || {
             let mut sent = false;
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(mut kept) = kept.lock() {
+                    kept.push_str(&line);
+                    kept.push('\n');
+                }
                 if !sent && let Some(rest) = line.split("listening on http://").nth(1) {
                     let address: String =
                         rest.chars().take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':').collect();
@@ -71,7 +84,7 @@ impl ServerProcess {
             }
         });
         match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(Some(port)) => ServerProcess { child, port },
+            Ok(Some(port)) => ServerProcess { child, port, log },
             _ => {
                 let _ = child.kill();
                 let output = child.wait_with_output().unwrap();
@@ -82,6 +95,12 @@ impl ServerProcess {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// What the server has logged so far (its standard output).
+    pub fn output(&self) -> String {
+        std::thread::sleep(Duration::from_millis(100));
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
     }
 
     pub async fn readyz(&self) -> (u16, serde_json::Value) {

@@ -27,6 +27,26 @@ enum Command {
     Config(ConfigCommand),
     /// Run one job as a viberator (started by a compute target, not by people).
     Worker(WorkerArgs),
+    /// Secret maintenance.
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
+}
+
+#[derive(Subcommand)]
+enum SecretsCommand {
+    /// Re-encrypt every stored secret under a new key. The configured key
+    /// (and SECRETS_PREVIOUS_KEYS) still decrypt during the change.
+    RotateKey(RotateArgs),
+}
+
+#[derive(Args)]
+struct RotateArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// The new key (64 hex characters, e.g. from `viberglass config gen-key`), read from the
+    /// environment so it does not show in process lists.
+    #[arg(long = "new-key", env = "VIBERGLASS_NEW_KEY", hide_env_values = true)]
+    new_key: String,
 }
 
 #[derive(Args)]
@@ -99,7 +119,50 @@ fn main() -> ExitCode {
             run_server(&args, |config| Box::pin(async move { serve::open_database(&config).await.map(|_| ()) }))
         }
         Command::Worker(args) => run_worker(args),
+        Command::Secrets(SecretsCommand::RotateKey(args)) => rotate_key(args),
     }
+}
+
+fn rotate_key(args: RotateArgs) -> ExitCode {
+    let new_key = match EncryptionKey::parse(&args.new_key) {
+        Ok(key) => key,
+        Err(reason) => {
+            eprintln!(
+                "viberglass: error: invalid --new-key: {reason}; use 64 hex characters from `viberglass config gen-key`"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    run_server(&args.server, move |config| {
+        Box::pin(async move {
+            let store = serve::open_database(&config).await?;
+            let current = serve::resolve_key(&config)?;
+            let rotation = viberglass_server::vault::rotate_key(&store, &config, &current, &new_key)
+                .await
+                .map_err(|e| StartupError::Rotate(e.to_string()))?;
+            println!(
+                "re-encrypted {} secret(s) under key {} ({} already were)",
+                rotation.resealed, rotation.new_key_id, rotation.already_current
+            );
+            for (name, why) in &rotation.unreadable {
+                println!("could not re-encrypt {name}: {why}");
+            }
+            if let viberglass_server::config::KeySource::DataDirFile(path) = &config.encryption_key {
+                serve::replace_key_file(path, &current, &new_key)?;
+                println!("{} now holds the new key; the old one is in {}.previous", path.display(), path.display());
+            } else {
+                println!(
+                    "next: set SECRETS_ENCRYPTION_KEY to the new key and SECRETS_PREVIOUS_KEYS to the old one on every server, \
+                     restart them, then run rotate-key again to catch values written meanwhile"
+                );
+            }
+            if rotation.unreadable.is_empty() {
+                Ok(())
+            } else {
+                Err(StartupError::Rotate("some secrets could not be re-encrypted".into()))
+            }
+        })
+    })
 }
 
 fn run_worker(args: WorkerArgs) -> ExitCode {

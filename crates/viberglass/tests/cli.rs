@@ -226,3 +226,88 @@ async fn sigterm_stops_the_server_gracefully() {
     };
     assert!(status.success(), "a graceful stop exits 0, got {status}");
 }
+
+#[test]
+fn the_test_environment_clears_every_server_setting() {
+    for setting in viberglass_server::config::SETTINGS {
+        assert!(SERVER_VARIABLES.contains(&setting.env), "add {} to testkit's SERVER_VARIABLES", setting.env);
+    }
+}
+
+#[test]
+fn auth_disabled_is_refused_with_postgres_unless_confirmed() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = viberglass(dir.path())
+        .arg("serve")
+        .env("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/x")
+        .env("SECRETS_ENCRYPTION_KEY", key())
+        .env("AUTH_DISABLED", "true")
+        .output()
+        .unwrap();
+    let line = one_line_failure(output, 2);
+    assert!(line.contains("AUTH_DISABLED") && line.contains("AUTH_DISABLED_ALLOW_POSTGRES=true"), "{line}");
+}
+
+#[tokio::test]
+async fn auth_disabled_warns_at_startup_and_acts_as_an_administrator() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = viberglass(dir.path());
+    command.env("AUTH_DISABLED", "true").env("LOG_FORMAT", "json");
+    let server = Server::start(command);
+    let client = reqwest::Client::new();
+    let created =
+        client.post(server.url("/api/v1/projects")).json(&serde_json::json!({"name": "Local"})).send().await.unwrap();
+    assert_eq!(created.status(), 201);
+    let me: serde_json::Value = client.get(server.url("/api/v1/me")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(me["is_admin"], true);
+    assert!(server.output().contains("AUTH_DISABLED is set"), "the warning is logged");
+}
+
+#[tokio::test]
+async fn rotate_key_re_encrypts_every_secret_and_the_server_reads_them_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(viberglass(dir.path()));
+    let client = viberglass_testkit::app::admin_client(&server.url("")).await.0;
+    for (name, value) in [("ONE", "first-value"), ("TWO", "second-value")] {
+        let created = client
+            .post(server.url("/api/v1/secrets"))
+            .json(&serde_json::json!({"name": name, "backend": "database", "value": value}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status(), 201);
+    }
+    drop(server);
+
+    let key_file = dir.path().join("viberglass-data/secrets.key");
+    let old_key = std::fs::read_to_string(&key_file).unwrap();
+    let new_key = "cd".repeat(32);
+    let rotate =
+        viberglass(dir.path()).args(["secrets", "rotate-key"]).env("VIBERGLASS_NEW_KEY", &new_key).output().unwrap();
+    let stdout = String::from_utf8_lossy(&rotate.stdout);
+    assert!(rotate.status.success(), "{stdout}{}", String::from_utf8_lossy(&rotate.stderr));
+    assert!(stdout.contains("re-encrypted 2 secret(s)"), "{stdout}");
+    assert_eq!(std::fs::read_to_string(&key_file).unwrap().trim(), new_key);
+    assert_eq!(std::fs::read_to_string(dir.path().join("viberglass-data/secrets.key.previous")).unwrap(), old_key);
+    // Nothing left to do on a second run.
+    let again =
+        viberglass(dir.path()).args(["secrets", "rotate-key"]).env("VIBERGLASS_NEW_KEY", &new_key).output().unwrap();
+    assert!(String::from_utf8_lossy(&again.stdout).contains("re-encrypted 0 secret(s)"));
+
+    let server = Server::start(viberglass(dir.path()));
+    let client = viberglass_testkit::app::admin_client(&server.url("")).await.0;
+    for name in ["ONE", "TWO"] {
+        let tested: serde_json::Value = client
+            .post(server.url(&format!("/api/v1/secrets/{name}/test")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(tested["ok"], true, "{tested}");
+    }
+    let bad =
+        viberglass(dir.path()).args(["secrets", "rotate-key"]).env("VIBERGLASS_NEW_KEY", "short").output().unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+}

@@ -65,8 +65,8 @@ async fn a_server_killed_mid_run_and_restarted_sees_the_job_complete_once() {
         fast(&mut command);
         ServerProcess::start(command, port)
     };
-    let client = reqwest::Client::new();
     let mut server = start();
+    let client = viberglass_testkit::app::admin_client(&server.url("")).await.0;
     let ticket =
         setup(&client, &server, &repo, "echo started && sleep 6 && echo fixed >> README.md && echo finished", 2).await;
     let job = post(
@@ -132,7 +132,7 @@ async fn two_servers_on_one_postgres_dispatch_each_of_200_jobs_exactly_once() {
         ServerProcess::start(command, 0)
     };
     let a = start("a");
-    let client = reqwest::Client::new();
+    let client = viberglass_testkit::app::admin_client(&a.url("")).await.0;
     let ticket = setup(&client, &a, &repo, "printf '# R\\n' > RESEARCH.md", 8).await;
     // Queue 200 runs before the second server starts, then let both dispatch.
     let mut ids = Vec::new();

@@ -245,3 +245,48 @@ async fn execution_on_a_forge_without_a_credential_is_refused_up_front() {
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["code"], "no_scm_credential", "{body}");
 }
+
+/// The job's secrets never reach its stored or streamed logs: an agent that
+/// prints its API key and a git that prints the token show `***`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_printed_by_the_agent_or_git_are_redacted() {
+    let app = app(TestBackend::Sqlite).await;
+    let repo = ServedRepo::with_files(&[("README.md", "# Shop\n")]).await;
+    for (name, value) in [("API_KEY", "sk-live-4f9a8b7c6d5e"), ("GIT_TOKEN", "ghp_redact_me_0123456789")] {
+        let created =
+            app.post_json("/api/v1/secrets", &json!({"name": name, "backend": "database", "value": value})).await;
+        assert_eq!(created.status(), 201);
+    }
+    app.create_project(json!({"name": "Shop", "repository_url": repo.url(), "credential_secret": "GIT_TOKEN"})).await;
+    let script = "echo \"my key is $API_KEY\" && git -c user.name=\"$GIT_TOKEN\" -c user.email=x@y var GIT_COMMITTER_IDENT \
+                  && echo fixed >> README.md";
+    let clanker = app
+        .post_json(
+            "/api/v1/clankers",
+            &json!({"name": "Scripted", "agent": "command", "agent_settings": {"command": ["sh", "-c", script]},
+                    "secrets": ["API_KEY", "GIT_TOKEN"]}),
+        )
+        .await;
+    assert_eq!(clanker.status(), 201);
+    app.post_json("/api/v1/clankers/scripted/start", &json!({})).await;
+    let ticket = app.create_ticket("shop", json!({"title": "Leak nothing"})).await;
+    let job = execute(&app, ticket["id"].as_str().unwrap()).await;
+    assert_eq!(job["status"], "completed", "{job}");
+
+    let stored = events(&app, &job).await.join("\n");
+    assert!(stored.contains("my key is ***"), "{stored}");
+    assert!(stored.contains("*** <x@y>"), "git's output is redacted too: {stored}");
+    let streamed = app
+        .client
+        .get(app.url(&format!("/api/v1/jobs/{}/events/stream", job["id"].as_str().unwrap())))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for text in [&stored, &streamed, &job.to_string()] {
+        assert!(!text.contains("sk-live-4f9a8b7c6d5e") && !text.contains("ghp_redact_me"), "a secret leaked: {text}");
+    }
+    assert!(streamed.contains("my key is ***"));
+}

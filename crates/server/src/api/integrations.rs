@@ -187,7 +187,7 @@ pub async fn test_integration(
         ));
     };
     let whose = format!("integration {}", integration.name);
-    let token = super::worker::resolve_secret(&state, secret, &whose)
+    let token = crate::vault::resolve(&state, secret, &whose)
         .await
         .map_err(|failure| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "secret_unresolved", failure.message))?;
     let api_url = integration.api_url();

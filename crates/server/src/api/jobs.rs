@@ -206,6 +206,7 @@ async fn build_spec(
 )]
 pub async fn create_run(
     State(state): State<AppState>,
+    caller: crate::auth::Caller,
     Path(ticket_id): Path<String>,
     ApiJson(request): ApiJson<RunRequest>,
 ) -> ApiResult<impl IntoResponse> {
@@ -243,11 +244,21 @@ pub async fn create_run(
             ticket_id: Some(ticket.id),
             clanker_id: Some(clanker.id),
             spec,
-            requested_by: None,
+            requested_by: caller.user_id(),
         })
         .await?;
     state.engine.wake.notify_one();
-    tracing::info!(job_id = %job.id, ticket_id = %ticket.id, phase = %phase, "run requested");
+    tracing::info!(job_id = %job.id, ticket_id = %ticket.id, phase = %phase, by = caller.label(), "run requested");
+    crate::auth::audit(
+        &state,
+        Some(&caller),
+        "run_started",
+        "job",
+        Some(job.id.to_string()),
+        Some(project.id),
+        serde_json::json!({"phase": phase, "ticket": ticket.id, "clanker": clanker.slug.as_str()}),
+    )
+    .await;
     Ok((StatusCode::ACCEPTED, [(header::LOCATION, format!("/api/v1/jobs/{}", job.id))], Json(job)))
 }
 
@@ -274,6 +285,7 @@ pub struct ListJobsQuery {
 )]
 pub async fn list_jobs(
     State(state): State<AppState>,
+    caller: crate::auth::Caller,
     ApiQuery(query): ApiQuery<ListJobsQuery>,
 ) -> ApiResult<Json<Page<Job>>> {
     let mut errors = ValidationErrors::new();
@@ -281,7 +293,7 @@ pub async fn list_jobs(
     let ticket_id = parse_param::<TicketId>(&mut errors, "ticket", query.ticket.as_deref());
     let page = parse_page(&mut errors, query.limit, query.cursor.as_deref());
     errors.into_result(())?;
-    let mut filter = JobFilter { status, ticket_id, ..JobFilter::default() };
+    let mut filter = JobFilter { status, ticket_id, member_of: caller.member_filter(), ..JobFilter::default() };
     if let Some(key) = query.project.as_deref().filter(|k| !k.is_empty()) {
         filter.project_id = Some(find_project(&state.store, key).await?.id);
     }
@@ -307,9 +319,13 @@ pub async fn get_job(State(state): State<AppState>, Path(id): Path<String>) -> A
     params(("job_id" = String, Path, description = "The job's id")),
     responses((status = 200, body = Job), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody))
 )]
-pub async fn cancel_job(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Job>> {
+pub async fn cancel_job(
+    State(state): State<AppState>,
+    caller: crate::auth::Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Job>> {
     let id = parse_job_id(&id)?;
-    let by = "an API client".to_owned();
+    let by = caller.label();
     if !state.store.finish_job(id, Outcome::Cancelled { by }).await? {
         let job = state.store.get_job(id).await?;
         return Err(ApiError::new(
@@ -321,7 +337,17 @@ pub async fn cancel_job(State(state): State<AppState>, Path(id): Path<String>) -
     }
     let job = state.store.get_job(id).await?;
     state.engine.stop_compute(&job).await;
-    tracing::info!(job_id = %id, "job cancelled");
+    tracing::info!(job_id = %id, by = caller.label(), "job cancelled");
+    crate::auth::audit(
+        &state,
+        Some(&caller),
+        "run_cancelled",
+        "job",
+        Some(id.to_string()),
+        Some(job.project_id),
+        serde_json::json!({}),
+    )
+    .await;
     Ok(Json(job))
 }
 
@@ -331,8 +357,12 @@ pub async fn cancel_job(State(state): State<AppState>, Path(id): Path<String>) -
     params(("job_id" = String, Path, description = "The job to repeat")),
     responses((status = 202, body = Job), (status = 404, body = ErrorBody))
 )]
-pub async fn rerun_job(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<impl IntoResponse> {
-    let job = state.store.rerun_job(parse_job_id(&id)?, None).await?;
+pub async fn rerun_job(
+    State(state): State<AppState>,
+    caller: crate::auth::Caller,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let job = state.store.rerun_job(parse_job_id(&id)?, caller.user_id()).await?;
     state.engine.wake.notify_one();
     Ok((StatusCode::ACCEPTED, [(header::LOCATION, format!("/api/v1/jobs/{}", job.id))], Json(job)))
 }

@@ -3,6 +3,7 @@
 //! the OpenAPI document is generated from the same declarations that route
 //! requests.
 
+mod access;
 mod clankers;
 mod health;
 mod integrations;
@@ -28,6 +29,7 @@ use crate::AppState;
     ),
     tags(
         (name = "health", description = "Liveness and readiness"),
+        (name = "access", description = "Signing in, users, API tokens, project members and the audit log"),
         (name = "projects", description = "Projects: one repository and its settings"),
         (name = "tickets", description = "Tickets: requested changes"),
         (name = "secrets", description = "Secrets: named values kept outside the code, never returned"),
@@ -45,6 +47,30 @@ struct WorkerTokenScheme;
 impl utoipa::Modify for WorkerTokenScheme {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("An API token (vgp_…) from POST /api/v1/me/tokens"))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "session",
+            SecurityScheme::ApiKey(utoipa::openapi::security::ApiKey::Cookie(
+                utoipa::openapi::security::ApiKeyValue::with_description(
+                    "vg_session",
+                    "The session cookie POST /api/v1/auth/login sets",
+                ),
+            )),
+        );
+        // Every API route accepts either, unless it says otherwise.
+        openapi.security = Some(vec![
+            utoipa::openapi::security::SecurityRequirement::new("api_token", Vec::<String>::new()),
+            utoipa::openapi::security::SecurityRequirement::new("session", Vec::<String>::new()),
+        ]);
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "worker_token",
@@ -70,7 +96,20 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(tickets::get_ticket, tickets::update_ticket))
         .routes(routes!(tickets::archive_ticket))
         .routes(routes!(tickets::unarchive_ticket))
+        .routes(routes!(access::setup_status, access::setup))
+        .routes(routes!(access::login))
+        .routes(routes!(access::logout))
+        .routes(routes!(access::me))
+        .routes(routes!(access::list_tokens, access::create_token))
+        .routes(routes!(access::revoke_token))
+        .routes(routes!(access::list_users, access::create_user))
+        .routes(routes!(access::update_user))
+        .routes(routes!(access::list_members))
+        .routes(routes!(access::set_member, access::remove_member))
+        .routes(routes!(access::list_audit))
         .routes(routes!(secrets::list_secrets, secrets::create_secret))
+        .routes(routes!(secrets::get_secret, secrets::update_secret, secrets::delete_secret))
+        .routes(routes!(secrets::test_secret))
         .routes(routes!(integrations::list_integrations, integrations::create_integration))
         .routes(routes!(
             integrations::get_integration,
@@ -96,6 +135,14 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(worker::events))
         .routes(routes!(worker::document))
         .routes(routes!(worker::result))
+}
+
+/// The id of the project an id or slug names, if it exists.
+pub(crate) async fn find_project_id(
+    store: &viberglass_store::Store,
+    key: &str,
+) -> Option<viberglass_domain::ProjectId> {
+    projects::find_project(store, key).await.ok().map(|p| p.id)
 }
 
 /// Parses an optional enum-valued query parameter, recording a bad value.

@@ -73,10 +73,15 @@ pub(crate) async fn find_project(store: &Store, key: &str) -> ApiResult<Project>
 )]
 pub async fn list_projects(
     State(state): State<AppState>,
+    caller: crate::auth::Caller,
     ApiQuery(query): ApiQuery<ListProjectsQuery>,
 ) -> ApiResult<Json<Page<Project>>> {
     let mut errors = ValidationErrors::new();
-    let filter = ProjectFilter { archived: parse_archived(&mut errors, query.archived.as_deref()), search: query.q };
+    let filter = ProjectFilter {
+        archived: parse_archived(&mut errors, query.archived.as_deref()),
+        search: query.q,
+        member_of: caller.member_filter(),
+    };
     let page = parse_page(&mut errors, query.limit, query.cursor.as_deref());
     errors.into_result(())?;
     Ok(Json(state.store.list_projects(&filter, page).await?))

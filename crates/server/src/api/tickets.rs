@@ -47,6 +47,7 @@ fn parse_ticket_id(text: &str) -> ApiResult<TicketId> {
 )]
 pub async fn list_tickets(
     State(state): State<AppState>,
+    caller: crate::auth::Caller,
     ApiQuery(query): ApiQuery<ListTicketsQuery>,
 ) -> ApiResult<Json<Page<Ticket>>> {
     let mut errors = ValidationErrors::new();
@@ -57,6 +58,7 @@ pub async fn list_tickets(
         severity: parse_param::<Severity>(&mut errors, "severity", query.severity.as_deref()),
         archived: parse_archived(&mut errors, query.archived.as_deref()),
         search: query.q,
+        member_of: caller.member_filter(),
     };
     let page = parse_page(&mut errors, query.limit, query.cursor.as_deref());
     errors.into_result(())?;

@@ -83,14 +83,14 @@ pub async fn bootstrap(State(state): State<AppState>, WorkerAuth(id): WorkerAuth
             None => None,
             Some(name) => {
                 let whose = format!("project {}'s SCM credential", project.slug.as_str());
-                let password = resolve_secret(&state, name, &whose).await?;
+                let password = crate::vault::resolve(&state, name, &whose).await?;
                 Some(GitCredential { username: project.scm_username.clone(), password })
             }
         };
         let mut secrets = std::collections::BTreeMap::new();
         for name in &spec.secret_names {
             let whose = format!("clanker {}", spec.clanker_name);
-            secrets.insert(name.clone(), resolve_secret(&state, name, &whose).await?);
+            secrets.insert(name.clone(), crate::vault::resolve(&state, name, &whose).await?);
         }
         Ok::<_, Failure>((git_credential, secrets))
     }
@@ -108,32 +108,6 @@ pub async fn bootstrap(State(state): State<AppState>, WorkerAuth(id): WorkerAuth
     };
     state.store.append_event(id, EventKind::Status, LogLevel::Info, "worker running", None).await?;
     Ok(Json(Bootstrap { job_id: id, spec, secrets, git_credential }))
-}
-
-/// Reads a secret's value, or says exactly why it cannot be read.
-pub(crate) async fn resolve_secret(state: &AppState, name: &str, whose: &str) -> Result<String, Failure> {
-    let secret = state.store.get_secret_by_name(name).await.map_err(|_| {
-        Failure::new(
-            FailureLayer::Secrets,
-            "secret_missing",
-            format!(
-                "{whose} names the secret {name}, which does not exist: declare it on the Secrets page, then re-run"
-            ),
-            false,
-        )
-    })?;
-    let variable = secret.reference.clone().unwrap_or_else(|| secret.name.clone());
-    match (state.env)(&variable) {
-        Some(value) if !value.is_empty() => Ok(value),
-        _ => Err(Failure::new(
-            FailureLayer::Secrets,
-            "secret_unresolved",
-            format!(
-                "the secret {name} of {whose} (env backend) has no value: set the environment variable {variable} for the viberglass server, then re-run"
-            ),
-            false,
-        )),
-    }
 }
 
 /// The worker is alive. The answer says whether to go on.

@@ -1,10 +1,13 @@
 //! HTTP integration tests: the real server on a real socket.
 
+mod access;
 mod errors;
 mod health;
 mod integrations;
 mod openapi;
 mod projects;
 mod request_ids;
+mod route_matrix;
+mod secrets;
 mod tickets;
 mod worker_auth;

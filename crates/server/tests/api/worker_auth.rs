@@ -7,7 +7,7 @@ use viberglass_server::engine::hash_token;
 use viberglass_store::{NewJob, Outcome};
 use viberglass_testkit::{TestApp, TestBackend};
 
-fn spec() -> JobSpec {
+pub fn spec() -> JobSpec {
     JobSpec {
         phase: Phase::Execution,
         repository_url: "file:///srv/repo.git".into(),

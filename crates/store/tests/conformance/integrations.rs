@@ -14,7 +14,7 @@ async fn integrations_round_trip_and_know_their_users(backend: TestBackend) {
     let db = TestDb::new(backend).await;
     let store = db.store().await;
     let secret: SecretInput = serde_json::from_value(serde_json::json!({"name": "GH_TOKEN"})).unwrap();
-    store.create_secret(NewSecret::parse(secret).unwrap()).await.unwrap();
+    store.create_secret(NewSecret::parse(secret).unwrap(), None, false).await.unwrap();
     let new = NewIntegration::parse(input(
         serde_json::json!({"name": "gh", "kind": "github", "credential_secret": "GH_TOKEN"}),
     ))

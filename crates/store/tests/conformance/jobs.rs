@@ -142,7 +142,7 @@ async fn clankers_round_trip_with_their_instruction_files(backend: TestBackend) 
 
     // A change replaces the configuration, files and secrets, and keeps the status.
     let secret = viberglass_domain::SecretInput { name: Some("API_KEY".into()), ..Default::default() };
-    store.create_secret(viberglass_domain::NewSecret::parse(secret).unwrap()).await.unwrap();
+    store.create_secret(viberglass_domain::NewSecret::parse(secret).unwrap(), None, false).await.unwrap();
     let change: ClankerInput = serde_json::from_value(serde_json::json!({
         "description": "now with a key", "secrets": ["API_KEY"], "instruction_files": [{"path": "AGENTS.md", "content": "v2"}]
     }))

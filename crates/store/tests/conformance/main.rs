@@ -8,3 +8,4 @@ mod migrations;
 mod projects;
 mod secrets;
 mod tickets;
+mod users;

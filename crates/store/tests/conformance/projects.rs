@@ -109,11 +109,11 @@ async fn project_lists_page_newest_first_and_filter(backend: TestBackend) {
     assert_eq!(second.items.iter().map(|p| p.id).collect::<Vec<_>>(), vec![ids[2], ids[1]]);
     assert_eq!(second.next_cursor, None, "the archived project is not in the default list");
 
-    let only_archived = ProjectFilter { archived: ArchivedFilter::Only, search: None };
+    let only_archived = ProjectFilter { archived: ArchivedFilter::Only, search: None, member_of: None };
     let page = store.list_projects(&only_archived, PageRequest::default()).await.unwrap();
     assert_eq!(page.items.iter().map(|p| p.id).collect::<Vec<_>>(), vec![ids[0]]);
 
-    let search = ProjectFilter { archived: ArchivedFilter::Include, search: Some("PROJECT 3".into()) };
+    let search = ProjectFilter { archived: ArchivedFilter::Include, search: Some("PROJECT 3".into()), member_of: None };
     let page = store.list_projects(&search, PageRequest::default()).await.unwrap();
     assert_eq!(page.items.iter().map(|p| p.id).collect::<Vec<_>>(), vec![ids[3]]);
 }

@@ -1,0 +1,58 @@
+//! AWS stand-in: moto's server (installed by `scripts/test` from PyPI),
+//! started on loopback for one test and stopped when dropped.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Moto {
+    child: Child,
+    pub endpoint: String,
+}
+
+impl Moto {
+    /// Starts `moto_server` on a free port. `None` when moto is not installed
+    /// (outside CI); under `CI=true` a missing moto fails the test instead.
+    pub fn start() -> Option<Moto> {
+        let port = crate::process::free_port();
+        let spawned = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        let child = match spawned {
+            Ok(child) => child,
+            Err(e) => {
+                assert!(
+                    std::env::var("CI").is_err(),
+                    "moto_server is not installed ({e}): scripts/test installs it (pip install 'moto[server]')"
+                );
+                eprintln!("skipping: moto_server is not installed ({e})");
+                return None;
+            }
+        };
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "moto_server did not listen on {endpoint} within 30 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Some(Moto { child, endpoint })
+    }
+
+    /// The standard AWS settings that point a client at this stand-in.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ACCESS_KEY_ID", "testing".into()),
+            ("AWS_SECRET_ACCESS_KEY", "testing".into()),
+        ]
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
