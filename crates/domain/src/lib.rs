@@ -20,6 +20,7 @@ pub mod secret;
 pub mod ticket;
 pub mod user;
 pub mod validation;
+pub mod workflow;
 
 pub use clanker::{AgentKind, AgentSettings, Clanker, ClankerInput, ClankerStatus, ComputeKind, NewClanker};
 pub use failure::{Failure, FailureLayer};

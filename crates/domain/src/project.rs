@@ -100,6 +100,12 @@ pub struct Project {
     pub max_concurrent_jobs: u32,
     /// Extra instructions every agent in this project receives (its AGENTS.md).
     pub agent_instructions: String,
+    /// Planning waits until the research is approved.
+    pub research_needs_approval: bool,
+    /// Execution waits until the plan is approved (the default).
+    pub planning_needs_approval: bool,
+    /// Tickets may be run through every phase without the approval gates ("run all").
+    pub allow_run_all: bool,
     #[serde(with = "time::serde::rfc3339::option")]
     pub archived_at: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339")]
@@ -140,6 +146,9 @@ pub struct ProjectInput {
     pub max_execution_secs: Option<u32>,
     pub max_concurrent_jobs: Option<u32>,
     pub agent_instructions: Option<String>,
+    pub research_needs_approval: Option<bool>,
+    pub planning_needs_approval: Option<bool>,
+    pub allow_run_all: Option<bool>,
 }
 
 /// A validated change to a project: `None` leaves a field as it is.
@@ -159,6 +168,9 @@ pub struct ProjectPatch {
     pub max_execution_secs: Option<u32>,
     pub max_concurrent_jobs: Option<u32>,
     pub agent_instructions: Option<String>,
+    pub research_needs_approval: Option<bool>,
+    pub planning_needs_approval: Option<bool>,
+    pub allow_run_all: Option<bool>,
 }
 
 /// A validated new project.
@@ -233,6 +245,9 @@ impl ProjectPatch {
             agent_instructions: input
                 .agent_instructions
                 .and_then(|v| e.check("agent_instructions", bounded_text(&v, "agent_instructions", 0, 100_000))),
+            research_needs_approval: input.research_needs_approval,
+            planning_needs_approval: input.planning_needs_approval,
+            allow_run_all: input.allow_run_all,
         };
         e.into_result(patch)
     }
@@ -259,6 +274,9 @@ impl ProjectPatch {
             max_execution_secs,
             max_concurrent_jobs,
             agent_instructions,
+            research_needs_approval,
+            planning_needs_approval,
+            allow_run_all,
         } = self;
         macro_rules! set {
             ($($field:ident),*) => { $(if let Some(v) = $field { project.$field = v; })* };
@@ -277,7 +295,10 @@ impl ProjectPatch {
             scm_username,
             max_execution_secs,
             max_concurrent_jobs,
-            agent_instructions
+            agent_instructions,
+            research_needs_approval,
+            planning_needs_approval,
+            allow_run_all
         );
     }
 }
@@ -321,6 +342,9 @@ impl NewProject {
             max_execution_secs: DEFAULT_MAX_EXECUTION_SECS,
             max_concurrent_jobs: DEFAULT_MAX_CONCURRENT_JOBS,
             agent_instructions: String::new(),
+            research_needs_approval: false,
+            planning_needs_approval: true,
+            allow_run_all: false,
             archived_at: None,
             created_at: now,
             updated_at: now,

@@ -36,7 +36,7 @@ macro_rules! returning {
     };
 }
 
-const INSERT: &str = "INSERT INTO jobs (id, project_id, ticket_id, clanker_id, phase, status, attempt, retry_of, spec, \
+pub(crate) const INSERT: &str = "INSERT INTO jobs (id, project_id, ticket_id, clanker_id, phase, status, attempt, retry_of, spec, \
      requested_by, queued_at, updated_at) VALUES ($1, $2, $3, $4, $5, 'queued', $6, $7, $8, $9, $10, $10)";
 const SELECT_BY_ID: &str = select!("WHERE id = $1");
 const SELECT_PAGE: &str = select!(
@@ -551,5 +551,14 @@ impl Store {
                 .collect::<Result<Vec<_>, _>>()
         })?;
         Ok(rows)
+    }
+}
+
+/// The status a ticket shows while its `phase` is being worked on.
+pub(crate) fn working_status(phase: viberglass_domain::Phase) -> viberglass_domain::TicketStatus {
+    match phase {
+        viberglass_domain::Phase::Research => viberglass_domain::TicketStatus::Researching,
+        viberglass_domain::Phase::Planning => viberglass_domain::TicketStatus::Planning,
+        viberglass_domain::Phase::Execution => viberglass_domain::TicketStatus::InProgress,
     }
 }

@@ -21,6 +21,7 @@ mod secrets;
 mod tickets;
 mod users;
 mod versioned;
+mod workflow;
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -37,6 +38,7 @@ pub use migrate::{MigrateError, SchemaStatus};
 pub use projects::ProjectFilter;
 pub use secrets::{SealedValue, SecretUsers};
 pub use users::{AuditFilter, NewAudit, UserChange};
+pub use workflow::ApprovalChange;
 
 /// Which database to open.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -18,6 +18,7 @@ macro_rules! select {
              branch_name_template, (SELECT integrations.name FROM integrations \
              WHERE integrations.id = projects.scm_integration_id) AS scm_integration, (SELECT secrets.name FROM secrets WHERE secrets.id = projects.credential_secret_id) \
              AS credential_secret, scm_username, max_execution_secs, max_concurrent_jobs, agent_instructions, \
+             research_needs_approval, planning_needs_approval, allow_run_all, \
              archived_at, created_at, updated_at FROM projects ",
             $($rest),*
         )
@@ -26,17 +27,19 @@ macro_rules! select {
 
 const INSERT: &str = "INSERT INTO projects (id, name, slug, description, repository_url, base_branch, pr_repository_url, \
      pr_base_branch, branch_name_template, credential_secret_id, scm_username, max_execution_secs, max_concurrent_jobs, \
-     agent_instructions, archived_at, scm_integration_id, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, \
+     agent_instructions, archived_at, scm_integration_id, research_needs_approval, planning_needs_approval, \
+     allow_run_all, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, \
      $9, (SELECT id FROM secrets WHERE name = $10), $11, $12, $13, $14, $15, \
-     (SELECT id FROM integrations WHERE name = $16), $17, $18)";
+     (SELECT id FROM integrations WHERE name = $16), $17, $18, $19, $20, $21)";
 /// Writes every field of a project, guarded by the `updated_at` it was read
 /// with, so two concurrent edits cannot silently overwrite each other.
 const UPDATE: &str = "UPDATE projects SET name = $2, slug = $3, description = $4, repository_url = $5, base_branch = $6, \
      pr_repository_url = $7, pr_base_branch = $8, branch_name_template = $9, \
      credential_secret_id = (SELECT id FROM secrets WHERE name = $10), scm_username = $11, max_execution_secs = $12, \
      max_concurrent_jobs = $13, agent_instructions = $14, archived_at = $15, \
-     scm_integration_id = (SELECT id FROM integrations WHERE name = $16), updated_at = $17 \
-     WHERE id = $1 AND updated_at = $18";
+     scm_integration_id = (SELECT id FROM integrations WHERE name = $16), research_needs_approval = $17, \
+     planning_needs_approval = $18, allow_run_all = $19, updated_at = $20 \
+     WHERE id = $1 AND updated_at = $21";
 const SELECT_BY_ID: &str = select!("WHERE id = $1");
 const SELECT_BY_SLUG: &str = select!("WHERE slug = $1");
 const SELECT_PAGE: &str = select!(
@@ -82,13 +85,16 @@ fn from_row(r: &impl RowExt) -> Result<Project, StoreError> {
         max_execution_secs: to_u32(ENTITY, "max_execution_secs", r.int("max_execution_secs")?)?,
         max_concurrent_jobs: to_u32(ENTITY, "max_concurrent_jobs", r.int("max_concurrent_jobs")?)?,
         agent_instructions: r.text("agent_instructions")?,
+        research_needs_approval: r.flag("research_needs_approval")?,
+        planning_needs_approval: r.flag("planning_needs_approval")?,
+        allow_run_all: r.flag("allow_run_all")?,
         archived_at: r.opt_time("archived_at")?,
         created_at: r.time("created_at")?,
         updated_at: r.time("updated_at")?,
     })
 }
 
-/// Binds every column of a project in the order INSERT and UPDATE use ($2..$16).
+/// Binds every column of a project in the order INSERT and UPDATE use ($2..$19).
 macro_rules! bind_fields {
     ($query:expr, $p:expr) => {
         $query
@@ -107,6 +113,9 @@ macro_rules! bind_fields {
             .bind($p.agent_instructions.clone())
             .bind(DbTime::opt($p.archived_at))
             .bind($p.scm_integration.clone())
+            .bind($p.research_needs_approval)
+            .bind($p.planning_needs_approval)
+            .bind($p.allow_run_all)
     };
 }
 

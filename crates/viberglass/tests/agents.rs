@@ -175,7 +175,7 @@ async fn research_and_execution(agent: Agent) {
     let requests = model.requests();
     let main =
         requests.iter().find(|r| r.body.to_string().contains("Fix the readme")).expect("a request with the prompt");
-    assert!(main.body.to_string().contains("<<<TICKET"), "untrusted ticket text is delimited");
+    assert!(main.body.to_string().contains("<<<UNTRUSTED ticket_description"), "untrusted ticket text is delimited");
     let key =
         main.header("x-api-key").or(main.header("authorization")).or(main.header("x-goog-api-key")).unwrap_or_default();
     assert!(key.contains("sk-mock-key-0123456789"), "the key comes from the clanker's secret: {key}");

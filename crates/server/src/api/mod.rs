@@ -12,6 +12,7 @@ mod projects;
 mod secrets;
 mod tickets;
 pub mod worker;
+pub(crate) mod workflow;
 
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -34,6 +35,7 @@ use crate::AppState;
         (name = "tickets", description = "Tickets: requested changes"),
         (name = "secrets", description = "Secrets: named values kept outside the code, never returned"),
         (name = "integrations", description = "SCM integrations: GitHub or GitLab, with Test connection"),
+        (name = "workflow", description = "Documents, comments, approvals, Approve & Continue, overrides and prompts"),
         (name = "clankers", description = "Clankers: saved worker configurations"),
         (name = "jobs", description = "Jobs (runs): one worker invocation for one phase"),
         (name = "worker", description = "The worker protocol, called by viberators with their job token"),
@@ -107,6 +109,19 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(access::list_members))
         .routes(routes!(access::set_member, access::remove_member))
         .routes(routes!(access::list_audit))
+        .routes(routes!(workflow::get_document, workflow::edit_document))
+        .routes(routes!(workflow::list_revisions))
+        .routes(routes!(workflow::get_revision))
+        .routes(routes!(workflow::add_comment))
+        .routes(routes!(workflow::set_comment_status))
+        .routes(routes!(workflow::approval))
+        .routes(routes!(workflow::list_approvals))
+        .routes(routes!(workflow::approve_and_continue))
+        .routes(routes!(workflow::request_revision))
+        .routes(routes!(workflow::set_override, workflow::clear_override))
+        .routes(routes!(workflow::list_prompts))
+        .routes(routes!(workflow::set_prompt, workflow::reset_prompt))
+        .routes(routes!(workflow::preview_prompt))
         .routes(routes!(secrets::list_secrets, secrets::create_secret))
         .routes(routes!(secrets::get_secret, secrets::update_secret, secrets::delete_secret))
         .routes(routes!(secrets::test_secret))

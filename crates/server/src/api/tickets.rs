@@ -97,7 +97,10 @@ pub async fn create_ticket(
     responses((status = 200, body = Ticket), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody))
 )]
 pub async fn get_ticket(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Ticket>> {
-    Ok(Json(state.store.get_ticket(parse_ticket_id(&id)?).await?))
+    let mut ticket = state.store.get_ticket(parse_ticket_id(&id)?).await?;
+    // The lifecycle status as the rules give it now (runs may have ended since it was stored).
+    ticket.status = super::workflow::derived_status(&state, &ticket).await?;
+    Ok(Json(ticket))
 }
 
 /// Edits a ticket's title, description, severity or link. Phase and status change only through the workflow.

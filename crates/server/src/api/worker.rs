@@ -205,6 +205,9 @@ pub async fn result(
     {
         state.store.set_ticket_pull_request(ticket, &url).await?;
     }
+    if ended_now && let Some(ticket) = job.ticket_id {
+        crate::api::workflow::refresh_status(&state, ticket).await;
+    }
     let status = job.status;
     Ok(Json(ResultReply { status }))
 }

@@ -11,3 +11,4 @@ mod route_matrix;
 mod secrets;
 mod tickets;
 mod worker_auth;
+mod workflow;

@@ -27,6 +27,10 @@ fn concrete(path: &str) -> String {
         .replace("{token_id}", &uuid::Uuid::now_v7().to_string())
         .replace("{integration}", "some-integration")
         .replace("{name}", "SOME_SECRET")
+        .replace("{phase}", "planning")
+        .replace("{revision}", "1")
+        .replace("{comment_id}", &uuid::Uuid::now_v7().to_string())
+        .replace("{kind}", "research")
 }
 
 #[tokio::test]

@@ -54,6 +54,22 @@ const EXPECTED: &[(&str, &str, Option<Who>)] = &[
     ("post", "/api/v1/tickets/{ticket_id}/unarchive", Some(Member)),
     ("post", "/api/v1/tickets/{ticket_id}/runs", Some(Member)),
     ("get", "/api/v1/tickets/{ticket_id}/usage", Some(Viewer)),
+    ("get", "/api/v1/tickets/{ticket_id}/documents/{phase}", Some(Viewer)),
+    ("put", "/api/v1/tickets/{ticket_id}/documents/{phase}", Some(Member)),
+    ("get", "/api/v1/tickets/{ticket_id}/documents/{phase}/revisions", Some(Viewer)),
+    ("get", "/api/v1/tickets/{ticket_id}/documents/{phase}/revisions/{revision}", Some(Viewer)),
+    ("post", "/api/v1/tickets/{ticket_id}/documents/{phase}/comments", Some(Member)),
+    ("patch", "/api/v1/tickets/{ticket_id}/comments/{comment_id}", Some(Member)),
+    ("post", "/api/v1/tickets/{ticket_id}/documents/{phase}/approval", Some(Member)),
+    ("get", "/api/v1/tickets/{ticket_id}/approvals", Some(Viewer)),
+    ("post", "/api/v1/tickets/{ticket_id}/approve-and-continue", Some(Maintainer)),
+    ("post", "/api/v1/tickets/{ticket_id}/documents/{phase}/revise", Some(Member)),
+    ("put", "/api/v1/tickets/{ticket_id}/override", Some(Maintainer)),
+    ("delete", "/api/v1/tickets/{ticket_id}/override", Some(Maintainer)),
+    ("post", "/api/v1/tickets/{ticket_id}/prompt-preview", Some(Member)),
+    ("get", "/api/v1/projects/{project}/prompts", Some(Viewer)),
+    ("put", "/api/v1/projects/{project}/prompts/{kind}", Some(Maintainer)),
+    ("delete", "/api/v1/projects/{project}/prompts/{kind}", Some(Maintainer)),
     ("get", "/api/v1/secrets", Some(Outsider)),
     ("post", "/api/v1/secrets", Some(Admin)),
     ("get", "/api/v1/secrets/{name}", Some(Outsider)),
@@ -159,6 +175,10 @@ fn concrete(path: &str, f: &Fixture) -> String {
         .replace("{clanker}", "some-clanker")
         .replace("{integration}", "some-integration")
         .replace("{name}", "SOME_SECRET")
+        .replace("{phase}", "planning")
+        .replace("{revision}", "1")
+        .replace("{comment_id}", &uuid::Uuid::now_v7().to_string())
+        .replace("{kind}", "research")
 }
 
 /// Every route with every caller: admitted callers never get 401 or 403;

@@ -9,3 +9,4 @@ mod projects;
 mod secrets;
 mod tickets;
 mod users;
+mod workflow;
