@@ -65,7 +65,7 @@ async fn setup(agent: &Agent, model: &MockModel, with_key: bool) -> (TestApp, St
         .await;
     let repo = ServedRepo::with_files(&[("README.md", "# Shop\n")]).await;
     app.post_json("/api/v1/secrets", &json!({"name": agent.key, "reference": "VG_TEST_MODEL_KEY"})).await;
-    app.create_project(json!({"name": "Shop", "repository_url": repo.url()})).await;
+    app.create_project(json!({"name": "Shop", "repository_url": repo.url(), "planning_needs_approval": false})).await;
     let base_url = match (agent.api, agent.kind) {
         ("openai-responses", _) => model.openai_url(),
         // OpenCode's Anthropic provider wants the `/v1` prefix in its base URL.

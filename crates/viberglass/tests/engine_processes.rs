@@ -41,7 +41,7 @@ async fn setup(
     post(
         client,
         server.url("/api/v1/projects"),
-        json!({"name": "Shop", "repository_url": repo.url(), "max_concurrent_jobs": limit}),
+        json!({"name": "Shop", "repository_url": repo.url(), "max_concurrent_jobs": limit, "planning_needs_approval": false}),
     )
     .await;
     post(

@@ -29,7 +29,7 @@ struct Setup {
 
 /// A project on `repo_url`, a started command clanker running `script`, and a ticket.
 async fn setup(app: &TestApp, repo_url: &str, script: &str, max_execution_secs: u32) -> Setup {
-    app.create_project(json!({"name": "Shop", "repository_url": repo_url, "max_execution_secs": max_execution_secs}))
+    app.create_project(json!({"name": "Shop", "repository_url": repo_url, "max_execution_secs": max_execution_secs, "planning_needs_approval": false}))
         .await;
     let clanker = app
         .post_json(
@@ -192,7 +192,7 @@ async fn an_execution_run_clones_runs_the_agent_and_commits_new_files_too() {
 async fn a_worker_that_cannot_start_fails_the_job_in_the_dispatch_layer() {
     let app = fast(TestBackend::Sqlite).env("VIBERGLASS_WORKER_BINARY", "/nonexistent/viberglass").spawn().await;
     let repo = ServedRepo::with_files(&[("README.md", "x")]).await;
-    app.create_project(json!({"name": "Shop", "repository_url": repo.url()})).await;
+    app.create_project(json!({"name": "Shop", "repository_url": repo.url(), "planning_needs_approval": false})).await;
     app.post_json(
         "/api/v1/clankers",
         &json!({"name": "Scripted", "agent": "command", "agent_settings": {"command": ["true"]}}),
@@ -423,7 +423,7 @@ async fn clone_credentials_come_from_secrets_and_each_clone_failure_says_which_i
     let run_with = |name: &'static str, url: String, secret: &'static str| {
         let app = &app;
         async move {
-            app.create_project(json!({"name": name, "repository_url": url, "credential_secret": secret})).await;
+            app.create_project(json!({"name": name, "repository_url": url, "credential_secret": secret, "planning_needs_approval": false})).await;
             let ticket = app.create_ticket(&name.to_lowercase(), json!({"title": "Fix"})).await;
             let path = format!("/api/v1/tickets/{}/runs", ticket["id"].as_str().unwrap());
             let job: Value =

@@ -42,7 +42,7 @@ async fn setup(app: &TestApp, forge: &FakeForge, kind: &str, project: Value) -> 
         )
         .await;
     assert_eq!(integration.status(), 201, "{}", integration.text().await.unwrap());
-    let mut body = json!({"name": "Shop", "repository_url": forge.clone_url("acme/shop"), "scm_integration": "forge"});
+    let mut body = json!({"name": "Shop", "repository_url": forge.clone_url("acme/shop"), "scm_integration": "forge", "planning_needs_approval": false});
     body.as_object_mut().unwrap().extend(project.as_object().unwrap().clone());
     app.create_project(body).await;
     clanker_and_ticket(app, AGENT).await
@@ -210,7 +210,7 @@ async fn a_missing_repository_says_so() {
 async fn a_plain_git_remote_gets_the_branch_and_the_change_is_recorded() {
     let app = app(TestBackend::Sqlite).await;
     let repo = ServedRepo::with_files(&[("README.md", "# Shop\n")]).await;
-    app.create_project(json!({"name": "Shop", "repository_url": repo.url()})).await;
+    app.create_project(json!({"name": "Shop", "repository_url": repo.url(), "planning_needs_approval": false})).await;
     let ticket = clanker_and_ticket(&app, "echo 'Fixed.' >> README.md").await;
     let job = execute(&app, &ticket).await;
     assert_eq!(job["status"], "completed", "{job}");
@@ -234,7 +234,7 @@ async fn execution_on_a_forge_without_a_credential_is_refused_up_front() {
         .await;
     assert_eq!(integration.status(), 201);
     app.create_project(
-        json!({"name": "Shop", "repository_url": forge.clone_url("acme/shop"), "scm_integration": "forge"}),
+        json!({"name": "Shop", "repository_url": forge.clone_url("acme/shop"), "scm_integration": "forge", "planning_needs_approval": false}),
     )
     .await;
     let ticket = clanker_and_ticket(&app, "true").await;
@@ -257,7 +257,7 @@ async fn secrets_printed_by_the_agent_or_git_are_redacted() {
             app.post_json("/api/v1/secrets", &json!({"name": name, "backend": "database", "value": value})).await;
         assert_eq!(created.status(), 201);
     }
-    app.create_project(json!({"name": "Shop", "repository_url": repo.url(), "credential_secret": "GIT_TOKEN"})).await;
+    app.create_project(json!({"name": "Shop", "repository_url": repo.url(), "credential_secret": "GIT_TOKEN", "planning_needs_approval": false})).await;
     let script = "echo \"my key is $API_KEY\" && git -c user.name=\"$GIT_TOKEN\" -c user.email=x@y var GIT_COMMITTER_IDENT \
                   && echo fixed >> README.md";
     let clanker = app

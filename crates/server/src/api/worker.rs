@@ -197,14 +197,17 @@ pub async fn result(
         Outcome::Completed { result, .. } => result["pull_request"]["url"].as_str().map(str::to_owned),
         _ => None,
     };
-    let ended_now = state.store.finish_job(id, outcome).await?;
-    let job = state.store.get_job(id).await?;
-    if ended_now
-        && let (Some(url), Some(ticket)) = (pull_request, job.ticket_id)
+    // The pull request exists on the forge whatever happens to the job now:
+    // record it first, so a reader who sees the job completed sees it too.
+    let before = state.store.get_job(id).await?;
+    if !before.status.is_terminal()
+        && let (Some(url), Some(ticket)) = (pull_request, before.ticket_id)
         && (url.starts_with("https://") || url.starts_with("http://"))
     {
         state.store.set_ticket_pull_request(ticket, &url).await?;
     }
+    let ended_now = state.store.finish_job(id, outcome).await?;
+    let job = state.store.get_job(id).await?;
     if ended_now && let Some(ticket) = job.ticket_id {
         crate::api::workflow::refresh_status(&state, ticket).await;
     }
