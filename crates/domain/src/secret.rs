@@ -104,6 +104,14 @@ pub fn parse_secret_name(value: &str) -> Result<String, String> {
     Ok(name.to_owned())
 }
 
+/// Environment variables that hold the server's own credentials: an `env`
+/// secret may not read them, or a clanker could hand them to an agent.
+pub fn is_server_variable(name: &str) -> bool {
+    matches!(name, "DATABASE_URL" | "SECRETS_ENCRYPTION_KEY" | "SECRETS_PREVIOUS_KEYS" | "AUTH_DISABLED")
+        || name.starts_with("AWS_")
+        || name.starts_with("VIBERGLASS_")
+}
+
 /// A secret's value: not empty, bounded, no NUL.
 pub fn parse_secret_value(value: &str) -> Result<String, String> {
     if value.is_empty() {
@@ -148,10 +156,17 @@ impl NewSecret {
                 if input.value.is_some() {
                     e.add("value", "an env secret is read from the server's environment: set the variable there, or use the `database` backend to store the value");
                 }
-                match (input.reference.as_deref(), name.as_deref()) {
+                let reference = match (input.reference.as_deref(), name.as_deref()) {
                     (Some(r), _) => e.check("reference", parse_secret_name(r)),
                     (None, n) => n.map(str::to_owned),
+                };
+                if let Some(variable) = reference.as_deref().filter(|v| is_server_variable(v)) {
+                    e.add(
+                        "reference",
+                        format!("{variable} holds the server's own configuration and cannot be a secret: use another variable"),
+                    );
                 }
+                reference
             }
             Some(SecretBackend::Database) => {
                 if input.reference.is_some() {
@@ -181,6 +196,14 @@ impl NewSecret {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_servers_own_variables_cannot_be_read_as_secrets() {
+        for variable in ["DATABASE_URL", "SECRETS_ENCRYPTION_KEY", "AWS_SECRET_ACCESS_KEY", "VIBERGLASS_DATA_DIR"] {
+            let input = SecretInput { name: Some(variable.into()), ..Default::default() };
+            assert!(NewSecret::parse(input).is_err(), "{variable}");
+        }
+    }
 
     #[test]
     fn each_backend_takes_what_it_needs() {

@@ -146,6 +146,10 @@ pub enum SsmError {
     )]
     AccessDenied { path: String, detail: String },
     #[error(
+        "the SSM parameter {path} already exists and Viberglass did not create it: declare the secret without a value to use it as it is, or choose another path"
+    )]
+    Exists { path: String },
+    #[error(
         "no AWS credentials for SSM: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a profile or an instance role for the server"
     )]
     NoCredentials,
@@ -214,6 +218,7 @@ impl Ssm {
                 let detail = format!("{code}: {}", e.message().unwrap_or_default());
                 match code {
                     "ParameterNotFound" => SsmError::NotFound { path: path.to_owned() },
+                    "ParameterAlreadyExists" => SsmError::Exists { path: path.to_owned() },
                     "AccessDeniedException"
                     | "AccessDenied"
                     | "UnrecognizedClientException"
@@ -250,14 +255,15 @@ impl Ssm {
             .ok_or_else(|| SsmError::Other { path: path.to_owned(), detail: "the parameter has no value".into() })
     }
 
-    /// Creates or overwrites a SecureString parameter.
-    pub async fn put(&self, path: &str, value: &str) -> Result<(), SsmError> {
+    /// Writes a SecureString parameter: `overwrite` false creates it and
+    /// fails with `Exists` when something is already at the path.
+    pub async fn put(&self, path: &str, value: &str, overwrite: bool) -> Result<(), SsmError> {
         self.client
             .put_parameter()
             .name(path)
             .value(value)
             .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
-            .overwrite(true)
+            .overwrite(overwrite)
             .send()
             .await
             .map_err(|e| self.classify(path, e))?;

@@ -138,7 +138,9 @@ pub const RULES: &[(&str, &str, Rule)] = &[
 ];
 
 pub fn rule_for(method: &Method, path: &str) -> Option<Rule> {
-    RULES.iter().find(|(m, p, _)| *m == method.as_str() && *p == path).map(|(_, _, rule)| *rule)
+    // HEAD is a GET without the body.
+    let method = if method == Method::HEAD { "GET" } else { method.as_str() };
+    RULES.iter().find(|(m, p, _)| *m == method && *p == path).map(|(_, _, rule)| *rule)
 }
 
 /// How the caller proved who they are.
@@ -263,41 +265,44 @@ impl LoginLimiter {
         }
     }
 
-    /// `Err(seconds to wait)` when the account or the address has failed too often.
-    pub fn check(&self, email: &str, address: &str) -> Result<(), u64> {
+    /// Counts a sign-in attempt for the account and the address, or answers
+    /// `Err(seconds to wait)` when either has failed too often. Counting at
+    /// the check (not after the slow password check) means parallel guesses
+    /// cannot all slip in before the first failure is counted.
+    pub fn attempt(&self, email: &str, address: &str) -> Result<(), u64> {
         let now = Instant::now();
         let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        for (key, max) in [
+        let keys = [
             (format!("account:{email}"), MAX_FAILURES_PER_ACCOUNT),
             (format!("address:{address}"), MAX_FAILURES_PER_ADDRESS),
-        ] {
-            if let Some(list) = failures.get_mut(&key) {
+        ];
+        for (key, max) in &keys {
+            if let Some(list) = failures.get_mut(key) {
                 Self::prune(list, now);
-                if list.len() >= max {
+                if list.len() >= *max {
                     let oldest = list.front().copied().unwrap_or(now);
                     return Err(LOGIN_WINDOW.saturating_sub(now.duration_since(oldest)).as_secs().max(1));
                 }
             }
         }
-        Ok(())
-    }
-
-    pub fn record_failure(&self, email: &str, address: &str) {
-        let now = Instant::now();
-        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        for key in [format!("account:{email}"), format!("address:{address}")] {
-            let list = failures.entry(key).or_default();
-            Self::prune(list, now);
-            list.push_back(now);
+        for (key, _) in keys {
+            failures.entry(key).or_default().push_back(now);
         }
         // Keep the map bounded: forget keys whose window has passed.
         if failures.len() > 100_000 {
             failures.retain(|_, list| list.back().is_some_and(|t| now.duration_since(*t) <= LOGIN_WINDOW));
         }
+        Ok(())
     }
 
-    pub fn record_success(&self, email: &str) {
-        self.failures.lock().unwrap_or_else(|e| e.into_inner()).remove(&format!("account:{email}"));
+    /// A successful sign-in: the account starts afresh, and the attempt no
+    /// longer counts against the address.
+    pub fn succeeded(&self, email: &str, address: &str) {
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        failures.remove(&format!("account:{email}"));
+        if let Some(list) = failures.get_mut(&format!("address:{address}")) {
+            list.pop_back();
+        }
     }
 }
 
@@ -343,12 +348,20 @@ async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Option<Ca
 
 /// A cookie-authenticated write must come from this site: browsers say so in
 /// `Sec-Fetch-Site`, or in `Origin` (compared with `Host`).
-fn same_origin(headers: &HeaderMap) -> bool {
+fn same_origin(headers: &HeaderMap, config: &crate::config::Config) -> bool {
     let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let origin = get("origin");
+    // The server's public address and the configured UI origins are this site too.
+    if let Some(origin) = origin
+        && (config.public_url.as_deref().is_some_and(|p| p.eq_ignore_ascii_case(origin))
+            || config.cors_allowed_origins.iter().any(|o| o.eq_ignore_ascii_case(origin)))
+    {
+        return true;
+    }
     if let Some(site) = get("sec-fetch-site") {
         return matches!(site, "same-origin" | "none");
     }
-    match (get("origin"), get("host")) {
+    match (origin, get("host")) {
         (Some(origin), Some(host)) => origin.split("://").nth(1).is_some_and(|o| o.eq_ignore_ascii_case(host)),
         (Some(_), None) => false,
         // Not a browser's cross-site request.
@@ -356,11 +369,25 @@ fn same_origin(headers: &HeaderMap) -> bool {
     }
 }
 
-async fn project_of(state: &AppState, scope: Scope, value: &str) -> Option<ProjectId> {
-    match scope {
-        Scope::Project => crate::api::find_project_id(&state.store, value).await,
-        Scope::Ticket => state.store.get_ticket(value.parse::<TicketId>().ok()?).await.ok().map(|t| t.project_id),
-        Scope::Job => state.store.get_job(value.parse::<JobId>().ok()?).await.ok().map(|j| j.project_id),
+/// The project a path names: `None` when it names none (a malformed or
+/// unknown id: the handler answers 400 or 404); a store failure is an error,
+/// never a pass.
+async fn project_of(state: &AppState, scope: Scope, value: &str) -> Result<Option<ProjectId>, ApiError> {
+    let found = match scope {
+        Scope::Project => return Ok(crate::api::find_project_id(&state.store, value).await?),
+        Scope::Ticket => match value.parse::<TicketId>() {
+            Ok(id) => state.store.get_ticket(id).await.map(|t| t.project_id),
+            Err(_) => return Ok(None),
+        },
+        Scope::Job => match value.parse::<JobId>() {
+            Ok(id) => state.store.get_job(id).await.map(|j| j.project_id),
+            Err(_) => return Ok(None),
+        },
+    };
+    match found {
+        Ok(project) => Ok(Some(project)),
+        Err(viberglass_store::StoreError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -393,9 +420,11 @@ async fn check(state: &AppState, request: Request) -> Result<Request, ApiError> 
     }
     let (mut parts, body) = request.into_parts();
     let caller = authenticate(state, &parts.headers).await?.ok_or_else(unauthenticated)?;
-    if caller.via == Via::Session
+    // Browsers send cookies (and, with AUTH_DISABLED, nothing at all) along
+    // with cross-site requests: such writes must come from this site.
+    if matches!(caller.via, Via::Session | Via::Nobody)
         && !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS)
-        && !same_origin(&parts.headers)
+        && !same_origin(&parts.headers, &state.config)
     {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -413,7 +442,7 @@ async fn check(state: &AppState, request: Request) -> Result<Request, ApiError> 
             let value = params.iter().find(|(k, _)| *k == scope_param(scope)).map(|(_, v)| v.to_owned());
             // An unknown project, ticket or job: the handler answers 400 or 404.
             if let Some(project) = match value {
-                Some(value) => project_of(state, scope, &value).await,
+                Some(value) => project_of(state, scope, &value).await?,
                 None => None,
             } {
                 let role = match caller.user_id() {
@@ -467,17 +496,21 @@ mod tests {
     fn the_limiter_stops_an_account_after_five_failures_and_an_address_after_twenty() {
         let limiter = LoginLimiter::default();
         for _ in 0..MAX_FAILURES_PER_ACCOUNT {
-            assert!(limiter.check("a@x", "1.1.1.1").is_ok());
-            limiter.record_failure("a@x", "1.1.1.1");
+            assert!(limiter.attempt("a@x", "1.1.1.1").is_ok());
         }
-        assert!(limiter.check("a@x", "2.2.2.2").is_err(), "per account, from any address");
-        assert!(limiter.check("b@x", "1.1.1.1").is_ok());
+        assert!(limiter.attempt("a@x", "2.2.2.2").is_err(), "per account, from any address");
+        assert!(limiter.attempt("b@x", "1.1.1.1").is_ok());
         for i in 0..MAX_FAILURES_PER_ADDRESS {
-            limiter.record_failure(&format!("u{i}@x"), "3.3.3.3");
+            let _ = limiter.attempt(&format!("u{i}@x"), "3.3.3.3");
         }
-        assert!(limiter.check("new@x", "3.3.3.3").is_err(), "per address, for any account");
-        limiter.record_success("a@x");
-        assert!(limiter.check("a@x", "2.2.2.2").is_ok());
+        assert!(limiter.attempt("new@x", "3.3.3.3").is_err(), "per address, for any account");
+        limiter.succeeded("a@x", "4.4.4.4");
+        assert!(limiter.attempt("a@x", "2.2.2.2").is_ok());
+        // Successes do not use up an address's allowance.
+        for _ in 0..(MAX_FAILURES_PER_ADDRESS * 2) {
+            assert!(limiter.attempt("ok@x", "5.5.5.5").is_ok());
+            limiter.succeeded("ok@x", "5.5.5.5");
+        }
     }
 
     #[test]
@@ -489,10 +522,15 @@ mod tests {
             }
             h
         };
+        let mut config =
+            crate::config::Config::load(None, |_| None, &[]).expect("the defaults are a valid configuration");
+        config.cors_allowed_origins = vec!["https://ui.example".into()];
+        let same_origin = |h: &HeaderMap| same_origin(h, &config);
         assert!(same_origin(&headers(&[("sec-fetch-site", "same-origin")])));
         assert!(!same_origin(&headers(&[("sec-fetch-site", "cross-site")])));
         assert!(same_origin(&headers(&[("origin", "http://vg.local:8888"), ("host", "vg.local:8888")])));
         assert!(!same_origin(&headers(&[("origin", "https://evil.example"), ("host", "vg.local:8888")])));
+        assert!(same_origin(&headers(&[("origin", "https://ui.example"), ("sec-fetch-site", "cross-site")])));
         assert!(same_origin(&headers(&[])));
     }
 

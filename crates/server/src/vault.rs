@@ -47,9 +47,9 @@ impl Vault {
         SealedValue { ciphertext: sealed.ciphertext, nonce: sealed.nonce, key_id: sealed.key_id }
     }
 
-    /// Writes an SSM parameter.
-    pub async fn put_ssm(&self, env: &EnvLookup, path: &str, value: &str) -> Result<(), String> {
-        self.ssm(env).await.put(path, value).await.map_err(|e| e.to_string())
+    /// Writes an SSM parameter; `overwrite` false only creates one.
+    pub async fn put_ssm(&self, env: &EnvLookup, path: &str, value: &str, overwrite: bool) -> Result<(), String> {
+        self.ssm(env).await.put(path, value, overwrite).await.map_err(|e| e.to_string())
     }
 
     pub async fn delete_ssm(&self, env: &EnvLookup, path: &str) -> Result<(), String> {
@@ -148,8 +148,11 @@ pub async fn rotate_key(
         unreadable: Vec::new(),
     };
     for (id, name, stored) in store.sealed_secrets().await? {
-        let sealed =
-            viberglass_secrets::Sealed { ciphertext: stored.ciphertext, nonce: stored.nonce, key_id: stored.key_id };
+        let sealed = viberglass_secrets::Sealed {
+            ciphertext: stored.ciphertext.clone(),
+            nonce: stored.nonce.clone(),
+            key_id: stored.key_id.clone(),
+        };
         if !sealer.is_stale(&sealed) {
             rotation.already_current += 1;
             continue;
@@ -158,7 +161,7 @@ pub async fn rotate_key(
             Ok(value) => {
                 let fresh = sealer.seal(&name, &value);
                 let fresh = SealedValue { ciphertext: fresh.ciphertext, nonce: fresh.nonce, key_id: fresh.key_id };
-                if store.reseal_secret(id, &sealed.key_id, fresh).await? {
+                if store.reseal_secret(id, &stored, fresh).await? {
                     rotation.resealed += 1;
                 }
             }

@@ -195,16 +195,25 @@ impl Store {
         self.get_secret_by_name(name).await
     }
 
-    /// Re-seals a value, only if it is still sealed under `old_key_id`
-    /// (a concurrent change wins). Returns whether it changed.
-    pub async fn reseal_secret(&self, id: SecretId, old_key_id: &str, sealed: SealedValue) -> Result<bool, StoreError> {
+    /// Re-seals a value, only if it is still exactly the sealed value that
+    /// was read (same key and nonce: a value set meanwhile wins). Returns
+    /// whether it changed.
+    pub async fn reseal_secret(
+        &self,
+        id: SecretId,
+        old: &SealedValue,
+        sealed: SealedValue,
+    ) -> Result<bool, StoreError> {
         let changed = on_pool!(self, |pool| {
-            sqlx::query("UPDATE secrets SET ciphertext = $3, nonce = $4, key_id = $5 WHERE id = $1 AND key_id = $2")
+            sqlx::query(
+                "UPDATE secrets SET ciphertext = $3, nonce = $4, key_id = $5 WHERE id = $1 AND key_id = $2 AND nonce = $6",
+            )
                 .bind(id.as_uuid())
-                .bind(old_key_id)
+                .bind(old.key_id.clone())
                 .bind(sealed.ciphertext.clone())
                 .bind(sealed.nonce.clone())
                 .bind(sealed.key_id.clone())
+                .bind(old.nonce.clone())
                 .execute(pool)
                 .await
                 .map(|r| r.rows_affected())

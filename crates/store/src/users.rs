@@ -202,6 +202,18 @@ impl Store {
         if change.disabled == Some(true) || change.password_hash.is_some() {
             self.revoke_user_sessions(id).await?;
         }
+        if change.password_hash.is_some() {
+            // A reset means the account may be in the wrong hands: its tokens end too.
+            let now = DbTime(crate::now());
+            on_pool!(self, |pool| {
+                sqlx::query("UPDATE api_tokens SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL")
+                    .bind(id.as_uuid())
+                    .bind(now)
+                    .execute(pool)
+                    .await
+                    .map(|_| ())
+            })?;
+        }
         self.get_user(id).await
     }
 

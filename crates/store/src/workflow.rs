@@ -34,6 +34,8 @@ pub struct ApprovalChange {
     pub ticket_id: TicketId,
     pub phase: Phase,
     pub expected: ApprovalState,
+    /// The revision the person saw: an edit since then makes the action stale.
+    pub revision: i64,
     pub new_state: ApprovalState,
     /// `approval_requested`, `approved`, `rejected` or `revoked`.
     pub logged: String,
@@ -44,7 +46,7 @@ pub struct ApprovalChange {
 const UPDATE_APPROVAL: &str = "UPDATE phase_documents SET approval_state = $3, \
      approved_at = CASE WHEN $3 = 'approved' THEN $5 ELSE NULL END, \
      approved_by = CASE WHEN $3 = 'approved' THEN $6 ELSE NULL END, updated_at = $5 \
-     WHERE ticket_id = $1 AND phase = $2 AND approval_state = $4";
+     WHERE ticket_id = $1 AND phase = $2 AND approval_state = $4 AND revision = $7";
 const INSERT_APPROVAL: &str = "INSERT INTO phase_approvals (id, ticket_id, phase, action, actor_id, comment, created_at) \
      VALUES ($1, $2, $3, $4, $5, $6, $7)";
 
@@ -104,7 +106,7 @@ impl Store {
             if current != base_revision {
                 return Err(StoreError::Contended { entity: ENTITY });
             }
-            sqlx::query(
+            let updated = sqlx::query(
                 "UPDATE phase_documents SET content = $2, revision = $3, approval_state = 'draft', approved_at = NULL, \
                  approved_by = NULL, updated_at = $4 WHERE id = $1 AND revision = $5",
             )
@@ -114,7 +116,11 @@ impl Store {
             .bind(now)
             .bind(current)
             .execute(&mut *tx)
-            .await?;
+            .await?
+            .rows_affected();
+            if updated != 1 {
+                return Err(StoreError::Contended { entity: ENTITY });
+            }
             sqlx::query(
                 "INSERT INTO document_revisions (id, document_id, revision, content, source, author_id, job_id, \
                  created_at) VALUES ($1, $2, $3, $4, 'person', $5, NULL, $6)",
@@ -129,8 +135,14 @@ impl Store {
             .await?;
             tx.commit().await?;
             Ok::<_, StoreError>(current + 1)
-        })?;
-        Ok(saved)
+        });
+        match saved {
+            // Two first saves at once, or a revision number taken meanwhile: the loser is stale.
+            Err(StoreError::Database(sqlx::Error::Database(db))) if db.is_unique_violation() => {
+                Err(StoreError::Contended { entity: ENTITY })
+            }
+            other => other,
+        }
     }
 
     pub async fn list_revisions(&self, ticket: TicketId, phase: Phase) -> Result<Vec<DocumentRevision>, StoreError> {
@@ -317,6 +329,7 @@ impl Store {
                 .bind(change.expected.as_str())
                 .bind(now)
                 .bind(change.actor.map(|a| a.as_uuid()))
+                .bind(change.revision)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();

@@ -55,6 +55,19 @@ pub async fn admin_client(base_url: &str) -> (reqwest::Client, String) {
     (client_with_token(&token), token)
 }
 
+/// A client signed in as `email` with a session cookie (as a browser would be).
+pub async fn session_client(base_url: &str, email: &str, password: &str) -> reqwest::Client {
+    let jar = reqwest::Client::builder().cookie_store(true).timeout(Duration::from_secs(30)).build().expect("client");
+    let login = jar
+        .post(format!("{base_url}/api/v1/auth/login"))
+        .json(&serde_json::json!({"email": email, "password": password}))
+        .send()
+        .await
+        .expect("login reaches the server");
+    assert_eq!(login.status(), 200, "signing in as {email}: {}", login.text().await.unwrap_or_default());
+    jar
+}
+
 /// Signs in as `email` and creates an API token for them.
 pub async fn token_for(base_url: &str, email: &str, password: &str) -> String {
     let jar = reqwest::Client::builder().cookie_store(true).timeout(Duration::from_secs(30)).build().expect("client");

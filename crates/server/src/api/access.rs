@@ -114,7 +114,7 @@ pub async fn login(
 ) -> ApiResult<Response> {
     let email = parse_email(&input.email).unwrap_or_else(|_| input.email.trim().to_lowercase());
     let address = peer.ip().to_string();
-    if let Err(wait) = state.limiter.check(&email, &address) {
+    if let Err(wait) = state.limiter.attempt(&email, &address) {
         audit(
             &state,
             None,
@@ -147,7 +147,7 @@ pub async fn login(
     let valid = verify_password(input.password, hash).await;
     match user {
         Some(user) if valid && user.disabled_at.is_none() => {
-            state.limiter.record_success(&email);
+            state.limiter.succeeded(&email, &address);
             let caller = Caller { user: Some(user.clone()), via: crate::auth::Via::Session };
             audit(
                 &state,
@@ -162,7 +162,6 @@ pub async fn login(
             sign_in(&state, user, &address, &headers, StatusCode::OK).await
         }
         _ => {
-            state.limiter.record_failure(&email, &address);
             audit(
                 &state,
                 None,
@@ -260,6 +259,13 @@ pub async fn create_token(
     ApiJson(input): ApiJson<TokenInput>,
 ) -> ApiResult<impl IntoResponse> {
     let user = signed_in_user(&caller)?;
+    if caller.via != crate::auth::Via::Session {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "session_required",
+            "API tokens are created from a signed-in session (POST /api/v1/auth/login), not with another token",
+        ));
+    }
     let mut errors = ValidationErrors::new();
     let name = errors.check("name", viberglass_domain::validation::bounded_text(&input.name, "name", 1, 100));
     if let Some(days) = input.expires_in_days

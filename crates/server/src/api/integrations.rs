@@ -55,12 +55,23 @@ pub async fn list_integrations(State(state): State<AppState>) -> ApiResult<Json<
 )]
 pub async fn create_integration(
     State(state): State<AppState>,
+    caller: crate::auth::Caller,
     ApiJson(input): ApiJson<IntegrationInput>,
 ) -> ApiResult<impl IntoResponse> {
     let new = NewIntegration::parse(input)?;
     check_secret(&state, new.credential_secret.as_ref()).await?;
     let integration = state.store.create_integration(new).await?;
     tracing::info!(integration = integration.name, kind = %integration.kind, "integration created");
+    crate::auth::audit(
+        &state,
+        Some(&caller),
+        "integration_created",
+        "integration",
+        Some(integration.name.clone()),
+        None,
+        serde_json::json!({"kind": integration.kind, "base_url": integration.base_url, "credential_secret": integration.credential_secret}),
+    )
+    .await;
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, format!("/api/v1/integrations/{}", integration.id))],
@@ -85,6 +96,7 @@ pub async fn get_integration(State(state): State<AppState>, Path(key): Path<Stri
 )]
 pub async fn update_integration(
     State(state): State<AppState>,
+    caller: crate::auth::Caller,
     Path(key): Path<String>,
     ApiJson(input): ApiJson<IntegrationInput>,
 ) -> ApiResult<Json<Integration>> {
@@ -93,7 +105,18 @@ pub async fn update_integration(
     if let Some(secret) = &patch.credential_secret {
         check_secret(&state, secret.as_ref()).await?;
     }
-    Ok(Json(state.store.update_integration(integration.id, patch).await?))
+    let updated = state.store.update_integration(integration.id, patch).await?;
+    crate::auth::audit(
+        &state,
+        Some(&caller),
+        "integration_updated",
+        "integration",
+        Some(updated.name.clone()),
+        None,
+        serde_json::json!({"base_url": updated.base_url, "credential_secret": updated.credential_secret}),
+    )
+    .await;
+    Ok(Json(updated))
 }
 
 /// Deletes an integration. Refused while projects use it: the answer names them.
@@ -102,7 +125,11 @@ pub async fn update_integration(
     params(("integration" = String, Path, description = "The integration's id or name")),
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody))
 )]
-pub async fn delete_integration(State(state): State<AppState>, Path(key): Path<String>) -> ApiResult<StatusCode> {
+pub async fn delete_integration(
+    State(state): State<AppState>,
+    caller: crate::auth::Caller,
+    Path(key): Path<String>,
+) -> ApiResult<StatusCode> {
     let integration = find_integration(&state, &key).await?;
     let users = state.store.integration_users(integration.id).await?;
     if !users.is_empty() {
@@ -118,6 +145,16 @@ pub async fn delete_integration(State(state): State<AppState>, Path(key): Path<S
     }
     state.store.delete_integration(integration.id).await?;
     tracing::info!(integration = integration.name, "integration deleted");
+    crate::auth::audit(
+        &state,
+        Some(&caller),
+        "integration_deleted",
+        "integration",
+        Some(integration.name.clone()),
+        None,
+        serde_json::json!({}),
+    )
+    .await;
     Ok(StatusCode::NO_CONTENT)
 }
 

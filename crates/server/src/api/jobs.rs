@@ -428,8 +428,31 @@ pub async fn rerun_job(
     caller: crate::auth::Caller,
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
-    let job = state.store.rerun_job(parse_job_id(&id)?, caller.user_id()).await?;
+    let old = state.store.get_job(parse_job_id(&id)?).await?;
+    // A re-run is a new run: the ticket's gates and state hold for it too.
+    if let Some(ticket_id) = old.ticket_id {
+        let ticket = state.store.get_ticket(ticket_id).await?;
+        if ticket.archived_at.is_some() {
+            return Err(unprocessable("archived", "the ticket is archived: unarchive it to run it".into()));
+        }
+        let project = state.store.get_project(ticket.project_id).await?;
+        check_gate(&state, &project, &ticket, old.phase).await?;
+    }
+    let job = state.store.rerun_job(old.id, caller.user_id()).await?;
     state.engine.wake.notify_one();
+    crate::auth::audit(
+        &state,
+        Some(&caller),
+        "run_started",
+        "job",
+        Some(job.id.to_string()),
+        Some(job.project_id),
+        serde_json::json!({"phase": job.phase, "rerun_of": old.id}),
+    )
+    .await;
+    if let Some(ticket) = job.ticket_id {
+        crate::api::workflow::refresh_status(&state, ticket).await;
+    }
     Ok((StatusCode::ACCEPTED, [(header::LOCATION, format!("/api/v1/jobs/{}", job.id))], Json(job)))
 }
 

@@ -156,8 +156,19 @@ pub fn router() -> OpenApiRouter<AppState> {
 pub(crate) async fn find_project_id(
     store: &viberglass_store::Store,
     key: &str,
-) -> Option<viberglass_domain::ProjectId> {
-    projects::find_project(store, key).await.ok().map(|p| p.id)
+) -> Result<Option<viberglass_domain::ProjectId>, viberglass_store::StoreError> {
+    let found = match key.parse::<viberglass_domain::ProjectId>() {
+        Ok(id) => store.get_project(id).await,
+        Err(_) => match viberglass_domain::ProjectSlug::parse(key) {
+            Ok(slug) => store.get_project_by_slug(&slug).await,
+            Err(_) => return Ok(None),
+        },
+    };
+    match found {
+        Ok(project) => Ok(Some(project.id)),
+        Err(viberglass_store::StoreError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// Parses an optional enum-valued query parameter, recording a bad value.

@@ -125,6 +125,7 @@ pub async fn get_project(State(state): State<AppState>, Path(key): Path<String>)
 )]
 pub async fn update_project(
     State(state): State<AppState>,
+    caller: crate::auth::Caller,
     Path(key): Path<String>,
     ApiJson(input): ApiJson<ProjectInput>,
 ) -> ApiResult<Json<Project>> {
@@ -132,10 +133,46 @@ pub async fn update_project(
     if patch.is_empty() {
         return Err(ApiError::bad_request("invalid_input", "the body names no field to change"));
     }
+    // Where code is fetched from and pushed to, and with which credential,
+    // decide where a secret's value goes: only administrators change them.
+    let sensitive = [
+        ("repository_url", patch.repository_url.is_some()),
+        ("pr_repository_url", patch.pr_repository_url.is_some()),
+        ("credential_secret", patch.credential_secret.is_some()),
+        ("scm_integration", patch.scm_integration.is_some()),
+        ("scm_username", patch.scm_username.is_some()),
+    ];
+    if let Some((field, _)) = sensitive.iter().find(|(_, touched)| *touched)
+        && !caller.is_admin()
+    {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("only an administrator may change {field}: it decides where the project's credential is sent"),
+        ));
+    }
     check_secret(&state.store, &patch).await?;
     let project = find_project(&state.store, &key).await?;
     let updated = state.store.update_project(project.id, patch).await?;
     tracing::info!(project_id = %updated.id, "project updated");
+    let before = serde_json::to_value(&project).unwrap_or_default();
+    let after = serde_json::to_value(&updated).unwrap_or_default();
+    let changed: Vec<&String> = after
+        .as_object()
+        .map(|a| {
+            a.iter().filter(|(k, v)| *k != "updated_at" && before.get(k.as_str()) != Some(v)).map(|(k, _)| k).collect()
+        })
+        .unwrap_or_default();
+    crate::auth::audit(
+        &state,
+        Some(&caller),
+        "project_updated",
+        "project",
+        Some(updated.id.to_string()),
+        Some(updated.id),
+        serde_json::json!({"changed": changed}),
+    )
+    .await;
     Ok(Json(updated))
 }
 

@@ -68,7 +68,7 @@ pub async fn create_secret(
                 Some(value) => {
                     state
                         .vault
-                        .put_ssm(&state.env, &path, &value)
+                        .put_ssm(&state.env, &path, &value, false)
                         .await
                         .map_err(|why| unprocessable("ssm_write_failed", format!("cannot write {path}: {why}")))?;
                     (None, true)
@@ -119,11 +119,20 @@ pub async fn update_secret(
     if let Some(value) = &value {
         match secret.backend {
             SecretBackend::Database => sealed = Some(state.vault.seal(&secret.name, value)),
+            SecretBackend::Ssm if !secret.managed => {
+                return Err(unprocessable(
+                    "not_managed",
+                    format!(
+                        "{} reads a parameter Viberglass did not create: change it in SSM itself (or declare a new secret with a value)",
+                        secret.name
+                    ),
+                ));
+            }
             SecretBackend::Ssm => {
                 let path = state.vault.ssm_path(&secret.name, secret.reference.as_deref());
                 state
                     .vault
-                    .put_ssm(&state.env, &path, value)
+                    .put_ssm(&state.env, &path, value, true)
                     .await
                     .map_err(|why| unprocessable("ssm_write_failed", format!("cannot write {path}: {why}")))?;
                 managed = Some(true);

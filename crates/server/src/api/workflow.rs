@@ -316,6 +316,8 @@ pub struct ApprovalInput {
     action: String,
     #[serde(default)]
     comment: String,
+    /// The revision the person read: if the document changed since, the action is refused (409).
+    revision: Option<i64>,
 }
 
 /// Whether the caller is a maintainer of the project (admins are).
@@ -344,7 +346,20 @@ fn approval_change(
     action: ApprovalAction,
     caller: &Caller,
     comment: String,
+    seen_revision: Option<i64>,
 ) -> ApiResult<ApprovalChange> {
+    if let Some(seen) = seen_revision
+        && seen != document.revision
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "stale_revision",
+            format!(
+                "you read revision {seen}, but the document is at revision {}: read it again first",
+                document.revision
+            ),
+        ));
+    }
     let new_state = approval_transition(document.approval_state, action).map_err(|why| {
         ApiError::new(StatusCode::CONFLICT, "approval_not_allowed", format!("cannot {action}: {why}"))
     })?;
@@ -352,6 +367,7 @@ fn approval_change(
         ticket_id: ticket.id,
         phase,
         expected: document.approval_state,
+        revision: document.revision,
         new_state,
         logged: action.logged().to_owned(),
         actor: caller.user_id(),
@@ -392,8 +408,15 @@ pub async fn approval(
         require_maintainer(&state, &caller, &ticket, &format!("to {action}")).await?;
     }
     let document = current_document(&state, &ticket, phase).await?;
-    let change =
-        approval_change(&ticket, phase, &document, action, &caller, input.comment.chars().take(10_000).collect())?;
+    let change = approval_change(
+        &ticket,
+        phase,
+        &document,
+        action,
+        &caller,
+        input.comment.chars().take(10_000).collect(),
+        input.revision,
+    )?;
     if !state.store.apply_approval(&change).await? {
         return Err(moved());
     }
@@ -433,6 +456,8 @@ pub struct ContinueInput {
     clanker: String,
     #[serde(default)]
     comment: String,
+    /// The revision the person read (see the approval endpoint).
+    revision: Option<i64>,
 }
 
 /// **Approve & Continue** (a maintainer): approves the document, moves the
@@ -452,10 +477,22 @@ pub async fn approve_and_continue(
     let phase = parse_document_phase(&input.phase)?;
     require_maintainer(&state, &caller, &ticket, "Approve & Continue").await?;
     let next = phase.next().ok_or_else(|| ApiError::internal("a document phase without a next phase"))?;
+    if ticket.archived_at.is_some() {
+        return Err(unprocessable("archived", "the ticket is archived: unarchive it to continue".into()));
+    }
+    if phase_rank(ticket.phase) > phase_rank(next) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "phase_passed",
+            format!("the ticket is already in {}: continuing from {phase} would move it back", ticket.phase),
+        ));
+    }
     let project = state.store.get_project(ticket.project_id).await?;
     let clanker = started_clanker(&state, &input.clanker).await?;
     let document = current_document(&state, &ticket, phase).await?;
-    let change = approval_change(&ticket, phase, &document, ApprovalAction::Approve, &caller, input.comment.clone())?;
+    let comment: String = input.comment.chars().take(10_000).collect();
+    let change =
+        approval_change(&ticket, phase, &document, ApprovalAction::Approve, &caller, comment.clone(), input.revision)?;
     let id = JobId::new();
     // The prompt is built as if the approval had happened: the gate is the approval itself.
     let prompt = run_prompt(&state, &project, &ticket, next, None).await?;
@@ -471,7 +508,7 @@ pub async fn approve_and_continue(
     let job = state.store.approve_and_continue(&change, next, new).await?.ok_or_else(moved)?;
     state.engine.wake.notify_one();
     for (action, details) in [
-        ("approved", serde_json::json!({"phase": phase, "revision": document.revision, "comment": input.comment})),
+        ("approved", serde_json::json!({"phase": phase, "revision": document.revision, "comment": comment})),
         ("phase_changed", serde_json::json!({"from": phase, "to": next})),
         ("run_started", serde_json::json!({"phase": next, "job": job.id, "clanker": clanker.slug.as_str()})),
     ] {
@@ -509,7 +546,11 @@ pub async fn request_revision(
     let feedback = viberglass_domain::validation::bounded_text(&input.feedback, "feedback", 1, 20_000)
         .map_err(|m| ApiError::invalid_field("feedback", m))?;
     current_document(&state, &ticket, phase).await?;
+    if ticket.archived_at.is_some() {
+        return Err(unprocessable("archived", "the ticket is archived: unarchive it to run it".into()));
+    }
     let project = state.store.get_project(ticket.project_id).await?;
+    super::jobs::check_gate(&state, &project, &ticket, phase).await?;
     let clanker = started_clanker(&state, &input.clanker).await?;
     let id = JobId::new();
     let prompt = run_prompt(&state, &project, &ticket, phase, Some(&feedback)).await?;

@@ -134,7 +134,17 @@ async fn failed_sign_ins_are_limited_per_account_and_audited() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_tokens_are_shown_once_listed_by_prefix_and_revocable() {
     let app = TestApp::spawn().await;
-    let created = app.post_json("/api/v1/me/tokens", &json!({"name": "ci", "expires_in_days": 30})).await;
+    let from_token = app.post_json("/api/v1/me/tokens", &json!({"name": "more"})).await;
+    assert_eq!(from_token.status(), 403, "a token cannot mint more tokens");
+    let session =
+        viberglass_testkit::app::session_client(&app.base_url, ADMIN_EMAIL, viberglass_testkit::app::ADMIN_PASSWORD)
+            .await;
+    let created = session
+        .post(app.url("/api/v1/me/tokens"))
+        .json(&json!({"name": "ci", "expires_in_days": 30}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(created.status(), 201);
     let created: Value = created.json().await.unwrap();
     let token = created["token"].as_str().unwrap().to_owned();
@@ -155,7 +165,12 @@ async fn api_tokens_are_shown_once_listed_by_prefix_and_revocable() {
     assert!(refused.text().await.unwrap().contains("revoked"));
     let garbage = reqwest::Client::new().get(app.url("/api/v1/me")).bearer_auth("not-a-token").send().await.unwrap();
     assert_eq!(garbage.status(), 401);
-    let bad_expiry = app.post_json("/api/v1/me/tokens", &json!({"name": "x", "expires_in_days": 0})).await;
+    let bad_expiry = session
+        .post(app.url("/api/v1/me/tokens"))
+        .json(&json!({"name": "x", "expires_in_days": 0}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(bad_expiry.status(), 400);
     let audit: Value = app.get("/api/v1/audit?action=token_created").await.json().await.unwrap();
     assert!(!audit.to_string().contains(&token));
@@ -172,7 +187,8 @@ async fn administrators_reset_passwords_disable_accounts_and_change_roles() {
 
     let reset = app.patch_json(&format!("/api/v1/users/{id}"), &json!({"password": "a brand new password"})).await;
     assert_eq!(reset.status(), 200);
-    token_for(&app.base_url, "dev@example.com", "a brand new password").await;
+    assert_eq!(client.get(app.url("/api/v1/me")).send().await.unwrap().status(), 401, "a reset ends the old tokens");
+    let client = client_with_token(&token_for(&app.base_url, "dev@example.com", "a brand new password").await);
 
     let disabled = app.patch_json(&format!("/api/v1/users/{id}"), &json!({"disabled": true})).await;
     assert_eq!(disabled.status(), 200);

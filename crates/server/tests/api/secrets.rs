@@ -123,7 +123,18 @@ async fn ssm_secrets_are_created_resolved_tested_rotated_and_deleted() {
     assert_eq!(tested["ok"], false);
     assert!(tested["message"].as_str().unwrap().contains("/other/missing does not exist"), "{tested}");
 
-    // Resolution for a job goes through the same path: a clanker's run sees the value.
+    // A parameter Viberglass did not create is neither overwritten nor changed through it.
+    let taken = app
+        .post_json(
+            "/api/v1/secrets",
+            &json!({"name": "TAKEN", "backend": "ssm", "reference": "/vg-test/SSM_TOKEN", "value": "x"}),
+        )
+        .await;
+    assert_eq!(taken.status(), 422);
+    assert!(taken.text().await.unwrap().contains("already exists"));
+    let external = app.patch_json("/api/v1/secrets/ELSEWHERE", &json!({"value": "x"})).await;
+    assert_eq!(external.status(), 422);
+
     // Deleting removes the parameter Viberglass created.
     assert_eq!(app.delete("/api/v1/secrets/SSM_TOKEN").await.status(), 204);
     let recreated = app.post_json("/api/v1/secrets", &json!({"name": "SSM_TOKEN", "backend": "ssm"})).await;

@@ -107,6 +107,16 @@ async fn documents_approvals_and_the_execution_gate(backend: TestBackend) {
     let run = member.post(url("/runs")).json(&json!({"phase": "execution", "clanker": "bot"})).send().await.unwrap();
     assert_eq!(run.status(), 422, "the gate holds again");
 
+    // An approval of a revision the maintainer did not read is refused.
+    let stale = maintainer
+        .post(url("/documents/planning/approval"))
+        .json(&json!({"action": "approve", "revision": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stale.status(), 409);
+    assert!(stale.text().await.unwrap().contains("revision 2"));
+
     // The maintainer approves: execution may run.
     let approve = maintainer
         .post(url("/documents/planning/approval"))

@@ -59,8 +59,15 @@ async fn sealed_values_are_stored_replaced_resealed_and_users_named(backend: Tes
 
     let all = store.sealed_secrets().await.unwrap();
     assert_eq!(all.len(), 1);
-    assert!(!store.reseal_secret(created.id, "k0", sealed(3, "k2")).await.unwrap(), "guarded by the old key id");
-    assert!(store.reseal_secret(created.id, "k1", sealed(3, "k2")).await.unwrap());
+    assert!(
+        !store.reseal_secret(created.id, &sealed(2, "k0"), sealed(3, "k2")).await.unwrap(),
+        "guarded by the old key id"
+    );
+    assert!(
+        !store.reseal_secret(created.id, &sealed(9, "k1"), sealed(3, "k2")).await.unwrap(),
+        "and by the value read"
+    );
+    assert!(store.reseal_secret(created.id, &sealed(2, "k1"), sealed(3, "k2")).await.unwrap());
     assert_eq!(store.sealed_secret_value("DB_TOKEN").await.unwrap(), Some(sealed(3, "k2")));
 
     assert!(store.secret_users("DB_TOKEN").await.unwrap().is_empty());

@@ -38,6 +38,7 @@ async fn documents_comments_approvals_and_continuing_in_one_transaction(backend:
         ticket_id: t.id,
         phase: Phase::Planning,
         expected,
+        revision: 2,
         new_state,
         logged: logged.into(),
         actor: None,
