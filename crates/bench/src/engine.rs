@@ -126,7 +126,7 @@ pub async fn dispatch(client: &reqwest::Client, base: &str, runs: usize) -> Resu
         }
     };
     post("/api/v1/projects".into(), serde_json::json!({"name": "Dispatch", "slug": "dispatch", "repository_url": format!("file://{}", bare.display()), "max_concurrent_jobs": 4, "planning_needs_approval": false})).await?;
-    post("/api/v1/clankers".into(), serde_json::json!({"name": "bench-true", "agent": "command", "agent_settings": {"command": ["true"]}, "max_concurrent_jobs": 4, "planning_needs_approval": false})).await?;
+    post("/api/v1/clankers".into(), serde_json::json!({"name": "bench-true", "agent": "command", "agent_settings": {"command": ["true"]}, "max_concurrent_jobs": 4})).await?;
     post("/api/v1/clankers/bench-true/start".into(), serde_json::json!({})).await?;
     let ticket = post("/api/v1/projects/dispatch/tickets".into(), serde_json::json!({"title": "bench"})).await?;
     let ticket = ticket["id"].as_str().context("ticket id")?.to_owned();

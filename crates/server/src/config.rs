@@ -126,6 +126,14 @@ pub const SETTINGS: &[Setting] = &[
         secret: false,
     },
     Setting {
+        key: "trust_forwarded_for",
+        env: "VIBERGLASS_TRUST_FORWARDED_FOR",
+        default: "false",
+        doc: "Behind one reverse proxy: take the client's address (for sign-in limits and the audit log) from the \
+              last X-Forwarded-For entry the proxy adds, instead of the connection's address.",
+        secret: false,
+    },
+    Setting {
         key: "session_ttl_hours",
         env: "VIBERGLASS_SESSION_TTL_HOURS",
         default: "168",
@@ -295,6 +303,7 @@ pub struct Config {
     pub ssm_prefix: String,
     pub auth_disabled: bool,
     pub session_ttl_hours: u32,
+    pub trust_forwarded_for: bool,
     pub sandbox: viberglass_compute::Sandbox,
 }
 
@@ -625,6 +634,7 @@ impl Config {
                 disabled
             },
             session_ttl_hours: parse_number(&raw("session_ttl_hours"), 1, 24 * 365)?,
+            trust_forwarded_for: parse_bool(&raw("trust_forwarded_for"))?,
             commit_author: {
                 let raw = raw("commit_author");
                 viberglass_domain::CommitAuthor::parse(&raw.value).map_err(|reason| {

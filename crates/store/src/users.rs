@@ -267,9 +267,11 @@ impl Store {
         })?;
         if user.is_some() {
             on_pool!(self, |pool| {
-                sqlx::query("UPDATE sessions SET last_seen_at = $2 WHERE token_hash = $1")
+                // At most once a minute: a write per request would cost every request a transaction.
+                sqlx::query("UPDATE sessions SET last_seen_at = $2 WHERE token_hash = $1 AND last_seen_at < $3")
                     .bind(token_hash)
                     .bind(now)
+                    .bind(DbTime(now.0 - time::Duration::minutes(1)))
                     .execute(pool)
                     .await
                     .map(|_| ())
@@ -392,12 +394,17 @@ impl Store {
         })?;
         if user.is_some() {
             on_pool!(self, |pool| {
-                sqlx::query("UPDATE api_tokens SET last_used_at = $2 WHERE token_hash = $1")
-                    .bind(token_hash)
-                    .bind(now)
-                    .execute(pool)
-                    .await
-                    .map(|_| ())
+                // At most once a minute, as for sessions.
+                sqlx::query(
+                    "UPDATE api_tokens SET last_used_at = $2 WHERE token_hash = $1 \
+                     AND (last_used_at IS NULL OR last_used_at < $3)",
+                )
+                .bind(token_hash)
+                .bind(now)
+                .bind(DbTime(now.0 - time::Duration::minutes(1)))
+                .execute(pool)
+                .await
+                .map(|_| ())
             })?;
         }
         Ok(user)

@@ -302,7 +302,17 @@ impl Store {
     ) -> Result<Option<Job>, StoreError> {
         let id = job.id;
         match self.approve_inner(change, Some((next_phase, job))).await? {
-            Some(()) => Ok(Some(self.get_job(id).await?)),
+            Some(()) => {
+                self.append_event(
+                    id,
+                    viberglass_domain::EventKind::Status,
+                    viberglass_domain::LogLevel::Info,
+                    "queued (Approve & Continue)",
+                    None,
+                )
+                .await?;
+                Ok(Some(self.get_job(id).await?))
+            }
             None => Ok(None),
         }
     }

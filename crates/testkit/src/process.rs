@@ -35,6 +35,7 @@ pub const SERVER_VARIABLES: &[&str] = &[
     "AUTH_DISABLED",
     "AUTH_DISABLED_ALLOW_POSTGRES",
     "VIBERGLASS_SESSION_TTL_HOURS",
+    "VIBERGLASS_TRUST_FORWARDED_FOR",
 ];
 
 /// A `viberglass` command with a clean environment, run in `dir`.

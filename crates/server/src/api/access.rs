@@ -35,6 +35,18 @@ pub async fn setup_status(State(state): State<AppState>) -> ApiResult<Json<Setup
     Ok(Json(SetupStatus { needed: state.store.count_users().await? == 0 }))
 }
 
+/// The client's address: the connection's, or behind a trusted proxy the
+/// last `X-Forwarded-For` entry (the one the proxy itself added).
+fn client_address(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> String {
+    if state.config.trust_forwarded_for
+        && let Some(forwarded) = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok())
+        && let Some(last) = forwarded.rsplit(',').map(str::trim).find(|a| a.parse::<std::net::IpAddr>().is_ok())
+    {
+        return last.to_owned();
+    }
+    peer.ip().to_string()
+}
+
 fn session_cookie(state: &AppState, token: &str, max_age_secs: i64) -> HeaderValue {
     let secure = state.config.public_url.as_deref().is_some_and(|u| u.starts_with("https://"));
     let value = format!(
@@ -89,7 +101,7 @@ pub async fn setup(
     tracing::info!(user = user.email, "first administrator created");
     let caller = Caller { user: Some(user.clone()), via: crate::auth::Via::Session };
     audit(&state, Some(&caller), "setup", "user", Some(user.id.to_string()), None, serde_json::json!({})).await;
-    sign_in(&state, user, &peer.ip().to_string(), &headers, StatusCode::CREATED).await
+    sign_in(&state, user, &client_address(&state, peer, &headers), &headers, StatusCode::CREATED).await
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -113,7 +125,7 @@ pub async fn login(
     ApiJson(input): ApiJson<LoginInput>,
 ) -> ApiResult<Response> {
     let email = parse_email(&input.email).unwrap_or_else(|_| input.email.trim().to_lowercase());
-    let address = peer.ip().to_string();
+    let address = client_address(&state, peer, &headers);
     if let Err(wait) = state.limiter.attempt(&email, &address) {
         audit(
             &state,

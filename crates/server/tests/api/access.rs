@@ -215,3 +215,27 @@ async fn administrators_reset_passwords_disable_accounts_and_change_roles() {
         app.post_json("/api/v1/users", &json!({"email": "DEV@example.com", "password": "whatever-long"})).await;
     assert_eq!(duplicate.status(), 409);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_the_limit_applies_to_the_client_not_the_proxy() {
+    let app = TestApp::builder(TestBackend::Sqlite).env("VIBERGLASS_TRUST_FORWARDED_FOR", "true").spawn().await;
+    let plain = reqwest::Client::new();
+    let attempt = |client_ip: &'static str, email: String| {
+        plain
+            .post(app.url("/api/v1/auth/login"))
+            .header("x-forwarded-for", format!("203.0.113.9, {client_ip}"))
+            .json(&json!({"email": email, "password": "not the password"}))
+            .send()
+    };
+    for i in 0..20 {
+        assert_eq!(attempt("198.51.100.1", format!("u{i}@example.com")).await.unwrap().status(), 401);
+    }
+    assert_eq!(attempt("198.51.100.1", "another@example.com".into()).await.unwrap().status(), 429);
+    assert_eq!(
+        attempt("198.51.100.2", "another@example.com".into()).await.unwrap().status(),
+        401,
+        "another client behind the same proxy is not locked out"
+    );
+    let audit: Value = app.get("/api/v1/audit?action=login_failed&limit=1").await.json().await.unwrap();
+    assert_eq!(audit["items"][0]["details"]["address"], "198.51.100.2");
+}
