@@ -249,15 +249,31 @@ impl Store {
 
     /// The enabled user of a live session (not revoked, not expired), and marks it seen.
     pub async fn session_user(&self, token_hash: &str) -> Result<Option<User>, StoreError> {
+        self.credential_user(
+            token_hash,
+            concat!(
+                "SELECT ",
+                user_columns!(u),
+                " FROM users u JOIN sessions s ON s.user_id = u.id WHERE s.token_hash = $1 \
+                 AND s.revoked_at IS NULL AND s.expires_at > $2 AND u.disabled_at IS NULL"
+            ),
+            "UPDATE sessions SET last_seen_at = $2 WHERE token_hash = $1 AND last_seen_at < $3",
+        )
+        .await
+    }
+
+    /// The user a session or token hash stands for (`select`, given the hash
+    /// and now), recording its use with `touch` at most once a minute: a write
+    /// on every request would cost each request a transaction.
+    async fn credential_user(
+        &self,
+        token_hash: &str,
+        select: &'static str,
+        touch: &'static str,
+    ) -> Result<Option<User>, StoreError> {
         let now = DbTime(crate::now());
-        let sql = concat!(
-            "SELECT ",
-            user_columns!(u),
-            " FROM users u JOIN sessions s ON s.user_id = u.id WHERE s.token_hash = $1 \
-             AND s.revoked_at IS NULL AND s.expires_at > $2 AND u.disabled_at IS NULL"
-        );
         let user = on_pool!(self, |pool| {
-            sqlx::query(sql)
+            sqlx::query(select)
                 .bind(token_hash)
                 .bind(now)
                 .fetch_optional(pool)
@@ -267,8 +283,7 @@ impl Store {
         })?;
         if user.is_some() {
             on_pool!(self, |pool| {
-                // At most once a minute: a write per request would cost every request a transaction.
-                sqlx::query("UPDATE sessions SET last_seen_at = $2 WHERE token_hash = $1 AND last_seen_at < $3")
+                sqlx::query(touch)
                     .bind(token_hash)
                     .bind(now)
                     .bind(DbTime(now.0 - time::Duration::minutes(1)))
@@ -376,38 +391,17 @@ impl Store {
 
     /// The enabled user of a live token (not revoked, not expired); records its use.
     pub async fn token_user(&self, token_hash: &str) -> Result<Option<User>, StoreError> {
-        let now = DbTime(crate::now());
-        let sql = concat!(
-            "SELECT ",
-            user_columns!(u),
-            " FROM users u JOIN api_tokens t ON t.user_id = u.id WHERE t.token_hash = $1 \
-             AND t.revoked_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > $2) AND u.disabled_at IS NULL"
-        );
-        let user = on_pool!(self, |pool| {
-            sqlx::query(sql)
-                .bind(token_hash)
-                .bind(now)
-                .fetch_optional(pool)
-                .await?
-                .map(|r| user_from_row(&r))
-                .transpose()
-        })?;
-        if user.is_some() {
-            on_pool!(self, |pool| {
-                // At most once a minute, as for sessions.
-                sqlx::query(
-                    "UPDATE api_tokens SET last_used_at = $2 WHERE token_hash = $1 \
-                     AND (last_used_at IS NULL OR last_used_at < $3)",
-                )
-                .bind(token_hash)
-                .bind(now)
-                .bind(DbTime(now.0 - time::Duration::minutes(1)))
-                .execute(pool)
-                .await
-                .map(|_| ())
-            })?;
-        }
-        Ok(user)
+        self.credential_user(
+            token_hash,
+            concat!(
+                "SELECT ",
+                user_columns!(u),
+                " FROM users u JOIN api_tokens t ON t.user_id = u.id WHERE t.token_hash = $1 \
+                 AND t.revoked_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > $2) AND u.disabled_at IS NULL"
+            ),
+            "UPDATE api_tokens SET last_used_at = $2 WHERE token_hash = $1 AND (last_used_at IS NULL OR last_used_at < $3)",
+        )
+        .await
     }
 
     // Project members.

@@ -160,6 +160,35 @@ pub(crate) async fn run_prompt(
     Ok(render_prompt(&template, &values))
 }
 
+/// Renders the run's prompt (with `feedback` for a revision), freezes its
+/// spec and queues it; the dispatcher is woken.
+pub(crate) async fn queue_run(
+    state: &AppState,
+    caller: &crate::auth::Caller,
+    project: &Project,
+    ticket: &Ticket,
+    clanker: &Clanker,
+    phase: Phase,
+    feedback: Option<&str>,
+) -> ApiResult<Job> {
+    let id = JobId::new();
+    let prompt = run_prompt(state, project, ticket, phase, feedback).await?;
+    let spec = build_spec(state, project, ticket, clanker, phase, id, prompt).await?;
+    let job = state
+        .store
+        .create_job(NewJob {
+            id,
+            project_id: project.id,
+            ticket_id: Some(ticket.id),
+            clanker_id: Some(clanker.id),
+            spec,
+            requested_by: caller.user_id(),
+        })
+        .await?;
+    state.engine.wake.notify_one();
+    Ok(job)
+}
+
 /// The clanker a run names, which must be started.
 pub(crate) async fn started_clanker(state: &AppState, key: &str) -> ApiResult<Clanker> {
     let clanker = find_clanker(&state.store, key).await?;
@@ -295,21 +324,7 @@ pub async fn create_run(
     let project = state.store.get_project(ticket.project_id).await?;
     let clanker = started_clanker(&state, &request.clanker).await?;
     check_gate(&state, &project, &ticket, phase).await?;
-    let id = JobId::new();
-    let prompt = run_prompt(&state, &project, &ticket, phase, None).await?;
-    let spec = build_spec(&state, &project, &ticket, &clanker, phase, id, prompt).await?;
-    let job = state
-        .store
-        .create_job(NewJob {
-            id,
-            project_id: project.id,
-            ticket_id: Some(ticket.id),
-            clanker_id: Some(clanker.id),
-            spec,
-            requested_by: caller.user_id(),
-        })
-        .await?;
-    state.engine.wake.notify_one();
+    let job = queue_run(&state, &caller, &project, &ticket, &clanker, phase, None).await?;
     if ticket.phase != phase {
         state.store.set_ticket_phase(ticket.id, phase).await?;
     }

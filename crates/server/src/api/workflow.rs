@@ -552,21 +552,7 @@ pub async fn request_revision(
     let project = state.store.get_project(ticket.project_id).await?;
     super::jobs::check_gate(&state, &project, &ticket, phase).await?;
     let clanker = started_clanker(&state, &input.clanker).await?;
-    let id = JobId::new();
-    let prompt = run_prompt(&state, &project, &ticket, phase, Some(&feedback)).await?;
-    let spec = build_spec(&state, &project, &ticket, &clanker, phase, id, prompt).await?;
-    let job = state
-        .store
-        .create_job(NewJob {
-            id,
-            project_id: project.id,
-            ticket_id: Some(ticket.id),
-            clanker_id: Some(clanker.id),
-            spec,
-            requested_by: caller.user_id(),
-        })
-        .await?;
-    state.engine.wake.notify_one();
+    let job = super::jobs::queue_run(&state, &caller, &project, &ticket, &clanker, phase, Some(&feedback)).await?;
     audit(
         &state,
         Some(&caller),
