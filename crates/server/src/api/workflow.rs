@@ -89,6 +89,11 @@ async fn advance_to(state: &AppState, ticket: &Ticket, phase: Phase) -> ApiResul
     Ok(())
 }
 
+/// Records a workflow action on a ticket in the audit log.
+async fn audit_ticket(state: &AppState, caller: &Caller, ticket: &Ticket, action: &str, details: serde_json::Value) {
+    audit(state, Some(caller), action, "ticket", Some(ticket.id.to_string()), Some(ticket.project_id), details).await;
+}
+
 /// A document with its comments.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DocumentView {
@@ -159,13 +164,11 @@ pub async fn edit_document(
         other => other?,
     };
     advance_to(&state, &ticket, phase).await?;
-    audit(
+    audit_ticket(
         &state,
-        Some(&caller),
+        &caller,
+        &ticket,
         "document_edited",
-        "ticket",
-        Some(ticket.id.to_string()),
-        Some(ticket.project_id),
         serde_json::json!({"phase": phase, "revision": revision}),
     )
     .await;
@@ -265,13 +268,11 @@ pub async fn add_comment(
         )
         .await?
         .ok_or_else(|| ApiError::not_found(format!("the ticket has no {phase} document to comment on")))?;
-    audit(
+    audit_ticket(
         &state,
-        Some(&caller),
+        &caller,
+        &ticket,
         "comment_added",
-        "ticket",
-        Some(ticket.id.to_string()),
-        Some(ticket.project_id),
         serde_json::json!({"phase": phase, "comment": id, "line": input.line}),
     )
     .await;
@@ -421,13 +422,11 @@ pub async fn approval(
         return Err(moved());
     }
     advance_to(&state, &ticket, phase).await?;
-    audit(
+    audit_ticket(
         &state,
-        Some(&caller),
+        &caller,
+        &ticket,
         &change.logged,
-        "ticket",
-        Some(ticket.id.to_string()),
-        Some(ticket.project_id),
         serde_json::json!({"phase": phase, "revision": document.revision, "comment": change.comment}),
     )
     .await;
@@ -512,8 +511,7 @@ pub async fn approve_and_continue(
         ("phase_changed", serde_json::json!({"from": phase, "to": next})),
         ("run_started", serde_json::json!({"phase": next, "job": job.id, "clanker": clanker.slug.as_str()})),
     ] {
-        audit(&state, Some(&caller), action, "ticket", Some(ticket.id.to_string()), Some(ticket.project_id), details)
-            .await;
+        audit_ticket(&state, &caller, &ticket, action, details).await;
     }
     refresh_status(&state, ticket.id).await;
     Ok((StatusCode::ACCEPTED, [(header::LOCATION, format!("/api/v1/jobs/{}", job.id))], Json(job)))
@@ -553,13 +551,11 @@ pub async fn request_revision(
     super::jobs::check_gate(&state, &project, &ticket, phase).await?;
     let clanker = started_clanker(&state, &input.clanker).await?;
     let job = super::jobs::queue_run(&state, &caller, &project, &ticket, &clanker, phase, Some(&feedback)).await?;
-    audit(
+    audit_ticket(
         &state,
-        Some(&caller),
+        &caller,
+        &ticket,
         "revision_requested",
-        "ticket",
-        Some(ticket.id.to_string()),
-        Some(ticket.project_id),
         serde_json::json!({"phase": phase, "job": job.id, "feedback": feedback}),
     )
     .await;
@@ -591,16 +587,7 @@ pub async fn set_override(
     let reason = viberglass_domain::validation::bounded_text(&input.reason, "reason", 1, 2000)
         .map_err(|m| ApiError::invalid_field("reason", format!("{m}: say why the approval gates are skipped")))?;
     state.store.set_workflow_override(ticket.id, Some(&reason), caller.user_id()).await?;
-    audit(
-        &state,
-        Some(&caller),
-        "override_set",
-        "ticket",
-        Some(ticket.id.to_string()),
-        Some(ticket.project_id),
-        serde_json::json!({"reason": reason}),
-    )
-    .await;
+    audit_ticket(&state, &caller, &ticket, "override_set", serde_json::json!({"reason": reason})).await;
     Ok(Json(state.store.get_ticket(ticket.id).await?))
 }
 
@@ -617,16 +604,7 @@ pub async fn clear_override(
 ) -> ApiResult<Json<Ticket>> {
     let ticket = ticket(&state, &ticket_id).await?;
     state.store.set_workflow_override(ticket.id, None, None).await?;
-    audit(
-        &state,
-        Some(&caller),
-        "override_cleared",
-        "ticket",
-        Some(ticket.id.to_string()),
-        Some(ticket.project_id),
-        serde_json::json!({}),
-    )
-    .await;
+    audit_ticket(&state, &caller, &ticket, "override_cleared", serde_json::json!({})).await;
     Ok(Json(state.store.get_ticket(ticket.id).await?))
 }
 
