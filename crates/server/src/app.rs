@@ -49,10 +49,13 @@ pub fn build_router(state: AppState) -> Router {
     let (api, openapi) = crate::api::router().split_for_parts();
     // Every API route passes the access guard (its rule, the caller, CSRF, the role).
     let api = api.route_layer(axum::middleware::from_fn_with_state(state.clone(), crate::auth::guard));
+    // The pages replay their forms against the API itself (see ui::act).
+    let ui = crate::ui::router(state.clone(), crate::ui::ApiService(api.clone().with_state(state.clone())));
     let body_limit = state.config.body_limit_bytes;
     let origins = state.config.cors_allowed_origins.clone();
     let metrics = state.metrics.clone();
     let mut router = api
+        .merge(ui)
         .merge(SwaggerUi::new(DOCS_PATH).url(OPENAPI_PATH, openapi))
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -77,9 +80,18 @@ pub fn build_router(state: AppState) -> Router {
     router
 }
 
-async fn route_not_found(method: Method, uri: Uri) -> ApiError {
+async fn route_not_found(method: Method, uri: Uri, headers: axum::http::HeaderMap) -> Response {
+    // A browser asking for a page gets a page.
+    let wants_html = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/html"));
+    if wants_html && !uri.path().starts_with("/api/") {
+        return crate::ui::page_not_found(uri.path());
+    }
     ApiError::new(StatusCode::NOT_FOUND, "route_not_found", format!("there is no route {method} {}", uri.path()))
         .with_hint(format!("the API is described at {DOCS_PATH}"))
+        .into_response()
 }
 
 async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {

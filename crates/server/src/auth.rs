@@ -54,7 +54,7 @@ pub enum Rule {
 use ProjectRole::{Maintainer, Member, Viewer};
 use Rule::{Admin, Authenticated, Project, Public, Worker};
 
-/// Every API route and what it needs.
+/// Every API route and what it needs (the UI's pages are in `ui::PAGES`).
 pub const RULES: &[(&str, &str, Rule)] = &[
     ("GET", "/healthz", Public),
     ("GET", "/readyz", Public),
@@ -140,7 +140,7 @@ pub const RULES: &[(&str, &str, Rule)] = &[
 pub fn rule_for(method: &Method, path: &str) -> Option<Rule> {
     // HEAD is a GET without the body.
     let method = if method == Method::HEAD { "GET" } else { method.as_str() };
-    RULES.iter().find(|(m, p, _)| *m == method && *p == path).map(|(_, _, rule)| *rule)
+    RULES.iter().chain(crate::ui::PAGES).find(|(m, p, _)| *m == method && *p == path).map(|(_, _, rule)| *rule)
 }
 
 /// How the caller proved who they are.
@@ -408,7 +408,7 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
     }
 }
 
-async fn check(state: &AppState, request: Request) -> Result<Request, ApiError> {
+pub(crate) async fn check(state: &AppState, request: Request) -> Result<Request, ApiError> {
     let method = request.method().clone();
     let path = request.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned()).unwrap_or_default();
     let Some(rule) = rule_for(&method, &path) else {

@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod request;
 pub mod serve;
 pub mod telemetry;
+pub mod ui;
 pub mod vault;
 
 pub use app::{AppState, build_router};

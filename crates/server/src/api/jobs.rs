@@ -23,7 +23,7 @@ use crate::AppState;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{ApiJson, ApiQuery};
 
-fn parse_job_id(text: &str) -> ApiResult<JobId> {
+pub(crate) fn parse_job_id(text: &str) -> ApiResult<JobId> {
     text.parse().map_err(|e: viberglass_domain::ids::InvalidId| ApiError::invalid_field("job_id", e.to_string()))
 }
 

@@ -4,13 +4,13 @@
 //! requests.
 
 mod access;
-mod clankers;
+pub(crate) mod clankers;
 mod health;
 mod integrations;
-mod jobs;
-mod projects;
+pub(crate) mod jobs;
+pub(crate) mod projects;
 mod secrets;
-mod tickets;
+pub(crate) mod tickets;
 pub mod worker;
 pub(crate) mod workflow;
 

@@ -36,7 +36,7 @@ pub struct ListTicketsQuery {
     cursor: Option<String>,
 }
 
-fn parse_ticket_id(text: &str) -> ApiResult<TicketId> {
+pub(crate) fn parse_ticket_id(text: &str) -> ApiResult<TicketId> {
     text.parse().map_err(|e: viberglass_domain::ids::InvalidId| ApiError::invalid_field("ticket_id", e.to_string()))
 }
 

@@ -5,6 +5,7 @@ mod errors;
 mod health;
 mod integrations;
 mod openapi;
+mod pages;
 mod projects;
 mod request_ids;
 mod route_matrix;

@@ -1,0 +1,542 @@
+//! The page handlers: read what a page shows, narrowed to the caller, and
+//! render it.
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Redirect, Response};
+use viberglass_domain::workflow::PromptKind;
+use viberglass_domain::{
+    AgentKind, ArchivedFilter, ClankerStatus, ComputeKind, Job, JobStatus, PageRequest, Phase, Project, ProjectId,
+    SecretBackend, TicketFilter, TicketStatus,
+};
+use viberglass_store::{AuditFilter, JobFilter, ProjectFilter};
+
+use super::view::{self, Ctx, JobRow, Perm, render};
+use crate::AppState;
+use crate::auth::Caller;
+use crate::error::ApiError;
+
+/// A page's failure, answered as a page.
+pub struct PageError(ApiError);
+
+impl<E: Into<ApiError>> From<E> for PageError {
+    fn from(error: E) -> Self {
+        Self(error.into())
+    }
+}
+
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        if self.0.status.is_server_error() {
+            tracing::error!(error = %self.0.body.message, "a page failed");
+        }
+        super::error_page(&self.0)
+    }
+}
+
+type PageResult = Result<Response, PageError>;
+type Params = Query<HashMap<String, String>>;
+
+fn param(query: &HashMap<String, String>, name: &str) -> String {
+    query.get(name).map(|v| v.trim().to_owned()).unwrap_or_default()
+}
+
+fn page_request(query: &HashMap<String, String>, limit: u32) -> Result<PageRequest, ApiError> {
+    let cursor = query.get("cursor").map(String::as_str).filter(|c| !c.is_empty());
+    PageRequest::parse(Some(limit), cursor).map_err(|(field, message)| ApiError::invalid_field(field, message))
+}
+
+/// Where a list page's "next" link keeps the filters.
+fn query_without_cursor(query: &HashMap<String, String>, keys: &[&str]) -> String {
+    keys.iter()
+        .filter_map(|k| query.get(*k).filter(|v| !v.is_empty()).map(|v| format!("{k}={}", view::encode(v))))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+async fn role_in(state: &AppState, caller: &Caller, project: ProjectId) -> Result<Perm, ApiError> {
+    let role = match caller.user_id() {
+        Some(user) if !caller.is_admin() => state.store.member_role(project, user).await?,
+        _ => None,
+    };
+    Ok(Perm::of(caller, role))
+}
+
+/// The caller's projects (all of them for admins), by id.
+async fn project_names(state: &AppState, caller: &Caller) -> Result<HashMap<ProjectId, Project>, ApiError> {
+    let filter = ProjectFilter { archived: ArchivedFilter::Include, search: None, member_of: caller.member_filter() };
+    let page = state.store.list_projects(&filter, PageRequest { limit: 200, after: None }).await?;
+    Ok(page.items.into_iter().map(|p| (p.id, p)).collect())
+}
+
+async fn job_rows(state: &AppState, jobs: Vec<Job>) -> Result<Vec<JobRow>, ApiError> {
+    let mut rows = Vec::with_capacity(jobs.len());
+    let mut projects: HashMap<ProjectId, String> = HashMap::new();
+    for job in jobs {
+        let project = match projects.get(&job.project_id) {
+            Some(name) => name.clone(),
+            None => {
+                let name = state.store.get_project(job.project_id).await.map(|p| p.name).unwrap_or_default();
+                projects.insert(job.project_id, name.clone());
+                name
+            }
+        };
+        let ticket_title = match job.ticket_id {
+            Some(id) => state.store.get_ticket(id).await.map(|t| t.title).unwrap_or_default(),
+            None => String::new(),
+        };
+        rows.push(JobRow { job, project, ticket_title });
+    }
+    Ok(rows)
+}
+
+pub async fn setup(State(state): State<AppState>) -> PageResult {
+    if state.store.count_users().await? > 0 {
+        return Ok(Redirect::to("/login").into_response());
+    }
+    Ok(render(&view::AuthPage { mode: "setup", next: "/".into() }))
+}
+
+pub async fn login(State(state): State<AppState>, Query(query): Params) -> PageResult {
+    if !state.config.auth_disabled && state.store.count_users().await? == 0 {
+        return Ok(Redirect::to("/setup").into_response());
+    }
+    let next = query.get("next").filter(|n| n.starts_with('/') && !n.starts_with("//")).cloned();
+    Ok(render(&view::AuthPage { mode: "login", next: next.unwrap_or_else(|| "/".into()) }))
+}
+
+pub async fn dashboard(State(state): State<AppState>, caller: Caller) -> PageResult {
+    let member_of = caller.member_filter();
+    let filter = ProjectFilter { archived: ArchivedFilter::Exclude, search: None, member_of };
+    let projects = state.store.list_projects(&filter, PageRequest { limit: 50, after: None }).await?.items;
+    let mut running = Vec::new();
+    for status in [JobStatus::Active, JobStatus::Dispatching, JobStatus::Queued] {
+        let filter = JobFilter { status: Some(status), member_of, ..JobFilter::default() };
+        running.extend(state.store.list_jobs(&filter, PageRequest { limit: 20, after: None }).await?.items);
+    }
+    let failed = JobFilter { status: Some(JobStatus::Failed), member_of, ..JobFilter::default() };
+    let failures = state.store.list_jobs(&failed, PageRequest { limit: 5, after: None }).await?.items;
+    let waiting = TicketFilter { status: Some(TicketStatus::AwaitingApproval), member_of, ..TicketFilter::default() };
+    let names = project_names(&state, &caller).await?;
+    let awaiting = state
+        .store
+        .list_tickets(&waiting, PageRequest { limit: 20, after: None })
+        .await?
+        .items
+        .into_iter()
+        .map(|t| {
+            let project = names.get(&t.project_id).map(|p| p.name.clone()).unwrap_or_default();
+            (t, project)
+        })
+        .collect();
+    let (has_secret, has_integration, has_clanker, has_active_clanker) = if caller.is_admin() {
+        let clankers = state.store.list_clankers(PageRequest { limit: 200, after: None }).await?.items;
+        (
+            !state.store.list_secrets().await?.is_empty(),
+            !state.store.list_integrations().await?.is_empty(),
+            !clankers.is_empty(),
+            clankers.iter().any(|c| c.status == ClankerStatus::Active),
+        )
+    } else {
+        (true, true, true, true)
+    };
+    Ok(render(&view::Dashboard {
+        ctx: Ctx::new(&caller, "dashboard"),
+        projects,
+        running: job_rows(&state, running).await?,
+        awaiting,
+        failures: job_rows(&state, failures).await?,
+        has_secret,
+        has_integration,
+        has_active_clanker,
+        has_clanker,
+    }))
+}
+
+pub async fn projects(State(state): State<AppState>, caller: Caller, Query(query): Params) -> PageResult {
+    let archived = match param(&query, "archived").as_str() {
+        "include" => ArchivedFilter::Include,
+        "only" => ArchivedFilter::Only,
+        _ => ArchivedFilter::Exclude,
+    };
+    let q = param(&query, "q");
+    let filter = ProjectFilter {
+        archived,
+        search: Some(q.clone()).filter(|q| !q.is_empty()),
+        member_of: caller.member_filter(),
+    };
+    let page = state.store.list_projects(&filter, page_request(&query, 50)?).await?;
+    Ok(render(&view::Projects {
+        ctx: Ctx::new(&caller, "projects"),
+        projects: page.items,
+        q,
+        archived: match archived {
+            ArchivedFilter::Include => "include",
+            ArchivedFilter::Only => "only",
+            ArchivedFilter::Exclude => "exclude",
+        }
+        .to_owned(),
+        next_cursor: page.next_cursor,
+    }))
+}
+
+async fn project_form(state: &AppState, caller: &Caller, project: Option<Project>) -> PageResult {
+    let (members, prompts) = match &project {
+        Some(p) => {
+            let mut prompts = Vec::new();
+            for kind in PromptKind::ALL {
+                let custom = state.store.prompt_template(p.id, *kind).await?;
+                prompts.push(view::PromptRow {
+                    kind: kind.as_str().to_owned(),
+                    overridden: custom.is_some(),
+                    template: custom.unwrap_or_else(|| kind.default_template().to_owned()),
+                });
+            }
+            (state.store.list_members(p.id).await?, prompts)
+        }
+        None => (Vec::new(), Vec::new()),
+    };
+    let (integrations, secrets, users) = if caller.is_admin() {
+        (state.store.list_integrations().await?, state.store.list_secrets().await?, state.store.list_users().await?)
+    } else {
+        (Vec::new(), Vec::new(), Vec::new())
+    };
+    Ok(render(&view::ProjectForm {
+        ctx: Ctx::new(caller, "projects"),
+        project,
+        integrations,
+        secrets,
+        members,
+        users,
+        prompts,
+    }))
+}
+
+pub async fn new_project(State(state): State<AppState>, caller: Caller) -> PageResult {
+    project_form(&state, &caller, None).await
+}
+
+pub async fn project_settings(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(project): Path<String>,
+) -> PageResult {
+    let project = crate::api::projects::find_project(&state.store, &project).await?;
+    project_form(&state, &caller, Some(project)).await
+}
+
+pub async fn project(State(state): State<AppState>, caller: Caller, Path(project): Path<String>) -> PageResult {
+    let project = crate::api::projects::find_project(&state.store, &project).await?;
+    let perm = role_in(&state, &caller, project.id).await?;
+    let filter = TicketFilter { project_id: Some(project.id), ..TicketFilter::default() };
+    let tickets = state.store.list_tickets(&filter, PageRequest { limit: 20, after: None }).await?.items;
+    let jobs = JobFilter { project_id: Some(project.id), ..JobFilter::default() };
+    let jobs = state.store.list_jobs(&jobs, PageRequest { limit: 10, after: None }).await?.items;
+    let members = state.store.list_members(project.id).await?;
+    Ok(render(&view::ProjectPage { ctx: Ctx::new(&caller, "projects"), project, perm, tickets, jobs, members }))
+}
+
+pub async fn new_ticket(State(state): State<AppState>, caller: Caller, Path(project): Path<String>) -> PageResult {
+    let project = crate::api::projects::find_project(&state.store, &project).await?;
+    Ok(render(&view::NewTicket { ctx: Ctx::new(&caller, "tickets"), project }))
+}
+
+pub async fn tickets(State(state): State<AppState>, caller: Caller, Query(query): Params) -> PageResult {
+    let names = project_names(&state, &caller).await?;
+    let project = param(&query, "project");
+    let phase = param(&query, "phase");
+    let status = param(&query, "status");
+    let q = param(&query, "q");
+    let mut filter = TicketFilter {
+        search: Some(q.clone()).filter(|q| !q.is_empty()),
+        member_of: caller.member_filter(),
+        ..TicketFilter::default()
+    };
+    if !project.is_empty() {
+        let found = names.values().find(|p| p.slug.as_str() == project).map(|p| p.id);
+        // A project the caller cannot see lists nothing.
+        filter.project_id = Some(found.unwrap_or_else(ProjectId::new));
+    }
+    if !phase.is_empty() {
+        filter.phase = Some(phase.parse::<Phase>().map_err(|e| ApiError::invalid_field("phase", e.to_string()))?);
+    }
+    if !status.is_empty() {
+        filter.status =
+            Some(status.parse::<TicketStatus>().map_err(|e| ApiError::invalid_field("status", e.to_string()))?);
+    }
+    let page = state.store.list_tickets(&filter, page_request(&query, 50)?).await?;
+    let mut projects: Vec<Project> = names.values().filter(|p| p.archived_at.is_none()).cloned().collect();
+    projects.sort_by(|a, b| a.name.cmp(&b.name));
+    let tickets = page
+        .items
+        .into_iter()
+        .map(|t| {
+            let name = names.get(&t.project_id).map(|p| p.name.clone()).unwrap_or_default();
+            (t, name)
+        })
+        .collect();
+    Ok(render(&view::Tickets {
+        ctx: Ctx::new(&caller, "tickets"),
+        tickets,
+        projects,
+        project,
+        phase,
+        status,
+        q,
+        next_cursor: page.next_cursor,
+        query_without_cursor: query_without_cursor(&query, &["q", "project", "phase", "status"]),
+    }))
+}
+
+async fn active_clankers(state: &AppState) -> Result<Vec<viberglass_domain::Clanker>, ApiError> {
+    let clankers = state.store.list_clankers(PageRequest { limit: 200, after: None }).await?.items;
+    Ok(clankers.into_iter().filter(|c| c.status == ClankerStatus::Active).collect())
+}
+
+pub async fn ticket(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(ticket_id): Path<String>,
+    Query(query): Params,
+) -> PageResult {
+    let id = crate::api::tickets::parse_ticket_id(&ticket_id)?;
+    // The status a person sees is the derived one, as the API answers it.
+    let mut ticket = state.store.get_ticket(id).await?;
+    ticket.status = crate::api::workflow::derived_status(&state, &ticket).await?;
+    let project = state.store.get_project(ticket.project_id).await?;
+    let perm = role_in(&state, &caller, project.id).await?;
+    let default_tab = match ticket.phase {
+        Phase::Research => "research",
+        _ => "planning",
+    };
+    let tab = match param(&query, "tab").as_str() {
+        t @ ("research" | "planning" | "runs" | "history") => t.to_owned(),
+        _ => default_tab.to_owned(),
+    };
+    let doc = match tab.as_str() {
+        "research" => Some(document(&state, id, Phase::Research, &query).await?),
+        "planning" => Some(document(&state, id, Phase::Planning, &query).await?),
+        _ => None,
+    };
+    let jobs = JobFilter { ticket_id: Some(id), ..JobFilter::default() };
+    let jobs = state.store.list_jobs(&jobs, PageRequest { limit: 100, after: None }).await?.items;
+    let live = jobs.iter().find(|j| !j.status.is_terminal()).cloned();
+    let last_failure = jobs.first().filter(|j| j.status == JobStatus::Failed).cloned();
+    let current = ticket.phase;
+    let order = [Phase::Research, Phase::Planning, Phase::Execution];
+    let steps = order
+        .iter()
+        .map(|p| {
+            let name = match p {
+                Phase::Research => "Research",
+                Phase::Planning => "Planning",
+                Phase::Execution => "Execution",
+            };
+            let index = |x: &Phase| order.iter().position(|o| o == x).unwrap_or(0);
+            let done = index(p) < index(&current) || (*p == current && ticket.pull_request_url.is_some());
+            (
+                name,
+                if done {
+                    "done"
+                } else if *p == current {
+                    "current"
+                } else {
+                    "next"
+                },
+            )
+        })
+        .collect();
+    let next_phase = match current {
+        Phase::Research => Some("planning"),
+        Phase::Planning => Some("execution"),
+        Phase::Execution => None,
+    };
+    let overridden_by = match ticket.workflow_overridden_by {
+        Some(user) => state.store.get_user(user).await.map(|u| u.email).unwrap_or_else(|_| "a former user".into()),
+        None => "a maintainer".into(),
+    };
+    Ok(render(&view::TicketPage {
+        ctx: Ctx::new(&caller, "tickets"),
+        approvals: state.store.list_approvals(id).await?,
+        clankers: active_clankers(&state).await?,
+        ticket,
+        project,
+        perm,
+        steps,
+        tab,
+        doc,
+        jobs,
+        live,
+        last_failure,
+        next_phase,
+        overridden_by,
+    }))
+}
+
+async fn document(
+    state: &AppState,
+    ticket: viberglass_domain::TicketId,
+    phase: Phase,
+    query: &HashMap<String, String>,
+) -> Result<view::DocView, ApiError> {
+    let document = state.store.get_document(ticket, phase).await?;
+    let comments = state.store.list_comments(ticket, phase).await?;
+    let revisions = state.store.list_revisions(ticket, phase).await?;
+    let viewing = query.get("rev").and_then(|r| r.parse::<i64>().ok());
+    let content = match (viewing, &document) {
+        (Some(rev), Some(d)) if rev != d.revision => state.store.revision_content(ticket, phase, rev).await?,
+        (_, Some(d)) => Some(d.content.clone()),
+        (_, None) => None,
+    };
+    let viewing_revision = viewing.filter(|rev| document.as_ref().is_some_and(|d| d.revision != *rev));
+    let lines = content
+        .unwrap_or_default()
+        .lines()
+        .enumerate()
+        .map(|(i, line)| {
+            let n = i as i64 + 1;
+            let commented = comments.iter().any(|c| c.line == n && c.status.as_str() == "open");
+            (n, line.to_owned(), commented)
+        })
+        .collect();
+    Ok(view::DocView {
+        phase,
+        file: if phase == Phase::Research { "RESEARCH.md" } else { "PLAN.md" },
+        document,
+        lines,
+        comments,
+        revisions,
+        viewing_revision,
+    })
+}
+
+pub async fn jobs(State(state): State<AppState>, caller: Caller, Query(query): Params) -> PageResult {
+    let status = param(&query, "status");
+    let mut filter = JobFilter { member_of: caller.member_filter(), ..JobFilter::default() };
+    if !status.is_empty() {
+        filter.status =
+            Some(status.parse::<JobStatus>().map_err(|e| ApiError::invalid_field("status", e.to_string()))?);
+    }
+    let page = state.store.list_jobs(&filter, page_request(&query, 50)?).await?;
+    Ok(render(&view::Jobs {
+        ctx: Ctx::new(&caller, "jobs"),
+        jobs: job_rows(&state, page.items).await?,
+        status,
+        next_cursor: page.next_cursor,
+        query_without_cursor: query_without_cursor(&query, &["status"]),
+    }))
+}
+
+pub async fn job(State(state): State<AppState>, caller: Caller, Path(job_id): Path<String>) -> PageResult {
+    let id = crate::api::jobs::parse_job_id(&job_id)?;
+    let job = state.store.get_job(id).await?;
+    let perm = role_in(&state, &caller, job.project_id).await?;
+    let live = !job.status.is_terminal();
+    let events = if live { Vec::new() } else { state.store.list_job_events(id, 0, 2000).await? };
+    let clanker = match job.clanker_id {
+        Some(c) => state.store.get_clanker(c).await.ok(),
+        None => None,
+    };
+    let pull_request = job
+        .result
+        .as_ref()
+        .and_then(|r| r.get("pull_request_url").or_else(|| r.get("pull_request").and_then(|p| p.get("url"))))
+        .and_then(|u| u.as_str())
+        .map(str::to_owned);
+    let row = job_rows(&state, vec![job]).await?.pop().ok_or_else(|| ApiError::internal("the job vanished"))?;
+    Ok(render(&view::JobPage { ctx: Ctx::new(&caller, "jobs"), row, perm, events, clanker, live, pull_request }))
+}
+
+pub async fn clankers(State(state): State<AppState>, caller: Caller) -> PageResult {
+    let clankers = state.store.list_clankers(PageRequest { limit: 200, after: None }).await?.items;
+    Ok(render(&view::Clankers { ctx: Ctx::new(&caller, "clankers"), clankers }))
+}
+
+fn pretty(value: &serde_json::Value) -> String {
+    serde_json::to_string_pretty(value).unwrap_or_default()
+}
+
+pub async fn clanker(State(state): State<AppState>, caller: Caller, Path(key): Path<String>) -> PageResult {
+    let clanker = crate::api::clankers::find_clanker(&state.store, &key).await?;
+    let filter = JobFilter { clanker_id: Some(clanker.id), member_of: caller.member_filter(), ..JobFilter::default() };
+    let jobs = state.store.list_jobs(&filter, PageRequest { limit: 20, after: None }).await?.items;
+    Ok(render(&view::ClankerPage {
+        ctx: Ctx::new(&caller, "clankers"),
+        agent_settings: pretty(&clanker.agent_settings),
+        compute_config: pretty(&clanker.compute_config),
+        clanker,
+        jobs,
+    }))
+}
+
+async fn clanker_form(state: &AppState, caller: &Caller, clanker: Option<viberglass_domain::Clanker>) -> PageResult {
+    let (agent_settings, compute_config, instruction_files) = match &clanker {
+        Some(c) => (
+            pretty(&c.agent_settings),
+            pretty(&c.compute_config),
+            serde_json::to_string_pretty(&c.instruction_files).unwrap_or_default(),
+        ),
+        None => ("{}".into(), "{}".into(), "[]".into()),
+    };
+    Ok(render(&view::ClankerForm {
+        ctx: Ctx::new(caller, "clankers"),
+        clanker,
+        agents: AgentKind::NAMES,
+        computes: ComputeKind::NAMES,
+        secrets: state.store.list_secrets().await?,
+        agent_settings,
+        compute_config,
+        instruction_files,
+    }))
+}
+
+pub async fn new_clanker(State(state): State<AppState>, caller: Caller) -> PageResult {
+    clanker_form(&state, &caller, None).await
+}
+
+pub async fn edit_clanker(State(state): State<AppState>, caller: Caller, Path(key): Path<String>) -> PageResult {
+    let clanker = crate::api::clankers::find_clanker(&state.store, &key).await?;
+    clanker_form(&state, &caller, Some(clanker)).await
+}
+
+pub async fn secrets(State(state): State<AppState>, caller: Caller) -> PageResult {
+    Ok(render(&view::Secrets {
+        ctx: Ctx::new(&caller, "secrets"),
+        secrets: state.store.list_secrets().await?,
+        backends: SecretBackend::NAMES,
+    }))
+}
+
+pub async fn integrations(State(state): State<AppState>, caller: Caller) -> PageResult {
+    Ok(render(&view::Integrations {
+        ctx: Ctx::new(&caller, "integrations"),
+        integrations: state.store.list_integrations().await?,
+        secrets: state.store.list_secrets().await?,
+    }))
+}
+
+pub async fn users(State(state): State<AppState>, caller: Caller) -> PageResult {
+    Ok(render(&view::Users { ctx: Ctx::new(&caller, "users"), users: state.store.list_users().await? }))
+}
+
+pub async fn tokens(State(state): State<AppState>, caller: Caller) -> PageResult {
+    let tokens = match caller.user_id() {
+        Some(user) => state.store.list_api_tokens(user).await?,
+        None => Vec::new(),
+    };
+    let via_session = caller.via == crate::auth::Via::Session;
+    Ok(render(&view::Tokens { ctx: Ctx::new(&caller, "tokens"), tokens, via_session }))
+}
+
+pub async fn audit(State(state): State<AppState>, caller: Caller, Query(query): Params) -> PageResult {
+    let action = param(&query, "action");
+    let filter = AuditFilter { action: Some(action.clone()).filter(|a| !a.is_empty()), ..AuditFilter::default() };
+    let page = state.store.list_audit(&filter, page_request(&query, 100)?).await?;
+    Ok(render(&view::Audit {
+        ctx: Ctx::new(&caller, "audit"),
+        entries: page.items,
+        action,
+        next_cursor: page.next_cursor,
+    }))
+}

@@ -1,0 +1,379 @@
+//! The pages' templates (under `crates/server/templates`) and what they show.
+
+use askama::Template;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+use time::OffsetDateTime;
+use viberglass_domain::workflow::{ApprovalRecord, DocumentComment, DocumentRevision, PhaseDocument};
+use viberglass_domain::{
+    ApiToken, AuditEntry, Clanker, Integration, Job, JobEvent, Phase, Project, ProjectRole, Secret, Ticket, User,
+};
+
+use crate::auth::Caller;
+
+/// Renders a template as an HTML answer; a template that fails is a 500
+/// page that says so (it never half-renders).
+pub fn render<T: Template>(page: &T) -> Response {
+    match page.render() {
+        Ok(html) => {
+            let mut response = html.into_response();
+            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+            response
+        }
+        Err(error) => {
+            tracing::error!(%error, "a page template failed to render");
+            (StatusCode::INTERNAL_SERVER_ERROR, "the page could not be rendered; the server log says why")
+                .into_response()
+        }
+    }
+}
+
+/// Percent-encodes a value for a URL's path segment or query.
+pub fn encode(value: &str) -> String {
+    form_urlencoded::byte_serialize(value.as_bytes()).collect::<String>().replace('+', "%20")
+}
+
+/// What every page's frame needs: who is signed in and where they are.
+pub struct Ctx {
+    pub email: String,
+    pub is_admin: bool,
+    pub nav: &'static str,
+    pub auth_disabled: bool,
+}
+
+impl Ctx {
+    pub fn new(caller: &Caller, nav: &'static str) -> Self {
+        Self {
+            email: caller.label(),
+            is_admin: caller.is_admin(),
+            nav,
+            auth_disabled: caller.via == crate::auth::Via::Nobody,
+        }
+    }
+
+    /// `2026-11-28 12:01 UTC`.
+    pub fn when(&self, t: &OffsetDateTime) -> String {
+        let t = t.to_offset(time::UtcOffset::UTC);
+        format!("{:04}-{:02}-{:02} {:02}:{:02} UTC", t.year(), u8::from(t.month()), t.day(), t.hour(), t.minute())
+    }
+
+    pub fn when_opt(&self, t: &Option<OffsetDateTime>) -> String {
+        t.as_ref().map_or_else(|| "—".to_owned(), |t| self.when(t))
+    }
+
+    /// How long between two moments, e.g. `1m 12s`.
+    pub fn took(&self, from: &Option<OffsetDateTime>, to: &Option<OffsetDateTime>) -> String {
+        match (from, to) {
+            (Some(a), Some(b)) => {
+                let secs = (*b - *a).whole_seconds().max(0);
+                if secs >= 60 { format!("{}m {}s", secs / 60, secs % 60) } else { format!("{secs}s") }
+            }
+            (Some(_), None) => "running".into(),
+            _ => "—".into(),
+        }
+    }
+
+    pub fn encode(&self, value: &str) -> String {
+        encode(value)
+    }
+
+    pub fn short<'a>(&self, id: &'a str) -> &'a str {
+        id.get(..8).unwrap_or(id)
+    }
+}
+
+/// What the caller may do in one project.
+#[derive(Clone, Copy)]
+pub struct Perm {
+    pub member: bool,
+    pub maintainer: bool,
+}
+
+impl Perm {
+    pub fn of(caller: &Caller, role: Option<ProjectRole>) -> Self {
+        let admin = caller.is_admin();
+        Self {
+            member: admin || role.is_some_and(|r| r.includes(ProjectRole::Member)),
+            maintainer: admin || role.is_some_and(|r| r.includes(ProjectRole::Maintainer)),
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "error.html")]
+pub struct ErrorPage {
+    pub status: u16,
+    pub title: String,
+    pub message: String,
+    pub hint: Option<String>,
+    pub fields: Vec<(String, String)>,
+}
+
+#[derive(Template)]
+#[template(path = "form_errors.html")]
+pub struct FormErrors {
+    pub form: String,
+    pub message: String,
+    pub hint: Option<String>,
+    pub fields: Vec<(String, String)>,
+}
+
+#[derive(Template)]
+#[template(path = "show_once.html")]
+pub struct ShowOnce {
+    pub value: String,
+    pub back: String,
+}
+
+#[derive(Template)]
+#[template(path = "test_result.html")]
+pub struct TestResult {
+    pub fragment: bool,
+    pub ok: bool,
+    pub message: String,
+    pub identity: Option<String>,
+    pub checks: Vec<(String, bool)>,
+    pub problems: Vec<String>,
+}
+
+impl TestResult {
+    pub fn from_answer(answer: &Value, fragment: bool) -> Self {
+        let text = |v: &Value| v.as_str().map(str::to_owned);
+        let mut checks = Vec::new();
+        for (key, label) in [
+            ("can_read", "read the repository"),
+            ("can_push", "push branches"),
+            ("can_open_pull_requests", "open pull requests"),
+        ] {
+            if let Some(b) = answer.get(key).and_then(Value::as_bool) {
+                checks.push((label.to_owned(), b));
+            }
+        }
+        Self {
+            fragment,
+            ok: answer.get("ok").and_then(Value::as_bool).unwrap_or(false),
+            message: answer.get("message").and_then(text).unwrap_or_default(),
+            identity: answer.get("identity").and_then(|i| i.get("login")).and_then(text),
+            checks,
+            problems: answer
+                .get("problems")
+                .and_then(Value::as_array)
+                .map(|p| p.iter().filter_map(text).collect())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "auth.html")]
+pub struct AuthPage {
+    /// `setup` or `login`.
+    pub mode: &'static str,
+    pub next: String,
+}
+
+/// A job with where it belongs, for lists.
+pub struct JobRow {
+    pub job: Job,
+    pub project: String,
+    pub ticket_title: String,
+}
+
+#[derive(Template)]
+#[template(path = "dashboard.html")]
+pub struct Dashboard {
+    pub ctx: Ctx,
+    pub projects: Vec<Project>,
+    pub running: Vec<JobRow>,
+    pub awaiting: Vec<(Ticket, String)>,
+    pub failures: Vec<JobRow>,
+    pub has_secret: bool,
+    pub has_integration: bool,
+    pub has_active_clanker: bool,
+    pub has_clanker: bool,
+}
+
+#[derive(Template)]
+#[template(path = "projects.html")]
+pub struct Projects {
+    pub ctx: Ctx,
+    pub projects: Vec<Project>,
+    pub q: String,
+    pub archived: String,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "project_form.html")]
+pub struct ProjectForm {
+    pub ctx: Ctx,
+    /// `None`: a new project.
+    pub project: Option<Project>,
+    pub integrations: Vec<Integration>,
+    pub secrets: Vec<Secret>,
+    pub members: Vec<(User, ProjectRole)>,
+    pub users: Vec<User>,
+    pub prompts: Vec<PromptRow>,
+}
+
+pub struct PromptRow {
+    pub kind: String,
+    pub template: String,
+    pub overridden: bool,
+}
+
+#[derive(Template)]
+#[template(path = "project.html")]
+pub struct ProjectPage {
+    pub ctx: Ctx,
+    pub project: Project,
+    pub perm: Perm,
+    pub tickets: Vec<Ticket>,
+    pub jobs: Vec<Job>,
+    pub members: Vec<(User, ProjectRole)>,
+}
+
+#[derive(Template)]
+#[template(path = "ticket_new.html")]
+pub struct NewTicket {
+    pub ctx: Ctx,
+    pub project: Project,
+}
+
+#[derive(Template)]
+#[template(path = "tickets.html")]
+pub struct Tickets {
+    pub ctx: Ctx,
+    pub tickets: Vec<(Ticket, String)>,
+    pub projects: Vec<Project>,
+    pub project: String,
+    pub phase: String,
+    pub status: String,
+    pub q: String,
+    pub next_cursor: Option<String>,
+    pub query_without_cursor: String,
+}
+
+/// One phase's document with its comments and history.
+pub struct DocView {
+    pub phase: Phase,
+    pub file: &'static str,
+    pub document: Option<PhaseDocument>,
+    pub lines: Vec<(i64, String, bool)>,
+    pub comments: Vec<DocumentComment>,
+    pub revisions: Vec<DocumentRevision>,
+    /// Showing an older revision instead of the current one.
+    pub viewing_revision: Option<i64>,
+}
+
+#[derive(Template)]
+#[template(path = "ticket.html")]
+pub struct TicketPage {
+    pub ctx: Ctx,
+    pub ticket: Ticket,
+    pub project: Project,
+    pub perm: Perm,
+    pub steps: Vec<(&'static str, &'static str)>,
+    pub tab: String,
+    pub doc: Option<DocView>,
+    pub approvals: Vec<ApprovalRecord>,
+    pub jobs: Vec<Job>,
+    pub live: Option<Job>,
+    pub last_failure: Option<Job>,
+    pub clankers: Vec<Clanker>,
+    pub next_phase: Option<&'static str>,
+    pub overridden_by: String,
+}
+
+#[derive(Template)]
+#[template(path = "jobs.html")]
+pub struct Jobs {
+    pub ctx: Ctx,
+    pub jobs: Vec<JobRow>,
+    pub status: String,
+    pub next_cursor: Option<String>,
+    pub query_without_cursor: String,
+}
+
+#[derive(Template)]
+#[template(path = "job.html")]
+pub struct JobPage {
+    pub ctx: Ctx,
+    pub row: JobRow,
+    pub perm: Perm,
+    pub events: Vec<JobEvent>,
+    pub clanker: Option<Clanker>,
+    pub live: bool,
+    pub pull_request: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "clankers.html")]
+pub struct Clankers {
+    pub ctx: Ctx,
+    pub clankers: Vec<Clanker>,
+}
+
+#[derive(Template)]
+#[template(path = "clanker.html")]
+pub struct ClankerPage {
+    pub ctx: Ctx,
+    pub clanker: Clanker,
+    pub jobs: Vec<Job>,
+    pub agent_settings: String,
+    pub compute_config: String,
+}
+
+#[derive(Template)]
+#[template(path = "clanker_form.html")]
+pub struct ClankerForm {
+    pub ctx: Ctx,
+    pub clanker: Option<Clanker>,
+    pub agents: &'static [&'static str],
+    pub computes: &'static [&'static str],
+    pub secrets: Vec<Secret>,
+    pub agent_settings: String,
+    pub compute_config: String,
+    pub instruction_files: String,
+}
+
+#[derive(Template)]
+#[template(path = "secrets.html")]
+pub struct Secrets {
+    pub ctx: Ctx,
+    pub secrets: Vec<Secret>,
+    pub backends: &'static [&'static str],
+}
+
+#[derive(Template)]
+#[template(path = "integrations.html")]
+pub struct Integrations {
+    pub ctx: Ctx,
+    pub integrations: Vec<Integration>,
+    pub secrets: Vec<Secret>,
+}
+
+#[derive(Template)]
+#[template(path = "users.html")]
+pub struct Users {
+    pub ctx: Ctx,
+    pub users: Vec<User>,
+}
+
+#[derive(Template)]
+#[template(path = "tokens.html")]
+pub struct Tokens {
+    pub ctx: Ctx,
+    pub tokens: Vec<ApiToken>,
+    pub via_session: bool,
+}
+
+#[derive(Template)]
+#[template(path = "audit.html")]
+pub struct Audit {
+    pub ctx: Ctx,
+    pub entries: Vec<AuditEntry>,
+    pub action: String,
+    pub next_cursor: Option<String>,
+}

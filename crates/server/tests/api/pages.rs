@@ -1,0 +1,351 @@
+//! The web UI's pages and forms over HTTP: every page with every kind of
+//! caller (the page half of the route matrix), forms replayed against the
+//! API with their errors, CSRF, sign-in and escaping. The browser journeys
+//! are in crates/viberglass/tests/ui.rs.
+
+use reqwest::redirect::Policy;
+use serde_json::json;
+use viberglass_testkit::app::{ADMIN_EMAIL, ADMIN_PASSWORD};
+use viberglass_testkit::{TestApp, TestBackend};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Who {
+    Anonymous,
+    Outsider,
+    Viewer,
+    Member,
+    Maintainer,
+    Admin,
+}
+
+use Who::*;
+
+/// Every page and the least privileged caller it admits; kept apart from
+/// the server's `ui::PAGES` so that a changed rule fails here.
+const PAGES: &[(&str, Who)] = &[
+    ("/setup", Anonymous),
+    ("/login", Anonymous),
+    ("/assets/{file}", Anonymous),
+    ("/", Outsider),
+    ("/projects", Outsider),
+    ("/projects/new", Admin),
+    ("/projects/{project}", Viewer),
+    ("/projects/{project}/settings", Maintainer),
+    ("/projects/{project}/tickets/new", Member),
+    ("/tickets", Outsider),
+    ("/tickets/{ticket_id}", Viewer),
+    ("/jobs", Outsider),
+    ("/jobs/{job_id}", Viewer),
+    ("/clankers", Outsider),
+    ("/clankers/new", Admin),
+    ("/clankers/{clanker}", Outsider),
+    ("/clankers/{clanker}/edit", Admin),
+    ("/secrets", Outsider),
+    ("/integrations", Outsider),
+    ("/users", Admin),
+    ("/tokens", Outsider),
+    ("/audit", Admin),
+];
+
+#[test]
+fn every_page_has_an_expectation_here() {
+    let missing: Vec<&str> = viberglass_server::ui::PAGES
+        .iter()
+        .filter(|(method, path, _)| *method == "GET" && !PAGES.iter().any(|(p, _)| p == path))
+        .map(|(_, path, _)| *path)
+        .collect();
+    assert!(missing.is_empty(), "these pages have no expectation in pages.rs: {missing:?}");
+    for (path, _) in PAGES {
+        assert!(
+            viberglass_server::ui::PAGES.iter().any(|(m, p, _)| *m == "GET" && p == path),
+            "{path} is expected here but the server has no such page"
+        );
+    }
+}
+
+fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder().redirect(Policy::none()).build().unwrap()
+}
+
+/// Signs in through the login form, as a browser does, keeping the cookie.
+async fn browser(app: &TestApp, email: &str, password: &str) -> reqwest::Client {
+    let client = reqwest::Client::builder().cookie_store(true).redirect(Policy::none()).build().unwrap();
+    let response = client
+        .post(app.url("/act/api/v1/auth/login"))
+        .header("origin", &app.base_url)
+        .form(&[("email", email), ("password", password), ("_next", "/tickets")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 303, "{}", response.text().await.unwrap());
+    assert_eq!(response.headers()["location"], "/tickets");
+    assert!(response.headers()["set-cookie"].to_str().unwrap().starts_with("vg_session="));
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_page_admits_exactly_the_callers_its_rule_names() {
+    let app = TestApp::spawn_on(TestBackend::Sqlite).await;
+    let project = app.create_project(json!({"name": "Shop"})).await;
+    let ticket = app.create_ticket("shop", json!({"title": "Fix it"})).await;
+    let clanker = app
+        .post_json(
+            "/api/v1/clankers",
+            &json!({"name": "Some Clanker", "agent": "command", "agent_settings": {"command": ["true"]}}),
+        )
+        .await;
+    assert_eq!(clanker.status(), 201);
+    let job = app
+        .store
+        .create_job(viberglass_store::NewJob {
+            id: viberglass_domain::JobId::new(),
+            project_id: project["id"].as_str().unwrap().parse().unwrap(),
+            ticket_id: Some(ticket["id"].as_str().unwrap().parse().unwrap()),
+            clanker_id: None,
+            spec: crate::worker_auth::spec(),
+            requested_by: None,
+        })
+        .await
+        .unwrap();
+    let (outsider, _) = app.user_client("outsider@example.com", false).await;
+    let mut clients = vec![(Anonymous, no_redirects()), (Outsider, outsider)];
+    for (who, role) in [(Viewer, "viewer"), (Member, "member"), (Maintainer, "maintainer")] {
+        let (client, user) = app.user_client(&format!("{role}@example.com"), false).await;
+        app.grant("shop", &user, role).await;
+        clients.push((who, client));
+    }
+    clients.push((Admin, app.client.clone()));
+    let concrete = |path: &str| {
+        path.replace("{project}", "shop")
+            .replace("{ticket_id}", ticket["id"].as_str().unwrap())
+            .replace("{job_id}", &job.id.to_string())
+            .replace("{clanker}", "some-clanker")
+            .replace("{file}", "app.css")
+    };
+    let mut wrong = Vec::new();
+    for (who, client) in &clients {
+        for (path, least) in PAGES {
+            let response = client.get(app.url(&concrete(path))).send().await.unwrap();
+            let status = response.status().as_u16();
+            let location = response.headers().get("location").map(|l| l.to_str().unwrap().to_owned());
+            let body = response.text().await.unwrap();
+            let expected = if who >= least {
+                // /setup sends everyone to sign in once an administrator exists
+                // (the signed-in clients follow redirects; the anonymous one does not).
+                if *path == "/setup" && *who == Anonymous { 303 } else { 200 }
+            } else if *who == Anonymous {
+                303
+            } else {
+                403
+            };
+            if status != expected {
+                wrong.push(format!("{who:?} GET {path}: got {status}, expected {expected}"));
+            }
+            if expected == 303
+                && *path != "/setup"
+                && !location.as_deref().unwrap_or_default().starts_with("/login?next=")
+            {
+                wrong.push(format!("{who:?} GET {path}: redirected to {location:?}, not to the sign-in page"));
+            }
+            if expected == 403 && !body.contains("role") && !body.contains("administrator") {
+                wrong.push(format!("{who:?} GET {path}: the refusal does not say what is needed"));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "the page matrix disagrees:\n{}", wrong.join("\n"));
+
+    // Pages hide what a role may not do (the server refuses it anyway).
+    let ticket_page = |client: &reqwest::Client| {
+        let url = app.url(&format!("/tickets/{}", ticket["id"].as_str().unwrap()));
+        let request = client.get(url);
+        async move { request.send().await.unwrap().text().await.unwrap() }
+    };
+    let viewer = ticket_page(&clients[2].1).await;
+    assert!(!viewer.contains("id=\"run-panel\"") && !viewer.contains("Override workflow"), "a viewer sees no actions");
+    let member = ticket_page(&clients[3].1).await;
+    assert!(member.contains("id=\"run-panel\"") && !member.contains("Override workflow"));
+    let maintainer = ticket_page(&clients[4].1).await;
+    assert!(maintainer.contains("Override workflow"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_in_and_out_through_the_forms_and_landing_where_asked() {
+    let app = TestApp::spawn().await;
+    let anonymous = no_redirects();
+    let response = anonymous.get(app.url("/tickets?project=shop")).send().await.unwrap();
+    assert_eq!(response.headers()["location"], "/login?next=%2Ftickets%3Fproject%3Dshop");
+    let login = anonymous.get(app.url("/login?next=%2Ftickets")).send().await.unwrap().text().await.unwrap();
+    assert!(login.contains("name=\"_next\" value=\"/tickets\""), "the sign-in form keeps where to go");
+    let evil = anonymous.get(app.url("/login?next=//evil.example")).send().await.unwrap().text().await.unwrap();
+    assert!(!evil.contains("evil.example"), "only local paths are kept");
+
+    // A wrong password: in place with htmx, as a page without.
+    let wrong = anonymous
+        .post(app.url("/act/api/v1/auth/login"))
+        .header("hx-request", "true")
+        .form(&[("_form", "login"), ("email", ADMIN_EMAIL), ("password", "nope-nope-nope")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 422);
+    assert!(wrong.text().await.unwrap().contains("callout bad"));
+    let wrong = anonymous
+        .post(app.url("/act/api/v1/auth/login"))
+        .form(&[("email", ADMIN_EMAIL), ("password", "nope-nope-nope")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    assert!(wrong.text().await.unwrap().contains("id=\"error-message\""));
+
+    let browser = browser(&app, ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    let page = browser.get(app.url("/")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains(ADMIN_EMAIL));
+    let out = browser
+        .post(app.url("/act/api/v1/auth/logout"))
+        .header("origin", &app.base_url)
+        .form(&[("_next", "/login")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 303);
+    assert!(out.headers()["set-cookie"].to_str().unwrap().contains("Max-Age=0"));
+    let after = browser.get(app.url("/")).send().await.unwrap();
+    assert_eq!(after.status(), 303, "the session ended");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_run_setup_goes_through_the_setup_page() {
+    let app = TestApp::builder(TestBackend::Sqlite).without_setup().spawn().await;
+    let client = reqwest::Client::builder().cookie_store(true).redirect(Policy::none()).build().unwrap();
+    let login = client.get(app.url("/login")).send().await.unwrap();
+    assert_eq!(login.headers()["location"], "/setup", "nobody can sign in yet: set up first");
+    let setup = client.get(app.url("/setup")).send().await.unwrap();
+    assert_eq!(setup.status(), 200);
+    let short = client
+        .post(app.url("/act/api/v1/setup"))
+        .header("hx-request", "true")
+        .form(&[("_form", "setup"), ("email", "boss@example.com"), ("password", "short")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(short.status(), 422);
+    let fragment = short.text().await.unwrap();
+    assert!(fragment.contains("id=\"fe-setup-password\" hx-swap-oob=\"true\""), "{fragment}");
+    let done = client
+        .post(app.url("/act/api/v1/setup"))
+        .form(&[("email", "boss@example.com"), ("password", "a-long-enough-password"), ("_next", "/")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status(), 303);
+    let home = client.get(app.url("/")).send().await.unwrap();
+    assert_eq!(home.status(), 200);
+    let home = home.text().await.unwrap();
+    assert!(
+        home.contains("boss@example.com") && home.contains("id=\"getting-started\""),
+        "the dashboard guides a new admin"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forms_go_through_the_api_with_its_validation_csrf_and_audit() {
+    let app = TestApp::spawn().await;
+    let browser = browser(&app, ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    let submit = |path: &str, form: &[(&str, &str)], htmx: bool| {
+        let mut request = browser.post(app.url(&format!("/act{path}"))).header("origin", &app.base_url).form(form);
+        if htmx {
+            request = request.header("hx-request", "true");
+        }
+        async move { request.send().await.unwrap() }
+    };
+    // A project: typed fields, the new slug in the next page's address.
+    let created = submit(
+        "/api/v1/projects",
+        &[
+            ("name", "Shop Front"),
+            ("repository_url:opt", "https://github.com/acme/shop.git"),
+            ("max_execution_secs:int", "900"),
+            ("planning_needs_approval:bool", "false"),
+            ("_next", "/projects/{slug}"),
+        ],
+        true,
+    )
+    .await;
+    assert_eq!(created.status(), 204);
+    assert_eq!(created.headers()["hx-redirect"], "/projects/shop-front");
+    let project: serde_json::Value = app.get("/api/v1/projects/shop-front").await.json().await.unwrap();
+    assert_eq!(
+        (project["max_execution_secs"].as_u64(), project["planning_needs_approval"].as_bool()),
+        (Some(900), Some(false))
+    );
+
+    // Field errors come back beside the fields.
+    let invalid = submit("/api/v1/projects", &[("_form", "project"), ("name", "Shop Front")], true).await;
+    assert_eq!(invalid.status(), 422);
+    let fragment = invalid.text().await.unwrap();
+    assert!(fragment.contains("id=\"fe-project-slug\""), "{fragment}");
+    let invalid =
+        submit("/api/v1/projects", &[("_form", "project"), ("name", "X"), ("max_execution_secs:int", "ten")], true)
+            .await;
+    assert!(invalid.text().await.unwrap().contains("fe-project-max_execution_secs"));
+
+    // A cross-site form is refused by the API's own CSRF check.
+    let forged = browser
+        .post(app.url("/act/api/v1/projects"))
+        .header("origin", "https://evil.example")
+        .header("sec-fetch-site", "cross-site")
+        .form(&[("name", "Evil")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 403);
+    assert!(forged.text().await.unwrap().contains("this site"));
+    assert_eq!(app.get("/api/v1/projects/evil").await.status(), 404);
+
+    // Only API routes, and only local redirects.
+    let outside = submit("/api/worker/v1/jobs/x/result", &[], false).await;
+    assert_eq!(outside.status(), 404);
+    let away = submit("/api/v1/projects/shop-front/archive", &[("_next", "https://evil.example/")], false).await;
+    assert_eq!(away.status(), 303);
+    assert_ne!(away.headers()["location"], "https://evil.example/");
+
+    // A token is shown once, on its own page.
+    let token = submit("/api/v1/me/tokens", &[("name", "ci"), ("_show", "token"), ("_next", "/tokens")], false).await;
+    assert_eq!(token.status(), 200);
+    let shown = token.text().await.unwrap();
+    assert!(shown.contains("id=\"shown-once\">vgp_"), "{shown}");
+
+    // The audit log names the person and the UI channel.
+    let changed =
+        submit("/api/v1/projects/shop-front", &[("_method", "PATCH"), ("description", "The shop")], false).await;
+    assert_eq!(changed.status(), 303);
+    let audit: serde_json::Value = app.get("/api/v1/audit?action=project_updated").await.json().await.unwrap();
+    let entry = &audit["items"][0];
+    assert_eq!((entry["actor_email"].as_str(), entry["channel"].as_str()), (Some(ADMIN_EMAIL), Some("ui")), "{audit}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_escape_what_people_typed_and_serve_their_assets() {
+    let app = TestApp::spawn().await;
+    app.create_project(json!({"name": "Shop"})).await;
+    let ticket = app.create_ticket("shop", json!({"title": "<script>alert(1)</script>", "description": "a & b"})).await;
+    let page = app.get(&format!("/tickets/{}", ticket["id"].as_str().unwrap())).await.text().await.unwrap();
+    assert!(!page.contains("<script>alert(1)</script>"));
+    assert!(page.contains("&#60;script&#62;alert(1)&#60;/script&#62;"), "escaped as askama does");
+    for (file, mime) in
+        [("app.css", "text/css"), ("app.js", "text/javascript"), ("htmx-2.0.11.min.js", "text/javascript")]
+    {
+        let response = reqwest::get(app.url(&format!("/assets/{file}"))).await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert!(response.headers()["content-type"].to_str().unwrap().starts_with(mime));
+    }
+    assert_eq!(reqwest::get(app.url("/assets/nope.js")).await.unwrap().status(), 404);
+    let missing =
+        reqwest::Client::new().get(app.url("/no/such/page")).header("accept", "text/html").send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+    assert!(missing.text().await.unwrap().contains("there is no page /no/such/page"));
+    let api_missing: serde_json::Value = reqwest::get(app.url("/api/v1/nope")).await.unwrap().json().await.unwrap();
+    assert_eq!(api_missing["code"], "route_not_found", "the API still answers JSON");
+}
