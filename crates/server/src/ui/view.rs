@@ -58,6 +58,12 @@ impl Ctx {
         format!("{:04}-{:02}-{:02} {:02}:{:02} UTC", t.year(), u8::from(t.month()), t.day(), t.hour(), t.minute())
     }
 
+    /// `12:01:07`, for log lines.
+    pub fn clock(&self, t: &OffsetDateTime) -> String {
+        let t = t.to_offset(time::UtcOffset::UTC);
+        format!("{:02}:{:02}:{:02}", t.hour(), t.minute(), t.second())
+    }
+
     pub fn when_opt(&self, t: &Option<OffsetDateTime>) -> String {
         t.as_ref().map_or_else(|| "—".to_owned(), |t| self.when(t))
     }
