@@ -35,6 +35,6 @@ pub use project::{NewProject, Project, ProjectInput, ProjectPatch, ProjectSlug};
 pub use scm::ScmProvider;
 pub use secret::{NewSecret, Secret, SecretBackend, SecretInput, SecretPatchInput};
 pub use states::{Phase, Severity, TicketStatus};
-pub use ticket::{ArchivedFilter, NewTicket, Ticket, TicketFilter, TicketInput, TicketPatch, TicketSource};
+pub use ticket::{ArchivedFilter, Attachment, NewTicket, Ticket, TicketFilter, TicketInput, TicketPatch, TicketSource};
 pub use user::{ApiToken, AuditEntry, NewUser, ProjectRole, User, UserInput, UserPatch, UserPatchInput};
 pub use validation::{FieldError, ValidationErrors};

@@ -312,3 +312,95 @@ mod tests {
         assert_eq!(err.fields[0].field, "source");
     }
 }
+
+/// The most a single attachment may hold.
+pub const MAX_ATTACHMENT_BYTES: usize = 10 * 1024 * 1024;
+
+/// A file attached to a ticket (a screenshot, a log). Text files up to
+/// [`MAX_AGENT_ATTACHMENT_BYTES`] are given to the agent in its workspace.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct Attachment {
+    pub id: uuid::Uuid,
+    pub ticket_id: TicketId,
+    pub filename: String,
+    pub content_type: String,
+    pub size: u64,
+    /// Hex sha256 of the content.
+    pub sha256: String,
+    pub uploaded_by: Option<UserId>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+/// Text attachments up to this size are written into the agent's workspace.
+pub const MAX_AGENT_ATTACHMENT_BYTES: usize = 256 * 1024;
+
+impl Attachment {
+    /// Shown in the browser (images) rather than downloaded.
+    pub fn is_image(&self) -> bool {
+        matches!(self.content_type.as_str(), "image/png" | "image/jpeg" | "image/gif" | "image/webp")
+    }
+}
+
+/// An attachment's file name as given: a plain name, no directories, no
+/// control characters, 1 to 200 characters.
+pub fn parse_attachment_filename(value: &str) -> Result<String, String> {
+    let name = value.trim();
+    if name.is_empty() {
+        return Err("is required: give the file's name, e.g. `?filename=error.log`".into());
+    }
+    if name.chars().count() > 200 {
+        return Err("must be at most 200 characters".into());
+    }
+    if name.contains(['/', '\\']) || name == "." || name == ".." || name.starts_with('.') {
+        return Err(format!("`{name}` is not a plain file name: no directories and no leading dot"));
+    }
+    if name.chars().any(char::is_control) {
+        return Err("must not contain control characters".into());
+    }
+    Ok(name.to_owned())
+}
+
+/// A content type as sent (`type/subtype`, parameters dropped), or
+/// `application/octet-stream`.
+pub fn parse_content_type(value: Option<&str>) -> Result<String, String> {
+    let Some(value) = value.map(|v| v.split(';').next().unwrap_or_default().trim().to_ascii_lowercase()) else {
+        return Ok("application/octet-stream".into());
+    };
+    if value.is_empty() {
+        return Ok("application/octet-stream".into());
+    }
+    let valid =
+        |part: &str| !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || "!#$&-^_.+".contains(c));
+    match value.split_once('/') {
+        Some((kind, sub)) if valid(kind) && valid(sub) && value.len() <= 100 => Ok(value),
+        _ => Err(format!("`{value}` is not a content type like `text/plain` or `image/png`")),
+    }
+}
+
+#[cfg(test)]
+mod attachment_tests {
+    use super::*;
+
+    #[test]
+    fn attachment_names_are_plain_file_names() {
+        assert_eq!(parse_attachment_filename(" error.log ").unwrap(), "error.log");
+        assert_eq!(
+            parse_attachment_filename("Screenshot 2026-11-28 at 10.00.png").unwrap(),
+            "Screenshot 2026-11-28 at 10.00.png"
+        );
+        for bad in ["", "../etc/passwd", "a/b", "a\\b", ".env", "..", "a\nb"] {
+            assert!(parse_attachment_filename(bad).is_err(), "{bad:?}");
+        }
+        assert!(parse_attachment_filename(&"x".repeat(201)).is_err());
+    }
+
+    #[test]
+    fn content_types_are_checked_and_parameters_dropped() {
+        assert_eq!(parse_content_type(Some("text/plain; charset=utf-8")).unwrap(), "text/plain");
+        assert_eq!(parse_content_type(Some("IMAGE/PNG")).unwrap(), "image/png");
+        assert_eq!(parse_content_type(None).unwrap(), "application/octet-stream");
+        assert!(parse_content_type(Some("nonsense")).is_err());
+        assert!(parse_content_type(Some("text/<script>")).is_err());
+    }
+}

@@ -8,6 +8,7 @@
 //! kept as two named constants. No other crate sees SQL.
 #![forbid(unsafe_code)]
 
+mod attachments;
 mod clankers;
 mod dbtime;
 mod documents;
@@ -31,6 +32,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, SqlitePool};
 
+pub use attachments::NewAttachment;
 pub use dbtime::now;
 pub use error::{ConnectError, StoreError};
 pub use jobs::{JobFilter, NewJob, Outcome, UsageSummary};

@@ -48,6 +48,7 @@ macro_rules! migration {
 pub const MIGRATIONS: &[Migration] = &[
     migration!(1, "initial", "0001_initial.sql"),
     migration!(2, "secret_values_and_access", "0002_secret_values_and_access.sql"),
+    migration!(3, "ticket_attachments", "0003_ticket_attachments.sql"),
 ];
 
 /// A key no other application is likely to use for `pg_advisory_lock`: "VIBERGLA".

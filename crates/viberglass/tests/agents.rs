@@ -204,7 +204,9 @@ async fn model_errors_are_classified(agent: Agent, statuses: &[u16]) {
             "{status}: {job}"
         );
         if status == 401 {
-            assert!(took < Duration::from_secs(10), "an auth failure fails the job within 10 s, took {took:?}");
+            // Not a speed target: a CLI that retried a bad key with backoff would take minutes.
+            // (10 s was too tight for a loaded 2-core CI machine running the CLIs in parallel.)
+            assert!(took < Duration::from_secs(60), "an auth failure is not retried: the job took {took:?}");
             assert!(job["status_message"].as_str().unwrap().contains("API key secret is missing or stale"), "{job}");
         }
     }

@@ -108,6 +108,10 @@ async fn the_main_journeys_work_in_a_real_browser() {
     assert!(out.contains("journey: done"));
 
     // What the browser did, seen from the server.
+    assert!(
+        model.requests().iter().any(|r| r.body.to_string().contains(".viberglass/attachments/error.log")),
+        "the agent was told about the attached log"
+    );
     let pulls = forge.pulls("acme/shop");
     assert_eq!(pulls.len(), 1, "one pull request");
     assert!(out.contains(&format!("/pull/{}", pulls[0].number)), "the page linked the PR the forge has");

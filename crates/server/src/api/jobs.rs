@@ -150,7 +150,7 @@ pub(crate) async fn run_prompt(
     };
     let values = PromptValues {
         ticket_title: ticket.title.clone(),
-        ticket_description: ticket.description.clone(),
+        ticket_description: with_attachments(&ticket.description, &agent_attachments(state, ticket).await?.1),
         external_link: ticket.external_url.clone(),
         research,
         plan,
@@ -235,6 +235,55 @@ pub(crate) async fn check_gate(state: &AppState, project: &Project, ticket: &Tic
     ))
 }
 
+/// Where the agent finds a ticket's attachments in its workspace.
+pub const ATTACHMENTS_DIR: &str = ".viberglass/attachments";
+/// The most attachment text one run carries.
+const MAX_AGENT_ATTACHMENTS_TOTAL: usize = 1024 * 1024;
+
+/// A ticket's text attachments as files for the agent's workspace, and one
+/// line per attachment for the prompt (binary ones are named, not given).
+async fn agent_attachments(state: &AppState, ticket: &Ticket) -> ApiResult<(Vec<InstructionFile>, Vec<String>)> {
+    let mut files = Vec::new();
+    let mut lines = Vec::new();
+    let mut total = 0;
+    for attachment in state.store.list_attachments(ticket.id).await? {
+        let size = attachment.size as usize;
+        let texty = attachment.content_type.starts_with("text/")
+            || matches!(
+                attachment.content_type.as_str(),
+                "application/json" | "application/x-yaml" | "application/xml"
+            );
+        let fits = size <= viberglass_domain::ticket::MAX_AGENT_ATTACHMENT_BYTES
+            && total + size <= MAX_AGENT_ATTACHMENTS_TOTAL;
+        let text = if texty && fits {
+            let (_, content) = state.store.attachment_content(ticket.id, attachment.id).await?;
+            String::from_utf8(content).ok()
+        } else {
+            None
+        };
+        match text {
+            Some(content) => {
+                total += size;
+                let path = format!("{ATTACHMENTS_DIR}/{}", attachment.filename);
+                lines.push(format!("- {path} ({}, {} bytes)", attachment.content_type, attachment.size));
+                files.push(InstructionFile { path, content });
+            }
+            None => lines.push(format!(
+                "- {} ({}, {} bytes): not available to you; ask in the document if you need it",
+                attachment.filename, attachment.content_type, attachment.size
+            )),
+        }
+    }
+    Ok((files, lines))
+}
+
+fn with_attachments(description: &str, lines: &[String]) -> String {
+    if lines.is_empty() {
+        return description.to_owned();
+    }
+    format!("{description}\n\nAttached files:\n{}", lines.join("\n"))
+}
+
 pub(crate) async fn build_spec(
     state: &AppState,
     project: &Project,
@@ -268,6 +317,7 @@ pub(crate) async fn build_spec(
         None
     };
     let mut instruction_files = clanker.instruction_files.clone();
+    instruction_files.extend(agent_attachments(state, ticket).await?.0);
     if !project.agent_instructions.trim().is_empty() {
         match instruction_files.iter_mut().find(|f| f.path == "AGENTS.md") {
             Some(agents) => agents.content = format!("{}\n\n{}", project.agent_instructions, agents.content),

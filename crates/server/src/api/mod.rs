@@ -4,6 +4,7 @@
 //! requests.
 
 mod access;
+mod attachments;
 pub(crate) mod clankers;
 mod health;
 mod integrations;
@@ -98,6 +99,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(tickets::get_ticket, tickets::update_ticket))
         .routes(routes!(tickets::archive_ticket))
         .routes(routes!(tickets::unarchive_ticket))
+        .routes(routes!(attachments::list_attachments, attachments::upload_attachment))
+        .routes(routes!(attachments::download_attachment))
         .routes(routes!(access::setup_status, access::setup))
         .routes(routes!(access::login))
         .routes(routes!(access::logout))

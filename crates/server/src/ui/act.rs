@@ -10,7 +10,9 @@
 //!   success (`{field}` takes a top-level field of the answer); `_show` a
 //!   field of the answer to show once on a page of its own (a new API
 //!   token); `_result` to show the answer's `ok`, `message` and `problems`
-//!   (Test, Test connection); `{name}` in the path the value of `_name`; `_form` the form's id, for errors shown in place.
+//!   (Test, Test connection); `{name}` in the path the value of `_name`;
+//!   `_attach` an API path (with `{field}`s of the answer) each `name:file` of a
+//!   multipart form is then uploaded to (without it, files go to the target); `_form` the form's id, for errors shown in place.
 //!
 //! The request goes through the API's own router and guard with the
 //! browser's cookie and origin headers, so nothing here can do more than the
@@ -22,7 +24,7 @@ use std::net::SocketAddr;
 
 use axum::Router;
 use axum::body::{Body, to_bytes};
-use axum::extract::{ConnectInfo, Path, Request};
+use axum::extract::{ConnectInfo, FromRequest, Path, Request};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use serde_json::{Map, Value};
@@ -42,6 +44,92 @@ const FORWARDED: &[&str] =
 
 const MAX_FORM_BYTES: usize = 2 * 1024 * 1024;
 
+/// A file from a multipart form, sent to the API as a raw body.
+struct Upload {
+    filename: String,
+    content_type: String,
+    bytes: axum::body::Bytes,
+}
+
+/// Reads the form: URL-encoded fields, or a multipart form's fields and files.
+async fn read_form(request: Request) -> Result<(Vec<(String, String)>, Vec<Upload>), ApiError> {
+    let multipart = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("multipart/form-data"));
+    let too_large = || {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "the form is larger than this server accepts")
+            .with_hint("attach smaller files, or raise VIBERGLASS_BODY_LIMIT_BYTES on the server")
+    };
+    if !multipart {
+        let bytes = to_bytes(request.into_body(), MAX_FORM_BYTES).await.map_err(|_| too_large())?;
+        return Ok((form_urlencoded::parse(&bytes).into_owned().collect(), Vec::new()));
+    }
+    let mut form = axum::extract::Multipart::from_request(request, &())
+        .await
+        .map_err(|e| ApiError::bad_request("unreadable_form", format!("the form could not be read: {e}")))?;
+    let (mut fields, mut uploads) = (Vec::new(), Vec::new());
+    loop {
+        let field = match form.next_field().await {
+            Ok(Some(field)) => field,
+            Ok(None) => break,
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => return Err(too_large()),
+            Err(e) => return Err(ApiError::bad_request("unreadable_form", format!("the form could not be read: {e}"))),
+        };
+        let name = field.name().unwrap_or_default().to_owned();
+        if name.ends_with(":file") {
+            let filename = field.file_name().unwrap_or_default().to_owned();
+            let content_type = field.content_type().unwrap_or("application/octet-stream").to_owned();
+            let bytes = field.bytes().await.map_err(|_| too_large())?;
+            // A file input left empty still sends a nameless, empty part.
+            if !filename.is_empty() || !bytes.is_empty() {
+                uploads.push(Upload { filename, content_type, bytes });
+            }
+        } else {
+            let value = field.text().await.map_err(|_| too_large())?;
+            fields.push((name, value));
+        }
+    }
+    Ok((fields, uploads))
+}
+
+/// One request through the API router, as the browser's own.
+async fn call(
+    api: &Router,
+    method: Method,
+    uri: &str,
+    headers: &HeaderMap,
+    peer: Option<ConnectInfo<SocketAddr>>,
+    content_type: Option<&str>,
+    body: Body,
+) -> (StatusCode, Vec<HeaderValue>, Value) {
+    let mut inner = axum::http::Request::builder().method(method).uri(uri);
+    for name in FORWARDED {
+        for value in headers.get_all(*name) {
+            inner = inner.header(*name, value);
+        }
+    }
+    if let Some(content_type) = content_type {
+        inner = inner.header(header::CONTENT_TYPE, content_type);
+    }
+    let Ok(mut inner) = inner.body(body) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            Vec::new(),
+            serde_json::json!({"message": "the form could not be forwarded"}),
+        );
+    };
+    if let Some(peer) = peer {
+        inner.extensions_mut().insert(peer);
+    }
+    let Ok(answer) = api.clone().oneshot(inner).await;
+    let status = answer.status();
+    let cookies: Vec<HeaderValue> = answer.headers().get_all(header::SET_COOKIE).iter().cloned().collect();
+    let bytes = to_bytes(answer.into_body(), 16 * 1024 * 1024).await.unwrap_or_default();
+    (status, cookies, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
 pub async fn act(
     axum::Extension(ApiService(api)): axum::Extension<ApiService>,
     Path(api_path): Path<String>,
@@ -51,17 +139,10 @@ pub async fn act(
     let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().copied();
     let headers = request.headers().clone();
     let query = request.uri().query().map(str::to_owned);
-    let bytes = match to_bytes(request.into_body(), MAX_FORM_BYTES).await {
-        Ok(bytes) => bytes,
-        Err(_) => {
-            return refused(
-                htmx,
-                None,
-                &ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "the form is larger than 2 MiB"),
-            );
-        }
+    let (fields, uploads) = match read_form(request).await {
+        Ok(form) => form,
+        Err(error) => return refused(htmx, None, &error),
     };
-    let fields: Vec<(String, String)> = form_urlencoded::parse(&bytes).into_owned().collect();
     let control = |name: &str| fields.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.clone());
     let form_id = control("_form");
     let mut target = format!("/{}", api_path.trim_start_matches('/'));
@@ -85,41 +166,58 @@ pub async fn act(
             return refused(htmx, form_id.as_deref(), &error);
         }
     };
-    let body = match json_body(&fields) {
-        Ok(body) => body,
-        Err(error) => return refused(htmx, form_id.as_deref(), &error),
-    };
-    let uri = match &query {
-        Some(q) => format!("{target}?{q}"),
-        None => target.clone(),
-    };
-    let mut inner = axum::http::Request::builder().method(method.clone()).uri(&uri);
-    for name in FORWARDED {
-        for value in headers.get_all(*name) {
-            inner = inner.header(*name, value);
+    let attach = control("_attach");
+    let mut json = Value::Null;
+    let mut cookies = Vec::new();
+    // Files alone go straight to the target; with `_attach` they follow the main request.
+    if uploads.is_empty() || attach.is_some() {
+        let body = match json_body(&fields) {
+            Ok(body) => body,
+            Err(error) => return refused(htmx, form_id.as_deref(), &error),
+        };
+        let uri = match &query {
+            Some(q) => format!("{target}?{q}"),
+            None => target.clone(),
+        };
+        let send_body = method != Method::DELETE;
+        let (content_type, body) =
+            if send_body { (Some("application/json"), Body::from(body.to_string())) } else { (None, Body::empty()) };
+        let (status, set, answer) = call(&api, method, &uri, &headers, peer, content_type, body).await;
+        if !status.is_success() {
+            if status == StatusCode::UNAUTHORIZED && !target.ends_with("/auth/login") {
+                return go(htmx, "/login", set);
+            }
+            return refused(htmx, form_id.as_deref(), &api_error(status, &answer));
         }
+        (json, cookies) = (answer, set);
     }
-    let send_body = method != Method::DELETE;
-    if send_body {
-        inner = inner.header(header::CONTENT_TYPE, "application/json");
-    }
-    let Ok(mut inner) = inner.body(if send_body { Body::from(body.to_string()) } else { Body::empty() }) else {
-        return refused(htmx, form_id.as_deref(), &ApiError::internal("the form could not be forwarded"));
-    };
-    if let Some(peer) = peer {
-        inner.extensions_mut().insert(peer);
-    }
-    let Ok(answer) = api.oneshot(inner).await;
-    let status = answer.status();
-    let cookies: Vec<HeaderValue> = answer.headers().get_all(header::SET_COOKIE).iter().cloned().collect();
-    let bytes = to_bytes(answer.into_body(), 16 * 1024 * 1024).await.unwrap_or_default();
-    let json: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    if !status.is_success() {
-        let error = api_error(status, &json);
-        if status == StatusCode::UNAUTHORIZED && !target.ends_with("/auth/login") {
-            return go(htmx, "/login", cookies);
+    if !uploads.is_empty() {
+        let upload_path = match attach.as_deref() {
+            Some(path) => safe_next(Some(path), &json).filter(|p| p.starts_with("/api/v1/")),
+            None => Some(target.clone()),
+        };
+        let Some(upload_path) = upload_path else {
+            let error =
+                ApiError::invalid_field("_attach", "must name an API path, e.g. /api/v1/tickets/{id}/attachments");
+            return refused(htmx, form_id.as_deref(), &error);
+        };
+        for upload in uploads {
+            let uri = format!("{upload_path}?filename={}", super::view::encode(&upload.filename));
+            let (status, _, answer) =
+                call(&api, Method::POST, &uri, &headers, peer, Some(&upload.content_type), Body::from(upload.bytes))
+                    .await;
+            if !status.is_success() {
+                let mut error = api_error(status, &answer);
+                if attach.is_some() {
+                    error.body.message =
+                        format!("saved, but {} was not attached: {}", upload.filename, error.body.message);
+                }
+                return refused(htmx, form_id.as_deref(), &error);
+            }
+            if json.is_null() {
+                json = answer;
+            }
         }
-        return refused(htmx, form_id.as_deref(), &error);
     }
     if control("_result").is_some() {
         return super::view::render(&super::view::TestResult::from_answer(&json, htmx));

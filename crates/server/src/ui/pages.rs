@@ -359,6 +359,7 @@ pub async fn ticket(
     Ok(render(&view::TicketPage {
         ctx: Ctx::new(&caller, "tickets"),
         approvals: state.store.list_approvals(id).await?,
+        attachments: state.store.list_attachments(id).await?,
         clankers: active_clankers(&state).await?,
         ticket,
         project,

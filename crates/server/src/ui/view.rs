@@ -80,6 +80,18 @@ impl Ctx {
         }
     }
 
+    /// `1.2 MiB`, `340 B`.
+    pub fn size(&self, bytes: &u64) -> String {
+        let bytes = *bytes as f64;
+        if bytes >= 1024.0 * 1024.0 {
+            format!("{:.1} MiB", bytes / (1024.0 * 1024.0))
+        } else if bytes >= 1024.0 {
+            format!("{:.1} KiB", bytes / 1024.0)
+        } else {
+            format!("{bytes} B")
+        }
+    }
+
     pub fn encode(&self, value: &str) -> String {
         encode(value)
     }
@@ -284,6 +296,7 @@ pub struct TicketPage {
     pub tab: String,
     pub doc: Option<DocView>,
     pub approvals: Vec<ApprovalRecord>,
+    pub attachments: Vec<viberglass_domain::Attachment>,
     pub jobs: Vec<Job>,
     pub live: Option<Job>,
     pub last_failure: Option<Job>,

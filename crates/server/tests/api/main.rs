@@ -1,6 +1,7 @@
 //! HTTP integration tests: the real server on a real socket.
 
 mod access;
+mod attachments;
 mod errors;
 mod health;
 mod integrations;

@@ -31,6 +31,7 @@ fn concrete(path: &str) -> String {
         .replace("{revision}", "1")
         .replace("{comment_id}", &uuid::Uuid::now_v7().to_string())
         .replace("{kind}", "research")
+        .replace("{attachment_id}", &uuid::Uuid::now_v7().to_string())
 }
 
 #[tokio::test]

@@ -53,6 +53,9 @@ const EXPECTED: &[(&str, &str, Option<Who>)] = &[
     ("post", "/api/v1/tickets/{ticket_id}/archive", Some(Member)),
     ("post", "/api/v1/tickets/{ticket_id}/unarchive", Some(Member)),
     ("post", "/api/v1/tickets/{ticket_id}/runs", Some(Member)),
+    ("get", "/api/v1/tickets/{ticket_id}/attachments", Some(Viewer)),
+    ("post", "/api/v1/tickets/{ticket_id}/attachments", Some(Member)),
+    ("get", "/api/v1/tickets/{ticket_id}/attachments/{attachment_id}", Some(Viewer)),
     ("get", "/api/v1/tickets/{ticket_id}/usage", Some(Viewer)),
     ("get", "/api/v1/tickets/{ticket_id}/documents/{phase}", Some(Viewer)),
     ("put", "/api/v1/tickets/{ticket_id}/documents/{phase}", Some(Member)),
@@ -193,6 +196,7 @@ fn concrete(path: &str, f: &Fixture) -> String {
         .replace("{revision}", "1")
         .replace("{comment_id}", &uuid::Uuid::now_v7().to_string())
         .replace("{kind}", "research")
+        .replace("{attachment_id}", &uuid::Uuid::now_v7().to_string())
 }
 
 /// Every route with every caller: admitted callers never get 401 or 403;

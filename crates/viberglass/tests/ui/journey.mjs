@@ -128,9 +128,12 @@ try {
   await page.goto(base + "/projects/shop/tickets/new");
   await page.fill("#ticket [name=title]", "Give the readme a title");
   await page.fill("#ticket [name=description]", "The README starts without a heading.");
+  await page.setInputFiles("#ticket input[type=file]", {
+    name: "error.log", mimeType: "text/plain", buffer: Buffer.from("README.md: line 1: expected a heading\n") });
   await page.click("#ticket button[type=submit]");
   await page.waitForURL(/\/tickets\/[0-9a-f-]{36}$/);
   const ticketUrl = page.url();
+  if (!(await page.textContent("#attachments")).includes("error.log")) fail("the attachment is not listed");
 
   step("research, with its log live");
   await page.selectOption("#run [name=phase]", "research");
