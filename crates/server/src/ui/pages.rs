@@ -434,7 +434,7 @@ pub async fn job(State(state): State<AppState>, caller: Caller, Path(job_id): Pa
     let job = state.store.get_job(id).await?;
     let perm = role_in(&state, &caller, job.project_id).await?;
     let live = !job.status.is_terminal();
-    let events = if live { Vec::new() } else { state.store.list_job_events(id, 0, 2000).await? };
+    let events = state.store.list_job_events(id, 0, 2000).await?;
     let clanker = match job.clanker_id {
         Some(c) => state.store.get_clanker(c).await.ok(),
         None => None,
@@ -502,11 +502,12 @@ pub async fn edit_clanker(State(state): State<AppState>, caller: Caller, Path(ke
 }
 
 pub async fn secrets(State(state): State<AppState>, caller: Caller) -> PageResult {
-    Ok(render(&view::Secrets {
-        ctx: Ctx::new(&caller, "secrets"),
-        secrets: state.store.list_secrets().await?,
-        backends: SecretBackend::NAMES,
-    }))
+    let mut secrets = Vec::new();
+    for secret in state.store.list_secrets().await? {
+        let used_by = state.store.secret_users(&secret.name).await?.describe();
+        secrets.push((secret, used_by));
+    }
+    Ok(render(&view::Secrets { ctx: Ctx::new(&caller, "secrets"), secrets, backends: SecretBackend::NAMES }))
 }
 
 pub async fn integrations(State(state): State<AppState>, caller: Caller) -> PageResult {

@@ -361,7 +361,8 @@ pub struct ClankerForm {
 #[template(path = "secrets.html")]
 pub struct Secrets {
     pub ctx: Ctx,
-    pub secrets: Vec<Secret>,
+    /// Each secret with what uses it ("clanker claude, project shop").
+    pub secrets: Vec<(Secret, String)>,
     pub backends: &'static [&'static str],
 }
 

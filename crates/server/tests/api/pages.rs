@@ -349,3 +349,34 @@ async fn pages_escape_what_people_typed_and_serve_their_assets() {
     let api_missing: serde_json::Value = reqwest::get(app.url("/api/v1/nope")).await.unwrap().json().await.unwrap();
     assert_eq!(api_missing["code"], "route_not_found", "the API still answers JSON");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_secrets_page_says_what_uses_each_secret_and_admins_reset_passwords() {
+    let app = TestApp::spawn().await;
+    app.post_json("/api/v1/secrets", &json!({"name": "MODEL_KEY"})).await;
+    app.post_json("/api/v1/secrets", &json!({"name": "SPARE"})).await;
+    let clanker = app
+        .post_json("/api/v1/clankers", &json!({"name": "Claude", "agent": "claude-code", "secrets": ["MODEL_KEY"]}))
+        .await;
+    assert_eq!(clanker.status(), 201);
+    let page = app.get("/secrets").await.text().await.unwrap();
+    let row = |name: &str| {
+        let start = page.find(&format!("id=\"secret-{name}\"")).unwrap();
+        page[start..start + page[start..].find("</tr>").unwrap()].to_owned()
+    };
+    assert!(row("MODEL_KEY").contains("clanker claude"));
+    assert!(row("SPARE").contains("nothing yet"));
+
+    let (_, user) = app.user_client("dev@example.com", false).await;
+    let browser = browser(&app, ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    let reset = browser
+        .post(app.url(&format!("/act/api/v1/users/{}", user["id"].as_str().unwrap())))
+        .header("origin", &app.base_url)
+        .form(&[("_method", "PATCH"), ("password", "a-brand-new-password"), ("_next", "/users")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reset.status(), 303);
+    let signed_in = viberglass_testkit::app::token_for(&app.base_url, "dev@example.com", "a-brand-new-password").await;
+    assert!(signed_in.starts_with("vgp_"), "the new password works");
+}

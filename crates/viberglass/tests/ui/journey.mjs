@@ -194,6 +194,12 @@ try {
   await page.goto(base + "/audit");
   await shot("audit");
 
+  step("in the dark");
+  await page.emulateMedia({ colorScheme: "dark" });
+  await page.goto(ticketUrl + "?tab=planning");
+  await shot("ticket-dark");
+  await page.emulateMedia({ colorScheme: "light" });
+
   step("on a phone");
   await page.setViewportSize({ width: 390, height: 844 });
   await page.goto(ticketUrl);
