@@ -35,7 +35,13 @@
 
   function init(root) {
     root.querySelectorAll("pre[data-events]").forEach(follow);
+    const once = (el) => {
+      if (el.dataset.vgReady) return false;
+      el.dataset.vgReady = "yes";
+      return true;
+    };
     root.querySelectorAll("[data-open-dialog]").forEach((button) => {
+      if (!once(button)) return;
       button.addEventListener("click", (e) => {
         e.preventDefault();
         const dialog = document.getElementById(button.dataset.openDialog);
@@ -43,6 +49,7 @@
       });
     });
     root.querySelectorAll("[data-close-dialog]").forEach((button) => {
+      if (!once(button)) return;
       button.addEventListener("click", (e) => {
         e.preventDefault();
         button.closest("dialog").close();
@@ -50,6 +57,7 @@
     });
     // Clicking a document line picks it for a new comment.
     root.querySelectorAll(".doc li[data-line]").forEach((li) => {
+      if (!once(li)) return;
       li.addEventListener("click", () => {
         const form = document.getElementById(li.closest(".doc").dataset.commentForm);
         if (!form) return;

@@ -50,7 +50,8 @@ pub fn build_router(state: AppState) -> Router {
     // Every API route passes the access guard (its rule, the caller, CSRF, the role).
     let api = api.route_layer(axum::middleware::from_fn_with_state(state.clone(), crate::auth::guard));
     // The pages replay their forms against the API itself (see ui::act).
-    let ui = crate::ui::router(state.clone(), crate::ui::ApiService(api.clone().with_state(state.clone())));
+    let internal = api.clone().with_state(state.clone()).layer(DefaultBodyLimit::max(state.config.body_limit_bytes));
+    let ui = crate::ui::router(state.clone(), crate::ui::ApiService(internal));
     let body_limit = state.config.body_limit_bytes;
     let origins = state.config.cors_allowed_origins.clone();
     let metrics = state.metrics.clone();

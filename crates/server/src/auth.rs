@@ -351,7 +351,7 @@ async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Option<Ca
 
 /// A cookie-authenticated write must come from this site: browsers say so in
 /// `Sec-Fetch-Site`, or in `Origin` (compared with `Host`).
-fn same_origin(headers: &HeaderMap, config: &crate::config::Config) -> bool {
+pub(crate) fn same_origin(headers: &HeaderMap, config: &crate::config::Config) -> bool {
     let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let origin = get("origin");
     // The server's public address and the configured UI origins are this site too.

@@ -83,6 +83,16 @@ impl Engine {
         }
     }
 
+    /// Fails a job (unless it has already ended) and brings its ticket's
+    /// lifecycle status in step, as a worker's own report would.
+    async fn fail(&self, job: &Job, failure: Failure) -> Result<bool, StoreError> {
+        let ended_now = self.store.finish_job(job.id, Outcome::Failed(failure)).await?;
+        if ended_now && let Some(ticket) = job.ticket_id {
+            crate::api::workflow::refresh_ticket_status(&self.store, ticket).await;
+        }
+        Ok(ended_now)
+    }
+
     /// Claims and starts one job. `Ok(false)` when nothing was dispatchable.
     pub async fn dispatch_one(&self) -> Result<bool, StoreError> {
         let (token, hash) = mint_token();
@@ -100,7 +110,7 @@ impl Engine {
         let Some(clanker) = clanker else {
             let failure =
                 Failure::dispatch("(none)", "the job's clanker no longer exists; re-run with another clanker", false);
-            self.store.finish_job(job.id, Outcome::Failed(failure)).await?;
+            self.fail(&job, failure).await?;
             return Ok(true);
         };
         let Some(target) = self.target(clanker.compute) else {
@@ -109,7 +119,7 @@ impl Engine {
                 "this compute target is not available in this server",
                 false,
             );
-            self.store.finish_job(job.id, Outcome::Failed(failure)).await?;
+            self.fail(&job, failure).await?;
             return Ok(true);
         };
         let request = LaunchRequest { job_id: job.id, server_url: self.server_url.to_string(), token };
@@ -139,7 +149,7 @@ impl Engine {
                     self.store.requeue_job(job.id, &reason, dispatch_backoff(attempts)).await?;
                 } else {
                     let failure = Failure::dispatch(clanker.compute.as_str(), &err.to_string(), err.is_transient());
-                    self.store.finish_job(job.id, Outcome::Failed(failure)).await?;
+                    self.fail(&job, failure).await?;
                 }
             }
         }
@@ -183,7 +193,7 @@ impl Engine {
             } else {
                 continue;
             };
-            if self.store.finish_job(job.id, Outcome::Failed(failure.clone())).await? {
+            if self.fail(&job, failure.clone()).await? {
                 tracing::warn!(job_id = %job.id, layer = failure.layer.as_str(), "reaper failed the job");
                 self.stop_compute(&job).await;
             }
@@ -229,7 +239,7 @@ impl Engine {
             match state {
                 WorkerState::Running => tracing::info!(job_id = %job.id, "adopted a running worker"),
                 WorkerState::Gone if (now - last_sign).whole_seconds() > quiet_for => {
-                    if let Ok(true) = self.store.finish_job(job.id, Outcome::Failed(Failure::orphaned())).await {
+                    if let Ok(true) = self.fail(&job, Failure::orphaned()).await {
                         tracing::warn!(job_id = %job.id, "failed a job whose worker did not survive the restart");
                     }
                 }

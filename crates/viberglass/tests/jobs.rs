@@ -327,6 +327,9 @@ async fn a_run_past_the_max_execution_time_is_stopped_with_the_limit_message() {
     assert_eq!(failed["failure"]["layer"], "timeout", "{failed}");
     let message = failed["status_message"].as_str().unwrap();
     assert!(message.contains("30 s") && message.contains("max_execution_secs"), "{message}");
+    // Lists read the stored status: the reaper keeps it in step.
+    let listed: Value = app.get("/api/v1/tickets?project=shop").await.json().await.unwrap();
+    assert_eq!(listed["items"][0]["status"], "failed", "{listed}");
     wait_until_gone(pid, Duration::from_secs(5)).await;
 }
 

@@ -109,7 +109,10 @@ async fn the_main_journeys_work_in_a_real_browser() {
 
     // What the browser did, seen from the server.
     assert!(
-        model.requests().iter().any(|r| r.body.to_string().contains(".viberglass/attachments/error.log")),
+        model.requests().iter().any(|r| {
+            let body = r.body.to_string();
+            body.contains(".viberglass/attachments/") && body.contains("-error.log")
+        }),
         "the agent was told about the attached log"
     );
     let pulls = forge.pulls("acme/shop");

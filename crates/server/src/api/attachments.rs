@@ -25,7 +25,7 @@ pub struct UploadQuery {
 }
 
 /// Attaches a file to a ticket (a member). The body is the file itself, its
-/// `Content-Type` the file's type; at most 10 MiB. Text files up to 256 KiB
+/// `Content-Type` the file's type; at most 10 MiB (or the server's body limit, if lower). Text files up to 256 KiB
 /// are given to the agent in `.viberglass/attachments/`.
 #[utoipa::path(
     post, path = "/api/v1/tickets/{ticket_id}/attachments", tag = "tickets",
@@ -43,15 +43,22 @@ pub async fn upload_attachment(
     body: Body,
 ) -> ApiResult<(StatusCode, Json<Attachment>)> {
     let ticket = state.store.get_ticket(parse_ticket_id(&ticket_id)?).await?;
+    if ticket.archived_at.is_some() {
+        return Err(super::jobs::unprocessable(
+            "archived",
+            "the ticket is archived: unarchive it to attach files".into(),
+        ));
+    }
     let filename = parse_attachment_filename(query.filename.as_deref().unwrap_or_default())
         .map_err(|message| ApiError::invalid_field("filename", message))?;
     let content_type = parse_content_type(headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()))
         .map_err(|message| ApiError::invalid_field("content_type", message))?;
-    let content = axum::body::to_bytes(body, MAX_ATTACHMENT_BYTES).await.map_err(|_| {
+    let limit = MAX_ATTACHMENT_BYTES.min(state.config.body_limit_bytes);
+    let content = axum::body::to_bytes(body, limit).await.map_err(|_| {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "attachment_too_large",
-            format!("{filename} is larger than {} MiB: attach a smaller file or a link", MAX_ATTACHMENT_BYTES >> 20),
+            format!("{filename} is larger than {limit} bytes: attach a smaller file, or a link to it"),
         )
     })?;
     if content.is_empty() {

@@ -264,7 +264,7 @@ async fn agent_attachments(state: &AppState, ticket: &Ticket) -> ApiResult<(Vec<
         match text {
             Some(content) => {
                 total += size;
-                let path = format!("{ATTACHMENTS_DIR}/{}", attachment.filename);
+                let path = format!("{ATTACHMENTS_DIR}/{}", workspace_name(&attachment));
                 lines.push(format!("- {path} ({}, {} bytes)", attachment.content_type, attachment.size));
                 files.push(InstructionFile { path, content });
             }
@@ -275,6 +275,18 @@ async fn agent_attachments(state: &AppState, ticket: &Ticket) -> ApiResult<(Vec<
         }
     }
     Ok((files, lines))
+}
+
+/// An attachment's name in the workspace: unique (two `error.log`s stay
+/// apart) and literal (no glob characters for git's exclude file).
+fn workspace_name(attachment: &viberglass_domain::Attachment) -> String {
+    let id = attachment.id.simple().to_string();
+    let safe: String = attachment
+        .filename
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') { c } else { '_' })
+        .collect();
+    format!("{}-{safe}", &id[id.len() - 8..])
 }
 
 fn with_attachments(description: &str, lines: &[String]) -> String {

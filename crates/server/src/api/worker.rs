@@ -98,7 +98,11 @@ pub async fn bootstrap(State(state): State<AppState>, WorkerAuth(id): WorkerAuth
     let (git_credential, secrets) = match resolved {
         Ok(found) => found,
         Err(failure) => {
-            state.store.finish_job(id, Outcome::Failed(failure)).await?;
+            if state.store.finish_job(id, Outcome::Failed(failure)).await?
+                && let Some(ticket) = job.ticket_id
+            {
+                crate::api::workflow::refresh_status(&state, ticket).await;
+            }
             return Err(ApiError::new(
                 StatusCode::GONE,
                 "job_ended",

@@ -40,10 +40,15 @@ async fn ticket(state: &AppState, id: &str) -> ApiResult<Ticket> {
 /// Recomputes a ticket's lifecycle status from its phase, documents, runs
 /// and pull request, and stores it. Failures are logged, never fatal.
 pub(crate) async fn refresh_status(state: &AppState, id: TicketId) {
+    refresh_ticket_status(&state.store, id).await;
+}
+
+/// [`refresh_status`] for callers without the application state (the engine).
+pub(crate) async fn refresh_ticket_status(store: &viberglass_store::Store, id: TicketId) {
     let result = async {
-        let ticket = state.store.get_ticket(id).await?;
-        let status = lifecycle_status(&facts(state, &ticket).await?);
-        state.store.set_ticket_status(id, status).await
+        let ticket = store.get_ticket(id).await?;
+        let status = lifecycle_status(&facts(store, &ticket).await?);
+        store.set_ticket_status(id, status).await
     }
     .await;
     if let Err(e) = result {
@@ -56,18 +61,18 @@ pub(crate) async fn derived_status(
     state: &AppState,
     ticket: &Ticket,
 ) -> Result<viberglass_domain::TicketStatus, StoreError> {
-    Ok(lifecycle_status(&facts(state, ticket).await?))
+    Ok(lifecycle_status(&facts(&state.store, ticket).await?))
 }
 
-async fn facts(state: &AppState, ticket: &Ticket) -> Result<LifecycleFacts, StoreError> {
+async fn facts(store: &viberglass_store::Store, ticket: &Ticket) -> Result<LifecycleFacts, StoreError> {
     let document = match ticket.phase.document_name() {
-        Some(_) => state.store.get_document(ticket.id, ticket.phase).await?.map(|d| d.approval_state),
+        Some(_) => store.get_document(ticket.id, ticket.phase).await?.map(|d| d.approval_state),
         None => None,
     };
     Ok(LifecycleFacts {
         phase: ticket.phase,
         document,
-        latest_run: state.store.latest_run(ticket.id).await?,
+        latest_run: store.latest_run(ticket.id).await?,
         pull_request_open: ticket.pull_request_url.is_some(),
         archived: ticket.archived_at.is_some(),
     })

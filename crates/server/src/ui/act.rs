@@ -42,8 +42,6 @@ pub struct ApiService(pub Router);
 const FORWARDED: &[&str] =
     &["cookie", "authorization", "origin", "sec-fetch-site", "host", "x-forwarded-for", "user-agent", "x-request-id"];
 
-const MAX_FORM_BYTES: usize = 2 * 1024 * 1024;
-
 /// A file from a multipart form, sent to the API as a raw body.
 struct Upload {
     filename: String,
@@ -52,7 +50,10 @@ struct Upload {
 }
 
 /// Reads the form: URL-encoded fields, or a multipart form's fields and files.
-async fn read_form(request: Request) -> Result<(Vec<(String, String)>, Vec<Upload>), ApiError> {
+/// A form: its fields, its files, and whether it had a file input at all.
+type Form = (Vec<(String, String)>, Vec<Upload>, bool);
+
+async fn read_form(request: Request, limit: usize) -> Result<Form, ApiError> {
     let multipart = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -63,13 +64,13 @@ async fn read_form(request: Request) -> Result<(Vec<(String, String)>, Vec<Uploa
             .with_hint("attach smaller files, or raise VIBERGLASS_BODY_LIMIT_BYTES on the server")
     };
     if !multipart {
-        let bytes = to_bytes(request.into_body(), MAX_FORM_BYTES).await.map_err(|_| too_large())?;
-        return Ok((form_urlencoded::parse(&bytes).into_owned().collect(), Vec::new()));
+        let bytes = to_bytes(request.into_body(), limit).await.map_err(|_| too_large())?;
+        return Ok((form_urlencoded::parse(&bytes).into_owned().collect(), Vec::new(), false));
     }
     let mut form = axum::extract::Multipart::from_request(request, &())
         .await
         .map_err(|e| ApiError::bad_request("unreadable_form", format!("the form could not be read: {e}")))?;
-    let (mut fields, mut uploads) = (Vec::new(), Vec::new());
+    let (mut fields, mut uploads, mut file_input) = (Vec::new(), Vec::new(), false);
     loop {
         let field = match form.next_field().await {
             Ok(Some(field)) => field,
@@ -79,6 +80,7 @@ async fn read_form(request: Request) -> Result<(Vec<(String, String)>, Vec<Uploa
         };
         let name = field.name().unwrap_or_default().to_owned();
         if name.ends_with(":file") {
+            file_input = true;
             let filename = field.file_name().unwrap_or_default().to_owned();
             let content_type = field.content_type().unwrap_or("application/octet-stream").to_owned();
             let bytes = field.bytes().await.map_err(|_| too_large())?;
@@ -91,7 +93,7 @@ async fn read_form(request: Request) -> Result<(Vec<(String, String)>, Vec<Uploa
             fields.push((name, value));
         }
     }
-    Ok((fields, uploads))
+    Ok((fields, uploads, file_input))
 }
 
 /// One request through the API router, as the browser's own.
@@ -131,15 +133,26 @@ async fn call(
 }
 
 pub async fn act(
+    axum::extract::State(state): axum::extract::State<crate::AppState>,
     axum::Extension(ApiService(api)): axum::Extension<ApiService>,
     Path(api_path): Path<String>,
     request: Request,
 ) -> Response {
     let htmx = request.headers().contains_key("hx-request");
+    // Every form, signing in and setup included (the API's JSON-only body
+    // keeps other sites from those; a form here would not), comes from this site.
+    if !crate::auth::same_origin(request.headers(), &state.config) {
+        let error = ApiError::new(
+            StatusCode::FORBIDDEN,
+            "csrf_rejected",
+            "a form must be sent from this site's own pages; API clients call /api/v1 with an API token",
+        );
+        return refused(htmx, None, &error);
+    }
     let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().copied();
     let headers = request.headers().clone();
     let query = request.uri().query().map(str::to_owned);
-    let (fields, uploads) = match read_form(request).await {
+    let (fields, uploads, file_input) = match read_form(request, state.config.body_limit_bytes).await {
         Ok(form) => form,
         Err(error) => return refused(htmx, None, &error),
     };
@@ -167,6 +180,10 @@ pub async fn act(
         }
     };
     let attach = control("_attach");
+    if file_input && uploads.is_empty() && attach.is_none() {
+        let error = ApiError::invalid_field("file", "choose a file to attach first");
+        return refused(htmx, form_id.as_deref(), &error);
+    }
     let mut json = Value::Null;
     let mut cookies = Vec::new();
     // Files alone go straight to the target; with `_attach` they follow the main request.
@@ -207,10 +224,19 @@ pub async fn act(
                 call(&api, Method::POST, &uri, &headers, peer, Some(&upload.content_type), Body::from(upload.bytes))
                     .await;
             if !status.is_success() {
-                let mut error = api_error(status, &answer);
-                if attach.is_some() {
-                    error.body.message =
-                        format!("saved, but {} was not attached: {}", upload.filename, error.body.message);
+                let error = api_error(status, &answer);
+                // What the form made exists: go there, saying what was not attached, so
+                // submitting again does not make it twice.
+                if attach.is_some()
+                    && let Some(next) = safe_next(control("_next").as_deref(), &json)
+                {
+                    let message = format!("{} was not attached: {}", upload.filename, error.body.message);
+                    let separator = if next.contains('?') { '&' } else { '?' };
+                    return go(
+                        htmx,
+                        &format!("{next}{separator}attach_error={}", super::view::encode(&message)),
+                        cookies,
+                    );
                 }
                 return refused(htmx, form_id.as_deref(), &error);
             }
@@ -312,10 +338,7 @@ fn referer_path(headers: &HeaderMap) -> Option<String> {
 /// A local path to go to, with `{field}` filled from the answer; anything
 /// that could leave this site is dropped.
 fn safe_next(next: Option<&str>, answer: &Value) -> Option<String> {
-    let mut next = next?.to_owned();
-    if !next.starts_with('/') || next.starts_with("//") || next.contains('\\') {
-        return None;
-    }
+    let mut next = super::view::local_path(next?)?;
     if let Some(object) = answer.as_object() {
         for (key, value) in object {
             let pattern = format!("{{{key}}}");
@@ -328,7 +351,7 @@ fn safe_next(next: Option<&str>, answer: &Value) -> Option<String> {
             }
         }
     }
-    Some(next)
+    super::view::local_path(&next)
 }
 
 /// The JSON body a form's fields describe.
@@ -450,6 +473,9 @@ mod tests {
         assert_eq!(safe_next(Some("//evil.example/"), &answer), None);
         assert_eq!(safe_next(Some("https://evil.example/"), &answer), None);
         assert_eq!(safe_next(Some("/\\evil.example"), &answer), None);
+        assert_eq!(safe_next(Some("/\t/evil.example"), &answer), None, "browsers drop the tab");
+        assert_eq!(safe_next(Some("/\n/evil.example"), &answer), None);
+        assert_eq!(safe_next(Some("/a b"), &answer), None);
     }
 
     #[test]

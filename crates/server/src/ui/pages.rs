@@ -102,7 +102,7 @@ pub async fn login(State(state): State<AppState>, Query(query): Params) -> PageR
     if !state.config.auth_disabled && state.store.count_users().await? == 0 {
         return Ok(Redirect::to("/setup").into_response());
     }
-    let next = query.get("next").filter(|n| n.starts_with('/') && !n.starts_with("//")).cloned();
+    let next = query.get("next").and_then(|n| view::local_path(n));
     Ok(render(&view::AuthPage { mode: "login", next: next.unwrap_or_else(|| "/".into()) }))
 }
 
@@ -366,6 +366,7 @@ pub async fn ticket(
         perm,
         steps,
         tab,
+        attach_error: query.get("attach_error").filter(|e| !e.is_empty()).cloned(),
         doc,
         jobs,
         live,
@@ -444,6 +445,7 @@ pub async fn job(State(state): State<AppState>, caller: Caller, Path(job_id): Pa
         .as_ref()
         .and_then(|r| r.get("pull_request_url").or_else(|| r.get("pull_request").and_then(|p| p.get("url"))))
         .and_then(|u| u.as_str())
+        .filter(|u| u.starts_with("https://") || u.starts_with("http://"))
         .map(str::to_owned);
     let row = job_rows(&state, vec![job]).await?.pop().ok_or_else(|| ApiError::internal("the job vanished"))?;
     Ok(render(&view::JobPage { ctx: Ctx::new(&caller, "jobs"), row, perm, events, clanker, live, pull_request }))
@@ -504,7 +506,9 @@ pub async fn edit_clanker(State(state): State<AppState>, caller: Caller, Path(ke
 pub async fn secrets(State(state): State<AppState>, caller: Caller) -> PageResult {
     let mut secrets = Vec::new();
     for secret in state.store.list_secrets().await? {
-        let used_by = state.store.secret_users(&secret.name).await?.describe();
+        // Which projects use a secret is for administrators (others may not know those projects).
+        let used_by =
+            if caller.is_admin() { state.store.secret_users(&secret.name).await?.describe() } else { String::new() };
         secrets.push((secret, used_by));
     }
     Ok(render(&view::Secrets { ctx: Ctx::new(&caller, "secrets"), secrets, backends: SecretBackend::NAMES }))

@@ -34,6 +34,20 @@ pub fn encode(value: &str) -> String {
     form_urlencoded::byte_serialize(value.as_bytes()).collect::<String>().replace('+', "%20")
 }
 
+/// A path on this site to send a browser to, or `None` for anything that
+/// could leave it: only `/…` that is not `//…` or `/\…`, with no control or
+/// whitespace characters (browsers drop tabs and newlines, so `/\t/evil`
+/// would become `//evil`), and a valid path and query.
+pub fn local_path(value: &str) -> Option<String> {
+    let ok = value.starts_with('/')
+        && !value.starts_with("//")
+        && !value.starts_with("/\\")
+        && !value.contains('\\')
+        && !value.chars().any(|c| c.is_control() || c.is_whitespace())
+        && value.parse::<axum::http::uri::PathAndQuery>().is_ok();
+    ok.then(|| value.to_owned())
+}
+
 /// What every page's frame needs: who is signed in and where they are.
 pub struct Ctx {
     pub email: String,
@@ -294,6 +308,8 @@ pub struct TicketPage {
     pub perm: Perm,
     pub steps: Vec<(&'static str, &'static str)>,
     pub tab: String,
+    /// Files the new-ticket form could not attach, and why.
+    pub attach_error: Option<String>,
     pub doc: Option<DocView>,
     pub approvals: Vec<ApprovalRecord>,
     pub attachments: Vec<viberglass_domain::Attachment>,

@@ -70,6 +70,9 @@ async fn attachments_are_kept_listed_and_served_safely(backend: TestBackend) {
     assert_eq!(foreign.status(), 404, "an attachment is reached only through its own ticket");
     let audit: Value = app.get("/api/v1/audit?action=ticket_attachment_added").await.json().await.unwrap();
     assert_eq!(audit["items"].as_array().unwrap().len(), 3);
+    assert_eq!(app.post_json(&format!("/api/v1/tickets/{id}/archive"), &json!({})).await.status(), 200);
+    let archived = upload(&app, id, "late.txt", "text/plain", b"x".to_vec()).await;
+    assert_eq!(archived.status(), 422, "an archived ticket takes no files");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -94,10 +97,14 @@ async fn text_attachments_reach_the_agent_and_binary_ones_are_named() {
     let run: Value = run.json().await.unwrap();
     let job = app.store.get_job(run["id"].as_str().unwrap().parse().unwrap()).await.unwrap();
     let spec = job.spec.expect("the job keeps its spec");
-    let file = spec.instruction_files.iter().find(|f| f.path == ".viberglass/attachments/error.log").expect("given");
+    let file = spec
+        .instruction_files
+        .iter()
+        .find(|f| f.path.starts_with(".viberglass/attachments/") && f.path.ends_with("-error.log"))
+        .expect("given, under a name of its own");
     assert_eq!(file.content, "panic at checkout.rs:42\n");
     assert!(!spec.instruction_files.iter().any(|f| f.path.ends_with("screen.png")), "binary files are not given");
-    assert!(spec.prompt.contains(".viberglass/attachments/error.log"), "{}", spec.prompt);
+    assert!(spec.prompt.contains(&file.path), "{}", spec.prompt);
     assert!(spec.prompt.contains("screen.png (image/png, 4 bytes): not available"), "{}", spec.prompt);
 }
 
@@ -148,6 +155,44 @@ async fn the_new_ticket_form_files_the_ticket_with_its_attachments() {
     assert_eq!(list.as_array().unwrap().len(), 2);
     let page = browser.get(app.url(&location)).send().await.unwrap().text().await.unwrap();
     assert!(page.contains("error.log") && page.contains("dump.bin"), "the ticket page lists them");
+
+    // A file the API refuses after the ticket was filed: the browser lands on the
+    // ticket (not back on the form, where a second submit would file it twice).
+    let form = reqwest::multipart::Form::new()
+        .text("title", "Second")
+        .text("_attach", "/api/v1/tickets/{id}/attachments")
+        .text("_next", "/tickets/{id}")
+        .part(
+            "attachments:file",
+            reqwest::multipart::Part::bytes(b"x".to_vec()).file_name(".env").mime_str("text/plain").unwrap(),
+        );
+    let partly = browser
+        .post(app.url("/act/api/v1/projects/shop/tickets"))
+        .header("origin", &app.base_url)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(partly.status(), 303);
+    let location = partly.headers()["location"].to_str().unwrap().to_owned();
+    assert!(location.starts_with("/tickets/") && location.contains("attach_error="), "{location}");
+    let page = browser.get(app.url(&location)).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("id=\"attach-error\"") && page.contains(".env was not attached"), "the page says so");
+
+    // An attach form sent without a file says so.
+    let empty = reqwest::multipart::Form::new()
+        .text("_form", "attach")
+        .part("file:file", reqwest::multipart::Part::bytes(Vec::new()).file_name(""));
+    let empty = browser
+        .post(app.url(&format!("/act/api/v1/tickets/{ticket_id}/attachments")))
+        .header("origin", &app.base_url)
+        .header("hx-request", "true")
+        .multipart(empty)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(empty.status(), 422);
+    assert!(empty.text().await.unwrap().contains("choose a file"));
 
     // Files alone go to the form's target; a bad one is named in place.
     let bad = reqwest::multipart::Form::new().text("_form", "attach").part(

@@ -176,8 +176,21 @@ async fn signing_in_and_out_through_the_forms_and_landing_where_asked() {
     assert_eq!(response.headers()["location"], "/login?next=%2Ftickets%3Fproject%3Dshop");
     let login = anonymous.get(app.url("/login?next=%2Ftickets")).send().await.unwrap().text().await.unwrap();
     assert!(login.contains("name=\"_next\" value=\"/tickets\""), "the sign-in form keeps where to go");
-    let evil = anonymous.get(app.url("/login?next=//evil.example")).send().await.unwrap().text().await.unwrap();
-    assert!(!evil.contains("evil.example"), "only local paths are kept");
+    for next in ["//evil.example", "/%09/evil.example", "/%5Cevil.example", "https://evil.example"] {
+        let evil = anonymous.get(app.url(&format!("/login?next={next}"))).send().await.unwrap().text().await.unwrap();
+        assert!(!evil.contains("evil.example"), "only local paths are kept: {next}");
+    }
+    // Another site cannot sign a browser in to an account of its choosing.
+    let forced = anonymous
+        .post(app.url("/act/api/v1/auth/login"))
+        .header("origin", "https://evil.example")
+        .header("sec-fetch-site", "cross-site")
+        .form(&[("email", ADMIN_EMAIL), ("password", ADMIN_PASSWORD)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forced.status(), 403);
+    assert!(forced.headers().get("set-cookie").is_none());
 
     // A wrong password: in place with htmx, as a page without.
     let wrong = anonymous
@@ -366,6 +379,9 @@ async fn the_secrets_page_says_what_uses_each_secret_and_admins_reset_passwords(
     };
     assert!(row("MODEL_KEY").contains("clanker claude"));
     assert!(row("SPARE").contains("nothing yet"));
+    let (outsider, _) = app.user_client("outsider@example.com", false).await;
+    let theirs = outsider.get(app.url("/secrets")).send().await.unwrap().text().await.unwrap();
+    assert!(theirs.contains("MODEL_KEY") && !theirs.contains("clanker claude"), "what uses a secret is for admins");
 
     let (_, user) = app.user_client("dev@example.com", false).await;
     let browser = browser(&app, ADMIN_EMAIL, ADMIN_PASSWORD).await;

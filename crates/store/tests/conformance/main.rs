@@ -2,6 +2,7 @@
 //! always and PostgreSQL when `TEST_DATABASE_URL` is set. Each test gets a
 //! database of its own.
 
+mod attachments;
 mod integrations;
 mod jobs;
 mod migrations;
