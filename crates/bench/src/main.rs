@@ -1,6 +1,7 @@
 //! `viberglass-bench`: starts `viberglass serve` on each backend, measures
-//! its idle memory, then drives ticket creation and listing over HTTP from
-//! concurrent clients and prints throughput and latency percentiles.
+//! its idle memory, then drives ticket creation and listing and the web UI's
+//! pages over HTTP from concurrent clients and prints throughput and latency
+//! percentiles.
 //!
 //! Run it through `scripts/bench`, which builds both binaries in release mode.
 #![forbid(unsafe_code)]
@@ -243,10 +244,32 @@ async fn bench_backend(args: &Args, backend: &str, database_url: Option<&str>) -
         }
     })
     .await?;
+
+    // The web UI's pages, rendered from the same data: the dashboard, the
+    // tickets page (50 rows) and one ticket's page.
+    let listed: serde_json::Value =
+        client.get(format!("{base}/api/v1/tickets?project=bench&limit=1")).send().await?.json().await?;
+    let ticket = listed["items"][0]["id"].as_str().unwrap_or_default().to_owned();
+    let pages = Arc::new(["/".to_owned(), "/tickets?project=bench".to_owned(), format!("/tickets/{ticket}")]);
+    let page = drive(args.lists, args.concurrency, |i| {
+        let client = client.clone();
+        let base = base.clone();
+        let pages = pages.clone();
+        async move {
+            let response = client.get(format!("{base}{}", pages[i % pages.len()])).send().await?;
+            if response.status() != 200 {
+                bail!("page {} returned {}", pages[i % pages.len()], response.status());
+            }
+            let _ = response.bytes().await?;
+            Ok(())
+        }
+    })
+    .await?;
     let loaded = rss_kib(server.child.id())?;
 
     create.print(backend, "ticket create", args.concurrency);
     list.print(backend, "ticket list", args.concurrency);
+    page.print(backend, "UI pages", args.concurrency);
     println!(
         "{backend:<9} {:<15} idle {:.1} MiB, after the run {:.1} MiB",
         "serve RSS",
