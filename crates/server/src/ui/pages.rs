@@ -392,8 +392,26 @@ async fn document(
         (_, None) => None,
     };
     let viewing_revision = viewing.filter(|rev| document.as_ref().is_some_and(|d| d.revision != *rev));
+    let content = content.unwrap_or_default();
+    // What the shown revision changed from the one before it.
+    let shown = viewing_revision.or(document.as_ref().map(|d| d.revision)).unwrap_or(0);
+    let changes = if shown > 1 {
+        let previous = state.store.revision_content(ticket, phase, shown - 1).await?.unwrap_or_default();
+        viberglass_domain::workflow::line_diff(&previous, &content)
+            .lines()
+            .map(|line| {
+                let kind = match line.chars().next() {
+                    Some('+') => "add",
+                    Some('-') => "del",
+                    _ => "same",
+                };
+                (kind, line.to_owned())
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let lines = content
-        .unwrap_or_default()
         .lines()
         .enumerate()
         .map(|(i, line)| {
@@ -410,6 +428,8 @@ async fn document(
         comments,
         revisions,
         viewing_revision,
+        shown_revision: shown,
+        changes,
     })
 }
 

@@ -297,6 +297,10 @@ pub struct DocView {
     pub revisions: Vec<DocumentRevision>,
     /// Showing an older revision instead of the current one.
     pub viewing_revision: Option<i64>,
+    /// The revision shown (current or older).
+    pub shown_revision: i64,
+    /// Its line diff from the revision before: (`add`, `del` or `same`, line).
+    pub changes: Vec<(&'static str, String)>,
 }
 
 #[derive(Template)]

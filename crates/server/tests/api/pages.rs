@@ -396,3 +396,27 @@ async fn the_secrets_page_says_what_uses_each_secret_and_admins_reset_passwords(
     let signed_in = viberglass_testkit::app::token_for(&app.base_url, "dev@example.com", "a-brand-new-password").await;
     assert!(signed_in.starts_with("vgp_"), "the new password works");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_shows_what_each_revision_changed() {
+    let app = TestApp::spawn().await;
+    app.create_project(json!({"name": "Shop"})).await;
+    let ticket = app.create_ticket("shop", json!({"title": "Fix it"})).await;
+    let id = ticket["id"].as_str().unwrap();
+    let save = |content: &'static str, base: i64| {
+        let url = app.url(&format!("/api/v1/tickets/{id}/documents/research"));
+        let request = app.client.put(url).json(&json!({"content": content, "base_revision": base}));
+        async move { request.send().await.unwrap().status() }
+    };
+    assert_eq!(save("# Findings\nold line\n", 0).await, 200);
+    assert_eq!(save("# Findings\nnew line\n", 1).await, 200);
+    let current = app.get(&format!("/tickets/{id}?tab=research")).await.text().await.unwrap();
+    assert!(current.contains("What revision 2 changed from revision 1"), "{current}");
+    assert!(
+        current.contains("<span class=\"del\">-old line</span>")
+            && current.contains("<span class=\"add\">+new line</span>")
+    );
+    let first = app.get(&format!("/tickets/{id}?tab=research&rev=1")).await.text().await.unwrap();
+    assert!(first.contains("viewing revision 1") && first.contains("old line"));
+    assert!(!first.contains("id=\"changes\""), "the first revision changed nothing before it");
+}
