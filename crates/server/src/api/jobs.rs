@@ -124,6 +124,7 @@ pub(crate) async fn run_prompt(
     ticket: &Ticket,
     phase: Phase,
     feedback: Option<&str>,
+    attachments: &AgentAttachments,
 ) -> ApiResult<String> {
     let document = |phase: Phase| async move {
         state.store.get_document(ticket.id, phase).await.map(|d| d.map(|d| d.content).filter(|c| !c.trim().is_empty()))
@@ -150,7 +151,7 @@ pub(crate) async fn run_prompt(
     };
     let values = PromptValues {
         ticket_title: ticket.title.clone(),
-        ticket_description: with_attachments(&ticket.description, &agent_attachments(state, ticket).await?.1),
+        ticket_description: with_attachments(&ticket.description, &attachments.lines),
         external_link: ticket.external_url.clone(),
         research,
         plan,
@@ -172,8 +173,7 @@ pub(crate) async fn queue_run(
     feedback: Option<&str>,
 ) -> ApiResult<Job> {
     let id = JobId::new();
-    let prompt = run_prompt(state, project, ticket, phase, feedback).await?;
-    let spec = build_spec(state, project, ticket, clanker, phase, id, prompt).await?;
+    let spec = run_spec(state, project, ticket, clanker, phase, id, feedback).await?;
     let job = state
         .store
         .create_job(NewJob {
@@ -240,9 +240,15 @@ pub const ATTACHMENTS_DIR: &str = ".viberglass/attachments";
 /// The most attachment text one run carries.
 const MAX_AGENT_ATTACHMENTS_TOTAL: usize = 1024 * 1024;
 
-/// A ticket's text attachments as files for the agent's workspace, and one
-/// line per attachment for the prompt (binary ones are named, not given).
-async fn agent_attachments(state: &AppState, ticket: &Ticket) -> ApiResult<(Vec<InstructionFile>, Vec<String>)> {
+/// What a run gets of its ticket's attachments, read once per run.
+pub(crate) struct AgentAttachments {
+    /// Text attachments, written into the agent's workspace.
+    files: Vec<InstructionFile>,
+    /// One line per attachment for the prompt (binary ones are named, not given).
+    lines: Vec<String>,
+}
+
+pub(crate) async fn agent_attachments(state: &AppState, ticket: &Ticket) -> ApiResult<AgentAttachments> {
     let mut files = Vec::new();
     let mut lines = Vec::new();
     let mut total = 0;
@@ -274,7 +280,7 @@ async fn agent_attachments(state: &AppState, ticket: &Ticket) -> ApiResult<(Vec<
             )),
         }
     }
-    Ok((files, lines))
+    Ok(AgentAttachments { files, lines })
 }
 
 /// An attachment's name in the workspace: unique (two `error.log`s stay
@@ -296,7 +302,25 @@ fn with_attachments(description: &str, lines: &[String]) -> String {
     format!("{description}\n\nAttached files:\n{}", lines.join("\n"))
 }
 
-pub(crate) async fn build_spec(
+/// A run's spec: its prompt, and its ticket's attachments read once for
+/// both the prompt and the workspace.
+pub(crate) async fn run_spec(
+    state: &AppState,
+    project: &Project,
+    ticket: &Ticket,
+    clanker: &Clanker,
+    phase: Phase,
+    job: JobId,
+    feedback: Option<&str>,
+) -> ApiResult<JobSpec> {
+    let attachments = agent_attachments(state, ticket).await?;
+    let prompt = run_prompt(state, project, ticket, phase, feedback, &attachments).await?;
+    let mut spec = build_spec(state, project, ticket, clanker, phase, job, prompt).await?;
+    spec.instruction_files.extend(attachments.files);
+    Ok(spec)
+}
+
+async fn build_spec(
     state: &AppState,
     project: &Project,
     ticket: &Ticket,
@@ -329,7 +353,6 @@ pub(crate) async fn build_spec(
         None
     };
     let mut instruction_files = clanker.instruction_files.clone();
-    instruction_files.extend(agent_attachments(state, ticket).await?.0);
     if !project.agent_instructions.trim().is_empty() {
         match instruction_files.iter_mut().find(|f| f.path == "AGENTS.md") {
             Some(agents) => agents.content = format!("{}\n\n{}", project.agent_instructions, agents.content),

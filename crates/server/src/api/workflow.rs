@@ -14,7 +14,7 @@ use viberglass_domain::workflow::{
 use viberglass_domain::{Job, JobId, Phase, ProjectRole, Ticket, TicketId, ValidationErrors};
 use viberglass_store::{ApprovalChange, NewJob, StoreError};
 
-use super::jobs::{build_spec, run_prompt, started_clanker, unprocessable};
+use super::jobs::{agent_attachments, run_prompt, run_spec, started_clanker, unprocessable};
 use super::projects::find_project;
 use crate::AppState;
 use crate::auth::{Caller, audit};
@@ -499,8 +499,7 @@ pub async fn approve_and_continue(
         approval_change(&ticket, phase, &document, ApprovalAction::Approve, &caller, comment.clone(), input.revision)?;
     let id = JobId::new();
     // The prompt is built as if the approval had happened: the gate is the approval itself.
-    let prompt = run_prompt(&state, &project, &ticket, next, None).await?;
-    let spec = build_spec(&state, &project, &ticket, &clanker, next, id, prompt).await?;
+    let spec = run_spec(&state, &project, &ticket, &clanker, next, id, None).await?;
     let new = NewJob {
         id,
         project_id: project.id,
@@ -746,6 +745,7 @@ pub async fn preview_prompt(
         .parse()
         .map_err(|e: viberglass_domain::states::UnknownValue| ApiError::invalid_field("phase", e.to_string()))?;
     let project = state.store.get_project(ticket.project_id).await?;
-    let prompt = run_prompt(&state, &project, &ticket, phase, input.feedback.as_deref()).await?;
+    let attachments = agent_attachments(&state, &ticket).await?;
+    let prompt = run_prompt(&state, &project, &ticket, phase, input.feedback.as_deref(), &attachments).await?;
     Ok(Json(PromptPreview { prompt }))
 }

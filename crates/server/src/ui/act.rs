@@ -32,7 +32,7 @@ use tower::ServiceExt;
 
 use viberglass_domain::FieldError;
 
-use crate::error::{ApiError, ErrorBody};
+use crate::error::ApiError;
 
 /// The API router, callable from the UI.
 #[derive(Clone)]
@@ -303,28 +303,21 @@ fn refused(htmx: bool, form: Option<&str>, error: &ApiError) -> Response {
     response
 }
 
+/// The API's refusal (`{message, hint?, fields?}`), to show on the page.
 fn api_error(status: StatusCode, json: &Value) -> ApiError {
-    let text = |key: &str| json.get(key).and_then(Value::as_str).map(str::to_owned);
-    let mut error =
-        ApiError::new(status, "refused", text("message").unwrap_or_else(|| format!("the server answered {status}")));
-    error.body = ErrorBody {
-        code: "refused",
-        message: error.body.message,
-        hint: text("hint"),
-        fields: json
-            .get("fields")
-            .and_then(Value::as_array)
-            .map(|fields| {
-                fields
-                    .iter()
-                    .map(|f| FieldError {
-                        field: f.get("field").and_then(Value::as_str).unwrap_or_default().to_owned(),
-                        message: f.get("message").and_then(Value::as_str).unwrap_or_default().to_owned(),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default(),
-    };
+    let text = |v: &Value, key: &str| v.get(key).and_then(Value::as_str).map(str::to_owned);
+    let message = text(json, "message").unwrap_or_else(|| format!("the server answered {status}"));
+    let mut error = ApiError::new(status, "refused", message);
+    error.body.hint = text(json, "hint");
+    error.body.fields = json["fields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|f| FieldError {
+            field: text(f, "field").unwrap_or_default(),
+            message: text(f, "message").unwrap_or_default(),
+        })
+        .collect();
     error
 }
 

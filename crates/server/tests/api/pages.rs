@@ -8,17 +8,8 @@ use serde_json::json;
 use viberglass_testkit::app::{ADMIN_EMAIL, ADMIN_PASSWORD};
 use viberglass_testkit::{TestApp, TestBackend};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Who {
-    Anonymous,
-    Outsider,
-    Viewer,
-    Member,
-    Maintainer,
-    Admin,
-}
-
-use Who::*;
+use crate::route_matrix::Who::{self, *};
+use crate::route_matrix::{callers, fixture};
 
 /// Every page and the least privileged caller it admits; kept apart from
 /// the server's `ui::PAGES` so that a changed rule fails here.
@@ -86,39 +77,12 @@ async fn browser(app: &TestApp, email: &str, password: &str) -> reqwest::Client 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_page_admits_exactly_the_callers_its_rule_names() {
     let app = TestApp::spawn_on(TestBackend::Sqlite).await;
-    let project = app.create_project(json!({"name": "Shop"})).await;
-    let ticket = app.create_ticket("shop", json!({"title": "Fix it"})).await;
-    let clanker = app
-        .post_json(
-            "/api/v1/clankers",
-            &json!({"name": "Some Clanker", "agent": "command", "agent_settings": {"command": ["true"]}}),
-        )
-        .await;
-    assert_eq!(clanker.status(), 201);
-    let job = app
-        .store
-        .create_job(viberglass_store::NewJob {
-            id: viberglass_domain::JobId::new(),
-            project_id: project["id"].as_str().unwrap().parse().unwrap(),
-            ticket_id: Some(ticket["id"].as_str().unwrap().parse().unwrap()),
-            clanker_id: None,
-            spec: crate::worker_auth::spec(),
-            requested_by: None,
-        })
-        .await
-        .unwrap();
-    let (outsider, _) = app.user_client("outsider@example.com", false).await;
-    let mut clients = vec![(Anonymous, no_redirects()), (Outsider, outsider)];
-    for (who, role) in [(Viewer, "viewer"), (Member, "member"), (Maintainer, "maintainer")] {
-        let (client, user) = app.user_client(&format!("{role}@example.com"), false).await;
-        app.grant("shop", &user, role).await;
-        clients.push((who, client));
-    }
-    clients.push((Admin, app.client.clone()));
+    let f = fixture(&app).await;
+    let clients = callers(&app).await;
     let concrete = |path: &str| {
-        path.replace("{project}", "shop")
-            .replace("{ticket_id}", ticket["id"].as_str().unwrap())
-            .replace("{job_id}", &job.id.to_string())
+        path.replace("{project}", &f.project)
+            .replace("{ticket_id}", &f.ticket)
+            .replace("{job_id}", &f.job)
             .replace("{clanker}", "some-clanker")
             .replace("{file}", "app.css")
     };
@@ -156,7 +120,7 @@ async fn every_page_admits_exactly_the_callers_its_rule_names() {
 
     // Pages hide what a role may not do (the server refuses it anyway).
     let ticket_page = |client: &reqwest::Client| {
-        let url = app.url(&format!("/tickets/{}", ticket["id"].as_str().unwrap()));
+        let url = app.url(&format!("/tickets/{}", f.ticket));
         let request = client.get(url);
         async move { request.send().await.unwrap().text().await.unwrap() }
     };

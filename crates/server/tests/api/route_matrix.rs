@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use viberglass_testkit::{TestApp, TestBackend};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Who {
+pub(crate) enum Who {
     Anonymous,
     Outsider,
     Viewer,
@@ -124,16 +124,16 @@ async fn every_route_has_an_expectation_here() {
     );
 }
 
-struct Fixture {
-    project: String,
-    ticket: String,
-    job: String,
-    other_user: String,
-    token_id: String,
+pub(crate) struct Fixture {
+    pub project: String,
+    pub ticket: String,
+    pub job: String,
+    pub other_user: String,
+    pub token_id: String,
 }
 
 /// A project with a ticket and a job, a started clanker, an integration and a secret.
-async fn fixture(app: &TestApp) -> Fixture {
+pub(crate) async fn fixture(app: &TestApp) -> Fixture {
     let project =
         app.create_project(json!({"name": "Shop", "repository_url": "https://github.com/acme/shop.git"})).await;
     let ticket = app.create_ticket("shop", json!({"title": "Fix it"})).await;
@@ -183,6 +183,21 @@ async fn fixture(app: &TestApp) -> Fixture {
     }
 }
 
+/// A client for each kind of caller, least privileged first; the roles are in
+/// the fixture's project. The anonymous client follows no redirects.
+pub(crate) async fn callers(app: &TestApp) -> Vec<(Who, reqwest::Client)> {
+    let anonymous = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let (outsider, _) = app.user_client("outsider@example.com", false).await;
+    let mut clients = vec![(Anonymous, anonymous), (Outsider, outsider)];
+    for (who, role) in [(Viewer, "viewer"), (Member, "member"), (Maintainer, "maintainer")] {
+        let (client, user) = app.user_client(&format!("{role}@example.com"), false).await;
+        app.grant("shop", &user, role).await;
+        clients.push((who, client));
+    }
+    clients.push((Admin, app.client.clone()));
+    clients
+}
+
 fn concrete(path: &str, f: &Fixture) -> String {
     path.replace("{project}", &f.project)
         .replace("{ticket_id}", &f.ticket)
@@ -205,15 +220,7 @@ fn concrete(path: &str, f: &Fixture) -> String {
 async fn every_route_admits_exactly_the_callers_its_rule_names() {
     let app = TestApp::spawn_on(TestBackend::Sqlite).await;
     let f = fixture(&app).await;
-    let anonymous = reqwest::Client::new();
-    let (outsider, _) = app.user_client("outsider@example.com", false).await;
-    let mut clients = vec![(Anonymous, anonymous), (Outsider, outsider)];
-    for (who, role) in [(Viewer, "viewer"), (Member, "member"), (Maintainer, "maintainer")] {
-        let (client, user) = app.user_client(&format!("{role}@example.com"), false).await;
-        app.grant("shop", &user, role).await;
-        clients.push((who, client));
-    }
-    clients.push((Admin, app.client.clone()));
+    let clients = callers(&app).await;
 
     let mut wrong = Vec::new();
     // Least privileged first, so that what the privileged callers change
