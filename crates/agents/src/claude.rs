@@ -17,6 +17,10 @@ impl Adapter for ClaudeCode {
         "ANTHROPIC_API_KEY"
     }
 
+    fn default_base_url(&self) -> &'static str {
+        "https://api.anthropic.com"
+    }
+
     fn invocation(&self, cx: &RunContext<'_>) -> Invocation {
         let mut args: Vec<String> =
             ["-p", cx.prompt, "--output-format", "stream-json", "--verbose", "--dangerously-skip-permissions"]

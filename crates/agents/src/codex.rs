@@ -17,6 +17,10 @@ impl Adapter for Codex {
         "OPENAI_API_KEY"
     }
 
+    fn default_base_url(&self) -> &'static str {
+        "https://api.openai.com/v1"
+    }
+
     fn invocation(&self, cx: &RunContext<'_>) -> Invocation {
         let model = cx.settings.model.clone().unwrap_or_else(|| "gpt-5.5".to_owned());
         let mut args: Vec<String> = vec![

@@ -24,6 +24,10 @@ impl Adapter for GeminiCli {
         "GEMINI_API_KEY"
     }
 
+    fn default_base_url(&self) -> &'static str {
+        "https://generativelanguage.googleapis.com"
+    }
+
     fn invocation(&self, cx: &RunContext<'_>) -> Invocation {
         let prompt = match &cx.settings.system_prompt {
             Some(extra) => format!("{extra}\n\n{}", cx.prompt),

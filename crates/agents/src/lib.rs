@@ -49,6 +49,10 @@ pub trait Adapter: Send + Sync {
     fn kind(&self) -> AgentKind;
     /// The secret (environment variable) the API key usually lives in.
     fn default_key_secret(&self) -> &'static str;
+    /// Where the CLI sends its model requests when no `base_url` is set, for messages.
+    fn default_base_url(&self) -> &'static str {
+        "the provider's default API"
+    }
     fn invocation(&self, cx: &RunContext<'_>) -> Invocation;
     fn parser(&self) -> Box<dyn StreamParser>;
 }

@@ -28,6 +28,7 @@ fn spec() -> JobSpec {
         clanker_name: "c".into(),
         scm: None,
         commit_author: Default::default(),
+        agent_silence_secs: 300,
     }
 }
 
@@ -66,7 +67,7 @@ pub async fn queue(backend: &str, target: DatabaseTarget, jobs: usize, claimers:
                     let t = Instant::now();
                     let Some(job) = store.claim_next_job("bench").await? else { break };
                     store
-                        .finish_job(job.id, Outcome::Completed { result: serde_json::json!({}), summary: "ok".into() })
+                        .finish_job(job.id, Outcome::Completed { result: Default::default(), summary: "ok".into() })
                         .await?;
                     latencies.push(t.elapsed());
                 }
@@ -126,7 +127,7 @@ pub async fn dispatch(client: &reqwest::Client, base: &str, runs: usize) -> Resu
         }
     };
     post("/api/v1/projects".into(), serde_json::json!({"name": "Dispatch", "slug": "dispatch", "repository_url": format!("file://{}", bare.display()), "max_concurrent_jobs": 4, "planning_needs_approval": false})).await?;
-    post("/api/v1/clankers".into(), serde_json::json!({"name": "bench-true", "agent": "command", "agent_settings": {"command": ["true"]}, "max_concurrent_jobs": 4})).await?;
+    post("/api/v1/clankers".into(), serde_json::json!({"shared": true, "name": "bench-true", "agent": "command", "agent_settings": {"command": ["true"]}, "max_concurrent_jobs": 4})).await?;
     post("/api/v1/clankers/bench-true/start".into(), serde_json::json!({})).await?;
     let ticket = post("/api/v1/projects/dispatch/tickets".into(), serde_json::json!({"title": "bench"})).await?;
     let ticket = ticket["id"].as_str().context("ticket id")?.to_owned();
@@ -195,4 +196,75 @@ async fn worker_overhead(client: &reqwest::Client, base: &str, id: &str) -> Resu
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The outbox: `events` events written by `writers` concurrent writers (one
+/// transaction each, as a change and its event are), then read by one
+/// consumer in batches (lease, read, acknowledge), as the delivery loop does.
+pub async fn outbox(backend: &str, target: DatabaseTarget, events: usize, writers: usize) -> Result<()> {
+    let store =
+        Store::connect(&target, PoolSettings { max_connections: (writers + 2) as u32, ..PoolSettings::default() })
+            .await
+            .context("connecting")?;
+    store.migrate().await?;
+    let started = Instant::now();
+    let per_writer = events / writers;
+    let tasks: Vec<_> = (0..writers)
+        .map(|w| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(per_writer);
+                for n in 0..per_writer {
+                    let event = viberglass_domain::NewEvent::new(
+                        viberglass_domain::EventType::TicketEdited,
+                        serde_json::json!({"writer": w, "n": n}),
+                    );
+                    let t = Instant::now();
+                    store.emit_event(&event).await?;
+                    latencies.push(t.elapsed());
+                }
+                Ok::<_, anyhow::Error>(latencies)
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await??);
+    }
+    let written = latencies.len();
+    Stats { requests: written, wall: started.elapsed(), latencies }.print(backend, "outbox write", writers);
+
+    let lease = Duration::from_secs(15);
+    let started = Instant::now();
+    let mut consumed = 0;
+    let mut latencies = Vec::new();
+    while consumed < written {
+        let t = Instant::now();
+        let Some(cursor) = store.lease_consumer("bench", "bench-server", lease).await? else {
+            bail!("the bench consumer's lease is held by someone else");
+        };
+        let batch = store.list_outbox(cursor, 200).await?;
+        let Some(last) = batch.last().map(|e| e.seq) else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        store.advance_consumer("bench", "bench-server", last, batch.len() as i64, None, lease).await?;
+        consumed += batch.len();
+        latencies.push(t.elapsed());
+        if started.elapsed() > Duration::from_secs(120) {
+            bail!("consumed {consumed} of {written} events in 2 minutes");
+        }
+    }
+    let wall = started.elapsed();
+    println!(
+        "{backend:<9} {:<15} {consumed:>8} {:>5} {:>10.0} {:>8} {:>8} {:>8}   (batches of up to 200; per-batch latency)",
+        "outbox consume",
+        1,
+        consumed as f64 / wall.as_secs_f64(),
+        "-",
+        "-",
+        latencies.iter().max().map_or(0, |d| d.as_millis()),
+    );
+    store.close().await;
+    Ok(())
 }

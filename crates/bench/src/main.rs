@@ -43,6 +43,12 @@ struct Args {
     /// Runs for the dispatch-latency benchmark (run request → worker started).
     #[arg(long, default_value_t = 50)]
     dispatches: usize,
+    /// Events for the outbox benchmark (written, then consumed).
+    #[arg(long, default_value_t = 8000)]
+    outbox_events: usize,
+    /// Only the store-level benchmarks (queue and outbox), which need no server binary.
+    #[arg(long)]
+    store_only: bool,
 }
 
 struct Server {
@@ -63,6 +69,7 @@ fn start(binary: &PathBuf, data_dir: &std::path::Path, database_url: Option<&str
         .args(["serve", "--port", "0"])
         .env("VIBERGLASS_DATA_DIR", data_dir)
         .env("LOG_FORMAT", "json")
+        .env("VIBERGLASS_ALLOW_LOCAL_REPOSITORIES", "true")
         .env("LOG_LEVEL", "info")
         .env_remove("DATABASE_URL")
         .env_remove("VIBERGLASS_CONFIG")
@@ -301,26 +308,37 @@ async fn drop_postgres(admin: &str, name: &str) -> Result<()> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    if !args.binary.exists() {
+    if !args.store_only && !args.binary.exists() {
         bail!("{} does not exist: build it with `cargo build --release -p viberglass`", args.binary.display());
     }
     println!(
         "{:<9} {:<15} {:>8} {:>5} {:>10} {:>8} {:>8} {:>8}",
         "backend", "operation", "requests", "conc", "req/s", "p50 ms", "p99 ms", "max ms"
     );
-    bench_backend(&args, "sqlite", None).await?;
+    if !args.store_only {
+        bench_backend(&args, "sqlite", None).await?;
+    }
     let queue_dir = tempfile::tempdir()?;
     let sqlite = viberglass_store::DatabaseTarget::Sqlite { path: queue_dir.path().join("queue.db") };
     engine::queue("sqlite", sqlite, args.queue_jobs, 4).await?;
+    let outbox_db = viberglass_store::DatabaseTarget::Sqlite { path: queue_dir.path().join("outbox.db") };
+    engine::outbox("sqlite", outbox_db, args.outbox_events, 4).await?;
     match &args.postgres {
         Some(admin) => {
-            let (url, name) = fresh_postgres(admin).await?;
-            let result = bench_backend(&args, "postgres", Some(&url)).await;
-            drop_postgres(admin, &name).await?;
-            result?;
+            if !args.store_only {
+                let (url, name) = fresh_postgres(admin).await?;
+                let result = bench_backend(&args, "postgres", Some(&url)).await;
+                drop_postgres(admin, &name).await?;
+                result?;
+            }
             let (url, name) = fresh_postgres(admin).await?;
             let result =
                 engine::queue("postgres", viberglass_store::DatabaseTarget::Postgres { url }, args.queue_jobs, 4).await;
+            drop_postgres(admin, &name).await?;
+            result?;
+            let (url, name) = fresh_postgres(admin).await?;
+            let target = viberglass_store::DatabaseTarget::Postgres { url };
+            let result = engine::outbox("postgres", target, args.outbox_events, 16).await;
             drop_postgres(admin, &name).await?;
             result?;
         }

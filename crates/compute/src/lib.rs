@@ -1,18 +1,53 @@
 //! Compute targets: where a viberator (worker process) runs. The server only
-//! asks a target to launch, stop and inspect workers; the target owns the
-//! engine-specific details. The local target runs workers as child
-//! processes of the server; Docker, Kubernetes, ECS and Lambda come later
-//! behind the same trait.
+//! asks a target to provision, launch, stop and inspect workers; the target
+//! owns the engine-specific details. The [`ComputeRegistry`] maps each
+//! [`ComputeKind`] to its target; a clanker's typed [`ComputeConfig`] goes
+//! with every call. The local target runs workers as child processes of the
+//! server; Docker, Kubernetes, ECS and Lambda come behind the same trait.
 #![forbid(unsafe_code)]
 
 mod local;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use viberglass_domain::{ComputeKind, JobId};
 
-pub use local::LocalTarget;
+pub use local::{LocalRef, LocalTarget};
+
+/// A clanker's compute settings, parsed for its kind. Unknown settings are
+/// refused when the clanker is saved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ComputeConfig {
+    Local(LocalConfig),
+}
+
+/// The local target's per-clanker settings. None yet: the host's own
+/// settings (sandbox, worker binary) apply to every local clanker.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalConfig {}
+
+impl ComputeConfig {
+    /// Parses a clanker's `compute_config` for its `kind`.
+    pub fn parse(kind: ComputeKind, config: &serde_json::Value) -> Result<ComputeConfig, String> {
+        let config = if config.is_null() { serde_json::json!({}) } else { config.clone() };
+        match kind {
+            ComputeKind::Local => serde_json::from_value(config)
+                .map(ComputeConfig::Local)
+                .map_err(|e| format!("`compute_config` for the local target is invalid: {e}; it takes no settings")),
+            other => Err(format!("the {other} compute target is not available yet: use `local`")),
+        }
+    }
+
+    pub fn kind(&self) -> ComputeKind {
+        match self {
+            ComputeConfig::Local(_) => ComputeKind::Local,
+        }
+    }
+}
 
 /// What a worker needs to start: only its job id, where to call back, and
 /// the job's token. Everything else comes from the bootstrap call.
@@ -21,6 +56,7 @@ pub struct LaunchRequest {
     pub job_id: JobId,
     pub server_url: String,
     pub token: String,
+    pub config: ComputeConfig,
 }
 
 impl std::fmt::Debug for LaunchRequest {
@@ -33,8 +69,10 @@ impl std::fmt::Debug for LaunchRequest {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WorkerState {
     Running,
-    /// It ran and is gone (exited, killed, or never existed on this host).
+    /// It ran and is gone (exited, killed, or never existed).
     Gone,
+    /// Another host owns it: only that host's server may inspect or stop it.
+    Foreign,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,13 +102,15 @@ pub trait ComputeTarget: Send + Sync {
     fn kind(&self) -> ComputeKind;
 
     /// Makes the target ready for a clanker's workers (idempotent).
-    fn provision(&self) -> BoxFuture<'_, Result<Provisioned, ComputeError>>;
+    fn provision<'a>(&'a self, config: &'a ComputeConfig) -> BoxFuture<'a, Result<Provisioned, ComputeError>>;
 
-    /// Starts a worker for a job; returns how the target names it (e.g. `local:4242`).
+    /// Starts a worker for a job; returns how the target names it, owner
+    /// included (e.g. `local:<host>:<pid>:<start>`).
     fn launch(&self, request: LaunchRequest) -> BoxFuture<'_, Result<String, ComputeError>>;
 
-    /// Stops a worker and everything it started. Stopping a gone worker succeeds.
-    fn stop<'a>(&'a self, compute_ref: &'a str) -> BoxFuture<'a, Result<(), ComputeError>>;
+    /// Stops a worker and everything it started. Stopping a gone worker
+    /// succeeds; stopping another owner's worker is refused (`Permanent`).
+    fn stop<'a>(&'a self, job_id: JobId, compute_ref: &'a str) -> BoxFuture<'a, Result<(), ComputeError>>;
 
     fn inspect<'a>(&'a self, job_id: JobId, compute_ref: &'a str) -> BoxFuture<'a, WorkerState>;
 
@@ -78,9 +118,38 @@ pub trait ComputeTarget: Send + Sync {
     fn log_tail(&self, job_id: JobId) -> BoxFuture<'_, Option<String>>;
 }
 
+/// The compute targets this server can drive, by kind.
+#[derive(Clone, Default)]
+pub struct ComputeRegistry {
+    targets: HashMap<ComputeKind, Arc<dyn ComputeTarget>>,
+}
+
+impl ComputeRegistry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds (or replaces) the target for its kind.
+    pub fn register(&mut self, target: Arc<dyn ComputeTarget>) {
+        self.targets.insert(target.kind(), target);
+    }
+
+    pub fn get(&self, kind: ComputeKind) -> Option<&Arc<dyn ComputeTarget>> {
+        self.targets.get(&kind)
+    }
+
+    /// The kinds this server can run, for messages.
+    pub fn kinds(&self) -> Vec<ComputeKind> {
+        ComputeKind::ALL.iter().copied().filter(|k| self.targets.contains_key(k)).collect()
+    }
+}
+
 /// Where the local target keeps workspaces, and which binary it runs.
 #[derive(Debug, Clone)]
 pub struct LocalSettings {
+    /// This host's id: local compute refs carry it, and only this host's
+    /// servers inspect or stop the processes they name.
+    pub host_id: String,
     pub worker_binary: PathBuf,
     pub workspace_root: PathBuf,
     /// Extra environment for workers (e.g. `LOG_FORMAT`).

@@ -10,7 +10,48 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use viberglass_domain::{ComputeKind, JobId};
 
-use crate::{ComputeError, ComputeTarget, LaunchRequest, LocalSettings, Provisioned, Sandbox, WorkerState};
+use crate::{
+    ComputeConfig, ComputeError, ComputeTarget, LaunchRequest, LocalSettings, Provisioned, Sandbox, WorkerState,
+};
+
+/// How the local target names a worker: the host that owns it, its pid and
+/// the process's start time (in clock ticks since boot), so a reused pid is
+/// never mistaken for it. Written `local:<host>:<pid>:<start>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalRef {
+    pub host: String,
+    pub pid: u32,
+    pub start: u64,
+}
+
+impl LocalRef {
+    pub fn parse(compute_ref: &str) -> Option<LocalRef> {
+        let rest = compute_ref.strip_prefix("local:")?;
+        let (rest, start) = rest.rsplit_once(':')?;
+        let (host, pid) = rest.rsplit_once(':')?;
+        if host.is_empty() {
+            return None;
+        }
+        Some(LocalRef { host: host.to_owned(), pid: pid.parse().ok()?, start: start.parse().ok()? })
+    }
+}
+
+impl std::fmt::Display for LocalRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "local:{}:{}:{}", self.host, self.pid, self.start)
+    }
+}
+
+/// A process's start time (field 22 of `/proc/<pid>/stat`), and whether it is a zombie.
+fn process_start(pid: u32) -> Option<(u64, bool)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: split after its last `)`.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let zombie = fields.first() == Some(&"Z");
+    // `rest` starts at field 3 (state), so field 22 is index 19.
+    Some((fields.get(19)?.parse().ok()?, zombie))
+}
 
 pub struct LocalTarget {
     settings: LocalSettings,
@@ -42,8 +83,27 @@ impl LocalTarget {
         self.bwrap.is_some()
     }
 
-    fn pid_of(compute_ref: &str) -> Option<u32> {
-        compute_ref.strip_prefix("local:")?.parse().ok()
+    /// Whether `compute_ref` names a live worker of `job` owned by this host.
+    fn state_of(&self, job_id: JobId, compute_ref: &str) -> WorkerState {
+        let Some(r) = LocalRef::parse(compute_ref) else {
+            // Not ours to judge (an older or another target's form): never touch it.
+            return WorkerState::Foreign;
+        };
+        if r.host != self.settings.host_id {
+            return WorkerState::Foreign;
+        }
+        match process_start(r.pid) {
+            Some((start, zombie)) if start == r.start && !zombie => {
+                // The same process, still this job's worker (its command line names the job).
+                let cmdline = std::fs::read(format!("/proc/{}/cmdline", r.pid)).unwrap_or_default();
+                if String::from_utf8_lossy(&cmdline).contains(&job_id.to_string()) {
+                    WorkerState::Running
+                } else {
+                    WorkerState::Gone
+                }
+            }
+            _ => WorkerState::Gone,
+        }
     }
 
     async fn launch_inner(&self, request: LaunchRequest) -> Result<String, ComputeError> {
@@ -113,11 +173,19 @@ impl LocalTarget {
             ))
         })?;
         let pid = child.id().ok_or_else(|| ComputeError::Transient("the worker exited at once".into()))?;
+        // Without its start time the worker could not be told from a later
+        // process with the same pid: never hand out a ref that cannot be checked.
+        let Some((start, _)) = process_start(pid) else {
+            let _ = child.start_kill();
+            return Err(ComputeError::Transient(format!(
+                "cannot read /proc/{pid}/stat for the worker just started: is /proc mounted?"
+            )));
+        };
         // Reap the child when it exits so it does not linger as a zombie.
         tokio::spawn(async move {
             let _ = child.wait().await;
         });
-        Ok(format!("local:{pid}"))
+        Ok(LocalRef { host: self.settings.host_id.clone(), pid, start }.to_string())
     }
 }
 
@@ -126,7 +194,7 @@ impl ComputeTarget for LocalTarget {
         ComputeKind::Local
     }
 
-    fn provision(&self) -> BoxFuture<'_, Result<Provisioned, ComputeError>> {
+    fn provision<'a>(&'a self, _config: &'a ComputeConfig) -> BoxFuture<'a, Result<Provisioned, ComputeError>> {
         async move {
             if !self.settings.worker_binary.exists() {
                 return Err(ComputeError::Permanent(format!(
@@ -159,11 +227,27 @@ impl ComputeTarget for LocalTarget {
         self.launch_inner(request).boxed()
     }
 
-    fn stop<'a>(&'a self, compute_ref: &'a str) -> BoxFuture<'a, Result<(), ComputeError>> {
+    fn stop<'a>(&'a self, job_id: JobId, compute_ref: &'a str) -> BoxFuture<'a, Result<(), ComputeError>> {
         async move {
-            let Some(pid) = Self::pid_of(compute_ref) else {
-                return Err(ComputeError::Permanent(format!("`{compute_ref}` is not a local worker")));
+            let Some(r) = LocalRef::parse(compute_ref).filter(|r| r.host == self.settings.host_id) else {
+                return Err(ComputeError::Permanent(format!(
+                    "`{compute_ref}` is not a worker of this host ({}): only its own host's server stops it",
+                    self.settings.host_id
+                )));
             };
+            let pid = r.pid;
+            // Re-check the process's identity right before the kill: a pid
+            // reused by another process since must never be signalled. When
+            // the leader is gone its group (the agent) may live on, and the
+            // group is killed all the same.
+            match process_start(pid) {
+                Some((start, _)) if start != r.start => return Ok(()),
+                // Alive (not a zombie) under that pid and start: still it must be this job's worker.
+                Some((_, false)) if self.state_of(job_id, compute_ref) != WorkerState::Running => return Ok(()),
+                // A gone or zombie leader's group can still hold the agent: the kernel does
+                // not hand its number to a new process while the group exists.
+                _ => {}
+            }
             // The worker leads its own process group: kill the group.
             let status = tokio::process::Command::new("kill")
                 .args(["-KILL", "--", &format!("-{pid}")])
@@ -191,16 +275,7 @@ impl ComputeTarget for LocalTarget {
     }
 
     fn inspect<'a>(&'a self, job_id: JobId, compute_ref: &'a str) -> BoxFuture<'a, WorkerState> {
-        async move {
-            let Some(pid) = Self::pid_of(compute_ref) else { return WorkerState::Gone };
-            // A pid can be reused: it must still be this job's worker.
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let zombie = stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z'));
-            let ours = String::from_utf8_lossy(&cmdline).contains(&job_id.to_string());
-            if ours && !zombie { WorkerState::Running } else { WorkerState::Gone }
-        }
-        .boxed()
+        async move { self.state_of(job_id, compute_ref) }.boxed()
     }
 }
 
@@ -208,8 +283,19 @@ impl ComputeTarget for LocalTarget {
 mod tests {
     use super::*;
 
+    #[test]
+    fn local_refs_name_their_host_pid_and_start() {
+        let r = LocalRef::parse("local:build-1.example:4242:987654").unwrap();
+        assert_eq!(r, LocalRef { host: "build-1.example".into(), pid: 4242, start: 987654 });
+        assert_eq!(r.to_string(), "local:build-1.example:4242:987654");
+        for bad in ["local:4242", "docker:x", "local::1:2", "local:h:x:2"] {
+            assert!(LocalRef::parse(bad).is_none(), "{bad}");
+        }
+    }
+
     fn target(binary: &str, root: &std::path::Path) -> LocalTarget {
         LocalTarget::new(LocalSettings {
+            host_id: "host-a".into(),
             worker_binary: binary.into(),
             workspace_root: root.to_owned(),
             env: Vec::new(),
@@ -226,7 +312,12 @@ mod tests {
         std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         let target = target(script.to_str().unwrap(), root.path());
         let job = JobId::new();
-        let request = LaunchRequest { job_id: job, server_url: "http://127.0.0.1:1".into(), token: "t".into() };
+        let request = LaunchRequest {
+            job_id: job,
+            server_url: "http://127.0.0.1:1".into(),
+            token: "t".into(),
+            config: ComputeConfig::Local(Default::default()),
+        };
         let compute_ref = target.launch(request).await.unwrap();
         // Until the child has exec'd, /proc shows the parent's command line.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
@@ -240,7 +331,11 @@ mod tests {
             WorkerState::Gone,
             "another job's id does not match"
         );
-        target.stop(&compute_ref).await.unwrap();
+        let other_host = compute_ref.replace("local:host-a:", "local:host-b:");
+        assert_eq!(target.inspect(job, &other_host).await, WorkerState::Foreign);
+        assert!(target.stop(job, &other_host).await.is_err(), "another host's worker is never stopped");
+        assert_eq!(target.inspect(job, &compute_ref).await, WorkerState::Running, "still running");
+        target.stop(job, &compute_ref).await.unwrap();
         for _ in 0..100 {
             if target.inspect(job, &compute_ref).await == WorkerState::Gone {
                 return;
@@ -254,10 +349,15 @@ mod tests {
     async fn a_missing_binary_is_a_permanent_error() {
         let root = tempfile::tempdir().unwrap();
         let target = target("/nonexistent/viberglass", root.path());
-        let request = LaunchRequest { job_id: JobId::new(), server_url: String::new(), token: String::new() };
+        let request = LaunchRequest {
+            job_id: JobId::new(),
+            server_url: String::new(),
+            token: String::new(),
+            config: ComputeConfig::Local(Default::default()),
+        };
         let err = target.launch(request).await.unwrap_err();
         assert!(!err.is_transient());
         assert!(err.to_string().contains("/nonexistent/viberglass"), "{err}");
-        assert!(target.provision().await.is_err());
+        assert!(target.provision(&ComputeConfig::Local(Default::default())).await.is_err());
     }
 }

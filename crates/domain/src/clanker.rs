@@ -84,6 +84,10 @@ pub struct Clanker {
     pub instruction_files: Vec<InstructionFile>,
     /// The secrets (by name) its agent receives as environment variables.
     pub secrets: Vec<String>,
+    /// Any project may run it (set by an admin); otherwise only `projects`.
+    pub shared: bool,
+    /// The projects that may run it when it is not shared.
+    pub projects: Vec<crate::ProjectId>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
@@ -91,6 +95,11 @@ pub struct Clanker {
 }
 
 impl Clanker {
+    /// Whether a run of `project` may use this clanker (and so receive its secrets).
+    pub fn allowed_in(&self, project: crate::ProjectId) -> bool {
+        self.shared || self.projects.contains(&project)
+    }
+
     /// How runs of this clanker drive their agent.
     pub fn harness(&self) -> Result<HarnessSpec, String> {
         harness_for(self.agent, &self.agent_settings)
@@ -145,6 +154,10 @@ pub struct ClankerInput {
     pub instruction_files: Option<Vec<InstructionFile>>,
     /// Names of secrets the agent receives as environment variables.
     pub secrets: Option<Vec<String>>,
+    /// Any project may run it (default false for a new clanker).
+    pub shared: Option<bool>,
+    /// The projects (ids or slugs) that may run it when it is not shared.
+    pub projects: Option<Vec<String>>,
 }
 
 impl ClankerInput {
@@ -161,6 +174,8 @@ impl ClankerInput {
             max_concurrent_jobs: self.max_concurrent_jobs.or(Some(current.max_concurrent_jobs)),
             instruction_files: self.instruction_files.or_else(|| Some(current.instruction_files.clone())),
             secrets: self.secrets.or_else(|| Some(current.secrets.clone())),
+            shared: self.shared.or(Some(current.shared)),
+            projects: self.projects.or_else(|| Some(current.projects.iter().map(|p| p.to_string()).collect())),
         }
     }
 }
@@ -178,6 +193,10 @@ pub struct NewClanker {
     pub max_concurrent_jobs: u32,
     pub instruction_files: Vec<InstructionFile>,
     pub secrets: Vec<String>,
+    pub shared: bool,
+    /// The projects, as the client named them (ids or slugs); the service resolves them into `projects`.
+    pub project_keys: Vec<String>,
+    pub projects: Vec<crate::ProjectId>,
 }
 
 /// Checks an instruction file's path: AGENTS.md, or a markdown file under
@@ -260,6 +279,15 @@ impl NewClanker {
                 secrets.push(name);
             }
         }
+        let mut project_keys = Vec::new();
+        for (i, key) in input.projects.unwrap_or_default().iter().enumerate() {
+            let key = key.trim();
+            if key.is_empty() || key.len() > 100 {
+                e.add(&format!("projects[{i}]"), "must be a project's id or slug");
+            } else if !project_keys.iter().any(|k| k == key) {
+                project_keys.push(key.to_owned());
+            }
+        }
         match (name, slug, description, agent, compute, max_concurrent_jobs) {
             (Some(name), Some(slug), Some(description), Some(agent), Some(compute), Some(max_concurrent_jobs))
                 if e.is_empty() =>
@@ -275,6 +303,9 @@ impl NewClanker {
                     max_concurrent_jobs,
                     instruction_files,
                     secrets,
+                    shared: input.shared.unwrap_or(false),
+                    project_keys,
+                    projects: Vec::new(),
                 })
             }
             _ => Err(e),

@@ -110,6 +110,19 @@ impl Failure {
         .with_detail(log_tail.unwrap_or_else(|| "the worker left no log".into()))
     }
 
+    /// The worker's process went away while the job ran (killed, crashed,
+    /// out of memory), seen by its compute target before any heartbeat lapsed.
+    pub fn worker_exited(log_tail: Option<String>) -> Self {
+        Self::new(
+            FailureLayer::Heartbeat,
+            "worker_exited",
+            "the worker process exited while the job was running, without reporting a result (killed, crashed or \
+             out of memory): its agent was stopped too; the detail has the last lines of its log; re-run the job",
+            true,
+        )
+        .with_detail(log_tail.unwrap_or_else(|| "the worker left no log".into()))
+    }
+
     /// The server restarted and the worker it had started is gone.
     pub fn orphaned() -> Self {
         Self::new(

@@ -79,6 +79,14 @@ pub struct JobSpec {
     /// Who execution commits are written by.
     #[serde(default)]
     pub commit_author: CommitAuthor,
+    /// How long an agent CLI may print nothing before its run fails in the
+    /// `agent_timeout` layer (a model API that stalls mid-stream).
+    #[serde(default = "default_agent_silence_secs")]
+    pub agent_silence_secs: u64,
+}
+
+fn default_agent_silence_secs() -> u64 {
+    300
 }
 
 /// Where an execution's change goes once its branch is pushed.
@@ -133,7 +141,7 @@ impl CommitAuthor {
 }
 
 /// A job as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Job {
     pub id: JobId,
     pub project_id: ProjectId,
@@ -153,9 +161,16 @@ pub struct Job {
     pub failure: Option<Failure>,
     /// The last progress step the worker reported.
     pub progress_step: Option<String>,
-    pub result: Option<serde_json::Value>,
-    /// Where the worker runs, as the compute target names it (e.g. `local:12345`).
+    pub result: Option<crate::protocol::JobResult>,
+    /// The compute target that ran it (`local`, `docker`, ...).
+    pub compute_kind: Option<crate::ComputeKind>,
+    /// Where the worker runs, as the compute target names it (`local:<host>:<pid>:<start>`).
     pub compute_ref: Option<String>,
+    /// The branch an execution pushed (the spec's branch: the server never takes a worker's word for it).
+    pub branch: Option<String>,
+    pub commit_sha: Option<String>,
+    /// The pull request it opened or updated, checked to be on the project's forge.
+    pub pull_request_url: Option<String>,
     pub requested_by: Option<UserId>,
     pub cancelled_by: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
@@ -198,7 +213,7 @@ named_enum!(
 );
 
 /// One stored job event. `id` orders a job's events and resumes a stream.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobEvent {
     pub id: i64,
     pub job_id: JobId,

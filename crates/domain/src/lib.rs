@@ -8,6 +8,7 @@
 #[macro_use]
 pub mod states;
 pub mod clanker;
+pub mod events;
 pub mod failure;
 pub mod ids;
 pub mod integration;
@@ -23,6 +24,7 @@ pub mod validation;
 pub mod workflow;
 
 pub use clanker::{AgentKind, AgentSettings, Clanker, ClankerInput, ClankerStatus, ComputeKind, NewClanker};
+pub use events::{DomainEvent, EventType, NewEvent};
 pub use failure::{Failure, FailureLayer};
 pub use ids::{ClankerId, IntegrationId, JobId, ProjectId, SecretId, TicketId, UserId};
 pub use integration::{Integration, IntegrationInput, IntegrationPatch, NewIntegration};

@@ -48,6 +48,15 @@ pub fn parse_repository_url(value: &str) -> Result<String, String> {
             "`{url}` is not a clone URL: use https://host/owner/repo.git, ssh://host/owner/repo.git or git@host:owner/repo.git"
         ));
     }
+    // A host git would read as an option (`ssh://-oProxyCommand=…`) runs a command.
+    let host = url
+        .split_once("://")
+        .map(|(_, rest)| rest.split('/').next().unwrap_or_default().rsplit('@').next().unwrap_or_default())
+        .unwrap_or_else(|| url.split(':').next().unwrap_or_default().rsplit('@').next().unwrap_or_default());
+    let host = host.trim_start_matches('[');
+    if host.starts_with('-') || url.contains("://-") || url.contains("://[-") || url.starts_with('-') {
+        return Err(format!("`{url}` names a host starting with `-`, which git would read as an option: fix the host"));
+    }
     if let Some(rest) = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://")) {
         let authority = rest.split('/').next().unwrap_or_default();
         if authority.contains('@') {
@@ -276,6 +285,14 @@ pub fn sanitize_branch_name(raw: &str) -> Result<String, String> {
     parse_branch_name(&name)
 }
 
+/// Whether a clone URL points at this machine's own files (`file://` or a
+/// path), which a server refuses unless `VIBERGLASS_ALLOW_LOCAL_REPOSITORIES`
+/// is set: a project could otherwise read any repository the server can.
+pub fn is_local_repository(url: &str) -> bool {
+    let url = url.trim();
+    url.starts_with("file://") || url.starts_with('/') || url.starts_with('.')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -308,6 +325,14 @@ mod tests {
             assert!(parse_repository_url(url).is_ok(), "{url}");
         }
         assert!(parse_repository_url("ftp://x/y").is_err());
+        for hostile in [
+            "ssh://-oProxyCommand=touch%20/tmp/x/repo",
+            "ssh://[-oProxyCommand=x]/repo",
+            "git@-oProxyCommand=x:repo",
+            "https://-x/a/b",
+        ] {
+            assert!(parse_repository_url(hostile).is_err(), "{hostile}");
+        }
     }
 
     #[test]

@@ -47,11 +47,19 @@ struct Pull {
     html_url: String,
     title: String,
     head: Head,
+    #[serde(default)]
+    body: Option<String>,
 }
 
 impl From<Pull> for PullRequest {
     fn from(p: Pull) -> Self {
-        PullRequest { number: p.number, url: p.html_url, title: p.title, head: p.head.branch }
+        PullRequest {
+            number: p.number,
+            url: p.html_url,
+            title: p.title,
+            head: p.head.branch,
+            body: p.body.unwrap_or_default(),
+        }
     }
 }
 

@@ -53,11 +53,19 @@ struct MergeRequest {
     source_branch: String,
     #[serde(default)]
     source_project_id: Option<u64>,
+    #[serde(default)]
+    description: Option<String>,
 }
 
 impl From<MergeRequest> for PullRequest {
     fn from(m: MergeRequest) -> Self {
-        PullRequest { number: m.iid, url: m.web_url, title: m.title, head: m.source_branch }
+        PullRequest {
+            number: m.iid,
+            url: m.web_url,
+            title: m.title,
+            head: m.source_branch,
+            body: m.description.unwrap_or_default(),
+        }
     }
 }
 

@@ -100,6 +100,9 @@ pub struct PullRequest {
     pub url: String,
     pub title: String,
     pub head: String,
+    /// The description as it stands (to keep a person's text when reusing it).
+    #[serde(default)]
+    pub body: String,
 }
 
 /// What [`Provider::create_pull_request`] sends.
@@ -250,8 +253,8 @@ pub async fn publish(provider: &impl Provider, publication: &Publication<'_>) ->
     let existing =
         provider.find_open_pull_request(new.repository, new.head_repository, new.branch).await.map_err(fail)?;
     let (pull_request, created) = match existing {
-        Some(open) => (reuse(provider, new, open.number, publication.update_comment).await.map_err(fail)?, false),
-        None => match provider.create_pull_request(new).await {
+        Some(open) => (reuse(provider, new, &open, publication.update_comment).await.map_err(fail)?, false),
+        None => match provider.create_pull_request(&NewPullRequest { body: &marked(new.body), ..new.clone() }).await {
             Ok(pr) => (pr, true),
             // Opened by someone else between our look and our create: reuse it.
             Err(e) if e.kind == ErrorKind::Conflict => {
@@ -260,7 +263,7 @@ pub async fn publish(provider: &impl Provider, publication: &Publication<'_>) ->
                     .await
                     .map_err(fail)?
                     .ok_or_else(|| fail(e))?;
-                (reuse(provider, new, open.number, publication.update_comment).await.map_err(fail)?, false)
+                (reuse(provider, new, &open, publication.update_comment).await.map_err(fail)?, false)
             }
             Err(e) => return Err(fail(e)),
         },
@@ -271,13 +274,37 @@ pub async fn publish(provider: &impl Provider, publication: &Publication<'_>) ->
     Ok(Published { pull_request, created })
 }
 
+/// Where Viberglass's part of a pull request's description begins.
+pub const BODY_MARKER: &str = "<!-- viberglass -->";
+
+/// A description as Viberglass opens it: all of it is Viberglass's.
+fn marked(body: &str) -> String {
+    format!("{BODY_MARKER}\n{}", body.trim_start_matches(BODY_MARKER).trim_start())
+}
+
+/// What an update of an open pull request sets: ours (opened by Viberglass:
+/// the description starts with the marker) gets the new title and body; a
+/// person's keeps its title and text, and Viberglass's part goes in its own
+/// section after it, replaced on each update.
+pub fn merged_description(open: &PullRequest, title: &str, body: &str) -> (String, String) {
+    let ours = marked(body);
+    match open.body.find(BODY_MARKER) {
+        Some(0) => (title.to_owned(), ours),
+        Some(at) => (open.title.clone(), format!("{}{ours}", &open.body[..at])),
+        None if open.body.trim().is_empty() => (open.title.clone(), ours),
+        None => (open.title.clone(), format!("{}\n\n---\n### From Viberglass\n{ours}", open.body.trim_end())),
+    }
+}
+
 async fn reuse(
     provider: &impl Provider,
     new: &NewPullRequest<'_>,
-    number: u64,
+    open: &PullRequest,
     comment: &str,
 ) -> Result<PullRequest, ScmError> {
-    let updated = provider.update_pull_request(new.repository, number, new.title, new.body).await?;
+    let number = open.number;
+    let (title, body) = merged_description(open, new.title, new.body);
+    let updated = provider.update_pull_request(new.repository, number, &title, &body).await?;
     if !comment.is_empty() {
         provider.comment(new.repository, number, comment).await?;
     }
@@ -515,6 +542,31 @@ fn provider_message(body: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn open(title: &str, body: &str) -> PullRequest {
+        PullRequest { number: 1, url: "u".into(), title: title.into(), head: "h".into(), body: body.into() }
+    }
+
+    #[test]
+    fn reusing_a_persons_pull_request_keeps_their_title_and_text() {
+        let (title, body) = merged_description(&open("Fix the form", "I started this.\n"), "Agent title", "New text");
+        assert_eq!(title, "Fix the form");
+        assert!(body.starts_with("I started this.\n\n---\n### From Viberglass\n"), "{body}");
+        assert!(body.ends_with(&format!("{BODY_MARKER}\nNew text")), "{body}");
+        // The next update replaces only Viberglass's section.
+        let (_, again) = merged_description(&open("Fix the form", &body), "Agent title", "Newer text");
+        assert!(
+            again.starts_with("I started this.") && again.ends_with("Newer text") && !again.contains("New text\n"),
+            "{again}"
+        );
+        assert_eq!(again.matches(BODY_MARKER).count(), 1);
+        // Ours is replaced whole.
+        let ours = format!("{BODY_MARKER}\nOld");
+        assert_eq!(
+            merged_description(&open("Old title", &ours), "New title", "New"),
+            ("New title".into(), format!("{BODY_MARKER}\nNew"))
+        );
+    }
 
     fn err(kind: ErrorKind, message: &str) -> ScmError {
         ScmError::new(kind, Some(422), message)

@@ -55,6 +55,8 @@ pub fn build_router(state: AppState) -> Router {
     let body_limit = state.config.body_limit_bytes;
     let origins = state.config.cors_allowed_origins.clone();
     let metrics = state.metrics.clone();
+    let hosts =
+        Arc::new(crate::hosts::AllowedHosts::new(state.config.public_url.as_deref(), &state.config.allowed_hosts));
     let mut router = api
         .merge(ui)
         .merge(SwaggerUi::new(DOCS_PATH).url(OPENAPI_PATH, openapi))
@@ -66,7 +68,9 @@ pub fn build_router(state: AppState) -> Router {
         // panic is still logged with the request's id.
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(axum::middleware::from_fn_with_state(metrics, request_context))
-        .layer(DefaultBodyLimit::max(body_limit));
+        .layer(DefaultBodyLimit::max(body_limit))
+        // Outermost: a request for another host name is refused before anything else looks at it.
+        .layer(axum::middleware::from_fn_with_state(hosts, crate::hosts::guard));
     if !origins.is_empty() {
         let origins: Vec<HeaderValue> = origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
         router = router.layer(

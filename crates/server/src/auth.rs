@@ -16,8 +16,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use viberglass_domain::{JobId, ProjectId, ProjectRole, TicketId, User, UserId};
-use viberglass_store::NewAudit;
+use viberglass_domain::{JobId, ProjectId, ProjectRole, TicketId};
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -146,51 +145,6 @@ pub fn rule_for(method: &Method, path: &str) -> Option<Rule> {
     RULES.iter().chain(crate::ui::PAGES).find(|(m, p, _)| *m == method && *p == path).map(|(_, _, rule)| *rule)
 }
 
-/// How the caller proved who they are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Via {
-    Session,
-    Token,
-    /// `AUTH_DISABLED`: nobody signed in; acts as an administrator.
-    Nobody,
-}
-
-/// The authenticated caller of a request.
-#[derive(Debug, Clone)]
-pub struct Caller {
-    pub user: Option<User>,
-    pub via: Via,
-}
-
-impl Caller {
-    pub fn user_id(&self) -> Option<UserId> {
-        self.user.as_ref().map(|u| u.id)
-    }
-
-    pub fn is_admin(&self) -> bool {
-        self.via == Via::Nobody || self.user.as_ref().is_some_and(|u| u.is_admin)
-    }
-
-    /// For messages and logs: the e-mail, or "local development".
-    pub fn label(&self) -> String {
-        self.user.as_ref().map_or_else(|| "local development (AUTH_DISABLED)".to_owned(), |u| u.email.clone())
-    }
-
-    /// The user whose memberships narrow lists: none for admins.
-    pub fn member_filter(&self) -> Option<UserId> {
-        if self.is_admin() { None } else { self.user_id() }
-    }
-
-    /// The channel audit entries record.
-    pub fn channel(&self) -> &'static str {
-        match self.via {
-            Via::Session => "ui",
-            Via::Token => "api",
-            Via::Nobody => "api",
-        }
-    }
-}
-
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
@@ -208,10 +162,7 @@ fn forbidden(message: String) -> ApiError {
     ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
 }
 
-/// sha256 of a session or API token, as stored.
-pub fn hash_secret(token: &str) -> String {
-    crate::engine::hash_token(token)
-}
+pub use crate::identity::{Caller, Via, audit, hash_token as hash_secret};
 
 /// A fresh random token with a prefix: `vgp_` + 40 hex characters.
 pub fn mint_api_token() -> String {
@@ -377,7 +328,7 @@ pub(crate) fn same_origin(headers: &HeaderMap, config: &crate::config::Config) -
 /// never a pass.
 async fn project_of(state: &AppState, scope: Scope, value: &str) -> Result<Option<ProjectId>, ApiError> {
     let found = match scope {
-        Scope::Project => return Ok(crate::api::find_project_id(&state.store, value).await?),
+        Scope::Project => return Ok(crate::service::projects::find_project_id(&state.store, value).await?),
         Scope::Ticket => match value.parse::<TicketId>() {
             Ok(id) => state.store.get_ticket(id).await.map(|t| t.project_id),
             Err(_) => return Ok(None),
@@ -454,8 +405,14 @@ pub(crate) async fn check(state: &AppState, request: Request) -> Result<Request,
                 };
                 if !role.is_some_and(|r| r.includes(needed)) {
                     let have = role.map_or_else(|| "no role".to_owned(), |r| format!("the {r} role"));
+                    // Some routes need more for some actions: say so, so nobody asks for too little.
+                    let more = if path.ends_with("/approval") || path.ends_with("/approve-and-continue") {
+                        " (requesting approval needs member; approving, rejecting and revoking need maintainer)"
+                    } else {
+                        ""
+                    };
                     return Err(forbidden(format!(
-                        "this needs the {needed} role in the project; you have {have}: ask one of its maintainers or an administrator"
+                        "this needs the {needed} role in the project{more}; you have {have}: ask one of its maintainers or an administrator"
                     )));
                 }
             }
@@ -463,32 +420,6 @@ pub(crate) async fn check(state: &AppState, request: Request) -> Result<Request,
     }
     parts.extensions.insert(caller);
     Ok(Request::from_parts(parts, body))
-}
-
-/// Records a security or workflow event in the audit log; a failure to
-/// record is logged, never hidden.
-pub async fn audit(
-    state: &AppState,
-    caller: Option<&Caller>,
-    action: &str,
-    target_kind: &str,
-    target_id: Option<String>,
-    project_id: Option<ProjectId>,
-    details: serde_json::Value,
-) {
-    let entry = NewAudit {
-        actor_id: caller.and_then(Caller::user_id),
-        channel: caller.map_or("api", Caller::channel).to_owned(),
-        action: action.to_owned(),
-        target_kind: target_kind.to_owned(),
-        target_id,
-        project_id,
-        details,
-        request_id: crate::request::current_request_id(),
-    };
-    if let Err(e) = state.store.append_audit(entry).await {
-        tracing::error!(error = %e, action, "could not write the audit log");
-    }
 }
 
 #[cfg(test)]

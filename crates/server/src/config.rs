@@ -169,6 +169,34 @@ pub const SETTINGS: &[Setting] = &[
         secret: false,
     },
     Setting {
+        key: "host_id",
+        env: "VIBERGLASS_HOST_ID",
+        default: "",
+        doc: "This host's id. Local workers are named by it, and only servers with the same host id inspect or stop them. Empty: /etc/machine-id, else the hostname.",
+        secret: false,
+    },
+    Setting {
+        key: "allowed_hosts",
+        env: "VIBERGLASS_ALLOWED_HOSTS",
+        default: "",
+        doc: "Extra host names (comma-separated) requests may be addressed to, besides the public URL's host, localhost and IP addresses. Others are refused, which stops DNS-rebinding pages from driving a local server.",
+        secret: false,
+    },
+    Setting {
+        key: "allow_local_repositories",
+        env: "VIBERGLASS_ALLOW_LOCAL_REPOSITORIES",
+        default: "false",
+        doc: "Whether projects may clone from this machine's own files (file:// URLs). Off: a project could read any repository the server can.",
+        secret: false,
+    },
+    Setting {
+        key: "agent_silence_secs",
+        env: "VIBERGLASS_AGENT_SILENCE_SECS",
+        default: "300",
+        doc: "How long an agent may print nothing (a model API that stalls mid-stream) before its run fails in the agent_timeout layer.",
+        secret: false,
+    },
+    Setting {
         key: "heartbeat_interval_secs",
         env: "VIBERGLASS_HEARTBEAT_INTERVAL_SECS",
         default: "5",
@@ -305,6 +333,33 @@ pub struct Config {
     pub session_ttl_hours: u32,
     pub trust_forwarded_for: bool,
     pub sandbox: viberglass_compute::Sandbox,
+    pub host_id: String,
+    pub agent_silence_secs: u64,
+    pub allow_local_repositories: bool,
+    /// Host names requests may be addressed to besides the public URL's, localhost and IP literals.
+    pub allowed_hosts: Vec<String>,
+}
+
+/// This host's id when none is configured: the processes a server can see
+/// and signal are those of its PID namespace on this boot of this machine,
+/// so the id is the machine id (else the hostname), the PID namespace and
+/// the boot. A machine id copied into container images or cloned VMs alone
+/// would make two hosts look like one.
+fn default_host_id() -> String {
+    let read = |path: &str| std::fs::read_to_string(path).ok().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
+    let machine = read("/etc/machine-id")
+        .or_else(|| read("/etc/hostname"))
+        .or_else(|| read("/proc/sys/kernel/hostname"))
+        .unwrap_or_else(|| "localhost".to_owned());
+    let namespace = std::fs::read_link("/proc/self/ns/pid")
+        .ok()
+        .map(|l| l.to_string_lossy().chars().filter(char::is_ascii_digit).collect::<String>())
+        .unwrap_or_default();
+    let boot = read("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let machine: String =
+        machine.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.')).take(32).collect();
+    let boot: String = boot.chars().filter(char::is_ascii_hexdigit).take(8).collect();
+    format!("{machine}.{namespace}.{boot}")
 }
 
 /// A setting was missing or invalid. Printed as one line; exit code 2.
@@ -649,6 +704,35 @@ impl Config {
                     "none" => viberglass_compute::Sandbox::None,
                     _ => return Err(raw.invalid("unknown sandbox", "auto, bubblewrap or none")),
                 }
+            },
+            host_id: {
+                let raw = raw("host_id");
+                let id = raw.value.trim();
+                if id.is_empty() {
+                    default_host_id()
+                } else if id.len() > 100
+                    || !id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                {
+                    return Err(raw.invalid("not a host id", "letters, digits, `-`, `_` and `.`, at most 100"));
+                } else {
+                    id.to_owned()
+                }
+            },
+            agent_silence_secs: parse_number(&raw("agent_silence_secs"), 5, 86_400)?,
+            allow_local_repositories: parse_bool(&raw("allow_local_repositories"))?,
+            allowed_hosts: {
+                let raw = raw("allowed_hosts");
+                let mut hosts = Vec::new();
+                for host in raw.value.split(',').map(str::trim).filter(|h| !h.is_empty()) {
+                    if host.contains(['/', ':', ' ', '@']) {
+                        return Err(raw.invalid(
+                            format!("`{host}` is not a host name"),
+                            "host names without scheme or port, e.g. viberglass.internal,ci.example.com",
+                        ));
+                    }
+                    hosts.push(host.to_ascii_lowercase());
+                }
+                hosts
             },
         })
     }

@@ -1,21 +1,27 @@
 //! The job engine inside `serve`: the dispatcher, which starts workers for
-//! queued jobs, and the reaper, which fails jobs whose worker went silent or
-//! ran past the project's time limit, and stops their compute.
+//! queued jobs on their clanker's compute target; the reaper, which fails
+//! jobs whose worker exited, went silent or ran past the project's time
+//! limit, and stops their compute; and the outbox delivery loop (see
+//! [`crate::outbox`]). Each loop is supervised: a panic is logged and the
+//! loop restarted; shutdown waits for all of them.
 //!
-//! Both are loops over the database, safe to run in several servers at
-//! once: claims and transitions are guarded updates, so each job is
-//! dispatched once and failed once.
+//! Every loop is safe to run in several servers at once: claims and
+//! transitions are guarded updates, so each job is dispatched once and
+//! failed once, and a server only inspects or stops the workers it owns.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
+use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
-use viberglass_compute::{ComputeTarget, LaunchRequest, WorkerState};
-use viberglass_domain::{ComputeKind, EventKind, Failure, Job, JobStatus, LogLevel};
+use tracing::Instrument;
+use viberglass_compute::{ComputeConfig, ComputeRegistry, ComputeTarget, LaunchRequest, WorkerState};
+use viberglass_domain::{EventKind, Failure, Job, JobStatus, LogLevel};
 use viberglass_store::{Outcome, Store, StoreError};
 
 use crate::error::error_chain;
+use crate::identity::mint_token;
+use crate::service::jobs::end_job;
 
 /// How many times a transient dispatch failure is retried before the job fails.
 const MAX_DISPATCH_ATTEMPTS: u32 = 5;
@@ -24,7 +30,7 @@ const MAX_DISPATCH_ATTEMPTS: u32 = 5;
 #[derive(Clone)]
 pub struct Engine {
     pub store: Store,
-    pub local: Arc<dyn ComputeTarget>,
+    pub compute: ComputeRegistry,
     /// The URL workers call back to.
     pub server_url: Arc<str>,
     pub wake: Arc<tokio::sync::Notify>,
@@ -39,28 +45,57 @@ pub fn dispatch_backoff(attempts: u32) -> Duration {
     Duration::from_secs(2u64.saturating_pow(attempts.clamp(1, 6)).min(60))
 }
 
-/// A new worker token and the hash the database keeps.
-pub fn mint_token() -> (String, String) {
-    let token = hex::encode(rand::random::<[u8; 32]>());
-    let hash = hash_token(&token);
-    (token, hash)
-}
-
-pub fn hash_token(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
+/// Runs `make()` until `shutdown`, restarting it (after a pause) when it
+/// panics, so one bad iteration never silently stops a loop for good.
+pub fn supervise<F, Fut>(name: &'static str, shutdown: CancellationToken, make: F) -> tokio::task::JoinHandle<()>
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        loop {
+            let run = std::panic::AssertUnwindSafe(make()).catch_unwind();
+            match run.await {
+                Ok(()) => return,
+                Err(panic) => {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    tracing::error!(task = name, panic = what, "a background loop panicked; restarting it");
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    })
 }
 
 impl Engine {
-    fn target(&self, kind: ComputeKind) -> Option<&Arc<dyn ComputeTarget>> {
-        (kind == ComputeKind::Local).then_some(&self.local)
+    fn target(&self, job: &Job) -> Option<&Arc<dyn ComputeTarget>> {
+        self.compute.get(job.compute_kind?)
     }
 
-    /// Runs the dispatcher and the reaper until `shutdown`.
-    pub fn spawn(self, shutdown: CancellationToken) {
+    /// Runs the dispatcher and the reaper until `shutdown`; the handles end with them.
+    pub fn spawn(self, shutdown: CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
         let dispatcher = self.clone();
         let stop = shutdown.clone();
-        tokio::spawn(async move { dispatcher.dispatch_loop(stop).await });
-        tokio::spawn(async move { self.reap_loop(shutdown).await });
+        let dispatch = supervise("dispatcher", shutdown.clone(), move || {
+            let engine = dispatcher.clone();
+            let stop = stop.clone();
+            async move { engine.dispatch_loop(stop).await }
+        });
+        let reaper = self.clone();
+        let stop = shutdown.clone();
+        let reap = supervise("reaper", shutdown, move || {
+            let engine = reaper.clone();
+            let stop = stop.clone();
+            async move { engine.reap_loop(stop).await }
+        });
+        vec![dispatch, reap]
     }
 
     async fn dispatch_loop(&self, shutdown: CancellationToken) {
@@ -83,22 +118,16 @@ impl Engine {
         }
     }
 
-    /// Fails a job (unless it has already ended) and brings its ticket's
-    /// lifecycle status in step, as a worker's own report would.
-    async fn fail(&self, job: &Job, failure: Failure) -> Result<bool, StoreError> {
-        let ended_now = self.store.finish_job(job.id, Outcome::Failed(failure)).await?;
-        if ended_now && let Some(ticket) = job.ticket_id {
-            crate::api::workflow::refresh_ticket_status(&self.store, ticket).await;
-        }
-        Ok(ended_now)
-    }
-
     /// Claims and starts one job. `Ok(false)` when nothing was dispatchable.
     pub async fn dispatch_one(&self) -> Result<bool, StoreError> {
         let (token, hash) = mint_token();
         let Some(job) = self.store.claim_next_job(&hash).await? else { return Ok(false) };
         let span = tracing::info_span!("job", job_id = %job.id, attempt = job.attempt);
-        let _guard = span.enter();
+        self.start_worker(job, token).instrument(span).await?;
+        Ok(true)
+    }
+
+    async fn start_worker(&self, job: Job, token: String) -> Result<(), StoreError> {
         let clanker = match job.clanker_id {
             Some(id) => match self.store.get_clanker(id).await {
                 Ok(c) => Some(c),
@@ -110,23 +139,35 @@ impl Engine {
         let Some(clanker) = clanker else {
             let failure =
                 Failure::dispatch("(none)", "the job's clanker no longer exists; re-run with another clanker", false);
-            self.fail(&job, failure).await?;
-            return Ok(true);
+            end_job(&self.store, &job, Outcome::failed(failure)).await?;
+            return Ok(());
         };
-        let Some(target) = self.target(clanker.compute) else {
+        let config = match ComputeConfig::parse(clanker.compute, &clanker.compute_config) {
+            Ok(config) => config,
+            Err(message) => {
+                end_job(
+                    &self.store,
+                    &job,
+                    Outcome::failed(Failure::dispatch(clanker.compute.as_str(), &message, false)),
+                )
+                .await?;
+                return Ok(());
+            }
+        };
+        let Some(target) = self.compute.get(clanker.compute) else {
             let failure = Failure::dispatch(
                 clanker.compute.as_str(),
                 "this compute target is not available in this server",
                 false,
             );
-            self.fail(&job, failure).await?;
-            return Ok(true);
+            end_job(&self.store, &job, Outcome::failed(failure)).await?;
+            return Ok(());
         };
-        let request = LaunchRequest { job_id: job.id, server_url: self.server_url.to_string(), token };
+        let request = LaunchRequest { job_id: job.id, server_url: self.server_url.to_string(), token, config };
         match target.launch(request).await {
             Ok(compute_ref) => {
                 tracing::info!(compute_ref, clanker = clanker.slug.as_str(), "worker started");
-                if self.store.set_job_compute_ref(job.id, &compute_ref).await? {
+                if self.store.set_job_compute_ref(job.id, clanker.compute, &compute_ref).await? {
                     self.store
                         .append_event(
                             job.id,
@@ -138,7 +179,7 @@ impl Engine {
                         .await?;
                 } else {
                     // Cancelled while we were starting it.
-                    let _ = target.stop(&compute_ref).await;
+                    let _ = target.stop(job.id, &compute_ref).await;
                 }
             }
             Err(err) => {
@@ -149,11 +190,11 @@ impl Engine {
                     self.store.requeue_job(job.id, &reason, dispatch_backoff(attempts)).await?;
                 } else {
                     let failure = Failure::dispatch(clanker.compute.as_str(), &err.to_string(), err.is_transient());
-                    self.fail(&job, failure).await?;
+                    end_job(&self.store, &job, Outcome::failed(failure)).await?;
                 }
             }
         }
-        Ok(true)
+        Ok(())
     }
 
     async fn reap_loop(&self, shutdown: CancellationToken) {
@@ -169,60 +210,85 @@ impl Engine {
         }
     }
 
-    /// Fails silent and overlong jobs and stops their compute.
+    /// What the job's compute target says of its worker (`Foreign` when
+    /// another host owns it, or no target here can tell).
+    async fn worker_state(&self, job: &Job) -> WorkerState {
+        match (self.target(job), &job.compute_ref) {
+            (Some(target), Some(compute_ref)) => target.inspect(job.id, compute_ref).await,
+            _ => WorkerState::Foreign,
+        }
+    }
+
+    /// Fails jobs whose worker exited, went silent or overran, and stops their compute.
     pub async fn reap_once(&self) -> Result<(), StoreError> {
         let now = viberglass_store::now();
         for job in self.store.live_jobs(1000).await? {
-            let Some(spec) = &job.spec else { continue };
+            let Some(limits) = self.store.job_limits(job.id).await? else { continue };
             let last_sign = job.last_heartbeat_at.or(job.dispatched_at).unwrap_or(job.queued_at);
             let silent = (now - last_sign).whole_seconds();
             let running = job.started_at.map(|s| (now - s).whole_seconds()).unwrap_or(0);
-            // A worker that never reported and whose process is gone will not
-            // report: say so now, with its log, instead of after the grace.
-            let never_reported = job.status == JobStatus::Dispatching && job.last_heartbeat_at.is_none();
-            let gone = match (&job.compute_ref, never_reported && silent >= 2) {
-                (Some(compute_ref), true) => self.local.inspect(job.id, compute_ref).await == WorkerState::Gone,
-                _ => false,
-            };
+            // The compute target sees a worker's exit at once: a worker that
+            // is gone will not report, so say so now, with its log, instead
+            // of after the heartbeat grace (a just-launched one gets 2 s to exec).
+            let gone = job.compute_ref.is_some()
+                && (job.status == JobStatus::Active || silent >= 2)
+                && self.worker_state(&job).await == WorkerState::Gone;
             let failure = if gone {
-                Failure::worker_exited_at_start(self.local.log_tail(job.id).await)
-            } else if silent > spec.heartbeat_grace_secs as i64 {
-                Failure::heartbeat_lost(spec.heartbeat_grace_secs)
-            } else if job.status == JobStatus::Active && running > spec.max_execution_secs as i64 {
-                Failure::time_limit(spec.max_execution_secs)
+                let tail = match self.target(&job) {
+                    Some(target) => target.log_tail(job.id).await,
+                    None => None,
+                };
+                if job.last_heartbeat_at.is_none() {
+                    Failure::worker_exited_at_start(tail)
+                } else {
+                    Failure::worker_exited(tail)
+                }
+            } else if silent > limits.heartbeat_grace_secs as i64 {
+                Failure::heartbeat_lost(limits.heartbeat_grace_secs)
+            } else if job.status == JobStatus::Active && running > limits.max_execution_secs as i64 {
+                Failure::time_limit(limits.max_execution_secs)
             } else {
                 continue;
             };
-            if self.fail(&job, failure.clone()).await? {
-                tracing::warn!(job_id = %job.id, layer = failure.layer.as_str(), "reaper failed the job");
+            let layer = failure.layer;
+            if end_job(&self.store, &job, Outcome::failed(failure)).await? {
+                tracing::warn!(job_id = %job.id, layer = layer.as_str(), "reaper failed the job");
                 self.stop_compute(&job).await;
             }
         }
         Ok(())
     }
 
-    /// Stops a job's worker, if it has one.
+    /// Stops a job's worker (and its agent), if it has one and this server owns it.
     pub async fn stop_compute(&self, job: &Job) {
         let Some(compute_ref) = &job.compute_ref else { return };
-        // Every target we can launch on today is local.
-        if let Err(err) = self.local.stop(compute_ref).await {
-            tracing::warn!(job_id = %job.id, error = %err, "could not stop the worker");
-        } else {
-            let _ = self
-                .store
-                .append_event(
-                    job.id,
-                    EventKind::Status,
-                    LogLevel::Info,
-                    &format!("worker stopped ({compute_ref})"),
-                    None,
-                )
-                .await;
+        let Some(target) = self.target(job) else {
+            return tracing::warn!(job_id = %job.id, compute_ref, "no compute target here can stop this worker");
+        };
+        if self.worker_state(job).await == WorkerState::Foreign {
+            return tracing::info!(job_id = %job.id, compute_ref, "the worker belongs to another host; its server stops it");
+        }
+        match target.stop(job.id, compute_ref).await {
+            Err(err) => tracing::warn!(job_id = %job.id, error = %err, "could not stop the worker"),
+            Ok(()) => {
+                let _ = self
+                    .store
+                    .append_event(
+                        job.id,
+                        EventKind::Status,
+                        LogLevel::Info,
+                        &format!("worker stopped ({compute_ref})"),
+                        None,
+                    )
+                    .await;
+            }
         }
     }
 
     /// At boot: jobs a dead server left dispatching or active are adopted
     /// when their worker still runs, and failed when it is gone and silent.
+    /// Workers of other hosts are left to their own servers (and the
+    /// heartbeat grace).
     async fn adopt_or_fail_orphans(&self) {
         let jobs = match self.store.live_jobs(1000).await {
             Ok(jobs) => jobs,
@@ -232,18 +298,18 @@ impl Engine {
         let quiet_for = (self.heartbeat_interval * 3).as_secs() as i64;
         for job in jobs {
             let state = match &job.compute_ref {
-                Some(r) => self.local.inspect(job.id, r).await,
+                Some(_) => self.worker_state(&job).await,
                 None => WorkerState::Gone,
             };
             let last_sign = job.last_heartbeat_at.or(job.dispatched_at).unwrap_or(job.queued_at);
             match state {
                 WorkerState::Running => tracing::info!(job_id = %job.id, "adopted a running worker"),
                 WorkerState::Gone if (now - last_sign).whole_seconds() > quiet_for => {
-                    if let Ok(true) = self.fail(&job, Failure::orphaned()).await {
+                    if let Ok(true) = end_job(&self.store, &job, Outcome::failed(Failure::orphaned())).await {
                         tracing::warn!(job_id = %job.id, "failed a job whose worker did not survive the restart");
                     }
                 }
-                WorkerState::Gone => {}
+                WorkerState::Gone | WorkerState::Foreign => {}
             }
         }
     }
@@ -265,7 +331,24 @@ mod tests {
         let (b, _) = mint_token();
         assert_ne!(a, b);
         assert_eq!(a.len(), 64);
-        assert_eq!(hash_token(&a), hash_a);
+        assert_eq!(crate::identity::hash_token(&a), hash_a);
         assert_ne!(hash_a, a);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_loop_is_restarted() {
+        let runs = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let shutdown = CancellationToken::new();
+        let counter = runs.clone();
+        let handle = supervise("test", shutdown.clone(), move || {
+            let counter = counter.clone();
+            async move {
+                if counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                    panic!("first run fails");
+                }
+            }
+        });
+        handle.await.unwrap();
+        assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 2, "restarted once, then ended normally");
     }
 }

@@ -38,6 +38,11 @@ impl ApiError {
         Self { status, body: ErrorBody { code, message: message.into(), hint: None, fields: Vec::new() }, cause: None }
     }
 
+    /// The internal cause of a 5xx, for the log (never sent).
+    pub fn cause(&self) -> Option<&str> {
+        self.cause.as_deref()
+    }
+
     pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
         self.body.hint = Some(hint.into());
         self
@@ -99,7 +104,48 @@ impl From<StoreError> for ApiError {
                 "busy",
                 format!("the {entity} is being changed by someone else right now; try again"),
             ),
+            other if other.is_unavailable() => {
+                let mut api = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "database_unavailable",
+                    format!("the database is unavailable ({}); try again shortly", unavailable_reason(&other)),
+                )
+                .with_hint(
+                    "an operator should check that the database is running and reachable (GET /readyz says why)",
+                );
+                api.cause = Some(error_chain(&other));
+                api
+            }
             other @ (StoreError::Database(_) | StoreError::Corrupt { .. }) => ApiError::internal(error_chain(&other)),
+        }
+    }
+}
+
+/// Why the database could not be reached, in words safe to show (no addresses or credentials).
+fn unavailable_reason(err: &StoreError) -> &'static str {
+    match err {
+        e if e.to_string().contains("pool timed out") => "no connection could be had in time",
+        e if e.to_string().contains("closed") => "the server is shutting down",
+        _ => "the connection failed",
+    }
+}
+
+impl From<crate::service::ServiceError> for ApiError {
+    fn from(err: crate::service::ServiceError) -> Self {
+        use crate::service::ServiceError as E;
+        match err {
+            E::Invalid(errors) => errors.into(),
+            E::NotFound(message) => ApiError::not_found(message),
+            E::Unprocessable { code, message } => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message),
+            E::Forbidden { code, message } => ApiError::new(StatusCode::FORBIDDEN, code, message),
+            E::Conflict { code, message, hint } => {
+                let api = ApiError::new(StatusCode::CONFLICT, code, message);
+                match hint {
+                    Some(hint) => api.with_hint(hint),
+                    None => api,
+                }
+            }
+            E::Store(store) => store.into(),
         }
     }
 }

@@ -99,6 +99,19 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
     }
 }
 
+/// A job id from a path.
+pub fn parse_job_id(text: &str) -> crate::error::ApiResult<viberglass_domain::JobId> {
+    text.parse()
+        .map_err(|e: viberglass_domain::ids::InvalidId| crate::error::ApiError::invalid_field("job_id", e.to_string()))
+}
+
+/// A ticket id from a path.
+pub fn parse_ticket_id(text: &str) -> crate::error::ApiResult<viberglass_domain::TicketId> {
+    text.parse().map_err(|e: viberglass_domain::ids::InvalidId| {
+        crate::error::ApiError::invalid_field("ticket_id", e.to_string())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -67,8 +67,15 @@ pub async fn metrics(State(state): State<AppState>) -> ApiResult<impl IntoRespon
     out.push_str("# HELP viberglass_build_info The running version.\n# TYPE viberglass_build_info gauge\n");
     let _ = writeln!(out, "viberglass_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
     out.push_str("# HELP viberglass_jobs Jobs by status, from the database.\n# TYPE viberglass_jobs gauge\n");
-    for (status, count) in state.store.job_counts().await? {
-        let _ = writeln!(out, "viberglass_jobs{{status=\"{status}\"}} {count}");
+    // Still served when the database is down: the request metrics and `viberglass_database_up` say so.
+    match tokio::time::timeout(std::time::Duration::from_secs(1), state.store.job_counts()).await {
+        Ok(Ok(counts)) => {
+            for (status, count) in counts {
+                let _ = writeln!(out, "viberglass_jobs{{status=\"{status}\"}} {count}");
+            }
+            out.push_str("# HELP viberglass_database_up Whether the database answered.\n# TYPE viberglass_database_up gauge\nviberglass_database_up 1\n");
+        }
+        _ => out.push_str("# HELP viberglass_database_up Whether the database answered.\n# TYPE viberglass_database_up gauge\nviberglass_database_up 0\n"),
     }
     state.metrics.render(&mut out);
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out))

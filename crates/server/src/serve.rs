@@ -28,7 +28,7 @@ pub enum StartupError {
     #[error("cannot use the encryption key file {}: {reason}; restore it, or set SECRETS_ENCRYPTION_KEY", path.display())]
     KeyFile { path: PathBuf, reason: String },
     #[error(
-        "{source} (gave up after {attempts} attempts); check that the database is running and that DATABASE_URL points at it"
+        "{source} (gave up after {attempts} attempt{}); check that the database is running and that DATABASE_URL points at it", if *attempts == 1 { "" } else { "s" }
     )]
     Database { source: ConnectError, attempts: u32 },
     #[error("{0}")]
@@ -197,6 +197,7 @@ pub fn app_state(
         None => std::env::current_exe().map_err(StartupError::WorkerBinary)?,
     };
     let local_target = viberglass_compute::LocalTarget::new(viberglass_compute::LocalSettings {
+        host_id: config.host_id.clone(),
         worker_binary,
         // Absolute: workers start in it, and the sandbox binds it by path.
         workspace_root: std::path::absolute(config.data_dir.join("workspaces"))
@@ -205,9 +206,11 @@ pub fn app_state(
         env: vec![("LOG_FORMAT".into(), "json".into())],
         sandbox: config.sandbox,
     });
+    let mut compute = viberglass_compute::ComputeRegistry::new();
+    compute.register(Arc::new(local_target));
     let engine = Engine {
         store: store.clone(),
-        local: Arc::new(local_target),
+        compute,
         server_url,
         wake: Arc::new(tokio::sync::Notify::new()),
         dispatch_interval: Duration::from_millis(config.dispatch_interval_ms),
@@ -247,7 +250,8 @@ pub async fn serve(
     } else if state.store.count_users().await.unwrap_or(1) == 0 {
         tracing::info!("no user yet: open {public}/api/docs/ and POST /api/v1/setup to create the first administrator");
     }
-    state.engine.clone().spawn(shutdown.clone());
+    let mut loops = state.engine.clone().spawn(shutdown.clone());
+    loops.push(spawn_outbox(&state, shutdown.clone()));
     let app = build_router(state).into_make_service_with_connect_info::<SocketAddr>();
     let server = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let deadline = async {
@@ -255,10 +259,27 @@ pub async fn serve(
         tracing::info!(grace_secs = grace.as_secs(), "shutting down; letting in-flight requests finish");
         tokio::time::sleep(grace).await;
     };
-    tokio::select! {
+    let result = tokio::select! {
         result = server => { tracing::info!("server stopped"); result }
         () = deadline => { tracing::warn!("in-flight requests did not finish within the shutdown timeout; stopping anyway"); Ok(()) }
-    }
+    };
+    // The loops stop at the cancellation; wait for them (a loop in a store
+    // call finishes it), so nothing is cut off mid-transition.
+    shutdown.cancel();
+    let _ = tokio::time::timeout(grace.max(Duration::from_secs(1)), futures::future::join_all(loops)).await;
+    result
+}
+
+/// The outbox's consumers, supervised like the engine's loops. The lease
+/// owner names this server process, so two servers never read one consumer at once.
+fn spawn_outbox(state: &AppState, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+    let owner = format!("{}/{}", state.config.host_id, hex::encode(rand::random::<[u8; 6]>()));
+    let poll = Duration::from_millis(state.config.dispatch_interval_ms.clamp(50, 1000));
+    let state = state.clone();
+    let stop = shutdown.clone();
+    crate::engine::supervise("outbox", shutdown, move || {
+        crate::outbox::deliver_loop(state.clone(), crate::outbox::consumers(), owner.clone(), poll, stop.clone())
+    })
 }
 
 async fn cancel_on_signal(token: CancellationToken) {

@@ -1,7 +1,7 @@
 //! Clankers and their instruction files.
 
 use viberglass_domain::{
-    Clanker, ClankerId, ClankerStatus, InstructionFile, NewClanker, Page, PageRequest, ProjectSlug,
+    Clanker, ClankerId, ClankerStatus, InstructionFile, NewClanker, Page, PageRequest, ProjectId, ProjectSlug,
 };
 
 use sqlx::types::Json;
@@ -17,15 +17,18 @@ macro_rules! select {
     ($($rest:literal),*) => {
         concat!(
             "SELECT id, name, slug, description, agent, agent_settings, compute, compute_config, status, \
-             status_message, max_concurrent_jobs, created_at, updated_at FROM clankers ",
+             status_message, max_concurrent_jobs, shared, created_at, updated_at FROM clankers ",
             $($rest),*
         )
     };
 }
 
 const INSERT: &str = "INSERT INTO clankers (id, name, slug, description, agent, agent_settings, compute, \
-     compute_config, status, status_message, max_concurrent_jobs, created_at, updated_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
+     compute_config, status, status_message, max_concurrent_jobs, created_at, updated_at, shared) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
+const INSERT_PROJECT: &str = "INSERT INTO clanker_projects (clanker_id, project_id) VALUES ($1, $2)";
+const DELETE_PROJECTS: &str = "DELETE FROM clanker_projects WHERE clanker_id = $1";
+const SELECT_PROJECTS: &str = "SELECT project_id FROM clanker_projects WHERE clanker_id = $1 ORDER BY project_id";
 const INSERT_FILE: &str = "INSERT INTO clanker_files (clanker_id, path, content, updated_at) VALUES ($1, $2, $3, $4)";
 const INSERT_SECRET: &str =
     "INSERT INTO clanker_secrets (clanker_id, secret_id) SELECT $1, id FROM secrets WHERE name = $2";
@@ -33,8 +36,10 @@ const SELECT_SECRETS: &str = "SELECT secrets.name AS name FROM clanker_secrets \
      JOIN secrets ON secrets.id = clanker_secrets.secret_id WHERE clanker_secrets.clanker_id = $1 ORDER BY secrets.name";
 const DELETE_FILES: &str = "DELETE FROM clanker_files WHERE clanker_id = $1";
 const DELETE_SECRETS: &str = "DELETE FROM clanker_secrets WHERE clanker_id = $1";
+/// Guarded by the `updated_at` the caller read, so a concurrent edit is never lost.
 const UPDATE: &str = "UPDATE clankers SET name = $2, slug = $3, description = $4, agent = $5, agent_settings = $6, \
-     compute = $7, compute_config = $8, max_concurrent_jobs = $9, updated_at = $10 WHERE id = $1";
+     compute = $7, compute_config = $8, max_concurrent_jobs = $9, updated_at = $10, shared = $11 \
+     WHERE id = $1 AND updated_at = $12";
 const SELECT_FILES: &str = "SELECT path, content FROM clanker_files WHERE clanker_id = $1 ORDER BY path";
 const SELECT_BY_ID: &str = select!("WHERE id = $1");
 const SELECT_BY_SLUG: &str = select!("WHERE slug = $1");
@@ -56,6 +61,8 @@ fn from_row(r: &impl RowExt) -> Result<Clanker, StoreError> {
         max_concurrent_jobs: to_u32(ENTITY, "max_concurrent_jobs", r.int("max_concurrent_jobs")?)?,
         instruction_files: Vec::new(),
         secrets: Vec::new(),
+        shared: r.flag("shared")?,
+        projects: Vec::new(),
         created_at: r.time("created_at")?,
         updated_at: r.time("updated_at")?,
     })
@@ -78,6 +85,8 @@ impl Store {
             max_concurrent_jobs: new.max_concurrent_jobs,
             instruction_files: new.instruction_files,
             secrets: new.secrets,
+            shared: new.shared,
+            projects: new.projects,
             created_at: now,
             updated_at: now,
         };
@@ -100,8 +109,12 @@ impl Store {
                 .bind(i64::from(c.max_concurrent_jobs))
                 .bind(DbTime(c.created_at))
                 .bind(DbTime(c.updated_at))
+                .bind(c.shared)
                 .execute(&mut *tx)
                 .await?;
+            for project in &c.projects {
+                sqlx::query(INSERT_PROJECT).bind(c.id.as_uuid()).bind(project.as_uuid()).execute(&mut *tx).await?;
+            }
             for file in &c.instruction_files {
                 sqlx::query(INSERT_FILE)
                     .bind(c.id.as_uuid())
@@ -129,7 +142,21 @@ impl Store {
         let mut clanker = row.ok_or_else(|| StoreError::not_found(ENTITY, id))?;
         clanker.instruction_files = self.clanker_files(id).await?;
         clanker.secrets = self.clanker_secrets(id).await?;
+        clanker.projects = self.clanker_projects(id).await?;
         Ok(clanker)
+    }
+
+    async fn clanker_projects(&self, id: ClankerId) -> Result<Vec<ProjectId>, StoreError> {
+        let ids = on_pool!(self, |pool| {
+            sqlx::query(SELECT_PROJECTS)
+                .bind(id.as_uuid())
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|r| r.uuid("project_id").map(ProjectId::from_uuid))
+                .collect::<Result<Vec<_>, _>>()
+        })?;
+        Ok(ids)
     }
 
     pub async fn get_clanker_by_slug(&self, slug: &ProjectSlug) -> Result<Clanker, StoreError> {
@@ -171,9 +198,16 @@ impl Store {
         Ok(names)
     }
 
-    /// Replaces a clanker's configuration (its status is kept).
-    pub async fn update_clanker(&self, id: ClankerId, new: NewClanker) -> Result<Clanker, StoreError> {
-        let now = DbTime(crate::now());
+    /// Replaces a clanker's configuration (its status is kept), only if it is
+    /// still as the caller read it (`read_at`, its `updated_at`); else
+    /// `Contended`, and the caller reads again and re-applies its change.
+    pub async fn update_clanker(
+        &self,
+        id: ClankerId,
+        read_at: time::OffsetDateTime,
+        new: NewClanker,
+    ) -> Result<Clanker, StoreError> {
+        let now = DbTime(crate::now().max(read_at + time::Duration::microseconds(1)));
         let changed = on_pool!(self, |pool| async {
             let mut tx = pool.begin().await?;
             let changed = sqlx::query(UPDATE)
@@ -187,9 +221,18 @@ impl Store {
                 .bind(Json(new.compute_config.clone()))
                 .bind(i64::from(new.max_concurrent_jobs))
                 .bind(now)
+                .bind(new.shared)
+                .bind(DbTime(read_at))
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
+            if changed == 0 {
+                return Ok(0);
+            }
+            sqlx::query(DELETE_PROJECTS).bind(id.as_uuid()).execute(&mut *tx).await?;
+            for project in &new.projects {
+                sqlx::query(INSERT_PROJECT).bind(id.as_uuid()).bind(project.as_uuid()).execute(&mut *tx).await?;
+            }
             sqlx::query(DELETE_FILES).bind(id.as_uuid()).execute(&mut *tx).await?;
             sqlx::query(DELETE_SECRETS).bind(id.as_uuid()).execute(&mut *tx).await?;
             for file in &new.instruction_files {
@@ -210,7 +253,9 @@ impl Store {
         .await)
         .map_err(|e| StoreError::from_write(ENTITY, TABLE, e))?;
         if changed == 0 {
-            return Err(StoreError::not_found(ENTITY, id));
+            // Gone, or changed since it was read.
+            self.get_clanker(id).await?;
+            return Err(StoreError::Contended { entity: ENTITY });
         }
         self.get_clanker(id).await
     }

@@ -3,13 +3,16 @@
 use viberglass_domain::{JobId, Phase, TicketId};
 
 use crate::dbtime::DbTime;
+use crate::outbox::emit;
 use crate::rows::RowExt;
 use crate::{Store, StoreError, on_pool};
 
 const SELECT_DOCUMENT: &str = "SELECT id, revision FROM phase_documents WHERE ticket_id = $1 AND phase = $2";
+// A document an agent wrote is ready for review: its approval is requested at
+// once, so the ticket shows "awaiting approval" instead of staying "researching".
 const INSERT_DOCUMENT: &str = "INSERT INTO phase_documents (id, ticket_id, phase, content, revision, approval_state, \
-     created_at, updated_at) VALUES ($1, $2, $3, $4, 1, 'draft', $5, $5)";
-const UPDATE_DOCUMENT: &str = "UPDATE phase_documents SET content = $2, revision = $3, approval_state = 'draft', \
+     created_at, updated_at) VALUES ($1, $2, $3, $4, 1, 'approval_requested', $5, $5)";
+const UPDATE_DOCUMENT: &str = "UPDATE phase_documents SET content = $2, revision = $3, approval_state = 'approval_requested', \
      approved_at = NULL, approved_by = NULL, updated_at = $4 WHERE id = $1 AND revision = $5";
 const INSERT_REVISION: &str = "INSERT INTO document_revisions (id, document_id, revision, content, source, author_id, \
      job_id, created_at) VALUES ($1, $2, $3, $4, 'agent', NULL, $5, $6)";
@@ -69,6 +72,20 @@ impl Store {
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
+            let project = sqlx::query("SELECT project_id FROM tickets WHERE id = $1")
+                .bind(ticket_id.as_uuid())
+                .fetch_one(&mut *tx)
+                .await?
+                .uuid("project_id")?;
+            let project = viberglass_domain::ProjectId::from_uuid(project);
+            emit!(self, tx, &crate::workflow::document_event(ticket_id, project, phase, revision, "agent"))?;
+            let requested = viberglass_domain::NewEvent::new(
+                viberglass_domain::EventType::ApprovalRequested,
+                serde_json::json!({"ticket_id": ticket_id, "phase": phase, "revision": revision, "by": "agent"}),
+            )
+            .project(project)
+            .ticket(Some(ticket_id));
+            emit!(self, tx, &requested)?;
             tx.commit().await?;
             Ok::<_, sqlx::Error>(revision)
         })

@@ -62,6 +62,12 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Whether the database could not be reached at all (down, restarting,
+    /// out of connections), as opposed to refusing one query.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Database(sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)))
+    }
+
     pub(crate) fn not_found(entity: &'static str, id: impl ToString) -> Self {
         StoreError::NotFound { entity, id: id.to_string() }
     }

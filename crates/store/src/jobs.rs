@@ -5,46 +5,53 @@
 //! cannot both act on the same transition. Job rows are never deleted.
 
 use sqlx::types::Json;
+use viberglass_domain::protocol::JobResult;
 use viberglass_domain::{
-    ClankerId, EventKind, Failure, Job, JobEvent, JobId, JobSpec, JobStatus, LogLevel, NewJobEvent, Page, PageRequest,
-    Phase, ProjectId, TicketId, UserId, job::bound_message,
+    ClankerId, EventKind, EventType, Failure, Job, JobEvent, JobId, JobSpec, JobStatus, LogLevel, NewEvent,
+    NewJobEvent, Page, PageRequest, Phase, ProjectId, TicketId, UserId, job::bound_message,
 };
 
 use crate::dbtime::DbTime;
+use crate::outbox::emit;
 use crate::rows::{RowExt, parse_stored, to_u32};
 use crate::{Store, StoreError, on_pool};
 
 const ENTITY: &str = "job";
 const TABLE: &str = "jobs";
 
+/// The columns of the light job view: everything but the frozen spec, which
+/// can carry a megabyte of attachments and is read only by the bootstrap.
+macro_rules! light_columns {
+    () => {
+        "id, project_id, ticket_id, clanker_id, phase, status, attempt, retry_of, compute_kind, compute_ref, \
+         dispatch_attempts, progress_step, status_message, failure, result, branch, commit_sha, pull_request_url, \
+         requested_by, cancelled_by, queued_at, dispatched_at, started_at, last_heartbeat_at, finished_at, updated_at"
+    };
+}
 macro_rules! select {
     ($($rest:literal),*) => {
-        concat!(
-            "SELECT id, project_id, ticket_id, clanker_id, phase, status, attempt, retry_of, spec, compute_ref, \
-             dispatch_attempts, progress_step, status_message, failure, result, requested_by, cancelled_by, \
-             queued_at, dispatched_at, started_at, last_heartbeat_at, finished_at, updated_at FROM jobs ",
-            $($rest),*
-        )
+        concat!("SELECT ", light_columns!(), " FROM jobs ", $($rest),*)
     };
 }
 macro_rules! returning {
     () => {
-        " RETURNING id, project_id, ticket_id, clanker_id, phase, status, attempt, retry_of, spec, compute_ref, \
-         dispatch_attempts, progress_step,
- status_message, failure, result, requested_by, cancelled_by, \
-         queued_at, dispatched_at, started_at, last_heartbeat_at, finished_at, updated_at"
+        concat!(" RETURNING ", light_columns!())
     };
 }
 
 pub(crate) const INSERT: &str = "INSERT INTO jobs (id, project_id, ticket_id, clanker_id, phase, status, attempt, retry_of, spec, \
      requested_by, queued_at, updated_at) VALUES ($1, $2, $3, $4, $5, 'queued', $6, $7, $8, $9, $10, $10)";
 const SELECT_BY_ID: &str = select!("WHERE id = $1");
+const SELECT_SPEC: &str = "SELECT spec FROM jobs WHERE id = $1";
 const SELECT_PAGE: &str = select!(
     "WHERE ($1 IS NULL OR id < $1) AND ($2 IS NULL OR project_id = $2) AND ($3 IS NULL OR ticket_id = $3) ",
     "AND ($4 IS NULL OR clanker_id = $4) AND ($5 IS NULL OR status = $5) ",
     "AND ($7 IS NULL OR project_id IN (SELECT project_id FROM project_members WHERE user_id = $7)) ",
+    "AND ($8 = 0 OR ticket_id IS NULL OR NOT EXISTS (SELECT 1 FROM jobs later WHERE later.ticket_id = jobs.ticket_id ",
+    "AND later.phase = jobs.phase AND later.id > jobs.id AND later.status = 'completed')) ",
     "ORDER BY id DESC LIMIT $6"
 );
+const SELECT_RERUN: &str = "SELECT id FROM jobs WHERE retry_of = $1 ORDER BY id DESC LIMIT 1";
 const SELECT_LIVE: &str = select!("WHERE status IN ('dispatching', 'active') ORDER BY id LIMIT $1");
 const SELECT_TOKEN: &str = "SELECT status, token_hash FROM jobs WHERE id = $1";
 
@@ -82,16 +89,21 @@ const CLAIM_POSTGRES: &str = claim_sql!(" FOR UPDATE OF j SKIP LOCKED");
 /// two servers claim at the same moment.
 const CLAIM_LOCK: &str = "SELECT pg_advisory_xact_lock(6294561077405238081)";
 
-const SET_COMPUTE_REF: &str = "UPDATE jobs SET compute_ref = $2, updated_at = $3 \
+const SET_COMPUTE_REF: &str = "UPDATE jobs SET compute_ref = $2, compute_kind = $4, updated_at = $3 \
      WHERE id = $1 AND status IN ('dispatching', 'active')";
 const REQUEUE: &str = "UPDATE jobs SET status = 'queued', token_hash = NULL, status_message = $2, updated_at = $3, \
-     dispatch_after = $4 WHERE id = $1 AND status = 'dispatching'";
-const HEARTBEAT: &str = "UPDATE jobs SET last_heartbeat_at = $2, updated_at = $2, started_at = COALESCE(started_at, $2), \
-     status = CASE WHEN status = 'dispatching' THEN 'active' ELSE status END \
-     WHERE id = $1 AND status IN ('dispatching', 'active')";
+     dispatch_after = $4, bootstrapped_at = NULL, bootstrap_instance = NULL WHERE id = $1 AND status = 'dispatching'";
+const START: &str = "UPDATE jobs SET status = 'active', last_heartbeat_at = $2, updated_at = $2, \
+     started_at = COALESCE(started_at, $2) WHERE id = $1 AND status = 'dispatching' RETURNING project_id, ticket_id, phase";
+const HEARTBEAT: &str = "UPDATE jobs SET last_heartbeat_at = $2, updated_at = $2 WHERE id = $1 AND status = 'active'";
 const FINISH: &str = "UPDATE jobs SET status = $2, result = $3, failure = $4, failure_layer = $5, status_message = $6, \
-     cancelled_by = $7, finished_at = $8, updated_at = $8, tokens_in = $9, tokens_out = $10, cost_microusd = $11 \
-     WHERE id = $1 AND status IN ('queued', 'dispatching', 'active')";
+     cancelled_by = $7, finished_at = $8, updated_at = $8, tokens_in = $9, tokens_out = $10, cost_microusd = $11, \
+     branch = COALESCE($12, branch), commit_sha = $13, pull_request_url = $14 \
+     WHERE id = $1 AND status IN ('queued', 'dispatching', 'active') RETURNING project_id, ticket_id, phase, attempt";
+const SET_TICKET_PR: &str = "UPDATE tickets SET pull_request_url = $2, updated_at = $3 WHERE id = $1";
+const MARK_BOOTSTRAPPED: &str = "UPDATE jobs SET bootstrapped_at = $2, bootstrap_instance = $3 \
+     WHERE id = $1 AND bootstrapped_at IS NULL";
+const SELECT_BOOTSTRAPPED: &str = "SELECT bootstrap_instance FROM jobs WHERE id = $1";
 const USAGE: &str = "SELECT COUNT(*) AS jobs, CAST(COALESCE(SUM(tokens_in), 0) AS BIGINT) AS tokens_in, \
      CAST(COALESCE(SUM(tokens_out), 0) AS BIGINT) AS tokens_out, \
      CAST(COALESCE(SUM(cost_microusd), 0) AS BIGINT) AS cost_microusd FROM jobs \
@@ -115,6 +127,24 @@ pub struct NewJob {
     pub requested_by: Option<UserId>,
 }
 
+/// Who a job's bootstrap goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootstrapClaim {
+    /// The first worker to ask.
+    First,
+    /// The same worker asking again.
+    Again,
+    /// Another process holding the job's token.
+    Taken,
+}
+
+/// How long a job may be silent, and run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobLimits {
+    pub heartbeat_grace_secs: u64,
+    pub max_execution_secs: u64,
+}
+
 /// Which jobs a list returns.
 #[derive(Debug, Clone, Default)]
 pub struct JobFilter {
@@ -124,6 +154,9 @@ pub struct JobFilter {
     pub status: Option<JobStatus>,
     /// Only the projects this user is a member of.
     pub member_of: Option<viberglass_domain::UserId>,
+    /// Leave out jobs a later run of the same ticket and phase has made good
+    /// (a failure whose re-run completed needs nobody's attention).
+    pub unresolved_only: bool,
 }
 
 /// Tokens and cost the agents reported, summed over jobs.
@@ -138,9 +171,46 @@ pub struct UsageSummary {
 /// How a job ended.
 #[derive(Debug, Clone)]
 pub enum Outcome {
-    Completed { result: serde_json::Value, summary: String },
-    Failed(Failure),
-    Cancelled { by: String },
+    Completed {
+        result: JobResult,
+        summary: String,
+    },
+    /// Failed; `result` keeps what the run did before it failed (a pushed branch).
+    Failed {
+        failure: Failure,
+        result: Option<JobResult>,
+    },
+    Cancelled {
+        by: String,
+    },
+}
+
+impl Outcome {
+    pub fn failed(failure: Failure) -> Self {
+        Outcome::Failed { failure, result: None }
+    }
+
+    fn result(&self) -> Option<&JobResult> {
+        match self {
+            Outcome::Completed { result, .. } => Some(result),
+            Outcome::Failed { result, .. } => result.as_ref(),
+            Outcome::Cancelled { .. } => None,
+        }
+    }
+}
+
+/// The `job.queued` event of a new job.
+pub(crate) fn queued_event(new: &NewJob, attempt: u32, retry_of: Option<JobId>) -> NewEvent {
+    NewEvent::new(
+        EventType::JobQueued,
+        serde_json::json!({
+            "job_id": new.id, "phase": new.spec.phase, "attempt": attempt, "retry_of": retry_of,
+            "clanker": new.spec.clanker_name,
+        }),
+    )
+    .project(new.project_id)
+    .ticket(new.ticket_id)
+    .job(new.id)
 }
 
 fn corrupt(detail: impl ToString) -> StoreError {
@@ -148,7 +218,6 @@ fn corrupt(detail: impl ToString) -> StoreError {
 }
 
 fn from_row(r: &impl RowExt) -> Result<Job, StoreError> {
-    let spec: JobSpec = serde_json::from_value(r.json("spec")?).map_err(corrupt)?;
     let failure: Option<Failure> = r.opt_json("failure")?.map(serde_json::from_value).transpose().map_err(corrupt)?;
 
     Ok(Job {
@@ -165,8 +234,12 @@ fn from_row(r: &impl RowExt) -> Result<Job, StoreError> {
         status_message: r.opt_text("status_message")?,
         failure,
         progress_step: r.opt_text("progress_step")?,
-        result: r.opt_json("result")?,
+        result: r.opt_json("result")?.map(serde_json::from_value).transpose().map_err(corrupt)?,
+        compute_kind: r.opt_text("compute_kind")?.map(|k| parse_stored(ENTITY, k)).transpose()?,
         compute_ref: r.opt_text("compute_ref")?,
+        branch: r.opt_text("branch")?,
+        commit_sha: r.opt_text("commit_sha")?,
+        pull_request_url: r.opt_text("pull_request_url")?,
         requested_by: r.opt_uuid("requested_by")?.map(UserId::from_uuid),
         cancelled_by: r.opt_text("cancelled_by")?,
         queued_at: r.time("queued_at")?,
@@ -175,7 +248,7 @@ fn from_row(r: &impl RowExt) -> Result<Job, StoreError> {
         last_heartbeat_at: r.opt_time("last_heartbeat_at")?,
         finished_at: r.opt_time("finished_at")?,
         updated_at: r.time("updated_at")?,
-        spec: Some(spec),
+        spec: None,
     })
 }
 
@@ -197,19 +270,9 @@ impl Store {
         self.insert_job(new, 1, None).await
     }
 
-    /// Queues a new run of `id`'s spec, linked to it as the next attempt.
-    /// Always safe: the original job is untouched.
-    pub async fn rerun_job(&self, id: JobId, requested_by: Option<UserId>) -> Result<Job, StoreError> {
-        let old = self.get_job(id).await?;
-        let spec = old.spec.clone().ok_or_else(|| corrupt("a stored job has no spec"))?;
-        let new = NewJob {
-            id: JobId::new(),
-            project_id: old.project_id,
-            ticket_id: old.ticket_id,
-            clanker_id: old.clanker_id,
-            spec,
-            requested_by,
-        };
+    /// Queues a new run (`new`, with a spec built afresh) as the next
+    /// attempt of `old`. Always safe: the original job is untouched.
+    pub async fn create_rerun(&self, old: &Job, new: NewJob) -> Result<Job, StoreError> {
         self.insert_job(new, old.attempt + 1, Some(old.id)).await
     }
 
@@ -218,7 +281,9 @@ impl Store {
 
         let now = crate::now();
         let spec = serde_json::to_value(&new.spec).map_err(corrupt)?;
-        on_pool!(self, |pool| {
+        let event = queued_event(&new, attempt, retry_of);
+        on_pool!(self, |pool| async {
+            let mut tx = pool.begin().await?;
             sqlx::query(INSERT)
                 .bind(id.as_uuid())
                 .bind(new.project_id.as_uuid())
@@ -230,10 +295,12 @@ impl Store {
                 .bind(Json(spec))
                 .bind(new.requested_by.map(|u| u.as_uuid()))
                 .bind(DbTime(now))
-                .execute(pool)
-                .await
-                .map(|_| ())
-        })
+                .execute(&mut *tx)
+                .await?;
+            emit!(self, tx, &event)?;
+            tx.commit().await
+        }
+        .await)
         .map_err(|e| StoreError::from_write(ENTITY, TABLE, e))?;
         let message = match retry_of {
             Some(previous) => format!("queued (attempt {attempt}, re-running {previous})"),
@@ -243,11 +310,70 @@ impl Store {
         self.get_job(id).await
     }
 
+    /// A job in the light view (no spec).
     pub async fn get_job(&self, id: JobId) -> Result<Job, StoreError> {
         let row = on_pool!(self, |pool| {
             sqlx::query(SELECT_BY_ID).bind(id.as_uuid()).fetch_optional(pool).await?.map(|r| from_row(&r)).transpose()
         })?;
         row.ok_or_else(|| StoreError::not_found(ENTITY, id))
+    }
+
+    /// The newest job that re-runs `id`, if any.
+    pub async fn rerun_of(&self, id: JobId) -> Result<Option<JobId>, StoreError> {
+        let found = on_pool!(self, |pool| {
+            sqlx::query(SELECT_RERUN)
+                .bind(id.as_uuid())
+                .fetch_optional(pool)
+                .await?
+                .map(|r| r.uuid("id").map(JobId::from_uuid))
+                .transpose()
+        })?;
+        Ok(found)
+    }
+
+    /// A job's frozen spec: what its worker's bootstrap hands out.
+    pub async fn job_spec(&self, id: JobId) -> Result<JobSpec, StoreError> {
+        let value = on_pool!(self, |pool| {
+            sqlx::query(SELECT_SPEC).bind(id.as_uuid()).fetch_optional(pool).await?.map(|r| r.json("spec")).transpose()
+        })?;
+        let value = value.ok_or_else(|| StoreError::not_found(ENTITY, id))?;
+        serde_json::from_value(value).map_err(corrupt)
+    }
+
+    /// A job with its spec.
+    pub async fn get_job_with_spec(&self, id: JobId) -> Result<Job, StoreError> {
+        let mut job = self.get_job(id).await?;
+        job.spec = Some(self.job_spec(id).await?);
+        Ok(job)
+    }
+
+    /// Claims the job's bootstrap for the worker process `instance` (a hash
+    /// of the value it sent). The first to ask gets it; the same instance
+    /// asking again (a retry after a lost answer) gets it again; anyone else
+    /// holding the token is `Taken`.
+    pub async fn claim_bootstrap(&self, id: JobId, instance: &str) -> Result<BootstrapClaim, StoreError> {
+        let changed = on_pool!(self, |pool| {
+            sqlx::query(MARK_BOOTSTRAPPED)
+                .bind(id.as_uuid())
+                .bind(DbTime(crate::now()))
+                .bind(instance)
+                .execute(pool)
+                .await
+                .map(|r| r.rows_affected())
+        })?;
+        if changed == 1 {
+            return Ok(BootstrapClaim::First);
+        }
+        let holder = on_pool!(self, |pool| {
+            sqlx::query(SELECT_BOOTSTRAPPED)
+                .bind(id.as_uuid())
+                .fetch_optional(pool)
+                .await?
+                .map(|r| r.opt_text("bootstrap_instance"))
+                .transpose()
+        })?
+        .flatten();
+        Ok(if holder.as_deref() == Some(instance) { BootstrapClaim::Again } else { BootstrapClaim::Taken })
     }
 
     pub async fn list_jobs(&self, filter: &JobFilter, page: PageRequest) -> Result<Page<Job>, StoreError> {
@@ -260,6 +386,7 @@ impl Store {
                 .bind(filter.status.map(|s| s.as_str()))
                 .bind(i64::from(page.limit) + 1)
                 .bind(filter.member_of.map(|u| u.as_uuid()))
+                .bind(i64::from(filter.unresolved_only))
                 .fetch_all(pool)
                 .await?
                 .iter()
@@ -299,13 +426,19 @@ impl Store {
         Ok(claimed)
     }
 
-    /// Records where the worker runs.
-    pub async fn set_job_compute_ref(&self, id: JobId, compute_ref: &str) -> Result<bool, StoreError> {
+    /// Records which target runs the worker and how it names it.
+    pub async fn set_job_compute_ref(
+        &self,
+        id: JobId,
+        kind: viberglass_domain::ComputeKind,
+        compute_ref: &str,
+    ) -> Result<bool, StoreError> {
         let changed = on_pool!(self, |pool| {
             sqlx::query(SET_COMPUTE_REF)
                 .bind(id.as_uuid())
                 .bind(compute_ref)
                 .bind(DbTime(crate::now()))
+                .bind(kind.as_str())
                 .execute(pool)
                 .await
                 .map(|r| r.rows_affected())
@@ -342,76 +475,160 @@ impl Store {
     /// Records a heartbeat (the first one makes the job `active`) and
     /// returns the job's status, which tells the worker whether to go on.
     pub async fn heartbeat_job(&self, id: JobId) -> Result<JobStatus, StoreError> {
-        on_pool!(self, |pool| {
-            sqlx::query(HEARTBEAT).bind(id.as_uuid()).bind(DbTime(crate::now())).execute(pool).await.map(|_| ())
+        let now = DbTime(crate::now());
+        on_pool!(self, |pool| async {
+            let beat = sqlx::query(HEARTBEAT).bind(id.as_uuid()).bind(now).execute(pool).await?.rows_affected();
+            if beat == 1 {
+                return Ok::<_, StoreError>(());
+            }
+            // The first sign of life: the job starts, and says so in the outbox.
+            let mut tx = pool.begin().await?;
+            if let Some(row) = sqlx::query(START).bind(id.as_uuid()).bind(now).fetch_optional(&mut *tx).await? {
+                let event = NewEvent::new(
+                    EventType::JobStarted,
+                    serde_json::json!({"job_id": id, "phase": row.text("phase")?}),
+                )
+                .project(ProjectId::from_uuid(row.uuid("project_id")?))
+                .ticket(row.opt_uuid("ticket_id")?.map(TicketId::from_uuid))
+                .job(id);
+                emit!(self, tx, &event)?;
+            }
+            tx.commit().await?;
+            Ok(())
+        }
+        .await)?;
+        self.job_status(id).await
+    }
+
+    async fn job_status(&self, id: JobId) -> Result<JobStatus, StoreError> {
+        let status = on_pool!(self, |pool| {
+            sqlx::query("SELECT status FROM jobs WHERE id = $1")
+                .bind(id.as_uuid())
+                .fetch_optional(pool)
+                .await?
+                .map(|r| r.text("status"))
+                .transpose()
         })?;
-        Ok(self.get_job(id).await?.status)
+        parse_stored(ENTITY, status.ok_or_else(|| StoreError::not_found(ENTITY, id))?)
     }
 
     /// Ends a job. Returns whether this call ended it: `false` when it had
     /// already ended (a late or repeated report), which changes nothing.
+    ///
+    /// In one transaction: the job's row (status, result, usage, branch,
+    /// commit, pull request), the ticket's pull-request link when the result
+    /// names one, and the outbox events (`job.completed` / `failed` /
+    /// `cancelled`, and `pull_request.opened` / `updated`). The caller has
+    /// validated the result (see the server's result endpoint).
     pub async fn finish_job(&self, id: JobId, outcome: Outcome) -> Result<bool, StoreError> {
-        let now = DbTime(crate::now());
-        let (status, result, failure, message, cancelled_by) = match &outcome {
-            Outcome::Completed { result, summary } => {
-                (JobStatus::Completed, Some(result.clone()), None, summary.clone(), None)
+        let now = crate::now();
+        let (status, failure, message, cancelled_by) = match &outcome {
+            Outcome::Completed { summary, .. } => (JobStatus::Completed, None, summary.clone(), None),
+            Outcome::Failed { failure, .. } => {
+                (JobStatus::Failed, Some(failure.clone()), failure.message.clone(), None)
             }
-            Outcome::Failed(failure) => (JobStatus::Failed, None, Some(failure.clone()), failure.message.clone(), None),
             Outcome::Cancelled { by } => {
                 let failure = Failure::cancelled(by);
-                (JobStatus::Cancelled, None, Some(failure.clone()), failure.message, Some(by.clone()))
+                (JobStatus::Cancelled, Some(failure.clone()), failure.message, Some(by.clone()))
             }
         };
+        let result = outcome.result();
         let layer = failure.as_ref().map(|f| f.layer.as_str());
-        // Usage the agent reported, as the result carries it.
-        let usage = result.as_ref().map(|r| &r["usage"]);
-        let count =
-            |field: &str| usage.and_then(|u| u[field].as_u64()).map_or(0, |n| i64::try_from(n).unwrap_or(i64::MAX));
-        let (tokens_in, tokens_out) = (count("input_tokens"), count("output_tokens"));
-        let cost_microusd = usage.and_then(|u| u["cost_usd"].as_f64()).map_or(0, |c| (c * 1_000_000.0).round() as i64);
+        let usage = result.and_then(|r| r.usage.clone()).unwrap_or_default();
+        let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let cost_microusd = usage.cost_usd.map_or(0, |c| (c * 1_000_000.0).round() as i64);
+        let result_json = result.map(|r| serde_json::to_value(r).map(Json)).transpose().map_err(corrupt)?;
         let failure_json = failure.as_ref().map(|f| serde_json::to_value(f).map(Json)).transpose().map_err(corrupt)?;
-        let changed = on_pool!(self, |pool| {
-            sqlx::query(FINISH)
+        let pull_request = result.and_then(|r| r.pull_request.clone());
+        let branch = result.and_then(|r| r.branch.clone()).filter(|_| result.is_some_and(|r| r.pushed));
+        let commit = result.and_then(|r| r.commit.clone());
+        let event_type = match status {
+            JobStatus::Completed => EventType::JobCompleted,
+            JobStatus::Cancelled => EventType::JobCancelled,
+            _ => EventType::JobFailed,
+        };
+        let changed = on_pool!(self, |pool| async {
+            let mut tx = pool.begin().await?;
+            let row = sqlx::query(FINISH)
                 .bind(id.as_uuid())
                 .bind(status.as_str())
-                .bind(result.clone().map(Json))
+                .bind(result_json.clone())
                 .bind(failure_json.clone())
                 .bind(layer)
                 .bind(message.clone())
                 .bind(cancelled_by.clone())
-                .bind(now)
-                .bind(tokens_in)
-                .bind(tokens_out)
+                .bind(DbTime(now))
+                .bind(count(usage.input_tokens))
+                .bind(count(usage.output_tokens))
                 .bind(cost_microusd)
-                .execute(pool)
-                .await
-                .map(|r| r.rows_affected())
-        })?;
-        if changed == 1 {
+                .bind(branch.clone())
+                .bind(commit.clone())
+                .bind(pull_request.as_ref().map(|p| p.url.clone()))
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some(row) = row else { return Ok::<_, StoreError>(false) };
+            let project = ProjectId::from_uuid(row.uuid("project_id")?);
+            let ticket = row.opt_uuid("ticket_id")?.map(TicketId::from_uuid);
+            let phase = row.text("phase")?;
+            if let (Some(pr), Some(ticket)) = (&pull_request, ticket) {
+                sqlx::query(SET_TICKET_PR)
+                    .bind(ticket.as_uuid())
+                    .bind(pr.url.clone())
+                    .bind(DbTime(now))
+                    .execute(&mut *tx)
+                    .await?;
+                let kind = if pr.created { EventType::PullRequestOpened } else { EventType::PullRequestUpdated };
+                let event = NewEvent::new(
+                    kind,
+                    serde_json::json!({"job_id": id, "url": pr.url, "number": pr.number, "branch": branch}),
+                )
+                .project(project)
+                .ticket(Some(ticket))
+                .job(id);
+                emit!(self, tx, &event)?;
+            }
+            let event = NewEvent::new(
+                event_type,
+                serde_json::json!({
+                    "job_id": id, "phase": phase, "status": status, "attempt": row.int("attempt")?,
+                    "message": message,
+                    "failure": failure.as_ref().map(|f| serde_json::json!({"layer": f.layer, "code": f.code})),
+                }),
+            )
+            .project(project)
+            .ticket(ticket)
+            .job(id);
+            emit!(self, tx, &event)?;
+            tx.commit().await?;
+            Ok(true)
+        }
+        .await)?;
+        if changed {
             let level = if status == JobStatus::Completed { LogLevel::Info } else { LogLevel::Error };
             let data = failure.map(|f| serde_json::json!({"layer": f.layer, "code": f.code, "retryable": f.retryable}));
             self.append_event(id, EventKind::Status, level, &format!("{status}: {message}"), data).await?;
         }
-        Ok(changed == 1)
+        Ok(changed)
     }
 
-    /// The branch the ticket's latest successful execution pushed, so that a
-    /// follow-up execution continues it (and updates the same pull request)
-    /// even when the branch template would name a new one.
+    /// The branch the ticket's latest execution pushed, so that a follow-up
+    /// execution continues it (and updates the same pull request) even when
+    /// the branch template would name a new one. The column holds the spec's
+    /// branch, never a branch a worker claimed.
     pub async fn ticket_work_branch(&self, ticket: TicketId) -> Result<Option<String>, StoreError> {
-        let result = on_pool!(self, |pool| {
+        let branch = on_pool!(self, |pool| {
             sqlx::query(
-                "SELECT result FROM jobs WHERE ticket_id = $1 AND phase = 'execution' AND status = 'completed' \
-                 AND result IS NOT NULL ORDER BY id DESC LIMIT 1",
+                "SELECT branch FROM jobs WHERE ticket_id = $1 AND phase = 'execution' AND branch IS NOT NULL \
+                 ORDER BY id DESC LIMIT 1",
             )
             .bind(ticket.as_uuid())
             .fetch_optional(pool)
             .await?
-            .map(|r| r.opt_json("result"))
+            .map(|r| r.opt_text("branch"))
             .transpose()?
             .flatten()
         });
-        Ok(result.and_then(|r| r["branch"].as_str().map(str::to_owned)))
+        Ok(branch)
     }
 
     /// How many jobs are in each status.
@@ -463,7 +680,36 @@ impl Store {
         row.map(|(status, hash)| Ok((parse_stored(ENTITY, status)?, hash))).transpose()
     }
 
-    /// Jobs that are dispatching or running, oldest first.
+    /// The timing limits frozen in a job's spec, read without loading the
+    /// spec itself (it can carry a megabyte of attachments).
+    pub async fn job_limits(&self, id: JobId) -> Result<Option<JobLimits>, StoreError> {
+        let row = match &self.pool {
+            crate::Pool::Sqlite(pool) => sqlx::query(
+                "SELECT CAST(json_extract(spec, '$.heartbeat_grace_secs') AS INTEGER) AS grace, \
+                 CAST(json_extract(spec, '$.max_execution_secs') AS INTEGER) AS max FROM jobs WHERE id = $1",
+            )
+            .bind(id.as_uuid())
+            .fetch_optional(pool)
+            .await?
+            .map(|r| Ok::<_, sqlx::Error>((r.int("grace")?, r.int("max")?)))
+            .transpose()?,
+            crate::Pool::Postgres(pool) => sqlx::query(
+                "SELECT CAST(spec->>'heartbeat_grace_secs' AS BIGINT) AS grace, \
+                 CAST(spec->>'max_execution_secs' AS BIGINT) AS max FROM jobs WHERE id = $1",
+            )
+            .bind(id.as_uuid())
+            .fetch_optional(pool)
+            .await?
+            .map(|r| Ok::<_, sqlx::Error>((r.int("grace")?, r.int("max")?)))
+            .transpose()?,
+        };
+        Ok(row.map(|(grace, max)| JobLimits {
+            heartbeat_grace_secs: u64::try_from(grace).unwrap_or(0),
+            max_execution_secs: u64::try_from(max).unwrap_or(0),
+        }))
+    }
+
+    /// Jobs that are dispatching or running, oldest first (light view).
     pub async fn live_jobs(&self, limit: u32) -> Result<Vec<Job>, StoreError> {
         let rows = on_pool!(self, |pool| {
             sqlx::query(SELECT_LIVE)

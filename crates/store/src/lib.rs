@@ -16,6 +16,7 @@ mod error;
 mod integrations;
 mod jobs;
 pub mod migrate;
+mod outbox;
 mod projects;
 mod rows;
 mod secrets;
@@ -35,8 +36,9 @@ use sqlx::{PgPool, SqlitePool};
 pub use attachments::NewAttachment;
 pub use dbtime::now;
 pub use error::{ConnectError, StoreError};
-pub use jobs::{JobFilter, NewJob, Outcome, UsageSummary};
+pub use jobs::{BootstrapClaim, JobFilter, JobLimits, NewJob, Outcome, UsageSummary};
 pub use migrate::{MigrateError, SchemaStatus};
+pub use outbox::ConsumerState;
 pub use projects::ProjectFilter;
 pub use secrets::{SealedValue, SecretUsers};
 pub use users::{AuditFilter, NewAudit, UserChange};
@@ -111,7 +113,8 @@ pub struct PoolSettings {
 
 impl Default for PoolSettings {
     fn default() -> Self {
-        Self { max_connections: 10, acquire_timeout: Duration::from_secs(10) }
+        // Short enough that an unreachable database answers 503 in seconds, not after a long hang.
+        Self { max_connections: 10, acquire_timeout: Duration::from_secs(3) }
     }
 }
 
@@ -126,6 +129,27 @@ pub(crate) enum Pool {
 pub struct Store {
     pub(crate) pool: Pool,
     target: DatabaseTarget,
+    /// Set by a test to make the next outbox write fail (see `inject_outbox_failure`).
+    outbox_fault: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Creates `path` readable by its owner only (mode 0600) if it does not
+/// exist, and narrows it to that if it does.
+fn create_private(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => restrict(path),
+        Err(e) => Err(e),
+    }
+}
+
+fn restrict(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if path.exists() {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
 }
 
 /// Runs `$body` with `$pool` bound to the concrete pool of either backend.
@@ -150,6 +174,8 @@ impl Store {
                     std::fs::create_dir_all(dir)
                         .map_err(|source| ConnectError::DataDir { path: dir.to_owned(), source })?;
                 }
+                // The database holds sealed secrets, sessions and token hashes: only its owner reads it.
+                create_private(path).map_err(|source| ConnectError::DataDir { path: path.clone(), source })?;
                 let options = SqliteConnectOptions::new()
                     .filename(path)
                     .create_if_missing(true)
@@ -163,6 +189,12 @@ impl Store {
                     .connect_with(options)
                     .await
                     .map_err(|source| ConnectError::classify(target, source))?;
+                // SQLite makes its WAL and shared-memory files with the process's umask.
+                for suffix in ["-wal", "-shm"] {
+                    let mut side = path.clone().into_os_string();
+                    side.push(suffix);
+                    let _ = restrict(std::path::Path::new(&side));
+                }
                 Pool::Sqlite(pool)
             }
             DatabaseTarget::Postgres { url } => {
@@ -185,7 +217,7 @@ impl Store {
                 Pool::Postgres(pool)
             }
         };
-        Ok(Store { pool, target: target.clone() })
+        Ok(Store { pool, target: target.clone(), outbox_fault: Default::default() })
     }
 
     pub fn backend(&self) -> Backend {

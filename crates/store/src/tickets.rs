@@ -1,8 +1,11 @@
 //! Tickets.
 
-use viberglass_domain::{NewTicket, Page, PageRequest, ProjectId, Ticket, TicketFilter, TicketId, TicketPatch, UserId};
+use viberglass_domain::{
+    EventType, NewEvent, NewTicket, Page, PageRequest, ProjectId, Ticket, TicketFilter, TicketId, TicketPatch, UserId,
+};
 
 use crate::dbtime::DbTime;
+use crate::outbox::emit;
 use crate::projects::archived_param;
 use crate::rows::{RowExt, contains_pattern, parse_stored};
 use crate::versioned::modify;
@@ -80,7 +83,15 @@ impl Store {
             return Err(StoreError::ParentArchived { entity: "project", id: project_id.to_string() });
         }
         let t = new.into_ticket(project_id, created_by, crate::now());
-        on_pool!(self, |pool| {
+        let event = NewEvent::new(
+            EventType::TicketFiled,
+            serde_json::json!({"ticket_id": t.id, "title": t.title, "severity": t.severity, "source": t.source,
+                "external_url": t.external_url, "created_by": t.created_by}),
+        )
+        .project(project_id)
+        .ticket(Some(t.id));
+        on_pool!(self, |pool| async {
+            let mut tx = pool.begin().await?;
             sqlx::query(INSERT)
                 .bind(t.id.as_uuid())
                 .bind(t.project_id.as_uuid())
@@ -100,10 +111,12 @@ impl Store {
                 .bind(DbTime::opt(t.archived_at))
                 .bind(DbTime(t.created_at))
                 .bind(DbTime(t.updated_at))
-                .execute(pool)
-                .await
-                .map(|_| ())
-        })
+                .execute(&mut *tx)
+                .await?;
+            emit!(self, tx, &event)?;
+            tx.commit().await
+        }
+        .await)
         .map_err(|e| StoreError::from_write(ENTITY, TABLE, e))?;
         Ok(t)
     }
@@ -139,20 +152,20 @@ impl Store {
     }
 
     pub async fn update_ticket(&self, id: TicketId, patch: TicketPatch) -> Result<Ticket, StoreError> {
-        self.modify_ticket(id, |t| patch.clone().apply(t)).await
+        self.modify_ticket(id, EventType::TicketEdited, |t| patch.clone().apply(t)).await
     }
 
     /// Archives a ticket; archiving an archived ticket changes nothing.
     pub async fn archive_ticket(&self, id: TicketId) -> Result<Ticket, StoreError> {
         let now = crate::now();
-        self.modify_ticket(id, |t| {
+        self.modify_ticket(id, EventType::TicketArchived, |t| {
             t.archived_at.get_or_insert(now);
         })
         .await
     }
 
     pub async fn unarchive_ticket(&self, id: TicketId) -> Result<Ticket, StoreError> {
-        self.modify_ticket(id, |t| t.archived_at = None).await
+        self.modify_ticket(id, EventType::TicketEdited, |t| t.archived_at = None).await
     }
 
     /// Records the pull request a ticket's execution opened (or updated).
@@ -170,11 +183,26 @@ impl Store {
         Ok(())
     }
 
-    async fn modify_ticket(&self, id: TicketId, change: impl Fn(&mut Ticket)) -> Result<Ticket, StoreError> {
+    /// A read-modify-write of a ticket, guarded by the `updated_at` read, with
+    /// its `event` in the same transaction.
+    async fn modify_ticket(
+        &self,
+        id: TicketId,
+        event_type: EventType,
+        change: impl Fn(&mut Ticket),
+    ) -> Result<Ticket, StoreError> {
         let read = || self.get_ticket(id);
         let write = |t: Ticket, read_at| async move {
-            on_pool!(self, |pool| {
-                sqlx::query(UPDATE)
+            let event = NewEvent::new(
+                event_type,
+                serde_json::json!({"ticket_id": t.id, "title": t.title, "severity": t.severity,
+                    "archived": t.archived_at.is_some()}),
+            )
+            .project(t.project_id)
+            .ticket(Some(t.id));
+            on_pool!(self, |pool| async {
+                let mut tx = pool.begin().await?;
+                let changed = sqlx::query(UPDATE)
                     .bind(id.as_uuid())
                     .bind(t.title.clone())
                     .bind(t.description.clone())
@@ -183,10 +211,16 @@ impl Store {
                     .bind(DbTime::opt(t.archived_at))
                     .bind(DbTime(t.updated_at))
                     .bind(DbTime(read_at))
-                    .execute(pool)
-                    .await
-                    .map(|r| r.rows_affected())
-            })
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if changed == 1 {
+                    emit!(self, tx, &event)?;
+                }
+                tx.commit().await?;
+                Ok::<_, sqlx::Error>(changed)
+            }
+            .await)
             .map_err(|e| StoreError::from_write(ENTITY, TABLE, e))
         };
         modify(ENTITY, read, write, change).await

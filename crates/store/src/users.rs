@@ -175,30 +175,43 @@ impl Store {
         })
     }
 
-    /// Changes an account. Disabling it or changing its password ends its sessions.
+    /// Changes an account. Disabling it or changing its password ends its
+    /// sessions. Read-modify-write guarded by the `updated_at` it read (and
+    /// retried), so two admins changing different fields at once lose neither.
     pub async fn update_user(&self, id: UserId, change: UserChange) -> Result<User, StoreError> {
-        let current = self.get_user(id).await?;
-        let disabled_at = match change.disabled {
-            Some(true) => Some(current.disabled_at.unwrap_or_else(crate::now)),
-            Some(false) => None,
-            None => current.disabled_at,
-        };
-        let now = DbTime(crate::now());
-        on_pool!(self, |pool| {
-            sqlx::query(
-                "UPDATE users SET name = $2, is_admin = $3, disabled_at = $4, \
-                 password_hash = COALESCE($5, password_hash), updated_at = $6 WHERE id = $1",
-            )
-            .bind(id.as_uuid())
-            .bind(change.name.clone().unwrap_or(current.name.clone()))
-            .bind(change.is_admin.unwrap_or(current.is_admin))
-            .bind(DbTime::opt(disabled_at))
-            .bind(change.password_hash.clone())
-            .bind(now)
-            .execute(pool)
-            .await
-            .map(|_| ())
-        })?;
+        let mut written = false;
+        for _ in 0..5 {
+            let current = self.get_user(id).await?;
+            let disabled_at = match change.disabled {
+                Some(true) => Some(current.disabled_at.unwrap_or_else(crate::now)),
+                Some(false) => None,
+                None => current.disabled_at,
+            };
+            let now = DbTime(crate::now().max(current.updated_at + time::Duration::microseconds(1)));
+            let changed = on_pool!(self, |pool| {
+                sqlx::query(
+                    "UPDATE users SET name = $2, is_admin = $3, disabled_at = $4, \
+                     password_hash = COALESCE($5, password_hash), updated_at = $6 WHERE id = $1 AND updated_at = $7",
+                )
+                .bind(id.as_uuid())
+                .bind(change.name.clone().unwrap_or(current.name.clone()))
+                .bind(change.is_admin.unwrap_or(current.is_admin))
+                .bind(DbTime::opt(disabled_at))
+                .bind(change.password_hash.clone())
+                .bind(now)
+                .bind(DbTime(current.updated_at))
+                .execute(pool)
+                .await
+                .map(|r| r.rows_affected())
+            })?;
+            if changed == 1 {
+                written = true;
+                break;
+            }
+        }
+        if !written {
+            return Err(StoreError::Contended { entity: "user" });
+        }
         if change.disabled == Some(true) || change.password_hash.is_some() {
             self.revoke_user_sessions(id).await?;
         }

@@ -6,10 +6,11 @@ use sqlx::types::Json;
 use viberglass_domain::workflow::{
     ApprovalRecord, ApprovalState, CommentStatus, DocumentComment, DocumentRevision, PhaseDocument, PromptKind,
 };
-use viberglass_domain::{Job, JobStatus, Phase, ProjectId, TicketId, TicketStatus, UserId};
+use viberglass_domain::{EventType, Job, JobStatus, NewEvent, Phase, ProjectId, TicketId, TicketStatus, UserId};
 
 use crate::dbtime::DbTime;
 use crate::jobs::NewJob;
+use crate::outbox::emit;
 use crate::rows::{RowExt, parse_stored};
 use crate::{Store, StoreError, on_pool};
 
@@ -133,6 +134,13 @@ impl Store {
             .bind(now)
             .execute(&mut *tx)
             .await?;
+            let project = sqlx::query("SELECT project_id FROM tickets WHERE id = $1")
+                .bind(ticket.as_uuid())
+                .fetch_one(&mut *tx)
+                .await?
+                .uuid("project_id")?;
+            let event = document_event(ticket, ProjectId::from_uuid(project), phase, current + 1, "person");
+            emit!(self, tx, &event)?;
             tx.commit().await?;
             Ok::<_, StoreError>(current + 1)
         });
@@ -356,7 +364,31 @@ impl Store {
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
+            let project = sqlx::query("SELECT project_id FROM tickets WHERE id = $1")
+                .bind(change.ticket_id.as_uuid())
+                .fetch_one(&mut *tx)
+                .await?
+                .uuid("project_id")
+                .map(ProjectId::from_uuid)?;
+            if let Some(event_type) = approval_event(&change.logged) {
+                let event = NewEvent::new(
+                    event_type,
+                    serde_json::json!({"ticket_id": change.ticket_id, "phase": change.phase, "revision": change.revision,
+                        "state": change.new_state, "actor": change.actor, "comment": change.comment}),
+                )
+                .project(project)
+                .ticket(Some(change.ticket_id));
+                emit!(self, tx, &event)?;
+            }
             if let (Some((next_phase, job)), Some(spec)) = (&continue_with, &spec) {
+                let phase_event = NewEvent::new(
+                    EventType::TicketPhaseChanged,
+                    serde_json::json!({"ticket_id": change.ticket_id, "phase": next_phase}),
+                )
+                .project(project)
+                .ticket(Some(change.ticket_id));
+                emit!(self, tx, &phase_event)?;
+                emit!(self, tx, &crate::jobs::queued_event(job, 1, None))?;
                 sqlx::query("UPDATE tickets SET phase = $2, status = $3, updated_at = $4 WHERE id = $1")
                     .bind(change.ticket_id.as_uuid())
                     .bind(next_phase.as_str())
@@ -434,31 +466,58 @@ impl Store {
         Ok(())
     }
 
-    /// Moves a ticket to a phase (and that phase's working status).
+    /// Moves a ticket to a phase, with its `ticket.phase_changed` event.
     pub async fn set_ticket_phase(&self, ticket: TicketId, phase: Phase) -> Result<(), StoreError> {
-        let now = DbTime(crate::now());
-        on_pool!(self, |pool| {
-            sqlx::query("UPDATE tickets SET phase = $2, updated_at = $3 WHERE id = $1")
-                .bind(ticket.as_uuid())
-                .bind(phase.as_str())
-                .bind(now)
-                .execute(pool)
-                .await
-                .map(|_| ())
-        })?;
-        Ok(())
+        self.set_ticket_field(
+            ticket,
+            "UPDATE tickets SET phase = $2, updated_at = $3 WHERE id = $1 AND phase <> $2 \
+             RETURNING project_id",
+            EventType::TicketPhaseChanged,
+            phase.as_str(),
+            true,
+        )
+        .await
     }
 
+    /// Stores a ticket's lifecycle status, with its `ticket.status_changed`
+    /// event when it changed. Not a person's edit, so `updated_at` stays.
     pub async fn set_ticket_status(&self, ticket: TicketId, status: TicketStatus) -> Result<(), StoreError> {
-        on_pool!(self, |pool| {
-            sqlx::query("UPDATE tickets SET status = $2 WHERE id = $1 AND status <> $2")
-                .bind(ticket.as_uuid())
-                .bind(status.as_str())
-                .execute(pool)
-                .await
-                .map(|_| ())
-        })?;
-        Ok(())
+        self.set_ticket_field(
+            ticket,
+            "UPDATE tickets SET status = $2 WHERE id = $1 AND status <> $2 \
+             RETURNING project_id",
+            EventType::TicketStatusChanged,
+            status.as_str(),
+            false,
+        )
+        .await
+    }
+
+    async fn set_ticket_field(
+        &self,
+        ticket: TicketId,
+        sql: &'static str,
+        event_type: EventType,
+        value: &str,
+        touch: bool,
+    ) -> Result<(), StoreError> {
+        let field = if event_type == EventType::TicketPhaseChanged { "phase" } else { "status" };
+        on_pool!(self, |pool| async {
+            let mut tx = pool.begin().await?;
+            let mut query = sqlx::query(sql).bind(ticket.as_uuid()).bind(value);
+            if touch {
+                query = query.bind(DbTime(crate::now()));
+            }
+            if let Some(row) = query.fetch_optional(&mut *tx).await? {
+                let event = NewEvent::new(event_type, serde_json::json!({"ticket_id": ticket, field: value}))
+                    .project(ProjectId::from_uuid(row.uuid("project_id")?))
+                    .ticket(Some(ticket));
+                emit!(self, tx, &event)?;
+            }
+            tx.commit().await?;
+            Ok::<_, StoreError>(())
+        }
+        .await)
     }
 
     /// The phase and status of the ticket's latest run.
@@ -519,4 +578,32 @@ impl Store {
         })?;
         Ok(())
     }
+}
+
+/// The outbox event an approvals-log action is.
+fn approval_event(logged: &str) -> Option<EventType> {
+    Some(match logged {
+        "approval_requested" => EventType::ApprovalRequested,
+        "approved" => EventType::ApprovalApproved,
+        "rejected" => EventType::ApprovalRejected,
+        "revoked" => EventType::ApprovalRevoked,
+        _ => return None,
+    })
+}
+
+/// The `document.revised` event of a new revision.
+pub(crate) fn document_event(
+    ticket: TicketId,
+    project: ProjectId,
+    phase: Phase,
+    revision: i64,
+    source: &str,
+) -> NewEvent {
+    NewEvent::new(
+        EventType::DocumentRevised,
+        serde_json::json!({"ticket_id": ticket, "phase": phase, "revision": revision, "source": source,
+            "document": phase.document_name()}),
+    )
+    .project(project)
+    .ticket(Some(ticket))
 }

@@ -29,6 +29,8 @@ pub enum Step {
     Slow { delay_ms: u64, step: Box<Step> },
     /// An HTTP error: 401 (bad key), 429 (rate limit), 529 (overloaded), ...
     Fail { status: u16, no_retry_header: bool },
+    /// The answer starts streaming, then stalls for `secs` without another byte (a provider hanging mid-answer).
+    Stall { secs: u64 },
 }
 
 /// A request the CLI made.
@@ -159,6 +161,7 @@ async fn handle(State(inner): State<Arc<Inner>>, uri: Uri, headers: HeaderMap, b
     };
     match step {
         Step::Fail { status, no_retry_header } => failure(anthropic, status, no_retry_header),
+        Step::Stall { secs } => stalled(anthropic_stream(&Step::Text(String::new()), &body).remove(0), secs),
         step if anthropic => sse(anthropic_stream(&step, &body)),
         step => sse(openai_stream(&step)),
     }
@@ -189,6 +192,25 @@ fn failure(anthropic: bool, status: u16, no_retry_header: bool) -> Response {
         response.headers_mut().insert("x-should-retry", "false".parse().unwrap());
     }
     response
+}
+
+/// The first event of an answer, then nothing for `secs`, then the connection closes.
+fn stalled((event, data): (String, Value), secs: u64) -> Response {
+    let first = format!("event: {event}\ndata: {data}\n\n");
+    let stream = futures::stream::unfold(Some(first), move |first| async move {
+        match first {
+            Some(chunk) => Some((Ok::<_, std::io::Error>(chunk), None)),
+            None => {
+                tokio::time::sleep(std::time::Duration::from_secs(secs)).await;
+                None
+            }
+        }
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "text/event-stream")
+        .body(Body::from_stream(stream))
+        .expect("an SSE response")
 }
 
 fn sse(events: Vec<(String, Value)>) -> Response {
@@ -265,7 +287,7 @@ fn anthropic_stream(step: &Step, request: &Value) -> Vec<(String, Value)> {
             ));
             "end_turn"
         }
-        Step::Fail { .. } | Step::Slow { .. } => unreachable!("answered before streaming"),
+        Step::Fail { .. } | Step::Slow { .. } | Step::Stall { .. } => unreachable!("answered before streaming"),
     };
     events.push(("content_block_stop".into(), json!({"type": "content_block_stop", "index": 0})));
     events.push((
@@ -287,7 +309,7 @@ fn gemini_response(step: &Step, _request: &Value) -> Value {
             json!({"functionCall": {"name": "replace", "args": {"file_path": path, "old_string": old, "new_string": new}}})
         }
         Step::Text(text) => json!({"text": text}),
-        Step::Fail { .. } | Step::Slow { .. } => unreachable!("answered before streaming"),
+        Step::Fail { .. } | Step::Slow { .. } | Step::Stall { .. } => unreachable!("answered before streaming"),
     };
     json!({"candidates": [{"content": {"parts": [part], "role": "model"}, "finishReason": "STOP", "index": 0}],
            "usageMetadata": {"promptTokenCount": 120, "candidatesTokenCount": 42, "totalTokenCount": 162},
@@ -333,7 +355,7 @@ fn openai_stream(step: &Step) -> Vec<(String, Value)> {
             json!({"type": "message", "id": format!("msg_{}", uuid::Uuid::new_v4().simple()), "role": "assistant",
             "status": "completed", "content": [{"type": "output_text", "text": text, "annotations": []}]})
         }
-        Step::Fail { .. } | Step::Slow { .. } => unreachable!("answered before streaming"),
+        Step::Fail { .. } | Step::Slow { .. } | Step::Stall { .. } => unreachable!("answered before streaming"),
     };
     let mut events = vec![
         (

@@ -56,7 +56,20 @@ fn qwen() -> Option<Agent> {
 /// A server, a project on a real repository, a started clanker for `agent`
 /// talking to `model`, and a ticket. `with_key: false` leaves the key secret off the clanker.
 async fn setup(agent: &Agent, model: &MockModel, with_key: bool) -> (TestApp, String, ServedRepo) {
-    let app = TestApp::builder(TestBackend::Sqlite)
+    setup_with(agent, model, with_key, &[]).await
+}
+
+async fn setup_with(
+    agent: &Agent,
+    model: &MockModel,
+    with_key: bool,
+    env: &[(&str, &str)],
+) -> (TestApp, String, ServedRepo) {
+    let mut builder = TestApp::builder(TestBackend::Sqlite);
+    for (name, value) in env {
+        builder = builder.env(name, value);
+    }
+    let app = builder
         .env("VIBERGLASS_WORKER_BINARY", BINARY)
         .env("VIBERGLASS_DISPATCH_INTERVAL_MS", "50")
         .env("VIBERGLASS_HEARTBEAT_INTERVAL_SECS", "1")
@@ -86,7 +99,7 @@ async fn setup(agent: &Agent, model: &MockModel, with_key: bool) -> (TestApp, St
         .post_json(
             "/api/v1/clankers",
             &json!({
-                "name": "Agent",
+                "shared": true, "name": "Agent",
                 "agent": agent.kind,
                 "agent_settings": settings,
                 "secrets": if with_key { vec![agent.key] } else { Vec::new() },
@@ -234,6 +247,23 @@ async fn claude_code_model_errors_are_classified() {
     if let Some(agent) = claude() {
         model_errors_are_classified(agent, &[401, 429, 529]).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claude_code_on_a_model_api_that_stalls_mid_answer_fails_in_the_agent_timeout_layer() {
+    let Some(agent) = claude() else { return };
+    let model = MockModel::start(vec![Step::Stall { secs: 120 }]).await;
+    let (app, ticket, _repo) = setup_with(&agent, &model, true, &[("VIBERGLASS_AGENT_SILENCE_SECS", "5")]).await;
+    let started = std::time::Instant::now();
+    let (job, _) = run(&app, &ticket, "research").await;
+    assert!(started.elapsed() < std::time::Duration::from_secs(90), "stopped after its silence, not the CLI's timeout");
+    assert_eq!(job["status"], "failed", "{job}");
+    assert_eq!(
+        (job["failure"]["layer"].as_str(), job["failure"]["code"].as_str()),
+        (Some("agent_timeout"), Some("agent_silent"))
+    );
+    let message = job["status_message"].as_str().unwrap();
+    assert!(message.contains("5 s") && message.contains(&model.anthropic_url()), "names the provider's URL: {message}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -50,6 +50,10 @@ async fn serve_with_no_settings_makes_a_data_directory_and_is_ready_on_sqlite() 
     {
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777, 0o600);
+        for file in ["viberglass.db", "viberglass.db-wal", "viberglass.db-shm"] {
+            let mode = std::fs::metadata(data.join(file)).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{file} is readable by its owner only");
+        }
     }
     drop(server);
 

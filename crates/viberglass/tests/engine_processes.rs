@@ -47,7 +47,7 @@ async fn setup(
     post(
         client,
         server.url("/api/v1/clankers"),
-        json!({"name": "Scripted", "agent": "command", "agent_settings": {"command": ["sh", "-c", script]}, "max_concurrent_jobs": limit}),
+        json!({"shared": true, "name": "Scripted", "agent": "command", "agent_settings": {"command": ["sh", "-c", script]}, "max_concurrent_jobs": limit}),
     )
     .await;
     post(client, server.url("/api/v1/clankers/scripted/start"), json!({})).await;

@@ -35,7 +35,7 @@ async fn setup(app: &TestApp, repo_url: &str, script: &str, max_execution_secs: 
         .post_json(
             "/api/v1/clankers",
             &json!({
-                "name": "Scripted",
+                "shared": true, "name": "Scripted",
                 "agent": "command",
                 "agent_settings": {"command": ["sh", "-c", script]},
                 "max_concurrent_jobs": 10,
@@ -76,12 +76,12 @@ async fn wait_for(app: &TestApp, id: &str, statuses: &[&str], within: Duration) 
     }
 }
 
+/// The worker's pid, from its compute ref `local:<host>:<pid>:<start>`.
 fn pid_of(job: &Value) -> u32 {
-    job["compute_ref"]
-        .as_str()
-        .and_then(|r| r.strip_prefix("local:"))
-        .and_then(|p| p.parse().ok())
-        .expect("a local worker")
+    let compute_ref = job["compute_ref"].as_str().expect("a local worker");
+    let fields: Vec<&str> = compute_ref.split(':').collect();
+    assert_eq!(fields.len(), 4, "local:<host>:<pid>:<start>, got {compute_ref}");
+    fields[2].parse().expect("a pid")
 }
 
 /// Whether any process of the worker's process group still runs.
@@ -195,7 +195,7 @@ async fn a_worker_that_cannot_start_fails_the_job_in_the_dispatch_layer() {
     app.create_project(json!({"name": "Shop", "repository_url": repo.url(), "planning_needs_approval": false})).await;
     app.post_json(
         "/api/v1/clankers",
-        &json!({"name": "Scripted", "agent": "command", "agent_settings": {"command": ["true"]}}),
+        &json!({"shared": true, "name": "Scripted", "agent": "command", "agent_settings": {"command": ["true"]}}),
     )
     .await;
     // Starting reports the missing binary in the clanker's status.
@@ -224,6 +224,7 @@ async fn a_worker_that_cannot_start_fails_the_job_in_the_dispatch_layer() {
         clanker_name: "c".into(),
         scm: None,
         commit_author: Default::default(),
+        agent_silence_secs: 300,
     };
     let queued = app
         .store
@@ -270,8 +271,9 @@ async fn research_uploads_its_document_and_a_missing_document_fails_clearly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_killed_mid_run_fails_the_job_with_the_heartbeat_message() {
-    let app = app(TestBackend::Sqlite, 3).await;
+async fn a_worker_killed_mid_run_fails_the_job_at_once_and_its_agent_is_stopped() {
+    // A long heartbeat grace: the failure must come from the compute target seeing the exit, not from silence.
+    let app = app(TestBackend::Sqlite, 120).await;
     let repo = ServedRepo::with_files(&[("README.md", "x")]).await;
     let setup = setup(&app, &repo.url(), "sleep 120", 600).await;
     let id = run(&app, &setup, "execution").await;
@@ -279,12 +281,17 @@ async fn a_worker_killed_mid_run_fails_the_job_with_the_heartbeat_message() {
     let pid = pid_of(&active);
     wait_for_progress(&app, &id, "running the agent").await;
     let killed_at = Instant::now();
-    std::process::Command::new("kill").args(["-KILL", "--", &format!("-{pid}")]).status().unwrap();
-    let failed = wait_for(&app, &id, &["failed", "completed"], Duration::from_secs(3 + 10)).await;
-    assert!(killed_at.elapsed() <= Duration::from_secs(13));
+    // Only the worker: its agent (`sleep 120`, same process group) lives on until the server stops it.
+    std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap();
+    let failed = wait_for(&app, &id, &["failed", "completed"], Duration::from_secs(15)).await;
+    assert!(killed_at.elapsed() <= Duration::from_secs(15), "failed at once, not after the 120 s grace");
     assert_eq!(failed["status"], "failed");
-    assert_eq!(failed["failure"]["layer"], "heartbeat");
-    assert!(failed["status_message"].as_str().unwrap().starts_with("the worker stopped reporting"), "{failed}");
+    assert_eq!(
+        (failed["failure"]["layer"].as_str(), failed["failure"]["code"].as_str()),
+        (Some("heartbeat"), Some("worker_exited"))
+    );
+    assert!(failed["status_message"].as_str().unwrap().starts_with("the worker process exited"), "{failed}");
+    assert!(!failed["failure"]["detail"].as_str().unwrap().is_empty(), "the log tail: {failed}");
     wait_until_gone(pid, Duration::from_secs(5)).await;
 }
 
@@ -345,7 +352,11 @@ async fn a_long_run_that_heartbeats_is_never_failed_for_being_long() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cloning_a_missing_repository_fails_in_the_clone_layer() {
-    let app = app(TestBackend::Sqlite, 30).await;
+    let app = fast(TestBackend::Sqlite)
+        .env("VIBERGLASS_HEARTBEAT_GRACE_SECS", "30")
+        .env("VIBERGLASS_ALLOW_LOCAL_REPOSITORIES", "true")
+        .spawn()
+        .await;
     let setup = setup(&app, "file:///nonexistent/nothing-here.git", "true", 600).await;
     let id = run(&app, &setup, "execution").await;
     let failed = wait_for(&app, &id, &["failed", "completed"], Duration::from_secs(60)).await;
@@ -381,7 +392,7 @@ async fn a_run_needs_a_started_clanker_and_a_repository() {
     app.create_project(json!({"name": "Bare"})).await;
     app.post_json(
         "/api/v1/clankers",
-        &json!({"name": "Idle", "agent": "command", "agent_settings": {"command": ["true"]}}),
+        &json!({"shared": true, "name": "Idle", "agent": "command", "agent_settings": {"command": ["true"]}}),
     )
     .await;
     let ticket = app.create_ticket("bare", json!({"title": "x"})).await;
@@ -419,7 +430,7 @@ async fn clone_credentials_come_from_secrets_and_each_clone_failure_says_which_i
 
     app.post_json(
         "/api/v1/clankers",
-        &json!({"name": "Scripted", "agent": "command", "agent_settings": {"command": ["sh", "-c", "echo changed >> README.md"]}}),
+        &json!({"shared": true, "name": "Scripted", "agent": "command", "agent_settings": {"command": ["sh", "-c", "echo changed >> README.md"]}}),
     )
     .await;
     app.post_json("/api/v1/clankers/scripted/start", &json!({})).await;

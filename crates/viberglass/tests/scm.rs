@@ -52,7 +52,7 @@ async fn clanker_and_ticket(app: &TestApp, script: &str) -> String {
     let clanker = app
         .post_json(
             "/api/v1/clankers",
-            &json!({"name": "Scripted", "agent": "command", "agent_settings": {"command": ["sh", "-c", script]}}),
+            &json!({"shared": true, "name": "Scripted", "agent": "command", "agent_settings": {"command": ["sh", "-c", script]}}),
         )
         .await;
     assert_eq!(clanker.status(), 201, "{}", clanker.text().await.unwrap());
@@ -115,8 +115,13 @@ async fn end_to_end(backend: TestBackend, kind: &str) {
     let pulls = forge.pulls("acme/shop");
     assert_eq!(pulls.len(), 1);
     assert_eq!(pulls[0].title, "Add a changelog");
-    assert!(pulls[0].body.starts_with("Adds CHANGES.md so releases are explained."), "{}", pulls[0].body);
-    assert!(pulls[0].body.contains(&format!("/api/v1/tickets/{ticket}")), "the body links back: {}", pulls[0].body);
+    assert!(
+        pulls[0].body.starts_with(&format!("{}\nAdds CHANGES.md so releases are explained.", "<!-- viberglass -->")),
+        "{}",
+        pulls[0].body
+    );
+    assert!(pulls[0].body.contains(&format!("/tickets/{ticket})")), "the body links back: {}", pulls[0].body);
+    assert!(!pulls[0].body.contains("/api/v1/tickets"), "to the ticket's page, not the JSON API: {}", pulls[0].body);
     assert_eq!(pulls[0].base, "main");
     let branch = first["result"]["branch"].as_str().unwrap();
     assert_eq!(pulls[0].head, branch);
@@ -263,7 +268,7 @@ async fn secrets_printed_by_the_agent_or_git_are_redacted() {
     let clanker = app
         .post_json(
             "/api/v1/clankers",
-            &json!({"name": "Scripted", "agent": "command", "agent_settings": {"command": ["sh", "-c", script]},
+            &json!({"shared": true, "name": "Scripted", "agent": "command", "agent_settings": {"command": ["sh", "-c", script]},
                     "secrets": ["API_KEY", "GIT_TOKEN"]}),
         )
         .await;

@@ -87,7 +87,7 @@ async fn a_ticket_goes_from_research_to_a_pull_request_with_approvals_and_a_revi
     let clanker = app
         .post_json(
             "/api/v1/clankers",
-            &json!({"name": "Claude", "agent": "claude-code", "secrets": ["ANTHROPIC_API_KEY"],
+            &json!({"shared": true, "name": "Claude", "agent": "claude-code", "secrets": ["ANTHROPIC_API_KEY"],
                     "agent_settings": {"base_url": model.anthropic_url(), "binary": binary, "model": "claude-test-model"}}),
         )
         .await;
@@ -220,18 +220,24 @@ async fn a_ticket_goes_from_research_to_a_pull_request_with_approvals_and_a_revi
         .collect();
     steps.reverse();
     let expected = [
+        ("project_created", "admin@example.com"),
         ("role_changed", "admin@example.com"),
         ("role_changed", "admin@example.com"),
         ("prompt_changed", "lead@example.com"),
+        // Filed by a person: the ticket records who, and so does the log.
+        ("ticket_filed", "dev@example.com"),
         ("run_started", "dev@example.com"),
+        // Approve & Continue: the run starts (start_run logs it) in the approval's transaction.
+        ("run_started", "lead@example.com"),
         ("approved", "lead@example.com"),
         ("phase_changed", "lead@example.com"),
-        ("run_started", "lead@example.com"),
         ("comment_added", "dev@example.com"),
+        // A requested revision is a run like any other.
+        ("run_started", "dev@example.com"),
         ("revision_requested", "dev@example.com"),
+        ("run_started", "lead@example.com"),
         ("approved", "lead@example.com"),
         ("phase_changed", "lead@example.com"),
-        ("run_started", "lead@example.com"),
     ];
     let got: Vec<(&str, &str)> = steps.iter().map(|(a, u)| (a.as_str(), u.as_str())).collect();
     assert_eq!(got, expected, "the audit log, oldest first");

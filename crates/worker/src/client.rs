@@ -34,6 +34,9 @@ pub struct Client {
     http: reqwest::Client,
     base: String,
     token: String,
+    /// This worker process's own one-time value: its bootstrap is answered
+    /// again when it retries, and refused to anyone else holding the token.
+    instance: String,
 }
 
 impl Client {
@@ -44,7 +47,8 @@ impl Client {
             .build()
             .expect("an HTTP client with default TLS settings builds");
         let base = format!("{}{PREFIX}/jobs/{job_id}", server_url.trim_end_matches('/'));
-        Self { http, base, token }
+        let instance = format!("{:032x}", rand::random::<u128>());
+        Self { http, base, token, instance }
     }
 
     async fn call<B: Serialize, R: DeserializeOwned>(
@@ -58,8 +62,11 @@ impl Client {
         let started = Instant::now();
         let mut delay = Duration::from_millis(200);
         loop {
-            let mut request =
-                self.http.request(method.clone(), format!("{}{path}", self.base)).bearer_auth(&self.token);
+            let mut request = self
+                .http
+                .request(method.clone(), format!("{}{path}", self.base))
+                .bearer_auth(&self.token)
+                .header(viberglass_domain::protocol::INSTANCE_HEADER, &self.instance);
             if let Some(body) = body {
                 request = request.json(body);
             }

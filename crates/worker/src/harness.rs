@@ -17,13 +17,7 @@ pub enum AgentEnd {
     Cancelled,
 }
 
-/// Tokens and cost the agent reported.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct Usage {
-    pub input_tokens: u64,
-    pub output_tokens: u64,
-    pub cost_usd: Option<f64>,
-}
+pub use viberglass_domain::protocol::Usage;
 
 /// Runs the agent described by `spec.harness` in `repo`, streaming its output as log lines.
 pub async fn run_agent(
@@ -199,8 +193,22 @@ async fn run_cli(
     let mut parser = adapter.parser();
     let mut kept = Vec::new();
     let mut lines = BufReader::new(stdout).lines();
+    let silence = std::time::Duration::from_secs(spec.agent_silence_secs.max(1));
+    let mut silent = false;
     let read = async {
-        while let Ok(Some(line)) = lines.next_line().await {
+        loop {
+            // An agent that prints nothing for this long is stuck (typically on a
+            // model API that stalled mid-stream): stop it rather than wait for
+            // the CLI's own, much longer, timeout.
+            let line = match tokio::time::timeout(silence, lines.next_line()).await {
+                Ok(Ok(Some(line))) => line,
+                Ok(_) => break,
+                Err(_) => {
+                    silent = true;
+                    let _ = child.start_kill();
+                    break;
+                }
+            };
             for event in parser.line(&line) {
                 match &event {
                     AgentEvent::Raw { line } => sink.log(LogLevel::Debug, line),
@@ -222,6 +230,20 @@ async fn run_cli(
     };
     let _ = err.await;
     let status = status.map_err(|e| Failure::internal(format!("waiting for the agent: {e}")))?;
+    if silent {
+        let api = settings.base_url.clone().unwrap_or_else(|| adapter.default_base_url().to_owned());
+        return Err(Failure::new(
+            FailureLayer::AgentTimeout,
+            "agent_silent",
+            format!(
+                "the {agent} agent printed nothing for {} s and was stopped: its model API at {api} probably stalled \
+                 mid-answer. Check that the provider answers (status page, gateway logs), then re-run; raise \
+                 VIBERGLASS_AGENT_SILENCE_SECS if the model legitimately thinks that long",
+                silence.as_secs()
+            ),
+            true,
+        ));
+    }
     if let Some(failure) = viberglass_agents::classify(agent, status.code(), &kept) {
         return Err(failure);
     }

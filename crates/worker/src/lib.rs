@@ -33,8 +33,13 @@ pub struct WorkerConfig {
 /// Runs the job. Returns the process exit code: 0 when the outcome was
 /// reported (even a failure of the job itself), 1 when it could not be.
 pub async fn run(config: WorkerConfig) -> u8 {
+    use tracing::Instrument;
     let span = tracing::info_span!("job", job_id = %config.job_id);
-    let _guard = span.enter();
+    // Instrumented, not entered: a guard held across `.await` would leak the span into other tasks.
+    run_job(config).instrument(span).await
+}
+
+async fn run_job(config: WorkerConfig) -> u8 {
     let client = Client::new(&config.server_url, config.job_id, config.token.clone());
 
     let boot = match client.bootstrap().await {
@@ -65,7 +70,7 @@ pub async fn run(config: WorkerConfig) -> u8 {
     })
     .await;
     sink.close().await;
-    let job_failed = matches!(end, pipeline::End::Report(WorkerResult::Failed { .. }));
+    let job_failed = matches!(&end, pipeline::End::Report(result) if matches!(**result, WorkerResult::Failed { .. }));
     let code = match end {
         pipeline::End::Cancelled => {
             tracing::info!("stopped: the job was cancelled");

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use tokio_util::sync::CancellationToken;
-use viberglass_domain::protocol::{Bootstrap, WorkerResult};
+use viberglass_domain::protocol::{Bootstrap, ChangedFile, JobResult, PullRequestRef, WorkerResult};
 use viberglass_domain::{Failure, FailureLayer, Phase, ScmProvider};
 
 use crate::client::Client;
@@ -27,18 +27,26 @@ pub struct Context<'a> {
 /// How the pipeline ended: a result to report, or a cancellation (the job
 /// has already ended on the server; nothing to report).
 pub enum End {
-    Report(WorkerResult),
+    Report(Box<WorkerResult>),
     Cancelled,
 }
 
-fn failed(failure: Failure) -> End {
-    End::Report(WorkerResult::Failed { failure })
+/// A failure, with what the run had done before it (a pushed branch).
+pub struct Failed {
+    failure: Failure,
+    result: Option<JobResult>,
+}
+
+impl From<Failure> for Failed {
+    fn from(failure: Failure) -> Self {
+        Failed { failure, result: None }
+    }
 }
 
 pub async fn run(cx: Context<'_>) -> End {
     match steps(&cx).await {
         Ok(end) => end,
-        Err(failure) => failed(failure),
+        Err(Failed { failure, result }) => End::Report(Box::new(WorkerResult::Failed { failure, result })),
     }
 }
 
@@ -46,7 +54,7 @@ fn io_failure(what: &str, err: std::io::Error) -> Failure {
     Failure::internal(format!("{what}: {err}"))
 }
 
-async fn steps(cx: &Context<'_>) -> Result<End, Failure> {
+async fn steps(cx: &Context<'_>) -> Result<End, Failed> {
     let spec = &cx.boot.spec;
     cx.sink.progress("preparing the workspace");
     let repo: PathBuf = cx.workspace.join("repo");
@@ -69,7 +77,7 @@ async fn steps(cx: &Context<'_>) -> Result<End, Failure> {
         let failure =
             clone_failure(&spec.repository_url, &spec.base_branch, &clone.stderr, cx.boot.git_credential.is_some());
         cx.sink.log(viberglass_domain::LogLevel::Error, clone.stderr.trim());
-        return Err(failure);
+        return Err(failure.into());
     }
 
     if spec.phase == Phase::Execution {
@@ -98,7 +106,6 @@ async fn steps(cx: &Context<'_>) -> Result<End, Failure> {
         AgentEnd::Cancelled => return Ok(End::Cancelled),
         AgentEnd::Finished(usage) => usage,
     };
-    let usage = usage.map(|u| serde_json::to_value(u).unwrap_or_default());
 
     match spec.phase {
         Phase::Research | Phase::Planning => {
@@ -113,23 +120,28 @@ async fn steps(cx: &Context<'_>) -> Result<End, Failure> {
                 )
             })?;
             let reply = cx.client.document(content).await.map_err(|e| Failure::internal(e.to_string()))?;
-            let mut result = serde_json::json!({"document": name, "revision": reply.revision});
-            if let Some(usage) = usage {
-                result["usage"] = usage;
-            }
-            Ok(End::Report(WorkerResult::Completed {
+            let result = JobResult {
+                document: Some(name.to_owned()),
+                revision: Some(reply.revision),
+                usage,
+                ..JobResult::default()
+            };
+            Ok(End::Report(Box::new(WorkerResult::Completed {
                 result,
                 summary: format!("wrote {name} (revision {})", reply.revision),
-            }))
+            })))
         }
-        Phase::Execution => match commit(cx, &git, &repo).await? {
-            End::Report(WorkerResult::Completed { mut result, summary }) => {
-                if let Some(usage) = usage {
-                    result["usage"] = usage;
-                }
-                Ok(End::Report(WorkerResult::Completed { result, summary }))
+        Phase::Execution => match commit(cx, &git, &repo).await {
+            Ok((mut result, summary)) => {
+                result.usage = usage;
+                Ok(End::Report(Box::new(WorkerResult::Completed { result, summary })))
             }
-            other => Ok(other),
+            Err(mut failed) => {
+                if let Some(result) = &mut failed.result {
+                    result.usage = usage;
+                }
+                Err(failed)
+            }
         },
     }
 }
@@ -191,7 +203,7 @@ async fn start_branch(cx: &Context<'_>, git: &Git, repo: &Path) -> Result<(), Fa
     Ok(())
 }
 
-async fn commit(cx: &Context<'_>, git: &Git, repo: &Path) -> Result<End, Failure> {
+async fn commit(cx: &Context<'_>, git: &Git, repo: &Path) -> Result<(JobResult, String), Failed> {
     let spec = &cx.boot.spec;
     cx.sink.progress(&format!("committing to {}", spec.branch));
     let run = |args: Vec<String>| async move {
@@ -202,14 +214,15 @@ async fn commit(cx: &Context<'_>, git: &Git, repo: &Path) -> Result<End, Failure
     let add = run(vec!["add".into(), "-A".into()]).await?;
     if !add.success {
         return Err(Failure::new(FailureLayer::Commit, "add_failed", "git could not stage the changes", true)
-            .with_detail(add.stderr));
+            .with_detail(add.stderr)
+            .into());
     }
     let changed = run(vec!["diff".into(), "--cached".into(), "--name-status".into()]).await?;
-    let files: Vec<serde_json::Value> = changed
+    let files: Vec<ChangedFile> = changed
         .stdout
         .lines()
         .filter_map(|l| l.split_once('\t'))
-        .map(|(status, path)| serde_json::json!({"status": status, "path": path}))
+        .map(|(status, path)| ChangedFile { status: status.to_owned(), path: path.to_owned() })
         .collect();
     if files.is_empty() {
         return Err(Failure::new(
@@ -217,7 +230,8 @@ async fn commit(cx: &Context<'_>, git: &Git, repo: &Path) -> Result<End, Failure
             "no_changes",
             "the agent finished without changing any file: read its log; refine the ticket or the plan, then re-run",
             false,
-        ));
+        )
+        .into());
     }
     let content = PrContent::read(repo, spec, &files);
     let mut message = format!("{}\n\n", content.title);
@@ -239,36 +253,54 @@ async fn commit(cx: &Context<'_>, git: &Git, repo: &Path) -> Result<End, Failure
     .await?;
     if !commit.success {
         return Err(Failure::new(FailureLayer::Commit, "commit_failed", "git could not commit the changes", true)
-            .with_detail(commit.stderr));
+            .with_detail(commit.stderr)
+            .into());
     }
     let sha = run(vec!["rev-parse".into(), "HEAD".into()]).await?.stdout.trim().to_owned();
     cx.sink.progress(&format!("pushing {}", spec.branch));
     let push = run(vec!["push".into(), "origin".into(), format!("HEAD:refs/heads/{}", spec.branch)]).await?;
     if !push.success {
         cx.sink.log(viberglass_domain::LogLevel::Error, push.stderr.trim());
-        return Err(crate::git::push_failure(&spec.repository_url, &spec.branch, &push.stderr));
+        return Err(crate::git::push_failure(&spec.repository_url, &spec.branch, &push.stderr).into());
     }
     let short = &sha[..sha.len().min(12)];
-    let mut result = serde_json::json!({"branch": spec.branch, "commit": sha, "changed_files": files, "pushed": true});
     let mut summary = format!("committed {} changed file(s) to {} ({short}) and pushed it", files.len(), spec.branch);
+    let mut result = JobResult {
+        branch: Some(spec.branch.clone()),
+        commit: Some(sha.clone()),
+        pushed: true,
+        changed_files: files,
+        ..JobResult::default()
+    };
     match spec.scm.as_ref().filter(|scm| scm.provider != ScmProvider::Git) {
         Some(scm) => {
-            let published = open_pull_request(cx, scm, &content, short).await?;
+            // The branch is pushed whatever happens to the pull request: a
+            // failure here still reports the branch and the commit.
+            let published = match open_pull_request(cx, scm, &content, short).await {
+                Ok(published) => published,
+                Err(failure) => return Err(Failed { failure, result: Some(result) }),
+            };
             let noun = scm.provider.pull_request_noun();
             let verb = if published.created { "opened" } else { "updated" };
             summary.push_str(&format!("; {verb} {noun} {}", published.pull_request.url));
-            result["pull_request"] = serde_json::to_value(&published).unwrap_or_default();
+            result.pull_request = Some(PullRequestRef {
+                number: published.pull_request.number,
+                url: published.pull_request.url,
+                title: published.pull_request.title,
+                head: published.pull_request.head,
+                created: published.created,
+            });
         }
         None => {
             // A plain git remote: record the change itself in Viberglass.
             let stat = run(vec!["show".into(), "--stat".into(), "--format=".into(), "HEAD".into()]).await?;
             let diff = run(vec!["show".into(), "--format=".into(), "HEAD".into()]).await?;
-            result["diff_stat"] = stat.stdout.trim().into();
-            result["diff"] = bounded(&diff.stdout, MAX_RECORDED_DIFF).into();
-            result["diff_truncated"] = (diff.stdout.len() > MAX_RECORDED_DIFF).into();
+            result.diff_stat = Some(stat.stdout.trim().to_owned());
+            result.diff = Some(bounded(&diff.stdout, MAX_RECORDED_DIFF));
+            result.diff_truncated = diff.stdout.len() > MAX_RECORDED_DIFF;
         }
     }
-    Ok(End::Report(WorkerResult::Completed { summary, result }))
+    Ok((result, summary))
 }
 
 /// The most diff a plain-git run records.
@@ -296,7 +328,7 @@ struct PrContent {
 }
 
 impl PrContent {
-    fn read(repo: &Path, spec: &viberglass_domain::JobSpec, files: &[serde_json::Value]) -> PrContent {
+    fn read(repo: &Path, spec: &viberglass_domain::JobSpec, files: &[ChangedFile]) -> PrContent {
         let title = std::fs::read_to_string(repo.join("PR_TITLE.md"))
             .ok()
             .and_then(|t| t.lines().map(|l| l.trim().trim_start_matches('#').trim().to_owned()).find(|l| !l.is_empty()))
@@ -318,11 +350,7 @@ impl PrContent {
                 }
                 body.push_str("### Changed files\n");
                 for file in files.iter().take(200) {
-                    body.push_str(&format!(
-                        "- `{}` ({})\n",
-                        file["path"].as_str().unwrap_or("?"),
-                        file["status"].as_str().unwrap_or("?")
-                    ));
+                    body.push_str(&format!("- `{}` ({})\n", file.path, file.status));
                 }
                 body
             }

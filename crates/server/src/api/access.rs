@@ -14,7 +14,6 @@ use viberglass_domain::{
 };
 use viberglass_store::{AuditFilter, UserChange};
 
-use super::projects::find_project;
 use super::{parse_page, parse_param};
 use crate::AppState;
 use crate::auth::{
@@ -22,6 +21,7 @@ use crate::auth::{
 };
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{ApiJson, ApiQuery};
+use crate::service::projects::find_project;
 
 /// Whether first-run setup is still needed.
 #[derive(Debug, Serialize, utoipa::ToSchema)]

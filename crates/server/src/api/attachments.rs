@@ -10,11 +10,11 @@ use viberglass_domain::Attachment;
 use viberglass_domain::ticket::{MAX_ATTACHMENT_BYTES, parse_attachment_filename, parse_content_type};
 use viberglass_store::NewAttachment;
 
-use super::tickets::parse_ticket_id;
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::ApiQuery;
+use crate::extract::parse_ticket_id;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -44,9 +44,10 @@ pub async fn upload_attachment(
 ) -> ApiResult<(StatusCode, Json<Attachment>)> {
     let ticket = state.store.get_ticket(parse_ticket_id(&ticket_id)?).await?;
     if ticket.archived_at.is_some() {
-        return Err(super::jobs::unprocessable(
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
             "archived",
-            "the ticket is archived: unarchive it to attach files".into(),
+            "the ticket is archived: unarchive it to attach files",
         ));
     }
     let filename = parse_attachment_filename(query.filename.as_deref().unwrap_or_default())

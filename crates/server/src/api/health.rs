@@ -35,10 +35,21 @@ pub async fn healthz() -> Json<Health> {
 )]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Readiness>, ApiError> {
     let not_ready = |message: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", message);
-    let status = state.store.schema_status().await.map_err(|e| {
-        tracing::warn!(error = %error_chain(&e), "readiness check: database unreachable");
-        not_ready(format!("the database at {} does not answer", state.store.target().describe()))
-    })?;
+    // Within a second, whatever the pool's own wait: a load balancer asks often.
+    let status = match tokio::time::timeout(std::time::Duration::from_secs(1), state.store.schema_status()).await {
+        Ok(Ok(status)) => status,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %error_chain(&e), "readiness check: database unreachable");
+            return Err(not_ready(format!("the database at {} does not answer", state.store.target().describe())));
+        }
+        Err(_) => {
+            tracing::warn!("readiness check: the database did not answer within a second");
+            return Err(not_ready(format!(
+                "the database at {} did not answer within a second",
+                state.store.target().describe()
+            )));
+        }
+    };
     if status.applied > status.latest {
         return Err(not_ready(format!(
             "the database was migrated by a newer viberglass (schema version {}, this server knows {}): upgrade this server",

@@ -11,10 +11,10 @@ use viberglass_domain::scm::repository_path;
 use viberglass_domain::{Integration, IntegrationId, IntegrationInput, IntegrationPatch, NewIntegration};
 use viberglass_scm::AccessReport;
 
-use super::projects::find_project;
 use crate::AppState;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::ApiJson;
+use crate::service::projects::find_project;
 
 /// Finds an integration by id or by name.
 async fn find_integration(state: &AppState, key: &str) -> ApiResult<Integration> {

@@ -155,25 +155,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(worker::result))
 }
 
-/// The id of the project an id or slug names, if it exists.
-pub(crate) async fn find_project_id(
-    store: &viberglass_store::Store,
-    key: &str,
-) -> Result<Option<viberglass_domain::ProjectId>, viberglass_store::StoreError> {
-    let found = match key.parse::<viberglass_domain::ProjectId>() {
-        Ok(id) => store.get_project(id).await,
-        Err(_) => match viberglass_domain::ProjectSlug::parse(key) {
-            Ok(slug) => store.get_project_by_slug(&slug).await,
-            Err(_) => return Ok(None),
-        },
-    };
-    match found {
-        Ok(project) => Ok(Some(project.id)),
-        Err(viberglass_store::StoreError::NotFound { .. }) => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
 /// Parses an optional enum-valued query parameter, recording a bad value.
 fn parse_param<T: std::str::FromStr>(
     errors: &mut viberglass_domain::ValidationErrors,

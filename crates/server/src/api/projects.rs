@@ -3,15 +3,14 @@ use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use serde::Deserialize;
-use viberglass_domain::{
-    NewProject, Page, Project, ProjectId, ProjectInput, ProjectPatch, ProjectSlug, ValidationErrors,
-};
+use viberglass_domain::{NewProject, Page, Project, ProjectInput, ProjectPatch, ValidationErrors};
 use viberglass_store::{ProjectFilter, Store};
 
 use super::{parse_archived, parse_page};
 use crate::AppState;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{ApiJson, ApiQuery};
+use crate::service::projects::find_project;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -52,20 +51,6 @@ async fn check_secret(store: &Store, patch: &ProjectPatch) -> ApiResult<()> {
     Ok(())
 }
 
-/// Finds a project by id or by slug.
-pub(crate) async fn find_project(store: &Store, key: &str) -> ApiResult<Project> {
-    let found = match key.parse::<ProjectId>() {
-        Ok(id) => store.get_project(id).await,
-        Err(_) => match ProjectSlug::parse(key) {
-            Ok(slug) => store.get_project_by_slug(&slug).await,
-            Err(_) => {
-                return Err(ApiError::not_found(format!("there is no project `{key}`: give its id or slug")));
-            }
-        },
-    };
-    found.map_err(ApiError::from)
-}
-
 /// Lists projects, newest first.
 #[utoipa::path(
     get, path = "/api/v1/projects", tag = "projects", params(ListProjectsQuery),
@@ -94,12 +79,24 @@ pub async fn list_projects(
 )]
 pub async fn create_project(
     State(state): State<AppState>,
+    caller: crate::identity::Caller,
     ApiJson(input): ApiJson<ProjectInput>,
 ) -> ApiResult<impl IntoResponse> {
     let new = NewProject::parse(input)?;
+    check_local(&state, &new.0)?;
     check_secret(&state.store, &new.0).await?;
     let project = state.store.create_project(new).await?;
     tracing::info!(project_id = %project.id, slug = project.slug.as_str(), "project created");
+    crate::identity::audit(
+        &state,
+        Some(&caller),
+        "project_created",
+        "project",
+        Some(project.id.to_string()),
+        Some(project.id),
+        serde_json::json!({"slug": project.slug.as_str(), "repository_url": project.repository_url}),
+    )
+    .await;
     let location = format!("/api/v1/projects/{}", project.id);
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(project)))
 }
@@ -133,6 +130,7 @@ pub async fn update_project(
     if patch.is_empty() {
         return Err(ApiError::bad_request("invalid_input", "the body names no field to change"));
     }
+    check_local(&state, &patch)?;
     // Where code is fetched from and pushed to, and with which credential,
     // decide where a secret's value goes: only administrators change them.
     let sensitive = [
@@ -196,4 +194,27 @@ pub async fn archive_project(State(state): State<AppState>, Path(key): Path<Stri
 pub async fn unarchive_project(State(state): State<AppState>, Path(key): Path<String>) -> ApiResult<Json<Project>> {
     let project = find_project(&state.store, &key).await?;
     Ok(Json(state.store.unarchive_project(project.id).await?))
+}
+
+/// Clone URLs on this machine's own files are refused unless the server allows them.
+fn check_local(state: &AppState, patch: &ProjectPatch) -> ApiResult<()> {
+    if state.config.allow_local_repositories {
+        return Ok(());
+    }
+    let mut errors = ValidationErrors::new();
+    for (field, url) in [("repository_url", &patch.repository_url), ("pr_repository_url", &patch.pr_repository_url)] {
+        if let Some(Some(url)) = url
+            && viberglass_domain::scm::is_local_repository(url)
+        {
+            errors.add(
+                field,
+                format!(
+                    "`{url}` is a path on the server's own disk, which projects may not clone from: give the \
+                     repository's https or ssh URL (an operator can allow local repositories with \
+                     VIBERGLASS_ALLOW_LOCAL_REPOSITORIES=true)"
+                ),
+            );
+        }
+    }
+    Ok(errors.into_result(())?)
 }

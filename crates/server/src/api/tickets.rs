@@ -4,15 +4,14 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use serde::Deserialize;
 use viberglass_domain::{
-    NewTicket, Page, Phase, Severity, Ticket, TicketFilter, TicketId, TicketInput, TicketPatch, TicketStatus,
-    ValidationErrors,
+    Page, Phase, Severity, Ticket, TicketFilter, TicketInput, TicketPatch, TicketStatus, ValidationErrors,
 };
 
-use super::projects::find_project;
 use super::{parse_archived, parse_page, parse_param};
 use crate::AppState;
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::extract::{ApiJson, ApiQuery};
+use crate::extract::{ApiJson, ApiQuery, parse_ticket_id};
+use crate::service::projects::find_project;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -34,10 +33,6 @@ pub struct ListTicketsQuery {
     limit: Option<u32>,
     /// The `next_cursor` of the previous page.
     cursor: Option<String>,
-}
-
-pub(crate) fn parse_ticket_id(text: &str) -> ApiResult<TicketId> {
-    text.parse().map_err(|e: viberglass_domain::ids::InvalidId| ApiError::invalid_field("ticket_id", e.to_string()))
 }
 
 /// Lists tickets, newest first, with filters and search.
@@ -79,13 +74,12 @@ pub async fn list_tickets(
 )]
 pub async fn create_ticket(
     State(state): State<AppState>,
+    caller: crate::identity::Caller,
     Path(key): Path<String>,
     ApiJson(input): ApiJson<TicketInput>,
 ) -> ApiResult<impl IntoResponse> {
-    let new = NewTicket::parse(input)?;
     let project = find_project(&state.store, &key).await?;
-    let ticket = state.store.create_ticket(project.id, new, None).await?;
-    tracing::info!(ticket_id = %ticket.id, project_id = %project.id, "ticket filed");
+    let ticket = crate::service::tickets::file_ticket(&state, Some(&caller), &project, input).await?;
     let location = format!("/api/v1/tickets/{}", ticket.id);
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(ticket)))
 }
@@ -97,10 +91,8 @@ pub async fn create_ticket(
     responses((status = 200, body = Ticket), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody))
 )]
 pub async fn get_ticket(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Ticket>> {
-    let mut ticket = state.store.get_ticket(parse_ticket_id(&id)?).await?;
-    // The lifecycle status as the rules give it now (runs may have ended since it was stored).
-    ticket.status = super::workflow::derived_status(&state, &ticket).await?;
-    Ok(Json(ticket))
+    // The lifecycle status as the rules give it now, stored, so lists agree.
+    Ok(Json(crate::service::tickets::get_ticket(&state.store, parse_ticket_id(&id)?).await?))
 }
 
 /// Edits a ticket's title, description, severity or link. Phase and status change only through the workflow.

@@ -13,12 +13,12 @@ use viberglass_domain::protocol::{
     WorkerResult,
 };
 use viberglass_domain::{EventKind, Failure, FailureLayer, JobId, LogLevel};
-use viberglass_store::Outcome;
+use viberglass_store::{BootstrapClaim, Outcome};
 
 use crate::AppState;
-use crate::engine::hash_token;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::ApiJson;
+use crate::identity::hash_token;
 
 /// The most events one batch may carry.
 pub const MAX_BATCH: usize = 1000;
@@ -68,10 +68,59 @@ impl FromRequestParts<AppState> for WorkerAuth {
     params(("job_id" = String, Path)), security(("worker_token" = [])),
     responses((status = 200, body = Bootstrap), (status = 401, body = ErrorBody), (status = 410, body = ErrorBody))
 )]
-pub async fn bootstrap(State(state): State<AppState>, WorkerAuth(id): WorkerAuth) -> ApiResult<Json<Bootstrap>> {
+pub async fn bootstrap(
+    State(state): State<AppState>,
+    WorkerAuth(id): WorkerAuth,
+    headers: axum::http::HeaderMap,
+) -> ApiResult<Json<Bootstrap>> {
+    // One worker per job: the first to ask (its retries are answered again);
+    // anyone else holding the token gets nothing, and the job stops.
+    let instance = headers
+        .get(viberglass_domain::protocol::INSTANCE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| (16..=128).contains(&v.len()))
+        .ok_or_else(|| {
+            ApiError::invalid_field(
+                viberglass_domain::protocol::INSTANCE_HEADER,
+                "a worker names itself with a random value in this header: upgrade the worker to this server's version",
+            )
+        })?;
+    match state.store.claim_bootstrap(id, &hash_token(instance)).await? {
+        BootstrapClaim::First | BootstrapClaim::Again => {}
+        BootstrapClaim::Taken => {
+            tracing::warn!(job_id = %id, "a second worker asked for the job's bootstrap; the job was stopped");
+            state
+                .store
+                .append_event(
+                    id,
+                    EventKind::Status,
+                    LogLevel::Warn,
+                    "a second bootstrap call came from another process than the job's worker: its token leaked \
+                     (an agent may have read it), so the job was stopped",
+                    None,
+                )
+                .await?;
+            let job = state.store.get_job(id).await?;
+            let failure = Failure::new(
+                FailureLayer::Bootstrap,
+                "token_reused",
+                "another process used this job's worker token to ask for its secrets: the job was stopped so they \
+                 are handed out once. Read the job's log, rotate the clanker's secrets if the agent may have been \
+                 steered, then re-run",
+                false,
+            );
+            crate::service::jobs::end_job(&state.store, &job, Outcome::failed(failure)).await?;
+            state.engine.stop_compute(&job).await;
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "already_bootstrapped",
+                "this job's worker has already bootstrapped; a job bootstraps once",
+            ));
+        }
+    }
     state.store.heartbeat_job(id).await?;
     let job = state.store.get_job(id).await?;
-    let spec = job.spec.ok_or_else(|| ApiError::internal("a job without a spec"))?;
+    let spec = state.store.job_spec(id).await?;
     let project = state.store.get_project(job.project_id).await?;
     let resolved = async {
         // The project's own credential, else its integration's.
@@ -98,11 +147,7 @@ pub async fn bootstrap(State(state): State<AppState>, WorkerAuth(id): WorkerAuth
     let (git_credential, secrets) = match resolved {
         Ok(found) => found,
         Err(failure) => {
-            if state.store.finish_job(id, Outcome::Failed(failure)).await?
-                && let Some(ticket) = job.ticket_id
-            {
-                crate::api::workflow::refresh_status(&state, ticket).await;
-            }
+            crate::service::jobs::end_job(&state.store, &job, Outcome::failed(failure)).await?;
             return Err(ApiError::new(
                 StatusCode::GONE,
                 "job_ended",
@@ -187,34 +232,11 @@ pub async fn result(
     WorkerAuth(id): WorkerAuth,
     ApiJson(result): ApiJson<WorkerResult>,
 ) -> ApiResult<Json<ResultReply>> {
-    let outcome = match result {
-        WorkerResult::Completed { result, summary } => Outcome::Completed { result, summary },
-        WorkerResult::Failed { mut failure } => {
-            // A worker cannot claim layers only the server decides.
-            if matches!(failure.layer, FailureLayer::Cancelled | FailureLayer::Heartbeat | FailureLayer::Timeout) {
-                failure.layer = FailureLayer::Internal;
-            }
-            Outcome::Failed(failure)
-        }
-    };
-    let pull_request = match &outcome {
-        Outcome::Completed { result, .. } => result["pull_request"]["url"].as_str().map(str::to_owned),
-        _ => None,
-    };
-    // The pull request exists on the forge whatever happens to the job now:
-    // record it first, so a reader who sees the job completed sees it too.
-    let before = state.store.get_job(id).await?;
-    if !before.status.is_terminal()
-        && let (Some(url), Some(ticket)) = (pull_request, before.ticket_id)
-        && (url.starts_with("https://") || url.starts_with("http://"))
-    {
-        state.store.set_ticket_pull_request(ticket, &url).await?;
-    }
-    let ended_now = state.store.finish_job(id, outcome).await?;
     let job = state.store.get_job(id).await?;
-    if ended_now && let Some(ticket) = job.ticket_id {
-        crate::api::workflow::refresh_status(&state, ticket).await;
-    }
+    let spec = state.store.job_spec(id).await?;
+    let outcome = crate::service::jobs::accept_report(&spec, result);
+    crate::service::jobs::end_job(&state.store, &job, outcome).await?;
+    let job = state.store.get_job(id).await?;
     let status = job.status;
     Ok(Json(ResultReply { status }))
 }

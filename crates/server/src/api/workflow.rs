@@ -8,16 +8,20 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
 use viberglass_domain::workflow::{
-    ApprovalAction, ApprovalRecord, CommentStatus, DocumentComment, DocumentRevision, LifecycleFacts, PhaseDocument,
-    PromptKind, approval_transition, lifecycle_status, line_diff, validate_template,
+    ApprovalAction, ApprovalRecord, CommentStatus, DocumentComment, DocumentRevision, PhaseDocument, PromptKind,
+    approval_transition, line_diff, validate_template,
 };
-use viberglass_domain::{Job, JobId, Phase, ProjectRole, Ticket, TicketId, ValidationErrors};
-use viberglass_store::{ApprovalChange, NewJob, StoreError};
+use viberglass_domain::{Job, Phase, ProjectRole, Ticket, TicketId, ValidationErrors};
+use viberglass_store::{ApprovalChange, StoreError};
 
-use super::jobs::{agent_attachments, run_prompt, run_spec, started_clanker, unprocessable};
-use super::projects::find_project;
 use crate::AppState;
-use crate::auth::{Caller, audit};
+use crate::identity::{Caller, audit};
+use crate::service::projects::find_project;
+use crate::service::runs::{RunRequest, Trigger, start_run};
+
+fn unprocessable(code: &'static str, message: String) -> ApiError {
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+}
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::ApiJson;
 
@@ -37,45 +41,8 @@ async fn ticket(state: &AppState, id: &str) -> ApiResult<Ticket> {
     Ok(state.store.get_ticket(parse_ticket(id)?).await?)
 }
 
-/// Recomputes a ticket's lifecycle status from its phase, documents, runs
-/// and pull request, and stores it. Failures are logged, never fatal.
-pub(crate) async fn refresh_status(state: &AppState, id: TicketId) {
-    refresh_ticket_status(&state.store, id).await;
-}
-
-/// [`refresh_status`] for callers without the application state (the engine).
-pub(crate) async fn refresh_ticket_status(store: &viberglass_store::Store, id: TicketId) {
-    let result = async {
-        let ticket = store.get_ticket(id).await?;
-        let status = lifecycle_status(&facts(store, &ticket).await?);
-        store.set_ticket_status(id, status).await
-    }
-    .await;
-    if let Err(e) = result {
-        tracing::warn!(ticket_id = %id, error = %e, "could not refresh the ticket's status");
-    }
-}
-
-/// The lifecycle status the rules give a ticket now.
-pub(crate) async fn derived_status(
-    state: &AppState,
-    ticket: &Ticket,
-) -> Result<viberglass_domain::TicketStatus, StoreError> {
-    Ok(lifecycle_status(&facts(&state.store, ticket).await?))
-}
-
-async fn facts(store: &viberglass_store::Store, ticket: &Ticket) -> Result<LifecycleFacts, StoreError> {
-    let document = match ticket.phase.document_name() {
-        Some(_) => store.get_document(ticket.id, ticket.phase).await?.map(|d| d.approval_state),
-        None => None,
-    };
-    Ok(LifecycleFacts {
-        phase: ticket.phase,
-        document,
-        latest_run: store.latest_run(ticket.id).await?,
-        pull_request_open: ticket.pull_request_url.is_some(),
-        archived: ticket.archived_at.is_some(),
-    })
+async fn refresh_status(state: &AppState, id: TicketId) {
+    crate::service::tickets::refresh_status(&state.store, id).await;
 }
 
 fn phase_rank(phase: Phase) -> u8 {
@@ -481,9 +448,8 @@ pub async fn approve_and_continue(
     let phase = parse_document_phase(&input.phase)?;
     require_maintainer(&state, &caller, &ticket, "Approve & Continue").await?;
     let next = phase.next().ok_or_else(|| ApiError::internal("a document phase without a next phase"))?;
-    if ticket.archived_at.is_some() {
-        return Err(unprocessable("archived", "the ticket is archived: unarchive it to continue".into()));
-    }
+    // The same refusal as every other way a run starts, before anything else is looked at.
+    crate::service::runs::ensure_not_archived(&ticket)?;
     if phase_rank(ticket.phase) > phase_rank(next) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -491,33 +457,24 @@ pub async fn approve_and_continue(
             format!("the ticket is already in {}: continuing from {phase} would move it back", ticket.phase),
         ));
     }
-    let project = state.store.get_project(ticket.project_id).await?;
-    let clanker = started_clanker(&state, &input.clanker).await?;
     let document = current_document(&state, &ticket, phase).await?;
     let comment: String = input.comment.chars().take(10_000).collect();
-    let change =
+    let approval =
         approval_change(&ticket, phase, &document, ApprovalAction::Approve, &caller, comment.clone(), input.revision)?;
-    let id = JobId::new();
     // The prompt is built as if the approval had happened: the gate is the approval itself.
-    let spec = run_spec(&state, &project, &ticket, &clanker, next, id, None).await?;
-    let new = NewJob {
-        id,
-        project_id: project.id,
-        ticket_id: Some(ticket.id),
-        clanker_id: Some(clanker.id),
-        spec,
-        requested_by: caller.user_id(),
+    let run = RunRequest {
+        ticket: &ticket,
+        phase: next,
+        clanker: &input.clanker,
+        trigger: Trigger::ApproveAndContinue { approval: Box::new(approval) },
     };
-    let job = state.store.approve_and_continue(&change, next, new).await?.ok_or_else(moved)?;
-    state.engine.wake.notify_one();
+    let job = start_run(&state, Some(&caller), run).await?;
     for (action, details) in [
         ("approved", serde_json::json!({"phase": phase, "revision": document.revision, "comment": comment})),
         ("phase_changed", serde_json::json!({"from": phase, "to": next})),
-        ("run_started", serde_json::json!({"phase": next, "job": job.id, "clanker": clanker.slug.as_str()})),
     ] {
         audit_ticket(&state, &caller, &ticket, action, details).await;
     }
-    refresh_status(&state, ticket.id).await;
     Ok((StatusCode::ACCEPTED, [(header::LOCATION, format!("/api/v1/jobs/{}", job.id))], Json(job)))
 }
 
@@ -548,13 +505,13 @@ pub async fn request_revision(
     let feedback = viberglass_domain::validation::bounded_text(&input.feedback, "feedback", 1, 20_000)
         .map_err(|m| ApiError::invalid_field("feedback", m))?;
     current_document(&state, &ticket, phase).await?;
-    if ticket.archived_at.is_some() {
-        return Err(unprocessable("archived", "the ticket is archived: unarchive it to run it".into()));
-    }
-    let project = state.store.get_project(ticket.project_id).await?;
-    super::jobs::check_gate(&state, &project, &ticket, phase).await?;
-    let clanker = started_clanker(&state, &input.clanker).await?;
-    let job = super::jobs::queue_run(&state, &caller, &project, &ticket, &clanker, phase, Some(&feedback)).await?;
+    let run = RunRequest {
+        ticket: &ticket,
+        phase,
+        clanker: &input.clanker,
+        trigger: Trigger::Revision { feedback: feedback.clone() },
+    };
+    let job = start_run(&state, Some(&caller), run).await?;
     audit_ticket(
         &state,
         &caller,
@@ -744,8 +701,6 @@ pub async fn preview_prompt(
         .phase
         .parse()
         .map_err(|e: viberglass_domain::states::UnknownValue| ApiError::invalid_field("phase", e.to_string()))?;
-    let project = state.store.get_project(ticket.project_id).await?;
-    let attachments = agent_attachments(&state, &ticket).await?;
-    let prompt = run_prompt(&state, &project, &ticket, phase, input.feedback.as_deref(), &attachments).await?;
+    let prompt = crate::service::runs::preview_prompt(&state, &ticket, phase, input.feedback.as_deref()).await?;
     Ok(Json(PromptPreview { prompt }))
 }

@@ -29,7 +29,7 @@ impl<E: Into<ApiError>> From<E> for PageError {
 impl IntoResponse for PageError {
     fn into_response(self) -> Response {
         if self.0.status.is_server_error() {
-            tracing::error!(error = %self.0.body.message, "a page failed");
+            tracing::error!(error = %self.0.body.message, cause = self.0.cause().unwrap_or_default(), "a page failed");
         }
         super::error_page(&self.0)
     }
@@ -115,7 +115,8 @@ pub async fn dashboard(State(state): State<AppState>, caller: Caller) -> PageRes
         let filter = JobFilter { status: Some(status), member_of, ..JobFilter::default() };
         running.extend(state.store.list_jobs(&filter, PageRequest { limit: 20, after: None }).await?.items);
     }
-    let failed = JobFilter { status: Some(JobStatus::Failed), member_of, ..JobFilter::default() };
+    let failed =
+        JobFilter { status: Some(JobStatus::Failed), member_of, unresolved_only: true, ..JobFilter::default() };
     let failures = state.store.list_jobs(&failed, PageRequest { limit: 5, after: None }).await?.items;
     let waiting = TicketFilter { status: Some(TicketStatus::AwaitingApproval), member_of, ..TicketFilter::default() };
     let names = project_names(&state, &caller).await?;
@@ -222,12 +223,12 @@ pub async fn project_settings(
     caller: Caller,
     Path(project): Path<String>,
 ) -> PageResult {
-    let project = crate::api::projects::find_project(&state.store, &project).await?;
+    let project = crate::service::projects::find_project(&state.store, &project).await?;
     project_form(&state, &caller, Some(project)).await
 }
 
 pub async fn project(State(state): State<AppState>, caller: Caller, Path(project): Path<String>) -> PageResult {
-    let project = crate::api::projects::find_project(&state.store, &project).await?;
+    let project = crate::service::projects::find_project(&state.store, &project).await?;
     let perm = role_in(&state, &caller, project.id).await?;
     let filter = TicketFilter { project_id: Some(project.id), ..TicketFilter::default() };
     let tickets = state.store.list_tickets(&filter, PageRequest { limit: 20, after: None }).await?.items;
@@ -238,7 +239,7 @@ pub async fn project(State(state): State<AppState>, caller: Caller, Path(project
 }
 
 pub async fn new_ticket(State(state): State<AppState>, caller: Caller, Path(project): Path<String>) -> PageResult {
-    let project = crate::api::projects::find_project(&state.store, &project).await?;
+    let project = crate::service::projects::find_project(&state.store, &project).await?;
     Ok(render(&view::NewTicket { ctx: Ctx::new(&caller, "tickets"), project }))
 }
 
@@ -300,10 +301,10 @@ pub async fn ticket(
     Path(ticket_id): Path<String>,
     Query(query): Params,
 ) -> PageResult {
-    let id = crate::api::tickets::parse_ticket_id(&ticket_id)?;
+    let id = crate::extract::parse_ticket_id(&ticket_id)?;
     // The status a person sees is the derived one, as the API answers it.
     let mut ticket = state.store.get_ticket(id).await?;
-    ticket.status = crate::api::workflow::derived_status(&state, &ticket).await?;
+    ticket.status = crate::service::tickets::derived_status(&state.store, &ticket).await?;
     let project = state.store.get_project(ticket.project_id).await?;
     let perm = role_in(&state, &caller, project.id).await?;
     let default_tab = match ticket.phase {
@@ -451,7 +452,7 @@ pub async fn jobs(State(state): State<AppState>, caller: Caller, Query(query): P
 }
 
 pub async fn job(State(state): State<AppState>, caller: Caller, Path(job_id): Path<String>) -> PageResult {
-    let id = crate::api::jobs::parse_job_id(&job_id)?;
+    let id = crate::extract::parse_job_id(&job_id)?;
     let job = state.store.get_job(id).await?;
     let perm = role_in(&state, &caller, job.project_id).await?;
     let live = !job.status.is_terminal();
@@ -460,15 +461,11 @@ pub async fn job(State(state): State<AppState>, caller: Caller, Path(job_id): Pa
         Some(c) => state.store.get_clanker(c).await.ok(),
         None => None,
     };
-    let pull_request = job
-        .result
-        .as_ref()
-        .and_then(|r| r.get("pull_request_url").or_else(|| r.get("pull_request").and_then(|p| p.get("url"))))
-        .and_then(|u| u.as_str())
-        .filter(|u| u.starts_with("https://") || u.starts_with("http://"))
-        .map(str::to_owned);
+    // Checked against the project's forge when the worker reported it.
+    let pull_request = job.pull_request_url.clone().filter(|u| u.starts_with("https://") || u.starts_with("http://"));
+    let rerun = state.store.rerun_of(job.id).await?;
     let row = job_rows(&state, vec![job]).await?.pop().ok_or_else(|| ApiError::internal("the job vanished"))?;
-    Ok(render(&view::JobPage { ctx: Ctx::new(&caller, "jobs"), row, perm, events, clanker, live, pull_request }))
+    Ok(render(&view::JobPage { ctx: Ctx::new(&caller, "jobs"), row, perm, events, clanker, live, pull_request, rerun }))
 }
 
 pub async fn clankers(State(state): State<AppState>, caller: Caller) -> PageResult {
@@ -481,7 +478,7 @@ fn pretty(value: &serde_json::Value) -> String {
 }
 
 pub async fn clanker(State(state): State<AppState>, caller: Caller, Path(key): Path<String>) -> PageResult {
-    let clanker = crate::api::clankers::find_clanker(&state.store, &key).await?;
+    let clanker = crate::service::clankers::find_clanker(&state.store, &key).await?;
     let filter = JobFilter { clanker_id: Some(clanker.id), member_of: caller.member_filter(), ..JobFilter::default() };
     let jobs = state.store.list_jobs(&filter, PageRequest { limit: 20, after: None }).await?.items;
     Ok(render(&view::ClankerPage {
@@ -502,8 +499,22 @@ async fn clanker_form(state: &AppState, caller: &Caller, clanker: Option<vibergl
         ),
         None => ("{}".into(), "{}".into(), "[]".into()),
     };
+    let all = state
+        .store
+        .list_projects(&viberglass_store::ProjectFilter::default(), PageRequest { limit: 200, after: None })
+        .await?
+        .items;
+    let projects = all
+        .iter()
+        .map(|p| {
+            let allowed = clanker.as_ref().is_some_and(|c| c.projects.contains(&p.id));
+            (p.slug.as_str().to_owned(), p.name.clone(), allowed)
+        })
+        .collect();
     Ok(render(&view::ClankerForm {
         ctx: Ctx::new(caller, "clankers"),
+        shared: clanker.as_ref().is_some_and(|c| c.shared),
+        projects,
         clanker,
         agents: AgentKind::NAMES,
         computes: ComputeKind::NAMES,
@@ -519,7 +530,7 @@ pub async fn new_clanker(State(state): State<AppState>, caller: Caller) -> PageR
 }
 
 pub async fn edit_clanker(State(state): State<AppState>, caller: Caller, Path(key): Path<String>) -> PageResult {
-    let clanker = crate::api::clankers::find_clanker(&state.store, &key).await?;
+    let clanker = crate::service::clankers::find_clanker(&state.store, &key).await?;
     clanker_form(&state, &caller, Some(clanker)).await
 }
 

@@ -345,6 +345,8 @@ pub struct JobPage {
     pub clanker: Option<Clanker>,
     pub live: bool,
     pub pull_request: Option<String>,
+    /// The newest run that repeats this one.
+    pub rerun: Option<viberglass_domain::JobId>,
 }
 
 #[derive(Template)]
@@ -372,6 +374,9 @@ pub struct ClankerForm {
     pub agents: &'static [&'static str],
     pub computes: &'static [&'static str],
     pub secrets: Vec<Secret>,
+    /// Every project, with whether the clanker may run in it.
+    pub projects: Vec<(String, String, bool)>,
+    pub shared: bool,
     pub agent_settings: String,
     pub compute_config: String,
     pub instruction_files: String,

@@ -86,7 +86,7 @@ async fn text_attachments_reach_the_agent_and_binary_ones_are_named() {
     let clanker = app
         .post_json(
             "/api/v1/clankers",
-            &json!({"name": "Cmd", "agent": "command", "agent_settings": {"command": ["true"]}}),
+            &json!({"shared": true, "name": "Cmd", "agent": "command", "agent_settings": {"command": ["true"]}}),
         )
         .await;
     assert_eq!(clanker.status(), 201);
@@ -95,8 +95,7 @@ async fn text_attachments_reach_the_agent_and_binary_ones_are_named() {
         app.post_json(&format!("/api/v1/tickets/{id}/runs"), &json!({"phase": "research", "clanker": "cmd"})).await;
     assert_eq!(run.status(), 202, "{}", run.text().await.unwrap());
     let run: Value = run.json().await.unwrap();
-    let job = app.store.get_job(run["id"].as_str().unwrap().parse().unwrap()).await.unwrap();
-    let spec = job.spec.expect("the job keeps its spec");
+    let spec = app.store.job_spec(run["id"].as_str().unwrap().parse().unwrap()).await.expect("the job keeps its spec");
     let file = spec
         .instruction_files
         .iter()

@@ -126,3 +126,21 @@ async fn cors_allows_only_configured_origins() {
     let denied = preflight("https://evil.example.com").await.unwrap();
     assert!(denied.headers().get("access-control-allow-origin").is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_addressed_to_another_host_name_is_refused_before_routing() {
+    // A fresh server with setup unclaimed: what a DNS-rebinding page would try to take over.
+    let app =
+        viberglass_testkit::TestApp::builder(viberglass_testkit::TestBackend::Sqlite).without_setup().spawn().await;
+    let setup = serde_json::json!({"email": "evil@example.com", "password": "twelve characters!"});
+    let response =
+        app.client.post(app.url("/api/v1/setup")).header("host", "evil.example").json(&setup).send().await.unwrap();
+    assert_eq!(response.status(), 421);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "host_not_allowed");
+    assert!(body["message"].as_str().unwrap().contains("VIBERGLASS_ALLOWED_HOSTS"), "{body}");
+    assert_eq!(app.store.count_users().await.unwrap(), 0, "nothing happened");
+    // The same request to the server's own address works.
+    let ok = app.client.post(app.url("/api/v1/setup")).json(&setup).send().await.unwrap();
+    assert!(ok.status().is_success(), "{}", ok.status());
+}

@@ -1,6 +1,31 @@
 use viberglass_testkit::{TestApp, TestBackend, backend_tests};
 
-backend_tests!(ready_when_the_database_answers_and_is_migrated, not_ready_when_the_schema_is_newer_than_the_server);
+backend_tests!(
+    ready_when_the_database_answers_and_is_migrated,
+    not_ready_when_the_schema_is_newer_than_the_server,
+    a_database_outage_answers_503_quickly_and_metrics_are_still_served,
+);
+
+async fn a_database_outage_answers_503_quickly_and_metrics_are_still_served(backend: TestBackend) {
+    let app = TestApp::spawn_on(backend).await;
+    assert_eq!(app.get("/api/v1/projects").await.status(), 200);
+    // The database goes away under the running server (its pool closes).
+    app.store.close().await;
+    let started = std::time::Instant::now();
+    let response = app.get("/api/v1/projects").await;
+    assert_eq!(response.status(), 503);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "database_unavailable", "{body}");
+    assert!(body["message"].as_str().unwrap().contains("database is unavailable"), "{body}");
+    let ready = app.get("/readyz").await;
+    assert_eq!(ready.status(), 503);
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "answered in {:?}", started.elapsed());
+    let metrics = app.get("/metrics").await;
+    assert_eq!(metrics.status(), 200);
+    let text = metrics.text().await.unwrap();
+    assert!(text.contains("viberglass_database_up 0"), "{text}");
+    assert!(text.contains("viberglass_http_requests_total"), "request metrics still counted: {text}");
+}
 
 #[tokio::test]
 async fn healthz_answers_without_touching_the_database() {

@@ -333,7 +333,10 @@ async fn the_secrets_page_says_what_uses_each_secret_and_admins_reset_passwords(
     app.post_json("/api/v1/secrets", &json!({"name": "MODEL_KEY"})).await;
     app.post_json("/api/v1/secrets", &json!({"name": "SPARE"})).await;
     let clanker = app
-        .post_json("/api/v1/clankers", &json!({"name": "Claude", "agent": "claude-code", "secrets": ["MODEL_KEY"]}))
+        .post_json(
+            "/api/v1/clankers",
+            &json!({"shared": true, "name": "Claude", "agent": "claude-code", "secrets": ["MODEL_KEY"]}),
+        )
         .await;
     assert_eq!(clanker.status(), 201);
     let page = app.get("/secrets").await.text().await.unwrap();
@@ -383,4 +386,46 @@ async fn a_document_shows_what_each_revision_changed() {
     let first = app.get(&format!("/tickets/{id}?tab=research&rev=1")).await.text().await.unwrap();
     assert!(first.contains("viewing revision 1") && first.contains("old line"));
     assert!(!first.contains("id=\"changes\""), "the first revision changed nothing before it");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_whose_rerun_succeeded_leaves_the_dashboard_and_links_its_rerun() {
+    use viberglass_store::{NewJob, Outcome};
+    let app = TestApp::builder(viberglass_testkit::TestBackend::Sqlite)
+        .env("VIBERGLASS_DISPATCH_INTERVAL_MS", "600000")
+        .spawn()
+        .await;
+    let project = app.create_project(json!({"name": "Shop"})).await;
+    let ticket = app.create_ticket("shop", json!({"title": "Checkout"})).await;
+    let new = || NewJob {
+        id: viberglass_domain::JobId::new(),
+        project_id: project["id"].as_str().unwrap().parse().unwrap(),
+        ticket_id: Some(ticket["id"].as_str().unwrap().parse().unwrap()),
+        clanker_id: None,
+        spec: crate::worker_auth::spec(),
+        requested_by: None,
+    };
+    let first = app.store.create_job(new()).await.unwrap();
+    let failure = viberglass_domain::Failure::new(
+        viberglass_domain::FailureLayer::Clone,
+        "repository_not_found",
+        "the repository does not exist",
+        false,
+    );
+    app.store.finish_job(first.id, Outcome::failed(failure)).await.unwrap();
+    let dashboard = app.get("/").await.text().await.unwrap();
+    assert!(dashboard.contains("repository does not exist"), "the failure needs attention");
+
+    let second = app.store.create_rerun(&first, new()).await.unwrap();
+    app.store
+        .finish_job(second.id, Outcome::Completed { result: Default::default(), summary: "ok".into() })
+        .await
+        .unwrap();
+    let dashboard = app.get("/").await.text().await.unwrap();
+    assert!(!dashboard.contains("repository does not exist"), "its re-run made it good: {dashboard}");
+    let page = app.get(&format!("/jobs/{}", first.id)).await.text().await.unwrap();
+    assert!(
+        page.contains(&format!("/jobs/{}", second.id)) && page.contains("rerun-link"),
+        "the failed run links its re-run"
+    );
 }

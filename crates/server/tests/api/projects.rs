@@ -61,3 +61,26 @@ async fn projects_through_every_layer(backend: TestBackend) {
     let bad_filter = app.get("/api/v1/projects?archived=maybe").await;
     assert_eq!(bad_filter.status(), 400);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clone_urls_that_run_commands_or_read_the_servers_disk_are_refused() {
+    let app = TestApp::spawn().await;
+    for (url, says) in [
+        ("ssh://-oProxyCommand=touch%20/tmp/pwned/repo.git", "starting with `-`"),
+        ("file:///etc", "server's own disk"),
+        ("file:///var/lib/viberglass/other.git", "VIBERGLASS_ALLOW_LOCAL_REPOSITORIES"),
+    ] {
+        let response = app.post_json("/api/v1/projects", &json!({"name": "Evil", "repository_url": url})).await;
+        assert_eq!(response.status(), 400, "{url}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["fields"][0]["field"], "repository_url", "{body}");
+        assert!(body["fields"][0]["message"].as_str().unwrap().contains(says), "{url}: {body}");
+    }
+    let fine = app
+        .post_json("/api/v1/projects", &json!({"name": "Fine", "repository_url": "ssh://git@example.com/a/b.git"}))
+        .await;
+    assert_eq!(fine.status(), 201);
+    // An audit entry records who created it.
+    let audit: Value = app.get("/api/v1/audit?limit=20").await.json().await.unwrap();
+    assert!(audit["items"].as_array().unwrap().iter().any(|a| a["action"] == "project_created"), "{audit}");
+}

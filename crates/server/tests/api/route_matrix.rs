@@ -142,7 +142,7 @@ pub(crate) async fn fixture(app: &TestApp) -> Fixture {
     let clanker = app
         .post_json(
             "/api/v1/clankers",
-            &json!({"name": "Some Clanker", "agent": "command", "agent_settings": {"command": ["true"]}}),
+            &json!({"shared": true, "name": "Some Clanker", "agent": "command", "agent_settings": {"command": ["true"]}}),
         )
         .await;
     assert_eq!(clanker.status(), 201);

@@ -69,7 +69,7 @@ async fn database_secrets_are_encrypted_write_only_and_testable(backend: TestBac
     let clanker = app
         .post_json(
             "/api/v1/clankers",
-            &json!({"name": "Bot", "agent": "command", "agent_settings": {"command": ["true"]}, "secrets": ["DB_TOKEN"]}),
+            &json!({"shared": true, "name": "Bot", "agent": "command", "agent_settings": {"command": ["true"]}, "secrets": ["DB_TOKEN"]}),
         )
         .await;
     assert_eq!(clanker.status(), 201);

@@ -3,7 +3,7 @@
 
 use serde_json::json;
 use viberglass_domain::{ClankerInput, HarnessSpec, JobId, JobSpec, NewClanker, Phase};
-use viberglass_server::engine::hash_token;
+use viberglass_server::identity::hash_token;
 use viberglass_store::{NewJob, Outcome};
 use viberglass_testkit::{TestApp, TestBackend};
 
@@ -25,6 +25,7 @@ pub fn spec() -> JobSpec {
         clanker_name: "c".into(),
         scm: None,
         commit_author: Default::default(),
+        agent_silence_secs: 300,
     }
 }
 
@@ -55,7 +56,22 @@ async fn status(
     body: &Option<serde_json::Value>,
     token: Option<&str>,
 ) -> u16 {
-    let mut request = app.client.request(method.clone(), app.url(path));
+    as_instance(app, method, path, body, token, "the-jobs-own-worker-0001").await
+}
+
+/// A call from the worker process named `instance`.
+async fn as_instance(
+    app: &TestApp,
+    method: &reqwest::Method,
+    path: &str,
+    body: &Option<serde_json::Value>,
+    token: Option<&str>,
+    instance: &str,
+) -> u16 {
+    let mut request = app
+        .client
+        .request(method.clone(), app.url(path))
+        .header(viberglass_domain::protocol::INSTANCE_HEADER, instance);
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
@@ -116,4 +132,91 @@ async fn forged_foreign_and_expired_tokens_are_refused_on_every_worker_route() {
         let got = status(&app, &method, &path, &body, Some(&token_a)).await;
         assert_eq!(got, 410, "{method} {path} after the job ended");
     }
+}
+
+/// A job with a claimed token, on a server whose dispatcher never wakes by itself.
+async fn claimed_job(app: &TestApp, spec: JobSpec, ticket: Option<viberglass_domain::TicketId>) -> (JobId, String) {
+    let project = app.create_project(json!({"name": format!("App {}", JobId::new())})).await;
+    let project_id = project["id"].as_str().unwrap().parse().unwrap();
+    let new = NewJob { id: JobId::new(), project_id, ticket_id: ticket, clanker_id: None, spec, requested_by: None };
+    let id = app.store.create_job(new).await.unwrap().id;
+    let token = hex_token();
+    assert_eq!(app.store.claim_next_job(&hash_token(&token)).await.unwrap().unwrap().id, id);
+    (id, token)
+}
+
+fn hex_token() -> String {
+    JobId::new().as_uuid().simple().to_string().repeat(2)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootstrap_answers_its_worker_only_and_a_second_caller_stops_the_job() {
+    let app = TestApp::builder(TestBackend::Sqlite).env("VIBERGLASS_DISPATCH_INTERVAL_MS", "600000").spawn().await;
+    let (job, token) = claimed_job(&app, spec(), None).await;
+    let path = format!("/api/worker/v1/jobs/{job}/bootstrap");
+    let get = reqwest::Method::GET;
+    assert_eq!(as_instance(&app, &get, &path, &None, Some(&token), "worker-aaaaaaaaaaaaaaaa").await, 200);
+    // The worker's own retry (its answer was lost) is answered again.
+    assert_eq!(as_instance(&app, &get, &path, &None, Some(&token), "worker-aaaaaaaaaaaaaaaa").await, 200);
+    // Without naming itself, nobody is answered.
+    let bare = app.client.get(app.url(&path)).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(bare.status(), 400);
+    // Someone who found the token (an agent reading its parent's memory) asks: nothing, and the job stops.
+    assert_eq!(as_instance(&app, &get, &path, &None, Some(&token), "agent-bbbbbbbbbbbbbbbbb").await, 409);
+    let events = app.store.list_job_events(job, 0, 100).await.unwrap();
+    assert!(
+        events.iter().any(|e| e.level == viberglass_domain::LogLevel::Warn && e.message.contains("second bootstrap")),
+        "{events:?}"
+    );
+    let ended = app.store.get_job(job).await.unwrap();
+    assert_eq!(ended.status, viberglass_domain::JobStatus::Failed);
+    assert_eq!(ended.failure.unwrap().code, "token_reused");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_claiming_a_foreign_branch_or_pull_request_is_refused() {
+    let app = TestApp::builder(TestBackend::Sqlite).env("VIBERGLASS_DISPATCH_INTERVAL_MS", "600000").spawn().await;
+    let result = |token: &str, job: JobId, report: serde_json::Value| {
+        let request =
+            app.client.post(app.url(&format!("/api/worker/v1/jobs/{job}/result"))).bearer_auth(token).json(&report);
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    // Pushed to the base branch instead of the job's.
+    let (job, token) = claimed_job(&app, spec(), None).await;
+    let foreign = json!({"outcome": "completed", "summary": "done",
+        "result": {"branch": "main", "commit": "abc", "pushed": true}});
+    assert_eq!(result(&token, job, foreign).await, 200);
+    let ended = app.store.get_job(job).await.unwrap();
+    assert_eq!(ended.status, viberglass_domain::JobStatus::Failed);
+    assert_eq!(ended.failure.unwrap().code, "foreign_branch");
+    assert_eq!(ended.branch, None, "the next run does not continue a branch it never chose");
+
+    // A pull request somewhere else than the project's forge.
+    let input: viberglass_domain::TicketInput = serde_json::from_value(json!({"title": "t"})).unwrap();
+    let project = app.create_project(json!({"name": "Forge"})).await;
+    let ticket = app
+        .store
+        .create_ticket(
+            project["id"].as_str().unwrap().parse().unwrap(),
+            viberglass_domain::NewTicket::parse(input).unwrap(),
+            None,
+        )
+        .await
+        .unwrap();
+    let mut on_forge = spec();
+    on_forge.repository_url = "https://forge.example/acme/app.git".into();
+    let (job, token) = claimed_job(&app, on_forge, Some(ticket.id)).await;
+    let phished = json!({"outcome": "completed", "summary": "done", "result": {"branch": "viberglass/x", "commit": "abc",
+        "pushed": true, "pull_request": {"number": 1, "url": "https://evil.example/login", "created": true}}});
+    assert_eq!(result(&token, job, phished).await, 200);
+    let ended = app.store.get_job(job).await.unwrap();
+    assert_eq!(ended.failure.unwrap().code, "foreign_pull_request");
+    assert_eq!(app.store.get_ticket(ticket.id).await.unwrap().pull_request_url, None, "no link to elsewhere");
+
+    // A worker may not claim the layers only the server decides.
+    let (job, token) = claimed_job(&app, spec(), None).await;
+    let claimed = json!({"outcome": "failed", "failure": {"layer": "cancelled", "code": "x", "message": "m",
+        "detail": "", "retryable": false}});
+    assert_eq!(result(&token, job, claimed).await, 200);
+    assert_eq!(app.store.get_job(job).await.unwrap().failure.unwrap().layer, viberglass_domain::FailureLayer::Internal);
 }

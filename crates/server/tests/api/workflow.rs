@@ -17,7 +17,7 @@ async fn documents_approvals_and_the_execution_gate(backend: TestBackend) {
     let clanker = app
         .post_json(
             "/api/v1/clankers",
-            &json!({"name": "Bot", "agent": "command", "agent_settings": {"command": ["true"]}}),
+            &json!({"shared": true, "name": "Bot", "agent": "command", "agent_settings": {"command": ["true"]}}),
         )
         .await;
     assert_eq!(clanker.status(), 201);
@@ -35,12 +35,12 @@ async fn documents_approvals_and_the_execution_gate(backend: TestBackend) {
     assert_eq!(body["code"], "plan_not_approved");
     assert!(body["message"].as_str().unwrap().contains("not written yet"), "{body}");
 
-    // The agent writes PLAN.md; a member edits it.
+    // The agent writes PLAN.md, which asks for approval at once; a member edits it (back to draft).
     app.store.save_agent_document(tid, Phase::Planning, "# Plan\n1. Fix\n2. Test\n", JobId::new()).await.unwrap();
     let doc: Value = member.get(url("/documents/planning")).send().await.unwrap().json().await.unwrap();
     assert_eq!(
         (doc["document"]["revision"].as_i64(), doc["document"]["approval_state"].as_str()),
-        (Some(1), Some("draft"))
+        (Some(1), Some("approval_requested"))
     );
     let edit = member
         .put(url("/documents/planning"))
@@ -155,7 +155,7 @@ async fn approve_and_continue_approves_moves_and_queues_in_one_step() {
     let id = ticket["id"].as_str().unwrap().to_owned();
     app.post_json(
         "/api/v1/clankers",
-        &json!({"name": "Bot", "agent": "command", "agent_settings": {"command": ["true"]}}),
+        &json!({"shared": true, "name": "Bot", "agent": "command", "agent_settings": {"command": ["true"]}}),
     )
     .await;
     let no_doc = app
@@ -176,8 +176,8 @@ async fn approve_and_continue_approves_moves_and_queues_in_one_step() {
     assert_eq!(continued.status(), 202, "{}", continued.text().await.unwrap());
     let job: Value = continued.json().await.unwrap();
     assert_eq!(job["phase"], "planning");
-    let stored = app.store.get_job(job["id"].as_str().unwrap().parse().unwrap()).await.unwrap();
-    assert!(stored.spec.unwrap().prompt.contains("# Findings"), "planning builds on the research");
+    let stored = app.store.job_spec(job["id"].as_str().unwrap().parse().unwrap()).await.unwrap();
+    assert!(stored.prompt.contains("# Findings"), "planning builds on the research");
     let shown: Value = app.get(&format!("/api/v1/tickets/{id}")).await.json().await.unwrap();
     assert_eq!(shown["phase"], "planning");
     let doc: Value = app.get(&format!("/api/v1/tickets/{id}/documents/research")).await.json().await.unwrap();

@@ -1,4 +1,6 @@
 use std::collections::HashSet;
+use viberglass_domain::ComputeKind;
+use viberglass_domain::protocol::{JobResult, Usage};
 
 use viberglass_domain::{
     ClankerInput, EventKind, Failure, HarnessSpec, JobSpec, JobStatus, LogLevel, NewClanker, NewJobEvent, PageRequest,
@@ -37,13 +39,14 @@ async fn a_ticket_remembers_its_work_branch_and_pull_request(backend: TestBacken
         new.spec.branch = branch.into();
         new
     };
-    // Only completed executions count; the latest wins.
+    // Only executions that pushed their branch count; the latest wins.
     for (branch, outcome) in [("vg/first", true), ("vg/second", true), ("vg/failed", false)] {
         let j = store.create_job(with_ticket(branch)).await.unwrap();
+        let pushed = JobResult { branch: Some(branch.into()), pushed: true, ..JobResult::default() };
         let outcome = if outcome {
-            Outcome::Completed { result: serde_json::json!({"branch": branch}), summary: "ok".into() }
+            Outcome::Completed { result: pushed, summary: "ok".into() }
         } else {
-            Outcome::Failed(Failure::internal("boom"))
+            Outcome::failed(Failure::internal("boom"))
         };
         store.finish_job(j.id, outcome).await.unwrap();
     }
@@ -61,8 +64,8 @@ async fn usage_is_summed_per_project_and_ticket(backend: TestBackend) {
     let other = project(&store, "Other", 5).await;
     for (proj, tokens) in [(&p, 100u64), (&p, 50), (&other, 7)] {
         let j = store.create_job(job(proj, None)).await.unwrap();
-        let result =
-            serde_json::json!({"usage": {"input_tokens": tokens, "output_tokens": tokens / 2, "cost_usd": 0.0125}});
+        let usage = Usage { input_tokens: tokens, output_tokens: tokens / 2, cost_usd: Some(0.0125) };
+        let result = JobResult { usage: Some(usage), ..JobResult::default() };
         store.finish_job(j.id, Outcome::Completed { result, summary: "ok".into() }).await.unwrap();
     }
     let summary = store.usage_summary(Some(p.id), None).await.unwrap();
@@ -90,6 +93,7 @@ pub fn spec(phase: Phase) -> JobSpec {
         clanker_name: "runner".into(),
         scm: None,
         commit_author: Default::default(),
+        agent_silence_secs: 300,
     }
 }
 
@@ -147,7 +151,13 @@ async fn clankers_round_trip_with_their_instruction_files(backend: TestBackend) 
         "description": "now with a key", "secrets": ["API_KEY"], "instruction_files": [{"path": "AGENTS.md", "content": "v2"}]
     }))
     .unwrap();
-    let updated = store.update_clanker(created.id, NewClanker::parse(change.over(&read)).unwrap()).await.unwrap();
+    let read = store.get_clanker(created.id).await.unwrap();
+    let updated = store
+        .update_clanker(created.id, read.updated_at, NewClanker::parse(change.clone().over(&read)).unwrap())
+        .await
+        .unwrap();
+    let stale = store.update_clanker(created.id, read.updated_at, NewClanker::parse(change.over(&read)).unwrap()).await;
+    assert!(matches!(stale, Err(StoreError::Contended { .. })), "an update from a stale read is refused: {stale:?}");
     assert_eq!(updated.description, "now with a key");
     assert_eq!(updated.secrets, ["API_KEY"]);
     assert_eq!(updated.instruction_files.len(), 1);
@@ -161,12 +171,13 @@ async fn a_queued_job_is_claimed_once_then_heartbeats_make_it_active(backend: Te
     let p = project(&store, "App", 2).await;
     let queued = store.create_job(job(&p, None)).await.unwrap();
     assert_eq!(queued.status, JobStatus::Queued);
-    assert_eq!(queued.spec.as_ref().unwrap().phase, Phase::Execution);
+    assert!(queued.spec.is_none(), "the light view leaves the spec out");
+    assert_eq!(store.job_spec(queued.id).await.unwrap().phase, Phase::Execution);
     let claimed = store.claim_next_job("hash-1").await.unwrap().expect("one job to claim");
     assert_eq!((claimed.id, claimed.status), (queued.id, JobStatus::Dispatching));
     assert!(store.claim_next_job("hash-2").await.unwrap().is_none(), "nothing else is queued");
     assert_eq!(store.job_token(queued.id).await.unwrap(), Some((JobStatus::Dispatching, Some("hash-1".into()))));
-    assert!(store.set_job_compute_ref(queued.id, "local:42").await.unwrap());
+    assert!(store.set_job_compute_ref(queued.id, ComputeKind::Local, "local:42").await.unwrap());
     assert_eq!(store.heartbeat_job(queued.id).await.unwrap(), JobStatus::Active);
     let active = store.get_job(queued.id).await.unwrap();
     assert!(active.started_at.is_some() && active.last_heartbeat_at.is_some());
@@ -192,12 +203,9 @@ async fn claims_honour_project_and_clanker_limits_in_order(backend: TestBackend)
     }
     // n2 waits for n1 (project limit 1); w2 waits for w1 (clanker limit 1).
     assert_eq!(order, vec![n1.id, w1.id, w3.id]);
-    store
-        .finish_job(n1.id, Outcome::Completed { result: serde_json::json!({}), summary: "done".into() })
-        .await
-        .unwrap();
+    store.finish_job(n1.id, Outcome::Completed { result: JobResult::default(), summary: "done".into() }).await.unwrap();
     assert_eq!(store.claim_next_job("h").await.unwrap().map(|j| j.id), Some(n2.id));
-    store.finish_job(w1.id, Outcome::Failed(Failure::internal("boom"))).await.unwrap();
+    store.finish_job(w1.id, Outcome::failed(Failure::internal("boom"))).await.unwrap();
     assert_eq!(store.claim_next_job("h").await.unwrap().map(|j| j.id), Some(w2.id));
 }
 
@@ -208,15 +216,17 @@ async fn a_finished_job_cannot_be_moved_by_late_reports(backend: TestBackend) {
     let j = store.create_job(job(&p, None)).await.unwrap();
     store.claim_next_job("h").await.unwrap();
     store.heartbeat_job(j.id).await.unwrap();
-    let done = Outcome::Completed { result: serde_json::json!({"commit": "abc"}), summary: "completed".into() };
+    let result = JobResult { commit: Some("abc".into()), ..JobResult::default() };
+    let done = Outcome::Completed { result: result.clone(), summary: "completed".into() };
     assert!(store.finish_job(j.id, done.clone()).await.unwrap());
     assert!(!store.finish_job(j.id, done).await.unwrap(), "a repeated result changes nothing");
-    assert!(!store.finish_job(j.id, Outcome::Failed(Failure::heartbeat_lost(60))).await.unwrap());
+    assert!(!store.finish_job(j.id, Outcome::failed(Failure::heartbeat_lost(60))).await.unwrap());
     assert!(!store.finish_job(j.id, Outcome::Cancelled { by: "someone".into() }).await.unwrap());
     assert_eq!(store.heartbeat_job(j.id).await.unwrap(), JobStatus::Completed, "a late heartbeat sees the end");
     let end = store.get_job(j.id).await.unwrap();
     assert_eq!(end.status, JobStatus::Completed);
-    assert_eq!(end.result, Some(serde_json::json!({"commit": "abc"})));
+    assert_eq!(end.result, Some(result));
+    assert_eq!(end.commit_sha.as_deref(), Some("abc"));
     assert!(end.failure.is_none());
     assert!(store.live_jobs(10).await.unwrap().is_empty());
 }
@@ -239,12 +249,11 @@ async fn a_rerun_is_a_new_job_linked_to_the_one_it_repeats(backend: TestBackend)
     let store = db.store().await;
     let p = project(&store, "App", 2).await;
     let first = store.create_job(job(&p, None)).await.unwrap();
-    store.finish_job(first.id, Outcome::Failed(Failure::heartbeat_lost(60))).await.unwrap();
-    let second = store.rerun_job(first.id, None).await.unwrap();
+    store.finish_job(first.id, Outcome::failed(Failure::heartbeat_lost(60))).await.unwrap();
+    let second = store.create_rerun(&first, job(&p, None)).await.unwrap();
     assert_ne!(second.id, first.id);
     assert_eq!((second.attempt, second.retry_of, second.status), (2, Some(first.id), JobStatus::Queued));
-    assert_eq!(second.spec, store.get_job(first.id).await.unwrap().spec);
-    let third = store.rerun_job(second.id, None).await.unwrap();
+    let third = store.create_rerun(&second, job(&p, None)).await.unwrap();
     assert_eq!(third.attempt, 3);
     assert_eq!(store.get_job(first.id).await.unwrap().status, JobStatus::Failed, "the original is untouched");
     let all =
@@ -317,7 +326,7 @@ async fn concurrent_claimers_take_each_job_exactly_once(backend: TestBackend) {
                 while let Some(j) = store.claim_next_job("h").await.unwrap() {
                     mine.push(j.id);
                     store
-                        .finish_job(j.id, Outcome::Completed { result: serde_json::json!({}), summary: "ok".into() })
+                        .finish_job(j.id, Outcome::Completed { result: JobResult::default(), summary: "ok".into() })
                         .await
                         .unwrap();
                 }

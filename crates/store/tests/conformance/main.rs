@@ -6,6 +6,7 @@ mod attachments;
 mod integrations;
 mod jobs;
 mod migrations;
+mod outbox;
 mod projects;
 mod secrets;
 mod tickets;

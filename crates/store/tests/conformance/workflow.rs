@@ -22,7 +22,8 @@ async fn documents_comments_approvals_and_continuing_in_one_transaction(backend:
         Err(StoreError::Contended { .. })
     ));
     let doc = store.get_document(t.id, Phase::Planning).await.unwrap().unwrap();
-    assert_eq!((doc.content.as_str(), doc.revision, doc.approval_state), ("v2", 2, ApprovalState::Draft));
+    // What an agent writes asks for approval at once.
+    assert_eq!((doc.content.as_str(), doc.revision, doc.approval_state), ("v2", 2, ApprovalState::ApprovalRequested));
     let revisions = store.list_revisions(t.id, Phase::Planning).await.unwrap();
     assert_eq!(revisions.iter().map(|r| r.source.as_str()).collect::<Vec<_>>(), ["person", "agent"]);
     assert_eq!(store.revision_content(t.id, Phase::Planning, 1).await.unwrap().as_deref(), Some("v1"));
@@ -45,6 +46,9 @@ async fn documents_comments_approvals_and_continuing_in_one_transaction(backend:
         comment: String::new(),
     };
     assert!(
+        store.apply_approval(&change(ApprovalState::ApprovalRequested, ApprovalState::Draft, "revoked")).await.unwrap()
+    );
+    assert!(
         store
             .apply_approval(&change(ApprovalState::Draft, ApprovalState::ApprovalRequested, "approval_requested"))
             .await
@@ -52,7 +56,7 @@ async fn documents_comments_approvals_and_continuing_in_one_transaction(backend:
     );
     // A stale expectation changes nothing and logs nothing.
     assert!(!store.apply_approval(&change(ApprovalState::Draft, ApprovalState::Rejected, "rejected")).await.unwrap());
-    assert_eq!(store.list_approvals(t.id).await.unwrap().len(), 1);
+    assert_eq!(store.list_approvals(t.id).await.unwrap().len(), 2);
 
     let job = NewJob {
         id: JobId::new(),
@@ -92,7 +96,7 @@ async fn documents_comments_approvals_and_continuing_in_one_transaction(backend:
             .unwrap()
             .is_none()
     );
-    assert_eq!(store.list_approvals(t.id).await.unwrap().len(), 2);
+    assert_eq!(store.list_approvals(t.id).await.unwrap().len(), 3);
 
     store.set_workflow_override(t.id, Some("hotfix"), None).await.unwrap();
     let overridden = store.get_ticket(t.id).await.unwrap();

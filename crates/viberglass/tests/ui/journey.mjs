@@ -41,7 +41,13 @@ const shot = async (name) => page.screenshot({ path: `${shots}/${name}.png`, ful
 const until = async (url, selector, seconds) => {
   const deadline = Date.now() + seconds * 1000;
   for (;;) {
-    await page.goto(url);
+    try {
+      await page.goto(url);
+    } catch (error) {
+      // The page's own script may reload it when the run ends: that navigation wins, and we look again.
+      if (!String(error).includes("interrupted by another navigation")) throw error;
+      await page.waitForLoadState();
+    }
     if (await page.$(selector)) return;
     if (Date.now() > deadline) fail(`${selector} did not show on ${url} within ${seconds} s`);
     await page.waitForTimeout(1000);
@@ -118,6 +124,7 @@ try {
   await page.fill("#clanker [name='agent_settings:json']", JSON.stringify({
     base_url: env("MODEL_URL"), binary: env("CLAUDE_BIN"), model: "claude-test-model" }));
   await page.check("#clanker input[value=ANTHROPIC_API_KEY]");
+  await page.check("#clanker input[name='projects:list'][value=shop]");
   await page.click("#clanker button[type=submit]");
   await page.waitForURL(base + "/clankers/claude");
   await Promise.all([page.waitForNavigation(), page.click("#start-clanker")]);
@@ -172,6 +179,11 @@ try {
   await page.fill("#project [name='repository_url:opt']", env("MISSING_CLONE_URL"));
   await page.click("#project button[type=submit]");
   await page.waitForURL(base + "/projects/broken");
+  // The clanker runs only where it is allowed: let it run in the new project too.
+  await page.goto(base + "/clankers/claude/edit");
+  await page.check("#clanker input[name='projects:list'][value=broken]");
+  await page.click("#clanker button[type=submit]");
+  await page.waitForURL(base + "/clankers/claude");
   await page.goto(base + "/projects/broken/tickets/new");
   await page.fill("#ticket [name=title]", "Anything");
   await page.click("#ticket button[type=submit]");

@@ -1,0 +1,144 @@
+//! Clankers: saved worker configurations, where they may run, and Start.
+
+use viberglass_compute::ComputeConfig;
+use viberglass_domain::{Clanker, ClankerId, ClankerInput, ClankerStatus, NewClanker, ProjectSlug, ValidationErrors};
+use viberglass_store::{Store, StoreError};
+
+use super::{ServiceError, ServiceResult};
+use crate::AppState;
+use crate::identity::{Caller, audit};
+
+/// The clanker an id or a slug names.
+pub async fn find_clanker(store: &Store, key: &str) -> ServiceResult<Clanker> {
+    let found = match key.parse::<ClankerId>() {
+        Ok(id) => store.get_clanker(id).await,
+        Err(_) => match ProjectSlug::parse(key) {
+            Ok(slug) => store.get_clanker_by_slug(&slug).await,
+            Err(_) => return Err(ServiceError::NotFound(format!("there is no clanker `{key}`: give its id or slug"))),
+        },
+    };
+    match found {
+        Err(StoreError::NotFound { .. }) => {
+            Err(ServiceError::NotFound(format!("there is no clanker `{key}`: give its id or slug")))
+        }
+        other => Ok(other?),
+    }
+}
+
+/// Checks what only the server can check about a parsed clanker: its
+/// secrets exist, its projects exist (resolved into ids), and its compute
+/// settings parse for its target.
+async fn complete(store: &Store, new: &mut NewClanker) -> ServiceResult<()> {
+    let mut errors = ValidationErrors::new();
+    for (i, name) in new.secrets.iter().enumerate() {
+        match store.get_secret_by_name(name).await {
+            Ok(_) => {}
+            Err(StoreError::NotFound { .. }) => errors.add(
+                &format!("secrets[{i}]"),
+                format!("there is no secret named {name}: declare it first (POST /api/v1/secrets)"),
+            ),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    new.projects.clear();
+    for (i, key) in new.project_keys.iter().enumerate() {
+        match super::projects::find_project_id(store, key).await? {
+            Some(id) if !new.projects.contains(&id) => new.projects.push(id),
+            Some(_) => {}
+            None => errors.add(&format!("projects[{i}]"), format!("there is no project `{key}`: give its id or slug")),
+        }
+    }
+    if let Err(message) = ComputeConfig::parse(new.compute, &new.compute_config) {
+        errors.add("compute_config", message);
+    }
+    errors.into_result(())?;
+    Ok(())
+}
+
+pub async fn create_clanker(state: &AppState, caller: &Caller, input: ClankerInput) -> ServiceResult<Clanker> {
+    let mut new = NewClanker::parse(input)?;
+    complete(&state.store, &mut new).await?;
+    let clanker = state.store.create_clanker(new).await?;
+    tracing::info!(clanker_id = %clanker.id, slug = clanker.slug.as_str(), "clanker created");
+    audit(
+        state,
+        Some(caller),
+        "clanker_created",
+        "clanker",
+        Some(clanker.id.to_string()),
+        None,
+        serde_json::json!({"slug": clanker.slug.as_str(), "agent": clanker.agent, "compute": clanker.compute,
+            "shared": clanker.shared, "projects": clanker.projects}),
+    )
+    .await;
+    Ok(clanker)
+}
+
+/// Applies a change to a clanker as it is now: read, lay the input over
+/// it, write it back only if nobody changed it meanwhile (else read again).
+pub async fn update_clanker(
+    state: &AppState,
+    caller: &Caller,
+    key: &str,
+    input: ClankerInput,
+) -> ServiceResult<Clanker> {
+    for _ in 0..5 {
+        let current = find_clanker(&state.store, key).await?;
+        let mut new = NewClanker::parse(input.clone().over(&current))?;
+        complete(&state.store, &mut new).await?;
+        match state.store.update_clanker(current.id, current.updated_at, new).await {
+            Ok(clanker) => {
+                audit(
+                    state,
+                    Some(caller),
+                    "clanker_changed",
+                    "clanker",
+                    Some(clanker.id.to_string()),
+                    None,
+                    serde_json::json!({"slug": clanker.slug.as_str(), "shared": clanker.shared,
+                        "projects": clanker.projects}),
+                )
+                .await;
+                return Ok(clanker);
+            }
+            Err(StoreError::Contended { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(StoreError::Contended { entity: "clanker" }.into())
+}
+
+/// **Start**: provisions the clanker on its compute target (idempotent).
+/// The status message says what happened, and whether workers are sandboxed.
+pub async fn start_clanker(state: &AppState, caller: &Caller, key: &str) -> ServiceResult<Clanker> {
+    let clanker = find_clanker(&state.store, key).await?;
+    let (status, message) = match ComputeConfig::parse(clanker.compute, &clanker.compute_config) {
+        Err(message) => (ClankerStatus::Failed, message),
+        Ok(config) => match state.engine.compute.get(clanker.compute) {
+            None => (
+                ClankerStatus::Failed,
+                format!(
+                    "the {} compute target is not available in this server (it runs {}): pick another compute target",
+                    clanker.compute,
+                    state.engine.compute.kinds().iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
+                ),
+            ),
+            Some(target) => match target.provision(&config).await {
+                Ok(done) => (ClankerStatus::Active, done.message),
+                Err(err) => (ClankerStatus::Failed, format!("provisioning failed: {err}")),
+            },
+        },
+    };
+    state.store.set_clanker_status(clanker.id, status, Some(message.clone())).await?;
+    audit(
+        state,
+        Some(caller),
+        "clanker_started",
+        "clanker",
+        Some(clanker.id.to_string()),
+        None,
+        serde_json::json!({"slug": clanker.slug.as_str(), "status": status, "message": message}),
+    )
+    .await;
+    Ok(state.store.get_clanker(clanker.id).await?)
+}
