@@ -23,7 +23,8 @@ impl Adapter for ClaudeCode {
 
     fn invocation(&self, cx: &RunContext<'_>) -> Invocation {
         let mut args: Vec<String> =
-            ["-p", cx.prompt, "--output-format", "stream-json", "--verbose", "--dangerously-skip-permissions"]
+            // `-p` without a prompt argument: Claude Code reads the prompt from standard input.
+            ["-p", "--output-format", "stream-json", "--verbose", "--dangerously-skip-permissions"]
                 .iter()
                 .map(|s| (*s).to_owned())
                 .collect();
@@ -52,6 +53,7 @@ impl Adapter for ClaudeCode {
             args,
             env,
             home_files: Vec::new(),
+            stdin: cx.prompt.to_owned(),
         }
     }
 

@@ -51,7 +51,8 @@ impl Adapter for Codex {
             Some(extra) => format!("{extra}\n\n{}", cx.prompt),
             None => cx.prompt.to_owned(),
         };
-        args.push(prompt);
+        // `-`: the prompt comes on standard input.
+        args.push("-".into());
         let env = vec![
             ("HOME".to_owned(), cx.home.display().to_string()),
             ("CODEX_HOME".to_owned(), cx.home.join(".codex").display().to_string()),
@@ -62,6 +63,7 @@ impl Adapter for Codex {
             args,
             env,
             home_files: Vec::new(),
+            stdin: prompt,
         }
     }
 

@@ -33,7 +33,9 @@ impl Adapter for GeminiCli {
             Some(extra) => format!("{extra}\n\n{}", cx.prompt),
             None => cx.prompt.to_owned(),
         };
-        let mut args: Vec<String> = vec!["-p".into(), prompt, "-o".into(), "stream-json".into(), "--yolo".into()];
+        // Gemini CLI adds what it reads on standard input to the `-p` text.
+        let mut args: Vec<String> =
+            vec!["-p".into(), crate::STDIN_PROMPT.into(), "-o".into(), "stream-json".into(), "--yolo".into()];
         if let Some(model) = &cx.settings.model {
             args.extend(["-m".to_owned(), model.clone()]);
         }
@@ -49,6 +51,7 @@ impl Adapter for GeminiCli {
             args,
             env,
             home_files: vec![(".gemini/settings.json".to_owned(), SETTINGS.to_owned())],
+            stdin: prompt,
         }
     }
 

@@ -35,7 +35,15 @@ pub struct Invocation {
     pub env: Vec<(String, String)>,
     /// Files to write under the run's fresh home before starting (e.g. the CLI's settings).
     pub home_files: Vec<(String, String)>,
+    /// What the CLI reads on its standard input: the prompt. Never a
+    /// command-line argument, where it would show in `ps` and break past
+    /// the kernel's argument limit (E2BIG) on a large ticket.
+    pub stdin: String,
 }
+
+/// What the CLIs that take their prompt from an argument are given, with the
+/// real prompt on standard input (which they add to it).
+pub const STDIN_PROMPT: &str = "Do what the text on standard input asks.";
 
 /// Reads one CLI's output, line by line.
 pub trait StreamParser: Send {

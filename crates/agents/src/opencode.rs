@@ -43,7 +43,8 @@ impl Adapter for OpenCode {
             "-m".into(),
             format!("{provider}/{model}"),
             "--auto".into(),
-            prompt,
+            // `run` adds what it reads on standard input to its message.
+            crate::STDIN_PROMPT.into(),
         ];
         let env = vec![
             ("HOME".to_owned(), cx.home.display().to_string()),
@@ -55,6 +56,7 @@ impl Adapter for OpenCode {
             args,
             env,
             home_files: Vec::new(),
+            stdin: prompt,
         }
     }
 

@@ -19,8 +19,9 @@ impl Adapter for QwenCode {
     fn invocation(&self, cx: &RunContext<'_>) -> Invocation {
         let provider = cx.settings.provider.clone().unwrap_or_else(|| "openai".to_owned());
         let mut args: Vec<String> = vec![
+            // Like Gemini CLI, Qwen Code adds standard input to the `-p` text.
             "-p".into(),
-            cx.prompt.to_owned(),
+            crate::STDIN_PROMPT.into(),
             "-o".into(),
             "stream-json".into(),
             "--yolo".into(),
@@ -52,6 +53,7 @@ impl Adapter for QwenCode {
             args,
             env,
             home_files: Vec::new(),
+            stdin: cx.prompt.to_owned(),
         }
     }
 

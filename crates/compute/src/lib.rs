@@ -155,6 +155,11 @@ pub struct LocalSettings {
     /// Extra environment for workers (e.g. `LOG_FORMAT`).
     pub env: Vec<(String, String)>,
     pub sandbox: Sandbox,
+    /// The bubblewrap binary; `None`: `bwrap` on the PATH.
+    pub bwrap: Option<PathBuf>,
+    /// Directories besides the system's that sandboxed workers see,
+    /// read-only (e.g. where agent CLIs are installed outside `/usr`).
+    pub read_only_paths: Vec<PathBuf>,
 }
 
 /// How local workers are isolated.

@@ -65,6 +65,35 @@ fn find_bwrap() -> Option<std::path::PathBuf> {
     std::env::split_paths(&path).map(|dir| dir.join("bwrap")).find(|candidate| candidate.is_file())
 }
 
+/// The system's programs and libraries, visible read-only in the sandbox.
+const SYSTEM_DIRS: &[&str] = &["/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32", "/opt"];
+
+/// The few /etc files programs need (users, name resolution, TLS roots,
+/// the dynamic linker's cache), visible read-only in the sandbox.
+const SYSTEM_FILES: &[&str] = &[
+    "/etc/passwd",
+    "/etc/group",
+    "/etc/hosts",
+    "/etc/hostname",
+    "/etc/resolv.conf",
+    "/etc/nsswitch.conf",
+    "/etc/host.conf",
+    "/etc/gai.conf",
+    "/etc/protocols",
+    "/etc/services",
+    "/etc/localtime",
+    "/etc/ld.so.cache",
+    "/etc/ld.so.conf",
+    "/etc/ld.so.conf.d",
+    "/etc/ssl",
+    "/etc/ca-certificates",
+    "/etc/ca-certificates.conf",
+    "/etc/pki",
+    "/etc/alternatives",
+    "/etc/mime.types",
+    "/etc/os-release",
+];
+
 /// Environment variables a worker inherits from the server; nothing else
 /// (in particular no server secrets) reaches it.
 const PASSED_THROUGH: &[&str] = &["PATH", "LANG", "LC_ALL", "TZ", "SSL_CERT_FILE", "SSL_CERT_DIR"];
@@ -73,9 +102,120 @@ impl LocalTarget {
     pub fn new(settings: LocalSettings) -> Self {
         let bwrap = match settings.sandbox {
             Sandbox::None => None,
-            Sandbox::Auto | Sandbox::Bubblewrap => find_bwrap(),
+            Sandbox::Auto | Sandbox::Bubblewrap => match &settings.bwrap {
+                Some(path) => path.is_file().then(|| path.clone()),
+                None => find_bwrap(),
+            },
         };
         Self { settings, bwrap }
+    }
+
+    /// Why workers cannot start here, if they cannot: a sandbox was asked
+    /// for (`auto` asks for one too) and bubblewrap is missing. Running agents
+    /// unsandboxed is a choice someone makes (`none`), never a fallback.
+    fn sandbox_missing(&self) -> Option<ComputeError> {
+        if self.settings.sandbox == Sandbox::None || self.bwrap.is_some() {
+            return None;
+        }
+        Some(ComputeError::Permanent(
+            "bubblewrap is not installed: install the `bubblewrap` package, or set VIBERGLASS_SANDBOX=none to run \
+             agents unsandboxed on this host"
+                .into(),
+        ))
+    }
+
+    /// The command that starts the worker binary with `args`, inside the
+    /// sandbox when there is one, with `workspace` writable.
+    fn worker_command(&self, workspace: &std::path::Path, args: &[&str]) -> tokio::process::Command {
+        let binary = &self.settings.worker_binary;
+        let mut command = match &self.bwrap {
+            // Only what a job needs: the system's programs and libraries and a
+            // few /etc files, read-only; the worker binary, bound by path (so
+            // it may live under /tmp); the job's own workspace, writable; a
+            // private /tmp; own PID, IPC and UTS namespaces. Never the data
+            // directory, the server's home or config, other workspaces or the
+            // host's /proc. The network stays shared: agents need their model
+            // API. Not --die-with-parent: a worker must outlive a server restart.
+            Some(bwrap) => {
+                let mut c = tokio::process::Command::new(bwrap);
+                for dir in SYSTEM_DIRS {
+                    match std::fs::symlink_metadata(dir) {
+                        // Merged /usr: /bin -> usr/bin and the like.
+                        Ok(meta) if meta.file_type().is_symlink() => {
+                            if let Ok(target) = std::fs::read_link(dir) {
+                                c.arg("--symlink").arg(target).arg(dir);
+                            }
+                        }
+                        Ok(_) => {
+                            c.args(["--ro-bind", dir, dir]);
+                        }
+                        Err(_) => {}
+                    }
+                }
+                for file in SYSTEM_FILES {
+                    c.args(["--ro-bind-try", file, file]);
+                }
+                for path in &self.settings.read_only_paths {
+                    c.arg("--ro-bind-try").arg(path).arg(path);
+                }
+                c.args(["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"])
+                    .arg("--ro-bind")
+                    .arg(binary)
+                    .arg(binary)
+                    .arg("--bind")
+                    .arg(workspace)
+                    .arg(workspace)
+                    // The sandbox's own root (where mount points were made) is read-only too.
+                    .args(["--remount-ro", "/"])
+                    .arg("--chdir")
+                    .arg(workspace)
+                    .args(["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--hostname", "viberglass-worker", "--"])
+                    .arg(binary);
+                c
+            }
+            None => tokio::process::Command::new(binary),
+        };
+        command.args(args).current_dir(workspace).env_clear();
+        for name in PASSED_THROUGH {
+            if let Ok(value) = std::env::var(name) {
+                command.env(name, value);
+            }
+        }
+        command
+    }
+
+    /// Runs `viberglass worker --self-check` the way a job's worker starts, so
+    /// that "ready" means a job can start here.
+    async fn self_check(&self) -> Result<(), ComputeError> {
+        let dir = self.settings.workspace_root.join(format!(".self-check-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| ComputeError::Permanent(format!("cannot create {}: {e}", dir.display())))?;
+        let mut command = self.worker_command(&dir, &["worker", "--self-check"]);
+        command.env("HOME", &dir).stdin(Stdio::null()).kill_on_drop(true);
+        let output = tokio::time::timeout(std::time::Duration::from_secs(30), command.output()).await;
+        let _ = std::fs::remove_dir_all(&dir);
+        let sandbox = if self.bwrap.is_some() { " inside the sandbox" } else { "" };
+        match output {
+            Ok(Ok(out))
+                if out.status.success() && String::from_utf8_lossy(&out.stdout).contains("viberglass worker ok") =>
+            {
+                Ok(())
+            }
+            Ok(Ok(out)) => Err(ComputeError::Permanent(format!(
+                "the worker binary {} does not run{sandbox} ({}): {}",
+                self.settings.worker_binary.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim().chars().take(500).collect::<String>()
+            ))),
+            Ok(Err(e)) => Err(ComputeError::Permanent(format!(
+                "cannot start the worker binary {}{sandbox}: {e}",
+                self.settings.worker_binary.display()
+            ))),
+            Err(_) => Err(ComputeError::Permanent(format!(
+                "the worker binary {} did not answer its self-check{sandbox} within 30 s",
+                self.settings.worker_binary.display()
+            ))),
+        }
     }
 
     /// Whether workers run inside bubblewrap.
@@ -107,6 +247,9 @@ impl LocalTarget {
     }
 
     async fn launch_inner(&self, request: LaunchRequest) -> Result<String, ComputeError> {
+        if let Some(missing) = self.sandbox_missing() {
+            return Err(missing);
+        }
         // Checked here because inside a sandbox a missing binary would only
         // show as a worker that never reports.
         if !self.settings.worker_binary.is_file() {
@@ -123,46 +266,37 @@ impl LocalTarget {
         let log = std::fs::File::create(workspace.join("worker.log"))
             .map_err(|e| ComputeError::Permanent(format!("cannot create the worker log: {e}")))?;
         let log_err = log.try_clone().map_err(|e| ComputeError::Permanent(e.to_string()))?;
-        let mut command = match &self.bwrap {
-            // The whole system read-only, the workspace writable, a private
-            // /tmp, its own PID, IPC and UTS namespaces; the network stays
-            // shared so the worker can reach the server and the forge. Not
-            // --die-with-parent: a worker must outlive a server restart.
-            Some(bwrap) => {
-                let mut c = tokio::process::Command::new(bwrap);
-                c.args(["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"])
-                    .arg("--bind")
-                    .arg(&workspace)
-                    .arg(&workspace)
-                    .arg("--chdir")
-                    .arg(&workspace)
-                    .args(["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--hostname", "viberglass-worker", "--"])
-                    .arg(&self.settings.worker_binary);
-                c
-            }
-            None => tokio::process::Command::new(&self.settings.worker_binary),
-        };
-        command
-            .arg("worker")
-            .arg("--job")
-            .arg(request.job_id.to_string())
-            .current_dir(&workspace)
-            .env_clear()
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err)
-            .process_group(0)
-            .kill_on_drop(false);
-        for name in PASSED_THROUGH {
-            if let Ok(value) = std::env::var(name) {
-                command.env(name, value);
-            }
+        // The token goes in a file the worker reads and deletes at once, never
+        // in its environment, where its agent could read it (/proc/<pid>/environ).
+        let token_file = workspace.join(".viberglass-token");
+        {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let _ = std::fs::remove_file(&token_file);
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&token_file)
+                .and_then(|mut f| f.write_all(request.token.as_bytes()).map(|()| f))
+                .map_err(|e| ComputeError::Permanent(format!("cannot write the job's token file: {e}")))?;
+            let _ = file.flush();
         }
+        let job = request.job_id.to_string();
+        let mut command = self.worker_command(&workspace, &["worker", "--job", &job]);
+        command.stdin(Stdio::null()).stdout(log).stderr(log_err).process_group(0).kill_on_drop(false);
         command
             .env("HOME", workspace.join("home"))
             .env("VIBERGLASS_SERVER_URL", &request.server_url)
-            .env("VIBERGLASS_JOB_TOKEN", &request.token)
-            .env("VIBERGLASS_WORKSPACE", &workspace);
+            .env("VIBERGLASS_JOB_TOKEN_FILE", &token_file)
+            .env("VIBERGLASS_WORKSPACE", &workspace)
+            .env("TMPDIR", "/tmp");
+        // The worker runs its agent in a sandbox of its own (its own PID
+        // namespace), so the agent cannot see the worker's process, memory or
+        // environment.
+        if let Some(bwrap) = &self.bwrap {
+            command.env("VIBERGLASS_AGENT_BWRAP", bwrap);
+        }
         for (name, value) in &self.settings.env {
             command.env(name, value);
         }
@@ -205,18 +339,17 @@ impl ComputeTarget for LocalTarget {
             std::fs::create_dir_all(&self.settings.workspace_root).map_err(|e| {
                 ComputeError::Permanent(format!("cannot create {}: {e}", self.settings.workspace_root.display()))
             })?;
-            if self.settings.sandbox == Sandbox::Bubblewrap && self.bwrap.is_none() {
-                return Err(ComputeError::Permanent(
-                    "the sandbox is set to bubblewrap but `bwrap` is not installed: install bubblewrap".into(),
-                ));
+            if let Some(missing) = self.sandbox_missing() {
+                return Err(missing);
             }
+            self.self_check().await?;
             let message = if self.sandboxed() {
                 "ready: workers run sandboxed with bubblewrap (read-only system, writable workspace, private /tmp, \
-                 own PID namespace)"
+                 own PID namespace), and the worker binary passed its self-check there"
             } else {
-                "ready, unsandboxed: bubblewrap is not installed, so workers run as plain local processes (each in \
-                 its own workspace directory and process group, with a scrubbed environment); install bubblewrap \
-                 to sandbox them"
+                "ready, unsandboxed (VIBERGLASS_SANDBOX=none): workers run as plain local processes (each in its own \
+                 workspace directory and process group, with a scrubbed environment) and their agents can read \
+                 whatever this server's user can; set VIBERGLASS_SANDBOX=auto with bubblewrap installed to sandbox them"
             };
             Ok(Provisioned { message: message.into() })
         }
@@ -300,6 +433,8 @@ mod tests {
             workspace_root: root.to_owned(),
             env: Vec::new(),
             sandbox: Sandbox::None,
+            bwrap: None,
+            read_only_paths: Vec::new(),
         })
     }
 

@@ -169,6 +169,20 @@ pub const SETTINGS: &[Setting] = &[
         secret: false,
     },
     Setting {
+        key: "bwrap",
+        env: "VIBERGLASS_BWRAP",
+        default: "",
+        doc: "The bubblewrap binary that sandboxes local workers. Empty: `bwrap` on the PATH.",
+        secret: false,
+    },
+    Setting {
+        key: "sandbox_paths",
+        env: "VIBERGLASS_SANDBOX_PATHS",
+        default: "",
+        doc: "Directories (colon-separated) sandboxed local workers may read besides the system's, e.g. where agent CLIs are installed outside /usr.",
+        secret: false,
+    },
+    Setting {
         key: "host_id",
         env: "VIBERGLASS_HOST_ID",
         default: "",
@@ -333,6 +347,9 @@ pub struct Config {
     pub session_ttl_hours: u32,
     pub trust_forwarded_for: bool,
     pub sandbox: viberglass_compute::Sandbox,
+    /// The bubblewrap binary; `None`: `bwrap` on the PATH.
+    pub bwrap: Option<PathBuf>,
+    pub sandbox_paths: Vec<PathBuf>,
     pub host_id: String,
     pub agent_silence_secs: u64,
     pub allow_local_repositories: bool,
@@ -705,6 +722,10 @@ impl Config {
                     _ => return Err(raw.invalid("unknown sandbox", "auto, bubblewrap or none")),
                 }
             },
+            bwrap: Some(raw("bwrap")).filter(|r| !r.is_empty()).map(|r| PathBuf::from(r.value.trim())),
+            sandbox_paths: std::env::split_paths(&raw("sandbox_paths").value)
+                .filter(|p| !p.as_os_str().is_empty())
+                .collect(),
             host_id: {
                 let raw = raw("host_id");
                 let id = raw.value.trim();

@@ -109,11 +109,25 @@ pub async fn deliver_loop(
     shutdown: CancellationToken,
 ) {
     let mut gaps: Vec<GapWatch> = consumers.iter().map(|_| GapWatch::default()).collect();
+    // How far each consumer had read when this server last ran it: a consumer
+    // caught up with the outbox's head is not run (no lease write per poll).
+    let mut caught_up: Vec<Option<i64>> = consumers.iter().map(|_| None).collect();
+    let mut renewed = std::time::Instant::now();
     loop {
         let mut busy = false;
-        for (consumer, gaps) in consumers.iter().zip(gaps.iter_mut()) {
+        let head = state.store.outbox_head().await.ok();
+        // Renew held leases now and then even when idle, so a lease we hold never lapses unseen.
+        if renewed.elapsed() > LEASE / 3 {
+            caught_up.iter_mut().for_each(|c| *c = None);
+            renewed = std::time::Instant::now();
+        }
+        for ((consumer, gaps), caught) in consumers.iter().zip(gaps.iter_mut()).zip(caught_up.iter_mut()) {
+            if head.is_some() && *caught == head {
+                continue;
+            }
             match deliver_once(&state.store, &state, consumer.as_ref(), &owner, LEASE, gaps).await {
-                Ok(n) => busy |= n > 0,
+                Ok(0) => *caught = head,
+                Ok(_) => busy = true,
                 Err(err) => {
                     tracing::error!(consumer = consumer.name(), error = %error_chain(&err), "outbox: store error")
                 }

@@ -205,6 +205,8 @@ pub fn app_state(
 
         env: vec![("LOG_FORMAT".into(), "json".into())],
         sandbox: config.sandbox,
+        bwrap: config.bwrap.clone(),
+        read_only_paths: config.sandbox_paths.clone(),
     });
     let mut compute = viberglass_compute::ComputeRegistry::new();
     compute.register(Arc::new(local_target));
@@ -274,7 +276,7 @@ pub async fn serve(
 /// owner names this server process, so two servers never read one consumer at once.
 fn spawn_outbox(state: &AppState, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
     let owner = format!("{}/{}", state.config.host_id, hex::encode(rand::random::<[u8; 6]>()));
-    let poll = Duration::from_millis(state.config.dispatch_interval_ms.clamp(50, 1000));
+    let poll = Duration::from_millis(state.config.dispatch_interval_ms.clamp(200, 1000));
     let state = state.clone();
     let stop = shutdown.clone();
     crate::engine::supervise("outbox", shutdown, move || {

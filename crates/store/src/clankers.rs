@@ -94,7 +94,7 @@ impl Store {
         // The body is an async block so that `?` stays inside it and every
         // error reaches `from_write`, which names a duplicate slug.
         on_pool!(self, |pool| async {
-            let mut tx = pool.begin().await?;
+            let mut tx = crate::BeginWrite::begin_write(pool).await?;
             sqlx::query(INSERT)
                 .bind(c.id.as_uuid())
                 .bind(c.name.clone())
@@ -209,7 +209,7 @@ impl Store {
     ) -> Result<Clanker, StoreError> {
         let now = DbTime(crate::now().max(read_at + time::Duration::microseconds(1)));
         let changed = on_pool!(self, |pool| async {
-            let mut tx = pool.begin().await?;
+            let mut tx = crate::BeginWrite::begin_write(pool).await?;
             let changed = sqlx::query(UPDATE)
                 .bind(id.as_uuid())
                 .bind(new.name.clone())

@@ -30,7 +30,7 @@ impl Store {
     ) -> Result<i64, StoreError> {
         let now = DbTime(crate::now());
         let revision = on_pool!(self, |pool| {
-            let mut tx = pool.begin().await?;
+            let mut tx = crate::BeginWrite::begin_write(pool).await?;
             let existing = sqlx::query(SELECT_DOCUMENT)
                 .bind(ticket_id.as_uuid())
                 .bind(phase.as_str())

@@ -283,7 +283,7 @@ impl Store {
         let spec = serde_json::to_value(&new.spec).map_err(corrupt)?;
         let event = queued_event(&new, attempt, retry_of);
         on_pool!(self, |pool| async {
-            let mut tx = pool.begin().await?;
+            let mut tx = crate::BeginWrite::begin_write(pool).await?;
             sqlx::query(INSERT)
                 .bind(id.as_uuid())
                 .bind(new.project_id.as_uuid())
@@ -412,7 +412,7 @@ impl Store {
                     .transpose()?
             }
             crate::Pool::Postgres(pool) => {
-                let mut tx = pool.begin().await?;
+                let mut tx = crate::BeginWrite::begin_write(pool).await?;
                 sqlx::query(CLAIM_LOCK).execute(&mut *tx).await?;
                 let row = sqlx::query(CLAIM_POSTGRES).bind(now).bind(token_hash).fetch_optional(&mut *tx).await?;
                 tx.commit().await?;
@@ -482,7 +482,7 @@ impl Store {
                 return Ok::<_, StoreError>(());
             }
             // The first sign of life: the job starts, and says so in the outbox.
-            let mut tx = pool.begin().await?;
+            let mut tx = crate::BeginWrite::begin_write(pool).await?;
             if let Some(row) = sqlx::query(START).bind(id.as_uuid()).bind(now).fetch_optional(&mut *tx).await? {
                 let event = NewEvent::new(
                     EventType::JobStarted,
@@ -548,7 +548,7 @@ impl Store {
             _ => EventType::JobFailed,
         };
         let changed = on_pool!(self, |pool| async {
-            let mut tx = pool.begin().await?;
+            let mut tx = crate::BeginWrite::begin_write(pool).await?;
             let row = sqlx::query(FINISH)
                 .bind(id.as_uuid())
                 .bind(status.as_str())
@@ -729,7 +729,7 @@ impl Store {
     pub async fn append_worker_events(&self, id: JobId, events: &[NewJobEvent]) -> Result<u64, StoreError> {
         let now = DbTime(crate::now());
         let inserted = on_pool!(self, |pool| {
-            let mut tx = pool.begin().await?;
+            let mut tx = crate::BeginWrite::begin_write(pool).await?;
             let mut inserted = 0;
             for event in events {
                 inserted += sqlx::query(INSERT_EVENT)

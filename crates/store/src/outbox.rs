@@ -114,6 +114,18 @@ impl Store {
         })
     }
 
+    /// The newest event's position (0 for none): a reader caught up with it
+    /// has nothing to do, and need not touch its lease.
+    pub async fn outbox_head(&self) -> Result<i64, StoreError> {
+        let head = on_pool!(self, |pool| {
+            sqlx::query("SELECT CAST(COALESCE(MAX(id), 0) AS BIGINT) AS head FROM events")
+                .fetch_one(pool)
+                .await
+                .and_then(|r| r.int("head"))
+        })?;
+        Ok(head)
+    }
+
     /// Takes (or renews) `consumer`'s lease for `owner` and returns its
     /// cursor; `None` while another owner's lease runs.
     pub async fn lease_consumer(&self, consumer: &str, owner: &str, ttl: Duration) -> Result<Option<i64>, StoreError> {
@@ -224,7 +236,7 @@ impl Store {
     /// such as a pull request a worker opened on the forge).
     pub async fn emit_event(&self, event: &viberglass_domain::NewEvent) -> Result<(), StoreError> {
         on_pool!(self, |pool| {
-            let mut tx = pool.begin().await?;
+            let mut tx = crate::BeginWrite::begin_write(pool).await?;
             emit!(self, tx, event)?;
             tx.commit().await
         })?;

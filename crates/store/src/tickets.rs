@@ -91,7 +91,7 @@ impl Store {
         .project(project_id)
         .ticket(Some(t.id));
         on_pool!(self, |pool| async {
-            let mut tx = pool.begin().await?;
+            let mut tx = crate::BeginWrite::begin_write(pool).await?;
             sqlx::query(INSERT)
                 .bind(t.id.as_uuid())
                 .bind(t.project_id.as_uuid())
@@ -201,7 +201,7 @@ impl Store {
             .project(t.project_id)
             .ticket(Some(t.id));
             on_pool!(self, |pool| async {
-                let mut tx = pool.begin().await?;
+                let mut tx = crate::BeginWrite::begin_write(pool).await?;
                 let changed = sqlx::query(UPDATE)
                     .bind(id.as_uuid())
                     .bind(t.title.clone())

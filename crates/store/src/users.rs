@@ -106,7 +106,7 @@ impl Store {
                 .await
                 .map(|r| r.rows_affected()),
             crate::Pool::Postgres(pool) => {
-                let mut tx = pool.begin().await?;
+                let mut tx = crate::BeginWrite::begin_write(pool).await?;
                 sqlx::query(FIRST_LOCK).execute(&mut *tx).await?;
                 let n = sqlx::query(INSERT_FIRST)
                     .bind(id.as_uuid())

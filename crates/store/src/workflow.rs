@@ -80,7 +80,7 @@ impl Store {
     ) -> Result<i64, StoreError> {
         let now = DbTime(crate::now());
         let saved = on_pool!(self, |pool| {
-            let mut tx = pool.begin().await?;
+            let mut tx = crate::BeginWrite::begin_write(pool).await?;
             let row = sqlx::query("SELECT id, revision FROM phase_documents WHERE ticket_id = $1 AND phase = $2")
                 .bind(ticket.as_uuid())
                 .bind(phase.as_str())
@@ -339,7 +339,7 @@ impl Store {
             None => None,
         };
         on_pool!(self, |pool| {
-            let mut tx = pool.begin().await?;
+            let mut tx = crate::BeginWrite::begin_write(pool).await?;
             let moved = sqlx::query(UPDATE_APPROVAL)
                 .bind(change.ticket_id.as_uuid())
                 .bind(change.phase.as_str())
@@ -503,7 +503,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let field = if event_type == EventType::TicketPhaseChanged { "phase" } else { "status" };
         on_pool!(self, |pool| async {
-            let mut tx = pool.begin().await?;
+            let mut tx = crate::BeginWrite::begin_write(pool).await?;
             let mut query = sqlx::query(sql).bind(ticket.as_uuid()).bind(value);
             if touch {
                 query = query.bind(DbTime(crate::now()));

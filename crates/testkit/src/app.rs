@@ -126,6 +126,25 @@ impl TestAppBuilder {
             ("SECRETS_ENCRYPTION_KEY".to_owned(), EncryptionKey::generate().to_hex()),
         ]);
         env.extend(self.env);
+        if !env.contains_key("VIBERGLASS_SANDBOX_PATHS") {
+            // Where scripts/test installs the agent CLIs, outside /usr: sandboxed workers must see them.
+            let tools = std::env::var("VIBERGLASS_TEST_NODE_MODULES")
+                .ok()
+                .and_then(|m| std::path::Path::new(&m).parent().map(|p| p.display().to_string()))
+                .unwrap_or_else(|| "/var/tmp/viberglass-tools".to_owned());
+            env.insert("VIBERGLASS_SANDBOX_PATHS".to_owned(), tools);
+        }
+        if !env.contains_key("VIBERGLASS_WORKER_BINARY") {
+            // In-process servers have no viberglass binary of their own (the current
+            // executable is the test binary): a stand-in that passes Start's
+            // self-check and fails any job it is given, as a missing worker would.
+            std::fs::create_dir_all(&data_dir).expect("the test data directory");
+            let stub = data_dir.join("worker-stub");
+            std::fs::write(&stub, "#!/bin/sh\nif [ \"$2\" = --self-check ]; then echo 'viberglass worker ok'; exit 0; fi\necho 'worker stub: no worker binary in this test' >&2\nexit 1\n")
+                .expect("the worker stand-in");
+            std::fs::set_permissions(&stub, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("executable");
+            env.insert("VIBERGLASS_WORKER_BINARY".to_owned(), stub.display().to_string());
+        }
         let config = Config::load(None, |name| env.get(name).cloned(), &[]).expect("test configuration is valid");
         let store = db.store().await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a free port");

@@ -51,15 +51,21 @@ struct RotateArgs {
 
 #[derive(Args)]
 struct WorkerArgs {
-    /// The job to run.
+    /// Check that the worker runs here (as a compute target starts it), print `viberglass worker ok` and exit.
     #[arg(long)]
-    job: String,
+    self_check: bool,
+    /// The job to run.
+    #[arg(long, required_unless_present = "self_check")]
+    job: Option<String>,
     /// The server to report to.
-    #[arg(long, env = "VIBERGLASS_SERVER_URL")]
-    server_url: String,
-    /// The job's token (from the environment, so it does not show in process lists).
+    #[arg(long, env = "VIBERGLASS_SERVER_URL", required_unless_present = "self_check")]
+    server_url: Option<String>,
+    /// A file holding the job's token, which the worker deletes as soon as it has read it (the local target's way).
+    #[arg(long, env = "VIBERGLASS_JOB_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// The job's token (from the environment, for targets that cannot hand over a file).
     #[arg(long, env = "VIBERGLASS_JOB_TOKEN", hide_env_values = true)]
-    token: String,
+    token: Option<String>,
     /// The workspace directory [default: the current directory].
     #[arg(long, env = "VIBERGLASS_WORKSPACE")]
     workspace: Option<PathBuf>,
@@ -166,16 +172,45 @@ fn rotate_key(args: RotateArgs) -> ExitCode {
 }
 
 fn run_worker(args: WorkerArgs) -> ExitCode {
+    if args.self_check {
+        // Reached only if the binary, its libraries and the sandbox all work.
+        println!("viberglass worker ok");
+        return ExitCode::SUCCESS;
+    }
     let format = match std::env::var("LOG_FORMAT").as_deref() {
         Ok("json") => viberglass_server::config::LogFormat::Json,
         _ => viberglass_server::config::LogFormat::Text,
     };
     telemetry::init(format, &std::env::var("LOG_LEVEL").unwrap_or_else(|_| "info".into()));
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let Ok(job_id) = args.job.parse() else {
-        eprintln!("viberglass: error: `{}` is not a job id", args.job);
+    let job = args.job.unwrap_or_default();
+    let Ok(job_id) = job.parse() else {
+        eprintln!("viberglass: error: `{job}` is not a job id");
         return ExitCode::from(2);
     };
+    // Read and deleted first thing: the agent, started later in this
+    // workspace, finds neither the file nor the token in our environment.
+    let token = match (&args.token_file, args.token) {
+        (Some(path), _) => {
+            let read = std::fs::read_to_string(path);
+            let _ = std::fs::remove_file(path);
+            match read {
+                Ok(token) => token.trim().to_owned(),
+                Err(err) => {
+                    eprintln!("viberglass: error: cannot read the job's token file {}: {err}", path.display());
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        (None, Some(token)) => token,
+        (None, None) => {
+            eprintln!(
+                "viberglass: error: the job's token is missing: set VIBERGLASS_JOB_TOKEN_FILE or VIBERGLASS_JOB_TOKEN"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let server_url = args.server_url.unwrap_or_default();
     let workspace = match args.workspace.map_or_else(std::env::current_dir, Ok) {
         Ok(dir) => dir,
         Err(err) => {
@@ -183,7 +218,7 @@ fn run_worker(args: WorkerArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let config = viberglass_worker::WorkerConfig { job_id, server_url: args.server_url, token: args.token, workspace };
+    let config = viberglass_worker::WorkerConfig { job_id, server_url, token, workspace };
     match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => ExitCode::from(runtime.block_on(viberglass_worker::run(config))),
         Err(err) => {

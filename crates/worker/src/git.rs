@@ -1,7 +1,15 @@
 //! Git through the `git` CLI. Credentials reach git only through an askpass
 //! helper reading environment variables of the git process: never in the
 //! remote URL, `.git/config`, the command line or the logs.
+//!
+//! The checkout is the agent's to shape, so git never trusts it: the askpass
+//! helper exists only while a git command runs (written fresh, in a
+//! directory of its own, removed after), system and global configuration are
+//! off, hooks and fsmonitor are disabled on every command, and after the
+//! agent the repository's own `.git/config` is put back as the clone left it
+//! (see [`Git::seal`] and [`Git::restore`]).
 
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
@@ -10,9 +18,31 @@ use viberglass_domain::{Failure, FailureLayer};
 
 /// Runs git in `dir` with credentials (if any) offered through askpass.
 pub struct Git {
-    askpass: PathBuf,
+    /// Where a fresh askpass helper is written for each command.
+    helpers: PathBuf,
     credential: Option<GitCredential>,
+    /// `.git/config` as the clone wrote it, before the agent ran.
+    sealed: std::sync::Mutex<Option<(PathBuf, Vec<u8>)>>,
 }
+
+const ASKPASS: &str = "#!/bin/sh\ncase \"$1\" in\n  Username*) printf '%s\\n' \"$VIBERGLASS_GIT_USERNAME\" ;;\n  *) printf '%s\\n' \"$VIBERGLASS_GIT_PASSWORD\" ;;\nesac\n";
+
+/// Settings every git command gets, whatever the checkout says: no hooks, no
+/// fsmonitor command, no credential helpers, no askpass but ours.
+const HARDENED: &[&str] = &[
+    "-c",
+    "credential.helper=",
+    "-c",
+    "core.askPass=",
+    "-c",
+    "core.hooksPath=/dev/null",
+    "-c",
+    "core.fsmonitor=",
+    "-c",
+    "protocol.ext.allow=never",
+    "-c",
+    "protocol.file.allow=user",
+];
 
 pub struct Output {
     pub success: bool,
@@ -21,38 +51,80 @@ pub struct Output {
 }
 
 impl Git {
-    /// Writes the askpass helper into `workspace` (outside the checkout).
-    pub fn new(workspace: &Path, credential: Option<GitCredential>) -> std::io::Result<Self> {
-        let askpass = workspace.join(".viberglass-askpass");
-        std::fs::write(
-            &askpass,
-            "#!/bin/sh\ncase \"$1\" in\n  Username*) printf '%s\\n' \"$VIBERGLASS_GIT_USERNAME\" ;;\n  *) printf '%s\\n' \"$VIBERGLASS_GIT_PASSWORD\" ;;\nesac\n",
-        )?;
-        std::fs::set_permissions(&askpass, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
-        Ok(Self { askpass, credential })
+    /// Git with askpass helpers written under `helpers` (outside the checkout), one per command.
+    pub fn new(helpers: &Path, credential: Option<GitCredential>) -> std::io::Result<Self> {
+        std::fs::create_dir_all(helpers)?;
+        Ok(Self { helpers: helpers.to_owned(), credential, sealed: std::sync::Mutex::new(None) })
     }
 
     pub async fn run(&self, dir: &Path, args: &[&str]) -> std::io::Result<Output> {
+        // A helper of its own for this command only, in a fresh 0700
+        // directory: nothing the agent left (or replaced) is ever executed.
+        let helper_dir = self.helpers.join(format!(".askpass-{:016x}", rand::random::<u64>()));
+        std::fs::DirBuilder::new().mode(0o700).create(&helper_dir)?;
+        let askpass = helper_dir.join("askpass");
+        std::fs::write(&askpass, ASKPASS)?;
+        std::fs::set_permissions(&askpass, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
         let mut command = tokio::process::Command::new("git");
         command
-            .args(["-c", "credential.helper=", "-c", "core.askPass="])
+            .args(HARDENED)
             .args(args)
             .current_dir(dir)
             .stdin(Stdio::null())
             .env("GIT_TERMINAL_PROMPT", "0")
-            .env("GIT_ASKPASS", &self.askpass)
+            .env("GIT_ASKPASS", &askpass)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env_remove("GIT_CONFIG_PARAMETERS")
+            .env_remove("GIT_DIR")
+            .env_remove("GIT_WORK_TREE")
             .env_remove("VIBERGLASS_JOB_TOKEN");
         if let Some(credential) = &self.credential {
             command
                 .env("VIBERGLASS_GIT_USERNAME", &credential.username)
                 .env("VIBERGLASS_GIT_PASSWORD", &credential.password);
         }
-        let output = command.output().await?;
+        let output = command.output().await;
+        let _ = std::fs::remove_dir_all(&helper_dir);
+        let output = output?;
         Ok(Output {
             success: output.status.success(),
             stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
             stderr: self.redact(&String::from_utf8_lossy(&output.stderr)),
         })
+    }
+
+    /// Remembers the repository's configuration as the clone wrote it,
+    /// before the agent runs.
+    pub fn seal(&self, repo: &Path) -> std::io::Result<()> {
+        let path = repo.join(".git").join("config");
+        let config = std::fs::read(&path)?;
+        *self.sealed.lock().unwrap_or_else(|e| e.into_inner()) = Some((path, config));
+        Ok(())
+    }
+
+    /// After the agent: puts the configuration back as the clone left it
+    /// (an agent's `url.*.insteadOf`, `core.fsmonitor`, filters or aliases
+    /// are gone) and removes what could run code or redirect objects.
+    pub fn restore(&self, repo: &Path) -> std::io::Result<()> {
+        let git_dir = repo.join(".git");
+        let meta = std::fs::symlink_metadata(&git_dir)?;
+        if !meta.is_dir() {
+            return Err(std::io::Error::other("the checkout's .git is no longer a directory"));
+        }
+        if let Some((path, config)) = self.sealed.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            let _ = std::fs::remove_file(path);
+            std::fs::write(path, config)?;
+        }
+        for planted in ["hooks", "objects/info/alternates", "info/attributes", "commondir"] {
+            let path = git_dir.join(planted);
+            match std::fs::symlink_metadata(&path) {
+                Ok(m) if m.is_dir() => std::fs::remove_dir_all(&path)?,
+                Ok(_) => std::fs::remove_file(&path)?,
+                Err(_) => {}
+            }
+        }
+        Ok(())
     }
 
     /// Removes the credential's secret from text git printed.

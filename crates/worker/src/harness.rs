@@ -42,20 +42,33 @@ pub async fn run_agent(
             false,
         )
     })?;
-    let mut child = tokio::process::Command::new(program)
+    // The prompt is a file in the agent's home (and its standard input),
+    // never an argument or a variable: those are limited to 128 KiB each.
+    let prompt_file = home.join(".viberglass-prompt.md");
+    std::fs::write(&prompt_file, &spec.prompt).map_err(|e| Failure::internal(format!("writing the prompt: {e}")))?;
+    ensure_program(program).map_err(|why| {
+        Failure::new(
+            FailureLayer::Agent,
+            "agent_not_installed",
+            format!("the agent command `{program}` cannot start ({why}): install it on the worker or fix the clanker's command"),
+            false,
+        )
+    })?;
+    let mut child = agent_command(program, repo)
         .args(args)
         .current_dir(repo)
         // Some CLIs (OpenCode) take their project directory from PWD, not from the real cwd.
         .env("PWD", repo)
-        .stdin(Stdio::null())
+        .stdin(std::fs::File::open(&prompt_file).map_err(|e| Failure::internal(format!("reading the prompt: {e}")))?)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .env("HOME", home)
         .env("VIBERGLASS_PHASE", spec.phase.as_str())
-        .env("VIBERGLASS_PROMPT", &spec.prompt)
-        .env("VIBERGLASS_TICKET_TITLE", &spec.ticket_title)
+        .env("VIBERGLASS_PROMPT_FILE", &prompt_file)
+        .env("VIBERGLASS_TICKET_TITLE", spec.ticket_title.chars().take(1000).collect::<String>())
         .envs(secrets)
         .env_remove("VIBERGLASS_JOB_TOKEN")
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| {
@@ -66,6 +79,7 @@ pub async fn run_agent(
                 false,
             )
         })?;
+    let group = child.id();
     let stdout = child.stdout.take().expect("piped stdout");
     let stderr = child.stderr.take().expect("piped stderr");
     let out_sink = sink.clone();
@@ -85,10 +99,13 @@ pub async fn run_agent(
     let status = tokio::select! {
         status = child.wait() => status,
         () = cancel.cancelled() => {
+            stop_group(group);
             let _ = child.kill().await;
             return Ok(AgentEnd::Cancelled);
         }
     };
+    // Nothing the agent started outlives it: git runs next, on its checkout.
+    stop_group(group);
     let _ = tokio::join!(out, err);
     let status = status.map_err(|e| Failure::internal(format!("waiting for the agent: {e}")))?;
     if status.success() {
@@ -158,18 +175,30 @@ async fn run_cli(
         }
         std::fs::write(&path, content).map_err(|e| Failure::internal(format!("writing the agent's settings: {e}")))?;
     }
-    let mut child = tokio::process::Command::new(&invocation.program)
+    ensure_program(&invocation.program).map_err(|why| {
+        Failure::new(
+            FailureLayer::Agent,
+            "agent_not_installed",
+            format!(
+                "the {agent} CLI `{}` cannot start ({why}): install it on the worker, or set agent_settings.binary",
+                invocation.program
+            ),
+            false,
+        )
+    })?;
+    let mut child = agent_command(&invocation.program, repo)
 
         .args(&invocation.args)
         .current_dir(repo)
         // Some CLIs (OpenCode) take their project directory from PWD, not from the real cwd.
         .env("PWD", repo)
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .envs(secrets)
         .envs(invocation.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .env_remove("VIBERGLASS_JOB_TOKEN")
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| {
@@ -180,7 +209,17 @@ async fn run_cli(
                 false,
             )
         })?;
+    let group = child.id();
     tracing::info!(agent = %agent, program = invocation.program, "agent started");
+    // The prompt goes in on standard input, written alongside the reading
+    // below (a large prompt would otherwise fill the pipe and stall both sides).
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let prompt = invocation.stdin.clone();
+    let feed = tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        let _ = stdin.write_all(prompt.as_bytes()).await;
+        let _ = stdin.shutdown().await;
+    });
     let stdout = child.stdout.take().expect("piped stdout");
     let stderr = child.stderr.take().expect("piped stderr");
     let err_sink = sink.clone();
@@ -226,8 +265,13 @@ async fn run_cli(
     };
     let status = tokio::select! {
         status = read => status,
-        () = cancel.cancelled() => return Ok(AgentEnd::Cancelled),
+        () = cancel.cancelled() => {
+            stop_group(group);
+            return Ok(AgentEnd::Cancelled);
+        }
     };
+    stop_group(group);
+    feed.abort();
     let _ = err.await;
     let status = status.map_err(|e| Failure::internal(format!("waiting for the agent: {e}")))?;
     if silent {
@@ -261,4 +305,76 @@ async fn run_cli(
         _ => total,
     });
     Ok(AgentEnd::Finished(usage))
+}
+
+/// Kills the agent's process group (it leads one of its own), so nothing it
+/// started in the background survives it.
+fn stop_group(leader: Option<u32>) {
+    if let Some(pid) = leader {
+        let _ =
+            std::process::Command::new("kill").args(["-KILL", "--", &format!("-{pid}")]).stderr(Stdio::null()).status();
+    }
+}
+
+/// The command that runs an agent program: inside a sandbox of its own (its
+/// own PID namespace, a new session, dying with the worker) when the worker
+/// was given bubblewrap (`VIBERGLASS_AGENT_BWRAP`), so the agent cannot see
+/// the worker's process, memory or environment; else the program itself.
+fn agent_command(program: &str, repo: &Path) -> tokio::process::Command {
+    let mut command = match std::env::var_os("VIBERGLASS_AGENT_BWRAP") {
+        Some(bwrap) if !bwrap.is_empty() => {
+            let mut command = tokio::process::Command::new(bwrap);
+            command
+                .args([
+                    "--dev-bind",
+                    "/",
+                    "/",
+                    "--unshare-pid",
+                    "--proc",
+                    "/proc",
+                    "--die-with-parent",
+                    "--new-session",
+                ])
+                .arg("--chdir")
+                .arg(repo)
+                .arg("--")
+                .arg(program);
+            command
+        }
+        _ => tokio::process::Command::new(program),
+    };
+    // The worker's own variables: the agent never gets them.
+    for name in WORKER_ONLY {
+        command.env_remove(name);
+    }
+    command
+}
+
+/// The worker's own variables, which its agent never gets.
+const WORKER_ONLY: &[&str] = &[
+    "VIBERGLASS_SERVER_URL",
+    "VIBERGLASS_JOB_TOKEN",
+    "VIBERGLASS_JOB_TOKEN_FILE",
+    "VIBERGLASS_WORKSPACE",
+    "VIBERGLASS_AGENT_BWRAP",
+];
+
+/// Whether `program` can be started: an executable file at that path, or on the PATH.
+fn ensure_program(program: &str) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable =
+        |path: &Path| std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    if program.contains('/') {
+        return if executable(Path::new(program)) {
+            Ok(())
+        } else {
+            Err(format!("{program} is not an executable file"))
+        };
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    if std::env::split_paths(&path).any(|dir| executable(&dir.join(program))) {
+        Ok(())
+    } else {
+        Err(format!("`{program}` is not on the PATH"))
+    }
 }

@@ -63,7 +63,7 @@ async fn steps(cx: &Context<'_>) -> Result<End, Failed> {
         std::fs::remove_dir_all(&repo).map_err(|e| io_failure("clearing the old checkout", e))?;
     }
     std::fs::create_dir_all(&home).map_err(|e| io_failure("creating the agent's home", e))?;
-    let git = Git::new(cx.workspace, cx.boot.git_credential.clone()).map_err(|e| io_failure("writing askpass", e))?;
+    let git = Git::new(cx.workspace, cx.boot.git_credential.clone()).map_err(|e| io_failure("preparing git", e))?;
 
     cx.sink.progress(&format!("cloning {} ({})", spec.repository_url, spec.base_branch));
     let clone = git
@@ -101,24 +101,48 @@ async fn steps(cx: &Context<'_>) -> Result<End, Failed> {
     }
     std::fs::write(&exclude_file, exclude).map_err(|e| io_failure("excluding instruction files", e))?;
 
+    git.seal(&repo).map_err(|e| io_failure("reading the checkout's git configuration", e))?;
     cx.sink.progress("running the agent");
     let usage = match run_agent(spec, &cx.boot.secrets, &repo, &home, cx.sink, cx.cancel).await? {
         AgentEnd::Cancelled => return Ok(End::Cancelled),
         AgentEnd::Finished(usage) => usage,
     };
+    // From here on the checkout is what the agent left: outside input.
+    ensure_checkout(&repo)?;
+    git.restore(&repo).map_err(|e| {
+        Failure::new(
+            FailureLayer::Agent,
+            "checkout_tampered",
+            format!("the agent left the checkout's git directory unusable ({e}): read its log, then re-run"),
+            false,
+        )
+    })?;
 
     match spec.phase {
         Phase::Research | Phase::Planning => {
             let name = spec.phase.document_name().expect("research and planning write documents");
             cx.sink.progress(&format!("uploading {name}"));
-            let content = std::fs::read_to_string(repo.join(name)).map_err(|_| {
-                Failure::new(
-                    FailureLayer::Agent,
-                    "document_missing",
-                    format!("the agent finished without writing {name}: read its log, adjust the prompt or the clanker, then re-run"),
-                    true,
-                )
-            })?;
+            let content = match read_agent_file(&repo, name, MAX_DOCUMENT) {
+                AgentFile::Text(text) => text,
+                AgentFile::Missing => {
+                    return Err(Failure::new(
+                        FailureLayer::Agent,
+                        "document_missing",
+                        format!("the agent finished without writing {name}: read its log, adjust the prompt or the clanker, then re-run"),
+                        true,
+                    )
+                    .into());
+                }
+                AgentFile::Refused(why) => {
+                    return Err(Failure::new(
+                        FailureLayer::Agent,
+                        "document_refused",
+                        format!("{name} cannot be used: {why}; the agent must write it as a plain text file in the checkout, then re-run"),
+                        false,
+                    )
+                    .into());
+                }
+            };
             let reply = cx.client.document(content).await.map_err(|e| Failure::internal(e.to_string()))?;
             let result = JobResult {
                 document: Some(name.to_owned()),
@@ -258,7 +282,9 @@ async fn commit(cx: &Context<'_>, git: &Git, repo: &Path) -> Result<(JobResult, 
     }
     let sha = run(vec!["rev-parse".into(), "HEAD".into()]).await?.stdout.trim().to_owned();
     cx.sink.progress(&format!("pushing {}", spec.branch));
-    let push = run(vec!["push".into(), "origin".into(), format!("HEAD:refs/heads/{}", spec.branch)]).await?;
+    // To the spec's URL, never to whatever `origin` the agent may have pointed elsewhere.
+    let push =
+        run(vec!["push".into(), spec.repository_url.clone(), format!("HEAD:refs/heads/{}", spec.branch)]).await?;
     if !push.success {
         cx.sink.log(viberglass_domain::LogLevel::Error, push.stderr.trim());
         return Err(crate::git::push_failure(&spec.repository_url, &spec.branch, &push.stderr).into());
@@ -303,6 +329,67 @@ async fn commit(cx: &Context<'_>, git: &Git, repo: &Path) -> Result<(JobResult, 
     Ok((result, summary))
 }
 
+/// The largest RESEARCH.md or PLAN.md the server takes.
+const MAX_DOCUMENT: usize = 500_000;
+
+/// A file the agent wrote for the worker to read back.
+enum AgentFile {
+    Text(String),
+    Missing,
+    /// There, but not something to trust: a link, not a file, too large, not text.
+    Refused(String),
+}
+
+impl AgentFile {
+    fn text(self) -> Option<String> {
+        match self {
+            AgentFile::Text(text) => Some(text),
+            _ => None,
+        }
+    }
+}
+
+/// Reads `name` from the checkout's top level as outside input: a regular
+/// file (never a symlink out of the checkout), at most `max` bytes, UTF-8.
+fn read_agent_file(repo: &Path, name: &str, max: usize) -> AgentFile {
+    let path = repo.join(name);
+    let meta = match std::fs::symlink_metadata(&path) {
+        Ok(meta) => meta,
+        Err(_) => return AgentFile::Missing,
+    };
+    if !meta.file_type().is_file() {
+        return AgentFile::Refused("it is a link or a directory, not a file".into());
+    }
+    if meta.len() > max as u64 {
+        return AgentFile::Refused(format!("it is {} bytes, more than the {max} allowed", meta.len()));
+    }
+    let mut bytes = Vec::new();
+    let read = std::fs::File::open(&path).and_then(|file| {
+        use std::io::Read;
+        file.take(max as u64 + 1).read_to_end(&mut bytes)
+    });
+    match (read, String::from_utf8(bytes)) {
+        (Ok(n), Ok(text)) if n <= max => AgentFile::Text(text),
+        (Ok(_), Ok(_)) => AgentFile::Refused(format!("it grew past the {max} bytes allowed while being read")),
+        (Err(e), _) => AgentFile::Refused(format!("it cannot be read: {e}")),
+        (Ok(_), Err(_)) => AgentFile::Refused("it is not UTF-8 text".into()),
+    }
+}
+
+/// The checkout must still be a directory of its own (not a link the agent
+/// swapped in to point the worker at files outside it).
+fn ensure_checkout(repo: &Path) -> Result<(), Failure> {
+    match std::fs::symlink_metadata(repo) {
+        Ok(meta) if meta.file_type().is_dir() => Ok(()),
+        _ => Err(Failure::new(
+            FailureLayer::Agent,
+            "checkout_tampered",
+            "the agent replaced or removed the checkout directory itself: read its log, then re-run",
+            false,
+        )),
+    }
+}
+
 /// The most diff a plain-git run records.
 const MAX_RECORDED_DIFF: usize = 256 * 1024;
 /// GitHub refuses bodies over 65536 characters; stay below.
@@ -329,13 +416,13 @@ struct PrContent {
 
 impl PrContent {
     fn read(repo: &Path, spec: &viberglass_domain::JobSpec, files: &[ChangedFile]) -> PrContent {
-        let title = std::fs::read_to_string(repo.join("PR_TITLE.md"))
-            .ok()
+        let title = read_agent_file(repo, "PR_TITLE.md", 16 * 1024)
+            .text()
             .and_then(|t| t.lines().map(|l| l.trim().trim_start_matches('#').trim().to_owned()).find(|l| !l.is_empty()))
             .unwrap_or_else(|| spec.ticket_title.clone());
         let title: String = title.chars().take(200).collect();
-        let written = std::fs::read_to_string(repo.join("PR_DESCRIPTION.md"))
-            .ok()
+        let written = read_agent_file(repo, "PR_DESCRIPTION.md", MAX_PR_BODY * 2)
+            .text()
             .map(|d| d.trim().to_owned())
             .filter(|d| !d.is_empty());
         let mut body = match written {
