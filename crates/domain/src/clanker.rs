@@ -65,7 +65,7 @@ pub struct AgentSettings {
 }
 
 /// A clanker as stored.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Clanker {
     pub id: ClankerId,
     pub name: String,

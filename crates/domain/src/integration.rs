@@ -9,7 +9,7 @@ use crate::IntegrationId;
 use crate::scm::{ScmProvider, parse_base_url};
 use crate::validation::{ValidationErrors, nullable};
 
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Integration {
     pub id: IntegrationId,
     /// How projects refer to it: lowercase letters, digits and dashes, e.g. `github`.

@@ -69,7 +69,7 @@ impl utoipa::PartialSchema for ProjectSlug {
 impl utoipa::ToSchema for ProjectSlug {}
 
 /// A project as stored.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Project {
     pub id: ProjectId,
     pub name: String,

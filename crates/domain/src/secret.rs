@@ -19,7 +19,7 @@ named_enum!(
     }
 );
 
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Secret {
     pub id: SecretId,
     /// How jobs and integrations refer to it, e.g. `GITHUB_TOKEN`.

@@ -63,7 +63,7 @@ impl std::str::FromStr for TicketSource {
 }
 
 /// A ticket as stored.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Ticket {
     pub id: TicketId,
     pub project_id: ProjectId,
@@ -318,7 +318,7 @@ pub const MAX_ATTACHMENT_BYTES: usize = 10 * 1024 * 1024;
 
 /// A file attached to a ticket (a screenshot, a log). Text files up to
 /// [`MAX_AGENT_ATTACHMENT_BYTES`] are given to the agent in its workspace.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Attachment {
     pub id: uuid::Uuid,
     pub ticket_id: TicketId,

@@ -6,7 +6,7 @@ use time::OffsetDateTime;
 use crate::validation::{ValidationErrors, bounded_text};
 use crate::{ProjectId, UserId};
 
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct User {
     pub id: UserId,
     pub email: String,
@@ -160,7 +160,7 @@ impl UserPatch {
 }
 
 /// A user's API token as listed: the secret part is shown once, at creation.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ApiToken {
     pub id: uuid::Uuid,
     pub name: String,
@@ -177,7 +177,7 @@ pub struct ApiToken {
 }
 
 /// One audit-log line: who did what, to what, when, through which channel.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct AuditEntry {
     pub id: uuid::Uuid,
     pub actor_id: Option<UserId>,

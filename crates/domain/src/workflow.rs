@@ -47,7 +47,7 @@ impl ApprovalAction {
 }
 
 /// A ticket's research or planning document, as it stands.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct PhaseDocument {
     pub phase: Phase,
     pub content: String,
@@ -62,7 +62,7 @@ pub struct PhaseDocument {
 }
 
 /// One saved version of a document.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct DocumentRevision {
     pub revision: i64,
     /// `agent` or `person`.
@@ -83,7 +83,7 @@ named_enum!(
 );
 
 /// A comment on one line of a document revision, with an optional suggestion.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct DocumentComment {
     pub id: uuid::Uuid,
     pub phase: Phase,
@@ -100,7 +100,7 @@ pub struct DocumentComment {
 }
 
 /// One line of a ticket's approvals log.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ApprovalRecord {
     pub phase: Phase,
     /// `approval_requested`, `approved`, `rejected` or `revoked`.

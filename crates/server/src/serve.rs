@@ -252,6 +252,7 @@ pub async fn serve(
     } else if state.store.count_users().await.unwrap_or(1) == 0 {
         tracing::info!("no user yet: open {public}/api/docs/ and POST /api/v1/setup to create the first administrator");
     }
+    warn_about_shared_clankers(&state).await;
     let mut loops = state.engine.clone().spawn(shutdown.clone());
     loops.push(spawn_outbox(&state, shutdown.clone()));
     let app = build_router(state).into_make_service_with_connect_info::<SocketAddr>();
@@ -270,6 +271,21 @@ pub async fn serve(
     shutdown.cancel();
     let _ = tokio::time::timeout(grace.max(Duration::from_secs(1)), futures::future::join_all(loops)).await;
     result
+}
+
+/// Clankers any project may run (every clanker from before project scoping
+/// migrated to shared, so nothing broke): say which, and how to narrow them.
+async fn warn_about_shared_clankers(state: &AppState) {
+    let page = viberglass_domain::PageRequest { limit: 200, after: None };
+    let Ok(clankers) = state.store.list_clankers(page).await else { return };
+    let shared: Vec<&str> = clankers.items.iter().filter(|c| c.shared).map(|c| c.slug.as_str()).collect();
+    if !shared.is_empty() {
+        tracing::warn!(
+            clankers = shared.join(", "),
+            "these clankers are shared: any project's members can run them and so receive their secrets; list the \
+             projects that may use each (PATCH /api/v1/clankers/<clanker> with \"projects\" and \"shared\": false)"
+        );
+    }
 }
 
 /// The outbox's consumers, supervised like the engine's loops. The lease
