@@ -79,7 +79,8 @@ pub async fn start_run(state: &AppState, caller: Option<&Caller>, request: RunRe
     }
     let clanker = usable_clanker(state, &project, clanker).await?;
     let id = JobId::new();
-    let spec = run_spec(state, &project, ticket, &clanker, phase, id, trigger.feedback()).await?;
+    let run = RunOf { project: &project, ticket, clanker: &clanker, phase, job: id };
+    let spec = run_spec(state, run, trigger.feedback()).await?;
     let new = NewJob {
         id,
         project_id: project.id,
@@ -385,31 +386,26 @@ fn with_attachments(description: &str, lines: &[String]) -> String {
 
 /// A run's spec: its prompt, and its ticket's attachments read once for
 /// both the prompt and the workspace.
-async fn run_spec(
-    state: &AppState,
-    project: &Project,
-    ticket: &Ticket,
-    clanker: &Clanker,
-    phase: Phase,
-    job: JobId,
-    feedback: Option<&str>,
-) -> ServiceResult<JobSpec> {
-    let attachments = agent_attachments(state, ticket).await?;
-    let prompt = run_prompt(state, project, ticket, phase, feedback, &attachments).await?;
-    let mut spec = build_spec(state, project, ticket, clanker, phase, job, prompt).await?;
+async fn run_spec(state: &AppState, run: RunOf<'_>, feedback: Option<&str>) -> ServiceResult<JobSpec> {
+    let attachments = agent_attachments(state, run.ticket).await?;
+    let prompt = run_prompt(state, run.project, run.ticket, run.phase, feedback, &attachments).await?;
+    let mut spec = build_spec(state, run, prompt).await?;
     spec.instruction_files.extend(attachments.files);
     Ok(spec)
 }
 
-async fn build_spec(
-    state: &AppState,
-    project: &Project,
-    ticket: &Ticket,
-    clanker: &Clanker,
+/// What a run's spec is built for.
+#[derive(Clone, Copy)]
+struct RunOf<'a> {
+    project: &'a Project,
+    ticket: &'a Ticket,
+    clanker: &'a Clanker,
     phase: Phase,
     job: JobId,
-    prompt: String,
-) -> ServiceResult<JobSpec> {
+}
+
+async fn build_spec(state: &AppState, run: RunOf<'_>, prompt: String) -> ServiceResult<JobSpec> {
+    let RunOf { project, ticket, clanker, phase, job } = run;
     let repository_url = project.repository_url.clone().ok_or_else(|| {
         unprocessable(
             "project_has_no_repository",

@@ -40,17 +40,16 @@ async fn fixture() -> Fixture {
     Fixture { app, ticket }
 }
 
+/// The answer to a research run request with `clanker`.
+async fn research(f: &Fixture, clanker: &str) -> Value {
+    let path = format!("/api/v1/tickets/{}/runs", f.ticket);
+    f.app.post_json(&path, &json!({"phase": "research", "clanker": clanker})).await.json().await.unwrap()
+}
+
 /// Starts a run each way with `clanker`; returns each answer's status and code.
 async fn every_way(f: &Fixture, clanker: &str) -> Vec<(&'static str, u16, String)> {
     let t = &f.ticket;
-    let earlier: Value = f
-        .app
-        .post_json(&format!("/api/v1/tickets/{t}/runs"), &json!({"phase": "research", "clanker": "allowed"}))
-        .await
-        .json()
-        .await
-        .unwrap();
-    let earlier = earlier["id"].as_str().map(str::to_owned);
+    let earlier = research(f, "allowed").await["id"].as_str().map(str::to_owned);
     let attempts: Vec<(&'static str, String, Value)> = vec![
         ("run", format!("/api/v1/tickets/{t}/runs"), json!({"phase": "research", "clanker": clanker})),
         (
@@ -98,25 +97,12 @@ async fn every_way_a_run_starts_refuses_a_clanker_outside_its_projects_and_a_sto
         assert_eq!((way, status, code.as_str()), (way, 422, "clanker_not_started"));
     }
     // The refusal names the clanker and the fix.
-    let t = &f.ticket;
-    let refused: Value = f
-        .app
-        .post_json(&format!("/api/v1/tickets/{t}/runs"), &json!({"phase": "research", "clanker": "elsewhere"}))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let refused = research(&f, "elsewhere").await;
     let message = refused["message"].as_str().unwrap();
     assert!(message.contains("elsewhere") && message.contains("shop") && message.contains("shared"), "{message}");
 
     // A re-run checks the clanker as it is now: stopped since the first run, it is refused.
-    let first: Value = f
-        .app
-        .post_json(&format!("/api/v1/tickets/{t}/runs"), &json!({"phase": "research", "clanker": "allowed"}))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let first = research(&f, "allowed").await;
     f.app.post_json("/api/v1/clankers/allowed/stop", &json!({})).await;
     let rerun = f.app.post_json(&format!("/api/v1/jobs/{}/rerun", first["id"].as_str().unwrap()), &json!({})).await;
     assert_eq!(rerun.status(), 422);
@@ -128,13 +114,7 @@ async fn every_way_a_run_starts_refuses_a_clanker_outside_its_projects_and_a_sto
 async fn every_way_a_run_starts_refuses_an_archived_ticket_alike() {
     let f = fixture().await;
     let t = &f.ticket;
-    let earlier: Value = f
-        .app
-        .post_json(&format!("/api/v1/tickets/{t}/runs"), &json!({"phase": "research", "clanker": "allowed"}))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let earlier = research(&f, "allowed").await;
     assert!(f.app.post_json(&format!("/api/v1/tickets/{t}/archive"), &json!({})).await.status().is_success());
     let mut seen = Vec::new();
     for (way, path, body) in [

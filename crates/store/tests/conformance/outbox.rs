@@ -17,6 +17,23 @@ backend_tests!(
     only_the_lease_holder_reads_a_consumer_and_an_expired_lease_passes_on,
 );
 
+/// A queued job of `phase` for `ticket`.
+async fn queued(
+    store: &viberglass_store::Store,
+    ticket: &viberglass_domain::Ticket,
+    phase: Phase,
+) -> viberglass_domain::Job {
+    let new = viberglass_store::NewJob {
+        id: viberglass_domain::JobId::new(),
+        project_id: ticket.project_id,
+        ticket_id: Some(ticket.id),
+        clanker_id: None,
+        spec: spec(phase),
+        requested_by: None,
+    };
+    store.create_job(new).await.unwrap()
+}
+
 fn ticket_input(title: &str) -> NewTicket {
     let input: TicketInput = serde_json::from_value(serde_json::json!({"title": title})).unwrap();
     NewTicket::parse(input).unwrap()
@@ -37,17 +54,7 @@ async fn a_change_and_its_event_commit_together_or_not_at_all(backend: TestBacke
 
     // The same for a job's end: it stays live, with no event.
     let ticket = store.create_ticket(project.id, ticket_input("Kept"), None).await.unwrap();
-    let job = store
-        .create_job(viberglass_store::NewJob {
-            id: viberglass_domain::JobId::new(),
-            project_id: project.id,
-            ticket_id: Some(ticket.id),
-            clanker_id: None,
-            spec: spec(Phase::Research),
-            requested_by: None,
-        })
-        .await
-        .unwrap();
+    let job = queued(&store, &ticket, Phase::Research).await;
     store.inject_outbox_failure();
     let done = Outcome::Completed { result: JobResult::default(), summary: "ok".into() };
     assert!(store.finish_job(job.id, done.clone()).await.is_err());
@@ -65,17 +72,7 @@ async fn a_jobs_life_is_told_in_order_in_the_outbox(backend: TestBackend) {
     let store = db.store().await;
     let project = store.create_project(new_project(serde_json::json!({"name": "App"}))).await.unwrap();
     let ticket = store.create_ticket(project.id, ticket_input("Fix it"), None).await.unwrap();
-    let job = store
-        .create_job(viberglass_store::NewJob {
-            id: viberglass_domain::JobId::new(),
-            project_id: project.id,
-            ticket_id: Some(ticket.id),
-            clanker_id: None,
-            spec: spec(Phase::Execution),
-            requested_by: None,
-        })
-        .await
-        .unwrap();
+    let job = queued(&store, &ticket, Phase::Execution).await;
     store.claim_next_job("h").await.unwrap();
     store.heartbeat_job(job.id).await.unwrap();
     store.heartbeat_job(job.id).await.unwrap();
