@@ -112,6 +112,21 @@ async fn a_server_killed_mid_run_and_restarted_sees_the_job_complete_once() {
     assert_eq!(count("completed:"), 1, "{messages:#?}");
     let jobs = get(&client, server.url("/api/v1/jobs")).await;
     assert_eq!(jobs["items"].as_array().unwrap().len(), 1, "no duplicate job");
+
+    // The outbox consumer the killed server held resumes in the restarted one
+    // (once the dead server's lease lapses) and reads everything written.
+    let target = viberglass_store::DatabaseTarget::Sqlite { path: dir.path().join("viberglass-data/viberglass.db") };
+    let store = viberglass_store::Store::connect(&target, Default::default()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(45);
+    loop {
+        let states = store.consumer_states().await.unwrap();
+        let status = states.iter().find(|c| c.name == "ticket-status");
+        if status.is_some_and(|c| c.pending == 0 && c.handled > 0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the ticket-status consumer did not resume: {states:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
