@@ -104,11 +104,11 @@ impl From<StoreError> for ApiError {
                 "busy",
                 format!("the {entity} is being changed by someone else right now; try again"),
             ),
-            other if other.is_unavailable() => {
+            other if let Some(reason) = other.unavailable_reason() => {
                 let mut api = ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "database_unavailable",
-                    format!("the database is unavailable ({}); try again shortly", unavailable_reason(&other)),
+                    format!("the database is unavailable ({reason}); try again shortly"),
                 )
                 .with_hint(
                     "an operator should check that the database is running and reachable (GET /readyz says why)",
@@ -118,15 +118,6 @@ impl From<StoreError> for ApiError {
             }
             other @ (StoreError::Database(_) | StoreError::Corrupt { .. }) => ApiError::internal(error_chain(&other)),
         }
-    }
-}
-
-/// Why the database could not be reached, in words safe to show (no addresses or credentials).
-fn unavailable_reason(err: &StoreError) -> &'static str {
-    match err {
-        e if e.to_string().contains("pool timed out") => "no connection could be had in time",
-        e if e.to_string().contains("closed") => "the server is shutting down",
-        _ => "the connection failed",
     }
 }
 

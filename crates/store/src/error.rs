@@ -65,7 +65,18 @@ impl StoreError {
     /// Whether the database could not be reached at all (down, restarting,
     /// out of connections), as opposed to refusing one query.
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, StoreError::Database(sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)))
+        self.unavailable_reason().is_some()
+    }
+
+    /// Why the database could not be reached, in words safe to show (no
+    /// addresses or credentials); `None` when it was reached.
+    pub fn unavailable_reason(&self) -> Option<&'static str> {
+        match self {
+            StoreError::Database(sqlx::Error::PoolTimedOut) => Some("no connection could be had in time"),
+            StoreError::Database(sqlx::Error::PoolClosed) => Some("the server is shutting down"),
+            StoreError::Database(sqlx::Error::Io(_)) => Some("the connection failed"),
+            _ => None,
+        }
     }
 
     pub(crate) fn not_found(entity: &'static str, id: impl ToString) -> Self {
