@@ -399,7 +399,19 @@ impl ComputeTarget for LocalTarget {
     fn log_tail(&self, job_id: JobId) -> BoxFuture<'_, Option<String>> {
         async move {
             let path = self.settings.workspace_root.join(job_id.to_string()).join("worker.log");
-            let text = std::fs::read_to_string(path).ok()?;
+            // The workspace is the agent's to write: never follow a link it put
+            // there, and read only the end of the file.
+            let meta = std::fs::symlink_metadata(&path).ok()?;
+            if !meta.file_type().is_file() {
+                return Some("the worker's log was replaced by something that is not a file".into());
+            }
+            let mut file = std::fs::File::open(&path).ok()?;
+            use std::io::{Read, Seek, SeekFrom};
+            let from = meta.len().saturating_sub(64 * 1024);
+            file.seek(SeekFrom::Start(from)).ok()?;
+            let mut bytes = Vec::new();
+            file.take(64 * 1024).read_to_end(&mut bytes).ok()?;
+            let text = String::from_utf8_lossy(&bytes);
             let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
             let tail = lines[lines.len().saturating_sub(10)..].join("\n");
             Some(tail.chars().rev().take(3000).collect::<Vec<_>>().into_iter().rev().collect())

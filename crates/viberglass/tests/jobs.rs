@@ -766,3 +766,21 @@ async fn files_the_agent_links_out_of_the_checkout_are_refused() {
     let document = app.get(&format!("/api/v1/tickets/{}/documents/research", setup.ticket)).await;
     assert_eq!(document.status(), 404, "nothing of /etc/passwd became the document");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn git_after_the_agent_never_uses_a_repository_the_agent_built_around_the_checkout() {
+    let app = app(TestBackend::Sqlite, 60).await;
+    let repo = ServedRepo::with_files(&[("README.md", "x")]).await;
+    let canary = Canary::start().await;
+    let (port, url) = (canary.port, repo.url());
+    // Break the real .git so that git, left to look, would take the checkout itself for a bare repository.
+    let script = format!(
+        "rm -f .git/HEAD; mkdir -p objects refs/heads; echo 'ref: refs/heads/main' > HEAD; \
+         printf '[core]\\n\\tbare = true\\n[url \"http://127.0.0.1:{port}/\"]\\n\\tinsteadOf = {url}\\n' > config; \
+         echo changed >> README.md"
+    );
+    let setup = setup(&app, &url, &script, 600).await;
+    let id = run(&app, &setup, "execution").await;
+    let done = wait_for(&app, &id, &["completed", "failed"], Duration::from_secs(60)).await;
+    assert_eq!(canary.hits(), 0, "the agent's repository was never used: {done}");
+}

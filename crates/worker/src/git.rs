@@ -75,11 +75,24 @@ impl Git {
             .env("GIT_ASKPASS", &askpass)
             .env("GIT_CONFIG_NOSYSTEM", "1")
             .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            // A fresh, empty home: no attributes or ignore files the agent planted in its own.
+            .env("HOME", &helper_dir)
+            .env("XDG_CONFIG_HOME", &helper_dir)
             .env_remove("GIT_CONFIG_PARAMETERS")
-            .env_remove("GIT_DIR")
-            .env_remove("GIT_WORK_TREE")
             .env_remove("VIBERGLASS_JOB_TOKEN");
-        if let Some(credential) = &self.credential {
+        // In a checkout, name its git directory outright: git never goes looking
+        // (a repository the agent built around or above it is never used).
+        if dir.join(".git").exists() {
+            command
+                .env("GIT_DIR", dir.join(".git"))
+                .env("GIT_WORK_TREE", dir)
+                .env("GIT_CEILING_DIRECTORIES", dir.parent().unwrap_or(dir));
+        } else {
+            command.env_remove("GIT_DIR").env_remove("GIT_WORK_TREE");
+        }
+        // The credential only where git talks to the remote.
+        let remote = matches!(args.first(), Some(&("clone" | "ls-remote" | "fetch" | "push")));
+        if let Some(credential) = self.credential.as_ref().filter(|_| remote) {
             command
                 .env("VIBERGLASS_GIT_USERNAME", &credential.username)
                 .env("VIBERGLASS_GIT_PASSWORD", &credential.password);
