@@ -17,8 +17,8 @@ impl Adapter for ClaudeCode {
         "ANTHROPIC_API_KEY"
     }
 
-    fn default_base_url(&self) -> &'static str {
-        "https://api.anthropic.com"
+    fn upstream(&self, settings: &crate::AgentSettings) -> Result<crate::Upstream, String> {
+        Ok(crate::Upstream::new(settings.base_url.as_ref(), "https://api.anthropic.com", crate::KeyStyle::Anthropic))
     }
 
     fn invocation(&self, cx: &RunContext<'_>) -> Invocation {

@@ -17,8 +17,8 @@ impl Adapter for Codex {
         "OPENAI_API_KEY"
     }
 
-    fn default_base_url(&self) -> &'static str {
-        "https://api.openai.com/v1"
+    fn upstream(&self, settings: &crate::AgentSettings) -> Result<crate::Upstream, String> {
+        Ok(crate::Upstream::new(settings.base_url.as_ref(), "https://api.openai.com/v1", crate::KeyStyle::Bearer))
     }
 
     fn invocation(&self, cx: &RunContext<'_>) -> Invocation {

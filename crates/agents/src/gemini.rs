@@ -24,8 +24,12 @@ impl Adapter for GeminiCli {
         "GEMINI_API_KEY"
     }
 
-    fn default_base_url(&self) -> &'static str {
-        "https://generativelanguage.googleapis.com"
+    fn upstream(&self, settings: &crate::AgentSettings) -> Result<crate::Upstream, String> {
+        Ok(crate::Upstream::new(
+            settings.base_url.as_ref(),
+            "https://generativelanguage.googleapis.com",
+            crate::KeyStyle::Google,
+        ))
     }
 
     fn invocation(&self, cx: &RunContext<'_>) -> Invocation {

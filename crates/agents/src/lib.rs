@@ -23,8 +23,59 @@ pub struct RunContext<'a> {
     pub prompt: &'a str,
     /// A fresh home directory for the CLI (outside /tmp).
     pub home: PathBuf,
+    /// The settings the CLI runs with. The worker points `base_url` at its
+    /// loopback key proxy, so the CLI never talks to the provider itself.
     pub settings: &'a AgentSettings,
+    /// The key the CLI presents: the worker's per-run placeholder, which only
+    /// its key proxy accepts (the real key never enters the agent's sandbox).
     pub api_key: &'a str,
+}
+
+/// How a provider takes its API key, which the worker's key proxy adds to
+/// each request the CLI makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyStyle {
+    /// Anthropic: `x-api-key: <key>`.
+    Anthropic,
+    /// OpenAI and the APIs that copy it (Mistral, Moonshot, OpenAI-compatible gateways):
+    /// `Authorization: Bearer <key>`.
+    Bearer,
+    /// Google Gemini: `x-goog-api-key: <key>` (a `key` query parameter is replaced too).
+    Google,
+}
+
+/// Where an agent's model requests really go, and how the key is presented.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub base_url: String,
+    pub style: KeyStyle,
+}
+
+impl Upstream {
+    fn new(base_url: Option<&String>, default: &str, style: KeyStyle) -> Upstream {
+        Upstream { base_url: base_url.cloned().unwrap_or_else(|| default.to_owned()), style }
+    }
+}
+
+/// The upstream of the CLIs that speak several model APIs (Qwen Code, OpenCode), by provider name.
+pub(crate) fn provider_upstream(agent: &str, provider: &str, settings: &AgentSettings) -> Result<Upstream, String> {
+    let known = match provider {
+        "openai" | "openai-responses" => Some(("https://api.openai.com/v1", KeyStyle::Bearer)),
+        "anthropic" => Some(("https://api.anthropic.com/v1", KeyStyle::Anthropic)),
+        "google" | "gemini" => Some(("https://generativelanguage.googleapis.com/v1beta", KeyStyle::Google)),
+        "mistral" => Some(("https://api.mistral.ai/v1", KeyStyle::Bearer)),
+        "moonshot" | "moonshotai" => Some(("https://api.moonshot.ai/v1", KeyStyle::Bearer)),
+        _ => None,
+    };
+    match (known, &settings.base_url) {
+        (Some((default, style)), url) => Ok(Upstream::new(url.as_ref(), default, style)),
+        // Any other provider: an OpenAI-compatible API at the URL the clanker names.
+        (None, Some(url)) => Ok(Upstream { base_url: url.clone(), style: KeyStyle::Bearer }),
+        (None, None) => Err(format!(
+            "the {agent} provider `{provider}` has no known API address: set agent_settings.base_url to its \
+             OpenAI-compatible base URL, or use openai, anthropic, google, mistral or moonshot"
+        )),
+    }
 }
 
 /// A command to run in the checkout, with stdin closed.
@@ -57,10 +108,9 @@ pub trait Adapter: Send + Sync {
     fn kind(&self) -> AgentKind;
     /// The secret (environment variable) the API key usually lives in.
     fn default_key_secret(&self) -> &'static str;
-    /// Where the CLI sends its model requests when no `base_url` is set, for messages.
-    fn default_base_url(&self) -> &'static str {
-        "the provider's default API"
-    }
+    /// Where the CLI's model requests really go (the clanker's `base_url`, or
+    /// the provider's API) and how that API takes its key.
+    fn upstream(&self, settings: &AgentSettings) -> Result<Upstream, String>;
     fn invocation(&self, cx: &RunContext<'_>) -> Invocation;
     fn parser(&self) -> Box<dyn StreamParser>;
 }

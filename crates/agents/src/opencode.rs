@@ -20,6 +20,10 @@ impl Adapter for OpenCode {
         "OPENAI_API_KEY"
     }
 
+    fn upstream(&self, settings: &crate::AgentSettings) -> Result<crate::Upstream, String> {
+        crate::provider_upstream("OpenCode", settings.provider.as_deref().unwrap_or("openai"), settings)
+    }
+
     fn invocation(&self, cx: &RunContext<'_>) -> Invocation {
         let provider = cx.settings.provider.clone().unwrap_or_else(|| "openai".to_owned());
         let model = cx.settings.model.clone().unwrap_or_else(|| "gpt-5.5".to_owned());

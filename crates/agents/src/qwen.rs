@@ -16,6 +16,16 @@ impl Adapter for QwenCode {
         "OPENAI_API_KEY"
     }
 
+    fn upstream(&self, settings: &crate::AgentSettings) -> Result<crate::Upstream, String> {
+        let provider = settings.provider.as_deref().unwrap_or("openai");
+        let mut upstream = crate::provider_upstream("Qwen Code", provider, settings)?;
+        // Qwen Code's Anthropic client adds `/v1` itself.
+        if provider == "anthropic" && settings.base_url.is_none() {
+            upstream.base_url = "https://api.anthropic.com".to_owned();
+        }
+        Ok(upstream)
+    }
+
     fn invocation(&self, cx: &RunContext<'_>) -> Invocation {
         let provider = cx.settings.provider.clone().unwrap_or_else(|| "openai".to_owned());
         let mut args: Vec<String> = vec![

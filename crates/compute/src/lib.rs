@@ -57,6 +57,9 @@ pub struct LaunchRequest {
     pub server_url: String,
     pub token: String,
     pub config: ComputeConfig,
+    /// The programs the clanker names (see `HarnessSpec::program`), which the
+    /// worker must be able to run: the local target binds absolute ones into its sandbox.
+    pub programs: Vec<String>,
 }
 
 impl std::fmt::Debug for LaunchRequest {
@@ -101,8 +104,13 @@ pub struct Provisioned {
 pub trait ComputeTarget: Send + Sync {
     fn kind(&self) -> ComputeKind;
 
-    /// Makes the target ready for a clanker's workers (idempotent).
-    fn provision<'a>(&'a self, config: &'a ComputeConfig) -> BoxFuture<'a, Result<Provisioned, ComputeError>>;
+    /// Makes the target ready for a clanker's workers (idempotent), checking
+    /// that a worker there can run `programs` (the ones the clanker names).
+    fn provision<'a>(
+        &'a self,
+        config: &'a ComputeConfig,
+        programs: &'a [String],
+    ) -> BoxFuture<'a, Result<Provisioned, ComputeError>>;
 
     /// Starts a worker for a job; returns how the target names it, owner
     /// included (e.g. `local:<host>:<pid>:<start>`).

@@ -94,6 +94,43 @@ const SYSTEM_FILES: &[&str] = &[
     "/etc/os-release",
 ];
 
+/// What to bind read-only so that the programs a clanker names run in the
+/// sandbox, wherever they live: for each absolute path (and the path a link
+/// there leads to), its package (the nearest `node_modules` or Python
+/// virtual environment above it, whose other files it loads), else its own
+/// directory; only the file itself when that directory is a broad one such
+/// as `/tmp` or a home directory.
+fn program_binds(programs: &[String]) -> Vec<std::path::PathBuf> {
+    use std::path::{Path, PathBuf};
+    let broad = |dir: &Path| {
+        dir.components().count() < 3
+            || ["/var/tmp", "/home", "/root"].iter().any(|b| dir == Path::new(b))
+            || std::env::var_os("HOME").is_some_and(|home| dir == Path::new(&home))
+    };
+    let root_of = |file: &Path| -> PathBuf {
+        let package = file
+            .ancestors()
+            .skip(1)
+            .find(|dir| dir.file_name().is_some_and(|n| n == "node_modules") || dir.join("pyvenv.cfg").is_file());
+        match package.or_else(|| file.parent()) {
+            Some(dir) if !broad(dir) => dir.to_owned(),
+            _ => file.to_owned(),
+        }
+    };
+    let mut binds: Vec<PathBuf> = Vec::new();
+    for program in programs.iter().map(Path::new).filter(|p| p.is_absolute()) {
+        let real = std::fs::canonicalize(program).ok();
+        for file in std::iter::once(program.to_owned()).chain(real) {
+            let root = root_of(&file);
+            if !binds.iter().any(|b| root.starts_with(b)) {
+                binds.retain(|b| !b.starts_with(&root));
+                binds.push(root);
+            }
+        }
+    }
+    binds
+}
+
 /// Environment variables a worker inherits from the server; nothing else
 /// (in particular no server secrets) reaches it.
 const PASSED_THROUGH: &[&str] = &["PATH", "LANG", "LC_ALL", "TZ", "SSL_CERT_FILE", "SSL_CERT_DIR"];
@@ -125,8 +162,14 @@ impl LocalTarget {
     }
 
     /// The command that starts the worker binary with `args`, inside the
-    /// sandbox when there is one, with `workspace` writable.
-    fn worker_command(&self, workspace: &std::path::Path, args: &[&str]) -> tokio::process::Command {
+    /// sandbox when there is one, with `workspace` writable and the
+    /// clanker's `programs` visible.
+    fn worker_command(
+        &self,
+        workspace: &std::path::Path,
+        args: &[&str],
+        programs: &[String],
+    ) -> tokio::process::Command {
         let binary = &self.settings.worker_binary;
         let mut command = match &self.bwrap {
             // Only what a job needs: the system's programs and libraries and a
@@ -158,8 +201,12 @@ impl LocalTarget {
                 for path in &self.settings.read_only_paths {
                     c.arg("--ro-bind-try").arg(path).arg(path);
                 }
-                c.args(["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"])
-                    .arg("--ro-bind")
+                c.args(["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]);
+                // After the private /tmp, so an agent CLI may live under /tmp too.
+                for path in program_binds(programs) {
+                    c.arg("--ro-bind-try").arg(&path).arg(&path);
+                }
+                c.arg("--ro-bind")
                     .arg(binary)
                     .arg(binary)
                     .arg("--bind")
@@ -186,11 +233,14 @@ impl LocalTarget {
 
     /// Runs `viberglass worker --self-check` the way a job's worker starts, so
     /// that "ready" means a job can start here.
-    async fn self_check(&self) -> Result<(), ComputeError> {
+    async fn self_check(&self, programs: &[String]) -> Result<(), ComputeError> {
         let dir = self.settings.workspace_root.join(format!(".self-check-{}", std::process::id()));
         std::fs::create_dir_all(&dir)
             .map_err(|e| ComputeError::Permanent(format!("cannot create {}: {e}", dir.display())))?;
-        let mut command = self.worker_command(&dir, &["worker", "--self-check"]);
+        let checks: Vec<String> = programs.iter().map(|p| format!("--program={p}")).collect();
+        let mut args = vec!["worker", "--self-check"];
+        args.extend(checks.iter().map(String::as_str));
+        let mut command = self.worker_command(&dir, &args, programs);
         command.env("HOME", &dir).stdin(Stdio::null()).kill_on_drop(true);
         let output = tokio::time::timeout(std::time::Duration::from_secs(30), command.output()).await;
         let _ = std::fs::remove_dir_all(&dir);
@@ -200,6 +250,13 @@ impl LocalTarget {
                 if out.status.success() && String::from_utf8_lossy(&out.stdout).contains("viberglass worker ok") =>
             {
                 Ok(())
+            }
+            Ok(Ok(out)) if String::from_utf8_lossy(&out.stderr).contains("the clanker's program cannot run") => {
+                Err(ComputeError::Permanent(format!(
+                    "{}{sandbox}: install it, fix the clanker's command or `binary`, or make its directory visible \
+                     to workers with VIBERGLASS_SANDBOX_PATHS",
+                    String::from_utf8_lossy(&out.stderr).trim().chars().take(500).collect::<String>()
+                )))
             }
             Ok(Ok(out)) => Err(ComputeError::Permanent(format!(
                 "the worker binary {} does not run{sandbox} ({}): {}",
@@ -283,7 +340,7 @@ impl LocalTarget {
             let _ = file.flush();
         }
         let job = request.job_id.to_string();
-        let mut command = self.worker_command(&workspace, &["worker", "--job", &job]);
+        let mut command = self.worker_command(&workspace, &["worker", "--job", &job], &request.programs);
         command.stdin(Stdio::null()).stdout(log).stderr(log_err).process_group(0).kill_on_drop(false);
         command
             .env("HOME", workspace.join("home"))
@@ -328,7 +385,11 @@ impl ComputeTarget for LocalTarget {
         ComputeKind::Local
     }
 
-    fn provision<'a>(&'a self, _config: &'a ComputeConfig) -> BoxFuture<'a, Result<Provisioned, ComputeError>> {
+    fn provision<'a>(
+        &'a self,
+        _config: &'a ComputeConfig,
+        programs: &'a [String],
+    ) -> BoxFuture<'a, Result<Provisioned, ComputeError>> {
         async move {
             if !self.settings.worker_binary.exists() {
                 return Err(ComputeError::Permanent(format!(
@@ -342,10 +403,10 @@ impl ComputeTarget for LocalTarget {
             if let Some(missing) = self.sandbox_missing() {
                 return Err(missing);
             }
-            self.self_check().await?;
+            self.self_check(programs).await?;
             let message = if self.sandboxed() {
                 "ready: workers run sandboxed with bubblewrap (read-only system, writable workspace, private /tmp, \
-                 own PID namespace), and the worker binary passed its self-check there"
+                 own PID namespace), and the worker binary passed its self-check there (the clanker's program included)"
             } else {
                 "ready, unsandboxed (VIBERGLASS_SANDBOX=none): workers run as plain local processes (each in its own \
                  workspace directory and process group, with a scrubbed environment) and their agents can read \
@@ -464,6 +525,7 @@ mod tests {
             server_url: "http://127.0.0.1:1".into(),
             token: "t".into(),
             config: ComputeConfig::Local(Default::default()),
+            programs: Vec::new(),
         };
         let compute_ref = target.launch(request).await.unwrap();
         // Until the child has exec'd, /proc shows the parent's command line.
@@ -492,6 +554,29 @@ mod tests {
         panic!("the worker still runs after stop");
     }
 
+    #[test]
+    fn programs_are_bound_with_their_package_and_never_a_whole_broad_directory() {
+        let root = tempfile::tempdir().unwrap();
+        let package = root.path().join("tools/node_modules/@acme/cli");
+        std::fs::create_dir_all(&package).unwrap();
+        std::fs::create_dir_all(root.path().join("tools/node_modules/.bin")).unwrap();
+        std::fs::write(package.join("cli.js"), "").unwrap();
+        let link = root.path().join("tools/node_modules/.bin/cli");
+        std::os::unix::fs::symlink("../@acme/cli/cli.js", &link).unwrap();
+        let modules = std::fs::canonicalize(root.path().join("tools/node_modules")).unwrap();
+        let binds = program_binds(&[link.display().to_string(), "sh".into()]);
+        assert!(
+            binds.iter().all(|b| b.starts_with(root.path()) || b.starts_with(&modules)) && binds.len() <= 2,
+            "the node_modules tree, once (and a name on the PATH binds nothing): {binds:?}"
+        );
+        assert!(binds.iter().any(|b| b.ends_with("node_modules")), "{binds:?}");
+        let loose = program_binds(&["/tmp/agent".into()]);
+        assert_eq!(loose, [std::path::PathBuf::from("/tmp/agent")], "never all of /tmp");
+        let nested = root.path().join("bin/agent");
+        let binds = program_binds(&[nested.display().to_string()]);
+        assert_eq!(binds, [root.path().join("bin")], "its own directory");
+    }
+
     #[tokio::test]
     async fn a_missing_binary_is_a_permanent_error() {
         let root = tempfile::tempdir().unwrap();
@@ -501,10 +586,11 @@ mod tests {
             server_url: String::new(),
             token: String::new(),
             config: ComputeConfig::Local(Default::default()),
+            programs: Vec::new(),
         };
         let err = target.launch(request).await.unwrap_err();
         assert!(!err.is_transient());
         assert!(err.to_string().contains("/nonexistent/viberglass"), "{err}");
-        assert!(target.provision(&ComputeConfig::Local(Default::default())).await.is_err());
+        assert!(target.provision(&ComputeConfig::Local(Default::default()), &[]).await.is_err());
     }
 }

@@ -47,6 +47,18 @@ pub enum HarnessSpec {
     Agent { agent: crate::AgentKind, settings: crate::clanker::AgentSettings },
 }
 
+impl HarnessSpec {
+    /// The program the clanker names explicitly (a command's first word, an
+    /// agent CLI's `binary`): compute targets make sure workers can run it.
+    pub fn program(&self) -> Option<&str> {
+        match self {
+            HarnessSpec::Command { command } => command.first().map(String::as_str),
+            HarnessSpec::Agent { settings, .. } => settings.binary.as_deref(),
+        }
+        .filter(|p| !p.trim().is_empty())
+    }
+}
+
 /// Everything a worker needs to run a job, frozen when the job is queued so a
 /// later settings change cannot alter a run in flight.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

@@ -163,7 +163,13 @@ impl Engine {
             end_job(&self.store, &job, Outcome::failed(failure)).await?;
             return Ok(());
         };
-        let request = LaunchRequest { job_id: job.id, server_url: self.server_url.to_string(), token, config };
+        let request = LaunchRequest {
+            job_id: job.id,
+            server_url: self.server_url.to_string(),
+            token,
+            config,
+            programs: crate::service::clankers::programs_of(&clanker),
+        };
         match target.launch(request).await {
             Ok(compute_ref) => {
                 tracing::info!(compute_ref, clanker = clanker.slug.as_str(), "worker started");

@@ -54,6 +54,9 @@ struct WorkerArgs {
     /// Check that the worker runs here (as a compute target starts it), print `viberglass worker ok` and exit.
     #[arg(long)]
     self_check: bool,
+    /// With --self-check: a program the clanker runs, which must be executable here (a path, or a name on the PATH).
+    #[arg(long = "program", requires = "self_check")]
+    programs: Vec<String>,
     /// The job to run.
     #[arg(long, required_unless_present = "self_check")]
     job: Option<String>,
@@ -174,6 +177,12 @@ fn rotate_key(args: RotateArgs) -> ExitCode {
 fn run_worker(args: WorkerArgs) -> ExitCode {
     if args.self_check {
         // Reached only if the binary, its libraries and the sandbox all work.
+        for program in &args.programs {
+            if let Err(why) = viberglass_worker::harness::ensure_program(program) {
+                eprintln!("the clanker's program cannot run on this worker: {why}");
+                return ExitCode::FAILURE;
+            }
+        }
         println!("viberglass worker ok");
         return ExitCode::SUCCESS;
     }

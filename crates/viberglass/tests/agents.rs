@@ -441,3 +441,52 @@ async fn codex_takes_a_one_mebibyte_prompt() {
         a_one_mebibyte_prompt_reaches_the_model(agent).await;
     }
 }
+
+/// The agent's model key stays in the worker: the CLI gets a loopback proxy
+/// and a placeholder. An agent that dumps every environment it can see and
+/// its home directory finds only the placeholder, while the model API
+/// receives the real key.
+async fn the_agent_holds_only_a_placeholder_key(agent: Agent) {
+    let dump = "{ for p in /proc/[0-9]*; do tr '\\0' '\\n' < $p/environ; done 2>/dev/null | sort -u; \
+                ls -la ~; find ~ -type f -size -1M -exec cat {} + 2>/dev/null | head -c 200000; } > dump.txt; \
+                grep -c viberglass-placeholder dump.txt; grep -o 'viberglass-placeholder-[0-9a-f]*' dump.txt | head -n 1; \
+                grep -c 'sk-mock-key-[0-9]' dump.txt; printf '# Findings\\n' > RESEARCH.md";
+    let model = MockModel::start(vec![Step::Run(dump.into()), Step::Text("Looked around.".into())]).await;
+    let (app, ticket, _repo) = setup(&agent, &model, true).await;
+    let (research, _) = run(&app, &ticket, "research").await;
+    assert_eq!(research["status"], "completed", "{research}");
+    let requests = model.requests();
+    let key_of = |r: &viberglass_testkit::model::Recorded| {
+        r.header("x-api-key").or(r.header("authorization")).unwrap_or_default().to_owned()
+    };
+    assert!(!requests.is_empty());
+    for request in &requests {
+        assert!(key_of(request).contains("sk-mock-key-0123456789"), "the model API gets the real key: {request:?}");
+        assert!(
+            !request.body.to_string().contains("sk-mock-key-0123456789"),
+            "nothing the agent saw held the real key: {}",
+            request.body
+        );
+    }
+    let answered =
+        requests.iter().find(|r| r.body.to_string().contains("viberglass-placeholder-")).unwrap_or_else(|| {
+            panic!("the dump reached the model: {:?}", requests.iter().map(|r| &r.path).collect::<Vec<_>>())
+        });
+    // The dump's counts: the placeholder found, the real key not (`grep -c` prints 0).
+    let body = answered.body.to_string();
+    assert!(body.contains("viberglass-placeholder-"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claude_code_holds_only_a_placeholder_key() {
+    if let Some(agent) = claude() {
+        the_agent_holds_only_a_placeholder_key(agent).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codex_holds_only_a_placeholder_key() {
+    if let Some(agent) = codex() {
+        the_agent_holds_only_a_placeholder_key(agent).await;
+    }
+}

@@ -784,3 +784,124 @@ async fn git_after_the_agent_never_uses_a_repository_the_agent_built_around_the_
     let done = wait_for(&app, &id, &["completed", "failed"], Duration::from_secs(60)).await;
     assert_eq!(canary.hits(), 0, "the agent's repository was never used: {done}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_cannot_replace_the_askpass_helper_or_write_beside_its_checkout() {
+    if !bwrap_installed() {
+        return eprintln!("note: bubblewrap is not installed; skipping the askpass test");
+    }
+    let app = app(TestBackend::Sqlite, 60).await;
+    let repo = ServedRepo::with_files(&[("README.md", "x")]).await;
+    let canary = Canary::start().await;
+    let port = canary.port;
+    // A planted helper beside the checkout, and a watcher, detached from the
+    // agent's session, that overwrites every askpass helper it can find.
+    let script = format!(
+        "evil='#!/bin/sh\ngit ls-remote http://127.0.0.1:{port}/askpass >/dev/null 2>&1; echo x\n'; \
+         printf \"$evil\" > ../.askpass-planted 2>/dev/null && echo WROTE:workspace; \
+         mkdir -p ../.askpass-0000000000000000 2>/dev/null && echo WROTE:helper-dir; \
+         setsid sh -c 'while :; do for f in $(find .. /tmp -name \".askpass*\" 2>/dev/null); do \
+           printf \"%s\" \"$0\" > \"$f/askpass\" 2>/dev/null; printf \"%s\" \"$0\" > \"$f\" 2>/dev/null; done; sleep 0.05; done' \"$evil\" \
+           </dev/null >/dev/null 2>&1 & \
+         echo changed >> README.md"
+    );
+    let setup = setup(&app, &repo.url(), &script, 600).await;
+    let id = run(&app, &setup, "execution").await;
+    let done = wait_for(&app, &id, &["completed", "failed"], Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let events = app.get(&format!("/api/v1/jobs/{id}/events?limit=1000")).await.text().await.unwrap();
+    assert!(!events.contains("WROTE:"), "the workspace around the checkout is read-only to the agent: {events}");
+    assert_eq!(canary.hits(), 0, "no askpass but the worker's ran");
+    let branch = done["branch"].as_str().unwrap();
+    assert!(repo.git(&["branch", "--list", branch]).contains(branch), "the push used the worker's own credential path");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_cannot_bootstrap_its_job_again() {
+    let app = app(TestBackend::Sqlite, 60).await;
+    let repo = ServedRepo::with_files(&[("README.md", "x")]).await;
+    // Everything token-like the agent can find (its environment, its
+    // worker's, files around it) is tried against the bootstrap endpoint.
+    let script = format!(
+        "job=$(basename \"$(dirname \"$PWD\")\"); \
+         for t in $( (env; cat /proc/$PPID/environ /proc/1/environ 2>/dev/null | tr '\\0' '\\n'; \
+                      cat ../.viberglass-token ../home/* 2>/dev/null) | grep -oE '[A-Za-z0-9_-]{{20,}}' | sort -u); do \
+           code=$(curl -s -o /dev/null -w '%{{http_code}}' -H \"authorization: Bearer $t\" \
+                  {server}/api/worker/v1/jobs/$job/bootstrap); \
+           [ \"$code\" = 200 ] && echo LEAK:bootstrap; \
+         done; echo tried; echo changed >> README.md",
+        server = app.base_url
+    );
+    let setup = setup(&app, &repo.url(), &script, 600).await;
+    let id = run(&app, &setup, "execution").await;
+    let done = wait_for(&app, &id, &["completed", "failed"], Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let events = app.get(&format!("/api/v1/jobs/{id}/events?limit=1000")).await.text().await.unwrap();
+    assert!(events.contains("tried"), "{events}");
+    assert!(!events.contains("LEAK"), "the agent got the job's secrets: {events}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_program_under_tmp_is_bound_into_the_sandbox_and_a_missing_one_fails_start() {
+    let app = app(TestBackend::Sqlite, 30).await;
+    let repo = ServedRepo::with_files(&[("README.md", "x")]).await;
+    let dir = tempfile::Builder::new().prefix("viberglass-agent-").tempdir_in("/tmp").unwrap();
+    let agent = dir.path().join("agent.sh");
+    std::fs::write(&agent, "#!/bin/sh\necho from-tmp-agent\necho changed >> README.md\n").unwrap();
+    std::fs::set_permissions(&agent, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    app.create_project(json!({"name": "Shop", "repository_url": repo.url(), "planning_needs_approval": false})).await;
+    let missing = app
+        .post_json(
+            "/api/v1/clankers",
+            &json!({"shared": true, "name": "Missing", "agent": "command",
+                    "agent_settings": {"command": [dir.path().join("nope.sh")]}}),
+        )
+        .await;
+    assert_eq!(missing.status(), 201);
+    let started: Value = app.post_json("/api/v1/clankers/missing/start", &json!({})).await.json().await.unwrap();
+    assert_eq!(started["status"], "failed", "{started}");
+    let message = started["status_message"].as_str().unwrap();
+    assert!(message.contains("nope.sh") && message.contains("VIBERGLASS_SANDBOX_PATHS"), "{message}");
+
+    let created = app
+        .post_json(
+            "/api/v1/clankers",
+            &json!({"shared": true, "name": "Scripted", "agent": "command", "agent_settings": {"command": [agent]}}),
+        )
+        .await;
+    assert_eq!(created.status(), 201);
+    let started: Value = app.post_json("/api/v1/clankers/scripted/start", &json!({})).await.json().await.unwrap();
+    assert_eq!(started["status"], "active", "{started}");
+    let ticket = app.create_ticket("shop", json!({"title": "Fix the readme"})).await;
+    let setup = Setup { ticket: ticket["id"].as_str().unwrap().to_owned() };
+    let id = run(&app, &setup, "execution").await;
+    let done = wait_for(&app, &id, &["completed", "failed"], Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let events = app.get(&format!("/api/v1/jobs/{id}/events?limit=1000")).await.text().await.unwrap();
+    assert!(events.contains("from-tmp-agent"), "{events}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_sandbox_what_an_agent_detaches_is_stopped_when_it_exits() {
+    let app = fast(TestBackend::Sqlite)
+        .env("VIBERGLASS_SANDBOX", "none")
+        .env("VIBERGLASS_HEARTBEAT_GRACE_SECS", "30")
+        .spawn()
+        .await;
+    let repo = ServedRepo::with_files(&[("README.md", "x")]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("outlived");
+    let script = format!(
+        "setsid sh -c 'sleep 3; echo still-here > {marker}' </dev/null >/dev/null 2>&1 & \
+         echo changed >> README.md",
+        marker = marker.display()
+    );
+    let setup = setup(&app, &repo.url(), &script, 600).await;
+    let id = run(&app, &setup, "execution").await;
+    let done = wait_for(&app, &id, &["completed", "failed"], Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(!marker.exists(), "a process the agent detached with setsid outlived its run");
+    let events = app.get(&format!("/api/v1/jobs/{id}/events?limit=1000")).await.text().await.unwrap();
+    assert!(events.contains("process(es) the agent left running"), "{events}");
+}

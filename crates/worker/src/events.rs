@@ -35,6 +35,13 @@ impl EventSink {
         Self { tx }
     }
 
+    /// A sink that sends nothing (for tests).
+    #[cfg(test)]
+    pub(crate) fn detached() -> Self {
+        let (tx, _) = mpsc::unbounded_channel();
+        Self { tx }
+    }
+
     pub fn progress(&self, step: &str) {
         tracing::info!(step, "progress");
         let _ = self.tx.send(Message::Event(EventKind::Progress, LogLevel::Info, step.to_owned(), None));

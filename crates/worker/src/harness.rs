@@ -54,7 +54,7 @@ pub async fn run_agent(
             false,
         )
     })?;
-    let mut child = agent_command(program, repo)
+    let mut child = agent_command(program, repo, home)
         .args(args)
         .current_dir(repo)
         // Some CLIs (OpenCode) take their project directory from PWD, not from the real cwd.
@@ -101,11 +101,13 @@ pub async fn run_agent(
         () = cancel.cancelled() => {
             stop_group(group);
             let _ = child.kill().await;
+            stop_leftovers(sink, group).await;
             return Ok(AgentEnd::Cancelled);
         }
     };
     // Nothing the agent started outlives it: git runs next, on its checkout.
     stop_group(group);
+    stop_leftovers(sink, group).await;
     let _ = tokio::join!(out, err);
     let status = status.map_err(|e| Failure::internal(format!("waiting for the agent: {e}")))?;
     if status.success() {
@@ -161,12 +163,35 @@ async fn run_cli(
     };
     std::fs::create_dir_all(home.join(".codex"))
         .map_err(|e| Failure::internal(format!("creating the agent's home: {e}")))?;
+    // The real key stays here, in the worker: the CLI talks to a loopback
+    // proxy that adds it, and holds only a placeholder that proxy accepts.
+    let upstream = adapter.upstream(settings).map_err(|why| {
+        Failure::new(FailureLayer::Agent, "agent_api_unknown", format!("clanker {}: {why}", spec.clanker_name), false)
+    })?;
+    let proxy = crate::keyproxy::KeyProxy::start(&upstream.base_url, upstream.style, api_key, sink).await.map_err(
+        |why| {
+            Failure::new(
+                FailureLayer::Agent,
+                "agent_api_invalid",
+                format!(
+                    "the model API address of clanker {} cannot be used: {why}; fix agent_settings.base_url, then re-run",
+                    spec.clanker_name
+                ),
+                false,
+            )
+        },
+    )?;
+    let proxied = viberglass_domain::AgentSettings { base_url: Some(proxy.base_url().to_owned()), ..settings.clone() };
     let invocation = adapter.invocation(&viberglass_agents::RunContext {
         prompt: &spec.prompt,
         home: home.to_owned(),
-        settings,
-        api_key,
+        settings: &proxied,
+        api_key: proxy.placeholder(),
     });
+    // Every other secret of the clanker reaches the agent as a variable (as
+    // configured); the model key never does.
+    let secrets: std::collections::BTreeMap<&String, &String> =
+        secrets.iter().filter(|(name, _)| **name != key_name).collect();
     for (path, content) in &invocation.home_files {
         let path = home.join(path);
         if let Some(dir) = path.parent() {
@@ -186,8 +211,7 @@ async fn run_cli(
             false,
         )
     })?;
-    let mut child = agent_command(&invocation.program, repo)
-
+    let mut child = agent_command(&invocation.program, repo, home)
         .args(&invocation.args)
         .current_dir(repo)
         // Some CLIs (OpenCode) take their project directory from PWD, not from the real cwd.
@@ -197,6 +221,9 @@ async fn run_cli(
         .stderr(Stdio::piped())
         .envs(secrets)
         .envs(invocation.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        // The proxy is on loopback: never through an HTTP proxy the host may configure.
+        .env("NO_PROXY", no_proxy("NO_PROXY"))
+        .env("no_proxy", no_proxy("no_proxy"))
         .env_remove("VIBERGLASS_JOB_TOKEN")
         .process_group(0)
         .kill_on_drop(true)
@@ -267,15 +294,17 @@ async fn run_cli(
         status = read => status,
         () = cancel.cancelled() => {
             stop_group(group);
+            stop_leftovers(sink, group).await;
             return Ok(AgentEnd::Cancelled);
         }
     };
     stop_group(group);
+    stop_leftovers(sink, group).await;
     feed.abort();
     let _ = err.await;
     let status = status.map_err(|e| Failure::internal(format!("waiting for the agent: {e}")))?;
     if silent {
-        let api = settings.base_url.clone().unwrap_or_else(|| adapter.default_base_url().to_owned());
+        let api = &upstream.base_url;
         return Err(Failure::new(
             FailureLayer::AgentTimeout,
             "agent_silent",
@@ -289,6 +318,18 @@ async fn run_cli(
         ));
     }
     if let Some(failure) = viberglass_agents::classify(agent, status.code(), &kept) {
+        // The proxy saw the provider itself fail to answer: that is the cause, whatever the CLI made of it.
+        if let Some(why) = proxy.unreachable() {
+            return Err(Failure::new(
+                FailureLayer::Agent,
+                "provider_unreachable",
+                format!(
+                    "the agent could not reach the model API ({why}): check the network and `agent_settings.base_url`, then re-run"
+                ),
+                true,
+            )
+            .with_detail(failure.message));
+        }
         return Err(failure);
     }
     let usage = kept.iter().fold(None, |total: Option<Usage>, e| match e {
@@ -307,6 +348,22 @@ async fn run_cli(
     Ok(AgentEnd::Finished(usage))
 }
 
+/// Stops what the agent left running outside its process group (see [`crate::guard`]).
+async fn stop_leftovers(sink: &EventSink, leader: Option<u32>) {
+    let stopped = crate::guard::stop_leftovers(leader).await;
+    if stopped > 0 {
+        sink.log(LogLevel::Warn, &format!("stopped {stopped} process(es) the agent left running after it exited"));
+    }
+}
+
+/// The host's `NO_PROXY` list with loopback added.
+fn no_proxy(name: &str) -> String {
+    match std::env::var(name) {
+        Ok(list) if !list.trim().is_empty() => format!("{list},127.0.0.1,localhost"),
+        _ => "127.0.0.1,localhost".to_owned(),
+    }
+}
+
 /// Kills the agent's process group (it leads one of its own), so nothing it
 /// started in the background survives it.
 fn stop_group(leader: Option<u32>) {
@@ -319,22 +376,20 @@ fn stop_group(leader: Option<u32>) {
 /// The command that runs an agent program: inside a sandbox of its own (its
 /// own PID namespace, a new session, dying with the worker) when the worker
 /// was given bubblewrap (`VIBERGLASS_AGENT_BWRAP`), so the agent cannot see
-/// the worker's process, memory or environment; else the program itself.
-fn agent_command(program: &str, repo: &Path) -> tokio::process::Command {
+/// the worker's process, memory or environment, and may write only its
+/// checkout and its home (not the workspace around them, where the worker
+/// keeps its git helpers and log); else the program itself.
+fn agent_command(program: &str, repo: &Path, home: &Path) -> tokio::process::Command {
     let mut command = match std::env::var_os("VIBERGLASS_AGENT_BWRAP") {
         Some(bwrap) if !bwrap.is_empty() => {
             let mut command = tokio::process::Command::new(bwrap);
+            command.args(["--dev-bind", "/", "/"]);
+            if let Some(workspace) = repo.parent() {
+                command.arg("--ro-bind").arg(workspace).arg(workspace);
+            }
+            command.arg("--bind").arg(repo).arg(repo).arg("--bind").arg(home).arg(home);
             command
-                .args([
-                    "--dev-bind",
-                    "/",
-                    "/",
-                    "--unshare-pid",
-                    "--proc",
-                    "/proc",
-                    "--die-with-parent",
-                    "--new-session",
-                ])
+                .args(["--unshare-pid", "--proc", "/proc", "--die-with-parent", "--new-session"])
                 .arg("--chdir")
                 .arg(repo)
                 .arg("--")
@@ -360,7 +415,7 @@ const WORKER_ONLY: &[&str] = &[
 ];
 
 /// Whether `program` can be started: an executable file at that path, or on the PATH.
-fn ensure_program(program: &str) -> Result<(), String> {
+pub fn ensure_program(program: &str) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
     let executable =
         |path: &Path| std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);

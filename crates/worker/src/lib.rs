@@ -9,7 +9,9 @@
 pub mod client;
 pub mod events;
 pub mod git;
+pub mod guard;
 pub mod harness;
+pub mod keyproxy;
 pub mod pipeline;
 
 use std::path::PathBuf;
@@ -34,6 +36,7 @@ pub struct WorkerConfig {
 /// reported (even a failure of the job itself), 1 when it could not be.
 pub async fn run(config: WorkerConfig) -> u8 {
     use tracing::Instrument;
+    guard::harden();
     let span = tracing::info_span!("job", job_id = %config.job_id);
     // Instrumented, not entered: a guard held across `.await` would leak the span into other tasks.
     run_job(config).instrument(span).await

@@ -123,7 +123,7 @@ pub async fn start_clanker(state: &AppState, caller: &Caller, key: &str) -> Serv
                     state.engine.compute.kinds().iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
                 ),
             ),
-            Some(target) => match target.provision(&config).await {
+            Some(target) => match target.provision(&config, &programs_of(&clanker)).await {
                 Ok(done) => (ClankerStatus::Active, done.message),
                 Err(err) => (ClankerStatus::Failed, format!("provisioning failed: {err}")),
             },
@@ -141,4 +141,9 @@ pub async fn start_clanker(state: &AppState, caller: &Caller, key: &str) -> Serv
     )
     .await;
     Ok(state.store.get_clanker(clanker.id).await?)
+}
+
+/// The programs a clanker names, which its compute target must be able to run.
+pub(crate) fn programs_of(clanker: &Clanker) -> Vec<String> {
+    clanker.harness().ok().and_then(|h| h.program().map(str::to_owned)).into_iter().collect()
 }
