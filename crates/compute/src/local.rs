@@ -95,33 +95,51 @@ const SYSTEM_FILES: &[&str] = &[
 ];
 
 /// What to bind read-only so that the programs a clanker names run in the
-/// sandbox, wherever they live: for each absolute path (and the path a link
-/// there leads to), its package (the nearest `node_modules` or Python
-/// virtual environment above it, whose other files it loads), else its own
-/// directory; only the file itself when that directory is a broad one such
-/// as `/tmp` or a home directory.
-fn program_binds(programs: &[String]) -> Vec<std::path::PathBuf> {
-    use std::path::{Path, PathBuf};
-    let broad = |dir: &Path| {
+/// sandbox, wherever they live: for each absolute path (taken at its real,
+/// canonical location, where a link there leads), its package (the nearest
+/// `node_modules` or Python virtual environment above it, whose other files
+/// it loads), else its own directory. Only the file itself is bound when
+/// that directory is a broad one (`/`, a top-level directory such as `/tmp`,
+/// a home directory) or holds something workers must never see (`protected`:
+/// the workspaces and the data directory around them, the server's home);
+/// never anything inside the workspaces. Paths with `..` are refused.
+fn program_binds(programs: &[String], protected: &[std::path::PathBuf]) -> Vec<std::path::PathBuf> {
+    use std::path::{Component, Path, PathBuf};
+    let home = std::env::var_os("HOME").map(PathBuf::from).and_then(|h| std::fs::canonicalize(h).ok());
+    let protected: Vec<PathBuf> =
+        protected.iter().chain(home.iter()).map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone())).collect();
+    let exposes = |dir: &Path| {
         dir.components().count() < 3
-            || ["/var/tmp", "/home", "/root"].iter().any(|b| dir == Path::new(b))
-            || std::env::var_os("HOME").is_some_and(|home| dir == Path::new(&home))
+            || dir.starts_with("/home") && dir.components().count() < 4
+            || protected.iter().any(|p| p.starts_with(dir) || dir.starts_with(p))
     };
-    let root_of = |file: &Path| -> PathBuf {
+    let root_of = |file: &Path| -> Option<PathBuf> {
+        if protected.iter().any(|p| file.starts_with(p)) {
+            return None;
+        }
         let package = file
             .ancestors()
             .skip(1)
             .find(|dir| dir.file_name().is_some_and(|n| n == "node_modules") || dir.join("pyvenv.cfg").is_file());
         match package.or_else(|| file.parent()) {
-            Some(dir) if !broad(dir) => dir.to_owned(),
-            _ => file.to_owned(),
+            Some(dir) if !exposes(dir) => Some(dir.to_owned()),
+            _ => Some(file.to_owned()),
         }
     };
     let mut binds: Vec<PathBuf> = Vec::new();
     for program in programs.iter().map(Path::new).filter(|p| p.is_absolute()) {
-        let real = std::fs::canonicalize(program).ok();
-        for file in std::iter::once(program.to_owned()).chain(real) {
-            let root = root_of(&file);
+        if program.components().any(|c| matches!(c, Component::ParentDir)) {
+            continue;
+        }
+        let Ok(real) = std::fs::canonicalize(program) else { continue };
+        // The system's own programs are in the sandbox already.
+        if SYSTEM_DIRS.iter().any(|dir| program.starts_with(dir) || real.starts_with(dir)) {
+            continue;
+        }
+        // The path as named, when it is a link (bound at its own place so it resolves), and where it leads.
+        let named = (real != program).then(|| program.to_owned());
+        for file in named.into_iter().chain(std::iter::once(real)) {
+            let Some(root) = root_of(&file) else { continue };
             if !binds.iter().any(|b| root.starts_with(b)) {
                 binds.retain(|b| !b.starts_with(&root));
                 binds.push(root);
@@ -203,7 +221,11 @@ impl LocalTarget {
                 }
                 c.args(["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]);
                 // After the private /tmp, so an agent CLI may live under /tmp too.
-                for path in program_binds(programs) {
+                let protected = [
+                    self.settings.workspace_root.clone(),
+                    self.settings.workspace_root.parent().map(|p| p.to_owned()).unwrap_or_default(),
+                ];
+                for path in program_binds(programs, &protected) {
                     c.arg("--ro-bind-try").arg(&path).arg(&path);
                 }
                 c.arg("--ro-bind")
@@ -557,24 +579,32 @@ mod tests {
     #[test]
     fn programs_are_bound_with_their_package_and_never_a_whole_broad_directory() {
         let root = tempfile::tempdir().unwrap();
-        let package = root.path().join("tools/node_modules/@acme/cli");
+        let base = std::fs::canonicalize(root.path()).unwrap();
+        let package = base.join("tools/node_modules/@acme/cli");
         std::fs::create_dir_all(&package).unwrap();
-        std::fs::create_dir_all(root.path().join("tools/node_modules/.bin")).unwrap();
+        std::fs::create_dir_all(base.join("tools/node_modules/.bin")).unwrap();
         std::fs::write(package.join("cli.js"), "").unwrap();
-        let link = root.path().join("tools/node_modules/.bin/cli");
+        let link = base.join("tools/node_modules/.bin/cli");
         std::os::unix::fs::symlink("../@acme/cli/cli.js", &link).unwrap();
-        let modules = std::fs::canonicalize(root.path().join("tools/node_modules")).unwrap();
-        let binds = program_binds(&[link.display().to_string(), "sh".into()]);
-        assert!(
-            binds.iter().all(|b| b.starts_with(root.path()) || b.starts_with(&modules)) && binds.len() <= 2,
-            "the node_modules tree, once (and a name on the PATH binds nothing): {binds:?}"
-        );
-        assert!(binds.iter().any(|b| b.ends_with("node_modules")), "{binds:?}");
-        let loose = program_binds(&["/tmp/agent".into()]);
-        assert_eq!(loose, [std::path::PathBuf::from("/tmp/agent")], "never all of /tmp");
-        let nested = root.path().join("bin/agent");
-        let binds = program_binds(&[nested.display().to_string()]);
-        assert_eq!(binds, [root.path().join("bin")], "its own directory");
+        let binds = program_binds(&[link.display().to_string(), "sh".into()], &[]);
+        assert_eq!(binds, [base.join("tools/node_modules")], "the node_modules tree, once; a name binds nothing");
+
+        let loose = base.join("agent");
+        std::fs::write(&loose, "").unwrap();
+        let nested = base.join("bin/agent");
+        std::fs::create_dir_all(base.join("bin")).unwrap();
+        std::fs::write(&nested, "").unwrap();
+        assert_eq!(program_binds(&[nested.display().to_string()], &[]), [base.join("bin")], "its own directory");
+        // A directory holding (or inside) what workers must never see: the file alone, or nothing.
+        let data = base.join("data");
+        std::fs::create_dir_all(data.join("workspaces/job")).unwrap();
+        std::fs::write(data.join("workspaces/job/x"), "").unwrap();
+        let protected = std::slice::from_ref(&data);
+        assert_eq!(program_binds(&[loose.display().to_string()], protected), vec![loose]);
+        assert!(program_binds(&[data.join("workspaces/job/x").display().to_string()], protected).is_empty());
+        assert_eq!(program_binds(&["/usr/bin/../bin/sh".into()], &[]), Vec::<std::path::PathBuf>::new(), "no `..`");
+        assert!(program_binds(&["/bin/sh".into()], &[]).is_empty(), "system programs are there already");
+        assert_eq!(program_binds(&[base.join("agent").display().to_string()], &[]), vec![base]);
     }
 
     #[tokio::test]

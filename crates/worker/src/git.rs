@@ -74,6 +74,8 @@ impl Git {
             .env("GIT_TERMINAL_PROMPT", "0")
             .env("GIT_ASKPASS", &askpass)
             .env("GIT_CONFIG_NOSYSTEM", "1")
+            // `refs/replace` (packed or not) the agent wrote must not change what git shows or pushes.
+            .env("GIT_NO_REPLACE_OBJECTS", "1")
             .env("GIT_CONFIG_GLOBAL", "/dev/null")
             // A fresh, empty home: no attributes or ignore files the agent planted in its own.
             .env("HOME", &helper_dir)
@@ -129,7 +131,9 @@ impl Git {
             let _ = std::fs::remove_file(path);
             std::fs::write(path, config)?;
         }
-        for planted in ["hooks", "objects/info/alternates", "info/attributes", "commondir"] {
+        for planted in
+            ["hooks", "objects/info/alternates", "info/attributes", "info/grafts", "commondir", "refs/replace"]
+        {
             let path = git_dir.join(planted);
             match std::fs::symlink_metadata(&path) {
                 Ok(m) if m.is_dir() => std::fs::remove_dir_all(&path)?,

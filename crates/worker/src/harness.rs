@@ -54,6 +54,7 @@ pub async fn run_agent(
             false,
         )
     })?;
+    let ooms = crate::guard::oom_kills();
     let mut child = agent_command(program, repo, home)
         .args(args)
         .current_dir(repo)
@@ -101,17 +102,19 @@ pub async fn run_agent(
         () = cancel.cancelled() => {
             stop_group(group);
             let _ = child.kill().await;
-            stop_leftovers(sink, group).await;
+            stop_leftovers(sink, None).await;
             return Ok(AgentEnd::Cancelled);
         }
     };
     // Nothing the agent started outlives it: git runs next, on its checkout.
     stop_group(group);
-    stop_leftovers(sink, group).await;
+    stop_leftovers(sink, None).await;
     let _ = tokio::join!(out, err);
     let status = status.map_err(|e| Failure::internal(format!("waiting for the agent: {e}")))?;
     if status.success() {
         Ok(AgentEnd::Finished(None))
+    } else if let Some(failure) = out_of_memory(ooms) {
+        Err(failure)
     } else {
         Err(Failure::new(
             FailureLayer::Agent,
@@ -211,6 +214,7 @@ async fn run_cli(
             false,
         )
     })?;
+    let ooms = crate::guard::oom_kills();
     let mut child = agent_command(&invocation.program, repo, home)
         .args(&invocation.args)
         .current_dir(repo)
@@ -299,7 +303,7 @@ async fn run_cli(
         }
     };
     stop_group(group);
-    stop_leftovers(sink, group).await;
+    stop_leftovers(sink, None).await;
     feed.abort();
     let _ = err.await;
     let status = status.map_err(|e| Failure::internal(format!("waiting for the agent: {e}")))?;
@@ -316,6 +320,11 @@ async fn run_cli(
             ),
             true,
         ));
+    }
+    if !status.success()
+        && let Some(failure) = out_of_memory(ooms)
+    {
+        return Err(failure);
     }
     if let Some(failure) = viberglass_agents::classify(agent, status.code(), &kept) {
         // The proxy saw the provider itself fail to answer: that is the cause, whatever the CLI made of it.
@@ -346,6 +355,21 @@ async fn run_cli(
         _ => total,
     });
     Ok(AgentEnd::Finished(usage))
+}
+
+/// The agent's failure, when the kernel killed a process of the worker's
+/// memory cgroup during its run (`before` is the count when it started).
+fn out_of_memory(before: Option<u64>) -> Option<Failure> {
+    let after = crate::guard::oom_kills()?;
+    (after > before?).then(|| {
+        Failure::new(
+            FailureLayer::Agent,
+            "agent_out_of_memory",
+            "the agent was killed: out of memory (the worker's memory limit was reached): raise the clanker's memory \
+             limit (compute_config.memory_mb), or have the agent work in smaller steps, then re-run",
+            false,
+        )
+    })
 }
 
 /// Stops what the agent left running outside its process group (see [`crate::guard`]).

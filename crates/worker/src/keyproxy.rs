@@ -55,6 +55,8 @@ struct Shared {
     sink: EventSink,
     /// Why the provider could not be reached, the last time it could not.
     unreachable: Arc<Mutex<Option<String>>>,
+    /// Requests refused for a wrong key (logged once, so nobody can flood the job's log).
+    refused: std::sync::atomic::AtomicU64,
 }
 
 /// A running key proxy. Stops when dropped.
@@ -97,6 +99,7 @@ impl KeyProxy {
             client,
             sink: sink.clone(),
             unreachable: unreachable.clone(),
+            refused: std::sync::atomic::AtomicU64::new(0),
         });
         let app = axum::Router::new()
             .fallback(forward)
@@ -148,6 +151,11 @@ fn presented<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Vec<&'a str>
     found
 }
 
+/// Compares in time independent of where the values first differ.
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// An error and its causes, on one line (reqwest's own message names only the first).
 fn causes(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
@@ -171,11 +179,13 @@ async fn forward(State(shared): State<Arc<Shared>>, request: Request) -> Respons
     let query = parts.uri.query();
     let keys = presented(&parts.headers, query);
     // Compared in full: a request must carry this run's placeholder and nothing else.
-    if keys.is_empty() || keys.iter().any(|k| *k != shared.placeholder) {
-        shared.sink.log(
-            LogLevel::Warn,
-            &format!("key proxy: refused {} {}: it did not present this run's key", parts.method, parts.uri.path()),
-        );
+    if keys.is_empty() || keys.iter().any(|k| !same(k, &shared.placeholder)) {
+        if shared.refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0 {
+            shared.sink.log(
+                LogLevel::Warn,
+                "key proxy: refused a request that did not present this run's key (further ones are not logged)",
+            );
+        }
         return error(
             StatusCode::UNAUTHORIZED,
             "authentication_error",
@@ -188,6 +198,10 @@ async fn forward(State(shared): State<Arc<Shared>>, request: Request) -> Respons
             return error(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", format!("request body: {e}"));
         }
     };
+    // Only origin-form targets (`/path`): `*` or anything else could change the host the key goes to.
+    if !parts.uri.path().starts_with('/') {
+        return error(StatusCode::BAD_REQUEST, "invalid_request_error", "the request target must be a path".into());
+    }
     let mut url = format!("{}{}", shared.origin, parts.uri.path());
     let kept: Vec<&str> = query.into_iter().flat_map(|q| q.split('&')).filter(|p| !p.starts_with("key=")).collect();
     if !kept.is_empty() {
@@ -215,6 +229,11 @@ async fn forward(State(shared): State<Arc<Shared>>, request: Request) -> Respons
     };
     value.set_sensitive(true);
     headers.insert(HeaderName::from_static(name), value);
+    // However the path reads, the request goes to the provider's origin or nowhere.
+    match reqwest::Url::parse(&url) {
+        Ok(parsed) if parsed.origin().ascii_serialization() == shared.origin => {}
+        _ => return error(StatusCode::BAD_REQUEST, "invalid_request_error", "the request target is not a path".into()),
+    }
     let method = parts.method.clone();
     let answer = shared.client.request(method.clone(), &url).headers(headers).body(body).send().await;
     let upstream = match answer {

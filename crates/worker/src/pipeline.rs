@@ -102,6 +102,13 @@ async fn steps(cx: &Context<'_>) -> Result<End, Failed> {
     std::fs::write(&exclude_file, exclude).map_err(|e| io_failure("excluding instruction files", e))?;
 
     git.seal(&repo).map_err(|e| io_failure("reading the checkout's git configuration", e))?;
+    // Where the agent starts: whatever it commits itself is folded into the worker's one commit on top of it.
+    let base = git
+        .run(&repo, &["rev-parse", "--verify", "-q", "HEAD"])
+        .await
+        .ok()
+        .filter(|out| out.success)
+        .map(|out| out.stdout.trim().to_owned());
     cx.sink.progress("running the agent");
     let usage = match run_agent(spec, &cx.boot.secrets, &repo, &home, cx.sink, cx.cancel).await? {
         AgentEnd::Cancelled => return Ok(End::Cancelled),
@@ -155,7 +162,7 @@ async fn steps(cx: &Context<'_>) -> Result<End, Failed> {
                 summary: format!("wrote {name} (revision {})", reply.revision),
             })))
         }
-        Phase::Execution => match commit(cx, &git, &repo).await {
+        Phase::Execution => match commit(cx, &git, &repo, base.as_deref()).await {
             Ok((mut result, summary)) => {
                 result.usage = usage;
                 Ok(End::Report(Box::new(WorkerResult::Completed { result, summary })))
@@ -227,13 +234,28 @@ async fn start_branch(cx: &Context<'_>, git: &Git, repo: &Path) -> Result<(), Fa
     Ok(())
 }
 
-async fn commit(cx: &Context<'_>, git: &Git, repo: &Path) -> Result<(JobResult, String), Failed> {
+async fn commit(cx: &Context<'_>, git: &Git, repo: &Path, base: Option<&str>) -> Result<(JobResult, String), Failed> {
     let spec = &cx.boot.spec;
     cx.sink.progress(&format!("committing to {}", spec.branch));
     let run = |args: Vec<String>| async move {
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         git.run(repo, &refs).await.map_err(|e| io_failure("running git", e))
     };
+    // Commits the agent made itself become changes again, so that the one
+    // commit pushed (and the diff recorded) holds everything since the clone.
+    if let Some(base) = base {
+        let reset = run(vec!["reset".into(), "-q".into(), "--soft".into(), base.to_owned()]).await?;
+        if !reset.success {
+            return Err(Failure::new(
+                FailureLayer::Agent,
+                "checkout_tampered",
+                "the agent left the checkout where git cannot go back to the commit it started from: read its log, then re-run",
+                false,
+            )
+            .with_detail(reset.stderr)
+            .into());
+        }
+    }
     // `add -A` takes new files too; instruction files are excluded above.
     let add = run(vec!["add".into(), "-A".into()]).await?;
     if !add.success {
@@ -503,5 +525,81 @@ async fn open_pull_request(
             cx.sink.log(viberglass_domain::LogLevel::Error, &format!("{}: {}", failure.message, failure.detail));
             Err(failure)
         }
+    }
+}
+
+/// For the fuzz targets in `fuzz/` only, not an API: the read-back of the
+/// files an agent leaves in the checkout, run on given bytes.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::path::{Path, PathBuf};
+    use std::sync::OnceLock;
+
+    use viberglass_domain::JobSpec;
+    use viberglass_domain::protocol::ChangedFile;
+
+    use super::{MAX_DOCUMENT, MAX_PR_BODY, PrContent, read_agent_file};
+
+    /// What the agent's files read back as.
+    pub struct ReadBack {
+        pub research: Option<String>,
+        pub plan: Option<String>,
+        pub title: String,
+        pub body: String,
+    }
+
+    /// Writes `content` as the agent's RESEARCH.md, PLAN.md, PR_TITLE.md and
+    /// PR_DESCRIPTION.md in a directory of this process's own (under the
+    /// temporary directory), then reads them back as the pipeline does:
+    /// `read_agent_file` for the documents, `PrContent::read` (with `spec`,
+    /// and the `status<TAB>path` lines of `content` as the changed files) for
+    /// the pull request. Two bits of `layout` (bits 0-1: the title, 2-3: the
+    /// description, 4-5: the documents) make a file a regular file (0, 1),
+    /// missing (2) or a symlink to a readable file (3); with bits 6-7 set the
+    /// content is repeated past MAX_PR_BODY, so the size limits are reached.
+    pub fn read_back(layout: u8, content: &[u8], spec: &JobSpec) -> ReadBack {
+        let dir = checkout();
+        let mut content = content.to_vec();
+        if layout >> 6 == 3 && !content.is_empty() {
+            let once = content.clone();
+            while content.len() <= MAX_PR_BODY + MAX_PR_BODY / 2 {
+                content.extend_from_slice(&once);
+            }
+        }
+        let target = dir.join("outside.txt");
+        std::fs::write(&target, &content).expect("writing the fuzz input");
+        for (name, shift) in [("PR_TITLE.md", 0), ("PR_DESCRIPTION.md", 2), ("RESEARCH.md", 4), ("PLAN.md", 4)] {
+            let path = dir.join(name);
+            let _ = std::fs::remove_file(&path);
+            match (layout >> shift) & 3 {
+                2 => {}
+                3 => std::os::unix::fs::symlink(&target, &path).expect("linking the fuzz input"),
+                _ => std::fs::write(&path, &content).expect("writing the fuzz input"),
+            }
+        }
+        let text = String::from_utf8_lossy(&content);
+        // As `commit` reads `git diff --cached --name-status`.
+        let files: Vec<ChangedFile> = text
+            .lines()
+            .filter_map(|l| l.split_once('\t'))
+            .map(|(status, path)| ChangedFile { status: status.to_owned(), path: path.to_owned() })
+            .collect();
+        let pr = PrContent::read(dir, spec, &files);
+        ReadBack {
+            research: read_agent_file(dir, "RESEARCH.md", MAX_DOCUMENT).text(),
+            plan: read_agent_file(dir, "PLAN.md", MAX_DOCUMENT).text(),
+            title: pr.title,
+            body: pr.body,
+        }
+    }
+
+    /// The per-process directory, created once.
+    fn checkout() -> &'static Path {
+        static DIR: OnceLock<PathBuf> = OnceLock::new();
+        DIR.get_or_init(|| {
+            let dir = std::env::temp_dir().join(format!("viberglass-fuzz-readback-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).expect("creating the fuzz checkout");
+            dir
+        })
     }
 }
