@@ -6,6 +6,7 @@
 //! server; Docker, Kubernetes, ECS and Lambda come behind the same trait.
 #![forbid(unsafe_code)]
 
+mod docker;
 mod local;
 
 use std::collections::HashMap;
@@ -15,13 +16,15 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use viberglass_domain::{ComputeKind, JobId};
 
+pub use docker::{DEFAULT_IMAGE, DockerConfig, DockerRef, DockerSettings, DockerTarget};
 pub use local::{LocalRef, LocalTarget};
 
 /// A clanker's compute settings, parsed for its kind. Unknown settings are
 /// refused when the clanker is saved.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum ComputeConfig {
     Local(LocalConfig),
+    Docker(DockerConfig),
 }
 
 /// The local target's per-clanker settings. None yet: the host's own
@@ -38,13 +41,23 @@ impl ComputeConfig {
             ComputeKind::Local => serde_json::from_value(config)
                 .map(ComputeConfig::Local)
                 .map_err(|e| format!("`compute_config` for the local target is invalid: {e}; it takes no settings")),
-            other => Err(format!("the {other} compute target is not available yet: use `local`")),
+            ComputeKind::Docker => serde_json::from_value::<DockerConfig>(config)
+                .map_err(|e| {
+                    format!(
+                        "`compute_config` for the Docker target is invalid: {e}; its settings are image, cpus, memory_mb \
+                         and network"
+                    )
+                })?
+                .validate()
+                .map(ComputeConfig::Docker),
+            other => Err(format!("the {other} compute target is not available yet: use `local` or `docker`")),
         }
     }
 
     pub fn kind(&self) -> ComputeKind {
         match self {
             ComputeConfig::Local(_) => ComputeKind::Local,
+            ComputeConfig::Docker(_) => ComputeKind::Docker,
         }
     }
 }
@@ -66,6 +79,15 @@ impl std::fmt::Debug for LaunchRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LaunchRequest").field("job_id", &self.job_id).field("server_url", &self.server_url).finish()
     }
+}
+
+/// Why a worker ended, as its target saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExitReason {
+    /// The failure code (`worker_out_of_memory`, `worker_exited`).
+    pub code: &'static str,
+    /// For people: what happened and what to do.
+    pub message: String,
 }
 
 /// Whether a launched worker still runs.
@@ -124,6 +146,20 @@ pub trait ComputeTarget: Send + Sync {
 
     /// The last lines the worker wrote to its own log, when the target keeps one.
     fn log_tail(&self, job_id: JobId) -> BoxFuture<'_, Option<String>>;
+
+    /// Why a worker that is gone ended, when the target can tell (an
+    /// out-of-memory kill, an exit code), for the job's failure.
+    fn exit_reason(&self, _job_id: JobId) -> BoxFuture<'_, Option<ExitReason>> {
+        Box::pin(async { None })
+    }
+
+    /// What this host's workers left on the target (a container kept after
+    /// its worker exited, for its exit reason): each with its job and compute
+    /// ref. The engine stops those whose job has ended in its database, and
+    /// leaves alone those it does not know (another installation's).
+    fn leftovers(&self) -> BoxFuture<'_, Vec<(JobId, String)>> {
+        Box::pin(async { Vec::new() })
+    }
 }
 
 /// The compute targets this server can drive, by kind.

@@ -250,9 +250,9 @@ impl NewClanker {
         }
         let compute = e.check("compute", input.compute.as_deref().unwrap_or("local").parse::<ComputeKind>());
         if let Some(c) = compute
-            && c != ComputeKind::Local
+            && !matches!(c, ComputeKind::Local | ComputeKind::Docker)
         {
-            e.add("compute", format!("the {c} compute target is not available yet: use `local`"));
+            e.add("compute", format!("the {c} compute target is not available yet: use `local` or `docker`"));
         }
         let max_concurrent_jobs = match input.max_concurrent_jobs.unwrap_or(2) {
             n @ 1..=100 => Some(n),

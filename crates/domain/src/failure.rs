@@ -123,6 +123,21 @@ impl Failure {
         .with_detail(log_tail.unwrap_or_else(|| "the worker left no log".into()))
     }
 
+    /// The worker went away and its compute target says why (`reason`, e.g.
+    /// "killed: out of memory ...: raise the clanker's memory limit").
+    pub fn worker_ended(code: &str, reason: &str, log_tail: Option<String>) -> Self {
+        Self::new(
+            FailureLayer::Heartbeat,
+            code,
+            format!(
+                "the worker exited while the job was running, without reporting a result: {reason}; its agent was \
+                 stopped too, and the detail has the last lines of its log"
+            ),
+            code != "worker_out_of_memory",
+        )
+        .with_detail(log_tail.unwrap_or_else(|| "the worker left no log".into()))
+    }
+
     /// The server restarted and the worker it had started is gone.
     pub fn orphaned() -> Self {
         Self::new(

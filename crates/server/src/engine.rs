@@ -39,6 +39,9 @@ pub struct Engine {
     pub heartbeat_interval: Duration,
 }
 
+/// The reaper sweeps ended workers' leftovers every this many rounds.
+const SWEEP_EVERY: u64 = 10;
+
 /// How long to wait before dispatching again after `attempts` transient
 /// failures: 2 s, 4 s, 8 s, ... up to a minute.
 pub fn dispatch_backoff(attempts: u32) -> Duration {
@@ -205,10 +208,18 @@ impl Engine {
 
     async fn reap_loop(&self, shutdown: CancellationToken) {
         self.adopt_or_fail_orphans().await;
+        let mut rounds: u64 = 0;
         loop {
             if let Err(err) = self.reap_once().await {
                 tracing::error!(error = %error_chain(&err), "reaper: store error");
             }
+            // Now and then: what ended workers left on their targets (exited containers).
+            if rounds.is_multiple_of(SWEEP_EVERY)
+                && let Err(err) = self.sweep_once().await
+            {
+                tracing::error!(error = %error_chain(&err), "sweeper: store error");
+            }
+            rounds += 1;
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(self.reaper_interval) => {}
@@ -223,6 +234,31 @@ impl Engine {
             (Some(target), Some(compute_ref)) => target.inspect(job.id, compute_ref).await,
             _ => WorkerState::Foreign,
         }
+    }
+
+    /// Removes what this host's ended workers left on their compute targets
+    /// (a container is kept after its worker exits, for its exit reason,
+    /// until its job has ended). Jobs this database does not know belong to
+    /// another installation sharing the engine: left alone.
+    pub async fn sweep_once(&self) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        for kind in self.compute.kinds() {
+            let Some(target) = self.compute.get(kind) else { continue };
+            for (job_id, compute_ref) in target.leftovers().await {
+                let job = match self.store.get_job(job_id).await {
+                    Ok(job) => job,
+                    Err(StoreError::NotFound { .. }) => continue,
+                    Err(e) => return Err(e),
+                };
+                if job.status.is_terminal() && target.stop(job_id, &compute_ref).await.is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+        if removed > 0 {
+            tracing::info!(removed, "removed the leftovers of ended workers");
+        }
+        Ok(removed)
     }
 
     /// Fails jobs whose worker exited, went silent or overran, and stops their compute.
@@ -240,14 +276,17 @@ impl Engine {
                 && (job.status == JobStatus::Active || silent >= 2)
                 && self.worker_state(&job).await == WorkerState::Gone;
             let failure = if gone {
-                let tail = match self.target(&job) {
-                    Some(target) => target.log_tail(job.id).await,
-                    None => None,
+                let (tail, reason) = match self.target(&job) {
+                    Some(target) => (target.log_tail(job.id).await, target.exit_reason(job.id).await),
+                    None => (None, None),
                 };
-                if job.last_heartbeat_at.is_none() {
-                    Failure::worker_exited_at_start(tail)
-                } else {
-                    Failure::worker_exited(tail)
+                match reason {
+                    // The target knows why (out of memory, killed): that is the message.
+                    Some(reason) if reason.code != "worker_exited" || job.last_heartbeat_at.is_some() => {
+                        Failure::worker_ended(reason.code, &reason.message, tail)
+                    }
+                    _ if job.last_heartbeat_at.is_none() => Failure::worker_exited_at_start(tail),
+                    _ => Failure::worker_exited(tail),
                 }
             } else if silent > limits.heartbeat_grace_secs as i64 {
                 Failure::heartbeat_lost(limits.heartbeat_grace_secs)

@@ -210,6 +210,10 @@ pub fn app_state(
     });
     let mut compute = viberglass_compute::ComputeRegistry::new();
     compute.register(Arc::new(local_target));
+    // Docker clankers use the engine at DOCKER_HOST (or the local socket); Start says when there is none.
+    compute.register(Arc::new(viberglass_compute::DockerTarget::new(viberglass_compute::DockerSettings {
+        host_id: config.host_id.clone(),
+    })));
     let engine = Engine {
         store: store.clone(),
         compute,

@@ -99,6 +99,14 @@ pub async fn update_clanker(
                         "projects": clanker.projects}),
                 )
                 .await;
+                // Switched to another compute target (or its settings): whether
+                // it can run there is checked again, as Start would.
+                let moved = clanker.compute != current.compute || clanker.compute_config != current.compute_config;
+                if moved && current.status != ClankerStatus::Inactive {
+                    let (status, message) = provision(state, &clanker).await;
+                    state.store.set_clanker_status(clanker.id, status, Some(message)).await?;
+                    return Ok(state.store.get_clanker(clanker.id).await?);
+                }
                 return Ok(clanker);
             }
             Err(StoreError::Contended { .. }) => continue,
@@ -112,23 +120,8 @@ pub async fn update_clanker(
 /// The status message says what happened, and whether workers are sandboxed.
 pub async fn start_clanker(state: &AppState, caller: &Caller, key: &str) -> ServiceResult<Clanker> {
     let clanker = find_clanker(&state.store, key).await?;
-    let (status, message) = match ComputeConfig::parse(clanker.compute, &clanker.compute_config) {
-        Err(message) => (ClankerStatus::Failed, message),
-        Ok(config) => match state.engine.compute.get(clanker.compute) {
-            None => (
-                ClankerStatus::Failed,
-                format!(
-                    "the {} compute target is not available in this server (it runs {}): pick another compute target",
-                    clanker.compute,
-                    state.engine.compute.kinds().iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
-                ),
-            ),
-            Some(target) => match target.provision(&config, &programs_of(&clanker)).await {
-                Ok(done) => (ClankerStatus::Active, done.message),
-                Err(err) => (ClankerStatus::Failed, format!("provisioning failed: {err}")),
-            },
-        },
-    };
+    state.store.set_clanker_status(clanker.id, ClankerStatus::Deploying, Some("provisioning…".into())).await?;
+    let (status, message) = provision(state, &clanker).await;
     state.store.set_clanker_status(clanker.id, status, Some(message.clone())).await?;
     audit(
         state,
@@ -146,4 +139,25 @@ pub async fn start_clanker(state: &AppState, caller: &Caller, key: &str) -> Serv
 /// The programs a clanker names, which its compute target must be able to run.
 pub(crate) fn programs_of(clanker: &Clanker) -> Vec<String> {
     clanker.harness().ok().and_then(|h| h.program().map(str::to_owned)).into_iter().collect()
+}
+
+/// Provisions `clanker` on its compute target: the status it reaches and why.
+async fn provision(state: &AppState, clanker: &Clanker) -> (ClankerStatus, String) {
+    match ComputeConfig::parse(clanker.compute, &clanker.compute_config) {
+        Err(message) => (ClankerStatus::Failed, message),
+        Ok(config) => match state.engine.compute.get(clanker.compute) {
+            None => (
+                ClankerStatus::Failed,
+                format!(
+                    "the {} compute target is not available in this server (it runs {}): pick another compute target",
+                    clanker.compute,
+                    state.engine.compute.kinds().iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
+                ),
+            ),
+            Some(target) => match target.provision(&config, &programs_of(clanker)).await {
+                Ok(done) => (ClankerStatus::Active, done.message),
+                Err(err) => (ClankerStatus::Failed, format!("provisioning failed: {err}")),
+            },
+        },
+    }
 }
