@@ -17,6 +17,7 @@
 # first makes debian:bookworm-slim itself from Debian's packages (debootstrap)
 # and imports it, so the same file builds offline.
 FROM debian:bookworm-slim
+LABEL io.viberglass.image=worker
 
 ARG CLAUDE_CODE_VERSION
 ARG CODEX_VERSION
@@ -46,7 +47,8 @@ RUN useradd --create-home --uid 10001 --user-group viberator \
 
 COPY viberglass /usr/local/bin/viberglass
 
-USER viberator
+# Numeric, so Kubernetes' runAsNonRoot can verify it.
+USER 10001:10001
 WORKDIR /workspace
 ENV HOME=/home/viberator
 ENTRYPOINT ["/usr/local/bin/viberglass"]

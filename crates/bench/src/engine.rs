@@ -88,9 +88,11 @@ pub async fn queue(backend: &str, target: DatabaseTarget, jobs: usize, claimers:
 }
 
 /// Requests `runs` runs one after another against a running server and
-/// measures from the request to the worker process starting, as the
-/// server's own event timestamps record it.
-pub async fn dispatch(client: &reqwest::Client, base: &str, runs: usize) -> Result<()> {
+/// measures, as the server's own timestamps record them, from the request
+/// to the worker starting (the compute target's launch returned) and to the
+/// worker's first call (its bootstrap, which marks the job started), on the
+/// local target and, given `docker_image`, on Docker too.
+pub async fn dispatch(client: &reqwest::Client, base: &str, runs: usize, docker_image: Option<&str>) -> Result<()> {
     // Not under /tmp: sandboxed workers get a private /tmp.
     let repo = tempfile::Builder::new().prefix("viberglass-bench-").tempdir_in("/var/tmp")?;
 
@@ -127,18 +129,79 @@ pub async fn dispatch(client: &reqwest::Client, base: &str, runs: usize) -> Resu
         }
     };
     post("/api/v1/projects".into(), serde_json::json!({"name": "Dispatch", "slug": "dispatch", "repository_url": format!("file://{}", bare.display()), "max_concurrent_jobs": 4, "planning_needs_approval": false})).await?;
-    post("/api/v1/clankers".into(), serde_json::json!({"shared": true, "name": "bench-true", "agent": "command", "agent_settings": {"command": ["true"]}, "max_concurrent_jobs": 4})).await?;
-    post("/api/v1/clankers/bench-true/start".into(), serde_json::json!({})).await?;
     let ticket = post("/api/v1/projects/dispatch/tickets".into(), serde_json::json!({"title": "bench"})).await?;
     let ticket = ticket["id"].as_str().context("ticket id")?.to_owned();
+    let mut targets = vec![("local", "bench-true", serde_json::json!({"compute": "local"}))];
+    if let Some(image) = docker_image {
+        // The clone fails in the container (the repository is a host path): only the way to the worker is timed.
+        targets.push((
+            "docker",
+            "bench-docker",
+            serde_json::json!({"compute": "docker", "compute_config": {"image": image, "network": "host"}}),
+        ));
+    }
+    for (target, name, compute) in targets {
+        let mut clanker = serde_json::json!({"shared": true, "name": name, "agent": "command",
+            "agent_settings": {"command": ["true"]}, "max_concurrent_jobs": 4});
+        for (k, v) in compute.as_object().context("compute")? {
+            clanker[k] = v.clone();
+        }
+        post("/api/v1/clankers".into(), clanker).await?;
+        let started = post(format!("/api/v1/clankers/{name}/start"), serde_json::json!({})).await?;
+        if started["status"] != "active" {
+            bail!("the {target} clanker did not start: {}", started["status_message"]);
+        }
+        dispatch_to(client, base, &ticket, target, name, runs).await?;
+    }
+    Ok(())
+}
+
+/// The job once its `field` is set (within a minute).
+async fn job_when(client: &reqwest::Client, base: &str, id: &str, field: &str) -> Result<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let job: serde_json::Value = client.get(format!("{base}/api/v1/jobs/{id}")).send().await?.json().await?;
+        if !job[field].is_null() {
+            return Ok(job);
+        }
+        if Instant::now() > deadline {
+            bail!("job {id} has no {field} after a minute: {job}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn dispatch_to(
+    client: &reqwest::Client,
+    base: &str,
+    ticket: &str,
+    target: &str,
+    clanker: &str,
+    runs: usize,
+) -> Result<()> {
+    let post = |path: String, body: serde_json::Value| {
+        let client = client.clone();
+        let url = format!("{base}{path}");
+        async move {
+            let response = client.post(&url).json(&body).send().await?;
+            if !response.status().is_success() {
+                bail!("POST {url}: {}", response.text().await?);
+            }
+            Ok::<serde_json::Value, anyhow::Error>(response.json().await?)
+        }
+    };
+    let parse = |v: &serde_json::Value| {
+        time::OffsetDateTime::parse(v.as_str().unwrap_or_default(), &time::format_description::well_known::Rfc3339)
+    };
 
     let started = Instant::now();
     let mut latencies = Vec::new();
+    let mut contacts = Vec::new();
     let mut overheads = Vec::new();
     for _ in 0..runs {
         let job = post(
             format!("/api/v1/tickets/{ticket}/runs"),
-            serde_json::json!({"phase": "research", "clanker": "bench-true"}),
+            serde_json::json!({"phase": "research", "clanker": clanker}),
         )
         .await?;
         let id = job["id"].as_str().context("job id")?.to_owned();
@@ -151,13 +214,7 @@ pub async fn dispatch(client: &reqwest::Client, base: &str, runs: usize) -> Resu
             let launched =
                 items.iter().find(|e| e["message"].as_str().is_some_and(|m| m.starts_with("worker started")));
             if let (Some(q), Some(l)) = (queued, launched) {
-                let parse = |v: &serde_json::Value| {
-                    time::OffsetDateTime::parse(
-                        v["created_at"].as_str().unwrap_or_default(),
-                        &time::format_description::well_known::Rfc3339,
-                    )
-                };
-                break (parse(l)? - parse(q)?).unsigned_abs();
+                break (parse(&l["created_at"])? - parse(&q["created_at"])?).unsigned_abs();
             }
             if Instant::now() > deadline {
                 bail!("job {id} was not dispatched within 30 s");
@@ -165,10 +222,24 @@ pub async fn dispatch(client: &reqwest::Client, base: &str, runs: usize) -> Resu
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         latencies.push(latency);
-        overheads.push(worker_overhead(client, base, &id).await?);
+        // The worker's first call: its bootstrap sets `started_at`.
+        let job = job_when(client, base, &id, "started_at").await?;
+        contacts.push((parse(&job["started_at"])? - parse(&job["queued_at"])?).unsigned_abs());
+        // Each run to its end before the next, so every one starts on an idle server.
+        job_when(client, base, &id, "finished_at").await?;
+        if target == "local" {
+            overheads.push(worker_overhead(client, base, &id).await?);
+        }
     }
-    Stats { requests: runs, wall: started.elapsed(), latencies }.print("local", "dispatch latency", 1);
-    Stats { requests: runs, wall: started.elapsed(), latencies: overheads }.print("local", "worker overhead", 1);
+    Stats { requests: runs, wall: started.elapsed(), latencies }.print(target, "dispatch: request → worker started", 1);
+    Stats { requests: runs, wall: started.elapsed(), latencies: contacts }.print(
+        target,
+        "dispatch: request → worker's first call",
+        1,
+    );
+    if !overheads.is_empty() {
+        Stats { requests: runs, wall: started.elapsed(), latencies: overheads }.print(target, "worker overhead", 1);
+    }
     Ok(())
 }
 

@@ -46,6 +46,9 @@ struct Args {
     /// Events for the outbox benchmark (written, then consumed).
     #[arg(long, default_value_t = 8000)]
     outbox_events: usize,
+    /// A worker image: the dispatch benchmark then times Docker workers too.
+    #[arg(long, env = "VIBERGLASS_BENCH_DOCKER_IMAGE")]
+    docker_image: Option<String>,
     /// Only the store-level benchmarks (queue and outbox), which need no server binary.
     #[arg(long)]
     store_only: bool,
@@ -199,7 +202,7 @@ async fn bench_backend(args: &Args, backend: &str, database_url: Option<&str>) -
     let idle = rss_kib(server.child.id())?;
     let client = signed_in(&base, args.concurrency).await?;
     if backend == "sqlite" {
-        engine::dispatch(&client, &base, args.dispatches).await?;
+        engine::dispatch(&client, &base, args.dispatches, args.docker_image.as_deref()).await?;
     }
 
     let project = client

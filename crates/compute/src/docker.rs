@@ -32,6 +32,7 @@ const WORKSPACE: &str = "/workspace";
 const TOKEN_FILE: &str = ".viberglass-token";
 const JOB_LABEL: &str = "io.viberglass.job";
 const HOST_LABEL: &str = "io.viberglass.host";
+const SELF_CHECK_LABEL: &str = "io.viberglass.self-check";
 
 /// A Docker clanker's settings (`compute_config`).
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
@@ -64,14 +65,20 @@ impl DockerConfig {
             return Err("`compute_config.cpus` must be more than 0 (e.g. 1.5)".into());
         }
         if let Some(memory) = self.memory_mb
-            && memory < 64
+            && !(64..=MAX_MEMORY_MB).contains(&memory)
         {
-            return Err("`compute_config.memory_mb` must be at least 64 (MiB)".into());
+            return Err(format!("`compute_config.memory_mb` must be between 64 and {MAX_MEMORY_MB} (MiB)"));
         }
         if let Some(network) = &self.network
-            && (network.trim().is_empty() || network.chars().any(char::is_whitespace))
+            && (network.trim().is_empty()
+                || network.chars().any(char::is_whitespace)
+                || network.starts_with("container:")
+                || network == "none")
         {
-            return Err("`compute_config.network` must be a Docker network name such as bridge or host".into());
+            return Err(
+                "`compute_config.network` must be a Docker network name such as bridge (not none or container:…)"
+                    .into(),
+            );
         }
         Ok(self)
     }
@@ -82,7 +89,15 @@ impl DockerConfig {
 pub struct DockerSettings {
     /// Names this server's workers (see `LocalSettings::host_id`).
     pub host_id: String,
+    /// Whether clankers may use `"network": "host"` (the Docker host's own
+    /// network: its loopback services and its cloud metadata endpoint).
+    pub allow_host_network: bool,
 }
+
+/// How long one call to the Docker engine may take before it counts as unreachable.
+const CALL_TIMEOUT_SECS: u64 = 30;
+/// The most memory a clanker may ask for, in MiB (1 TiB).
+const MAX_MEMORY_MB: u64 = 1024 * 1024;
 
 pub struct DockerTarget {
     settings: DockerSettings,
@@ -168,12 +183,35 @@ impl DockerTarget {
     }
 
     fn client(&self) -> Result<Docker, ComputeError> {
-        Docker::connect_with_defaults().map_err(|e| {
-            ComputeError::Permanent(format!(
-                "cannot use the Docker engine at {} ({e}): check DOCKER_HOST",
-                engine_address()
-            ))
-        })
+        let address = engine_address();
+        // Plain HTTP to another machine would carry every job's token and control of its engine in the clear.
+        if let Some(rest) = address.strip_prefix("tcp://").or_else(|| address.strip_prefix("http://")) {
+            let host = rest.split([':', '/']).next().unwrap_or_default();
+            if !matches!(host, "127.0.0.1" | "localhost" | "[::1]") {
+                return Err(ComputeError::Permanent(format!(
+                    "DOCKER_HOST {address} is plain, unencrypted TCP to another machine, which Viberglass refuses: \
+                     reach that engine through an SSH tunnel to a local socket, or run the server on the Docker host"
+                )));
+            }
+        }
+        Docker::connect_with_defaults()
+            .map(|d| d.with_timeout(std::time::Duration::from_secs(CALL_TIMEOUT_SECS)))
+            .map_err(|e| {
+                ComputeError::Permanent(format!("cannot use the Docker engine at {address} ({e}): check DOCKER_HOST"))
+            })
+    }
+
+    /// Refuses the host network unless this server allows it.
+    fn check_network(&self, config: &DockerConfig) -> Result<(), ComputeError> {
+        if config.network.as_deref() == Some("host") && !self.settings.allow_host_network {
+            return Err(ComputeError::Permanent(
+                "`\"network\": \"host\"` gives agents the Docker host's own network (its loopback services, its \
+                 cloud metadata endpoint and role): use a bridge network, or set VIBERGLASS_DOCKER_ALLOW_HOST_NETWORK=true \
+                 if this host has nothing an agent must not reach"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 
     fn config(config: &ComputeConfig) -> Result<&DockerConfig, ComputeError> {
@@ -198,9 +236,10 @@ impl DockerTarget {
         env: Vec<String>,
     ) -> ContainerCreateBody {
         let mut labels = HashMap::from([(HOST_LABEL.to_owned(), self.settings.host_id.clone())]);
-        if let Some(job) = job {
-            labels.insert(JOB_LABEL.to_owned(), job.to_string());
-        }
+        match job {
+            Some(job) => labels.insert(JOB_LABEL.to_owned(), job.to_string()),
+            None => labels.insert(SELF_CHECK_LABEL.to_owned(), "true".to_owned()),
+        };
         let memory = config.memory_mb.map(|mb| (mb * 1024 * 1024) as i64);
         ContainerCreateBody {
             image: Some(config.image.clone()),
@@ -219,6 +258,14 @@ impl DockerTarget {
                 cap_drop: Some(vec!["ALL".to_owned()]),
                 security_opt: Some(vec!["no-new-privileges".to_owned()]),
                 pids_limit: Some(4096),
+                // An agent's output must not fill the Docker host's disk.
+                log_config: Some(bollard::models::HostConfigLogConfig {
+                    typ: Some("json-file".to_owned()),
+                    config: Some(HashMap::from([
+                        ("max-size".to_owned(), "10m".to_owned()),
+                        ("max-file".to_owned(), "2".to_owned()),
+                    ])),
+                }),
                 ..Default::default()
             }),
             ..Default::default()
@@ -234,6 +281,25 @@ impl DockerTarget {
     ) -> Result<(), ComputeError> {
         let mut cmd = vec!["worker".to_owned(), "--self-check".to_owned()];
         cmd.extend(programs.iter().map(|p| format!("--program={p}")));
+        // What an earlier self-check left (a server stopped half-way through one).
+        let filters = HashMap::from([(
+            "label",
+            vec![format!("{HOST_LABEL}={}", self.settings.host_id), SELF_CHECK_LABEL.to_owned()],
+        )]);
+        if let Ok(stale) = docker
+            .list_containers(Some(ListContainersOptionsBuilder::default().all(true).filters(&filters).build()))
+            .await
+        {
+            // Old ones only: a self-check of another Start may be running right now.
+            let now =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
+            let old = stale.into_iter().filter(|c| c.created.is_some_and(|at| now - at > 300));
+            for container in old.filter_map(|c| c.id) {
+                let _ = docker
+                    .remove_container(&container, Some(RemoveContainerOptionsBuilder::default().force(true).build()))
+                    .await;
+            }
+        }
         let name = format!("viberglass-self-check-{}", JobId::new());
         let options = CreateContainerOptionsBuilder::default().name(&name).build();
         let created = docker
@@ -302,6 +368,7 @@ impl DockerTarget {
 
     async fn launch_inner(&self, request: LaunchRequest) -> Result<String, ComputeError> {
         let config = Self::config(&request.config)?;
+        self.check_network(config)?;
         let docker = self.client()?;
         let name = Self::container_name(request.job_id);
         // A launch that failed half-way left its container behind: start afresh.
@@ -398,6 +465,7 @@ impl ComputeTarget for DockerTarget {
     ) -> BoxFuture<'a, Result<Provisioned, ComputeError>> {
         Box::pin(async move {
             let config = Self::config(config)?;
+            self.check_network(config)?;
             let docker = self.client()?;
             docker.ping().await.map_err(|e| {
                 ComputeError::Permanent(format!(

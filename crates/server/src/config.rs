@@ -204,6 +204,13 @@ pub const SETTINGS: &[Setting] = &[
         secret: false,
     },
     Setting {
+        key: "docker_allow_host_network",
+        env: "VIBERGLASS_DOCKER_ALLOW_HOST_NETWORK",
+        default: "false",
+        doc: "Whether Docker clankers may use \"network\": \"host\". Off: that network gives agents the Docker host's loopback services and cloud metadata endpoint.",
+        secret: false,
+    },
+    Setting {
         key: "agent_silence_secs",
         env: "VIBERGLASS_AGENT_SILENCE_SECS",
         default: "300",
@@ -353,6 +360,7 @@ pub struct Config {
     pub host_id: String,
     pub agent_silence_secs: u64,
     pub allow_local_repositories: bool,
+    pub docker_allow_host_network: bool,
     /// Host names requests may be addressed to besides the public URL's, localhost and IP literals.
     pub allowed_hosts: Vec<String>,
 }
@@ -741,6 +749,7 @@ impl Config {
             },
             agent_silence_secs: parse_number(&raw("agent_silence_secs"), 5, 86_400)?,
             allow_local_repositories: parse_bool(&raw("allow_local_repositories"))?,
+            docker_allow_host_network: parse_bool(&raw("docker_allow_host_network"))?,
             allowed_hosts: {
                 let raw = raw("allowed_hosts");
                 let mut hosts = Vec::new();

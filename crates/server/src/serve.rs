@@ -213,6 +213,7 @@ pub fn app_state(
     // Docker clankers use the engine at DOCKER_HOST (or the local socket); Start says when there is none.
     compute.register(Arc::new(viberglass_compute::DockerTarget::new(viberglass_compute::DockerSettings {
         host_id: config.host_id.clone(),
+        allow_host_network: config.docker_allow_host_network,
     })));
     let engine = Engine {
         store: store.clone(),

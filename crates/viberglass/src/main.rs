@@ -202,7 +202,17 @@ fn run_worker(args: WorkerArgs) -> ExitCode {
     let token = match (&args.token_file, args.token) {
         (Some(path), _) => {
             let read = std::fs::read_to_string(path);
-            let _ = std::fs::remove_file(path);
+            // Deleting it is what keeps it from the agent, which runs as the same user: no deletion, no job.
+            if let Err(err) = std::fs::remove_file(path)
+                && err.kind() != std::io::ErrorKind::NotFound
+            {
+                eprintln!(
+                    "viberglass: error: cannot delete the job's token file {} ({err}); the worker refuses to run an \
+                     agent that could read it: make its directory writable by the worker's user",
+                    path.display()
+                );
+                return ExitCode::from(2);
+            }
             match read {
                 Ok(token) => token.trim().to_owned(),
                 Err(err) => {

@@ -58,6 +58,8 @@ fn fast(backend: TestBackend) -> viberglass_testkit::app::TestAppBuilder {
         .env("VIBERGLASS_REAPER_INTERVAL_MS", "200")
         .env("VIBERGLASS_HEARTBEAT_INTERVAL_SECS", "1")
         .env("VIBERGLASS_HEARTBEAT_GRACE_SECS", "30")
+        // The test server, forge and model listen on loopback only.
+        .env("VIBERGLASS_DOCKER_ALLOW_HOST_NETWORK", "true")
 }
 
 fn compute(image: &str, extra: Value) -> Value {
@@ -141,6 +143,18 @@ async fn start_fails_naming_a_missing_image_and_the_docker_host() {
             && message.contains("scripts/worker-image"),
         "{message}"
     );
+    // The host network only where the server allows it.
+    let strict = TestApp::builder(TestBackend::Sqlite).spawn().await;
+    strict
+        .post_json(
+            "/api/v1/clankers",
+            &json!({"shared": true, "name": "Hosted", "agent": "command", "compute": "docker",
+                    "compute_config": {"network": "host"}, "agent_settings": {"command": ["true"]}}),
+        )
+        .await;
+    let refused: Value = strict.post_json("/api/v1/clankers/hosted/start", &json!({})).await.json().await.unwrap();
+    assert_eq!(refused["status"], "failed", "{refused}");
+    assert!(refused["status_message"].as_str().unwrap().contains("VIBERGLASS_DOCKER_ALLOW_HOST_NETWORK"), "{refused}");
     // Twice gives the same answer.
     let again: Value = app.post_json("/api/v1/clankers/boxed/start", &json!({})).await.json().await.unwrap();
     assert_eq!(again["status_message"], started["status_message"]);
@@ -337,7 +351,8 @@ async fn a_server_killed_mid_run_adopts_its_container_after_the_restart() {
             .env("VIBERGLASS_DISPATCH_INTERVAL_MS", "50")
             .env("VIBERGLASS_REAPER_INTERVAL_MS", "200")
             .env("VIBERGLASS_HEARTBEAT_INTERVAL_SECS", "1")
-            .env("VIBERGLASS_HEARTBEAT_GRACE_SECS", "30");
+            .env("VIBERGLASS_HEARTBEAT_GRACE_SECS", "30")
+            .env("VIBERGLASS_DOCKER_ALLOW_HOST_NETWORK", "true");
         ServerProcess::start(command, port)
     };
     let mut server = start();

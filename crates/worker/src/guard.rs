@@ -58,15 +58,19 @@ fn parent_of(pid: u32) -> Option<u32> {
 /// worker, whatever their session or group): each round freezes all of them
 /// first (so none can fork past the sweep), then kills them, until a round
 /// finds none. `agent_leader` is excluded while the runtime may still reap it
-/// (pass `None` once it has). Returns how many were stopped.
-pub async fn stop_leftovers(agent_leader: Option<u32>) -> usize {
+/// (pass `None` once it has). Returns how many were stopped, or how many
+/// are still there when ten seconds did not get rid of them all.
+pub async fn stop_leftovers(agent_leader: Option<u32>) -> Result<usize, usize> {
     tokio::task::spawn_blocking(move || {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         let mut stopped = 0;
         loop {
             let found = descendants(agent_leader);
-            if found.is_empty() || std::time::Instant::now() > deadline {
+            if found.is_empty() {
                 break;
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(found.len());
             }
             let pids: Vec<Pid> = found.iter().filter_map(|pid| Pid::from_raw(*pid as i32)).collect();
             for pid in &pids {
@@ -87,10 +91,10 @@ pub async fn stop_leftovers(agent_leader: Option<u32>) -> usize {
                 }
             }
         }
-        stopped
+        Ok(stopped)
     })
     .await
-    .unwrap_or(0)
+    .unwrap_or(Ok(0))
 }
 
 /// How many processes the kernel has killed for memory in this process's

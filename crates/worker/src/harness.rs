@@ -102,13 +102,13 @@ pub async fn run_agent(
         () = cancel.cancelled() => {
             stop_group(group);
             let _ = child.kill().await;
-            stop_leftovers(sink, None).await;
+            let _ = stop_leftovers(sink, None).await;
             return Ok(AgentEnd::Cancelled);
         }
     };
     // Nothing the agent started outlives it: git runs next, on its checkout.
     stop_group(group);
-    stop_leftovers(sink, None).await;
+    stop_leftovers(sink, None).await?;
     let _ = tokio::join!(out, err);
     let status = status.map_err(|e| Failure::internal(format!("waiting for the agent: {e}")))?;
     if status.success() {
@@ -298,12 +298,12 @@ async fn run_cli(
         status = read => status,
         () = cancel.cancelled() => {
             stop_group(group);
-            stop_leftovers(sink, group).await;
+            let _ = stop_leftovers(sink, group).await;
             return Ok(AgentEnd::Cancelled);
         }
     };
     stop_group(group);
-    stop_leftovers(sink, None).await;
+    stop_leftovers(sink, None).await?;
     feed.abort();
     let _ = err.await;
     let status = status.map_err(|e| Failure::internal(format!("waiting for the agent: {e}")))?;
@@ -372,11 +372,25 @@ fn out_of_memory(before: Option<u64>) -> Option<Failure> {
     })
 }
 
-/// Stops what the agent left running outside its process group (see [`crate::guard`]).
-async fn stop_leftovers(sink: &EventSink, leader: Option<u32>) {
-    let stopped = crate::guard::stop_leftovers(leader).await;
-    if stopped > 0 {
-        sink.log(LogLevel::Warn, &format!("stopped {stopped} process(es) the agent left running after it exited"));
+/// Stops what the agent left running outside its process group (see
+/// [`crate::guard`]). Fails closed: git must never run (with the
+/// credential) next to something the agent left that would not stop.
+async fn stop_leftovers(sink: &EventSink, leader: Option<u32>) -> Result<(), Failure> {
+    match crate::guard::stop_leftovers(leader).await {
+        Ok(0) => Ok(()),
+        Ok(stopped) => {
+            sink.log(LogLevel::Warn, &format!("stopped {stopped} process(es) the agent left running after it exited"));
+            Ok(())
+        }
+        Err(left) => Err(Failure::new(
+            FailureLayer::Agent,
+            "agent_processes_left",
+            format!(
+                "{left} process(es) the agent started kept running (forking faster than they could be stopped); the \
+                 job stops here, before anything is pushed: read the agent's log, then re-run"
+            ),
+            false,
+        )),
     }
 }
 
