@@ -87,14 +87,18 @@ pub async fn queue(backend: &str, target: DatabaseTarget, jobs: usize, claimers:
     Ok(())
 }
 
+/// The bench's repositories: readable by sandboxed workers (`VIBERGLASS_SANDBOX_PATHS`).
+pub const REPOS: &str = "/var/tmp/viberglass-bench-repos";
+
 /// Requests `runs` runs one after another against a running server and
 /// measures, as the server's own timestamps record them, from the request
 /// to the worker starting (the compute target's launch returned) and to the
 /// worker's first call (its bootstrap, which marks the job started), on the
 /// local target and, given `docker_image`, on Docker too.
 pub async fn dispatch(client: &reqwest::Client, base: &str, runs: usize, docker_image: Option<&str>) -> Result<()> {
-    // Not under /tmp: sandboxed workers get a private /tmp.
-    let repo = tempfile::Builder::new().prefix("viberglass-bench-").tempdir_in("/var/tmp")?;
+    // Where the server's sandbox lets workers read (see `REPOS`).
+    std::fs::create_dir_all(REPOS)?;
+    let repo = tempfile::Builder::new().prefix("viberglass-bench-").tempdir_in(REPOS)?;
 
     let bare = repo.path().join("remote.git");
     let seed = repo.path().join("seed");

@@ -73,6 +73,9 @@ fn start(binary: &PathBuf, data_dir: &std::path::Path, database_url: Option<&str
         .env("VIBERGLASS_DATA_DIR", data_dir)
         .env("LOG_FORMAT", "json")
         .env("VIBERGLASS_ALLOW_LOCAL_REPOSITORIES", "true")
+        .env("VIBERGLASS_SANDBOX_PATHS", engine::REPOS)
+        // The Docker workers reach the bench's server on loopback.
+        .env("VIBERGLASS_DOCKER_ALLOW_HOST_NETWORK", "true")
         .env("LOG_LEVEL", "info")
         .env_remove("DATABASE_URL")
         .env_remove("VIBERGLASS_CONFIG")

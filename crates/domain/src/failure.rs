@@ -26,6 +26,21 @@ named_enum!(
     }
 );
 
+impl FailureLayer {
+    /// The layers only the server decides (a worker claiming one is wrong or lying).
+    pub fn server_only(self) -> bool {
+        matches!(
+            self,
+            FailureLayer::Cancelled
+                | FailureLayer::Heartbeat
+                | FailureLayer::Timeout
+                | FailureLayer::Provisioning
+                | FailureLayer::Dispatch
+                | FailureLayer::Bootstrap
+        )
+    }
+}
+
 /// Why a job failed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Failure {

@@ -40,15 +40,7 @@ pub fn accept_report(spec: &JobSpec, report: WorkerResult) -> Outcome {
         }
         WorkerResult::Failed { mut failure, result } => {
             // Only the server decides these layers: a worker claiming one is wrong or lying.
-            if matches!(
-                failure.layer,
-                FailureLayer::Cancelled
-                    | FailureLayer::Heartbeat
-                    | FailureLayer::Timeout
-                    | FailureLayer::Provisioning
-                    | FailureLayer::Dispatch
-                    | FailureLayer::Bootstrap
-            ) {
+            if failure.layer.server_only() {
                 failure.layer = FailureLayer::Internal;
             }
             failure.message = failure.message.chars().take(4000).collect();
