@@ -905,3 +905,22 @@ async fn without_a_sandbox_what_an_agent_detaches_is_stopped_when_it_exits() {
     let events = app.get(&format!("/api/v1/jobs/{id}/events?limit=1000")).await.text().await.unwrap();
     assert!(events.contains("process(es) the agent left running"), "{events}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_printing_invalid_utf8_is_read_to_its_end() {
+    let app = app(TestBackend::Sqlite, 60).await;
+    let repo = ServedRepo::with_files(&[("README.md", "x")]).await;
+    // Past the invalid bytes comes more than a pipe holds: a reader that stopped would stall the agent.
+    let script = "printf 'bad \\377\\376 bytes\\n'; head -c 300000 /dev/zero | tr '\\0' 'x'; echo; \
+                  echo after-the-flood; echo changed >> README.md";
+    let setup = setup(&app, &repo.url(), script, 600).await;
+    let id = run(&app, &setup, "execution").await;
+    let done = wait_for(&app, &id, &["completed", "failed"], Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let events = app.get(&format!("/api/v1/jobs/{id}/events?limit=1000")).await.text().await.unwrap();
+    assert!(
+        events.contains("after-the-flood") && events.contains("bad \u{fffd}"),
+        "{}",
+        &events[..events.len().min(2000)]
+    );
+}

@@ -85,15 +85,17 @@ pub async fn run_agent(
     let stderr = child.stderr.take().expect("piped stderr");
     let out_sink = sink.clone();
     let out = tokio::spawn(async move {
-        let mut lines = BufReader::new(stdout).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
+        let mut lines = BufReader::new(stdout).split(b'\n');
+        while let Ok(Some(bytes)) = lines.next_segment().await {
+            let line = text_of(&bytes);
             out_sink.log(LogLevel::Info, &line);
         }
     });
     let err_sink = sink.clone();
     let err = tokio::spawn(async move {
-        let mut lines = BufReader::new(stderr).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
+        let mut lines = BufReader::new(stderr).split(b'\n');
+        while let Ok(Some(bytes)) = lines.next_segment().await {
+            let line = text_of(&bytes);
             err_sink.log(LogLevel::Warn, &line);
         }
     });
@@ -255,14 +257,16 @@ async fn run_cli(
     let stderr = child.stderr.take().expect("piped stderr");
     let err_sink = sink.clone();
     let err = tokio::spawn(async move {
-        let mut lines = BufReader::new(stderr).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
+        let mut lines = BufReader::new(stderr).split(b'\n');
+        while let Ok(Some(bytes)) = lines.next_segment().await {
+            let line = text_of(&bytes);
             err_sink.log(LogLevel::Warn, &line);
         }
     });
     let mut parser = adapter.parser();
     let mut kept = Vec::new();
-    let mut lines = BufReader::new(stdout).lines();
+    // Bytes, decoded leniently: an agent printing invalid UTF-8 must not stop the reading (and stall the pipe).
+    let mut lines = BufReader::new(stdout).split(b'\n');
     let silence = std::time::Duration::from_secs(spec.agent_silence_secs.max(1));
     let mut silent = false;
     let read = async {
@@ -270,8 +274,8 @@ async fn run_cli(
             // An agent that prints nothing for this long is stuck (typically on a
             // model API that stalled mid-stream): stop it rather than wait for
             // the CLI's own, much longer, timeout.
-            let line = match tokio::time::timeout(silence, lines.next_line()).await {
-                Ok(Ok(Some(line))) => line,
+            let line = match tokio::time::timeout(silence, lines.next_segment()).await {
+                Ok(Ok(Some(bytes))) => text_of(&bytes),
                 Ok(_) => break,
                 Err(_) => {
                     silent = true;
@@ -344,8 +348,8 @@ async fn run_cli(
     let usage = kept.iter().fold(None, |total: Option<Usage>, e| match e {
         AgentEvent::Usage { input_tokens, output_tokens, cost_usd } => {
             let mut t = total.unwrap_or_default();
-            t.input_tokens += input_tokens;
-            t.output_tokens += output_tokens;
+            t.input_tokens = t.input_tokens.saturating_add(*input_tokens);
+            t.output_tokens = t.output_tokens.saturating_add(*output_tokens);
             t.cost_usd = match (t.cost_usd, cost_usd) {
                 (Some(a), Some(b)) => Some(a + b),
                 (a, b) => a.or(*b),
@@ -392,6 +396,12 @@ async fn stop_leftovers(sink: &EventSink, leader: Option<u32>) -> Result<(), Fai
             false,
         )),
     }
+}
+
+/// One line of an agent's output as text (invalid UTF-8 replaced, a trailing CR dropped).
+fn text_of(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    text.strip_suffix('\r').unwrap_or(&text).to_owned()
 }
 
 /// The host's `NO_PROXY` list with loopback added.

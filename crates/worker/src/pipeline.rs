@@ -461,7 +461,8 @@ impl PrContent {
                 for file in files.iter().take(200) {
                     body.push_str(&format!("- `{}` ({})\n", file.path, file.status));
                 }
-                body
+                // The ticket's text and the file names are unbounded: the forge's limit is not.
+                bounded(&body, MAX_PR_BODY)
             }
         };
         if let Some(scm) = &spec.scm {

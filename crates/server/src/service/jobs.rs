@@ -43,6 +43,7 @@ pub fn accept_report(spec: &JobSpec, report: WorkerResult) -> Outcome {
             if failure.layer.server_only() {
                 failure.layer = FailureLayer::Internal;
             }
+            failure.code = failure.code.chars().take(100).collect();
             failure.message = failure.message.chars().take(4000).collect();
             failure.detail = failure.detail.chars().take(16_000).collect();
             let result = result.and_then(|r| checked_result(spec, r).ok());

@@ -1,0 +1,7 @@
+//! Gemini CLI's output stream (see `viberglass_fuzz::agent_stream`).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use viberglass_domain::AgentKind;
+
+fuzz_target!(|data: &[u8]| viberglass_fuzz::agent_stream(AgentKind::GeminiCli, data));
