@@ -121,17 +121,7 @@ pub async fn dispatch(client: &reqwest::Client, base: &str, runs: usize, docker_
     git(&seed, &["commit", "-q", "-m", "init"])?;
     git(&seed, &["push", "-q", bare.to_str().unwrap(), "HEAD:refs/heads/main"])?;
 
-    let post = |path: String, body: serde_json::Value| {
-        let client = client.clone();
-        let url = format!("{base}{path}");
-        async move {
-            let response = client.post(&url).json(&body).send().await?;
-            if !response.status().is_success() {
-                bail!("POST {url}: {}", response.text().await?);
-            }
-            Ok::<serde_json::Value, anyhow::Error>(response.json().await?)
-        }
-    };
+    let post = |path: String, body: serde_json::Value| post_json(client, base, path, body);
     post("/api/v1/projects".into(), serde_json::json!({"name": "Dispatch", "slug": "dispatch", "repository_url": format!("file://{}", bare.display()), "max_concurrent_jobs": 4, "planning_needs_approval": false})).await?;
     let ticket = post("/api/v1/projects/dispatch/tickets".into(), serde_json::json!({"title": "bench"})).await?;
     let ticket = ticket["id"].as_str().context("ticket id")?.to_owned();
@@ -160,6 +150,21 @@ pub async fn dispatch(client: &reqwest::Client, base: &str, runs: usize, docker_
     Ok(())
 }
 
+/// POSTs `body` to `path` and returns the JSON answer, or the error it gave.
+async fn post_json(
+    client: &reqwest::Client,
+    base: &str,
+    path: String,
+    body: serde_json::Value,
+) -> Result<serde_json::Value> {
+    let url = format!("{base}{path}");
+    let response = client.post(&url).json(&body).send().await?;
+    if !response.status().is_success() {
+        bail!("POST {url}: {}", response.text().await?);
+    }
+    Ok(response.json().await?)
+}
+
 /// The job once its `field` is set (within a minute).
 async fn job_when(client: &reqwest::Client, base: &str, id: &str, field: &str) -> Result<serde_json::Value> {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -183,17 +188,7 @@ async fn dispatch_to(
     clanker: &str,
     runs: usize,
 ) -> Result<()> {
-    let post = |path: String, body: serde_json::Value| {
-        let client = client.clone();
-        let url = format!("{base}{path}");
-        async move {
-            let response = client.post(&url).json(&body).send().await?;
-            if !response.status().is_success() {
-                bail!("POST {url}: {}", response.text().await?);
-            }
-            Ok::<serde_json::Value, anyhow::Error>(response.json().await?)
-        }
-    };
+    let post = |path: String, body: serde_json::Value| post_json(client, base, path, body);
     let parse = |v: &serde_json::Value| {
         time::OffsetDateTime::parse(v.as_str().unwrap_or_default(), &time::format_description::well_known::Rfc3339)
     };

@@ -101,6 +101,15 @@ pub fn client_with_token(token: &str) -> reqwest::Client {
 }
 
 impl TestAppBuilder {
+    /// Runs jobs with `worker_binary`, the engine's loops quick (dispatch
+    /// every 50 ms, reaper every 200 ms, heartbeats every second).
+    pub fn fast_engine(self, worker_binary: &str) -> Self {
+        self.env("VIBERGLASS_WORKER_BINARY", worker_binary)
+            .env("VIBERGLASS_DISPATCH_INTERVAL_MS", "50")
+            .env("VIBERGLASS_REAPER_INTERVAL_MS", "200")
+            .env("VIBERGLASS_HEARTBEAT_INTERVAL_SECS", "1")
+    }
+
     /// Leaves first-run setup undone: the client is anonymous.
     pub fn without_setup(mut self) -> Self {
         self.setup = false;

@@ -53,10 +53,7 @@ async fn until_no_container(job: &str, within: Duration) {
 
 fn fast(backend: TestBackend) -> viberglass_testkit::app::TestAppBuilder {
     TestApp::builder(backend)
-        .env("VIBERGLASS_WORKER_BINARY", BINARY)
-        .env("VIBERGLASS_DISPATCH_INTERVAL_MS", "50")
-        .env("VIBERGLASS_REAPER_INTERVAL_MS", "200")
-        .env("VIBERGLASS_HEARTBEAT_INTERVAL_SECS", "1")
+        .fast_engine(BINARY)
         .env("VIBERGLASS_HEARTBEAT_GRACE_SECS", "30")
         // The test server, forge and model listen on loopback only.
         .env("VIBERGLASS_DOCKER_ALLOW_HOST_NETWORK", "true")

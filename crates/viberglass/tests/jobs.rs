@@ -12,11 +12,7 @@ const BINARY: &str = env!("CARGO_BIN_EXE_viberglass");
 /// A server on `backend` whose dispatcher and reaper run fast, with workers
 /// that heartbeat every second; later `.env` calls override these.
 fn fast(backend: TestBackend) -> viberglass_testkit::app::TestAppBuilder {
-    TestApp::builder(backend)
-        .env("VIBERGLASS_WORKER_BINARY", BINARY)
-        .env("VIBERGLASS_DISPATCH_INTERVAL_MS", "50")
-        .env("VIBERGLASS_REAPER_INTERVAL_MS", "200")
-        .env("VIBERGLASS_HEARTBEAT_INTERVAL_SECS", "1")
+    TestApp::builder(backend).fast_engine(BINARY)
 }
 
 async fn app(backend: TestBackend, grace_secs: u32) -> TestApp {
