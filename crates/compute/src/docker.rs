@@ -227,6 +227,11 @@ impl DockerTarget {
         format!("viberglass-{job_id}")
     }
 
+    /// The container a compute ref names (by its id), else the job's by name.
+    fn container_of(job_id: JobId, compute_ref: &str) -> String {
+        DockerRef::parse(compute_ref).map_or_else(|| Self::container_name(job_id), |r| r.container)
+    }
+
     /// The container body every worker of `config` runs with.
     fn body(
         &self,
@@ -543,18 +548,18 @@ impl ComputeTarget for DockerTarget {
         Box::pin(self.state_of(job_id, compute_ref))
     }
 
-    fn log_tail(&self, job_id: JobId) -> BoxFuture<'_, Option<String>> {
+    fn log_tail<'a>(&'a self, job_id: JobId, compute_ref: &'a str) -> BoxFuture<'a, Option<String>> {
         Box::pin(async move {
             let docker = self.client().ok()?;
-            let text = self.logs(&docker, &Self::container_name(job_id), 40).await;
+            let text = self.logs(&docker, &Self::container_of(job_id, compute_ref), 40).await;
             (!text.trim().is_empty()).then_some(text)
         })
     }
 
-    fn exit_reason(&self, job_id: JobId) -> BoxFuture<'_, Option<ExitReason>> {
+    fn exit_reason<'a>(&'a self, job_id: JobId, compute_ref: &'a str) -> BoxFuture<'a, Option<ExitReason>> {
         Box::pin(async move {
             let docker = self.client().ok()?;
-            let found = docker.inspect_container(&Self::container_name(job_id), None).await.ok()?;
+            let found = docker.inspect_container(&Self::container_of(job_id, compute_ref), None).await.ok()?;
             let state = found.state?;
             let memory = found.host_config.and_then(|h| h.memory).filter(|m| *m > 0);
             if state.oom_killed == Some(true) {
@@ -565,6 +570,7 @@ impl ComputeTarget for DockerTarget {
                         "killed: out of memory{limit}: raise the clanker's memory limit (compute_config.memory_mb), \
                          then re-run"
                     ),
+                    started: true,
                 });
             }
             let code = state.exit_code?;
@@ -574,6 +580,7 @@ impl ComputeTarget for DockerTarget {
                     137 => "the container was killed (exit code 137: SIGKILL, e.g. `docker kill` or the host)".into(),
                     code => format!("the container exited with code {code}"),
                 },
+                started: true,
             })
         })
     }

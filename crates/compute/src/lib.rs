@@ -3,10 +3,12 @@
 //! owns the engine-specific details. The [`ComputeRegistry`] maps each
 //! [`ComputeKind`] to its target; a clanker's typed [`ComputeConfig`] goes
 //! with every call. The local target runs workers as child processes of the
-//! server; Docker, Kubernetes, ECS and Lambda come behind the same trait.
+//! server; Docker runs them in containers and Kubernetes as Jobs; ECS and
+//! Lambda come behind the same trait.
 #![forbid(unsafe_code)]
 
 mod docker;
+mod kubernetes;
 mod local;
 
 use std::collections::HashMap;
@@ -17,6 +19,7 @@ use futures::future::BoxFuture;
 use viberglass_domain::{ComputeKind, JobId};
 
 pub use docker::{DEFAULT_IMAGE, DockerConfig, DockerRef, DockerSettings, DockerTarget};
+pub use kubernetes::{KubernetesConfig, KubernetesRef, KubernetesSettings, KubernetesTarget};
 pub use local::{LocalRef, LocalTarget};
 
 /// A clanker's compute settings, parsed for its kind. Unknown settings are
@@ -25,6 +28,7 @@ pub use local::{LocalRef, LocalTarget};
 pub enum ComputeConfig {
     Local(LocalConfig),
     Docker(DockerConfig),
+    Kubernetes(KubernetesConfig),
 }
 
 /// The local target's per-clanker settings. None yet: the host's own
@@ -50,7 +54,18 @@ impl ComputeConfig {
                 })?
                 .validate()
                 .map(ComputeConfig::Docker),
-            other => Err(format!("the {other} compute target is not available yet: use `local` or `docker`")),
+            ComputeKind::Kubernetes => serde_json::from_value::<KubernetesConfig>(config)
+                .map_err(|e| {
+                    format!(
+                        "`compute_config` for the Kubernetes target is invalid: {e}; its settings are namespace, image, \
+                         service_account, image_pull_secret, cpus and memory_mb"
+                    )
+                })?
+                .validate()
+                .map(ComputeConfig::Kubernetes),
+            other => {
+                Err(format!("the {other} compute target is not available yet: use `local`, `docker` or `kubernetes`"))
+            }
         }
     }
 
@@ -58,6 +73,7 @@ impl ComputeConfig {
         match self {
             ComputeConfig::Local(_) => ComputeKind::Local,
             ComputeConfig::Docker(_) => ComputeKind::Docker,
+            ComputeConfig::Kubernetes(_) => ComputeKind::Kubernetes,
         }
     }
 }
@@ -73,6 +89,9 @@ pub struct LaunchRequest {
     /// The programs the clanker names (see `HarnessSpec::program`), which the
     /// worker must be able to run: the local target binds absolute ones into its sandbox.
     pub programs: Vec<String>,
+    /// The job's time limit (the project's `max_execution_secs`), for targets
+    /// that enforce one of their own as a backstop.
+    pub time_limit_secs: Option<u64>,
 }
 
 impl std::fmt::Debug for LaunchRequest {
@@ -88,6 +107,9 @@ pub struct ExitReason {
     pub code: &'static str,
     /// For people: what happened and what to do.
     pub message: String,
+    /// Whether the worker ran at all (`false`: its image could not be
+    /// pulled, no node had room for it).
+    pub started: bool,
 }
 
 /// Whether a launched worker still runs.
@@ -145,12 +167,20 @@ pub trait ComputeTarget: Send + Sync {
     fn inspect<'a>(&'a self, job_id: JobId, compute_ref: &'a str) -> BoxFuture<'a, WorkerState>;
 
     /// The last lines the worker wrote to its own log, when the target keeps one.
-    fn log_tail(&self, job_id: JobId) -> BoxFuture<'_, Option<String>>;
+    fn log_tail<'a>(&'a self, job_id: JobId, compute_ref: &'a str) -> BoxFuture<'a, Option<String>>;
 
     /// Why a worker that is gone ended, when the target can tell (an
-    /// out-of-memory kill, an exit code), for the job's failure.
-    fn exit_reason(&self, _job_id: JobId) -> BoxFuture<'_, Option<ExitReason>> {
+    /// out-of-memory kill, an exit code, an image it could not pull), for
+    /// the job's failure.
+    fn exit_reason<'a>(&'a self, _job_id: JobId, _compute_ref: &'a str) -> BoxFuture<'a, Option<ExitReason>> {
         Box::pin(async { None })
+    }
+
+    /// The worker has made its first call (read its token, fetched its
+    /// job): a target that handed it the token through something others may
+    /// read (a Kubernetes Secret) removes that now.
+    fn worker_started<'a>(&'a self, _job_id: JobId, _compute_ref: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
     }
 
     /// What this host's workers left on the target (a container kept after

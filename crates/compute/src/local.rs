@@ -479,7 +479,7 @@ impl ComputeTarget for LocalTarget {
         .boxed()
     }
 
-    fn log_tail(&self, job_id: JobId) -> BoxFuture<'_, Option<String>> {
+    fn log_tail<'a>(&'a self, job_id: JobId, _compute_ref: &'a str) -> BoxFuture<'a, Option<String>> {
         async move {
             let path = self.settings.workspace_root.join(job_id.to_string()).join("worker.log");
             // The workspace is the agent's to write: never follow a link it put
@@ -548,6 +548,7 @@ mod tests {
             token: "t".into(),
             config: ComputeConfig::Local(Default::default()),
             programs: Vec::new(),
+            time_limit_secs: None,
         };
         let compute_ref = target.launch(request).await.unwrap();
         // Until the child has exec'd, /proc shows the parent's command line.
@@ -617,6 +618,7 @@ mod tests {
             token: String::new(),
             config: ComputeConfig::Local(Default::default()),
             programs: Vec::new(),
+            time_limit_secs: None,
         };
         let err = target.launch(request).await.unwrap_err();
         assert!(!err.is_transient());

@@ -250,9 +250,12 @@ impl NewClanker {
         }
         let compute = e.check("compute", input.compute.as_deref().unwrap_or("local").parse::<ComputeKind>());
         if let Some(c) = compute
-            && !matches!(c, ComputeKind::Local | ComputeKind::Docker)
+            && !matches!(c, ComputeKind::Local | ComputeKind::Docker | ComputeKind::Kubernetes)
         {
-            e.add("compute", format!("the {c} compute target is not available yet: use `local` or `docker`"));
+            e.add(
+                "compute",
+                format!("the {c} compute target is not available yet: use `local`, `docker` or `kubernetes`"),
+            );
         }
         let max_concurrent_jobs = match input.max_concurrent_jobs.unwrap_or(2) {
             n @ 1..=100 => Some(n),

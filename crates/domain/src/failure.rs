@@ -153,6 +153,18 @@ impl Failure {
         .with_detail(log_tail.unwrap_or_else(|| "the worker left no log".into()))
     }
 
+    /// The compute target could not start the worker it was asked for, and
+    /// says why (`reason`, e.g. "the cluster cannot pull the worker image ...").
+    pub fn worker_never_started(code: &str, reason: &str, log_tail: Option<String>) -> Self {
+        Self::new(
+            FailureLayer::Dispatch,
+            code,
+            format!("the worker never started: {reason}; fix that, then re-run the job"),
+            false,
+        )
+        .with_detail(log_tail.unwrap_or_else(|| "the worker left no log".into()))
+    }
+
     /// The server restarted and the worker it had started is gone.
     pub fn orphaned() -> Self {
         Self::new(

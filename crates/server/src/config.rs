@@ -211,6 +211,34 @@ pub const SETTINGS: &[Setting] = &[
         secret: false,
     },
     Setting {
+        key: "kubernetes_namespaces",
+        env: "VIBERGLASS_KUBERNETES_NAMESPACES",
+        default: "",
+        doc: "The namespaces (comma-separated) Kubernetes clankers may run workers in. Empty: Kubernetes clankers are off, and no kubeconfig or in-cluster account is used.",
+        secret: false,
+    },
+    Setting {
+        key: "kubeconfig",
+        env: "VIBERGLASS_KUBECONFIG",
+        default: "",
+        doc: "The kubeconfig file Kubernetes clankers use. Empty: KUBECONFIG, ~/.kube/config, else the in-cluster service account.",
+        secret: false,
+    },
+    Setting {
+        key: "kubernetes_context",
+        env: "VIBERGLASS_KUBERNETES_CONTEXT",
+        default: "",
+        doc: "The kubeconfig context Kubernetes clankers use. Empty: its current context.",
+        secret: false,
+    },
+    Setting {
+        key: "kubernetes_unschedulable_grace_secs",
+        env: "VIBERGLASS_KUBERNETES_UNSCHEDULABLE_GRACE_SECS",
+        default: "120",
+        doc: "How long a Kubernetes worker's pod may wait for a node (a cluster autoscaler may be adding one) before its job fails as unschedulable.",
+        secret: false,
+    },
+    Setting {
         key: "agent_silence_secs",
         env: "VIBERGLASS_AGENT_SILENCE_SECS",
         default: "300",
@@ -361,6 +389,10 @@ pub struct Config {
     pub agent_silence_secs: u64,
     pub allow_local_repositories: bool,
     pub docker_allow_host_network: bool,
+    pub kubeconfig: Option<PathBuf>,
+    pub kubernetes_namespaces: Vec<String>,
+    pub kubernetes_context: Option<String>,
+    pub kubernetes_unschedulable_grace_secs: u64,
     /// Host names requests may be addressed to besides the public URL's, localhost and IP literals.
     pub allowed_hosts: Vec<String>,
 }
@@ -750,6 +782,29 @@ impl Config {
             agent_silence_secs: parse_number(&raw("agent_silence_secs"), 5, 86_400)?,
             allow_local_repositories: parse_bool(&raw("allow_local_repositories"))?,
             docker_allow_host_network: parse_bool(&raw("docker_allow_host_network"))?,
+            kubeconfig: Some(raw("kubeconfig"))
+                .filter(|r| !r.value.trim().is_empty())
+                .map(|r| PathBuf::from(r.value.trim())),
+            kubernetes_namespaces: {
+                let raw = raw("kubernetes_namespaces");
+                let mut namespaces = Vec::new();
+                for namespace in raw.value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                    let valid = namespace.len() <= 63
+                        && namespace.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                        && !namespace.starts_with('-')
+                        && !namespace.ends_with('-');
+                    if !valid {
+                        return Err(raw.invalid(
+                            format!("`{namespace}` is not a namespace name"),
+                            "namespace names (lowercase letters, digits, `-`), comma-separated, e.g. viberglass,ci-workers",
+                        ));
+                    }
+                    namespaces.push(namespace.to_owned());
+                }
+                namespaces
+            },
+            kubernetes_context: Some(raw("kubernetes_context").value.trim().to_owned()).filter(|c| !c.is_empty()),
+            kubernetes_unschedulable_grace_secs: parse_number(&raw("kubernetes_unschedulable_grace_secs"), 0, 86_400)?,
             allowed_hosts: {
                 let raw = raw("allowed_hosts");
                 let mut hosts = Vec::new();

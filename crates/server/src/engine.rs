@@ -172,6 +172,7 @@ impl Engine {
             token,
             config,
             programs: crate::service::clankers::programs_of(&clanker),
+            time_limit_secs: job.spec.as_ref().map(|s| s.max_execution_secs),
         };
         match target.launch(request).await {
             Ok(compute_ref) => {
@@ -276,11 +277,18 @@ impl Engine {
                 && (job.status == JobStatus::Active || silent >= 2)
                 && self.worker_state(&job).await == WorkerState::Gone;
             let failure = if gone {
+                let compute_ref = job.compute_ref.as_deref().unwrap_or_default();
                 let (tail, reason) = match self.target(&job) {
-                    Some(target) => (target.log_tail(job.id).await, target.exit_reason(job.id).await),
+                    Some(target) => {
+                        (target.log_tail(job.id, compute_ref).await, target.exit_reason(job.id, compute_ref).await)
+                    }
                     None => (None, None),
                 };
                 match reason {
+                    // It never ran (its image could not be pulled, no node had room): that is the message.
+                    Some(reason) if !reason.started => {
+                        Failure::worker_never_started(reason.code, &reason.message, tail)
+                    }
                     // The target knows why (out of memory, killed): that is the message.
                     Some(reason) if reason.code != "worker_exited" || job.last_heartbeat_at.is_some() => {
                         Failure::worker_ended(reason.code, &reason.message, tail)
@@ -302,6 +310,14 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// Tells the job's compute target that its worker has bootstrapped (so a
+    /// token it handed over through the target can go).
+    pub async fn worker_started(&self, job: &Job) {
+        if let (Some(target), Some(compute_ref)) = (self.target(job), &job.compute_ref) {
+            target.worker_started(job.id, compute_ref).await;
+        }
     }
 
     /// Stops a job's worker (and its agent), if it has one and this server owns it.

@@ -215,6 +215,14 @@ pub fn app_state(
         host_id: config.host_id.clone(),
         allow_host_network: config.docker_allow_host_network,
     })));
+    // Kubernetes clankers use VIBERGLASS_KUBECONFIG, KUBECONFIG or the in-cluster account; Start says when none works.
+    compute.register(Arc::new(viberglass_compute::KubernetesTarget::new(viberglass_compute::KubernetesSettings {
+        host_id: config.host_id.clone(),
+        kubeconfig: config.kubeconfig.clone(),
+        context: config.kubernetes_context.clone(),
+        unschedulable_grace: Duration::from_secs(config.kubernetes_unschedulable_grace_secs),
+        namespaces: config.kubernetes_namespaces.clone(),
+    })));
     let engine = Engine {
         store: store.clone(),
         compute,
@@ -258,6 +266,17 @@ pub async fn serve(
         tracing::info!("no user yet: open {public}/api/docs/ and POST /api/v1/setup to create the first administrator");
     }
     warn_about_shared_clankers(&state).await;
+    match state
+        .store
+        .fail_interrupted_deploys(
+            "provisioning was interrupted: the server stopped while starting this clanker; Start it again",
+        )
+        .await
+    {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(clankers = n, "clankers left deploying by a stopped server are now failed"),
+        Err(err) => tracing::error!(error = %err, "could not check for clankers left deploying"),
+    }
     let mut loops = state.engine.clone().spawn(shutdown.clone());
     loops.push(spawn_outbox(&state, shutdown.clone()));
     let app = build_router(state).into_make_service_with_connect_info::<SocketAddr>();

@@ -275,6 +275,20 @@ impl Store {
         Ok(Page::from_rows(rows, page.limit, |c| c.id.as_uuid()))
     }
 
+    /// At boot: clankers a stopped server left `deploying` (its Start was cut
+    /// off) become `failed` with `message`; returns how many.
+    pub async fn fail_interrupted_deploys(&self, message: &str) -> Result<u64, StoreError> {
+        let changed = on_pool!(self, |pool| {
+            sqlx::query("UPDATE clankers SET status = 'failed', status_message = $1, updated_at = $2 WHERE status = 'deploying'")
+                .bind(message)
+                .bind(DbTime(crate::now()))
+                .execute(pool)
+                .await
+                .map(|r| r.rows_affected())
+        })?;
+        Ok(changed)
+    }
+
     /// Records what provisioning or the compute target last said about a clanker.
     pub async fn set_clanker_status(
         &self,

@@ -252,6 +252,45 @@ impl TestApp {
         assert_eq!(response.status(), 201, "filing a ticket: {}", response.text().await.unwrap_or_default());
         response.json().await.expect("ticket JSON")
     }
+
+    /// Runs `phase` of `ticket` with `clanker`; returns the job's id.
+    pub async fn run_phase(&self, ticket: &str, clanker: &str, phase: &str) -> String {
+        let body = serde_json::json!({"phase": phase, "clanker": clanker});
+        let job: serde_json::Value =
+            self.post_json(&format!("/api/v1/tickets/{ticket}/runs"), &body).await.json().await.expect("job JSON");
+        job["id"].as_str().unwrap_or_else(|| panic!("no job: {job}")).to_owned()
+    }
+
+    /// Waits until job `id` has one of `statuses`; returns its JSON.
+    pub async fn wait_for_job(&self, id: &str, statuses: &[&str], within: std::time::Duration) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let job: serde_json::Value = self.get(&format!("/api/v1/jobs/{id}")).await.json().await.expect("job JSON");
+            if statuses.contains(&job["status"].as_str().unwrap_or_default()) {
+                return job;
+            }
+            assert!(std::time::Instant::now() < deadline, "job {id} did not reach {statuses:?}: {job}");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until job `id`'s worker is running its agent.
+    pub async fn wait_for_agent(&self, id: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let job: serde_json::Value = self.get(&format!("/api/v1/jobs/{id}")).await.json().await.expect("job JSON");
+            if job["progress_step"] == "running the agent" {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "the agent never started: {job}");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Job `id`'s events (the first thousand), as the API returns them.
+    pub async fn job_events(&self, id: &str) -> String {
+        self.get(&format!("/api/v1/jobs/{id}/events?limit=1000")).await.text().await.unwrap_or_default()
+    }
 }
 
 impl Drop for TestApp {

@@ -10,6 +10,7 @@
 pub mod app;
 pub mod db;
 pub mod fake_forge;
+pub mod fake_kube;
 pub mod forge;
 pub mod git;
 pub mod logs;

@@ -84,44 +84,6 @@ async fn setup(app: &TestApp, repo_url: &str, image: &str, script: &str, extra: 
     ticket["id"].as_str().unwrap().to_owned()
 }
 
-async fn run(app: &TestApp, ticket: &str, clanker: &str, phase: &str) -> String {
-    let job: Value = app
-        .post_json(&format!("/api/v1/tickets/{ticket}/runs"), &json!({"phase": phase, "clanker": clanker}))
-        .await
-        .json()
-        .await
-        .unwrap();
-    job["id"].as_str().unwrap_or_else(|| panic!("no job: {job}")).to_owned()
-}
-
-async fn wait_for(app: &TestApp, id: &str, statuses: &[&str], within: Duration) -> Value {
-    let deadline = Instant::now() + within;
-    loop {
-        let job: Value = app.get(&format!("/api/v1/jobs/{id}")).await.json().await.unwrap();
-        if statuses.contains(&job["status"].as_str().unwrap_or_default()) {
-            return job;
-        }
-        assert!(Instant::now() < deadline, "job {id} did not reach {statuses:?}: {job}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn wait_for_agent(app: &TestApp, id: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let job: Value = app.get(&format!("/api/v1/jobs/{id}")).await.json().await.unwrap();
-        if job["progress_step"] == "running the agent" {
-            return;
-        }
-        assert!(Instant::now() < deadline, "the agent never started: {job}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn events(app: &TestApp, id: &str) -> String {
-    app.get(&format!("/api/v1/jobs/{id}/events?limit=1000")).await.text().await.unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_fails_naming_a_missing_image_and_the_docker_host() {
     let Some(_) = image() else { return };
@@ -175,12 +137,12 @@ async fn a_job_runs_in_its_own_container_as_an_unprivileged_user_and_leaves_noth
     let ticket = setup(&app, &repo.url(), &image, script, json!({"memory_mb": 1024, "cpus": 1.5})).await;
     let clanker: Value = app.get("/api/v1/clankers/boxed").await.json().await.unwrap();
     assert!(clanker["status_message"].as_str().unwrap().contains("passed its self-check"), "{clanker}");
-    let id = run(&app, &ticket, "boxed", "execution").await;
-    let done = wait_for(&app, &id, &["completed", "failed"], Duration::from_secs(90)).await;
+    let id = app.run_phase(&ticket, "boxed", "execution").await;
+    let done = app.wait_for_job(&id, &["completed", "failed"], Duration::from_secs(90)).await;
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(done["compute_kind"], "docker", "{done}");
     assert!(done["compute_ref"].as_str().unwrap().starts_with("docker:"), "{done}");
-    let log = events(&app, &id).await;
+    let log = app.job_events(&id).await;
     assert!(log.contains("uid=10001"), "the worker runs as the image's user: {log}");
     assert!(
         log.contains("env=0") && log.contains("file=0"),
@@ -197,15 +159,15 @@ async fn cancel_removes_the_container_within_five_seconds() {
     let app = fast(TestBackend::Sqlite).spawn().await;
     let repo = ServedRepo::with_files(&[("README.md", "x")]).await;
     let ticket = setup(&app, &repo.url(), &image, "sleep 120", json!({})).await;
-    let id = run(&app, &ticket, "boxed", "execution").await;
-    wait_for_agent(&app, &id).await;
+    let id = app.run_phase(&ticket, "boxed", "execution").await;
+    app.wait_for_agent(&id).await;
     assert_eq!(containers_of(&id).len(), 1, "one container per job");
     let cancelled = Instant::now();
     let response = app.post_json(&format!("/api/v1/jobs/{id}/cancel"), &json!({})).await;
     assert!(response.status().is_success(), "{}", response.text().await.unwrap());
     until_no_container(&id, Duration::from_secs(5)).await;
     assert!(cancelled.elapsed() < Duration::from_secs(5));
-    let done = wait_for(&app, &id, &["cancelled", "failed"], Duration::from_secs(10)).await;
+    let done = app.wait_for_job(&id, &["cancelled", "failed"], Duration::from_secs(10)).await;
     assert_eq!(done["status"], "cancelled", "{done}");
 }
 
@@ -215,11 +177,11 @@ async fn a_container_killed_mid_run_fails_its_job_naming_the_cause() {
     let app = fast(TestBackend::Sqlite).spawn().await;
     let repo = ServedRepo::with_files(&[("README.md", "x")]).await;
     let ticket = setup(&app, &repo.url(), &image, "echo working; sleep 120", json!({})).await;
-    let id = run(&app, &ticket, "boxed", "execution").await;
-    wait_for_agent(&app, &id).await;
+    let id = app.run_phase(&ticket, "boxed", "execution").await;
+    app.wait_for_agent(&id).await;
     let killed = Instant::now();
     docker(&["kill", &format!("viberglass-{id}")]);
-    let done = wait_for(&app, &id, &["failed", "completed"], Duration::from_secs(30)).await;
+    let done = app.wait_for_job(&id, &["failed", "completed"], Duration::from_secs(30)).await;
     assert!(killed.elapsed() < Duration::from_secs(30), "well within the heartbeat grace");
     assert_eq!(done["status"], "failed", "{done}");
     let message = done["status_message"].as_str().unwrap();
@@ -241,8 +203,8 @@ async fn an_agent_over_the_memory_limit_fails_with_out_of_memory() {
         json!({"memory_mb": 160}),
     )
     .await;
-    let id = run(&app, &ticket, "boxed", "execution").await;
-    let done = wait_for(&app, &id, &["failed", "completed"], Duration::from_secs(90)).await;
+    let id = app.run_phase(&ticket, "boxed", "execution").await;
+    let done = app.wait_for_job(&id, &["failed", "completed"], Duration::from_secs(90)).await;
     assert_eq!(done["status"], "failed", "{done}");
     let message = done["status_message"].as_str().unwrap();
     assert!(message.contains("out of memory") && message.contains("memory_mb"), "{message}");
@@ -297,9 +259,9 @@ async fn claude_code_in_a_container_goes_from_research_to_a_pull_request() {
     let ticket = app.create_ticket("shop", json!({"title": "Readme title", "description": "Add one"})).await;
     let ticket = ticket["id"].as_str().unwrap().to_owned();
 
-    let research = run(&app, &ticket, "claude", "research").await;
-    let done = wait_for(&app, &research, &["completed", "failed"], Duration::from_secs(120)).await;
-    assert_eq!(done["status"], "completed", "{done}\n{}", events(&app, &research).await);
+    let research = app.run_phase(&ticket, "claude", "research").await;
+    let done = app.wait_for_job(&research, &["completed", "failed"], Duration::from_secs(120)).await;
+    assert_eq!(done["status"], "completed", "{done}\n{}", app.job_events(&research).await);
     let continued: Value = app
         .post_json(
             &format!("/api/v1/tickets/{ticket}/approve-and-continue"),
@@ -310,7 +272,7 @@ async fn claude_code_in_a_container_goes_from_research_to_a_pull_request() {
         .await
         .unwrap();
     let planning = continued["id"].as_str().unwrap().to_owned();
-    let done = wait_for(&app, &planning, &["completed", "failed"], Duration::from_secs(120)).await;
+    let done = app.wait_for_job(&planning, &["completed", "failed"], Duration::from_secs(120)).await;
     assert_eq!(done["status"], "completed", "{done}");
     let continued: Value = app
         .post_json(
@@ -322,8 +284,8 @@ async fn claude_code_in_a_container_goes_from_research_to_a_pull_request() {
         .await
         .unwrap();
     let execution = continued["id"].as_str().unwrap().to_owned();
-    let done = wait_for(&app, &execution, &["completed", "failed"], Duration::from_secs(120)).await;
-    assert_eq!(done["status"], "completed", "{done}\n{}", events(&app, &execution).await);
+    let done = app.wait_for_job(&execution, &["completed", "failed"], Duration::from_secs(120)).await;
+    assert_eq!(done["status"], "completed", "{done}\n{}", app.job_events(&execution).await);
     let pulls = forge.pulls("acme/shop");
     assert_eq!(pulls.len(), 1, "one pull request");
     assert_eq!(pulls[0].title, "Give the readme a title");
@@ -429,8 +391,11 @@ async fn switching_a_clanker_from_local_to_docker_keeps_its_id_secrets_and_histo
     assert_eq!(started["status"], "active", "{started}");
     let ticket = app.create_ticket("shop", json!({"title": "Fix the readme"})).await;
     let ticket = ticket["id"].as_str().unwrap().to_owned();
-    let local = run(&app, &ticket, "mover", "execution").await;
-    assert_eq!(wait_for(&app, &local, &["completed", "failed"], Duration::from_secs(60)).await["status"], "completed");
+    let local = app.run_phase(&ticket, "mover", "execution").await;
+    assert_eq!(
+        app.wait_for_job(&local, &["completed", "failed"], Duration::from_secs(60)).await["status"],
+        "completed"
+    );
 
     let moved: Value = app
         .patch_json(
@@ -446,10 +411,10 @@ async fn switching_a_clanker_from_local_to_docker_keeps_its_id_secrets_and_histo
     assert_eq!(moved["compute"], "docker");
     assert_eq!(moved["status"], "active", "re-checked on the new target: {moved}");
     assert!(moved["status_message"].as_str().unwrap().contains("Docker host"), "{moved}");
-    let boxed = run(&app, &ticket, "mover", "execution").await;
-    let done = wait_for(&app, &boxed, &["completed", "failed"], Duration::from_secs(90)).await;
+    let boxed = app.run_phase(&ticket, "mover", "execution").await;
+    let done = app.wait_for_job(&boxed, &["completed", "failed"], Duration::from_secs(90)).await;
     assert_eq!(done["status"], "completed", "{done}");
-    assert!(events(&app, &boxed).await.contains("where=10001"));
+    assert!(app.job_events(&boxed).await.contains("where=10001"));
     let old: Value = app.get(&format!("/api/v1/jobs/{local}")).await.json().await.unwrap();
     assert_eq!(old["compute_kind"], "local", "the earlier run's history stays as it ran: {old}");
     until_no_container(&boxed, Duration::from_secs(30)).await;

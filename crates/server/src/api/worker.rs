@@ -85,7 +85,8 @@ pub async fn bootstrap(
                 "a worker names itself with a random value in this header: upgrade the worker to this server's version",
             )
         })?;
-    match state.store.claim_bootstrap(id, &hash_token(instance)).await? {
+    let claim = state.store.claim_bootstrap(id, &hash_token(instance)).await?;
+    match claim {
         BootstrapClaim::First | BootstrapClaim::Again => {}
         BootstrapClaim::Taken => {
             tracing::warn!(job_id = %id, "a second worker asked for the job's bootstrap; the job was stopped");
@@ -120,6 +121,12 @@ pub async fn bootstrap(
     }
     state.store.heartbeat_job(id).await?;
     let job = state.store.get_job(id).await?;
+    if matches!(claim, BootstrapClaim::First) {
+        // The token has reached its worker: whatever carried it there can go.
+        let engine = state.engine.clone();
+        let started = job.clone();
+        tokio::spawn(async move { engine.worker_started(&started).await });
+    }
     let spec = state.store.job_spec(id).await?;
     let project = state.store.get_project(job.project_id).await?;
     let resolved = async {

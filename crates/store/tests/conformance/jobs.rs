@@ -137,6 +137,17 @@ async fn clankers_round_trip_with_their_instruction_files(backend: TestBackend) 
         .unwrap();
     let listed = store.list_clankers(PageRequest::default()).await.unwrap();
     assert_eq!(listed.items[0].status_message.as_deref(), Some("running unsandboxed"));
+    // A Start a stopped server cut off: failed at the next boot, saying so; others are left alone.
+    assert_eq!(store.fail_interrupted_deploys("interrupted").await.unwrap(), 0);
+    store.set_clanker_status(created.id, viberglass_domain::ClankerStatus::Deploying, None).await.unwrap();
+    assert_eq!(store.fail_interrupted_deploys("interrupted: Start it again").await.unwrap(), 1);
+    let reset = store.get_clanker(created.id).await.unwrap();
+    assert_eq!(reset.status, viberglass_domain::ClankerStatus::Failed);
+    assert_eq!(reset.status_message.as_deref(), Some("interrupted: Start it again"));
+    store
+        .set_clanker_status(created.id, viberglass_domain::ClankerStatus::Active, Some("running unsandboxed".into()))
+        .await
+        .unwrap();
     let input: ClankerInput = serde_json::from_value(
         serde_json::json!({"name": "Runner", "agent": "command", "agent_settings": {"command": ["x"]}}),
     )
