@@ -87,6 +87,9 @@ pub async fn queue(backend: &str, target: DatabaseTarget, jobs: usize, claimers:
     Ok(())
 }
 
+/// The worker image the fake cluster's registry holds (the bench's binary).
+pub const KUBE_IMAGE: &str = "bench.example.com/viberglass-worker:bench";
+
 /// The bench's repositories: readable by sandboxed workers (`VIBERGLASS_SANDBOX_PATHS`).
 pub const REPOS: &str = "/var/tmp/viberglass-bench-repos";
 
@@ -94,8 +97,15 @@ pub const REPOS: &str = "/var/tmp/viberglass-bench-repos";
 /// measures, as the server's own timestamps record them, from the request
 /// to the worker starting (the compute target's launch returned) and to the
 /// worker's first call (its bootstrap, which marks the job started), on the
-/// local target and, given `docker_image`, on Docker too.
-pub async fn dispatch(client: &reqwest::Client, base: &str, runs: usize, docker_image: Option<&str>) -> Result<()> {
+/// local target and, given `docker_image`, on Docker too, and with
+/// `kubernetes` on the testkit's fake cluster.
+pub async fn dispatch(
+    client: &reqwest::Client,
+    base: &str,
+    runs: usize,
+    docker_image: Option<&str>,
+    kubernetes: bool,
+) -> Result<()> {
     // Where the server's sandbox lets workers read (see `REPOS`).
     std::fs::create_dir_all(REPOS)?;
     let repo = tempfile::Builder::new().prefix("viberglass-bench-").tempdir_in(REPOS)?;
@@ -132,6 +142,13 @@ pub async fn dispatch(client: &reqwest::Client, base: &str, runs: usize, docker_
             "docker",
             "bench-docker",
             serde_json::json!({"compute": "docker", "compute_config": {"image": image, "network": "host"}}),
+        ));
+    }
+    if kubernetes {
+        targets.push((
+            "kubernetes (fake cluster)",
+            "bench-kube",
+            serde_json::json!({"compute": "kubernetes", "compute_config": {"image": KUBE_IMAGE}}),
         ));
     }
     for (target, name, compute) in targets {

@@ -49,6 +49,11 @@ struct Args {
     /// A worker image: the dispatch benchmark then times Docker workers too.
     #[arg(long, env = "VIBERGLASS_BENCH_DOCKER_IMAGE")]
     docker_image: Option<String>,
+    /// Time Kubernetes workers too, on the testkit's fake API server (its node
+    /// runs pods as local processes: this times the server's side of the
+    /// cluster API and the worker, not a real cluster's scheduling and pulls).
+    #[arg(long)]
+    kubernetes: bool,
     /// Only the store-level benchmarks (queue and outbox), which need no server binary.
     #[arg(long)]
     store_only: bool,
@@ -66,8 +71,14 @@ impl Drop for Server {
     }
 }
 
-fn start(binary: &PathBuf, data_dir: &std::path::Path, database_url: Option<&str>) -> Result<Server> {
+fn start(
+    binary: &PathBuf,
+    data_dir: &std::path::Path,
+    database_url: Option<&str>,
+    env: &[(String, String)],
+) -> Result<Server> {
     let mut command = Command::new(binary);
+    command.envs(env.iter().cloned());
     command
         .args(["serve", "--port", "0"])
         .env("VIBERGLASS_DATA_DIR", data_dir)
@@ -192,7 +203,28 @@ pub async fn signed_in(base: &str, concurrency: usize) -> Result<reqwest::Client
 
 async fn bench_backend(args: &Args, backend: &str, database_url: Option<&str>) -> Result<()> {
     let data_dir = tempfile::tempdir()?;
-    let server = start(&args.binary, data_dir.path(), database_url)?;
+    // The fake cluster lives as long as this backend's server.
+    let kube = match (backend, args.kubernetes) {
+        ("sqlite", true) => {
+            let kube = viberglass_testkit::fake_kube::FakeKube::start().await;
+            kube.add_image(
+                engine::KUBE_IMAGE,
+                viberglass_testkit::fake_kube::FakeImage {
+                    entrypoint: args.binary.clone(),
+                    env: vec![("PATH".into(), std::env::var("PATH").unwrap_or_default())],
+                    pull_secret: None,
+                },
+            );
+            Some(kube)
+        }
+        _ => None,
+    };
+    let mut env = Vec::new();
+    if let Some(kube) = &kube {
+        env.push(("VIBERGLASS_KUBECONFIG".to_owned(), kube.kubeconfig(data_dir.path()).display().to_string()));
+        env.push(("VIBERGLASS_KUBERNETES_NAMESPACES".to_owned(), "viberglass".to_owned()));
+    }
+    let server = start(&args.binary, data_dir.path(), database_url, &env)?;
     let client = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency).build()?;
     let base = Arc::new(server.base.clone());
     for _ in 0..100 {
@@ -205,7 +237,7 @@ async fn bench_backend(args: &Args, backend: &str, database_url: Option<&str>) -
     let idle = rss_kib(server.child.id())?;
     let client = signed_in(&base, args.concurrency).await?;
     if backend == "sqlite" {
-        engine::dispatch(&client, &base, args.dispatches, args.docker_image.as_deref()).await?;
+        engine::dispatch(&client, &base, args.dispatches, args.docker_image.as_deref(), kube.is_some()).await?;
     }
 
     let project = client

@@ -434,7 +434,7 @@ impl DockerTarget {
         if r.host != self.settings.host_id {
             return WorkerState::Foreign;
         }
-        let Ok(docker) = self.client() else { return WorkerState::Foreign };
+        let Ok(docker) = self.client() else { return WorkerState::Unknown };
         match docker.inspect_container(&r.container, None).await {
             Ok(found) => {
                 let ours = found
@@ -453,7 +453,7 @@ impl DockerTarget {
             }
             Err(e) if status_of(&e) == Some(404) => WorkerState::Gone,
             // The engine cannot be asked: say nothing rather than fail a job that may be fine.
-            Err(_) => WorkerState::Foreign,
+            Err(_) => WorkerState::Unknown,
         }
     }
 }

@@ -14,9 +14,10 @@
 //! A finished Job stays (so its pod's exit, an out-of-memory kill or an
 //! eviction and its last log lines can be read) until its job has ended in
 //! the database; then the engine deletes it and its Secret. The cluster's
-//! `ttlSecondsAfterFinished` removes it anyway after an hour.
+//! `ttlSecondsAfterFinished` removes it anyway after an hour. The Secret goes
+//! earlier, as soon as the worker has bootstrapped.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -293,13 +294,11 @@ pub struct KubernetesTarget {
     settings: KubernetesSettings,
     /// The client, once the configuration loaded (with where it came from, for messages).
     client: tokio::sync::Mutex<Option<(Client, String)>>,
-    /// The namespaces this server has run workers in (for [`ComputeTarget::leftovers`]).
-    namespaces: std::sync::Mutex<BTreeSet<String>>,
 }
 
 impl KubernetesTarget {
     pub fn new(settings: KubernetesSettings) -> Self {
-        Self { settings, client: tokio::sync::Mutex::new(None), namespaces: Default::default() }
+        Self { settings, client: tokio::sync::Mutex::new(None) }
     }
 
     fn config(config: &ComputeConfig) -> Result<&KubernetesConfig, ComputeError> {
@@ -329,12 +328,6 @@ impl KubernetesTarget {
             )));
         }
         Ok(())
-    }
-
-    fn remember(&self, namespace: &str) {
-        if let Ok(mut known) = self.namespaces.lock() {
-            known.insert(namespace.to_owned());
-        }
     }
 
     async fn load_config(&self) -> Result<(Config, String), String> {
@@ -841,7 +834,6 @@ impl KubernetesTarget {
         self.check_namespace(&config.namespace)?;
         let (client, cluster) = self.client().await?;
         let namespace = config.namespace.as_str();
-        self.remember(namespace);
         let jobs: Api<Job> = Api::namespaced(client.clone(), namespace);
         // A launch that failed half-way left its run behind: start afresh.
         let earlier = jobs
@@ -912,14 +904,13 @@ impl KubernetesTarget {
 
     async fn state_of(&self, job_id: JobId, compute_ref: &str) -> WorkerState {
         let Some(r) = self.owned(compute_ref) else { return WorkerState::Foreign };
-        self.remember(&r.namespace);
-        let Ok((client, _)) = self.client().await else { return WorkerState::Foreign };
+        let Ok((client, _)) = self.client().await else { return WorkerState::Unknown };
         let jobs: Api<Job> = Api::namespaced(client.clone(), &r.namespace);
         let job = match jobs.get_opt(&r.name).await {
             Ok(Some(job)) => job,
             Ok(None) => return WorkerState::Gone,
             // The cluster cannot be asked: say nothing rather than fail a job that may be fine.
-            Err(_) => return WorkerState::Foreign,
+            Err(_) => return WorkerState::Unknown,
         };
         let ours =
             job.metadata.labels.as_ref().and_then(|l| l.get(JOB_LABEL)).is_some_and(|j| *j == job_id.to_string());
@@ -935,7 +926,7 @@ impl KubernetesTarget {
                 Some(Verdict::Stuck(_) | Verdict::Ended(_)) => WorkerState::Gone,
                 _ => WorkerState::Running,
             },
-            Err(_) => WorkerState::Foreign,
+            Err(_) => WorkerState::Unknown,
         }
     }
 
@@ -1028,7 +1019,6 @@ impl ComputeTarget for KubernetesTarget {
                     ));
                 }
             }
-            self.remember(namespace);
             self.self_check(&client, &cluster, config, programs).await?;
             Ok(Provisioned {
                 message: format!(
@@ -1098,8 +1088,9 @@ impl ComputeTarget for KubernetesTarget {
 
     fn leftovers(&self) -> BoxFuture<'_, Vec<(JobId, String)>> {
         Box::pin(async move {
-            let namespaces: Vec<String> =
-                self.namespaces.lock().map(|known| known.iter().cloned().collect()).unwrap_or_default();
+            // Every namespace workers may use, so a run launched just before a crash (whose ref was never
+            // recorded) is found too.
+            let namespaces = self.settings.namespaces.clone();
             if namespaces.is_empty() {
                 return Vec::new();
             }
@@ -1138,6 +1129,32 @@ mod tests {
         assert_eq!(KubernetesRef::parse("kubernetes:h:Bad/x"), None);
         assert_eq!(KubernetesRef::parse("kubernetes:h:ns"), None);
         assert_eq!(KubernetesRef::parse("docker:h:0123"), None);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_api_server_concludes_nothing_but_stopping_still_tries() {
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = dir.path().join("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: http://127.0.0.1:1\nusers:\n- \
+             name: u\n  user:\n    token: t\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\n\
+             current-context: c\n",
+        )
+        .unwrap();
+        let target = KubernetesTarget::new(KubernetesSettings {
+            host_id: "h".into(),
+            kubeconfig: Some(kubeconfig),
+            namespaces: vec!["viberglass".into()],
+            ..Default::default()
+        });
+        let job = JobId::new();
+        let r = KubernetesRef { host: "h".into(), namespace: "viberglass".into(), name: format!("vg-{job}-abcde") };
+        assert_eq!(target.inspect(job, &r.to_string()).await, WorkerState::Unknown);
+        let stopped = target.stop(job, &r.to_string()).await.unwrap_err();
+        assert!(stopped.is_transient() && stopped.to_string().contains("cannot reach the cluster at"), "{stopped}");
+        let other = KubernetesRef { host: "other".into(), ..r };
+        assert_eq!(target.inspect(job, &other.to_string()).await, WorkerState::Foreign);
     }
 
     #[test]

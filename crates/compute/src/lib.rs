@@ -120,6 +120,9 @@ pub enum WorkerState {
     Gone,
     /// Another host owns it: only that host's server may inspect or stop it.
     Foreign,
+    /// The target cannot be asked right now (its engine or API server is
+    /// unreachable): nothing is concluded, but stopping it is still tried.
+    Unknown,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -370,7 +370,7 @@ impl Engine {
                         tracing::warn!(job_id = %job.id, "failed a job whose worker did not survive the restart");
                     }
                 }
-                WorkerState::Gone | WorkerState::Foreign => {}
+                WorkerState::Gone | WorkerState::Foreign | WorkerState::Unknown => {}
             }
         }
     }

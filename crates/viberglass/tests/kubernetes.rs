@@ -183,6 +183,9 @@ async fn a_job_runs_as_a_kubernetes_job_and_its_secret_is_gone_after_the_run() {
     let script = "echo \"token-file=$(ls -a .. | grep -c viberglass-token)\"; echo \"sa=$(ls /var/run/secrets 2>/dev/null | wc -l)\"; \
                   printf '# Findings\\n' > RESEARCH.md";
     let ticket = setup(&app, &repo, script, json!({"image": IMAGE, "cpus": 0.5, "memory_mb": 256})).await;
+    // Start is idempotent: again, the same answer, and its self-check Jobs are gone.
+    assert_eq!(start(&app, "boxed").await["status"], "active");
+    assert!(kube.jobs("viberglass").is_empty() && kube.secrets("viberglass").is_empty());
     let id = app.run_phase(&ticket, "boxed", "research").await;
     let done = app.wait_for_job(&id, &["completed", "failed"], Duration::from_secs(60)).await;
     let events = app.job_events(&id).await;
@@ -375,4 +378,48 @@ async fn claude_code_on_kubernetes_goes_from_research_to_a_pull_request() {
         })
         .await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switching_a_clanker_from_local_to_kubernetes_keeps_its_id_secrets_and_history() {
+    let (kube, dir) = cluster().await;
+    let app = app(&kube, &dir).env("VG_SOME_SECRET", "value-123").spawn().await;
+    let repo = ServedRepo::with_files(&[("README.md", "x")]).await;
+    app.post_json("/api/v1/secrets", &json!({"name": "SOME_SECRET", "reference": "VG_SOME_SECRET"})).await;
+    app.create_project(json!({"name": "Shop", "repository_url": repo.url(), "planning_needs_approval": false})).await;
+    let created: Value = app
+        .post_json(
+            "/api/v1/clankers",
+            &json!({"shared": true, "name": "Mover", "agent": "command", "secrets": ["SOME_SECRET"],
+                    "agent_settings": {"command": ["sh", "-c", "echo secret-length=${#SOME_SECRET}; echo changed >> README.md"]}}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(start(&app, "mover").await["status"], "active");
+    let ticket = app.create_ticket("shop", json!({"title": "Fix the readme"})).await;
+    let ticket = ticket["id"].as_str().unwrap().to_owned();
+    let local = app.run_phase(&ticket, "mover", "execution").await;
+    assert_eq!(
+        app.wait_for_job(&local, &["completed", "failed"], Duration::from_secs(60)).await["status"],
+        "completed"
+    );
+
+    let moved: Value = app
+        .patch_json("/api/v1/clankers/mover", &json!({"compute": "kubernetes", "compute_config": {"image": IMAGE}}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(moved["id"], created["id"]);
+    assert_eq!(moved["secrets"], json!(["SOME_SECRET"]));
+    assert_eq!(moved["status"], "active", "re-checked on the new target: {moved}");
+    let podded = app.run_phase(&ticket, "mover", "execution").await;
+    let done = app.wait_for_job(&podded, &["completed", "failed"], Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "completed", "{done}\n{}", app.job_events(&podded).await);
+    assert_eq!(done["compute_kind"], "kubernetes", "{done}");
+    assert!(app.job_events(&podded).await.contains("secret-length=9"), "the clanker's secret reached the pod's agent");
+    let old: Value = app.get(&format!("/api/v1/jobs/{local}")).await.json().await.unwrap();
+    assert_eq!(old["compute_kind"], "local", "the earlier run's history stays as it ran: {old}");
 }
