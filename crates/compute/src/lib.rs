@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod docker;
+mod ecs;
 mod kubernetes;
 mod local;
 
@@ -19,6 +20,7 @@ use futures::future::BoxFuture;
 use viberglass_domain::{ComputeKind, JobId};
 
 pub use docker::{DEFAULT_IMAGE, DockerConfig, DockerRef, DockerSettings, DockerTarget};
+pub use ecs::{EcsConfig, EcsRef, EcsSettings, EcsTarget, fargate_memory};
 pub use kubernetes::{KubernetesConfig, KubernetesRef, KubernetesSettings, KubernetesTarget};
 pub use local::{LocalRef, LocalTarget};
 
@@ -29,6 +31,7 @@ pub enum ComputeConfig {
     Local(LocalConfig),
     Docker(DockerConfig),
     Kubernetes(KubernetesConfig),
+    Ecs(EcsConfig),
 }
 
 /// The local target's per-clanker settings. None yet: the host's own
@@ -63,9 +66,19 @@ impl ComputeConfig {
                 })?
                 .validate()
                 .map(ComputeConfig::Kubernetes),
-            other => {
-                Err(format!("the {other} compute target is not available yet: use `local`, `docker` or `kubernetes`"))
-            }
+            ComputeKind::Ecs => serde_json::from_value::<EcsConfig>(config)
+                .map_err(|e| {
+                    format!(
+                        "`compute_config` for the ECS target is invalid: {e}; its settings are cluster, image, cpu, \
+                         memory, subnets, security_groups, assign_public_ip, execution_role_arn, task_role_arn and \
+                         log_group"
+                    )
+                })?
+                .validate()
+                .map(ComputeConfig::Ecs),
+            other => Err(format!(
+                "the {other} compute target is not available yet: use `local`, `docker`, `kubernetes` or `ecs`"
+            )),
         }
     }
 
@@ -74,6 +87,7 @@ impl ComputeConfig {
             ComputeConfig::Local(_) => ComputeKind::Local,
             ComputeConfig::Docker(_) => ComputeKind::Docker,
             ComputeConfig::Kubernetes(_) => ComputeKind::Kubernetes,
+            ComputeConfig::Ecs(_) => ComputeKind::Ecs,
         }
     }
 }

@@ -109,7 +109,7 @@ impl Keyring {
 }
 
 /// Where SSM is and who calls it, from the standard AWS settings.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct AwsSettings {
     /// `AWS_ENDPOINT_URL_SSM` or `AWS_ENDPOINT_URL`: a stand-in's address.
     pub endpoint_url: Option<String>,
@@ -120,6 +120,19 @@ pub struct AwsSettings {
     pub access_key_id: Option<String>,
     pub secret_access_key: Option<String>,
     pub session_token: Option<String>,
+}
+
+impl std::fmt::Debug for AwsSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The credentials are never printed.
+        f.debug_struct("AwsSettings")
+            .field("endpoint_url", &self.endpoint_url)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &self.secret_access_key.as_ref().map(|_| "(hidden)"))
+            .field("session_token", &self.session_token.as_ref().map(|_| "(hidden)"))
+            .finish()
+    }
 }
 
 impl AwsSettings {

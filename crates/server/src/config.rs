@@ -391,6 +391,11 @@ pub struct Config {
     pub docker_allow_host_network: bool,
     pub kubeconfig: Option<PathBuf>,
     pub kubernetes_namespaces: Vec<String>,
+    /// The standard AWS settings (`AWS_REGION`, credentials, endpoints), as
+    /// this server's environment has them: ECS clankers use them.
+    pub aws: viberglass_secrets::AwsSettings,
+    /// `AWS_ENDPOINT_URL_ECS`: an ECS stand-in's address.
+    pub aws_ecs_endpoint_url: Option<String>,
     pub kubernetes_context: Option<String>,
     pub kubernetes_unschedulable_grace_secs: u64,
     /// Host names requests may be addressed to besides the public URL's, localhost and IP literals.
@@ -785,6 +790,8 @@ impl Config {
             kubeconfig: Some(raw("kubeconfig"))
                 .filter(|r| !r.value.trim().is_empty())
                 .map(|r| PathBuf::from(r.value.trim())),
+            aws: viberglass_secrets::AwsSettings::from_env(&env),
+            aws_ecs_endpoint_url: env("AWS_ENDPOINT_URL_ECS").filter(|v| !v.trim().is_empty()),
             kubernetes_namespaces: {
                 let raw = raw("kubernetes_namespaces");
                 let mut namespaces = Vec::new();

@@ -223,6 +223,16 @@ pub fn app_state(
         unschedulable_grace: Duration::from_secs(config.kubernetes_unschedulable_grace_secs),
         namespaces: config.kubernetes_namespaces.clone(),
     })));
+    // ECS clankers use the standard AWS settings (AWS_REGION, credentials, AWS_ENDPOINT_URL_ECS or AWS_ENDPOINT_URL).
+    let aws = config.aws.clone();
+    compute.register(Arc::new(viberglass_compute::EcsTarget::new(viberglass_compute::EcsSettings {
+        host_id: config.host_id.clone(),
+        endpoint_url: config.aws_ecs_endpoint_url.clone().or(aws.endpoint_url),
+        region: aws.region,
+        access_key_id: aws.access_key_id,
+        secret_access_key: aws.secret_access_key,
+        session_token: aws.session_token,
+    })));
     let engine = Engine {
         store: store.clone(),
         compute,

@@ -8,6 +8,7 @@
 //! `name::postgres`.
 
 pub mod app;
+pub mod aws_proxy;
 pub mod db;
 pub mod fake_forge;
 pub mod fake_kube;

@@ -50,6 +50,39 @@ impl Moto {
     }
 }
 
+impl Moto {
+    /// Runs a Python script with boto3 (moto's virtual environment has it)
+    /// against this stand-in, e.g. to create what a test needs in EC2; returns
+    /// what it printed. The script sees a `session` (boto3, us-east-1, this endpoint).
+    pub fn boto3(&self, script: &str) -> String {
+        let program = format!(
+            "import boto3, json\nsession = boto3.session.Session(region_name='us-east-1', aws_access_key_id='testing', \
+             aws_secret_access_key='testing')\ndef client(name):\n    return session.client(name, endpoint_url='{}')\n{script}",
+            self.endpoint
+        );
+        let out = Command::new("python3").arg("-c").arg(&program).output().expect("python3 runs");
+        assert!(out.status.success(), "boto3 script failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// Sets how moto moves a model's state on (e.g. `ecs::task` with `times`: describe calls per step).
+    pub fn set_transition(&self, model: &str, times: u32) {
+        let body = format!(r#"{{"model_name":"{model}","transition":{{"progression":"manual","times":{times}}}}}"#);
+        let out = Command::new("curl")
+            .args([
+                "-sf",
+                "-X",
+                "POST",
+                &format!("{}/moto-api/state-manager/set-transition", self.endpoint),
+                "-d",
+                &body,
+            ])
+            .output()
+            .expect("curl runs");
+        assert!(out.status.success(), "moto set-transition failed");
+    }
+}
+
 impl Drop for Moto {
     fn drop(&mut self) {
         let _ = self.child.kill();

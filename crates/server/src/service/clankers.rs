@@ -103,8 +103,7 @@ pub async fn update_clanker(
                 // it can run there is checked again, as Start would.
                 let moved = clanker.compute != current.compute || clanker.compute_config != current.compute_config;
                 if moved && current.status != ClankerStatus::Inactive {
-                    let (status, message) = provision(state, &clanker).await;
-                    state.store.set_clanker_status(clanker.id, status, Some(message)).await?;
+                    provision_and_record(state, &clanker).await?;
                     return Ok(state.store.get_clanker(clanker.id).await?);
                 }
                 return Ok(clanker);
@@ -121,8 +120,7 @@ pub async fn update_clanker(
 pub async fn start_clanker(state: &AppState, caller: &Caller, key: &str) -> ServiceResult<Clanker> {
     let clanker = find_clanker(&state.store, key).await?;
     state.store.set_clanker_status(clanker.id, ClankerStatus::Deploying, Some("provisioning…".into())).await?;
-    let (status, message) = provision(state, &clanker).await;
-    state.store.set_clanker_status(clanker.id, status, Some(message.clone())).await?;
+    let (status, message) = provision_and_record(state, &clanker).await?;
     audit(
         state,
         Some(caller),
@@ -139,6 +137,28 @@ pub async fn start_clanker(state: &AppState, caller: &Caller, key: &str) -> Serv
 /// The programs a clanker names, which its compute target must be able to run.
 pub(crate) fn programs_of(clanker: &Clanker) -> Vec<String> {
     clanker.harness().ok().and_then(|h| h.program().map(str::to_owned)).into_iter().collect()
+}
+
+/// Provisions `clanker` and records the status it reaches, in a task of its
+/// own: a client that hangs up mid-way (a self-check may take a minute)
+/// does not leave the clanker `deploying`.
+async fn provision_and_record(state: &AppState, clanker: &Clanker) -> ServiceResult<(ClankerStatus, String)> {
+    let id = clanker.id;
+    let (task_state, clanker) = (state.clone(), clanker.clone());
+    let task = tokio::spawn(async move {
+        let (status, message) = provision(&task_state, &clanker).await;
+        task_state.store.set_clanker_status(clanker.id, status, Some(message.clone())).await.map(|()| (status, message))
+    });
+    match task.await {
+        Ok(done) => Ok(done?),
+        Err(panicked) => {
+            tracing::error!(error = %panicked, "provisioning a clanker stopped unexpectedly");
+            let message =
+                "provisioning failed unexpectedly (the server's log has the detail); Start it again".to_owned();
+            state.store.set_clanker_status(id, ClankerStatus::Failed, Some(message.clone())).await?;
+            Ok((ClankerStatus::Failed, message))
+        }
+    }
 }
 
 /// Provisions `clanker` on its compute target: the status it reaches and why.
