@@ -163,18 +163,57 @@ impl EcsConfig {
     }
 }
 
-/// Where the ECS API is and who calls it.
-#[derive(Debug, Clone, Default)]
-pub struct EcsSettings {
+/// Where an AWS API (ECS, Lambda) is and who calls it.
+#[derive(Clone, Default)]
+pub struct AwsComputeSettings {
     /// Names this server's workers (see `LocalSettings::host_id`).
     pub host_id: String,
-    /// A stand-in's address (`AWS_ENDPOINT_URL_ECS` or `AWS_ENDPOINT_URL`).
+    /// A stand-in's address (`AWS_ENDPOINT_URL_ECS`/`_LAMBDA` or `AWS_ENDPOINT_URL`).
     pub endpoint_url: Option<String>,
     /// `AWS_REGION`; `us-east-1` when absent.
     pub region: Option<String>,
     pub access_key_id: Option<String>,
     pub secret_access_key: Option<String>,
     pub session_token: Option<String>,
+}
+
+impl AwsComputeSettings {
+    pub(crate) fn region(&self) -> String {
+        self.region.clone().unwrap_or_else(|| "us-east-1".to_owned())
+    }
+
+    /// The SDK configuration: this region, endpoint and credentials (else the default chain), bounded calls.
+    pub(crate) async fn sdk_config(&self) -> aws_config::SdkConfig {
+        let mut loader =
+            aws_config::defaults(aws_config::BehaviorVersion::latest()).region(aws_config::Region::new(self.region()));
+        if let Some(endpoint) = &self.endpoint_url {
+            loader = loader.endpoint_url(endpoint);
+        }
+        if let (Some(id), Some(secret)) = (&self.access_key_id, &self.secret_access_key) {
+            loader = loader.credentials_provider(aws_sdk_ecs::config::Credentials::new(
+                id,
+                secret,
+                self.session_token.clone(),
+                None,
+                "viberglass",
+            ));
+        }
+        let timeouts = aws_config::timeout::TimeoutConfig::builder()
+            .operation_timeout(Duration::from_secs(30))
+            .connect_timeout(Duration::from_secs(10))
+            .build();
+        loader.timeout_config(timeouts).load().await
+    }
+}
+
+impl std::fmt::Debug for AwsComputeSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AwsComputeSettings")
+            .field("host_id", &self.host_id)
+            .field("endpoint_url", &self.endpoint_url)
+            .field("region", &self.region)
+            .finish_non_exhaustive()
+    }
 }
 
 /// An ECS compute ref: `ecs:<host id>:<cluster>/<task id>`.
@@ -205,15 +244,16 @@ const WORKER: &str = "worker";
 const STREAM_PREFIX: &str = "viberglass";
 
 pub struct EcsTarget {
-    settings: EcsSettings,
+    settings: AwsComputeSettings,
     client: tokio::sync::OnceCell<aws_sdk_ecs::Client>,
 }
 
 /// An ECS API error, for people: the action, the service's code and message, and the request id.
-fn failed<E: ProvideErrorMetadata + RequestId + std::error::Error + Send + Sync + 'static>(
+pub(crate) fn failed<E: ProvideErrorMetadata + RequestId + std::error::Error + Send + Sync + 'static>(
     action: &str,
     error: SdkError<E>,
 ) -> ComputeError {
+    let api = if action.starts_with("lambda:") { "Lambda" } else { "ECS" };
     match &error {
         SdkError::ServiceError(service) => {
             let e = service.err();
@@ -228,6 +268,22 @@ fn failed<E: ProvideErrorMetadata + RequestId + std::error::Error + Send + Sync 
                 "ClusterNotFoundException" => {
                     format!("{action}: the ECS cluster was not found [{code}: {message}]{request}")
                 }
+                "InvalidParameterValueException" | "InvalidParameterException"
+                    if message.contains("ubnet") || message.to_lowercase().contains("security group") =>
+                {
+                    format!(
+                        "{action}: a subnet or security group of the clanker was not found (they belong to another \
+                         VPC or were deleted): re-deploy the workers' network settings [{code}: {message}]{request}"
+                    )
+                }
+                "InvalidParameterValueException" | "InvalidParameterException"
+                    if message.to_lowercase().contains("image") =>
+                {
+                    format!(
+                        "{action}: the image URI was not found in ECR (or this role may not read it): push the worker \
+                         image, or fix compute_config.image [{code}: {message}]{request}"
+                    )
+                }
                 _ => format!("{action} failed [{code}: {message}]{request}"),
             };
             tracing::warn!(action, code, request = e.request_id().unwrap_or_default(), "{text}");
@@ -239,11 +295,11 @@ fn failed<E: ProvideErrorMetadata + RequestId + std::error::Error + Send + Sync 
         }
         // Never the raw answer: it may echo the run's overrides, token included.
         SdkError::ResponseError(response) => ComputeError::Transient(format!(
-            "{action}: the ECS API's answer (HTTP {}) could not be read: check AWS_ENDPOINT_URL points at ECS",
+            "{action}: the {api} API's answer (HTTP {}) could not be read: check AWS_ENDPOINT_URL points at {api}",
             response.raw().status().as_u16()
         )),
         SdkError::TimeoutError(_) => {
-            ComputeError::Transient(format!("{action}: the ECS API did not answer within 30 s; retrying"))
+            ComputeError::Transient(format!("{action}: the {api} API did not answer within 30 s; retrying"))
         }
         other => {
             let detail = match other {
@@ -253,7 +309,7 @@ fn failed<E: ProvideErrorMetadata + RequestId + std::error::Error + Send + Sync 
                 _ => "the request could not be sent".to_owned(),
             };
             ComputeError::Transient(format!(
-                "{action}: cannot reach the ECS API ({detail}): check AWS_REGION, AWS_ENDPOINT_URL and the network"
+                "{action}: cannot reach the {api} API ({detail}): check AWS_REGION, AWS_ENDPOINT_URL and the network"
             ))
         }
     }
@@ -318,40 +374,16 @@ pub(crate) fn task_reason(task: &Task, log_group: Option<&str>) -> Option<ExitRe
 }
 
 impl EcsTarget {
-    pub fn new(settings: EcsSettings) -> Self {
+    pub fn new(settings: AwsComputeSettings) -> Self {
         Self { settings, client: tokio::sync::OnceCell::new() }
     }
 
     fn region(&self) -> String {
-        self.settings.region.clone().unwrap_or_else(|| "us-east-1".to_owned())
+        self.settings.region()
     }
 
     async fn client(&self) -> &aws_sdk_ecs::Client {
-        self.client
-            .get_or_init(|| async {
-                let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-                    .region(aws_config::Region::new(self.region()));
-                if let Some(endpoint) = &self.settings.endpoint_url {
-                    loader = loader.endpoint_url(endpoint);
-                }
-                if let (Some(id), Some(secret)) = (&self.settings.access_key_id, &self.settings.secret_access_key) {
-                    loader = loader.credentials_provider(aws_sdk_ecs::config::Credentials::new(
-                        id,
-                        secret,
-                        self.settings.session_token.clone(),
-                        None,
-                        "viberglass",
-                    ));
-                }
-                let config = loader.load().await;
-                let timeouts = aws_config::timeout::TimeoutConfig::builder()
-                    .operation_timeout(Duration::from_secs(30))
-                    .connect_timeout(Duration::from_secs(10))
-                    .build();
-                let config = aws_sdk_ecs::config::Builder::from(&config).timeout_config(timeouts).build();
-                aws_sdk_ecs::Client::from_conf(config)
-            })
-            .await
+        self.client.get_or_init(|| async { aws_sdk_ecs::Client::new(&self.settings.sdk_config().await) }).await
     }
 
     fn config(config: &ComputeConfig) -> Result<&EcsConfig, ComputeError> {
@@ -579,6 +611,16 @@ impl ComputeTarget for EcsTarget {
 
     fn log_tail<'a>(&'a self, _job_id: JobId, _compute_ref: &'a str) -> BoxFuture<'a, Option<String>> {
         Box::pin(async { None })
+    }
+
+    fn log_location(&self, config: &ComputeConfig, compute_ref: &str) -> Option<String> {
+        let (ComputeConfig::Ecs(config), Some(r)) = (config, EcsRef::parse(compute_ref)) else { return None };
+        Some(format!(
+            "CloudWatch Logs group {} in {}, stream {STREAM_PREFIX}/{WORKER}/{}",
+            config.log_group,
+            self.region(),
+            r.task
+        ))
     }
 
     fn exit_reason<'a>(&'a self, _job_id: JobId, compute_ref: &'a str) -> BoxFuture<'a, Option<ExitReason>> {

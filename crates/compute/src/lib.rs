@@ -3,13 +3,14 @@
 //! owns the engine-specific details. The [`ComputeRegistry`] maps each
 //! [`ComputeKind`] to its target; a clanker's typed [`ComputeConfig`] goes
 //! with every call. The local target runs workers as child processes of the
-//! server; Docker runs them in containers and Kubernetes as Jobs; ECS and
-//! Lambda come behind the same trait.
+//! server; Docker runs them in containers, Kubernetes as Jobs, ECS as
+//! Fargate tasks and Lambda as function invocations.
 #![forbid(unsafe_code)]
 
 mod docker;
 mod ecs;
 mod kubernetes;
+mod lambda;
 mod local;
 
 use std::collections::HashMap;
@@ -20,8 +21,9 @@ use futures::future::BoxFuture;
 use viberglass_domain::{ComputeKind, JobId};
 
 pub use docker::{DEFAULT_IMAGE, DockerConfig, DockerRef, DockerSettings, DockerTarget};
-pub use ecs::{EcsConfig, EcsRef, EcsSettings, EcsTarget, fargate_memory};
+pub use ecs::{AwsComputeSettings, EcsConfig, EcsRef, EcsTarget, fargate_memory};
 pub use kubernetes::{KubernetesConfig, KubernetesRef, KubernetesSettings, KubernetesTarget};
+pub use lambda::{LAMBDA_MAX_SECS, LambdaConfig, LambdaTarget};
 pub use local::{LocalRef, LocalTarget};
 
 /// A clanker's compute settings, parsed for its kind. Unknown settings are
@@ -32,6 +34,7 @@ pub enum ComputeConfig {
     Docker(DockerConfig),
     Kubernetes(KubernetesConfig),
     Ecs(EcsConfig),
+    Lambda(LambdaConfig),
 }
 
 /// The local target's per-clanker settings. None yet: the host's own
@@ -76,9 +79,15 @@ impl ComputeConfig {
                 })?
                 .validate()
                 .map(ComputeConfig::Ecs),
-            other => Err(format!(
-                "the {other} compute target is not available yet: use `local`, `docker`, `kubernetes` or `ecs`"
-            )),
+            ComputeKind::Lambda => serde_json::from_value::<LambdaConfig>(config)
+                .map_err(|e| {
+                    format!(
+                        "`compute_config` for the Lambda target is invalid: {e}; its settings are function_name, image, \
+                         role_arn, memory_mb, timeout_secs, ephemeral_storage_mb, subnets and security_groups"
+                    )
+                })?
+                .validate()
+                .map(ComputeConfig::Lambda),
         }
     }
 
@@ -88,6 +97,7 @@ impl ComputeConfig {
             ComputeConfig::Docker(_) => ComputeKind::Docker,
             ComputeConfig::Kubernetes(_) => ComputeKind::Kubernetes,
             ComputeConfig::Ecs(_) => ComputeKind::Ecs,
+            ComputeConfig::Lambda(_) => ComputeKind::Lambda,
         }
     }
 }
@@ -191,6 +201,12 @@ pub trait ComputeTarget: Send + Sync {
     /// the job's failure.
     fn exit_reason<'a>(&'a self, _job_id: JobId, _compute_ref: &'a str) -> BoxFuture<'a, Option<ExitReason>> {
         Box::pin(async { None })
+    }
+
+    /// Where a launched worker's own log can be read outside Viberglass
+    /// (a CloudWatch Logs group and stream), for the job's log.
+    fn log_location(&self, _config: &ComputeConfig, _compute_ref: &str) -> Option<String> {
+        None
     }
 
     /// The worker has made its first call (read its token, fetched its

@@ -249,14 +249,6 @@ impl NewClanker {
             e.add(field, msg);
         }
         let compute = e.check("compute", input.compute.as_deref().unwrap_or("local").parse::<ComputeKind>());
-        if let Some(c) = compute
-            && !matches!(c, ComputeKind::Local | ComputeKind::Docker | ComputeKind::Kubernetes | ComputeKind::Ecs)
-        {
-            e.add(
-                "compute",
-                format!("the {c} compute target is not available yet: use `local`, `docker`, `kubernetes` or `ecs`"),
-            );
-        }
         let max_concurrent_jobs = match input.max_concurrent_jobs.unwrap_or(2) {
             n @ 1..=100 => Some(n),
             n => {

@@ -396,6 +396,8 @@ pub struct Config {
     pub aws: viberglass_secrets::AwsSettings,
     /// `AWS_ENDPOINT_URL_ECS`: an ECS stand-in's address.
     pub aws_ecs_endpoint_url: Option<String>,
+    /// `AWS_ENDPOINT_URL_LAMBDA`: a Lambda stand-in's address.
+    pub aws_lambda_endpoint_url: Option<String>,
     pub kubernetes_context: Option<String>,
     pub kubernetes_unschedulable_grace_secs: u64,
     /// Host names requests may be addressed to besides the public URL's, localhost and IP literals.
@@ -792,6 +794,7 @@ impl Config {
                 .map(|r| PathBuf::from(r.value.trim())),
             aws: viberglass_secrets::AwsSettings::from_env(&env),
             aws_ecs_endpoint_url: env("AWS_ENDPOINT_URL_ECS").filter(|v| !v.trim().is_empty()),
+            aws_lambda_endpoint_url: env("AWS_ENDPOINT_URL_LAMBDA").filter(|v| !v.trim().is_empty()),
             kubernetes_namespaces: {
                 let raw = raw("kubernetes_namespaces");
                 let mut namespaces = Vec::new();

@@ -174,22 +174,37 @@ impl Engine {
             programs: crate::service::clankers::programs_of(&clanker),
             time_limit_secs: job.spec.as_ref().map(|s| s.max_execution_secs),
         };
+        let config = request.config.clone();
         match target.launch(request).await {
             Ok(compute_ref) => {
                 tracing::info!(compute_ref, clanker = clanker.slug.as_str(), "worker started");
                 if self.store.set_job_compute_ref(job.id, clanker.compute, &compute_ref).await? {
+                    let logs = target
+                        .log_location(&config, &compute_ref)
+                        .map(|at| format!("; its own log: {at}"))
+                        .unwrap_or_default();
                     self.store
                         .append_event(
                             job.id,
                             EventKind::Status,
                             LogLevel::Info,
-                            &format!("worker started ({compute_ref})"),
+                            &format!("worker started ({compute_ref}){logs}"),
                             None,
                         )
                         .await?;
                 } else {
                     // Cancelled while we were starting it.
-                    let _ = target.stop(job.id, &compute_ref).await;
+                    if let Err(err) = target.stop(job.id, &compute_ref).await {
+                        self.store
+                            .append_event(
+                                job.id,
+                                EventKind::Status,
+                                LogLevel::Warn,
+                                &format!("could not stop the worker ({compute_ref}): {err}"),
+                                None,
+                            )
+                            .await?;
+                    }
                 }
             }
             Err(err) => {
@@ -330,7 +345,19 @@ impl Engine {
             return tracing::info!(job_id = %job.id, compute_ref, "the worker belongs to another host; its server stops it");
         }
         match target.stop(job.id, compute_ref).await {
-            Err(err) => tracing::warn!(job_id = %job.id, error = %err, "could not stop the worker"),
+            Err(err) => {
+                tracing::warn!(job_id = %job.id, error = %err, "could not stop the worker");
+                let _ = self
+                    .store
+                    .append_event(
+                        job.id,
+                        EventKind::Status,
+                        LogLevel::Warn,
+                        &format!("could not stop the worker ({compute_ref}): {err}"),
+                        None,
+                    )
+                    .await;
+            }
             Ok(()) => {
                 let _ = self
                     .store

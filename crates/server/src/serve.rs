@@ -224,15 +224,16 @@ pub fn app_state(
         namespaces: config.kubernetes_namespaces.clone(),
     })));
     // ECS clankers use the standard AWS settings (AWS_REGION, credentials, AWS_ENDPOINT_URL_ECS or AWS_ENDPOINT_URL).
-    let aws = config.aws.clone();
-    compute.register(Arc::new(viberglass_compute::EcsTarget::new(viberglass_compute::EcsSettings {
+    let aws = |endpoint: &Option<String>| viberglass_compute::AwsComputeSettings {
         host_id: config.host_id.clone(),
-        endpoint_url: config.aws_ecs_endpoint_url.clone().or(aws.endpoint_url),
-        region: aws.region,
-        access_key_id: aws.access_key_id,
-        secret_access_key: aws.secret_access_key,
-        session_token: aws.session_token,
-    })));
+        endpoint_url: endpoint.clone().or(config.aws.endpoint_url.clone()),
+        region: config.aws.region.clone(),
+        access_key_id: config.aws.access_key_id.clone(),
+        secret_access_key: config.aws.secret_access_key.clone(),
+        session_token: config.aws.session_token.clone(),
+    };
+    compute.register(Arc::new(viberglass_compute::EcsTarget::new(aws(&config.aws_ecs_endpoint_url))));
+    compute.register(Arc::new(viberglass_compute::LambdaTarget::new(aws(&config.aws_lambda_endpoint_url))));
     let engine = Engine {
         store: store.clone(),
         compute,

@@ -1,7 +1,7 @@
 //! A fault-injecting proxy between an AWS SDK and moto's server: it forwards
 //! every request, records which API action each was, refuses the actions a
 //! test takes away with the error AWS gives (`AccessDeniedException`, with a
-//! request id), and mends the answers where moto departs from AWS's model in
+//! request id), keeps the request bodies (a Lambda invocation's payload), and mends the answers where moto departs from AWS's model in
 //! ways a strict SDK cannot read (moto 5.2 sends an ECS container's `cpu` and
 //! `memory` as numbers; the ECS model has strings).
 
@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 struct Faults {
     denied: BTreeSet<String>,
     actions: Vec<String>,
+    bodies: Vec<(String, Vec<u8>)>,
 }
 
 struct Shared {
@@ -39,17 +40,32 @@ impl Drop for AwsProxy {
     }
 }
 
-/// The action of a JSON-protocol request (`X-Amz-Target: Service.Action`).
-fn action_of(headers: &HeaderMap) -> Option<String> {
-    let target = headers.get("x-amz-target")?.to_str().ok()?;
-    Some(target.rsplit('.').next()?.to_owned())
+/// The action of a request: a JSON-protocol one's `X-Amz-Target: Service.Action`, a Lambda REST one's by its route.
+fn action_of(method: &Method, path: &str, headers: &HeaderMap) -> Option<String> {
+    if let Some(target) = headers.get("x-amz-target").and_then(|v| v.to_str().ok()) {
+        return Some(target.rsplit('.').next()?.to_owned());
+    }
+    let rest = path.strip_prefix("/2015-03-31/functions")?.trim_end_matches('/');
+    let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
+    let action = match (method.as_str(), parts.as_slice()) {
+        ("POST", []) => "CreateFunction",
+        ("GET", [_]) => "GetFunction",
+        ("DELETE", [_]) => "DeleteFunction",
+        ("GET", [_, "configuration"]) => "GetFunctionConfiguration",
+        ("PUT", [_, "configuration"]) => "UpdateFunctionConfiguration",
+        ("PUT", [_, "code"]) => "UpdateFunctionCode",
+        ("POST", [_, "invocations"]) => "Invoke",
+        _ => return None,
+    };
+    Some(action.to_owned())
 }
 
-/// The service prefix IAM names an action with, from its target.
-fn service_of(headers: &HeaderMap) -> &'static str {
+/// The service prefix IAM names an action with.
+fn service_of(path: &str, headers: &HeaderMap) -> &'static str {
     match headers.get("x-amz-target").and_then(|v| v.to_str().ok()) {
         Some(t) if t.starts_with("AmazonEC2ContainerService") => "ecs",
         Some(t) if t.starts_with("Logs") => "logs",
+        _ if path.starts_with("/2015-03-31/functions") => "lambda",
         _ => "aws",
     }
 }
@@ -110,6 +126,12 @@ impl AwsProxy {
     pub fn actions(&self) -> Vec<String> {
         self.shared.faults.lock().unwrap().actions.clone()
     }
+
+    /// The request bodies of `action` so far (e.g. Lambda `Invoke` payloads), as JSON.
+    pub fn bodies(&self, action: &str) -> Vec<Value> {
+        let faults = self.shared.faults.lock().unwrap();
+        faults.bodies.iter().filter(|(a, _)| a == action).filter_map(|(_, b)| serde_json::from_slice(b).ok()).collect()
+    }
 }
 
 async fn forward(
@@ -119,21 +141,33 @@ async fn forward(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let action = action_of(&headers);
+    let action = action_of(&method, uri.path(), &headers);
+    let service = service_of(uri.path(), &headers);
     if let Some(action) = &action {
         let mut faults = shared.faults.lock().unwrap();
         faults.actions.push(action.clone());
+        faults.bodies.push((action.clone(), body.to_vec()));
         if faults.denied.contains(action) {
-            let service = service_of(&headers);
+            let iam = if action == "Invoke" { "InvokeFunction" } else { action.as_str() };
             let message = format!(
                 "User: arn:aws:sts::123456789012:assumed-role/viberglass-server/i-0abc is not authorized to perform: \
-                 {service}:{action} on resource: * because no identity-based policy allows the {service}:{action} action"
+                 {service}:{iam} on resource: * because no identity-based policy allows the {service}:{iam} action"
             );
+            // JSON-protocol services answer 400 with `__type`; Lambda's REST API 403 with the type in a header.
+            let (status, content_type) = if service == "lambda" {
+                (StatusCode::FORBIDDEN, "application/json")
+            } else {
+                (StatusCode::BAD_REQUEST, "application/x-amz-json-1.1")
+            };
             return Response::builder()
-                .status(StatusCode::BAD_REQUEST)
-                .header("content-type", "application/x-amz-json-1.1")
+                .status(status)
+                .header("content-type", content_type)
                 .header("x-amzn-requestid", uuid::Uuid::new_v4().to_string())
-                .body(Body::from(json!({"__type": "AccessDeniedException", "message": message}).to_string()))
+                .header("x-amzn-errortype", "AccessDeniedException")
+                .body(Body::from(
+                    json!({"__type": "AccessDeniedException", "Type": "User", "message": message, "Message": message})
+                        .to_string(),
+                ))
                 .unwrap_or_default();
         }
     }
@@ -162,7 +196,7 @@ async fn forward(
     }
     let bytes = answer.bytes().await.unwrap_or_default();
     let mended = match serde_json::from_slice::<Value>(&bytes) {
-        Ok(mut value) if service_of(&headers) == "ecs" => {
+        Ok(mut value) if service == "ecs" => {
             mend_ecs(&mut value);
             value.to_string().into_bytes()
         }

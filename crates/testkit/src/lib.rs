@@ -14,6 +14,7 @@ pub mod fake_forge;
 pub mod fake_kube;
 pub mod forge;
 pub mod git;
+pub mod lambda_runtime;
 pub mod logs;
 pub mod model;
 pub mod moto;

@@ -65,6 +65,22 @@ impl Moto {
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
+    /// Makes moto's Lambda answer invocations itself instead of running them in Docker (which would pull an image).
+    pub fn lambda_without_docker(&self) {
+        let out = Command::new("curl")
+            .args([
+                "-sf",
+                "-X",
+                "POST",
+                &format!("{}/moto-api/config", self.endpoint),
+                "-d",
+                r#"{"lambda":{"use_docker":false}}"#,
+            ])
+            .output()
+            .expect("curl runs");
+        assert!(out.status.success(), "moto config failed");
+    }
+
     /// Sets how moto moves a model's state on (e.g. `ecs::task` with `times`: describe calls per step).
     pub fn set_transition(&self, model: &str, times: u32) {
         let body = format!(r#"{{"model_name":"{model}","transition":{{"progression":"manual","times":{times}}}}}"#);

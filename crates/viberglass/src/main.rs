@@ -57,11 +57,15 @@ struct WorkerArgs {
     /// With --self-check: a program the clanker runs, which must be executable here (a path, or a name on the PATH).
     #[arg(long = "program", requires = "self_check")]
     programs: Vec<String>,
+    /// Inside AWS Lambda: serve the invocations of the Lambda Runtime API (`AWS_LAMBDA_RUNTIME_API`),
+    /// each one a job, in workspaces under VIBERGLASS_WORKSPACE (default /tmp).
+    #[arg(long, conflicts_with_all = ["self_check", "job"])]
+    lambda: bool,
     /// The job to run.
-    #[arg(long, required_unless_present = "self_check")]
+    #[arg(long, required_unless_present_any = ["self_check", "lambda"])]
     job: Option<String>,
     /// The server to report to.
-    #[arg(long, env = "VIBERGLASS_SERVER_URL", required_unless_present = "self_check")]
+    #[arg(long, env = "VIBERGLASS_SERVER_URL", required_unless_present_any = ["self_check", "lambda"])]
     server_url: Option<String>,
     /// A file holding the job's token, which the worker deletes as soon as it has read it (the local target's way).
     #[arg(long, env = "VIBERGLASS_JOB_TOKEN_FILE")]
@@ -192,6 +196,22 @@ fn run_worker(args: WorkerArgs) -> ExitCode {
     };
     telemetry::init(format, &std::env::var("LOG_LEVEL").unwrap_or_else(|_| "info".into()));
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    if args.lambda {
+        let Ok(api) = std::env::var("AWS_LAMBDA_RUNTIME_API") else {
+            eprintln!(
+                "viberglass: error: --lambda runs inside AWS Lambda, which sets AWS_LAMBDA_RUNTIME_API; it is not set"
+            );
+            return ExitCode::from(2);
+        };
+        let root = args.workspace.unwrap_or_else(|| PathBuf::from("/tmp"));
+        return match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            Ok(runtime) => ExitCode::from(runtime.block_on(viberglass_worker::lambda::serve(&api, root))),
+            Err(err) => {
+                eprintln!("viberglass: error: cannot start the async runtime: {err}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let job = args.job.unwrap_or_default();
     let Ok(job_id) = job.parse() else {
         eprintln!("viberglass: error: `{job}` is not a job id");

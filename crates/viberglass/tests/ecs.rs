@@ -185,6 +185,14 @@ async fn a_run_is_a_fargate_task_with_the_jobs_overrides_and_cancel_stops_it() {
     assert_eq!(described["command"], json!(["worker", "--job", id]), "{described}");
     assert!(described["env"].as_array().unwrap().contains(&json!("VIBERGLASS_SERVER_URL")), "{described}");
 
+    let events = app.job_events(&id).await;
+    assert!(
+        events.contains(&format!(
+            "CloudWatch Logs group /viberglass/workers in us-east-1, stream viberglass/worker/{task}"
+        )),
+        "{events}"
+    );
+
     let cancelled = app.post_json(&format!("/api/v1/jobs/{id}/cancel"), &json!({})).await;
     assert!(cancelled.status().is_success(), "{}", cancelled.text().await.unwrap());
     let stopped = moto.boto3(&format!(

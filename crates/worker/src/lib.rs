@@ -12,6 +12,7 @@ pub mod git;
 pub mod guard;
 pub mod harness;
 pub mod keyproxy;
+pub mod lambda;
 pub mod pipeline;
 
 use std::path::PathBuf;

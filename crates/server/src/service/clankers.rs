@@ -51,6 +51,24 @@ async fn complete(store: &Store, new: &mut NewClanker) -> ServiceResult<()> {
     if let Err(message) = ComputeConfig::parse(new.compute, &new.compute_config) {
         errors.add("compute_config", message);
     }
+    // Lambda stops every invocation at 15 minutes: a project that allows longer runs needs another target.
+    if new.compute == viberglass_domain::ComputeKind::Lambda {
+        for id in &new.projects {
+            let project = store.get_project(*id).await?;
+            if project.max_execution_secs > viberglass_compute::LAMBDA_MAX_SECS {
+                errors.add(
+                    "compute",
+                    format!(
+                        "project {} allows runs of {} s, above Lambda's {} s ceiling: run this clanker on ECS \
+                         (\"compute\": \"ecs\"), or lower that project's max_execution_secs",
+                        project.slug.as_str(),
+                        project.max_execution_secs,
+                        viberglass_compute::LAMBDA_MAX_SECS
+                    ),
+                );
+            }
+        }
+    }
     errors.into_result(())?;
     Ok(())
 }

@@ -423,6 +423,22 @@ async fn build_spec(state: &AppState, run: RunOf<'_>, prompt: String) -> Service
         ));
     }
     let harness = clanker.harness().map_err(|reason| unprocessable("clanker_misconfigured", reason))?;
+    if clanker.compute == viberglass_domain::ComputeKind::Lambda
+        && project.max_execution_secs > viberglass_compute::LAMBDA_MAX_SECS
+    {
+        return Err(unprocessable(
+            "time_limit_above_lambda",
+            format!(
+                "project {} allows runs of {} s, but clanker `{}` runs on Lambda, which stops every invocation at {} s: \
+                 switch the clanker to ECS (edit its compute; it keeps its id, secrets and history), or lower the \
+                 project's max_execution_secs",
+                project.slug.as_str(),
+                project.max_execution_secs,
+                clanker.slug.as_str(),
+                viberglass_compute::LAMBDA_MAX_SECS
+            ),
+        ));
+    }
     let mut branch = branch_name(&project.branch_name_template, ticket, clanker, job).map_err(|reason| {
         unprocessable(
             "invalid_branch_template",
