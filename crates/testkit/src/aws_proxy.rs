@@ -18,6 +18,8 @@ use serde_json::{Value, json};
 #[derive(Default)]
 struct Faults {
     denied: BTreeSet<String>,
+    /// Errors to answer an action with once: (action, error type, message).
+    failing: Vec<(String, String, String)>,
     actions: Vec<String>,
     bodies: Vec<(String, Vec<u8>)>,
 }
@@ -117,6 +119,11 @@ impl AwsProxy {
         self.shared.faults.lock().unwrap().denied.insert(action.to_owned());
     }
 
+    /// Answers the next call of `action` with the AWS error `kind` (e.g. `InvalidParameterValueException`) and `message`.
+    pub fn fail_next(&self, action: &str, kind: &str, message: &str) {
+        self.shared.faults.lock().unwrap().failing.push((action.to_owned(), kind.to_owned(), message.to_owned()));
+    }
+
     /// Gives `action` back.
     pub fn allow(&self, action: &str) {
         self.shared.faults.lock().unwrap().denied.remove(action);
@@ -147,6 +154,18 @@ async fn forward(
         let mut faults = shared.faults.lock().unwrap();
         faults.actions.push(action.clone());
         faults.bodies.push((action.clone(), body.to_vec()));
+        if let Some(index) = faults.failing.iter().position(|(a, _, _)| a == action) {
+            let (_, kind, message) = faults.failing.remove(index);
+            return Response::builder()
+                .status(StatusCode::BAD_REQUEST)
+                .header("content-type", "application/x-amz-json-1.1")
+                .header("x-amzn-requestid", uuid::Uuid::new_v4().to_string())
+                .header("x-amzn-errortype", kind.as_str())
+                .body(Body::from(
+                    json!({"__type": kind, "Type": "User", "message": message, "Message": message}).to_string(),
+                ))
+                .unwrap_or_default();
+        }
         if faults.denied.contains(action) {
             let iam = if action == "Invoke" { "InvokeFunction" } else { action.as_str() };
             let message = format!(

@@ -110,6 +110,45 @@ async fn start_creates_the_function_then_updates_only_what_differs() {
     proxy.allow("UpdateFunctionConfiguration");
     assert_eq!(start(&app, "lambda").await["status"], "active");
 
+    // An image ECR does not have, and a subnet of another VPC, as Lambda words them: named, with the fix.
+    proxy.fail_next(
+        "UpdateFunctionConfiguration",
+        "InvalidParameterValueException",
+        "Error occurred while DescribeSubnets. EC2 Error Code: InvalidSubnetID.NotFound. EC2 Error Message: The subnet \
+         ID 'subnet-0gone' does not exist",
+    );
+    let vpc: Value = app
+        .patch_json(
+            "/api/v1/clankers/lambda",
+            &json!({"compute_config": compute(&role, json!({"subnets": ["subnet-0gone"], "security_groups": ["sg-0abc"]}))}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let message = vpc["status_message"].as_str().unwrap();
+    assert!(message.contains("re-deploy the workers' network settings"), "{message}");
+    proxy.fail_next(
+        "UpdateFunctionCode",
+        "InvalidParameterValueException",
+        "Source image 123456789012.dkr.ecr.us-east-1.amazonaws.com/viberglass-worker:2 does not exist. Provide a valid \
+         source image.",
+    );
+    let image: Value = app
+        .patch_json(
+            "/api/v1/clankers/lambda",
+            &json!({"compute_config": compute(&role, json!({"image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/viberglass-worker:2"}))}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let message = image["status_message"].as_str().unwrap();
+    assert!(
+        message.contains("the image URI was not found in ECR") && message.contains("push the worker image"),
+        "{message}"
+    );
+
     // Its page warns of the ceiling.
     let page = app.get("/clankers/lambda").await.text().await.unwrap();
     assert!(page.contains("Lambda stops every run at 15 minutes") && page.contains("switch its compute to"), "{page}");
@@ -136,9 +175,17 @@ async fn the_workers_lambda_handler_completes_a_research_run_the_server_invoked(
     app.create_project(json!({"name": "Shop", "repository_url": repo.url(), "planning_needs_approval": false,
                               "max_execution_secs": 600}))
         .await;
+    // A database secret (the original's ECS and Lambda workers never got these): it comes with the bootstrap.
+    let stored = app
+        .post_json(
+            "/api/v1/secrets",
+            &json!({"name": "SOME_SECRET", "backend": "database", "value": "stored-value-123"}),
+        )
+        .await;
+    assert!(stored.status().is_success(), "{}", stored.text().await.unwrap());
     clanker(&app, json!({"shared": true, "name": "Lambda", "agent": "command", "compute": "lambda",
-                         "compute_config": compute(&role, json!({})),
-                         "agent_settings": {"command": ["sh", "-c", "echo in-lambda; printf '# Findings\\n' > RESEARCH.md"]}}))
+                         "compute_config": compute(&role, json!({})), "secrets": ["SOME_SECRET"],
+                         "agent_settings": {"command": ["sh", "-c", "echo in-lambda secret-length=${#SOME_SECRET}; printf '# Findings\\n' > RESEARCH.md"]}}))
     .await;
     assert_eq!(start(&app, "lambda").await["status"], "active");
     let ticket = app.create_ticket("shop", json!({"title": "Fix the readme"})).await;
@@ -172,7 +219,7 @@ async fn the_workers_lambda_handler_completes_a_research_run_the_server_invoked(
     let done = app.wait_for_job(&id, &["completed", "failed"], Duration::from_secs(60)).await;
     let events = app.job_events(&id).await;
     assert_eq!(done["status"], "completed", "{done}\n{events}");
-    assert!(events.contains("in-lambda"), "{events}");
+    assert!(events.contains("in-lambda secret-length=16"), "{events}");
     assert!(events.contains("its own log: CloudWatch Logs group /aws/lambda/viberglass-worker"), "{events}");
     assert_eq!(
         done["compute_ref"],
