@@ -185,7 +185,7 @@ async fn the_workers_lambda_handler_completes_a_research_run_the_server_invoked(
     assert!(stored.status().is_success(), "{}", stored.text().await.unwrap());
     clanker(&app, json!({"shared": true, "name": "Lambda", "agent": "command", "compute": "lambda",
                          "compute_config": compute(&role, json!({})), "secrets": ["SOME_SECRET"],
-                         "agent_settings": {"command": ["sh", "-c", "echo in-lambda secret-length=${#SOME_SECRET}; printf '# Findings\\n' > RESEARCH.md"]}}))
+                         "agent_settings": {"command": ["sh", "-c", "echo in-lambda secret-length=${#SOME_SECRET} creds=${AWS_SECRET_ACCESS_KEY:-none} runtime=${AWS_LAMBDA_RUNTIME_API:-none}; printf '# Findings\\n' > RESEARCH.md"]}}))
     .await;
     assert_eq!(start(&app, "lambda").await["status"], "active");
     let ticket = app.create_ticket("shop", json!({"title": "Fix the readme"})).await;
@@ -210,6 +210,10 @@ async fn the_workers_lambda_handler_completes_a_research_run_the_server_invoked(
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("HOME", tmp.path())
         .env("AWS_LAMBDA_RUNTIME_API", runtime.api())
+        // As Lambda gives a function its role.
+        .env("AWS_ACCESS_KEY_ID", "ASIAFUNCTIONROLE")
+        .env("AWS_SECRET_ACCESS_KEY", "function-role-secret")
+        .env("AWS_SESSION_TOKEN", "function-role-session")
         .env("VIBERGLASS_WORKSPACE", tmp.path())
         .env("LOG_FORMAT", "json")
         .stdout(std::process::Stdio::null())
@@ -219,7 +223,8 @@ async fn the_workers_lambda_handler_completes_a_research_run_the_server_invoked(
     let done = app.wait_for_job(&id, &["completed", "failed"], Duration::from_secs(60)).await;
     let events = app.job_events(&id).await;
     assert_eq!(done["status"], "completed", "{done}\n{events}");
-    assert!(events.contains("in-lambda secret-length=16"), "{events}");
+    // The function's own role credentials and its Runtime API stay with the worker.
+    assert!(events.contains("in-lambda secret-length=16 creds=none runtime=none"), "{events}");
     assert!(events.contains("its own log: CloudWatch Logs group /aws/lambda/viberglass-worker"), "{events}");
     assert_eq!(
         done["compute_ref"],

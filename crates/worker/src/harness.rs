@@ -453,13 +453,30 @@ fn agent_command(program: &str, repo: &Path, home: &Path) -> tokio::process::Com
     command
 }
 
-/// The worker's own variables, which its agent never gets.
+/// The worker's own variables, which its agent never gets: its job's, and
+/// those through which the compute platform hands the worker its cloud
+/// identity (a Lambda function's role credentials, an ECS task role's
+/// credential endpoint, EKS's web identity token) or its control interface
+/// (the Lambda Runtime API, the ECS task metadata endpoint). A clanker secret
+/// of the same name is still given to the agent: that one was chosen.
 const WORKER_ONLY: &[&str] = &[
     "VIBERGLASS_SERVER_URL",
     "VIBERGLASS_JOB_TOKEN",
     "VIBERGLASS_JOB_TOKEN_FILE",
     "VIBERGLASS_WORKSPACE",
     "VIBERGLASS_AGENT_BWRAP",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_ROLE_ARN",
+    "ECS_CONTAINER_METADATA_URI",
+    "ECS_CONTAINER_METADATA_URI_V4",
+    "AWS_LAMBDA_RUNTIME_API",
 ];
 
 /// Whether `program` can be started: an executable file at that path, or on the PATH.
