@@ -172,6 +172,8 @@ pub struct AwsComputeSettings {
     pub endpoint_url: Option<String>,
     /// `AWS_REGION`; `us-east-1` when absent.
     pub region: Option<String>,
+    /// The server's URL as workers reach it (a Lambda function keeps it: its worker serves no other server).
+    pub server_url: Option<String>,
     pub access_key_id: Option<String>,
     pub secret_access_key: Option<String>,
     pub session_token: Option<String>,
@@ -393,15 +395,32 @@ impl EcsTarget {
         }
     }
 
-    /// Registers the worker's task definition unless its family exists; returns the family.
+    /// Registers the worker's task definition unless the latest of its family is it (the same image, size and
+    /// roles: someone else may register in a family whose name is guessable); returns the exact revision's ARN.
     async fn ensure_task_definition(&self, config: &EcsConfig) -> Result<(String, bool), ComputeError> {
         let client = self.client().await;
         let family = config.family(&self.region());
         match client.describe_task_definition().task_definition(&family).send().await {
-            Ok(found) if found.task_definition().is_some_and(|d| d.status().map(|s| s.as_str()) == Some("ACTIVE")) => {
-                return Ok((family, false));
+            Ok(found) => {
+                if let Some(definition) = found.task_definition()
+                    && definition.status().map(|s| s.as_str()) == Some("ACTIVE")
+                    && let Some(arn) = definition.task_definition_arn()
+                {
+                    let worker = definition.container_definitions().iter().find(|c| c.name() == Some(WORKER));
+                    let same = worker.and_then(|w| w.image()) == Some(config.image.as_str())
+                        && definition.cpu() == Some(config.cpu.to_string().as_str())
+                        && definition.memory() == Some(config.memory.to_string().as_str())
+                        && definition.execution_role_arn() == config.execution_role_arn.as_deref()
+                        && definition.task_role_arn() == config.task_role_arn.as_deref();
+                    if same {
+                        return Ok((arn.to_owned(), false));
+                    }
+                    tracing::warn!(
+                        family,
+                        "the latest task definition of the family differs from the clanker's: registering it again"
+                    );
+                }
             }
-            Ok(_) => {}
             // "Unable to describe task definition": there is none of this family yet.
             Err(SdkError::ServiceError(e)) if e.err().code() == Some("ClientException") => {}
             Err(e) => return Err(failed("ecs:DescribeTaskDefinition", e)),
@@ -439,13 +458,17 @@ impl EcsTarget {
         if let Some(role) = &config.task_role_arn {
             register = register.task_role_arn(role);
         }
-        register.send().await.map_err(|e| failed("ecs:RegisterTaskDefinition", e))?;
-        Ok((family, true))
+        let registered = register.send().await.map_err(|e| failed("ecs:RegisterTaskDefinition", e))?;
+        let arn = registered
+            .task_definition()
+            .and_then(|d| d.task_definition_arn())
+            .ok_or_else(|| ComputeError::Transient("ECS registered the task definition without naming it".into()))?;
+        Ok((arn.to_owned(), true))
     }
 
     async fn launch_inner(&self, request: LaunchRequest) -> Result<String, ComputeError> {
         let config = Self::config(&request.config)?;
-        let (family, _) = self.ensure_task_definition(config).await?;
+        let (definition, _) = self.ensure_task_definition(config).await?;
         let client = self.client().await;
         let network = AwsVpcConfiguration::builder()
             .set_subnets(Some(config.subnets.clone()))
@@ -471,7 +494,7 @@ impl EcsTarget {
         let ran = client
             .run_task()
             .cluster(&config.cluster)
-            .task_definition(&family)
+            .task_definition(&definition)
             .launch_type(LaunchType::Fargate)
             .network_configuration(NetworkConfiguration::builder().awsvpc_configuration(network).build())
             .overrides(overrides)
@@ -542,7 +565,8 @@ impl ComputeTarget for EcsTarget {
                     self.region()
                 )));
             }
-            let (family, registered) = self.ensure_task_definition(config).await?;
+            let (definition, registered) = self.ensure_task_definition(config).await?;
+            let family = definition.rsplit('/').next().unwrap_or(&definition);
             Ok(Provisioned {
                 message: format!(
                     "ready: workers run as Fargate tasks of `{}` ({} CPU units, {} MiB) in cluster {} ({}), task \

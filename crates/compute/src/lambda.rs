@@ -6,7 +6,11 @@
 //! waits until Lambda reports the update done. A run is an `Event`
 //! invocation whose payload is the job id, the server URL and the token; the
 //! worker (`viberglass worker --lambda`, the function's command) serves it
-//! through the Lambda Runtime API. A Lambda invocation cannot be stopped or
+//! through the Lambda Runtime API and exits, so the next run gets a fresh
+//! execution environment. Start manages only functions tagged
+//! `managed-by=viberglass`, turns Lambda's retries of a failed invocation off
+//! (a run's payload is delivered once), and gives the function this server's
+//! URL, the only one its worker reports to. A Lambda invocation cannot be stopped or
 //! inspected from outside: cancel reaches the worker through the answer to
 //! its next heartbeat, and a worker that dies is noticed by its silence.
 
@@ -191,8 +195,26 @@ impl LambdaTarget {
             Err(aws_sdk_lambda::error::SdkError::ServiceError(e)) if e.err().is_resource_not_found_exception() => None,
             Err(e) => return Err(failed("lambda:GetFunction", e)),
         };
-        let environment = Environment::builder().variables("LOG_FORMAT", "json").build();
+        let mut environment = Environment::builder().variables("LOG_FORMAT", "json");
+        // The worker serves only invocations for this server: whoever else may invoke the function cannot point
+        // it at a server of their own.
+        if let Some(server) = &self.settings.server_url {
+            environment = environment.variables("VIBERGLASS_SERVER_URL", server);
+        }
+        let environment = environment.build();
         let command = ImageConfig::builder().command("worker").command("--lambda").build();
+        if let Some(found) = &found {
+            let tags = found.tags();
+            let ours = tags.and_then(|t| t.get("managed-by")).is_some_and(|v| v == "viberglass");
+            if !ours {
+                return Err(ComputeError::Permanent(format!(
+                    "a Lambda function `{name}` exists and was not created by Viberglass (it has no managed-by=viberglass \
+                     tag), so Start leaves it alone rather than replace its code, role and settings: choose another \
+                     compute_config.function_name (e.g. viberglass-worker-<clanker>), or tag that function \
+                     managed-by=viberglass if it is Viberglass's"
+                )));
+            }
+        }
         let Some(found) = found else {
             client
                 .create_function()
@@ -211,6 +233,7 @@ impl LambdaTarget {
                 .await
                 .map_err(|e| failed("lambda:CreateFunction", e))?;
             self.settle(name).await?;
+            self.no_retries(name).await?;
             return Ok("created");
         };
         let mut changed = false;
@@ -252,7 +275,23 @@ impl LambdaTarget {
             self.settle(name).await?;
             changed = true;
         }
+        self.no_retries(name).await?;
         Ok(if changed { "updated" } else { "unchanged" })
+    }
+
+    /// Lambda retries a failed asynchronous invocation twice by default, with the same payload (token included):
+    /// Viberglass re-runs jobs itself, with a new token, so a run is delivered once and never kept.
+    async fn no_retries(&self, name: &str) -> Result<(), ComputeError> {
+        self.client()
+            .await
+            .put_function_event_invoke_config()
+            .function_name(name)
+            .maximum_retry_attempts(0)
+            .maximum_event_age_in_seconds(60)
+            .send()
+            .await
+            .map_err(|e| failed("lambda:PutFunctionEventInvokeConfig", e))?;
+        Ok(())
     }
 }
 

@@ -394,6 +394,8 @@ pub struct Config {
     /// The standard AWS settings (`AWS_REGION`, credentials, endpoints), as
     /// this server's environment has them: ECS clankers use them.
     pub aws: viberglass_secrets::AwsSettings,
+    /// `AWS_ENDPOINT_URL`: every AWS service's stand-in (the SSM-only one is not the compute targets').
+    pub aws_endpoint_url: Option<String>,
     /// `AWS_ENDPOINT_URL_ECS`: an ECS stand-in's address.
     pub aws_ecs_endpoint_url: Option<String>,
     /// `AWS_ENDPOINT_URL_LAMBDA`: a Lambda stand-in's address.
@@ -793,6 +795,7 @@ impl Config {
                 .filter(|r| !r.value.trim().is_empty())
                 .map(|r| PathBuf::from(r.value.trim())),
             aws: viberglass_secrets::AwsSettings::from_env(&env),
+            aws_endpoint_url: env("AWS_ENDPOINT_URL").filter(|v| !v.trim().is_empty()),
             aws_ecs_endpoint_url: env("AWS_ENDPOINT_URL_ECS").filter(|v| !v.trim().is_empty()),
             aws_lambda_endpoint_url: env("AWS_ENDPOINT_URL_LAMBDA").filter(|v| !v.trim().is_empty()),
             kubernetes_namespaces: {

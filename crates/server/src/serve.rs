@@ -226,8 +226,9 @@ pub fn app_state(
     // ECS clankers use the standard AWS settings (AWS_REGION, credentials, AWS_ENDPOINT_URL_ECS or AWS_ENDPOINT_URL).
     let aws = |endpoint: &Option<String>| viberglass_compute::AwsComputeSettings {
         host_id: config.host_id.clone(),
-        endpoint_url: endpoint.clone().or(config.aws.endpoint_url.clone()),
+        endpoint_url: endpoint.clone().or(config.aws_endpoint_url.clone()),
         region: config.aws.region.clone(),
+        server_url: Some(server_url.to_string()),
         access_key_id: config.aws.access_key_id.clone(),
         secret_access_key: config.aws.secret_access_key.clone(),
         session_token: config.aws.session_token.clone(),

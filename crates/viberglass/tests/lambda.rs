@@ -234,11 +234,40 @@ async fn the_workers_lambda_handler_completes_a_research_run_the_server_invoked(
     assert_eq!((kind.as_str(), &answer["exit_code"]), ("response", &json!(0)), "{answer}");
     assert!(!tmp.path().join(format!("job-{id}")).exists(), "the invocation's workspace is removed after it");
 
-    // An invocation that is not a Viberglass job is answered as an error, and the worker serves on.
-    let stray = runtime.invoke(json!({"hello": "world"}));
-    let (kind, answer) = runtime.wait_for_answer(&stray, Duration::from_secs(10)).await;
-    assert_eq!(kind, "error", "{answer}");
-    assert_eq!(answer["errorType"], "InvalidInvocation");
+    // One invocation per execution environment: the worker has exited.
+    let status = tokio::time::timeout(Duration::from_secs(10), worker.wait()).await.expect("the worker exits").unwrap();
+    assert!(status.success(), "{status}");
+
+    // An invocation that is not a Viberglass job, or names another server than the function's, is refused.
+    let lambda_worker = |runtime: &FakeLambdaRuntime| {
+        tokio::process::Command::new(BINARY)
+            .args(["worker", "--lambda"])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", tmp.path())
+            .env("AWS_LAMBDA_RUNTIME_API", runtime.api())
+            .env("VIBERGLASS_WORKSPACE", tmp.path())
+            .env("VIBERGLASS_SERVER_URL", app.url(""))
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    };
+    for (event, says) in [
+        (json!({"hello": "world"}), "not a Viberglass job"),
+        (
+            json!({"job_id": id, "server_url": "http://attacker.example", "token": "x"}),
+            "names the server http://attacker.example",
+        ),
+    ] {
+        let mut stray_worker = lambda_worker(&runtime);
+        let stray = runtime.invoke(event);
+        let (kind, answer) = runtime.wait_for_answer(&stray, Duration::from_secs(10)).await;
+        assert_eq!(kind, "error", "{answer}");
+        assert_eq!(answer["errorType"], "InvalidInvocation");
+        assert!(answer["errorMessage"].as_str().unwrap().contains(says), "{answer}");
+        let _ = stray_worker.kill().await;
+    }
     let _ = worker.kill().await;
 
     // Cancel cannot reach into Lambda: the job's log says how the worker will stop.

@@ -1,7 +1,10 @@
-//! The worker inside AWS Lambda: it serves invocations through the Lambda
-//! Runtime API (`AWS_LAMBDA_RUNTIME_API`), each one a job (its id, the
-//! server URL and its token, from the Lambda target's invocation), run in a
-//! fresh workspace under the function's /tmp.
+//! The worker inside AWS Lambda: it serves one invocation through the Lambda
+//! Runtime API (`AWS_LAMBDA_RUNTIME_API`), a job (its id, the server URL and
+//! its token, from the Lambda target's invocation), in a fresh workspace
+//! under the function's /tmp, then exits: Lambda then starts the next run in
+//! a fresh execution environment, so nothing one job's agent left behind
+//! (a process, a file in /tmp) meets the next job. An invocation naming
+//! another server than the function's `VIBERGLASS_SERVER_URL` is refused.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -18,8 +21,9 @@ struct Invocation {
     token: String,
 }
 
-/// Serves invocations until the Runtime API goes away; returns the exit code.
+/// Serves one invocation; returns the exit code.
 pub async fn serve(runtime_api: &str, workspace_root: PathBuf) -> u8 {
+    let expected_server = std::env::var("VIBERGLASS_SERVER_URL").ok().filter(|s| !s.is_empty());
     let base = format!("http://{runtime_api}/2018-06-01/runtime");
     // The next-invocation call waits as long as Lambda has nothing to run.
     let client = match reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).build() {
@@ -29,7 +33,7 @@ pub async fn serve(runtime_api: &str, workspace_root: PathBuf) -> u8 {
             return 1;
         }
     };
-    loop {
+    {
         let next = match client.get(format!("{base}/invocation/next")).send().await {
             Ok(next) if next.status().is_success() => next,
             Ok(next) => {
@@ -48,7 +52,7 @@ pub async fn serve(runtime_api: &str, workspace_root: PathBuf) -> u8 {
             .headers()
             .get("lambda-runtime-aws-request-id")
             .and_then(|v| v.to_str().ok())
-            .filter(|v| !v.is_empty() && v.len() <= 200 && !v.contains('/'))
+            .filter(|v| !v.is_empty() && v.len() <= 200 && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
             .map(str::to_owned)
         else {
             eprintln!("viberglass: error: the Lambda Runtime API gave an invocation without a request id");
@@ -59,6 +63,15 @@ pub async fn serve(runtime_api: &str, workspace_root: PathBuf) -> u8 {
             .map_err(|e| format!("the invocation is not a Viberglass job ({e}): invoke this function from Viberglass"))
             .and_then(|i| {
                 let job = i.job_id.parse::<JobId>().map_err(|_| format!("`{}` is not a job id", i.job_id))?;
+                if let Some(expected) = &expected_server
+                    && i.server_url.trim_end_matches('/') != expected.trim_end_matches('/')
+                {
+                    return Err(format!(
+                        "the invocation names the server {}, not this function's {expected}: it is served only by \
+                         the Viberglass server that set this function up",
+                        i.server_url
+                    ));
+                }
                 Ok((job, i))
             });
         let (job_id, invocation) = match invocation {
@@ -66,7 +79,7 @@ pub async fn serve(runtime_api: &str, workspace_root: PathBuf) -> u8 {
             Err(message) => {
                 let error = serde_json::json!({"errorMessage": message, "errorType": "InvalidInvocation"});
                 let _ = client.post(format!("{base}/invocation/{request}/error")).json(&error).send().await;
-                continue;
+                return 2;
             }
         };
         let workspace = workspace_root.join(format!("job-{job_id}"));
@@ -75,7 +88,7 @@ pub async fn serve(runtime_api: &str, workspace_root: PathBuf) -> u8 {
             let error = serde_json::json!({"errorMessage": format!("cannot make the workspace {}: {e}", workspace.display()),
                                            "errorType": "Workspace"});
             let _ = client.post(format!("{base}/invocation/{request}/error")).json(&error).send().await;
-            continue;
+            return 1;
         }
         let config = WorkerConfig {
             job_id,
@@ -91,5 +104,6 @@ pub async fn serve(runtime_api: &str, workspace_root: PathBuf) -> u8 {
             eprintln!("viberglass: error: cannot answer the Lambda invocation {request}: {e}");
             return 1;
         }
+        code
     }
 }
