@@ -201,3 +201,67 @@ async fn a_run_is_a_fargate_task_with_the_jobs_overrides_and_cancel_stops_it() {
     ));
     assert!(stopped.starts_with("STOPPED") && stopped.contains("stopped by Viberglass"), "{stopped}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_task_ecs_was_asked_for_runs_the_job_to_completion_in_the_worker_image() {
+    // ECS itself cannot run here: its task runs on the real Docker engine, as Fargate would run it, from the
+    // image, command and environment the server gave RunTask.
+    let Ok(image) = std::env::var("VIBERGLASS_TEST_WORKER_IMAGE") else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "VIBERGLASS_TEST_WORKER_IMAGE is needed under CI: scripts/test builds it"
+        );
+        return eprintln!("note: no worker image; skipping (scripts/test builds it)");
+    };
+    let Some(moto) = Moto::start() else { return };
+    let (subnet, sg) = network(&moto);
+    moto.set_transition("ecs::task", 100_000);
+    let proxy = AwsProxy::start(&moto.endpoint).await;
+    let app = app(&moto, &proxy).await;
+    let repo = viberglass_testkit::forge::ServedRepo::with_files(&[("README.md", "x")]).await;
+    app.create_project(json!({"name": "Shop", "repository_url": repo.url(), "planning_needs_approval": false})).await;
+    let script =
+        "echo on-fargate uid=$(id -u) token=${VIBERGLASS_JOB_TOKEN:-none}; printf '# Findings\\n' > RESEARCH.md";
+    app.post_json(
+        "/api/v1/clankers",
+        &json!({"shared": true, "name": "Fargate", "agent": "command", "compute": "ecs",
+                "compute_config": compute(&subnet, &sg, json!({"image": image})),
+                "agent_settings": {"command": ["sh", "-c", script]}}),
+    )
+    .await;
+    let started: Value = app.post_json("/api/v1/clankers/fargate/start", &json!({})).await.json().await.unwrap();
+    assert_eq!(started["status"], "active", "{started}");
+    let ticket = app.create_ticket("shop", json!({"title": "Fix the readme"})).await;
+    let id = app.run_phase(ticket["id"].as_str().unwrap(), "fargate", "research").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let task = loop {
+        let job: Value = app.get(&format!("/api/v1/jobs/{id}")).await.json().await.unwrap();
+        if let Some(compute_ref) = job["compute_ref"].as_str() {
+            break compute_ref.rsplit('/').next().unwrap().to_owned();
+        }
+        assert!(std::time::Instant::now() < deadline, "the task never started: {job}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let described = moto.boto3(&format!(
+        "t = client('ecs').describe_tasks(cluster='workers', tasks=['{task}'])['tasks'][0]\n\
+         d = client('ecs').describe_task_definition(taskDefinition=t['taskDefinitionArn'])['taskDefinition']\n\
+         o = t['overrides']['containerOverrides'][0]\n\
+         print(json.dumps({{'image': d['containerDefinitions'][0]['image'], 'command': o['command'],\n\
+                           'env': {{e['name']: e['value'] for e in o['environment']}}}}))"
+    ));
+    let described: Value = serde_json::from_str(&described).unwrap();
+    assert_eq!(described["image"], image.as_str());
+    let name = format!("viberglass-ecs-{task}");
+    let mut run = std::process::Command::new("docker");
+    run.args(["run", "--rm", "--name", &name, "--network", "host", "--label", "io.viberglass.test=ecs"]);
+    for (key, value) in described["env"].as_object().unwrap() {
+        run.arg("-e").arg(format!("{key}={}", value.as_str().unwrap()));
+    }
+    run.arg(&image).args(described["command"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()));
+    let output = tokio::task::spawn_blocking(move || run.output().expect("docker runs")).await.unwrap();
+    let done = app.wait_for_job(&id, &["completed", "failed"], Duration::from_secs(60)).await;
+    let events = app.job_events(&id).await;
+    assert_eq!(done["status"], "completed", "{done}\n{events}\n{}", String::from_utf8_lossy(&output.stderr));
+    // The worker ran as the image's user, and its agent never saw the token the task was given.
+    assert!(events.contains("on-fargate uid=10001 token=none"), "{events}");
+}
