@@ -308,6 +308,12 @@ impl Engine {
                     Some(reason) if reason.code != "worker_exited" || job.last_heartbeat_at.is_some() => {
                         Failure::worker_ended(reason.code, &reason.message, tail)
                     }
+                    // What the target saw (an exit code, where its log is) goes with it.
+                    Some(reason) if job.last_heartbeat_at.is_none() => {
+                        let mut failure = Failure::worker_exited_at_start(tail);
+                        failure.message = format!("{} [{}]", failure.message, reason.message);
+                        failure
+                    }
                     _ if job.last_heartbeat_at.is_none() => Failure::worker_exited_at_start(tail),
                     _ => Failure::worker_exited(tail),
                 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use viberglass_testkit::aws_proxy::AwsProxy;
+use viberglass_testkit::forge::ServedRepo;
 use viberglass_testkit::moto::Moto;
 use viberglass_testkit::{TestApp, TestBackend};
 
@@ -44,6 +45,29 @@ fn compute(subnet: &str, sg: &str, extra: Value) -> Value {
         config[k] = v.clone();
     }
     config
+}
+
+/// A project, a started ECS command clanker `fargate` running `command`, and a research run of a ticket: its job id.
+async fn research_run(
+    moto: &Moto,
+    proxy: &AwsProxy,
+    compute: Value,
+    command: &[&str],
+) -> (TestApp, ServedRepo, String) {
+    let app = app(moto, proxy).await;
+    let repo = ServedRepo::with_files(&[("README.md", "x")]).await;
+    app.create_project(json!({"name": "Shop", "repository_url": repo.url(), "planning_needs_approval": false})).await;
+    app.post_json(
+        "/api/v1/clankers",
+        &json!({"shared": true, "name": "Fargate", "agent": "command", "compute": "ecs",
+                "compute_config": compute, "agent_settings": {"command": command}}),
+    )
+    .await;
+    let started: Value = app.post_json("/api/v1/clankers/fargate/start", &json!({})).await.json().await.unwrap();
+    assert_eq!(started["status"], "active", "{started}");
+    let ticket = app.create_ticket("shop", json!({"title": "Fix the readme"})).await;
+    let id = app.run_phase(ticket["id"].as_str().unwrap(), "fargate", "research").await;
+    (app, repo, id)
 }
 
 fn families(moto: &Moto) -> Vec<String> {
@@ -150,19 +174,7 @@ async fn a_run_is_a_fargate_task_with_the_jobs_overrides_and_cancel_stops_it() {
     // Tasks stay RUNNING (moto moves them on a step per DescribeTasks otherwise).
     moto.set_transition("ecs::task", 100_000);
     let proxy = AwsProxy::start(&moto.endpoint).await;
-    let app = app(&moto, &proxy).await;
-    let repo = viberglass_testkit::forge::ServedRepo::with_files(&[("README.md", "x")]).await;
-    app.create_project(json!({"name": "Shop", "repository_url": repo.url(), "planning_needs_approval": false})).await;
-    app.post_json(
-        "/api/v1/clankers",
-        &json!({"shared": true, "name": "Fargate", "agent": "command", "compute": "ecs",
-                "compute_config": compute(&subnet, &sg, json!({})), "agent_settings": {"command": ["true"]}}),
-    )
-    .await;
-    let started: Value = app.post_json("/api/v1/clankers/fargate/start", &json!({})).await.json().await.unwrap();
-    assert_eq!(started["status"], "active", "{started}");
-    let ticket = app.create_ticket("shop", json!({"title": "Fix the readme"})).await;
-    let id = app.run_phase(ticket["id"].as_str().unwrap(), "fargate", "research").await;
+    let (app, _repo, id) = research_run(&moto, &proxy, compute(&subnet, &sg, json!({})), &["true"]).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let job = loop {
         let job: Value = app.get(&format!("/api/v1/jobs/{id}")).await.json().await.unwrap();
@@ -217,22 +229,10 @@ async fn the_task_ecs_was_asked_for_runs_the_job_to_completion_in_the_worker_ima
     let (subnet, sg) = network(&moto);
     moto.set_transition("ecs::task", 100_000);
     let proxy = AwsProxy::start(&moto.endpoint).await;
-    let app = app(&moto, &proxy).await;
-    let repo = viberglass_testkit::forge::ServedRepo::with_files(&[("README.md", "x")]).await;
-    app.create_project(json!({"name": "Shop", "repository_url": repo.url(), "planning_needs_approval": false})).await;
     let script =
         "echo on-fargate uid=$(id -u) token=${VIBERGLASS_JOB_TOKEN:-none}; printf '# Findings\\n' > RESEARCH.md";
-    app.post_json(
-        "/api/v1/clankers",
-        &json!({"shared": true, "name": "Fargate", "agent": "command", "compute": "ecs",
-                "compute_config": compute(&subnet, &sg, json!({"image": image})),
-                "agent_settings": {"command": ["sh", "-c", script]}}),
-    )
-    .await;
-    let started: Value = app.post_json("/api/v1/clankers/fargate/start", &json!({})).await.json().await.unwrap();
-    assert_eq!(started["status"], "active", "{started}");
-    let ticket = app.create_ticket("shop", json!({"title": "Fix the readme"})).await;
-    let id = app.run_phase(ticket["id"].as_str().unwrap(), "fargate", "research").await;
+    let config = compute(&subnet, &sg, json!({"image": image}));
+    let (app, _repo, id) = research_run(&moto, &proxy, config, &["sh", "-c", script]).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let task = loop {
         let job: Value = app.get(&format!("/api/v1/jobs/{id}")).await.json().await.unwrap();
@@ -264,4 +264,21 @@ async fn the_task_ecs_was_asked_for_runs_the_job_to_completion_in_the_worker_ima
     assert_eq!(done["status"], "completed", "{done}\n{events}\n{}", String::from_utf8_lossy(&output.stderr));
     // The worker ran as the image's user, and its agent never saw the token the task was given.
     assert!(events.contains("on-fargate uid=10001 token=none"), "{events}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_that_stops_on_its_own_fails_its_job_with_what_ecs_said() {
+    let Some(moto) = Moto::start() else { return };
+    let (subnet, sg) = network(&moto);
+    // moto's default: every DescribeTasks moves a task a step on, RUNNING → … → STOPPED, its container exiting 0.
+    let proxy = AwsProxy::start(&moto.endpoint).await;
+    let (app, _repo, id) = research_run(&moto, &proxy, compute(&subnet, &sg, json!({})), &["true"]).await;
+    let failed = app.wait_for_job(&id, &["failed"], Duration::from_secs(30)).await;
+    assert_eq!(failed["failure"]["code"], "worker_exited_at_start", "{failed}");
+    let message = failed["failure"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("the task's worker exited with code 0")
+            && message.contains("CloudWatch Logs group /viberglass/workers, stream viberglass/worker/"),
+        "{message}"
+    );
 }

@@ -318,6 +318,20 @@ async fn a_project_limit_above_fifteen_minutes_refuses_lambda_and_switching_to_e
     assert_eq!(start(&app, "lambda").await["status"], "active");
     let ticket = app.create_ticket("shop", json!({"title": "Fix the readme"})).await;
     let ticket = ticket["id"].as_str().unwrap().to_owned();
+    // And a project a Lambda clanker is scoped to cannot raise its limit above the ceiling.
+    app.create_project(json!({"name": "Short", "repository_url": repo.url(), "max_execution_secs": 600})).await;
+    clanker(
+        &app,
+        json!({"shared": false, "projects": ["short"], "name": "Quick", "agent": "command", "compute": "lambda",
+                         "compute_config": compute(&role, json!({"function_name": "viberglass-quick"})),
+                         "agent_settings": {"command": ["true"]}}),
+    )
+    .await;
+    let raised = app.patch_json("/api/v1/projects/short", &json!({"max_execution_secs": 1800})).await;
+    assert_eq!(raised.status(), 400);
+    let text = raised.text().await.unwrap();
+    assert!(text.contains("clanker `quick` runs this project's jobs on Lambda"), "{text}");
+
     let refused = app
         .post_json(&format!("/api/v1/tickets/{ticket}/runs"), &json!({"phase": "research", "clanker": "lambda"}))
         .await;

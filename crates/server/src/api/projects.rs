@@ -151,6 +151,46 @@ pub async fn update_project(
     }
     check_secret(&state.store, &patch).await?;
     let project = find_project(&state.store, &key).await?;
+    if let Some(limit) = patch.max_execution_secs
+        && limit > viberglass_compute::LAMBDA_MAX_SECS
+    {
+        // A Lambda clanker scoped to this project could not finish runs that long.
+        let mut page = viberglass_domain::PageRequest { limit: viberglass_domain::page::MAX_PAGE_SIZE, after: None };
+        loop {
+            let clankers = state.store.list_clankers(page).await?;
+            let mut scoped = None;
+            for listed in clankers.items.iter().filter(|c| c.compute == viberglass_domain::ComputeKind::Lambda) {
+                // A list leaves out the projects: read the clanker whole.
+                let clanker = state.store.get_clanker(listed.id).await?;
+                if clanker.projects.contains(&project.id) {
+                    scoped = Some(clanker);
+                    break;
+                }
+            }
+            if let Some(lambda) = scoped {
+                return Err(ApiError::invalid_field(
+                    "max_execution_secs",
+                    format!(
+                        "clanker `{}` runs this project's jobs on Lambda, which stops every run at {} s: switch it to \
+                         ECS (edit its compute; it keeps its id, secrets and history), or keep the limit at most {} s",
+                        lambda.slug.as_str(),
+                        viberglass_compute::LAMBDA_MAX_SECS,
+                        viberglass_compute::LAMBDA_MAX_SECS
+                    ),
+                ));
+            }
+            match clankers.next_cursor.as_deref() {
+                Some(cursor) => {
+                    page = viberglass_domain::PageRequest::parse(
+                        Some(viberglass_domain::page::MAX_PAGE_SIZE),
+                        Some(cursor),
+                    )
+                    .map_err(|(field, message)| ApiError::invalid_field(field, message))?;
+                }
+                None => break,
+            }
+        }
+    }
     let updated = state.store.update_project(project.id, patch).await?;
     tracing::info!(project_id = %updated.id, "project updated");
     let before = serde_json::to_value(&project).unwrap_or_default();
