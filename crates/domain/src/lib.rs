@@ -37,6 +37,8 @@ pub use project::{NewProject, Project, ProjectInput, ProjectPatch, ProjectSlug};
 pub use scm::ScmProvider;
 pub use secret::{NewSecret, Secret, SecretBackend, SecretInput, SecretPatchInput};
 pub use states::{Phase, Severity, TicketStatus};
-pub use ticket::{ArchivedFilter, Attachment, NewTicket, Ticket, TicketFilter, TicketInput, TicketPatch, TicketSource};
+pub use ticket::{
+    ArchivedFilter, Attachment, NewTicket, Ticket, TicketCategory, TicketFilter, TicketInput, TicketPatch, TicketSource,
+};
 pub use user::{ApiToken, AuditEntry, NewUser, ProjectRole, User, UserInput, UserPatch, UserPatchInput};
 pub use validation::{FieldError, ValidationErrors};

@@ -62,6 +62,50 @@ impl std::str::FromStr for TicketSource {
     }
 }
 
+named_enum!(
+    /// What kind of change a ticket asks for.
+    TicketCategory, "ticket category", {
+        Bug => "bug",
+        Feature => "feature",
+        Improvement => "improvement",
+        Question => "question",
+        Chore => "chore",
+        Docs => "docs",
+    }
+);
+
+/// The most a ticket's metadata may hold, serialized.
+pub const MAX_METADATA_BYTES: usize = 16 * 1024;
+
+/// Checks a ticket's metadata (context from its source: page URL, browser,
+/// reporter): a JSON object of at most 50 keys, each at most 100 characters,
+/// whose values are strings, numbers, booleans or null (nesting is refused so
+/// the page and the agent see it as a flat list), 16 KiB in all.
+pub fn parse_metadata(value: &serde_json::Value) -> Result<serde_json::Value, String> {
+    let Some(object) = value.as_object() else {
+        return Err("must be a JSON object, e.g. {\"page_url\": \"https://…\", \"browser\": \"Firefox 140\"}".into());
+    };
+    if object.len() > 50 {
+        return Err(format!("may hold at most 50 keys (got {})", object.len()));
+    }
+    for (key, value) in object {
+        if key.is_empty() || key.chars().count() > 100 || key.chars().any(char::is_control) {
+            return Err(format!(
+                "the key `{}` must be 1 to 100 printable characters",
+                key.chars().take(100).collect::<String>()
+            ));
+        }
+        if value.is_object() || value.is_array() {
+            return Err(format!("`{key}` must be a string, number, boolean or null, not nested JSON"));
+        }
+    }
+    let size = value.to_string().len();
+    if size > MAX_METADATA_BYTES {
+        return Err(format!("is {size} bytes; it may be at most {MAX_METADATA_BYTES}"));
+    }
+    Ok(value.clone())
+}
+
 /// A ticket as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Ticket {
@@ -76,6 +120,11 @@ pub struct Ticket {
     /// The ticket's id in the system it came from (e.g. a GitHub issue number).
     pub external_id: Option<String>,
     pub external_url: Option<String>,
+    /// What kind of change it is, when said.
+    pub category: Option<TicketCategory>,
+    /// Context from its source (page URL, browser, OS, reporter…): a flat JSON object.
+    #[schema(value_type = Object)]
+    pub metadata: serde_json::Value,
     pub pull_request_url: Option<String>,
     /// Why the approval gate was skipped for this ticket, when it was.
     pub workflow_override_reason: Option<String>,
@@ -89,6 +138,18 @@ pub struct Ticket {
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
+}
+
+impl Ticket {
+    /// The metadata as key/value text pairs, in key order, for display.
+    pub fn metadata_pairs(&self) -> Vec<(String, String)> {
+        self.metadata
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.as_str().map_or_else(|| v.to_string(), str::to_owned)))
+            .collect()
+    }
 }
 
 /// The fields of a ticket as a client sends them. On create `title` is
@@ -106,6 +167,13 @@ pub struct TicketInput {
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<String>)]
     pub external_url: Option<Option<String>>,
+    /// bug, feature, improvement, question, chore or docs; null clears it.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    pub category: Option<Option<String>>,
+    /// Context from the ticket's source, a flat JSON object (replaced whole on change).
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<serde_json::Value>,
 }
 
 /// A validated change to a ticket's own fields. Phase and status change only
@@ -116,6 +184,8 @@ pub struct TicketPatch {
     pub description: Option<String>,
     pub severity: Option<Severity>,
     pub external_url: Option<Option<String>>,
+    pub category: Option<Option<TicketCategory>>,
+    pub metadata: Option<serde_json::Value>,
 }
 
 /// A validated new ticket.
@@ -127,6 +197,8 @@ pub struct NewTicket {
     pub source: TicketSource,
     pub external_id: Option<String>,
     pub external_url: Option<String>,
+    pub category: Option<TicketCategory>,
+    pub metadata: serde_json::Value,
 }
 
 fn parse_external_url(value: &str) -> Result<String, String> {
@@ -160,6 +232,12 @@ impl TicketPatch {
                 Some(None) => Some(None),
                 Some(Some(v)) => e.check("external_url", parse_external_url(&v)).map(Some),
             },
+            category: match input.category {
+                None => None,
+                Some(None) => Some(None),
+                Some(Some(v)) => e.check("category", v.parse::<TicketCategory>()).map(Some),
+            },
+            metadata: input.metadata.and_then(|v| e.check("metadata", parse_metadata(&v))),
         };
         e.into_result(patch)
     }
@@ -180,6 +258,12 @@ impl TicketPatch {
         }
         if let Some(url) = self.external_url {
             ticket.external_url = url;
+        }
+        if let Some(category) = self.category {
+            ticket.category = category;
+        }
+        if let Some(metadata) = self.metadata {
+            ticket.metadata = metadata;
         }
     }
 }
@@ -208,11 +292,26 @@ impl NewTicket {
             None => Some(None),
             Some(v) => e.check("external_url", parse_external_url(&v)).map(Some),
         };
-        match (title, description, severity, source, external_id, external_url) {
-            (Some(title), Some(description), Some(severity), Some(source), Some(external_id), Some(external_url))
-                if e.is_empty() =>
-            {
-                Ok(NewTicket { title, description, severity, source, external_id, external_url })
+        let category = match input.category.flatten() {
+            None => Some(None),
+            Some(v) => e.check("category", v.parse::<TicketCategory>()).map(Some),
+        };
+        let metadata = match &input.metadata {
+            None => Some(serde_json::json!({})),
+            Some(v) => e.check("metadata", parse_metadata(v)),
+        };
+        match (title, description, severity, source, external_id, external_url, category, metadata) {
+            (
+                Some(title),
+                Some(description),
+                Some(severity),
+                Some(source),
+                Some(external_id),
+                Some(external_url),
+                Some(category),
+                Some(metadata),
+            ) if e.is_empty() => {
+                Ok(NewTicket { title, description, severity, source, external_id, external_url, category, metadata })
             }
             _ => Err(e),
         }
@@ -231,6 +330,8 @@ impl NewTicket {
             source: self.source,
             external_id: self.external_id,
             external_url: self.external_url,
+            category: self.category,
+            metadata: self.metadata,
             pull_request_url: None,
             workflow_override_reason: None,
             workflow_overridden_at: None,
@@ -273,6 +374,21 @@ pub struct TicketFilter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metadata_is_a_bounded_flat_object() {
+        assert!(parse_metadata(&serde_json::json!({"page_url": "https://x", "screen": 1440, "ok": true})).is_ok());
+        assert!(parse_metadata(&serde_json::json!(["a"])).unwrap_err().contains("JSON object"));
+        assert!(parse_metadata(&serde_json::json!({"nested": {"a": 1}})).unwrap_err().contains("not nested"));
+        let many: serde_json::Map<String, serde_json::Value> = (0..51).map(|i| (format!("k{i}"), 1.into())).collect();
+        assert!(parse_metadata(&serde_json::Value::Object(many)).unwrap_err().contains("at most 50 keys"));
+        let big = serde_json::json!({"note": "x".repeat(MAX_METADATA_BYTES)});
+        assert!(parse_metadata(&big).unwrap_err().contains("at most"));
+        let bad_category: TicketInput =
+            serde_json::from_value(serde_json::json!({"title": "t", "category": "rant"})).unwrap();
+        let errors = NewTicket::parse(bad_category).unwrap_err();
+        assert!(errors.summary().contains("category"), "{}", errors.summary());
+    }
 
     fn input(json: &str) -> TicketInput {
         serde_json::from_str(json).unwrap()

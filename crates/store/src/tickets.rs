@@ -19,7 +19,7 @@ macro_rules! select {
         concat!(
             "SELECT id, project_id, title, description, severity, phase, status, source, external_id, external_url, \
              pull_request_url, workflow_override_reason, workflow_overridden_at, workflow_overridden_by, created_by, \
-             archived_at, created_at, updated_at FROM tickets ",
+             archived_at, created_at, updated_at, category, metadata FROM tickets ",
             $($rest),*
         )
     };
@@ -27,12 +27,12 @@ macro_rules! select {
 
 const INSERT: &str = "INSERT INTO tickets (id, project_id, title, description, severity, phase, status, source, \
      external_id, external_url, pull_request_url, workflow_override_reason, workflow_overridden_at, \
-     workflow_overridden_by, created_by, archived_at, created_at, updated_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)";
+     workflow_overridden_by, created_by, archived_at, created_at, updated_at, category, metadata) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)";
 
 /// Writes a ticket's editable fields, guarded by the `updated_at` it was read with.
 const UPDATE: &str = "UPDATE tickets SET title = $2, description = $3, severity = $4, external_url = $5, \
-     archived_at = $6, updated_at = $7 WHERE id = $1 AND updated_at = $8";
+     archived_at = $6, updated_at = $7, category = $9, metadata = $10 WHERE id = $1 AND updated_at = $8";
 
 const SELECT_BY_ID: &str = select!("WHERE id = $1");
 const SELECT_PAGE: &str = select!(
@@ -59,6 +59,9 @@ fn from_row(r: &impl RowExt) -> Result<Ticket, StoreError> {
         source: parse_stored(ENTITY, r.text("source")?)?,
         external_id: r.opt_text("external_id")?,
         external_url: r.opt_text("external_url")?,
+        category: r.opt_text("category")?.map(|c| parse_stored(ENTITY, c)).transpose()?,
+        metadata: serde_json::from_str(&r.text("metadata")?)
+            .map_err(|e| StoreError::Corrupt { entity: ENTITY, detail: format!("metadata: {e}") })?,
         pull_request_url: r.opt_text("pull_request_url")?,
         workflow_override_reason: r.opt_text("workflow_override_reason")?,
         workflow_overridden_at: r.opt_time("workflow_overridden_at")?,
@@ -86,7 +89,7 @@ impl Store {
         let event = NewEvent::new(
             EventType::TicketFiled,
             serde_json::json!({"ticket_id": t.id, "title": t.title, "severity": t.severity, "source": t.source,
-                "external_url": t.external_url, "created_by": t.created_by}),
+                "category": t.category, "external_url": t.external_url, "created_by": t.created_by}),
         )
         .project(project_id)
         .ticket(Some(t.id));
@@ -111,6 +114,8 @@ impl Store {
                 .bind(DbTime::opt(t.archived_at))
                 .bind(DbTime(t.created_at))
                 .bind(DbTime(t.updated_at))
+                .bind(t.category.map(|c| c.as_str()))
+                .bind(t.metadata.to_string())
                 .execute(&mut *tx)
                 .await?;
             emit!(self, tx, &event)?;
@@ -211,6 +216,8 @@ impl Store {
                     .bind(DbTime::opt(t.archived_at))
                     .bind(DbTime(t.updated_at))
                     .bind(DbTime(read_at))
+                    .bind(t.category.map(|c| c.as_str()))
+                    .bind(t.metadata.to_string())
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();

@@ -34,12 +34,16 @@ async fn a_filed_ticket_reads_back_whole(backend: TestBackend) {
                 "source": "github",
                 "external_id": "42",
                 "external_url": "https://github.com/acme/web/issues/42",
+                "category": "bug",
+                "metadata": {"page_url": "https://shop.example/checkout", "browser": "Firefox 140", "screen": 1440},
             })),
             None,
         )
         .await
         .unwrap();
     assert_eq!((ticket.phase, ticket.status), (Phase::Research, TicketStatus::Open));
+    assert_eq!(ticket.category, Some(viberglass_domain::TicketCategory::Bug));
+    assert_eq!(ticket.metadata["screen"], 1440);
     assert_eq!(store.get_ticket(ticket.id).await.unwrap(), ticket);
 }
 
@@ -78,12 +82,26 @@ async fn ticket_edits_and_archiving(backend: TestBackend) {
     let store = db.store().await;
     let project = store.create_project(new_project(serde_json::json!({"name": "App"}))).await.unwrap();
     let t = store.create_ticket(project.id, new_ticket(serde_json::json!({"title": "Old"})), None).await.unwrap();
+    assert_eq!((t.category, &t.metadata), (None, &serde_json::json!({})));
     let patch = TicketPatch::parse(
-        serde_json::from_value(serde_json::json!({"title": "New", "severity": "critical"})).unwrap(),
+        serde_json::from_value(serde_json::json!({"title": "New", "severity": "critical", "category": "feature",
+                                                  "metadata": {"reporter": "ana@example.com"}}))
+        .unwrap(),
     )
     .unwrap();
     let edited = store.update_ticket(t.id, patch).await.unwrap();
     assert_eq!((edited.title.as_str(), edited.severity), ("New", Severity::Critical));
+    assert_eq!(edited.category, Some(viberglass_domain::TicketCategory::Feature));
+    assert_eq!(edited.metadata, serde_json::json!({"reporter": "ana@example.com"}));
+    assert_eq!(store.get_ticket(t.id).await.unwrap(), edited);
+    let cleared = store
+        .update_ticket(
+            t.id,
+            TicketPatch::parse(serde_json::from_value(serde_json::json!({"category": null})).unwrap()).unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(cleared.category, None);
     assert_eq!(edited.description, t.description);
     let archived = store.archive_ticket(t.id).await.unwrap();
     assert!(archived.archived_at.is_some());
