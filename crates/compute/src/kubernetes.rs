@@ -584,12 +584,21 @@ impl KubernetesTarget {
         Ok(missing)
     }
 
-    /// The pods of one run (`run` label), newest first.
-    async fn pods(&self, client: &Client, namespace: &str, run: &str) -> Result<Vec<Pod>, kube::Error> {
+    /// The pods of one run (`run` label) that its Job (`owner`, its uid) owns, newest first: a pod someone else
+    /// labelled alike in the namespace is not taken for the worker.
+    async fn pods(&self, client: &Client, namespace: &str, run: &str, owner: &str) -> Result<Vec<Pod>, kube::Error> {
         let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
         let mut found = pods.list(&ListParams::default().labels(&format!("{RUN_LABEL}={run}"))).await?.items;
+        found.retain(|pod| pod.metadata.owner_references.iter().flatten().any(|o| o.kind == "Job" && o.uid == owner));
         found.sort_by(|a, b| b.metadata.creation_timestamp.cmp(&a.metadata.creation_timestamp));
         Ok(found)
+    }
+
+    /// The pods of the run a ref names (none when its Job is gone, and so are they).
+    async fn run_pods(&self, client: &Client, r: &KubernetesRef) -> Option<Vec<Pod>> {
+        let jobs: Api<Job> = Api::namespaced(client.clone(), &r.namespace);
+        let owner = jobs.get_opt(&r.name).await.ok()??.metadata.uid?;
+        self.pods(client, &r.namespace, &r.name, &owner).await.ok()
     }
 
     /// What a pod's state says of its worker.
@@ -755,14 +764,15 @@ impl KubernetesTarget {
         let mut args = vec!["worker".to_owned(), "--self-check".to_owned()];
         args.extend(programs.iter().map(|p| format!("--program={p}")));
         let job = self.job_object(config, &name, self.labels(None, &name), args, Vec::new(), 300, 60, None);
-        jobs.create(&PostParams::default(), &job).await.map_err(|e| {
+        let created = jobs.create(&PostParams::default(), &job).await.map_err(|e| {
             Self::failed(cluster, &format!("cannot create the self-check Job in namespace {}", config.namespace), e)
         })?;
+        let owner = created.metadata.uid.unwrap_or_default();
         let outcome = async {
             let deadline = tokio::time::Instant::now() + SELF_CHECK_TIMEOUT;
             loop {
                 let pods = self
-                    .pods(client, &config.namespace, &name)
+                    .pods(client, &config.namespace, &name, &owner)
                     .await
                     .map_err(|e| Self::failed(cluster, "cannot read the self-check's pod", e))?;
                 let verdict = pods.first().map(|p| self.judge(p, Some(config), &config.namespace));
@@ -921,7 +931,8 @@ impl KubernetesTarget {
         if !ours || finished {
             return WorkerState::Gone;
         }
-        match self.pods(&client, &r.namespace, &r.name).await {
+        let owner = job.metadata.uid.clone().unwrap_or_default();
+        match self.pods(&client, &r.namespace, &r.name, &owner).await {
             Ok(pods) => match pods.first().map(|p| self.judge(p, None, &r.namespace)) {
                 Some(Verdict::Stuck(_) | Verdict::Ended(_)) => WorkerState::Gone,
                 _ => WorkerState::Running,
@@ -933,7 +944,7 @@ impl KubernetesTarget {
     async fn reason_of(&self, compute_ref: &str) -> Option<ExitReason> {
         let r = self.owned(compute_ref)?;
         let (client, _) = self.client().await.ok()?;
-        let pods = self.pods(&client, &r.namespace, &r.name).await.ok()?;
+        let pods = self.run_pods(&client, &r).await?;
         if let Some(pod) = pods.first() {
             match self.judge(pod, None, &r.namespace) {
                 Verdict::Stuck(reason) => return Some(reason),
@@ -1059,7 +1070,7 @@ impl ComputeTarget for KubernetesTarget {
         Box::pin(async move {
             let r = self.owned(compute_ref)?;
             let (client, _) = self.client().await.ok()?;
-            let pods = self.pods(&client, &r.namespace, &r.name).await.ok()?;
+            let pods = self.run_pods(&client, &r).await?;
             let pod = pods.first()?.metadata.name.clone()?;
             let text = self.logs(&client, &r.namespace, &pod, 40).await;
             (!text.trim().is_empty()).then_some(text)

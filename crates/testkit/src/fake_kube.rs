@@ -259,6 +259,14 @@ impl FakeKube {
         self.cluster().refused.insert((verb.to_owned(), group.to_owned(), resource.to_owned()));
     }
 
+    /// Puts a pod object in the cluster as someone else's controller (or a user with `create pods`) would.
+    pub fn add_pod(&self, namespace: &str, mut object: Value) {
+        let name = object["metadata"]["name"].as_str().expect("a pod name").to_owned();
+        object["metadata"]["namespace"] = json!(namespace);
+        object["metadata"]["creationTimestamp"] = json!(now());
+        self.cluster().pods.insert((namespace.to_owned(), name), Pod { object, ..Pod::default() });
+    }
+
     /// Sets the node's allocatable CPU (millicores) and memory (MiB).
     pub fn set_node(&self, millicores: u64, memory_mib: u64) {
         self.cluster().node = (millicores, memory_mib << 20);

@@ -283,6 +283,18 @@ async fn cancel_deletes_the_runs_job_and_secret() {
     })
     .await;
     assert_eq!(of_job(kube.jobs("viberglass"), &id).len(), 1);
+    // A pod someone else labelled as this run's (newer, and evicted) is not taken for its worker.
+    let run = of_job(kube.jobs("viberglass"), &id)[0]["metadata"]["name"].as_str().unwrap().to_owned();
+    kube.add_pod(
+        "viberglass",
+        json!({"kind": "Pod", "apiVersion": "v1",
+               "metadata": {"name": format!("{run}-decoy"), "labels": {"io.viberglass/run": run, "io.viberglass/job": id}},
+               "spec": {"containers": [{"name": "worker", "image": IMAGE}]},
+               "status": {"phase": "Failed", "reason": "Evicted", "message": "decoy"}}),
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let job: Value = app.get(&format!("/api/v1/jobs/{id}")).await.json().await.unwrap();
+    assert_eq!(job["status"], "active", "{job}");
     let cancelled = app.post_json(&format!("/api/v1/jobs/{id}/cancel"), &json!({})).await;
     assert!(cancelled.status().is_success(), "{}", cancelled.text().await.unwrap());
     until("the cancelled run's Job is still there", Duration::from_secs(5), || {
@@ -290,7 +302,9 @@ async fn cancel_deletes_the_runs_job_and_secret() {
     })
     .await;
     assert!(of_job(kube.secrets("viberglass"), &id).is_empty());
-    assert!(kube.pods("viberglass").is_empty(), "the pod went with its Job");
+    // The run's pod went with its Job; the decoy, nobody's to delete here, stays.
+    let left: Vec<Value> = kube.pods("viberglass");
+    assert!(left.iter().all(|p| p["metadata"]["name"].as_str().unwrap().ends_with("-decoy")), "{left:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
