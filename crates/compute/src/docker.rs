@@ -521,12 +521,7 @@ impl ComputeTarget for DockerTarget {
             let Some(r) = DockerRef::parse(compute_ref) else {
                 return Err(ComputeError::Permanent(format!("`{compute_ref}` is not a Docker worker")));
             };
-            if r.host != self.settings.host_id {
-                return Err(ComputeError::Permanent(format!(
-                    "the worker {compute_ref} belongs to host {}, not this one: only its own server stops it",
-                    r.host
-                )));
-            }
+            crate::ours_to_stop(compute_ref, &r.host, &self.settings.host_id)?;
             let docker = self.client()?;
             // By name too: the container is this job's whatever its id.
             for container in [r.container.clone(), Self::container_name(job_id)] {

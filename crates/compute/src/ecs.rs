@@ -591,12 +591,7 @@ impl ComputeTarget for EcsTarget {
             let Some(r) = EcsRef::parse(compute_ref) else {
                 return Err(ComputeError::Permanent(format!("`{compute_ref}` is not an ECS worker")));
             };
-            if r.host != self.settings.host_id {
-                return Err(ComputeError::Permanent(format!(
-                    "the worker {compute_ref} belongs to host {}, not this one: only its own server stops it",
-                    r.host
-                )));
-            }
+            crate::ours_to_stop(compute_ref, &r.host, &self.settings.host_id)?;
             let client = self.client().await;
             match client
                 .stop_task()

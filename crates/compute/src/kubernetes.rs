@@ -1051,12 +1051,7 @@ impl ComputeTarget for KubernetesTarget {
             let Some(r) = KubernetesRef::parse(compute_ref) else {
                 return Err(ComputeError::Permanent(format!("`{compute_ref}` is not a Kubernetes worker")));
             };
-            if r.host != self.settings.host_id {
-                return Err(ComputeError::Permanent(format!(
-                    "the worker {compute_ref} belongs to host {}, not this one: only its own server stops it",
-                    r.host
-                )));
-            }
+            crate::ours_to_stop(compute_ref, &r.host, &self.settings.host_id)?;
             let (client, cluster) = self.client().await?;
             self.delete_run(&client, &cluster, &r.namespace, &r.name).await
         })

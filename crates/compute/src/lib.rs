@@ -225,6 +225,17 @@ pub trait ComputeTarget: Send + Sync {
     }
 }
 
+/// Refuses to stop another host's worker: only the server that owns it (by host id) does.
+pub(crate) fn ours_to_stop(compute_ref: &str, host: &str, own: &str) -> Result<(), ComputeError> {
+    if host == own {
+        Ok(())
+    } else {
+        Err(ComputeError::Permanent(format!(
+            "the worker {compute_ref} belongs to host {host}, not this one: only its own server stops it"
+        )))
+    }
+}
+
 /// The compute targets this server can drive, by kind.
 #[derive(Clone, Default)]
 pub struct ComputeRegistry {

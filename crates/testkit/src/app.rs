@@ -110,6 +110,14 @@ impl TestAppBuilder {
             .env("VIBERGLASS_HEARTBEAT_INTERVAL_SECS", "1")
     }
 
+    /// Points the server's AWS clients at `moto` (region, endpoint, test credentials).
+    pub fn aws(mut self, moto: &crate::moto::Moto) -> Self {
+        for (name, value) in moto.env() {
+            self = self.env(name, &value);
+        }
+        self
+    }
+
     /// Leaves first-run setup undone: the client is anonymous.
     pub fn without_setup(mut self) -> Self {
         self.setup = false;
@@ -285,6 +293,37 @@ impl TestApp {
             assert!(std::time::Instant::now() < deadline, "the agent never started: {job}");
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
+    }
+
+    /// The forge journeys' setup: the secrets ANTHROPIC_API_KEY and FORGE_TOKEN (read from the server's
+    /// `VG_MODEL_KEY` and `VG_FORGE_TOKEN`), the GitHub integration `forge` on `forge`, and the project `shop` on
+    /// its `acme/shop` through that integration.
+    pub async fn shop_on_forge(&self, forge: &crate::fake_forge::FakeForge) {
+        self.post_json(
+            "/api/v1/secrets",
+            &serde_json::json!({"name": "ANTHROPIC_API_KEY", "reference": "VG_MODEL_KEY"}),
+        )
+        .await;
+        self.post_json("/api/v1/secrets", &serde_json::json!({"name": "FORGE_TOKEN", "reference": "VG_FORGE_TOKEN"}))
+            .await;
+        let integration = serde_json::json!({"name": "forge", "kind": "github", "base_url": forge.base_url(),
+                                             "credential_secret": "FORGE_TOKEN"});
+        self.post_json("/api/v1/integrations", &integration).await;
+        self.create_project(serde_json::json!({"name": "Shop", "repository_url": forge.clone_url("acme/shop"),
+                                               "scm_integration": "forge"}))
+            .await;
+    }
+
+    /// Approves `phase` of `ticket` and runs the next phase with `clanker`; returns the new job's id.
+    pub async fn approve_and_continue(&self, ticket: &str, phase: &str, clanker: &str) -> String {
+        let body = serde_json::json!({"phase": phase, "clanker": clanker});
+        let continued: serde_json::Value = self
+            .post_json(&format!("/api/v1/tickets/{ticket}/approve-and-continue"), &body)
+            .await
+            .json()
+            .await
+            .expect("job JSON");
+        continued["id"].as_str().unwrap_or_else(|| panic!("no job: {continued}")).to_owned()
     }
 
     /// Job `id`'s events (the first thousand), as the API returns them.

@@ -233,17 +233,7 @@ async fn claude_code_in_a_container_goes_from_research_to_a_pull_request() {
         .env("VG_FORGE_TOKEN", "forge-token-docker-1")
         .spawn()
         .await;
-    app.post_json("/api/v1/secrets", &json!({"name": "ANTHROPIC_API_KEY", "reference": "VG_MODEL_KEY"})).await;
-    app.post_json("/api/v1/secrets", &json!({"name": "FORGE_TOKEN", "reference": "VG_FORGE_TOKEN"})).await;
-    app.post_json(
-        "/api/v1/integrations",
-        &json!({"name": "forge", "kind": "github", "base_url": forge.base_url(), "credential_secret": "FORGE_TOKEN"}),
-    )
-    .await;
-    app.create_project(
-        json!({"name": "Shop", "repository_url": forge.clone_url("acme/shop"), "scm_integration": "forge"}),
-    )
-    .await;
+    app.shop_on_forge(&forge).await;
     // Claude Code as the image installs it (on its PATH), not the host's copy.
     let created = app
         .post_json(
@@ -262,28 +252,10 @@ async fn claude_code_in_a_container_goes_from_research_to_a_pull_request() {
     let research = app.run_phase(&ticket, "claude", "research").await;
     let done = app.wait_for_job(&research, &["completed", "failed"], Duration::from_secs(120)).await;
     assert_eq!(done["status"], "completed", "{done}\n{}", app.job_events(&research).await);
-    let continued: Value = app
-        .post_json(
-            &format!("/api/v1/tickets/{ticket}/approve-and-continue"),
-            &json!({"phase": "research", "clanker": "claude"}),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
-    let planning = continued["id"].as_str().unwrap().to_owned();
+    let planning = app.approve_and_continue(&ticket, "research", "claude").await;
     let done = app.wait_for_job(&planning, &["completed", "failed"], Duration::from_secs(120)).await;
     assert_eq!(done["status"], "completed", "{done}");
-    let continued: Value = app
-        .post_json(
-            &format!("/api/v1/tickets/{ticket}/approve-and-continue"),
-            &json!({"phase": "planning", "clanker": "claude"}),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
-    let execution = continued["id"].as_str().unwrap().to_owned();
+    let execution = app.approve_and_continue(&ticket, "planning", "claude").await;
     let done = app.wait_for_job(&execution, &["completed", "failed"], Duration::from_secs(120)).await;
     assert_eq!(done["status"], "completed", "{done}\n{}", app.job_events(&execution).await);
     let pulls = forge.pulls("acme/shop");

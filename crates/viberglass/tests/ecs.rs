@@ -15,11 +15,12 @@ const BINARY: &str = env!("CARGO_BIN_EXE_viberglass");
 
 /// A server whose ECS calls go through `proxy` to moto.
 async fn app(moto: &Moto, proxy: &AwsProxy) -> TestApp {
-    let mut builder = TestApp::builder(TestBackend::Sqlite).fast_engine(BINARY);
-    for (name, value) in moto.env() {
-        builder = builder.env(name, &value);
-    }
-    builder.env("AWS_ENDPOINT_URL_ECS", &proxy.url()).spawn().await
+    TestApp::builder(TestBackend::Sqlite)
+        .fast_engine(BINARY)
+        .aws(moto)
+        .env("AWS_ENDPOINT_URL_ECS", &proxy.url())
+        .spawn()
+        .await
 }
 
 /// A cluster, and a VPC (with DNS hostnames, as moto's RunTask needs) with a subnet and a security group.

@@ -336,17 +336,7 @@ async fn claude_code_on_kubernetes_goes_from_research_to_a_pull_request() {
         .env("VG_FORGE_TOKEN", "forge-token-kube-1")
         .spawn()
         .await;
-    app.post_json("/api/v1/secrets", &json!({"name": "ANTHROPIC_API_KEY", "reference": "VG_MODEL_KEY"})).await;
-    app.post_json("/api/v1/secrets", &json!({"name": "FORGE_TOKEN", "reference": "VG_FORGE_TOKEN"})).await;
-    app.post_json(
-        "/api/v1/integrations",
-        &json!({"name": "forge", "kind": "github", "base_url": forge.base_url(), "credential_secret": "FORGE_TOKEN"}),
-    )
-    .await;
-    app.create_project(
-        json!({"name": "Shop", "repository_url": forge.clone_url("acme/shop"), "scm_integration": "forge"}),
-    )
-    .await;
+    app.shop_on_forge(&forge).await;
     let created = app
         .post_json(
             "/api/v1/clankers",
@@ -367,16 +357,7 @@ async fn claude_code_on_kubernetes_goes_from_research_to_a_pull_request() {
     assert_eq!(done["status"], "completed", "{done}\n{}", app.job_events(&research).await);
     let mut jobs = vec![research];
     for phase in ["research", "planning"] {
-        let continued: Value = app
-            .post_json(
-                &format!("/api/v1/tickets/{ticket}/approve-and-continue"),
-                &json!({"phase": phase, "clanker": "claude"}),
-            )
-            .await
-            .json()
-            .await
-            .unwrap();
-        let next = continued["id"].as_str().unwrap_or_else(|| panic!("{continued}")).to_owned();
+        let next = app.approve_and_continue(&ticket, phase, "claude").await;
         let done = app.wait_for_job(&next, &["completed", "failed"], Duration::from_secs(120)).await;
         assert_eq!(done["status"], "completed", "{done}\n{}", app.job_events(&next).await);
         jobs.push(next);

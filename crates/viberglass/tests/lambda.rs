@@ -16,11 +16,13 @@ const BINARY: &str = env!("CARGO_BIN_EXE_viberglass");
 const IMAGE: &str = "123456789012.dkr.ecr.us-east-1.amazonaws.com/viberglass-worker:1";
 
 async fn app(moto: &Moto, proxy: &AwsProxy) -> TestApp {
-    let mut builder = TestApp::builder(TestBackend::Sqlite).fast_engine(BINARY);
-    for (name, value) in moto.env() {
-        builder = builder.env(name, &value);
-    }
-    builder.env("AWS_ENDPOINT_URL_LAMBDA", &proxy.url()).env("AWS_ENDPOINT_URL_ECS", &proxy.url()).spawn().await
+    TestApp::builder(TestBackend::Sqlite)
+        .fast_engine(BINARY)
+        .aws(moto)
+        .env("AWS_ENDPOINT_URL_LAMBDA", &proxy.url())
+        .env("AWS_ENDPOINT_URL_ECS", &proxy.url())
+        .spawn()
+        .await
 }
 
 /// The functions' execution role, in moto's IAM.

@@ -73,17 +73,7 @@ async fn a_ticket_goes_from_research_to_a_pull_request_with_approvals_and_a_revi
         .spawn()
         .await;
     // The administrator sets up the project, its integration and the clanker.
-    app.post_json("/api/v1/secrets", &json!({"name": "ANTHROPIC_API_KEY", "reference": "VG_MODEL_KEY"})).await;
-    app.post_json("/api/v1/secrets", &json!({"name": "FORGE_TOKEN", "reference": "VG_FORGE_TOKEN"})).await;
-    app.post_json(
-        "/api/v1/integrations",
-        &json!({"name": "forge", "kind": "github", "base_url": forge.base_url(), "credential_secret": "FORGE_TOKEN"}),
-    )
-    .await;
-    app.create_project(
-        json!({"name": "Shop", "repository_url": forge.clone_url("acme/shop"), "scm_integration": "forge"}),
-    )
-    .await;
+    app.shop_on_forge(&forge).await;
     let clanker = app
         .post_json(
             "/api/v1/clankers",

@@ -92,11 +92,7 @@ async fn database_secrets_are_encrypted_write_only_and_testable(backend: TestBac
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ssm_secrets_are_created_resolved_tested_rotated_and_deleted() {
     let Some(moto) = Moto::start() else { return };
-    let mut builder = TestApp::builder(TestBackend::Sqlite).env("VIBERGLASS_SSM_PREFIX", "/vg-test");
-    for (name, value) in moto.env() {
-        builder = builder.env(name, &value);
-    }
-    let app = builder.spawn().await;
+    let app = TestApp::builder(TestBackend::Sqlite).env("VIBERGLASS_SSM_PREFIX", "/vg-test").aws(&moto).spawn().await;
 
     // Written by Viberglass at <prefix>/<NAME>.
     let created =
