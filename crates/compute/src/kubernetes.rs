@@ -589,7 +589,11 @@ impl KubernetesTarget {
     async fn pods(&self, client: &Client, namespace: &str, run: &str, owner: &str) -> Result<Vec<Pod>, kube::Error> {
         let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
         let mut found = pods.list(&ListParams::default().labels(&format!("{RUN_LABEL}={run}"))).await?.items;
-        found.retain(|pod| pod.metadata.owner_references.iter().flatten().any(|o| o.kind == "Job" && o.uid == owner));
+        found.retain(|pod| {
+            pod.metadata.owner_references.iter().flatten().any(|o| {
+                o.kind == "Job" && o.api_version.starts_with("batch/") && o.controller == Some(true) && o.uid == owner
+            })
+        });
         found.sort_by(|a, b| b.metadata.creation_timestamp.cmp(&a.metadata.creation_timestamp));
         Ok(found)
     }
@@ -767,7 +771,10 @@ impl KubernetesTarget {
         let created = jobs.create(&PostParams::default(), &job).await.map_err(|e| {
             Self::failed(cluster, &format!("cannot create the self-check Job in namespace {}", config.namespace), e)
         })?;
-        let owner = created.metadata.uid.unwrap_or_default();
+        let Some(owner) = created.metadata.uid else {
+            let _ = jobs.delete(&name, &DeleteParams::background()).await;
+            return Err(ComputeError::Transient(format!("{cluster} created the self-check Job without a uid")));
+        };
         let outcome = async {
             let deadline = tokio::time::Instant::now() + SELF_CHECK_TIMEOUT;
             loop {
@@ -931,7 +938,7 @@ impl KubernetesTarget {
         if !ours || finished {
             return WorkerState::Gone;
         }
-        let owner = job.metadata.uid.clone().unwrap_or_default();
+        let Some(owner) = job.metadata.uid.clone() else { return WorkerState::Unknown };
         match self.pods(&client, &r.namespace, &r.name, &owner).await {
             Ok(pods) => match pods.first().map(|p| self.judge(p, None, &r.namespace)) {
                 Some(Verdict::Stuck(_) | Verdict::Ended(_)) => WorkerState::Gone,

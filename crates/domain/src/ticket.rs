@@ -74,6 +74,13 @@ named_enum!(
     }
 );
 
+/// Characters that break or hide lines without being control characters: line and paragraph separators,
+/// zero-width and text-direction marks. Metadata keys refuse them; values have them flattened.
+pub fn is_invisible_or_separator(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{2028}' | '\u{2029}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+}
+
 /// The most a ticket's metadata may hold, serialized.
 pub const MAX_METADATA_BYTES: usize = 16 * 1024;
 
@@ -89,7 +96,7 @@ pub fn parse_metadata(value: &serde_json::Value) -> Result<serde_json::Value, St
         return Err(format!("may hold at most 50 keys (got {})", object.len()));
     }
     for (key, value) in object {
-        if key.is_empty() || key.chars().count() > 100 || key.chars().any(char::is_control) {
+        if key.is_empty() || key.chars().count() > 100 || key.chars().any(is_invisible_or_separator) {
             return Err(format!(
                 "the key `{}` must be 1 to 100 printable characters",
                 key.chars().take(100).collect::<String>()
@@ -171,9 +178,10 @@ pub struct TicketInput {
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<String>)]
     pub category: Option<Option<String>>,
-    /// Context from the ticket's source, a flat JSON object (replaced whole on change).
+    /// Context from the ticket's source, a flat JSON object (replaced whole on change; null clears it).
+    #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<Object>)]
-    pub metadata: Option<serde_json::Value>,
+    pub metadata: Option<Option<serde_json::Value>>,
 }
 
 /// A validated change to a ticket's own fields. Phase and status change only
@@ -237,7 +245,11 @@ impl TicketPatch {
                 Some(None) => Some(None),
                 Some(Some(v)) => e.check("category", v.parse::<TicketCategory>()).map(Some),
             },
-            metadata: input.metadata.and_then(|v| e.check("metadata", parse_metadata(&v))),
+            metadata: match input.metadata {
+                None => None,
+                Some(None) => Some(serde_json::json!({})),
+                Some(Some(v)) => e.check("metadata", parse_metadata(&v)),
+            },
         };
         e.into_result(patch)
     }
@@ -297,8 +309,8 @@ impl NewTicket {
             Some(v) => e.check("category", v.parse::<TicketCategory>()).map(Some),
         };
         let metadata = match &input.metadata {
-            None => Some(serde_json::json!({})),
-            Some(v) => e.check("metadata", parse_metadata(v)),
+            None | Some(None) => Some(serde_json::json!({})),
+            Some(Some(v)) => e.check("metadata", parse_metadata(v)),
         };
         match (title, description, severity, source, external_id, external_url, category, metadata) {
             (

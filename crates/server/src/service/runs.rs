@@ -397,6 +397,13 @@ fn with_context(
     category: Option<viberglass_domain::TicketCategory>,
     metadata: &serde_json::Value,
 ) -> String {
+    // One line each: neither a key nor a value can forge further lines (or hide text) in the context.
+    let flat = |text: &str, limit: usize| -> String {
+        text.chars()
+            .map(|c| if viberglass_domain::ticket::is_invisible_or_separator(c) { ' ' } else { c })
+            .take(limit)
+            .collect()
+    };
     let mut lines = Vec::new();
     if let Some(category) = category {
         lines.push(format!("- category: {category}"));
@@ -406,10 +413,8 @@ fn with_context(
             serde_json::Value::String(text) => text.clone(),
             other => other.to_string(),
         };
-        // One line each: a value cannot forge further lines of the context.
-        let value: String = value.chars().map(|c| if c.is_control() { ' ' } else { c }).take(500).collect();
-        let key: String = key.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
-        lines.push(format!("- {key}: {value}"));
+        // Prefixed, so the filer's keys cannot pass for Viberglass's own fields.
+        lines.push(format!("- metadata.{}: {}", flat(key, 100), flat(&value, 500)));
     }
     if lines.is_empty() {
         return description.to_owned();
