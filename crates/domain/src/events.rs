@@ -15,6 +15,9 @@ named_enum!(
         TicketPhaseChanged => "ticket.phase_changed",
         TicketStatusChanged => "ticket.status_changed",
         TicketArchived => "ticket.archived",
+        /// A ticket source (a webhook's new ticket or a comment naming the bot) asked for a run; the
+        /// `source-runs` consumer starts it, with the event's id as the job's.
+        TicketRunRequested => "ticket.run_requested",
         JobQueued => "job.queued",
         JobStarted => "job.started",
         JobCompleted => "job.completed",
@@ -33,7 +36,13 @@ named_enum!(
 impl EventType {
     /// Whether the event can change what a ticket's lifecycle status should be.
     pub fn moves_ticket_status(self) -> bool {
-        !matches!(self, EventType::TicketStatusChanged | EventType::TicketFiled | EventType::TicketEdited)
+        !matches!(
+            self,
+            EventType::TicketStatusChanged
+                | EventType::TicketFiled
+                | EventType::TicketEdited
+                | EventType::TicketRunRequested
+        )
     }
 }
 

@@ -109,6 +109,17 @@ id_type!(
     "integration"
 );
 
+id_type!(
+    /// An inbound webhook configuration: where one ticket source delivers.
+    WebhookConfigId,
+    "webhook"
+);
+id_type!(
+    /// One inbound webhook delivery, as received.
+    DeliveryId,
+    "delivery"
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,12 +21,13 @@ pub mod secret;
 pub mod ticket;
 pub mod user;
 pub mod validation;
+pub mod webhook;
 pub mod workflow;
 
 pub use clanker::{AgentKind, AgentSettings, Clanker, ClankerInput, ClankerStatus, ComputeKind, NewClanker};
 pub use events::{DomainEvent, EventType, NewEvent};
 pub use failure::{Failure, FailureLayer};
-pub use ids::{ClankerId, IntegrationId, JobId, ProjectId, SecretId, TicketId, UserId};
+pub use ids::{ClankerId, DeliveryId, IntegrationId, JobId, ProjectId, SecretId, TicketId, UserId, WebhookConfigId};
 pub use integration::{Integration, IntegrationInput, IntegrationPatch, NewIntegration};
 pub use job::{
     CommitAuthor, EventKind, HarnessSpec, InstructionFile, Job, JobEvent, JobSpec, JobStatus, LogLevel, NewJobEvent,
@@ -42,3 +43,7 @@ pub use ticket::{
 };
 pub use user::{ApiToken, AuditEntry, NewUser, ProjectRole, User, UserInput, UserPatch, UserPatchInput};
 pub use validation::{FieldError, ValidationErrors};
+pub use webhook::{
+    Delivery, DeliveryFilter, DeliveryPayload, DeliveryStatus, NewTicketRun, NewWebhookConfig, WebhookConfig,
+    WebhookConfigInput, WebhookConfigPatch, WebhookProvider,
+};

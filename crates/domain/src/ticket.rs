@@ -17,13 +17,14 @@ pub enum TicketSource {
     Gitlab,
     Jira,
     Shortcut,
+    Linear,
     Slack,
     Webhook,
 }
 
 impl TicketSource {
     pub const NAMES: &'static [&'static str] =
-        &["ui", "api", "github", "gitlab", "jira", "shortcut", "slack", "webhook"];
+        &["ui", "api", "github", "gitlab", "jira", "shortcut", "linear", "slack", "webhook"];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -33,6 +34,7 @@ impl TicketSource {
             TicketSource::Gitlab => "gitlab",
             TicketSource::Jira => "jira",
             TicketSource::Shortcut => "shortcut",
+            TicketSource::Linear => "linear",
             TicketSource::Slack => "slack",
             TicketSource::Webhook => "webhook",
         }
@@ -49,6 +51,7 @@ impl std::str::FromStr for TicketSource {
             "gitlab" => TicketSource::Gitlab,
             "jira" => TicketSource::Jira,
             "shortcut" => TicketSource::Shortcut,
+            "linear" => TicketSource::Linear,
             "slack" => TicketSource::Slack,
             "webhook" => TicketSource::Webhook,
             other => {

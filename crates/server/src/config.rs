@@ -274,6 +274,13 @@ pub const SETTINGS: &[Setting] = &[
         secret: false,
     },
     Setting {
+        key: "webhook_payload_days",
+        env: "VIBERGLASS_WEBHOOK_PAYLOAD_DAYS",
+        default: "14",
+        doc: "How many days an inbound webhook delivery's raw payload is kept for reading and redelivery (the delivery's record stays).",
+        secret: false,
+    },
+    Setting {
         key: "keep_failed_workspaces",
         env: "VIBERGLASS_KEEP_FAILED_WORKSPACES",
         default: "false",
@@ -373,6 +380,8 @@ pub struct Config {
     pub heartbeat_grace_secs: u64,
     pub reaper_interval_ms: u64,
     pub dispatch_interval_ms: u64,
+    /// Days an inbound delivery's payload is kept.
+    pub webhook_payload_days: u32,
     pub keep_failed_workspaces: bool,
     pub commit_author: viberglass_domain::CommitAuthor,
     /// Earlier encryption keys that still decrypt.
@@ -722,6 +731,7 @@ impl Config {
             heartbeat_grace_secs: parse_number(&raw("heartbeat_grace_secs"), 2, 3600)?,
             reaper_interval_ms: parse_number(&raw("reaper_interval_ms"), 50, 600_000)?,
             dispatch_interval_ms: parse_number(&raw("dispatch_interval_ms"), 10, 600_000)?,
+            webhook_payload_days: parse_number(&raw("webhook_payload_days"), 1, 3650)?,
             keep_failed_workspaces: parse_bool(&raw("keep_failed_workspaces"))?,
             previous_keys: {
                 let raw = raw("secrets_previous_keys");

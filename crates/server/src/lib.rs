@@ -16,6 +16,7 @@ pub mod outbox;
 pub mod request;
 pub mod serve;
 pub mod service;
+pub mod sources;
 pub mod telemetry;
 pub mod ui;
 pub mod vault;

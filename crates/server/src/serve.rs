@@ -291,6 +291,7 @@ pub async fn serve(
     }
     let mut loops = state.engine.clone().spawn(shutdown.clone());
     loops.push(spawn_outbox(&state, shutdown.clone()));
+    loops.push(spawn_feedback(&state, shutdown.clone()));
     let app = build_router(state).into_make_service_with_connect_info::<SocketAddr>();
     let server = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let deadline = async {
@@ -333,6 +334,16 @@ fn spawn_outbox(state: &AppState, shutdown: CancellationToken) -> tokio::task::J
     let stop = shutdown.clone();
     crate::engine::supervise("outbox", shutdown, move || {
         crate::outbox::deliver_loop(state.clone(), crate::outbox::consumers(), owner.clone(), poll, stop.clone())
+    })
+}
+
+/// Feedback to ticket sources (and the pruning of old webhook payloads), supervised.
+fn spawn_feedback(state: &AppState, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+    let poll = Duration::from_millis(state.config.dispatch_interval_ms.clamp(200, 1000));
+    let state = state.clone();
+    let stop = shutdown.clone();
+    crate::engine::supervise("feedback", shutdown, move || {
+        crate::sources::feedback_loop(state.clone(), poll, stop.clone())
     })
 }
 

@@ -168,5 +168,31 @@ pub async fn rotate_key(
             Err(e) => rotation.unreadable.push((name, e.to_string())),
         }
     }
+    // Inbound webhook configurations' shared secrets, sealed under the name `webhook:<id>`.
+    for (id, stored) in store.webhook_secrets().await? {
+        let name = format!("webhook:{id}");
+        let sealed = viberglass_secrets::Sealed {
+            ciphertext: stored.ciphertext.clone(),
+            nonce: stored.nonce.clone(),
+            key_id: stored.key_id.clone(),
+        };
+        if !sealer.is_stale(&sealed) {
+            rotation.already_current += 1;
+            continue;
+        }
+        match opener.open(&name, &sealed) {
+            Ok(value) => {
+                let fresh = sealer.seal(&name, &value);
+                store
+                    .reseal_webhook_secret(
+                        id,
+                        &SealedValue { ciphertext: fresh.ciphertext, nonce: fresh.nonce, key_id: fresh.key_id },
+                    )
+                    .await?;
+                rotation.resealed += 1;
+            }
+            Err(e) => rotation.unreadable.push((name, e.to_string())),
+        }
+    }
     Ok(rotation)
 }

@@ -23,6 +23,7 @@ mod secrets;
 mod tickets;
 mod users;
 mod versioned;
+mod webhooks;
 mod workflow;
 
 use std::path::PathBuf;
@@ -42,6 +43,7 @@ pub use outbox::ConsumerState;
 pub use projects::ProjectFilter;
 pub use secrets::{SealedValue, SecretUsers};
 pub use users::{AuditFilter, NewAudit, UserChange};
+pub use webhooks::{Applied, DeliveryChange, Feedback, NewDelivery, NewFeedback, RequestedRun, StoredWebhookConfig};
 pub use workflow::ApprovalChange;
 
 /// Which database to open.

@@ -25,16 +25,48 @@ macro_rules! select {
     };
 }
 
-const INSERT: &str = "INSERT INTO tickets (id, project_id, title, description, severity, phase, status, source, \
+pub(crate) const INSERT: &str = "INSERT INTO tickets (id, project_id, title, description, severity, phase, status, source, \
      external_id, external_url, pull_request_url, workflow_override_reason, workflow_overridden_at, \
      workflow_overridden_by, created_by, archived_at, created_at, updated_at, category, metadata) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)";
+
+/// Inserts ticket `$t` on the open transaction `$tx` (shared by filing and webhook deliveries).
+macro_rules! insert_ticket {
+    ($tx:expr, $t:expr) => {{
+        let t: &viberglass_domain::Ticket = &$t;
+        sqlx::query($crate::tickets::INSERT)
+            .bind(t.id.as_uuid())
+            .bind(t.project_id.as_uuid())
+            .bind(t.title.clone())
+            .bind(t.description.clone())
+            .bind(t.severity.as_str())
+            .bind(t.phase.as_str())
+            .bind(t.status.as_str())
+            .bind(t.source.as_str())
+            .bind(t.external_id.clone())
+            .bind(t.external_url.clone())
+            .bind(t.pull_request_url.clone())
+            .bind(t.workflow_override_reason.clone())
+            .bind($crate::dbtime::DbTime::opt(t.workflow_overridden_at))
+            .bind(t.workflow_overridden_by.map(|u| u.as_uuid()))
+            .bind(t.created_by.map(|u| u.as_uuid()))
+            .bind($crate::dbtime::DbTime::opt(t.archived_at))
+            .bind($crate::dbtime::DbTime(t.created_at))
+            .bind($crate::dbtime::DbTime(t.updated_at))
+            .bind(t.category.map(|c| c.as_str()))
+            .bind(t.metadata.to_string())
+            .execute(&mut *$tx)
+            .await
+    }};
+}
+pub(crate) use insert_ticket;
 
 /// Writes a ticket's editable fields, guarded by the `updated_at` it was read with.
 const UPDATE: &str = "UPDATE tickets SET title = $2, description = $3, severity = $4, external_url = $5, \
      archived_at = $6, updated_at = $7, category = $9, metadata = $10 WHERE id = $1 AND updated_at = $8";
 
 const SELECT_BY_ID: &str = select!("WHERE id = $1");
+pub(crate) const SELECT_BY_EXTERNAL: &str = select!("WHERE project_id = $1 AND source = $2 AND external_id = $3");
 const SELECT_PAGE: &str = select!(
     "WHERE ($1 IS NULL OR id < $1) ",
     "AND ($2 = 'include' OR ($2 = 'exclude' AND archived_at IS NULL) OR ($2 = 'only' AND archived_at IS NOT NULL)) ",
@@ -47,7 +79,7 @@ const SELECT_PAGE: &str = select!(
     "ORDER BY id DESC LIMIT $8"
 );
 
-fn from_row(r: &impl RowExt) -> Result<Ticket, StoreError> {
+pub(crate) fn from_row(r: &impl RowExt) -> Result<Ticket, StoreError> {
     Ok(Ticket {
         id: TicketId::from_uuid(r.uuid("id")?),
         project_id: ProjectId::from_uuid(r.uuid("project_id")?),
@@ -95,29 +127,7 @@ impl Store {
         .ticket(Some(t.id));
         on_pool!(self, |pool| async {
             let mut tx = crate::BeginWrite::begin_write(pool).await?;
-            sqlx::query(INSERT)
-                .bind(t.id.as_uuid())
-                .bind(t.project_id.as_uuid())
-                .bind(t.title.clone())
-                .bind(t.description.clone())
-                .bind(t.severity.as_str())
-                .bind(t.phase.as_str())
-                .bind(t.status.as_str())
-                .bind(t.source.as_str())
-                .bind(t.external_id.clone())
-                .bind(t.external_url.clone())
-                .bind(t.pull_request_url.clone())
-                .bind(t.workflow_override_reason.clone())
-                .bind(DbTime::opt(t.workflow_overridden_at))
-                .bind(t.workflow_overridden_by.map(|u| u.as_uuid()))
-                .bind(t.created_by.map(|u| u.as_uuid()))
-                .bind(DbTime::opt(t.archived_at))
-                .bind(DbTime(t.created_at))
-                .bind(DbTime(t.updated_at))
-                .bind(t.category.map(|c| c.as_str()))
-                .bind(t.metadata.to_string())
-                .execute(&mut *tx)
-                .await?;
+            insert_ticket!(tx, t)?;
             emit!(self, tx, &event)?;
             tx.commit().await
         }

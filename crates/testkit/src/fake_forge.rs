@@ -29,10 +29,23 @@ pub enum Permission {
     ContentsRead,
     ContentsWrite,
     PullRequestsWrite,
+    /// Comment on and label issues (GitHub's `issues: write`; GitLab's Reporter role).
+    IssuesWrite,
 }
 
 /// Every permission: a token that may do everything.
-pub const ALL: &[Permission] = &[Permission::ContentsRead, Permission::ContentsWrite, Permission::PullRequestsWrite];
+pub const ALL: &[Permission] =
+    &[Permission::ContentsRead, Permission::ContentsWrite, Permission::PullRequestsWrite, Permission::IssuesWrite];
+
+/// An issue as the forge holds it (GitHub issue, GitLab issue).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FakeIssue {
+    pub repository: String,
+    pub number: u64,
+    pub title: String,
+    pub labels: Vec<String>,
+    pub comments: Vec<String>,
+}
 
 #[derive(Debug, Clone)]
 struct Token {
@@ -77,6 +90,9 @@ struct Forge {
     tokens: BTreeMap<String, Token>,
     repos: BTreeMap<String, Repo>,
     pulls: Vec<FakePull>,
+    issues: Vec<FakeIssue>,
+    /// Answers to give the next issue calls (status codes), e.g. 502 for a flaky forge.
+    issue_failures: Vec<u16>,
     rate_limited: bool,
     requests: Vec<Recorded>,
     next_id: u64,
@@ -188,6 +204,39 @@ impl FakeForge {
     }
 
     /// Every request so far.
+    /// Opens an issue and returns its number.
+    pub fn add_issue(&self, repository: &str, title: &str, labels: &[&str]) -> u64 {
+        let mut forge = self.shared.forge.lock().unwrap();
+        // GitHub numbers issues and pull requests from one sequence per repository.
+        let number = 1
+            + forge.issues.iter().filter(|i| i.repository == repository).count() as u64
+            + forge.pulls.iter().filter(|p| p.repository == repository).count() as u64;
+        forge.issues.push(FakeIssue {
+            repository: repository.to_owned(),
+            number,
+            title: title.to_owned(),
+            labels: labels.iter().map(|l| (*l).to_owned()).collect(),
+            comments: Vec::new(),
+        });
+        number
+    }
+
+    pub fn issue(&self, repository: &str, number: u64) -> Option<FakeIssue> {
+        self.shared
+            .forge
+            .lock()
+            .unwrap()
+            .issues
+            .iter()
+            .find(|i| i.repository == repository && i.number == number)
+            .cloned()
+    }
+
+    /// The next issue comment or label calls answer these statuses, in order (then work again).
+    pub fn fail_issue_calls(&self, statuses: &[u16]) {
+        self.shared.forge.lock().unwrap().issue_failures.extend_from_slice(statuses);
+    }
+
     pub fn requests(&self) -> Vec<Recorded> {
         self.shared.forge.lock().unwrap().requests.clone()
     }
@@ -501,7 +550,9 @@ fn github(shared: &Shared, method: &Method, rest: &str, uri: &Uri, headers: &Hea
                     json!({"message": "Validation Failed", "errors": [{"resource": "PullRequest", "code": "custom", "message": format!("A pull request already exists for {head_owner}:{head_branch}.")}]}),
                 );
             }
-            let number = forge.pulls.iter().filter(|p| p.repository == repository).count() as u64 + 1;
+            let number = forge.pulls.iter().filter(|p| p.repository == repository).count() as u64
+                + forge.issues.iter().filter(|i| i.repository == repository).count() as u64
+                + 1;
             let pull = FakePull {
                 repository: repository.clone(),
                 number,
@@ -539,10 +590,44 @@ fn github(shared: &Shared, method: &Method, rest: &str, uri: &Uri, headers: &Hea
             reply(StatusCode::OK, answer)
         }
         (Method::POST, ["issues", number, what]) if *what == "comments" || *what == "labels" => {
+            let mut forge = shared.forge.lock().unwrap();
+            let is_pull = forge.pulls.iter().any(|p| p.repository == repository && p.number.to_string() == *number);
+            if !is_pull {
+                if !token.permissions.contains(&Permission::IssuesWrite) {
+                    return reply(
+                        StatusCode::FORBIDDEN,
+                        json!({"message": "Resource not accessible by personal access token"}),
+                    );
+                }
+                if !forge.issue_failures.is_empty() {
+                    let status = forge.issue_failures.remove(0);
+                    return reply(StatusCode::from_u16(status).unwrap(), json!({"message": "Server Error"}));
+                }
+                let Some(issue) =
+                    forge.issues.iter_mut().find(|i| i.repository == repository && i.number.to_string() == *number)
+                else {
+                    return not_found();
+                };
+                if *what == "comments" {
+                    let Some(text) = input["body"].as_str() else {
+                        return reply(StatusCode::UNPROCESSABLE_ENTITY, json!({"message": "Validation Failed"}));
+                    };
+                    issue.comments.push(text.to_owned());
+                    return reply(StatusCode::CREATED, json!({"id": issue.comments.len(), "body": text}));
+                }
+                for label in input["labels"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+                    if !issue.labels.iter().any(|l| l == label) {
+                        issue.labels.push(label.to_owned());
+                    }
+                }
+                return reply(
+                    StatusCode::OK,
+                    json!(issue.labels.iter().map(|l| json!({"name": l})).collect::<Vec<_>>()),
+                );
+            }
             if !can_pull {
                 return forbidden();
             }
-            let mut forge = shared.forge.lock().unwrap();
             let Some(pull) =
                 forge.pulls.iter_mut().find(|p| p.repository == repository && p.number.to_string() == *number)
             else {
@@ -729,6 +814,37 @@ fn gitlab(shared: &Shared, method: &Method, rest: &str, uri: &Uri, headers: &Hea
             let pull = pull.clone();
             drop(forge);
             reply(StatusCode::OK, gitlab_request(shared, &pull, repo_id_of(&pull.head_repository)))
+        }
+        (Method::POST, ["issues", iid, "notes"]) | (Method::PUT, ["issues", iid]) => {
+            if !token.permissions.contains(&Permission::IssuesWrite) {
+                return forbidden();
+            }
+            let mut forge = shared.forge.lock().unwrap();
+            if !forge.issue_failures.is_empty() {
+                let status = forge.issue_failures.remove(0);
+                return reply(StatusCode::from_u16(status).unwrap(), json!({"message": "500 Internal Server Error"}));
+            }
+            let Some(issue) =
+                forge.issues.iter_mut().find(|i| i.repository == repository && i.number.to_string() == *iid)
+            else {
+                return reply(StatusCode::NOT_FOUND, json!({"message": "404 Not found"}));
+            };
+            if method == Method::PUT {
+                for label in input["add_labels"].as_str().unwrap_or_default().split(',').filter(|l| !l.is_empty()) {
+                    if !issue.labels.iter().any(|l| l == label) {
+                        issue.labels.push(label.to_owned());
+                    }
+                }
+                return reply(
+                    StatusCode::OK,
+                    json!({"iid": issue.number, "title": issue.title, "labels": issue.labels}),
+                );
+            }
+            let Some(text) = input["body"].as_str() else {
+                return reply(StatusCode::BAD_REQUEST, json!({"error": "body is missing"}));
+            };
+            issue.comments.push(text.to_owned());
+            reply(StatusCode::CREATED, json!({"id": issue.comments.len(), "body": text}))
         }
         (Method::POST, ["merge_requests", iid, "notes"]) => {
             if !can_mr {

@@ -12,6 +12,7 @@ pub mod aws_proxy;
 pub mod db;
 pub mod fake_forge;
 pub mod fake_kube;
+pub mod fake_tracker;
 pub mod forge;
 pub mod git;
 pub mod lambda_runtime;
@@ -19,6 +20,7 @@ pub mod logs;
 pub mod model;
 pub mod moto;
 pub mod process;
+pub mod webhooks;
 
 pub use app::TestApp;
 pub use db::{TestBackend, TestDb};

@@ -12,6 +12,7 @@ pub(crate) mod jobs;
 pub(crate) mod projects;
 mod secrets;
 pub(crate) mod tickets;
+pub(crate) mod webhooks;
 pub mod worker;
 pub(crate) mod workflow;
 
@@ -39,6 +40,7 @@ use crate::AppState;
         (name = "workflow", description = "Documents, comments, approvals, Approve & Continue, overrides and prompts"),
         (name = "clankers", description = "Clankers: saved worker configurations"),
         (name = "jobs", description = "Jobs (runs): one worker invocation for one phase"),
+        (name = "webhooks", description = "Inbound webhooks from ticket sources: configurations, deliveries, redelivery"),
         (name = "worker", description = "The worker protocol, called by viberators with their job token"),
     ),
     modifiers(&WorkerTokenScheme)
@@ -148,6 +150,15 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(jobs::stream_events))
         .routes(routes!(jobs::project_usage))
         .routes(routes!(jobs::ticket_usage))
+        .routes(routes!(webhooks::receive))
+        .routes(routes!(webhooks::list_configs, webhooks::create_config))
+        .routes(routes!(webhooks::get_config, webhooks::update_config))
+        .routes(routes!(webhooks::rotate_secret))
+        .routes(routes!(webhooks::list_deliveries))
+        .routes(routes!(webhooks::get_delivery))
+        .routes(routes!(webhooks::get_payload))
+        .routes(routes!(webhooks::redeliver))
+        .routes(routes!(webhooks::ticket_feedback))
         .routes(routes!(worker::bootstrap))
         .routes(routes!(worker::heartbeat))
         .routes(routes!(worker::events))

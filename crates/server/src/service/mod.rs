@@ -12,6 +12,7 @@ pub mod jobs;
 pub mod projects;
 pub mod runs;
 pub mod tickets;
+pub mod webhooks;
 
 use viberglass_domain::ValidationErrors;
 use viberglass_store::StoreError;

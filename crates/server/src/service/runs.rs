@@ -40,6 +40,9 @@ pub enum Trigger {
     ApproveAndContinue { approval: Box<ApprovalChange> },
     /// A requested revision of the phase's document, with the feedback.
     Revision { feedback: String },
+    /// A ticket source asked (a new sourced ticket, a comment naming the bot): the job takes the id of the
+    /// `ticket.run_requested` event, so handling that event twice queues one job.
+    Source { reason: String, job: JobId },
 }
 
 impl Trigger {
@@ -56,6 +59,7 @@ impl Trigger {
             Trigger::Rerun { .. } => "rerun",
             Trigger::ApproveAndContinue { .. } => "approve_and_continue",
             Trigger::Revision { .. } => "revision",
+            Trigger::Source { .. } => "source",
         }
     }
 }
@@ -78,7 +82,10 @@ pub async fn start_run(state: &AppState, caller: Option<&Caller>, request: RunRe
         check_gate(state, &project, ticket, phase).await?;
     }
     let clanker = usable_clanker(state, &project, clanker).await?;
-    let id = JobId::new();
+    let id = match &trigger {
+        Trigger::Source { job, .. } => *job,
+        _ => JobId::new(),
+    };
     let run = RunOf { project: &project, ticket, clanker: &clanker, phase, job: id };
     let spec = run_spec(state, run, trigger.feedback()).await?;
     let new = NewJob {
@@ -90,7 +97,7 @@ pub async fn start_run(state: &AppState, caller: Option<&Caller>, request: RunRe
         requested_by: caller.and_then(Caller::user_id),
     };
     let job = match &trigger {
-        Trigger::Run | Trigger::Revision { .. } => state.store.create_job(new).await?,
+        Trigger::Run | Trigger::Revision { .. } | Trigger::Source { .. } => state.store.create_job(new).await?,
         Trigger::Rerun { of } => state.store.create_rerun(of, new).await?,
         Trigger::ApproveAndContinue { approval } => {
             state.store.approve_and_continue(approval, phase, new).await?.ok_or_else(|| {
@@ -108,6 +115,9 @@ pub async fn start_run(state: &AppState, caller: Option<&Caller>, request: RunRe
         "trigger": trigger.name()});
     if let Trigger::Rerun { of } = &trigger {
         details["rerun_of"] = serde_json::json!(of.id);
+    }
+    if let Trigger::Source { reason, .. } = &trigger {
+        details["reason"] = serde_json::json!(reason);
     }
     audit(state, caller, "run_started", "job", Some(job.id.to_string()), Some(project.id), details).await;
     Ok(job)

@@ -42,6 +42,7 @@ pub const PAGES: &[(&str, &str, Rule)] = &[
     ("GET", "/projects/new", Admin),
     ("GET", "/projects/{project}", Project(Viewer, Scope::Project)),
     ("GET", "/projects/{project}/settings", Project(Maintainer, Scope::Project)),
+    ("GET", "/projects/{project}/webhooks", Project(Maintainer, Scope::Project)),
     ("GET", "/projects/{project}/tickets/new", Project(Member, Scope::Project)),
     ("GET", "/tickets", Authenticated),
     ("GET", "/tickets/{ticket_id}", Project(Viewer, Scope::Ticket)),
@@ -69,6 +70,7 @@ pub fn router(state: AppState, api: ApiService) -> Router<AppState> {
         .route("/projects/new", get(pages::new_project))
         .route("/projects/{project}", get(pages::project))
         .route("/projects/{project}/settings", get(pages::project_settings))
+        .route("/projects/{project}/webhooks", get(pages::webhooks))
         .route("/projects/{project}/tickets/new", get(pages::new_ticket))
         .route("/tickets", get(pages::tickets))
         .route("/tickets/{ticket_id}", get(pages::ticket))

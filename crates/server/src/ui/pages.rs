@@ -227,6 +227,44 @@ pub async fn project_settings(
     project_form(&state, &caller, Some(project)).await
 }
 
+pub async fn webhooks(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(project): Path<String>,
+    Query(query): Params,
+) -> PageResult {
+    let project = crate::service::projects::find_project(&state.store, &project).await?;
+    let status = param(&query, "status");
+    let cursor = param(&query, "cursor");
+    let filter = viberglass_domain::DeliveryFilter {
+        project_id: Some(project.id),
+        config_id: None,
+        status: status.parse().ok(),
+    };
+    let page = PageRequest::parse(Some(50), Some(cursor.as_str()).filter(|c| !c.is_empty())).unwrap_or_default();
+    let deliveries = state.store.list_deliveries(&filter, page).await?;
+    let clankers = state
+        .store
+        .list_clankers(PageRequest { limit: 200, after: None })
+        .await?
+        .items
+        .into_iter()
+        .filter(|c| c.allowed_in(project.id))
+        .map(|c| c.slug.as_str().to_owned())
+        .collect();
+    Ok(render(&view::WebhooksPage {
+        ctx: Ctx::new(&caller, "projects"),
+        configs: state.store.list_webhook_configs(project.id).await?,
+        deliveries: deliveries.items,
+        next_cursor: deliveries.next_cursor,
+        status,
+        clankers,
+        secrets: state.store.list_secrets().await?.into_iter().map(|s| s.name).collect(),
+        base_url: state.engine.server_url.trim_end_matches('/').to_owned(),
+        project,
+    }))
+}
+
 pub async fn project(State(state): State<AppState>, caller: Caller, Path(project): Path<String>) -> PageResult {
     let project = crate::service::projects::find_project(&state.store, &project).await?;
     let perm = role_in(&state, &caller, project.id).await?;

@@ -267,6 +267,21 @@ pub struct ProjectPage {
 }
 
 #[derive(Template)]
+#[template(path = "webhooks.html")]
+pub struct WebhooksPage {
+    pub ctx: Ctx,
+    pub project: Project,
+    pub configs: Vec<viberglass_domain::WebhookConfig>,
+    pub deliveries: Vec<viberglass_domain::Delivery>,
+    pub next_cursor: Option<String>,
+    pub status: String,
+    pub clankers: Vec<String>,
+    pub secrets: Vec<String>,
+    /// The server's public address, to show each configuration's full URL.
+    pub base_url: String,
+}
+
+#[derive(Template)]
 #[template(path = "ticket_new.html")]
 pub struct NewTicket {
     pub ctx: Ctx,

@@ -22,6 +22,7 @@ const PAGES: &[(&str, Who)] = &[
     ("/projects/new", Admin),
     ("/projects/{project}", Viewer),
     ("/projects/{project}/settings", Maintainer),
+    ("/projects/{project}/webhooks", Maintainer),
     ("/projects/{project}/tickets/new", Member),
     ("/tickets", Outsider),
     ("/tickets/{ticket_id}", Viewer),

@@ -47,6 +47,17 @@ const EXPECTED: &[(&str, &str, Option<Who>)] = &[
     ("delete", "/api/v1/projects/{project}/members/{user_id}", Some(Maintainer)),
     ("post", "/api/v1/projects/{project}/tickets", Some(Member)),
     ("get", "/api/v1/projects/{project}/usage", Some(Viewer)),
+    ("post", "/api/webhooks/{provider}/{config}", Some(Anonymous)),
+    ("get", "/api/v1/projects/{project}/webhooks", Some(Maintainer)),
+    ("post", "/api/v1/projects/{project}/webhooks", Some(Maintainer)),
+    ("get", "/api/v1/projects/{project}/webhooks/{webhook_id}", Some(Maintainer)),
+    ("patch", "/api/v1/projects/{project}/webhooks/{webhook_id}", Some(Maintainer)),
+    ("post", "/api/v1/projects/{project}/webhooks/{webhook_id}/rotate-secret", Some(Maintainer)),
+    ("get", "/api/v1/projects/{project}/webhook-deliveries", Some(Maintainer)),
+    ("get", "/api/v1/projects/{project}/webhook-deliveries/{delivery_id}", Some(Maintainer)),
+    ("get", "/api/v1/projects/{project}/webhook-deliveries/{delivery_id}/payload", Some(Maintainer)),
+    ("post", "/api/v1/projects/{project}/webhook-deliveries/{delivery_id}/redeliver", Some(Maintainer)),
+    ("get", "/api/v1/tickets/{ticket_id}/feedback", Some(Viewer)),
     ("get", "/api/v1/tickets", Some(Outsider)),
     ("get", "/api/v1/tickets/{ticket_id}", Some(Viewer)),
     ("patch", "/api/v1/tickets/{ticket_id}", Some(Member)),
@@ -212,6 +223,10 @@ fn concrete(path: &str, f: &Fixture) -> String {
         .replace("{comment_id}", &uuid::Uuid::now_v7().to_string())
         .replace("{kind}", "research")
         .replace("{attachment_id}", &uuid::Uuid::now_v7().to_string())
+        .replace("{provider}", "github")
+        .replace("{config}", &uuid::Uuid::now_v7().to_string())
+        .replace("{webhook_id}", &uuid::Uuid::now_v7().to_string())
+        .replace("{delivery_id}", &uuid::Uuid::now_v7().to_string())
 }
 
 /// Every route with every caller: admitted callers never get 401 or 403;

@@ -1,0 +1,70 @@
+-- Inbound webhooks: configurations (where a ticket source delivers, its
+-- sealed secret, and its settings as JSON), every delivery with its outcome,
+-- where each sourced ticket came from, and the feedback owed to its source.
+-- The twin is ../sqlite/0006_inbound_webhooks.sql.
+CREATE TABLE webhook_configs (
+    id                  UUID PRIMARY KEY NOT NULL,
+    project_id          UUID NOT NULL REFERENCES projects (id) ON DELETE RESTRICT,
+    provider            TEXT NOT NULL,
+    settings            TEXT NOT NULL,
+    secret_ciphertext   BYTEA NOT NULL,
+    secret_nonce        BYTEA NOT NULL,
+    secret_key_id       TEXT NOT NULL,
+    secret_rotated_at   TIMESTAMPTZ NOT NULL,
+    created_at          TIMESTAMPTZ NOT NULL,
+    updated_at          TIMESTAMPTZ NOT NULL
+);
+CREATE INDEX webhook_configs_project ON webhook_configs (project_id);
+
+CREATE TABLE webhook_deliveries (
+    id                  UUID PRIMARY KEY NOT NULL,
+    config_id           UUID REFERENCES webhook_configs (id) ON DELETE RESTRICT,
+    project_id          UUID REFERENCES projects (id) ON DELETE RESTRICT,
+    provider            TEXT NOT NULL,
+    delivery_key        TEXT NOT NULL,
+    event               TEXT NOT NULL DEFAULT '',
+    status              TEXT NOT NULL CHECK (status IN ('processed', 'ignored', 'duplicate', 'rejected', 'failed')),
+    error_message       TEXT,
+    response_status     BIGINT NOT NULL,
+    ticket_id           UUID REFERENCES tickets (id) ON DELETE RESTRICT,
+    headers             TEXT NOT NULL DEFAULT '{}',
+    payload             BYTEA,
+    redeliveries        BIGINT NOT NULL DEFAULT 0,
+    received_at         TIMESTAMPTZ NOT NULL,
+    updated_at          TIMESTAMPTZ NOT NULL
+);
+-- A delivery id is taken once per configuration by a delivery that was
+-- applied (or rightly ignored); refused and failed ones leave it free for the
+-- sender's retry.
+CREATE UNIQUE INDEX webhook_deliveries_delivery_key_key ON webhook_deliveries (config_id, delivery_key)
+    WHERE status IN ('processed', 'ignored');
+CREATE INDEX webhook_deliveries_config ON webhook_deliveries (config_id, id);
+CREATE INDEX webhook_deliveries_project ON webhook_deliveries (project_id, id);
+
+CREATE TABLE ticket_sources (
+    ticket_id           UUID PRIMARY KEY NOT NULL REFERENCES tickets (id) ON DELETE RESTRICT,
+    config_id           UUID NOT NULL REFERENCES webhook_configs (id) ON DELETE RESTRICT,
+    provider            TEXT NOT NULL,
+    locator             TEXT NOT NULL,
+    created_at          TIMESTAMPTZ NOT NULL
+);
+
+CREATE TABLE source_feedback (
+    id                  UUID PRIMARY KEY NOT NULL,
+    event_id            UUID NOT NULL,
+    ticket_id           UUID NOT NULL REFERENCES tickets (id) ON DELETE RESTRICT,
+    job_id              UUID,
+    config_id           UUID NOT NULL REFERENCES webhook_configs (id) ON DELETE RESTRICT,
+    body                TEXT NOT NULL,
+    label               TEXT,
+    status              TEXT NOT NULL CHECK (status IN ('pending', 'delivered', 'failed')),
+    attempts            BIGINT NOT NULL DEFAULT 0,
+    attempt_log         TEXT NOT NULL DEFAULT '[]',
+    last_error          TEXT,
+    next_attempt_at     TIMESTAMPTZ NOT NULL,
+    created_at          TIMESTAMPTZ NOT NULL,
+    updated_at          TIMESTAMPTZ NOT NULL
+);
+CREATE UNIQUE INDEX source_feedback_event_id_key ON source_feedback (event_id);
+CREATE INDEX source_feedback_due ON source_feedback (status, next_attempt_at);
+CREATE INDEX source_feedback_ticket ON source_feedback (ticket_id, id);
