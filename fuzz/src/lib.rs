@@ -170,3 +170,55 @@ pub static RESEARCH: LazyLock<JobSpec> = LazyLock::new(|| JobSpec { phase: Phase
 /// An execution job pushing to a plain git remote.
 pub static PLAIN_GIT: LazyLock<JobSpec> =
     LazyLock::new(|| JobSpec { repository_url: "file:///srv/repo.git".into(), scm: None, ..EXECUTION.clone() });
+
+/// An inbound webhook delivery for `provider`: the first byte picks the headers' shape (event name, a
+/// signature of the body or a wrong one, form encoding), the rest is the body. The signature check, the
+/// delivery id and the parser must never panic; a correctly signed body must verify, any other must not,
+/// and a delivery id is always bounded.
+pub fn webhook(provider: viberglass_domain::WebhookProvider, data: &[u8]) {
+    use viberglass_domain::WebhookProvider;
+    use viberglass_integrations::inbound;
+    let Some((&shape, body)) = data.split_first() else { return };
+    const SECRET: &str = "fuzz-secret-0123456789";
+    let mut headers = http::HeaderMap::new();
+    let event = match (provider, shape % 4) {
+        (WebhookProvider::Github, 0) => "issues",
+        (WebhookProvider::Github, 1) => "issue_comment",
+        (WebhookProvider::Github, _) => "ping",
+        (WebhookProvider::Gitlab, 0) => "Issue Hook",
+        (_, _) => "Note Hook",
+    };
+    headers.insert("x-github-event", http::HeaderValue::from_static(event));
+    headers.insert("x-gitlab-event", http::HeaderValue::from_static(event));
+    if shape & 0x10 != 0 {
+        headers.insert("content-type", http::HeaderValue::from_static("application/x-www-form-urlencoded"));
+    }
+    let signed = shape & 0x20 == 0;
+    let signature = if signed { inbound::sign(SECRET, body) } else { inbound::sign("another secret", body) };
+    let header = inbound::signature_header(provider);
+    let value = match provider {
+        WebhookProvider::Gitlab => if signed { SECRET.to_owned() } else { "wrong".to_owned() },
+        WebhookProvider::Github | WebhookProvider::Jira | WebhookProvider::Custom => format!("sha256={signature}"),
+        _ => signature,
+    };
+    headers.insert(header, http::HeaderValue::from_str(&value).unwrap());
+    let now = time::OffsetDateTime::now_utc();
+    let verdict = inbound::verify(provider, SECRET, true, &headers, body, now);
+    let form = provider == WebhookProvider::Custom && inbound::is_form(&headers);
+    if !signed {
+        assert!(verdict.is_err(), "a wrong signature verified");
+    } else if provider != WebhookProvider::Linear && !form {
+        assert!(verdict.is_ok(), "a right signature was refused: {verdict:?}");
+    }
+    let key = inbound::delivery_key(provider, &headers, body);
+    assert!(key.len() <= 210, "an unbounded delivery id");
+    let _ = inbound::kept_headers(&headers);
+    if let Ok(read) = inbound::parse(provider, &headers, body)
+        && let inbound::Action::Comment(c) = &read.action
+    {
+        let _ = inbound::mention(&c.body, "viberglass");
+    }
+    if let Ok(text) = std::str::from_utf8(body) {
+        let _ = inbound::mention(text, "viberglass");
+    }
+}

@@ -185,7 +185,30 @@ pub fn kept_headers(headers: &HeaderMap) -> Vec<(String, String)> {
         "x-webhook-signature-256",
         "x-webhook-delivery",
     ];
-    KEEP.iter().filter_map(|n| header(headers, n).map(|v| ((*n).to_owned(), v.chars().take(500).collect()))).collect()
+    KEEP.iter()
+        .filter_map(|n| {
+            header(headers, n).map(|v| {
+                // GitLab's token is the shared secret itself: only its digest is kept (enough to check it again on
+                // redelivery, see [`restore_gitlab_token`]).
+                let kept = if *n == "x-gitlab-token" { token_digest(v) } else { v.chars().take(500).collect() };
+                ((*n).to_owned(), kept)
+            })
+        })
+        .collect()
+}
+
+fn token_digest(token: &str) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(token.as_bytes())))
+}
+
+/// For a stored GitLab delivery: puts `secret` back as its token when the kept digest is the secret's (so the
+/// redelivery passes exactly when the original token was the current secret).
+pub fn restore_gitlab_token(headers: &mut HeaderMap, secret: &str) {
+    let matches = header(headers, "x-gitlab-token")
+        .is_some_and(|kept| bool::from(kept.as_bytes().ct_eq(token_digest(secret).as_bytes())));
+    if matches && let Ok(value) = http::HeaderValue::from_str(secret) {
+        headers.insert("x-gitlab-token", value);
+    }
 }
 
 /// A payload that could not be read: which field, and what is wrong.

@@ -573,7 +573,7 @@ impl Store {
                 o.iter()
                     .map(|(k, v)| {
                         let v = v.as_str().unwrap_or_default();
-                        // A GitLab token is the secret itself: never shown.
+                        // A GitLab token is the secret itself: only its digest is kept, and not shown either.
                         let shown = if k == "x-gitlab-token" { "(hidden)".to_owned() } else { v.to_owned() };
                         (k.clone(), shown)
                     })

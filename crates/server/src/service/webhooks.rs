@@ -255,6 +255,7 @@ async fn process(
     redelivery_of: Option<DeliveryId>,
 ) -> Answer {
     let config = &stored.config;
+    let mut headers = headers.clone();
     let fail = |mut d: NewDelivery, status: DeliveryStatus, code: u16, message: String| {
         d.status = status;
         d.response_status = code;
@@ -278,6 +279,10 @@ async fn process(
             return finish_refused(state, fail(delivery, DeliveryStatus::Failed, 500, message), redelivery_of).await;
         }
     };
+    if redelivery_of.is_some() && config.provider == WebhookProvider::Gitlab {
+        inbound::restore_gitlab_token(&mut headers, &secret);
+    }
+    let headers = &headers;
     if let Err(r) =
         inbound::verify(config.provider, &secret, config.require_signature, headers, body, delivery.received_at)
     {

@@ -11,4 +11,5 @@ mod projects;
 mod secrets;
 mod tickets;
 mod users;
+mod webhooks;
 mod workflow;
