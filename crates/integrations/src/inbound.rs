@@ -121,7 +121,7 @@ pub fn verify(
         let Some(stamp) = stamp else {
             return Err(reject(400, "the payload has no numeric webhookTimestamp (milliseconds): is this Linear?"));
         };
-        let skew = (received_at.unix_timestamp() * 1000 - stamp) / 1000;
+        let skew = (received_at.unix_timestamp() * 1000).checked_sub(stamp).map_or(i64::MAX, |d| d / 1000);
         if skew.abs() > LINEAR_FRESHNESS_SECS {
             return Err(reject(
                 401,
@@ -267,6 +267,9 @@ pub struct CommentEvent {
     pub author: Option<String>,
     /// Written by a bot or an app (never a trigger: our own feedback comes back this way).
     pub by_bot: bool,
+    /// Written by someone the source counts as a member (GitHub: owner, member or collaborator); trackers
+    /// (Jira, Shortcut, Linear) and GitLab notes, whose payloads carry no such role, count as members.
+    pub trusted: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -404,6 +407,10 @@ fn github(headers: &HeaderMap, body: &[u8]) -> Result<Inbound, ParseError> {
                 body: text(&v, "comment.body")?,
                 author: opt_text(&v, "comment.user.login"),
                 by_bot,
+                trusted: matches!(
+                    opt_text(&v, "comment.author_association").as_deref(),
+                    Some("OWNER" | "MEMBER" | "COLLABORATOR")
+                ),
             }),
         });
     }
@@ -516,6 +523,7 @@ fn gitlab(headers: &HeaderMap, body: &[u8]) -> Result<Inbound, ParseError> {
                     body: text(&v, "object_attributes.note")?,
                     author: opt_text(&v, "user.username"),
                     by_bot,
+                    trusted: true,
                 }),
             })
         }
@@ -621,7 +629,7 @@ fn jira(body: &[u8]) -> Result<Inbound, ParseError> {
             }
             let author = opt_text(&v, "comment.author.displayName");
             let by_bot = opt_text(&v, "comment.author.accountType").is_some_and(|t| t == "app");
-            Ok(Inbound { event, action: Action::Comment(CommentEvent { source, body, author, by_bot }) })
+            Ok(Inbound { event, action: Action::Comment(CommentEvent { source, body, author, by_bot, trusted: true }) })
         }
         other => {
             ignore(other, format!("`{other}` events are not handled: send issue created/updated and comment created"))
@@ -690,6 +698,7 @@ fn shortcut(body: &[u8]) -> Result<Inbound, ParseError> {
                 body: text(a, "text")?,
                 author: opt_text(a, "author_id").or_else(|| opt_text(&v, "member_id")),
                 by_bot: false,
+                trusted: true,
             }),
         });
     }
@@ -810,6 +819,7 @@ fn linear(body: &[u8]) -> Result<Inbound, ParseError> {
                     body: text(&v, "data.body")?,
                     author: opt_text(&v, "data.user.name"),
                     by_bot,
+                    trusted: true,
                 }),
             })
         }
@@ -895,8 +905,9 @@ pub fn category_from_label(label: &str) -> Option<String> {
 /// What a comment asks of `bot`: `None` when it does not mention `@bot`; else the phase word that follows the
 /// mention (`research`, `plan`, `execute`…), or `""` for a bare mention (the ticket's current phase).
 pub fn mention<'a>(body: &'a str, bot: &str) -> Option<&'a str> {
-    let needle = format!("@{}", bot.to_lowercase());
-    let lower = body.to_lowercase();
+    // ASCII lowering keeps every byte offset, so positions found in `lower` are positions in `body`.
+    let needle = format!("@{}", bot.to_ascii_lowercase());
+    let lower = body.to_ascii_lowercase();
     let mut from = 0;
     while let Some(found) = lower.get(from..).and_then(|s| s.find(&needle)) {
         let start = from + found;

@@ -192,38 +192,34 @@ async fn target(state: &AppState, f: &Feedback) -> Result<Target, String> {
         }
         _ => None,
     };
+    let forge = matches!(config.provider, WebhookProvider::Github | WebhookProvider::Gitlab);
+    // Only GitHub and GitLab fall back to the project's SCM credential and API: a token never goes to another
+    // provider, and an address is never taken from a payload.
     let secret = config
         .feedback_secret
         .clone()
-        .or_else(|| integration.as_ref().and_then(|i| i.credential_secret.clone()))
-        .or_else(|| project.credential_secret.clone())
+        .or_else(|| integration.as_ref().and_then(|i| i.credential_secret.clone()).filter(|_| forge))
+        .or_else(|| project.credential_secret.clone().filter(|_| forge))
         .ok_or_else(|| {
             format!(
-                "no token to comment with: set the webhook configuration's feedback secret{}",
-                if config.provider.has_labels() {
-                    ", or give the project an SCM integration with a credential"
-                } else {
-                    ""
-                }
+                "no token to comment with: an administrator sets the webhook configuration's feedback secret{}",
+                if forge { ", or gives the project an SCM integration with a credential" } else { "" }
             )
         })?;
-    let token = crate::vault::resolve(state, &secret, &format!("the {} webhook's feedback", config.provider))
-        .await
-        .map_err(|f| f.message)?;
     let api_url = config
         .feedback_api_url
         .clone()
-        .or_else(|| integration.as_ref().map(|i| i.api_url()))
-        .or_else(|| {
-            (config.provider == WebhookProvider::Jira).then(|| locator["site"].as_str().map(str::to_owned)).flatten()
-        })
+        .or_else(|| integration.as_ref().map(|i| i.api_url()).filter(|_| forge))
         .or_else(|| config.provider.default_api_url().map(str::to_owned))
         .or_else(|| match config.provider {
             WebhookProvider::Github => Some("https://api.github.com".to_owned()),
             WebhookProvider::Gitlab => Some("https://gitlab.com/api/v4".to_owned()),
             _ => None,
         })
-        .ok_or("no API address for feedback: set the webhook configuration's feedback API URL")?;
+        .ok_or("no API address for feedback: an administrator sets the webhook configuration's feedback API URL (Jira: your site, e.g. https://acme.atlassian.net)")?;
+    let token = crate::vault::resolve(state, &secret, &format!("the {} webhook's feedback", config.provider))
+        .await
+        .map_err(|f| f.message)?;
     Ok(Target { provider: config.provider, api_url, token, locator })
 }
 

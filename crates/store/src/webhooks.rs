@@ -151,7 +151,8 @@ const INSERT_DELIVERY: &str = "INSERT INTO webhook_deliveries (id, config_id, pr
      updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 0, $13, $13)";
 /// A redelivery takes over its own row (a refused or failed one).
 const REAPPLY_DELIVERY: &str = "UPDATE webhook_deliveries SET status = $2, event = $3, error_message = $4, \
-     response_status = $5, ticket_id = $6, redeliveries = redeliveries + 1, updated_at = $7 WHERE id = $1";
+     response_status = $5, ticket_id = $6, redeliveries = redeliveries + 1, updated_at = $7 \
+     WHERE id = $1 AND status IN ('rejected', 'failed')";
 const UPDATE_TICKET: &str = "UPDATE tickets SET title = $2, description = $3, severity = $4, external_url = $5, \
      category = $6, metadata = $7, archived_at = $8, updated_at = $9 WHERE id = $1";
 
@@ -411,8 +412,13 @@ impl Store {
                         .await
                 }
             };
-            if let Err(e) = wrote {
-                return Ok::<_, sqlx::Error>(Err(e));
+            let wrote = match wrote {
+                Ok(done) => done.rows_affected(),
+                Err(e) => return Ok::<_, sqlx::Error>(Err(e)),
+            };
+            // A redelivery whose row is no longer refused or failed was taken by another one meanwhile.
+            if redelivery_of.is_some() && wrote == 0 {
+                return Ok(Err(sqlx::Error::RowNotFound));
             }
             let applied = match change {
                 DeliveryChange::Nothing | DeliveryChange::Run { .. } => Ok(()),
@@ -489,6 +495,9 @@ impl Store {
                     return Ok(Applied::Duplicate(self.get_delivery(old).await?));
                 }
                 Ok(Applied::Duplicate(self.record_delivery(&dup).await?))
+            }
+            Err(sqlx::Error::RowNotFound) if redelivery_of.is_some() => {
+                Ok(Applied::Duplicate(self.get_delivery(id).await?))
             }
             Err(e) => Err(StoreError::Database(e)),
         }

@@ -206,6 +206,13 @@ async fn a_github_issue_becomes_a_ticket_and_hears_back(backend: TestBackend) {
     set(&mut by_bot, "comment/user/type", json!("Bot"));
     let answer: Value = hooks::github(SECRET, "issue_comment", &by_bot).send(&client, &url).await.json().await.unwrap();
     assert_eq!(answer["status"], "ignored", "{answer}");
+    // Nor can someone who is not a member or collaborator of the repository start a run.
+    let mut outsider = github_comment(number, "@viberglass execute");
+    set(&mut outsider, "comment/author_association", json!("NONE"));
+    let answer: Value =
+        hooks::github(SECRET, "issue_comment", &outsider).send(&client, &url).await.json().await.unwrap();
+    assert_eq!(answer["status"], "ignored", "{answer}");
+    assert!(answer["message"].as_str().unwrap().contains("not a member or collaborator"), "{answer}");
 }
 
 /// GitLab: an Issue Hook files the ticket, a Note Hook naming the bot starts execution, and the merge request
@@ -410,6 +417,17 @@ async fn refused_deliveries_say_why_and_redeliver_once(backend: TestBackend) {
     let read: Value =
         app.get(&format!("/api/v1/projects/shop/webhook-deliveries/{bad}/payload")).await.json().await.unwrap();
     assert!(read["body"].as_str().unwrap().contains("Checkout button is grey"));
+
+    // Which secret feedback sends, and where, is an administrator's choice.
+    let (maintainer, user) = app.user_client("maintainer@shop.example", false).await;
+    app.grant("shop", &user, "maintainer").await;
+    let steal = maintainer
+        .patch(app.url(&format!("/api/v1/projects/shop/webhooks/{id}")))
+        .json(&json!({"feedback_secret": "ANY_SECRET", "feedback_api_url": "https://attacker.example"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(steal.status(), 403);
 
     // An unparseable payload names the field.
     let bad_body = hooks::custom(Some(SECRET), &json!({"title": 12})).send(&client, &url).await;

@@ -56,6 +56,7 @@ pub async fn create_config(
     project: &Project,
     input: WebhookConfigInput,
 ) -> ServiceResult<CreatedConfig> {
+    admin_for_feedback(caller, &input)?;
     let new = NewWebhookConfig::parse(project.id, input, viberglass_store::now())?;
     let (secret, shown) = match new.secret {
         Some(given) => (given, None),
@@ -79,6 +80,20 @@ pub async fn create_config(
     Ok(CreatedConfig { config: stored.config, secret: shown })
 }
 
+/// Which secret feedback sends and where are an administrator's choice: a project maintainer could otherwise
+/// send any secret in the vault to an address of theirs.
+fn admin_for_feedback(caller: &Caller, input: &WebhookConfigInput) -> ServiceResult<()> {
+    let sets = |v: &Option<Option<String>>| matches!(v, Some(Some(s)) if !s.trim().is_empty());
+    if (sets(&input.feedback_secret) || sets(&input.feedback_api_url)) && !caller.is_admin() {
+        return Err(ServiceError::forbidden(
+            "admin_only",
+            "only an administrator may choose the feedback secret and API URL (they decide which secret is sent \
+             where): ask one to set them",
+        ));
+    }
+    Ok(())
+}
+
 /// The configuration `id` of `project` (a configuration of another project is not found).
 pub async fn find_config(state: &AppState, project: &Project, id: &str) -> ServiceResult<StoredWebhookConfig> {
     let parsed: WebhookConfigId =
@@ -100,6 +115,7 @@ pub async fn update_config(
     input: WebhookConfigInput,
 ) -> ServiceResult<WebhookConfig> {
     let stored = find_config(state, project, id).await?;
+    admin_for_feedback(caller, &input)?;
     let patch = WebhookConfigPatch::parse(input, stored.config.provider)?;
     let sealed = patch.secret.as_deref().map(|s| seal(state, stored.config.id, s));
     let config = state.store.update_webhook_config(stored.config.id, |c| patch.apply(c), sealed.as_ref()).await?;
@@ -209,7 +225,7 @@ pub async fn receive(state: &AppState, provider: &str, config: &str, headers: &H
         let message = "this webhook configuration is turned off: turn it on on the project's Webhooks page, then \
                        redeliver"
             .to_owned();
-        return record(state, &refuse(403, message, Some(config), true)).await;
+        return record(state, &refuse(403, message, Some(config), false)).await;
     }
     if body.len() > MAX_PAYLOAD_BYTES {
         let message = format!(
@@ -486,33 +502,40 @@ async fn update(
     change: &Change,
     mut ticket: Ticket,
 ) -> Result<Plan, String> {
-    let patch = TicketPatch {
+    let merged = {
+        let mut merged = ticket.metadata.as_object().cloned().unwrap_or_default();
+        if let Value::Object(new) = metadata_of(issue) {
+            merged.extend(new);
+        }
+        Value::Object(merged)
+    };
+    let input = TicketInput {
         title: issue.title.clone(),
         description: issue.description.clone(),
-        severity: severity_of(config, issue).and_then(|s| s.parse::<Severity>().ok()),
+        severity: severity_of(config, issue).filter(|s| s.parse::<Severity>().is_ok()),
         external_url: issue.url.clone().map(Some),
-        category: issue.category.as_deref().and_then(|c| c.parse::<TicketCategory>().ok()).map(Some),
-        metadata: Some({
-            let mut merged = ticket.metadata.as_object().cloned().unwrap_or_default();
-            if let Value::Object(new) = metadata_of(issue) {
-                merged.extend(new);
-            }
-            Value::Object(merged)
-        }),
+        category: issue.category.clone().filter(|c| c.parse::<TicketCategory>().is_ok()).map(Some),
+        metadata: Some(Some(merged)),
+        ..TicketInput::default()
     };
-    if let Some(title) = &patch.title
-        && (title.trim().is_empty() || title.chars().count() > 500)
-    {
-        return Err("issue title: must be 1 to 500 characters".into());
-    }
-    if let Some(Some(v)) = patch.metadata.as_ref().map(viberglass_domain::ticket::parse_metadata).map(Result::err) {
-        return Err(format!("metadata: {v}"));
-    }
+    let patch = TicketPatch::parse(input).map_err(|e| {
+        format!(
+            "the change it describes is invalid: {}",
+            e.fields.iter().map(|f| format!("{}: {}", f.field, f.message)).collect::<Vec<_>>().join("; ")
+        )
+    })?;
+    // A label the ticket already had when it was filed (GitHub sends `labeled` after `opened` for those)
+    // starts nothing.
+    let had_label = |label: &str| {
+        ticket.metadata["labels"].as_str().is_some_and(|l| l.split(", ").any(|x| x.eq_ignore_ascii_case(label)))
+    };
+    let new_label = matches!(change, Change::Labeled(l) if !had_label(l));
     patch.apply(&mut ticket);
     // A trigger label added to a ticket that never ran starts its run.
     let mut run = None;
     let mut note = None;
     if let (Change::Labeled(label), Some(phase)) = (change, config.on_new_ticket.phase())
+        && new_label
         && !config.trigger_labels.is_empty()
         && config.labels_trigger(std::slice::from_ref(label))
     {
@@ -535,6 +558,13 @@ async fn update(
 fn comment_run(config: &WebhookConfig, comment: &CommentEvent, ticket: Option<Ticket>) -> Result<Plan, String> {
     if comment.by_bot {
         return Ok(Plan::Ignore("a comment by a bot or an app: never a trigger".into()));
+    }
+    if !comment.trusted {
+        return Ok(Plan::Ignore(format!(
+            "@{} was mentioned by someone who is not a member or collaborator of the repository: only they can \
+             start runs",
+            config.bot_name
+        )));
     }
     let Some(word) = inbound::mention(&comment.body, &config.bot_name) else {
         return Ok(Plan::Ignore(format!("the comment does not mention @{}", config.bot_name)));

@@ -34,10 +34,11 @@ CREATE TABLE webhook_deliveries (
     updated_at          TIMESTAMPTZ NOT NULL
 );
 -- A delivery id is taken once per configuration by a delivery that was
--- applied (or rightly ignored); refused and failed ones leave it free for the
+-- applied (or rightly ignored, or applied and then failed to start its run);
+-- refused ones, and failed ones that applied nothing, leave it free for the
 -- sender's retry.
 CREATE UNIQUE INDEX webhook_deliveries_delivery_key_key ON webhook_deliveries (config_id, delivery_key)
-    WHERE status IN ('processed', 'ignored');
+    WHERE status IN ('processed', 'ignored') OR (status = 'failed' AND ticket_id IS NOT NULL);
 CREATE INDEX webhook_deliveries_config ON webhook_deliveries (config_id, id);
 CREATE INDEX webhook_deliveries_project ON webhook_deliveries (project_id, id);
 
