@@ -37,6 +37,9 @@ struct Args {
     /// Concurrent clients.
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
+    /// Signed webhook deliveries to send, at each of 16 and 32 connections.
+    #[arg(long, default_value_t = 4000)]
+    webhooks: usize,
     /// Jobs for the queue benchmark (claim + complete, no worker).
     #[arg(long, default_value_t = 2000)]
     queue_jobs: usize,
@@ -310,8 +313,44 @@ async fn bench_backend(args: &Args, backend: &str, database_url: Option<&str>) -
         }
     })
     .await?;
+    // Signed custom webhook → ticket (one transaction per delivery), at 16 and 32 connections.
+    let secret = "bench-webhook-secret-0123";
+    let config: serde_json::Value = client
+        .post(format!("{base}/api/v1/projects/bench/webhooks"))
+        .json(&serde_json::json!({"provider": "custom", "secret": secret}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let hook = Arc::new(format!("{base}{}", config["path"].as_str().unwrap_or_default()));
+    let mut webhooks = Vec::new();
+    for (round, connections) in [16usize, 32].into_iter().enumerate() {
+        let sender = reqwest::Client::builder().pool_max_idle_per_host(connections).build()?;
+        let stats = drive(args.webhooks, connections, |i| {
+            let (sender, hook) = (sender.clone(), hook.clone());
+            async move {
+                let body = serde_json::json!({"title": format!("Webhook ticket {round}-{i}"),
+                    "description": "Filed by a signed delivery.", "external_id": format!("B-{round}-{i}")});
+                let delivery = viberglass_testkit::webhooks::custom(Some(secret), &body);
+                let mut request = sender.post(hook.as_str()).body(delivery.body);
+                for (k, v) in delivery.headers {
+                    request = request.header(k, v);
+                }
+                let response = request.send().await?;
+                if response.status() != 200 {
+                    bail!("webhook returned {}: {}", response.status(), response.text().await.unwrap_or_default());
+                }
+                Ok(())
+            }
+        })
+        .await?;
+        webhooks.push((connections, stats));
+    }
     let loaded = rss_kib(server.child.id())?;
 
+    for (connections, stats) in &webhooks {
+        stats.print(backend, "webhook→ticket", *connections);
+    }
     create.print(backend, "ticket create", args.concurrency);
     list.print(backend, "ticket list", args.concurrency);
     page.print(backend, "UI pages", args.concurrency);

@@ -30,6 +30,9 @@ macro_rules! feedback_sql {
     };
 }
 
+/// How many refused or failed deliveries per configuration keep their body.
+pub const KEPT_REFUSED_PAYLOADS: i64 = 100;
+
 /// A configuration with its sealed secret.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredWebhookConfig {
@@ -110,6 +113,8 @@ pub struct NewDelivery {
     /// The headers kept (JSON object).
     pub headers: serde_json::Value,
     pub payload: Option<Vec<u8>>,
+    /// The body's SHA-256 (hex): a body is applied once per configuration, whatever its delivery id.
+    pub body_sha256: String,
     pub received_at: OffsetDateTime,
 }
 
@@ -148,7 +153,7 @@ pub enum Applied {
 
 const INSERT_DELIVERY: &str = "INSERT INTO webhook_deliveries (id, config_id, project_id, provider, delivery_key, \
      event, status, error_message, response_status, ticket_id, headers, payload, redeliveries, received_at, \
-     updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 0, $13, $13)";
+     updated_at, body_sha256) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 0, $13, $13, $14)";
 /// A redelivery takes over its own row (a refused or failed one).
 const REAPPLY_DELIVERY: &str = "UPDATE webhook_deliveries SET status = $2, event = $3, error_message = $4, \
      response_status = $5, ticket_id = $6, redeliveries = redeliveries + 1, updated_at = $7 \
@@ -310,11 +315,29 @@ impl Store {
                 .bind(new.headers.to_string())
                 .bind(new.payload.clone())
                 .bind(DbTime(new.received_at))
+                .bind(new.body_sha256.clone())
                 .execute(pool)
                 .await
                 .map(|_| ())
         })
         .map_err(|e| StoreError::from_write(ENTITY, "webhook_deliveries", e))?;
+        // Refused deliveries keep their body for redelivery, but only the newest few per configuration: a sender
+        // without the secret cannot fill the disk.
+        if let (Some(config), Some(_)) = (new.config_id, &new.payload) {
+            on_pool!(self, |pool| {
+                sqlx::query(
+                    "UPDATE webhook_deliveries SET payload = NULL WHERE config_id = $1 AND status IN ('rejected', \
+                     'failed') AND payload IS NOT NULL AND id NOT IN (SELECT id FROM webhook_deliveries WHERE \
+                     config_id = $1 AND status IN ('rejected', 'failed') AND payload IS NOT NULL ORDER BY id DESC \
+                     LIMIT $2)",
+                )
+                .bind(config.as_uuid())
+                .bind(KEPT_REFUSED_PAYLOADS)
+                .execute(pool)
+                .await
+                .map(|_| ())
+            })?;
+        }
         self.get_delivery(new.id).await
     }
 
@@ -396,6 +419,7 @@ impl Store {
                         .bind(new.headers.to_string())
                         .bind(new.payload.clone())
                         .bind(DbTime(new.received_at))
+                        .bind(new.body_sha256.clone())
                         .execute(&mut *tx)
                         .await
                 }

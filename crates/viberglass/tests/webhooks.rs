@@ -446,6 +446,10 @@ async fn repeated_deliveries_file_one_ticket(backend: TestBackend) {
     let first: Value = once.send(&client, &url).await.json().await.unwrap();
     let second: Value = once.send(&client, &url).await.json().await.unwrap();
     assert_eq!((first["status"].as_str(), second["status"].as_str()), (Some("processed"), Some("duplicate")));
+    // A replay of the signed body under a fresh delivery id is a duplicate too.
+    let replay = once.clone().with_header("x-github-delivery", "00000000-0000-4000-8000-00000000beef");
+    let replayed: Value = replay.send(&client, &url).await.json().await.unwrap();
+    assert_eq!(replayed["status"], "duplicate", "{replayed}");
 
     let burst = hooks::github(SECRET, "issues", &github_issue(2, "Prices are wrong", &[]));
     let sends = (0..50).map(|_| {
@@ -466,7 +470,7 @@ async fn repeated_deliveries_file_one_ticket(backend: TestBackend) {
     let filed = tickets(&app).await;
     assert_eq!(filed.len(), 2, "{filed:?}");
     let log = deliveries(&app).await;
-    assert_eq!(log.iter().filter(|d| d["status"] == "duplicate").count(), 50);
+    assert_eq!(log.iter().filter(|d| d["status"] == "duplicate").count(), 51);
 }
 
 backend_tests!(

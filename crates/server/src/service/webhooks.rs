@@ -203,6 +203,7 @@ pub async fn receive(state: &AppState, provider: &str, config: &str, headers: &H
         ticket_id: None,
         headers: headers_json(headers),
         payload: keep.then(|| body.to_vec()),
+        body_sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(body)),
         received_at,
     };
     let found = match (provider.parse::<WebhookProvider>(), config.parse::<WebhookConfigId>()) {
@@ -626,6 +627,7 @@ pub async fn redeliver(state: &AppState, caller: &Caller, project: &Project, id:
         ticket_id: None,
         headers: Value::Null,
         payload: None,
+        body_sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&body)),
         received_at: delivery.received_at,
     };
     let answer = process(state, &stored, &headers, &body, new, Some(parsed)).await;

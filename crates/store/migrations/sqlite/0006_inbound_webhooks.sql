@@ -22,6 +22,7 @@ CREATE TABLE webhook_deliveries (
     project_id          BLOB REFERENCES projects (id) ON DELETE RESTRICT,
     provider            TEXT NOT NULL,
     delivery_key        TEXT NOT NULL,
+    body_sha256         TEXT NOT NULL,
     event               TEXT NOT NULL DEFAULT '',
     status              TEXT NOT NULL CHECK (status IN ('processed', 'ignored', 'duplicate', 'rejected', 'failed')),
     error_message       TEXT,
@@ -38,6 +39,10 @@ CREATE TABLE webhook_deliveries (
 -- refused ones, and failed ones that applied nothing, leave it free for the
 -- sender's retry.
 CREATE UNIQUE INDEX webhook_deliveries_delivery_key_key ON webhook_deliveries (config_id, delivery_key)
+    WHERE status IN ('processed', 'ignored') OR (status = 'failed' AND ticket_id IS NOT NULL);
+-- The same signed body is applied once too, whatever delivery id comes with it
+-- (a replay with a fresh id is a duplicate).
+CREATE UNIQUE INDEX webhook_deliveries_body_sha256_key ON webhook_deliveries (config_id, body_sha256)
     WHERE status IN ('processed', 'ignored') OR (status = 'failed' AND ticket_id IS NOT NULL);
 CREATE INDEX webhook_deliveries_config ON webhook_deliveries (config_id, id);
 CREATE INDEX webhook_deliveries_project ON webhook_deliveries (project_id, id);

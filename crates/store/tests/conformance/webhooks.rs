@@ -42,6 +42,7 @@ fn delivery(config: &viberglass_domain::WebhookConfig, key: &str) -> NewDelivery
         ticket_id: None,
         headers: json!({"x-github-event": "issues", "x-gitlab-token": "the-secret"}),
         payload: Some(b"{\"title\": \"x\"}".to_vec()),
+        body_sha256: format!("body-of-{key}"),
         received_at: viberglass_store::now(),
     }
 }
