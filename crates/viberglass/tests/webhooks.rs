@@ -518,4 +518,6 @@ async fn feedback_is_retried_and_never_fails_the_job() {
     let retried: i64 = rows.iter().map(|r| r["attempts"].as_i64().unwrap()).sum();
     assert_eq!(retried, 4, "two refusals and two deliveries: {rows:?}");
     assert!(rows.iter().any(|r| r["attempt_log"][0]["error"].as_str().is_some_and(|e| e.contains("502"))), "{rows:?}");
+    let page = app.get(&format!("/tickets/{ticket}")).await.text().await.unwrap();
+    assert!(page.contains("Told to the source (2)"), "the ticket page shows the feedback");
 }

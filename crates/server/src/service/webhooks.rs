@@ -388,19 +388,43 @@ async fn plan(state: &AppState, config: &WebhookConfig, read: &Inbound) -> Resul
         )));
     }
     let source = config.provider.ticket_source();
+    let unavailable = |e: StoreError| {
+        tracing::error!(error = %crate::error::error_chain(&e), "webhook: store error");
+        "the server's database is unavailable: the sender should retry".to_owned()
+    };
+    // The ticket this source issue filed through this configuration. One filed by hand or through another
+    // configuration is not this sender's to change or run.
     let existing = |external_id: String| async move {
         if external_id.is_empty() {
-            return Ok(None);
+            return Ok::<Result<Ticket, Option<String>>, String>(Err(None));
         }
-        state.store.find_sourced_ticket(config.project_id, source, &external_id).await.map_err(|e| {
-            tracing::error!(error = %crate::error::error_chain(&e), "webhook: store error");
-            "the server's database is unavailable: the sender should retry".to_owned()
-        })
+        let Some(ticket) =
+            state.store.find_sourced_ticket(config.project_id, source, &external_id).await.map_err(unavailable)?
+        else {
+            return Ok(Err(None));
+        };
+        match state.store.ticket_source(ticket.id).await.map_err(unavailable)? {
+            Some((owner, _)) if owner == config.id => Ok(Ok(ticket)),
+            _ => Ok(Err(Some(format!(
+                "the ticket for {external_id} was filed by hand or through another webhook configuration: this one \
+                 does not change it"
+            )))),
+        }
+    };
+    let found = |result: Result<Ticket, Option<String>>| -> Result<Option<Ticket>, String> {
+        match result {
+            Ok(ticket) => Ok(Some(ticket)),
+            Err(None) => Ok(None),
+            Err(Some(why)) => Err(why),
+        }
     };
     match &read.action {
         Action::Ignore(why) => Ok(Plan::Ignore(why.clone())),
         Action::Issue(issue) => {
-            let found = existing(issue.source.external_id.clone()).await?;
+            let found = match found(existing(issue.source.external_id.clone()).await?) {
+                Ok(found) => found,
+                Err(why) => return Ok(Plan::Ignore(why)),
+            };
             match (&issue.change, found) {
                 (Change::Closed, None) => Ok(Plan::Ignore("closed, but no ticket was filed for this issue".into())),
                 (Change::Closed, Some(ticket)) if ticket.archived_at.is_some() => {
@@ -419,7 +443,10 @@ async fn plan(state: &AppState, config: &WebhookConfig, read: &Inbound) -> Resul
                 (change, Some(ticket)) => update(state, config, issue, change, ticket).await,
             }
         }
-        Action::Comment(comment) => comment_run(config, comment, existing(comment.source.external_id.clone()).await?),
+        Action::Comment(comment) => match found(existing(comment.source.external_id.clone()).await?) {
+            Ok(ticket) => comment_run(config, comment, ticket),
+            Err(why) => Ok(Plan::Ignore(why)),
+        },
     }
 }
 
@@ -442,6 +469,11 @@ fn metadata_of(issue: &IssueEvent) -> Value {
         map.insert("labels".into(), Value::String(labels.join(", ").chars().take(1000).collect()));
     }
     Value::Object(map)
+}
+
+fn unavailable_text(e: StoreError) -> String {
+    tracing::error!(error = %crate::error::error_chain(&e), "webhook: store error");
+    "the server's database is unavailable: the sender should retry".to_owned()
 }
 
 fn requested_run(config: &WebhookConfig, phase: Phase, reason: String) -> Result<RequestedRun, String> {
@@ -519,6 +551,29 @@ async fn update(
         metadata: Some(Some(merged)),
         ..TicketInput::default()
     };
+    // Once research or the plan is approved, the source's new title and description wait for a person: an
+    // execution must not run on text nobody reviewed.
+    let mut approved = None;
+    for phase in [Phase::Research, Phase::Planning] {
+        let document = state.store.get_document(ticket.id, phase).await.map_err(unavailable_text)?;
+        if document.is_some_and(|d| d.approval_state == viberglass_domain::workflow::ApprovalState::Approved) {
+            approved = Some(phase);
+        }
+    }
+    let mut input = input;
+    let mut held = None;
+    if let Some(phase) = approved
+        && (input.title.as_deref().is_some_and(|t| t.trim() != ticket.title)
+            || input.description.as_deref().is_some_and(|d| d.trim() != ticket.description))
+    {
+        input.title = None;
+        input.description = None;
+        held = Some(format!(
+            "the ticket's {} is approved, so the source's new title and description were not applied: edit the \
+             ticket to take them",
+            if phase == Phase::Research { "research" } else { "plan" }
+        ));
+    }
     let patch = TicketPatch::parse(input).map_err(|e| {
         format!(
             "the change it describes is invalid: {}",
@@ -553,7 +608,7 @@ async fn update(
             }
         }
     }
-    Ok(Plan::Apply(DeliveryChange::Update { ticket: Box::new(ticket), archive: false, run }, note))
+    Ok(Plan::Apply(DeliveryChange::Update { ticket: Box::new(ticket), archive: false, run }, note.or(held)))
 }
 
 fn comment_run(config: &WebhookConfig, comment: &CommentEvent, ticket: Option<Ticket>) -> Result<Plan, String> {

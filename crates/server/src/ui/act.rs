@@ -248,8 +248,11 @@ pub async fn act(
     if control("_result").is_some() {
         return super::view::render(&super::view::TestResult::from_answer(&json, htmx));
     }
-    if let Some(field) = control("_show") {
-        let shown = json.get(&field).and_then(Value::as_str).unwrap_or_default().to_owned();
+    // `_show` shows a field of the answer once (a new token, a generated secret); an answer without it (a
+    // secret the person chose) goes on as usual.
+    if let Some(field) = control("_show")
+        && let Some(shown) = json.get(&field).and_then(Value::as_str).map(str::to_owned)
+    {
         let back = safe_next(control("_next").as_deref(), &json).unwrap_or_else(|| "/".into());
         let mut response = super::view::render(&super::view::ShowOnce { value: shown, back });
         response.headers_mut().extend(cookies.into_iter().map(|c| (header::SET_COOKIE, c)));

@@ -412,6 +412,7 @@ pub async fn ticket(
         last_failure,
         next_phase,
         overridden_by,
+        feedback: state.store.list_feedback(id).await?,
     }))
 }
 

@@ -338,6 +338,8 @@ pub struct TicketPage {
     pub clankers: Vec<Clanker>,
     pub next_phase: Option<&'static str>,
     pub overridden_by: String,
+    /// What was told to the ticket's source (comments, labels) and how it went.
+    pub feedback: Vec<viberglass_store::Feedback>,
 }
 
 #[derive(Template)]

@@ -11,6 +11,7 @@
 
 import { createRequire } from "node:module";
 import { mkdirSync } from "node:fs";
+import { createHmac } from "node:crypto";
 
 const env = (name) => {
   const value = process.env[name];
@@ -205,6 +206,33 @@ try {
   await shot("dashboard");
   await page.goto(base + "/audit");
   await shot("audit");
+
+  step("a ticket source, its deliveries and a redelivery");
+  await page.goto(base + "/projects/shop/webhooks");
+  if (!(await page.textContent("main")).includes("No ticket source yet")) fail("no empty state for ticket sources");
+  await page.selectOption("#webhook [name=provider]", "custom");
+  await Promise.all([page.waitForNavigation(), page.click("#webhook button[type=submit]")]);
+  const secret = (await page.textContent("#shown-once")).trim();
+  if (secret.length < 16) fail(`the generated secret is not shown once: '${secret}'`);
+  await Promise.all([page.waitForNavigation(), page.click("text=Done")]);
+  const hookPath = (await page.textContent("table td.mono")).trim().replace(base, "");
+  const send = async (key, title) => {
+    const body = JSON.stringify({ title, external_id: title });
+    const sig = createHmac("sha256", key).update(body).digest("hex");
+    return fetch(base + hookPath, { method: "POST", body,
+      headers: { "content-type": "application/json", "x-webhook-signature-256": `sha256=${sig}` } });
+  };
+  if ((await send(secret, "Filed from the support desk")).status !== 200) fail("a signed delivery was not accepted");
+  if ((await send("not-the-secret-at-all", "Signed with the wrong secret")).status !== 401) fail("a bad signature was accepted");
+  await page.reload();
+  const log = await page.textContent("#deliveries");
+  if (!log.includes("processed") || !log.includes("rejected") || !log.includes("the shared secret differs")) {
+    fail(`the deliveries do not say what happened: ${log}`);
+  }
+  await shot("webhooks");
+  await page.click("#deliveries a.mono");
+  await page.waitForURL(/\/tickets\/[0-9a-f-]{36}$/);
+  if (!(await page.textContent("h1")).includes("Filed from the support desk")) fail("the delivery's ticket is not linked");
 
   step("in the dark");
   await page.emulateMedia({ colorScheme: "dark" });
