@@ -186,6 +186,11 @@ impl WebhookConfig {
         best
     }
 
+    /// The label → severity map as JSON (for forms).
+    pub fn severity_json(&self) -> String {
+        serde_json::to_string(&self.severity_labels).unwrap_or_default()
+    }
+
     /// Whether labels let a new ticket's run start.
     pub fn labels_trigger(&self, labels: &[String]) -> bool {
         self.trigger_labels.is_empty()

@@ -229,6 +229,11 @@ try {
   if (!log.includes("processed") || !log.includes("rejected") || !log.includes("the shared secret differs")) {
     fail(`the deliveries do not say what happened: ${log}`);
   }
+  await page.click("details[id^=edit-] summary");
+  await page.fill("details[id^=edit-] [name=bot_name]", "shopbot");
+  await page.fill("details[id^=edit-] [name='severity_labels:json']", '{"prod-down": "critical"}');
+  await Promise.all([page.waitForNavigation(), page.click("details[id^=edit-] button[type=submit]")]);
+  if (!(await page.inputValue("details[id^=edit-] [name=bot_name]")).includes("shopbot")) fail("the change was not saved");
   await shot("webhooks");
   await page.click("#deliveries a.mono");
   await page.waitForURL(/\/tickets\/[0-9a-f-]{36}$/);
