@@ -215,6 +215,12 @@ pub async fn receive(state: &AppState, provider: &str, config: &str, headers: &H
         _ => None,
     };
     let Some(stored) = found else {
+        if !unknown_address_recordable() {
+            return Answer {
+                status: 404,
+                body: json!({"status": "rejected", "message": "no webhook configuration has this address"}),
+            };
+        }
         let message = format!(
             "no {provider_name} webhook configuration has this address: copy the URL from the project's Webhooks page \
              (it names the provider and the configuration's id)"
@@ -243,6 +249,26 @@ pub async fn receive(state: &AppState, provider: &str, config: &str, headers: &H
         ..refuse(200, String::new(), Some(config), true)
     };
     process(state, &stored, headers, body, delivery, None).await
+}
+
+/// Deliveries to unknown addresses are recorded (so a mistyped URL shows up), but at most this many a minute:
+/// anyone can send them.
+const UNKNOWN_PER_MINUTE: u32 = 60;
+
+fn unknown_address_recordable() -> bool {
+    static WINDOW: std::sync::Mutex<Option<(std::time::Instant, u32)>> = std::sync::Mutex::new(None);
+    let Ok(mut window) = WINDOW.lock() else { return false };
+    let now = std::time::Instant::now();
+    match &mut *window {
+        Some((start, count)) if now.duration_since(*start) < std::time::Duration::from_secs(60) => {
+            *count += 1;
+            *count <= UNKNOWN_PER_MINUTE
+        }
+        other => {
+            *other = Some((now, 1));
+            true
+        }
+    }
 }
 
 async fn record(state: &AppState, delivery: &NewDelivery) -> Answer {
