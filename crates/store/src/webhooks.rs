@@ -499,6 +499,22 @@ impl Store {
         }
         .await)?;
         match result {
+            // A new row is known without reading it back; a redelivery's (its count, its first arrival) is read.
+            Ok(()) if redelivery_of.is_none() => Ok(Applied::Done(Delivery {
+                id,
+                config_id: new.config_id,
+                project_id: new.project_id,
+                provider: new.provider.clone(),
+                delivery_key: new.delivery_key.clone(),
+                event: new.event.clone(),
+                status: new.status,
+                error_message: new.error_message.clone(),
+                response_status: new.response_status,
+                ticket_id,
+                redeliveries: 0,
+                received_at: new.received_at,
+                updated_at: new.received_at,
+            })),
             Ok(()) => Ok(Applied::Done(self.get_delivery(id).await?)),
             Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
                 let message = db.message().to_owned();
