@@ -212,3 +212,19 @@ pub async fn add_label(http: &reqwest::Client, target: &Target, label: &str) -> 
     }
     Ok(())
 }
+
+/// A GitLab user's access level in the project (10 guest, 20 reporter, 30 developer, 40 maintainer, 50
+/// owner), including inherited membership; `None` when they are not a member.
+pub async fn gitlab_access_level(
+    http: &reqwest::Client,
+    target: &Target,
+    user_id: u64,
+) -> Result<Option<u64>, FeedbackError> {
+    let project = gitlab_project(target)?;
+    let path = format!("/projects/{project}/members/all/{user_id}");
+    match send(target.provider, "a membership check", request(http, target, reqwest::Method::GET, &path)).await {
+        Ok(member) => Ok(member.get("access_level").and_then(Value::as_u64)),
+        Err(e) if e.status == Some(404) => Ok(None),
+        Err(e) => Err(e),
+    }
+}

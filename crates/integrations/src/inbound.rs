@@ -268,8 +268,11 @@ pub struct CommentEvent {
     /// Written by a bot or an app (never a trigger: our own feedback comes back this way).
     pub by_bot: bool,
     /// Written by someone the source counts as a member (GitHub: owner, member or collaborator); trackers
-    /// (Jira, Shortcut, Linear) and GitLab notes, whose payloads carry no such role, count as members.
+    /// (Jira, Shortcut, Linear) count as members. GitLab notes carry no role: `false`, and the receiver asks
+    /// GitLab about `author_id`.
     pub trusted: bool,
+    /// The author's numeric id (GitLab), for a membership check.
+    pub author_id: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -411,6 +414,7 @@ fn github(headers: &HeaderMap, body: &[u8]) -> Result<Inbound, ParseError> {
                     opt_text(&v, "comment.author_association").as_deref(),
                     Some("OWNER" | "MEMBER" | "COLLABORATOR")
                 ),
+                author_id: None,
             }),
         });
     }
@@ -523,7 +527,10 @@ fn gitlab(headers: &HeaderMap, body: &[u8]) -> Result<Inbound, ParseError> {
                     body: text(&v, "object_attributes.note")?,
                     author: opt_text(&v, "user.username"),
                     by_bot,
-                    trusted: true,
+                    trusted: false,
+                    author_id: at(&v, "user.id")
+                        .and_then(Value::as_u64)
+                        .or_else(|| at(&v, "object_attributes.author_id").and_then(Value::as_u64)),
                 }),
             })
         }
@@ -629,7 +636,10 @@ fn jira(body: &[u8]) -> Result<Inbound, ParseError> {
             }
             let author = opt_text(&v, "comment.author.displayName");
             let by_bot = opt_text(&v, "comment.author.accountType").is_some_and(|t| t == "app");
-            Ok(Inbound { event, action: Action::Comment(CommentEvent { source, body, author, by_bot, trusted: true }) })
+            Ok(Inbound {
+                event,
+                action: Action::Comment(CommentEvent { source, body, author, by_bot, trusted: true, author_id: None }),
+            })
         }
         other => {
             ignore(other, format!("`{other}` events are not handled: send issue created/updated and comment created"))
@@ -699,6 +709,7 @@ fn shortcut(body: &[u8]) -> Result<Inbound, ParseError> {
                 author: opt_text(a, "author_id").or_else(|| opt_text(&v, "member_id")),
                 by_bot: false,
                 trusted: true,
+                author_id: None,
             }),
         });
     }
@@ -820,6 +831,7 @@ fn linear(body: &[u8]) -> Result<Inbound, ParseError> {
                     author: opt_text(&v, "data.user.name"),
                     by_bot,
                     trusted: true,
+                    author_id: None,
                 }),
             })
         }

@@ -185,6 +185,15 @@ async fn target(state: &AppState, f: &Feedback) -> Result<Target, String> {
     let config = state.store.get_webhook_config(f.config_id).await.map_err(|e| store_error(&e))?.config;
     let (_, locator) =
         state.store.ticket_source(f.ticket_id).await.map_err(|e| store_error(&e))?.ok_or("the ticket has no source")?;
+    target_for(state, &config, locator).await
+}
+
+/// Where a configuration's calls to its source go for the issue at `locator`, with which token.
+pub async fn target_for(
+    state: &AppState,
+    config: &viberglass_domain::WebhookConfig,
+    locator: serde_json::Value,
+) -> Result<Target, String> {
     let project = state.store.get_project(config.project_id).await.map_err(|e| store_error(&e))?;
     let integration = match &project.scm_integration {
         Some(name) if matches!(config.provider, WebhookProvider::Github | WebhookProvider::Gitlab) => {

@@ -93,6 +93,8 @@ struct Forge {
     issues: Vec<FakeIssue>,
     /// Answers to give the next issue calls (status codes), e.g. 502 for a flaky forge.
     issue_failures: Vec<u16>,
+    /// GitLab members: (repository, user id) → access level.
+    members: BTreeMap<(String, u64), u64>,
     rate_limited: bool,
     requests: Vec<Recorded>,
     next_id: u64,
@@ -230,6 +232,11 @@ impl FakeForge {
             .iter()
             .find(|i| i.repository == repository && i.number == number)
             .cloned()
+    }
+
+    /// Makes user `user_id` a GitLab member of `repository` with `access_level` (30: Developer).
+    pub fn add_member(&self, repository: &str, user_id: u64, access_level: u64) {
+        self.shared.forge.lock().unwrap().members.insert((repository.to_owned(), user_id), access_level);
     }
 
     /// The next issue comment or label calls answer these statuses, in order (then work again).
@@ -814,6 +821,18 @@ fn gitlab(shared: &Shared, method: &Method, rest: &str, uri: &Uri, headers: &Hea
             let pull = pull.clone();
             drop(forge);
             reply(StatusCode::OK, gitlab_request(shared, &pull, repo_id_of(&pull.head_repository)))
+        }
+        (Method::GET, ["members", "all", user]) => {
+            let level = user
+                .parse::<u64>()
+                .ok()
+                .and_then(|u| shared.forge.lock().unwrap().members.get(&(repository.clone(), u)).copied());
+            match level {
+                Some(level) => {
+                    reply(StatusCode::OK, json!({"id": user.parse::<u64>().unwrap_or(0), "access_level": level}))
+                }
+                None => reply(StatusCode::NOT_FOUND, json!({"message": "404 Not found"})),
+            }
         }
         (Method::POST, ["issues", iid, "notes"]) | (Method::PUT, ["issues", iid]) => {
             if !token.permissions.contains(&Permission::IssuesWrite) {

@@ -242,6 +242,13 @@ async fn a_gitlab_issue_hears_back_with_a_label(backend: TestBackend) {
     set(&mut note, "project/id", Value::Null);
     set(&mut note, "issue/iid", json!(iid));
     set(&mut note, "object_attributes/note", json!("@viberglass execute"));
+    // Note hooks carry no role: GitLab is asked whether the author is a Developer of the project.
+    set(&mut note, "user/id", json!(99));
+    let answer: Value = hooks::gitlab(SECRET, "Note Hook", &note).send(&client, &url).await.json().await.unwrap();
+    assert_eq!(answer["status"], "ignored", "{answer}");
+    assert!(answer["message"].as_str().unwrap().contains("Developer"), "{answer}");
+    forge.add_member("acme/shop", 7, 30);
+    set(&mut note, "user/id", json!(7));
     let answer: Value = hooks::gitlab(SECRET, "Note Hook", &note).send(&client, &url).await.json().await.unwrap();
     assert_eq!(answer["status"], "processed", "{answer}");
     let job = newest_job(&app, &id, 1).await;

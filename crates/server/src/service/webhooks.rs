@@ -470,7 +470,16 @@ async fn plan(state: &AppState, config: &WebhookConfig, read: &Inbound) -> Resul
             }
         }
         Action::Comment(comment) => match found(existing(comment.source.external_id.clone()).await?) {
-            Ok(ticket) => comment_run(config, comment, ticket),
+            Ok(ticket) => {
+                let mut comment = comment.clone();
+                if !comment.trusted
+                    && config.provider == WebhookProvider::Gitlab
+                    && inbound::mention(&comment.body, &config.bot_name).is_some()
+                {
+                    comment.trusted = gitlab_member(state, config, &comment).await?;
+                }
+                comment_run(config, &comment, ticket)
+            }
             Err(why) => Ok(Plan::Ignore(why)),
         },
     }
@@ -637,14 +646,30 @@ async fn update(
     Ok(Plan::Apply(DeliveryChange::Update { ticket: Box::new(ticket), archive: false, run }, note.or(held)))
 }
 
+/// Whether a GitLab note's author is a Developer (or more) of the issue's project, asked of GitLab with the
+/// project's SCM credential (note hooks carry no role).
+async fn gitlab_member(state: &AppState, config: &WebhookConfig, comment: &CommentEvent) -> Result<bool, String> {
+    let Some(user) = comment.author_id else { return Ok(false) };
+    let target = crate::sources::target_for(state, config, comment.source.locator.clone())
+        .await
+        .map_err(|why| format!("the comment's author could not be checked: {why}"))?;
+    let http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(5)).build().unwrap_or_default();
+    match viberglass_integrations::feedback::gitlab_access_level(&http, &target, user).await {
+        Ok(level) => Ok(level.is_some_and(|l| l >= 30)),
+        Err(e) => {
+            Err(format!("the comment's author could not be checked with GitLab: {e}; redeliver once GitLab answers"))
+        }
+    }
+}
+
 fn comment_run(config: &WebhookConfig, comment: &CommentEvent, ticket: Option<Ticket>) -> Result<Plan, String> {
     if comment.by_bot {
         return Ok(Plan::Ignore("a comment by a bot or an app: never a trigger".into()));
     }
     if !comment.trusted {
         return Ok(Plan::Ignore(format!(
-            "@{} was mentioned by someone who is not a member or collaborator of the repository: only they can \
-             start runs",
+            "@{} was mentioned by someone who is not a member or collaborator of the repository (GitLab: Developer \
+             or above): only they can start runs",
             config.bot_name
         )));
     }
