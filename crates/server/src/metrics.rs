@@ -77,6 +77,28 @@ pub async fn metrics(State(state): State<AppState>) -> ApiResult<impl IntoRespon
         }
         _ => out.push_str("# HELP viberglass_database_up Whether the database answered.\n# TYPE viberglass_database_up gauge\nviberglass_database_up 0\n"),
     }
+    if let Ok(Ok((deliveries, feedback))) =
+        tokio::time::timeout(std::time::Duration::from_secs(1), state.store.webhook_counts()).await
+    {
+        out.push_str(
+            "# HELP viberglass_webhook_deliveries Inbound webhook deliveries by provider and outcome, from the database.\n\
+             # TYPE viberglass_webhook_deliveries gauge\n",
+        );
+        for (provider, status, count) in deliveries {
+            let _ = writeln!(
+                out,
+                "viberglass_webhook_deliveries{{provider=\"{}\",status=\"{status}\"}} {count}",
+                escape(&provider)
+            );
+        }
+        out.push_str(
+            "# HELP viberglass_source_feedback Comments owed to ticket sources by status (pending, delivered, failed).\n\
+             # TYPE viberglass_source_feedback gauge\n",
+        );
+        for (status, count) in feedback {
+            let _ = writeln!(out, "viberglass_source_feedback{{status=\"{status}\"}} {count}");
+        }
+    }
     state.metrics.render(&mut out);
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out))
 }

@@ -655,6 +655,30 @@ impl Store {
         Ok(Page::from_rows(rows, page.limit, |d| d.id.as_uuid()))
     }
 
+    /// Deliveries by provider and status, and feedback by status (for `/metrics`).
+    pub async fn webhook_counts(&self) -> Result<(Vec<(String, String, i64)>, Vec<(String, i64)>), StoreError> {
+        let deliveries = on_pool!(self, |pool| {
+            sqlx::query(
+                "SELECT provider, status, COUNT(*) AS n FROM webhook_deliveries GROUP BY provider, status \
+                 ORDER BY provider, status",
+            )
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|r| Ok::<_, sqlx::Error>((r.text("provider")?, r.text("status")?, r.int("n")?)))
+            .collect::<Result<Vec<_>, _>>()
+        })?;
+        let feedback = on_pool!(self, |pool| {
+            sqlx::query("SELECT status, COUNT(*) AS n FROM source_feedback GROUP BY status ORDER BY status")
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|r| Ok::<_, sqlx::Error>((r.text("status")?, r.int("n")?)))
+                .collect::<Result<Vec<_>, _>>()
+        })?;
+        Ok((deliveries, feedback))
+    }
+
     /// Removes the bodies of deliveries received before `before` (their rows stay). Returns how many.
     pub async fn prune_delivery_payloads(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
         let done = on_pool!(self, |pool| {

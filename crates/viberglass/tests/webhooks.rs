@@ -478,6 +478,11 @@ async fn repeated_deliveries_file_one_ticket(backend: TestBackend) {
     assert_eq!(filed.len(), 2, "{filed:?}");
     let log = deliveries(&app).await;
     assert_eq!(log.iter().filter(|d| d["status"] == "duplicate").count(), 51);
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains("viberglass_webhook_deliveries{provider=\"github\",status=\"duplicate\"} 51"),
+        "{metrics}"
+    );
 }
 
 backend_tests!(

@@ -235,10 +235,11 @@ pub async fn webhooks(
 ) -> PageResult {
     let project = crate::service::projects::find_project(&state.store, &project).await?;
     let status = param(&query, "status");
+    let webhook = param(&query, "webhook");
     let cursor = param(&query, "cursor");
     let filter = viberglass_domain::DeliveryFilter {
         project_id: Some(project.id),
-        config_id: None,
+        config_id: webhook.parse().ok(),
         status: status.parse().ok(),
     };
     let page = PageRequest::parse(Some(50), Some(cursor.as_str()).filter(|c| !c.is_empty())).unwrap_or_default();
@@ -258,6 +259,7 @@ pub async fn webhooks(
         deliveries: deliveries.items,
         next_cursor: deliveries.next_cursor,
         status,
+        webhook,
         clankers,
         secrets: state.store.list_secrets().await?.into_iter().map(|s| s.name).collect(),
         base_url: state.engine.server_url.trim_end_matches('/').to_owned(),

@@ -275,6 +275,8 @@ pub struct WebhooksPage {
     pub deliveries: Vec<viberglass_domain::Delivery>,
     pub next_cursor: Option<String>,
     pub status: String,
+    /// The source the list is narrowed to (a configuration id), or empty.
+    pub webhook: String,
     pub clankers: Vec<String>,
     pub secrets: Vec<String>,
     /// The server's public address, to show each configuration's full URL.

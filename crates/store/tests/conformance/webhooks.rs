@@ -188,6 +188,8 @@ async fn deliveries_apply_once_with_their_ticket(backend: TestBackend) {
         .await
         .unwrap();
     assert_eq!(duplicates.items.len(), 1);
+    let (counts, _) = store.webhook_counts().await.unwrap();
+    assert!(counts.contains(&("github".to_owned(), "duplicate".to_owned(), 1)), "{counts:?}");
     let pruned = store.prune_delivery_payloads(viberglass_store::now() + time::Duration::seconds(1)).await.unwrap();
     assert!(pruned >= 4, "{pruned}");
     assert_eq!(store.delivery_payload(row.id).await.unwrap().1, None);
@@ -224,4 +226,5 @@ async fn feedback_is_queued_once_and_claimed(backend: TestBackend) {
     let rows = store.list_feedback(filed.id).await.unwrap();
     assert_eq!((rows[0].status.as_str(), rows[0].attempts), ("delivered", 2));
     assert!(store.claim_due_feedback(10, time::Duration::seconds(60)).await.unwrap().is_empty());
+    assert_eq!(store.webhook_counts().await.unwrap().1, vec![("delivered".to_owned(), 1)]);
 }
