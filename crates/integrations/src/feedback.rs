@@ -126,14 +126,14 @@ pub async fn comment(http: &reqwest::Client, target: &Target, body: &str) -> Res
     let p = target.provider;
     match p {
         WebhookProvider::Github => {
-            let repo = locator_text(target, "repository")?;
-            let number = locator_text(target, "number")?;
+            let repo = github_repository(target)?;
+            let number = encode(&locator_text(target, "number")?);
             let path = format!("/repos/{repo}/issues/{number}/comments");
             send(p, "a comment", request(http, target, Method::POST, &path).json(&json!({"body": body}))).await?;
         }
         WebhookProvider::Gitlab => {
             let project = gitlab_project(target)?;
-            let iid = locator_text(target, "iid")?;
+            let iid = encode(&locator_text(target, "iid")?);
             let path = format!("/projects/{project}/issues/{iid}/notes");
             send(p, "a note", request(http, target, Method::POST, &path).json(&json!({"body": body}))).await?;
         }
@@ -184,6 +184,25 @@ pub async fn comment(http: &reqwest::Client, target: &Target, body: &str) -> Res
     Ok(())
 }
 
+/// A GitHub `owner/name` from the locator, refused unless it is exactly that (no `..`, no other path).
+fn github_repository(target: &Target) -> Result<String, FeedbackError> {
+    let repo = locator_text(target, "repository")?;
+    let ok_part = |p: &str| {
+        !p.is_empty()
+            && p != "."
+            && p != ".."
+            && p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    };
+    match repo.split_once('/') {
+        Some((owner, name)) if ok_part(owner) && ok_part(name) => Ok(format!("{owner}/{name}")),
+        _ => Err(failed(
+            None,
+            false,
+            format!("`{}` is not a GitHub owner/name", repo.chars().take(100).collect::<String>()),
+        )),
+    }
+}
+
 fn gitlab_project(target: &Target) -> Result<String, FeedbackError> {
     match target.locator.get("project_id").and_then(Value::as_u64) {
         Some(id) => Ok(id.to_string()),
@@ -197,14 +216,14 @@ pub async fn add_label(http: &reqwest::Client, target: &Target, label: &str) -> 
     let p = target.provider;
     match p {
         WebhookProvider::Github => {
-            let repo = locator_text(target, "repository")?;
-            let number = locator_text(target, "number")?;
+            let repo = github_repository(target)?;
+            let number = encode(&locator_text(target, "number")?);
             let path = format!("/repos/{repo}/issues/{number}/labels");
             send(p, "a label", request(http, target, Method::POST, &path).json(&json!({"labels": [label]}))).await?;
         }
         WebhookProvider::Gitlab => {
             let project = gitlab_project(target)?;
-            let iid = locator_text(target, "iid")?;
+            let iid = encode(&locator_text(target, "iid")?);
             let path = format!("/projects/{project}/issues/{iid}");
             send(p, "a label", request(http, target, Method::PUT, &path).json(&json!({"add_labels": label}))).await?;
         }

@@ -638,7 +638,15 @@ fn jira(body: &[u8]) -> Result<Inbound, ParseError> {
             let by_bot = opt_text(&v, "comment.author.accountType").is_some_and(|t| t == "app");
             Ok(Inbound {
                 event,
-                action: Action::Comment(CommentEvent { source, body, author, by_bot, trusted: true, author_id: None }),
+                action: Action::Comment(CommentEvent {
+                    source,
+                    body,
+                    author,
+                    by_bot,
+                    // A Jira Service Management customer is outside the team.
+                    trusted: opt_text(&v, "comment.author.accountType").is_none_or(|t| t != "customer"),
+                    author_id: None,
+                }),
             })
         }
         other => {

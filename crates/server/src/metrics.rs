@@ -54,7 +54,7 @@ impl Metrics {
 }
 
 fn escape(value: &str) -> String {
-    value.replace('\\', "\\\\").replace('"', "\\\"")
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 /// Prometheus text exposition of this server's metrics.
@@ -84,12 +84,15 @@ pub async fn metrics(State(state): State<AppState>) -> ApiResult<impl IntoRespon
             "# HELP viberglass_webhook_deliveries Inbound webhook deliveries by provider and outcome, from the database.\n\
              # TYPE viberglass_webhook_deliveries gauge\n",
         );
+        // Only known providers become label values: an address anyone can post to must not grow the series.
+        let mut known: BTreeMap<(String, String), i64> = BTreeMap::new();
         for (provider, status, count) in deliveries {
-            let _ = writeln!(
-                out,
-                "viberglass_webhook_deliveries{{provider=\"{}\",status=\"{status}\"}} {count}",
-                escape(&provider)
-            );
+            let provider = provider.parse::<viberglass_domain::WebhookProvider>().map_or("unknown", |p| p.as_str());
+            *known.entry((provider.to_owned(), escape(&status))).or_default() += count;
+        }
+        for ((provider, status), count) in known {
+            let _ =
+                writeln!(out, "viberglass_webhook_deliveries{{provider=\"{provider}\",status=\"{status}\"}} {count}");
         }
         out.push_str(
             "# HELP viberglass_source_feedback Comments owed to ticket sources by status (pending, delivered, failed).\n\

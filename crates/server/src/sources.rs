@@ -226,6 +226,19 @@ pub async fn target_for(
             _ => None,
         })
         .ok_or("no API address for feedback: an administrator sets the webhook configuration's feedback API URL (Jira: your site, e.g. https://acme.atlassian.net)")?;
+    // The project's own credential speaks only for the project's own repository: an issue elsewhere needs a
+    // feedback secret an administrator chose.
+    if forge && config.feedback_secret.is_none() {
+        let issue_repo = locator["repository"].as_str().or_else(|| locator["project"].as_str()).unwrap_or_default();
+        let own = project.repository_url.as_deref().and_then(viberglass_domain::scm::repository_path).map(|(_, p)| p);
+        if own.as_deref() != Some(issue_repo) {
+            return Err(format!(
+                "the issue is in {issue_repo}, not the project's repository ({}): the project's credential is used \
+                 only for its own repository; an administrator can set a feedback secret for this source",
+                own.as_deref().unwrap_or("none")
+            ));
+        }
+    }
     let token = crate::vault::resolve(state, &secret, &format!("the {} webhook's feedback", config.provider))
         .await
         .map_err(|f| f.message)?;

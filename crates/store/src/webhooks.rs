@@ -30,7 +30,7 @@ macro_rules! feedback_sql {
     };
 }
 
-/// How many refused or failed deliveries per configuration keep their body.
+/// How many refused (unverified) deliveries per configuration keep their body.
 pub const KEPT_REFUSED_PAYLOADS: i64 = 100;
 
 /// A configuration with its sealed secret.
@@ -156,7 +156,7 @@ const INSERT_DELIVERY: &str = "INSERT INTO webhook_deliveries (id, config_id, pr
      updated_at, body_sha256) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 0, $13, $13, $14)";
 /// A redelivery takes over its own row (a refused or failed one).
 const REAPPLY_DELIVERY: &str = "UPDATE webhook_deliveries SET status = $2, event = $3, error_message = $4, \
-     response_status = $5, ticket_id = $6, redeliveries = redeliveries + 1, updated_at = $7 \
+     response_status = $5, ticket_id = COALESCE($6, ticket_id), redeliveries = redeliveries + 1, updated_at = $7 \
      WHERE id = $1 AND status IN ('rejected', 'failed')";
 const UPDATE_TICKET: &str = "UPDATE tickets SET title = $2, description = $3, severity = $4, external_url = $5, \
      category = $6, metadata = $7, archived_at = $8, updated_at = $9 WHERE id = $1";
@@ -323,13 +323,12 @@ impl Store {
         .map_err(|e| StoreError::from_write(ENTITY, "webhook_deliveries", e))?;
         // Refused deliveries keep their body for redelivery, but only the newest few per configuration: a sender
         // without the secret cannot fill the disk.
-        if let (Some(config), Some(_)) = (new.config_id, &new.payload) {
+        if let (Some(config), Some(_), DeliveryStatus::Rejected) = (new.config_id, &new.payload, new.status) {
             on_pool!(self, |pool| {
                 sqlx::query(
-                    "UPDATE webhook_deliveries SET payload = NULL WHERE config_id = $1 AND status IN ('rejected', \
-                     'failed') AND payload IS NOT NULL AND id NOT IN (SELECT id FROM webhook_deliveries WHERE \
-                     config_id = $1 AND status IN ('rejected', 'failed') AND payload IS NOT NULL ORDER BY id DESC \
-                     LIMIT $2)",
+                    "UPDATE webhook_deliveries SET payload = NULL WHERE config_id = $1 AND status = 'rejected' \
+                     AND payload IS NOT NULL AND id NOT IN (SELECT id FROM webhook_deliveries WHERE config_id = $1 \
+                     AND status = 'rejected' AND payload IS NOT NULL ORDER BY id DESC LIMIT $2)",
                 )
                 .bind(config.as_uuid())
                 .bind(KEPT_REFUSED_PAYLOADS)
@@ -519,8 +518,16 @@ impl Store {
             Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
                 let message = db.message().to_owned();
                 let constraint = db.constraint().unwrap_or_default().to_owned();
-                if constraint.contains("tickets") || message.contains("tickets.") {
+                if constraint.starts_with("tickets_") || message.contains(": tickets.") {
                     return Ok(Applied::TicketExists);
+                }
+                // Only the delivery id and body indexes mean "applied before"; any other violation is an error.
+                let ours = ["webhook_deliveries_delivery_key_key", "webhook_deliveries_body_sha256_key"];
+                let is_delivery = ours.contains(&constraint.as_str())
+                    || message.contains("webhook_deliveries.delivery_key")
+                    || message.contains("webhook_deliveries.body_sha256");
+                if !is_delivery {
+                    return Err(StoreError::Conflict { entity: ENTITY, field: format!("{constraint}{message}") });
                 }
                 let mut dup = new.clone();
                 dup.status = DeliveryStatus::Duplicate;

@@ -89,7 +89,7 @@ async fn deliveries_acknowledged_before_a_sigkill_each_have_one_ticket(backend: 
     }
     assert!(killed);
     let acknowledged = acknowledged.lock().unwrap().clone();
-    assert!(acknowledged.len() > 1000, "too few deliveries got through to mean anything: {}", acknowledged.len());
+    assert!(acknowledged.len() > 300, "too few deliveries got through to mean anything: {}", acknowledged.len());
 
     // Count every ticket by its external id, straight from the database.
     let store = match backend {

@@ -83,7 +83,9 @@ pub async fn create_config(
 /// Which secret feedback sends and where are an administrator's choice: a project maintainer could otherwise
 /// send any secret in the vault to an address of theirs.
 fn admin_for_feedback(caller: &Caller, input: &WebhookConfigInput) -> ServiceResult<()> {
-    let sets = |v: &Option<Option<String>>| matches!(v, Some(Some(s)) if !s.trim().is_empty());
+    // Clearing them counts too: it sends the chosen secret to the fallback address, or the SCM credential to the
+    // chosen one.
+    let sets = |v: &Option<Option<String>>| v.is_some();
     if (sets(&input.feedback_secret) || sets(&input.feedback_api_url)) && !caller.is_admin() {
         return Err(ServiceError::forbidden(
             "admin_only",
@@ -187,7 +189,9 @@ fn answer(status: u16, delivery: &Delivery) -> Answer {
 /// at most once. The answer comes after the commit.
 pub async fn receive(state: &AppState, provider: &str, config: &str, headers: &HeaderMap, body: &[u8]) -> Answer {
     let received_at = viberglass_store::now();
-    let provider_name: String = provider.chars().take(32).collect();
+    // Recorded as sent, but only letters, digits, `-` and `_`: anyone can post to any address.
+    let provider_name: String =
+        provider.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_')).take(32).collect();
     let refuse = |status: u16, message: String, config: Option<&WebhookConfig>, keep: bool| NewDelivery {
         id: DeliveryId::new(),
         config_id: config.map(|c| c.id),
@@ -346,6 +350,10 @@ async fn process(
         let (change, note) = match plan(state, config, &read).await {
             Ok(Plan::Apply(change, note)) => (change, note),
             Ok(Plan::Ignore(why)) => (DeliveryChange::Nothing, Some(why)),
+            Ok(Plan::Fail(code, message)) => {
+                return finish_refused(state, fail(delivery, DeliveryStatus::Failed, code, message), redelivery_of)
+                    .await;
+            }
             Err(message) => {
                 return finish_refused(state, fail(delivery, DeliveryStatus::Failed, 422, message), redelivery_of)
                     .await;
@@ -402,6 +410,8 @@ async fn finish_refused(state: &AppState, delivery: NewDelivery, redelivery_of: 
 enum Plan {
     Apply(DeliveryChange, Option<String>),
     Ignore(String),
+    /// Recorded as failed with the reason (redeliverable), answered with this status.
+    Fail(u16, String),
 }
 
 /// Decides what a read delivery changes. An `Err` is a delivery that cannot be applied, with the reason.
@@ -476,7 +486,12 @@ async fn plan(state: &AppState, config: &WebhookConfig, read: &Inbound) -> Resul
                     && config.provider == WebhookProvider::Gitlab
                     && inbound::mention(&comment.body, &config.bot_name).is_some()
                 {
-                    comment.trusted = gitlab_member(state, config, &comment).await?;
+                    // A check that cannot be made fails closed, answered 200 so GitLab keeps the hook enabled;
+                    // the delivery can be redelivered once the check works.
+                    match gitlab_member(state, config, &comment).await {
+                        Ok(member) => comment.trusted = member,
+                        Err(why) => return Ok(Plan::Fail(200, why)),
+                    }
                 }
                 comment_run(config, &comment, ticket)
             }
@@ -597,15 +612,12 @@ async fn update(
     }
     let mut input = input;
     let mut held = None;
-    if let Some(phase) = approved
-        && (input.title.as_deref().is_some_and(|t| t.trim() != ticket.title)
-            || input.description.as_deref().is_some_and(|d| d.trim() != ticket.description))
-    {
-        input.title = None;
-        input.description = None;
+    if let Some(phase) = approved {
+        // Nothing the source sends reaches a reviewed ticket (title, description, metadata, links and category
+        // all go into the agent's prompt).
+        input = TicketInput::default();
         held = Some(format!(
-            "the ticket's {} is approved, so the source's new title and description were not applied: edit the \
-             ticket to take them",
+            "the ticket's {} is approved, so the source's changes were not applied: edit the ticket to take them",
             if phase == Phase::Research { "research" } else { "plan" }
         ));
     }
@@ -653,7 +665,11 @@ async fn gitlab_member(state: &AppState, config: &WebhookConfig, comment: &Comme
     let target = crate::sources::target_for(state, config, comment.source.locator.clone())
         .await
         .map_err(|why| format!("the comment's author could not be checked: {why}"))?;
-    let http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(5)).build().unwrap_or_default();
+    let http = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap_or_default();
     match viberglass_integrations::feedback::gitlab_access_level(&http, &target, user).await {
         Ok(level) => Ok(level.is_some_and(|l| l >= 30)),
         Err(e) => {
