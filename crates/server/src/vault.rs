@@ -148,51 +148,48 @@ pub async fn rotate_key(
         unreadable: Vec::new(),
     };
     for (id, name, stored) in store.sealed_secrets().await? {
-        let sealed = viberglass_secrets::Sealed {
-            ciphertext: stored.ciphertext.clone(),
-            nonce: stored.nonce.clone(),
-            key_id: stored.key_id.clone(),
-        };
-        if !sealer.is_stale(&sealed) {
-            rotation.already_current += 1;
-            continue;
-        }
-        match opener.open(&name, &sealed) {
-            Ok(value) => {
-                let fresh = sealer.seal(&name, &value);
-                let fresh = SealedValue { ciphertext: fresh.ciphertext, nonce: fresh.nonce, key_id: fresh.key_id };
-                if store.reseal_secret(id, &stored, fresh).await? {
-                    rotation.resealed += 1;
-                }
-            }
-            Err(e) => rotation.unreadable.push((name, e.to_string())),
+        if let Some(fresh) = reseal(&opener, &sealer, &name, &stored, &mut rotation)
+            && store.reseal_secret(id, &stored, fresh).await?
+        {
+            rotation.resealed += 1;
         }
     }
     // Inbound webhook configurations' shared secrets, sealed under the name `webhook:<id>`.
     for (id, stored) in store.webhook_secrets().await? {
-        let name = format!("webhook:{id}");
-        let sealed = viberglass_secrets::Sealed {
-            ciphertext: stored.ciphertext.clone(),
-            nonce: stored.nonce.clone(),
-            key_id: stored.key_id.clone(),
-        };
-        if !sealer.is_stale(&sealed) {
-            rotation.already_current += 1;
-            continue;
-        }
-        match opener.open(&name, &sealed) {
-            Ok(value) => {
-                let fresh = sealer.seal(&name, &value);
-                store
-                    .reseal_webhook_secret(
-                        id,
-                        &SealedValue { ciphertext: fresh.ciphertext, nonce: fresh.nonce, key_id: fresh.key_id },
-                    )
-                    .await?;
-                rotation.resealed += 1;
-            }
-            Err(e) => rotation.unreadable.push((name, e.to_string())),
+        if let Some(fresh) = reseal(&opener, &sealer, &format!("webhook:{id}"), &stored, &mut rotation) {
+            store.reseal_webhook_secret(id, &fresh).await?;
+            rotation.resealed += 1;
         }
     }
     Ok(rotation)
+}
+
+/// One value's rotation: `None` when it is current already or no known key opens it (counted in `rotation`),
+/// else the value sealed under the new key.
+fn reseal(
+    opener: &Keyring,
+    sealer: &Keyring,
+    name: &str,
+    stored: &SealedValue,
+    rotation: &mut Rotation,
+) -> Option<SealedValue> {
+    let sealed = viberglass_secrets::Sealed {
+        ciphertext: stored.ciphertext.clone(),
+        nonce: stored.nonce.clone(),
+        key_id: stored.key_id.clone(),
+    };
+    if !sealer.is_stale(&sealed) {
+        rotation.already_current += 1;
+        return None;
+    }
+    match opener.open(name, &sealed) {
+        Ok(value) => {
+            let fresh = sealer.seal(name, &value);
+            Some(SealedValue { ciphertext: fresh.ciphertext, nonce: fresh.nonce, key_id: fresh.key_id })
+        }
+        Err(e) => {
+            rotation.unreadable.push((name.to_owned(), e.to_string()));
+            None
+        }
+    }
 }

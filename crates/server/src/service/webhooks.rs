@@ -424,10 +424,6 @@ async fn plan(state: &AppState, config: &WebhookConfig, read: &Inbound) -> Resul
         )));
     }
     let source = config.provider.ticket_source();
-    let unavailable = |e: StoreError| {
-        tracing::error!(error = %crate::error::error_chain(&e), "webhook: store error");
-        "the server's database is unavailable: the sender should retry".to_owned()
-    };
     // The ticket this source issue filed through this configuration. One filed by hand or through another
     // configuration is not this sender's to change or run.
     let existing = |external_id: String| async move {
@@ -435,11 +431,11 @@ async fn plan(state: &AppState, config: &WebhookConfig, read: &Inbound) -> Resul
             return Ok::<Result<Ticket, Option<String>>, String>(Err(None));
         }
         let Some(ticket) =
-            state.store.find_sourced_ticket(config.project_id, source, &external_id).await.map_err(unavailable)?
+            state.store.find_sourced_ticket(config.project_id, source, &external_id).await.map_err(unavailable_text)?
         else {
             return Ok(Err(None));
         };
-        match state.store.ticket_source(ticket.id).await.map_err(unavailable)? {
+        match state.store.ticket_source(ticket.id).await.map_err(unavailable_text)? {
             Some((owner, _)) if owner == config.id => Ok(Ok(ticket)),
             _ => Ok(Err(Some(format!(
                 "the ticket for {external_id} was filed by hand or through another webhook configuration: this one \
@@ -644,10 +640,7 @@ async fn update(
     {
         let filter = viberglass_store::JobFilter { ticket_id: Some(ticket.id), ..Default::default() };
         let page = viberglass_domain::PageRequest { limit: 1, after: None };
-        let ran = state.store.list_jobs(&filter, page).await.map_err(|e| {
-            tracing::error!(error = %crate::error::error_chain(&e), "webhook: store error");
-            "the server's database is unavailable: the sender should retry".to_owned()
-        })?;
+        let ran = state.store.list_jobs(&filter, page).await.map_err(unavailable_text)?;
         if ran.items.is_empty() {
             match requested_run(config, phase, format!("label {label}")) {
                 Ok(r) => run = Some(r),
