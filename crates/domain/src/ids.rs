@@ -119,6 +119,16 @@ id_type!(
     DeliveryId,
     "delivery"
 );
+id_type!(
+    /// An outbound webhook subscription: where events are delivered.
+    SubscriptionId,
+    "subscription"
+);
+id_type!(
+    /// One event (or test) owed to one subscription, with its attempts.
+    OutboundDeliveryId,
+    "outbound delivery"
+);
 
 #[cfg(test)]
 mod tests {

@@ -18,6 +18,7 @@ pub mod project;
 pub mod protocol;
 pub mod scm;
 pub mod secret;
+pub mod subscription;
 pub mod ticket;
 pub mod user;
 pub mod validation;
@@ -27,7 +28,10 @@ pub mod workflow;
 pub use clanker::{AgentKind, AgentSettings, Clanker, ClankerInput, ClankerStatus, ComputeKind, NewClanker};
 pub use events::{DomainEvent, EventType, NewEvent};
 pub use failure::{Failure, FailureLayer};
-pub use ids::{ClankerId, DeliveryId, IntegrationId, JobId, ProjectId, SecretId, TicketId, UserId, WebhookConfigId};
+pub use ids::{
+    ClankerId, DeliveryId, IntegrationId, JobId, OutboundDeliveryId, ProjectId, SecretId, SubscriptionId, TicketId,
+    UserId, WebhookConfigId,
+};
 pub use integration::{Integration, IntegrationInput, IntegrationPatch, NewIntegration};
 pub use job::{
     CommitAuthor, EventKind, HarnessSpec, InstructionFile, Job, JobEvent, JobSpec, JobStatus, LogLevel, NewJobEvent,
@@ -38,6 +42,10 @@ pub use project::{NewProject, Project, ProjectInput, ProjectPatch, ProjectSlug};
 pub use scm::ScmProvider;
 pub use secret::{NewSecret, Secret, SecretBackend, SecretInput, SecretPatchInput};
 pub use states::{Phase, Severity, TicketStatus};
+pub use subscription::{
+    AttemptError, OutboundAttempt, OutboundDelivery, OutboundStatus, Subscription, SubscriptionAuth,
+    SubscriptionCredentials, SubscriptionInput, SubscriptionScope,
+};
 pub use ticket::{
     ArchivedFilter, Attachment, NewTicket, Ticket, TicketCategory, TicketFilter, TicketInput, TicketPatch, TicketSource,
 };
