@@ -52,6 +52,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(4, "outbox_and_seams", "0004_outbox_and_seams.sql"),
     migration!(5, "ticket_category_and_metadata", "0005_ticket_category_and_metadata.sql"),
     migration!(6, "inbound_webhooks", "0006_inbound_webhooks.sql"),
+    migration!(7, "outbound_webhooks", "0007_outbound_webhooks.sql"),
 ];
 
 /// A key no other application is likely to use for `pg_advisory_lock`: "VIBERGLA".

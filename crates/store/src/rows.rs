@@ -17,6 +17,7 @@ pub(crate) trait RowExt {
     fn text(&self, col: &str) -> Result<String, sqlx::Error>;
     fn opt_text(&self, col: &str) -> Result<Option<String>, sqlx::Error>;
     fn int(&self, col: &str) -> Result<i64, sqlx::Error>;
+    fn opt_int(&self, col: &str) -> Result<Option<i64>, sqlx::Error>;
     fn time(&self, col: &str) -> Result<OffsetDateTime, sqlx::Error>;
     fn opt_time(&self, col: &str) -> Result<Option<OffsetDateTime>, sqlx::Error>;
     fn json(&self, col: &str) -> Result<serde_json::Value, sqlx::Error>;
@@ -41,6 +42,9 @@ macro_rules! row_ext {
                 self.try_get(col)
             }
             fn int(&self, col: &str) -> Result<i64, sqlx::Error> {
+                self.try_get(col)
+            }
+            fn opt_int(&self, col: &str) -> Result<Option<i64>, sqlx::Error> {
                 self.try_get(col)
             }
             fn time(&self, col: &str) -> Result<OffsetDateTime, sqlx::Error> {

@@ -1,0 +1,55 @@
+-- Outbound webhooks: subscriptions (instance-wide when project_id is NULL),
+-- one delivery row per event and subscription (unique: an event handled
+-- twice is owed once), and every attempt. The twin is
+-- ../sqlite/0007_outbound_webhooks.sql.
+CREATE TABLE webhook_subscriptions (
+    id                      UUID PRIMARY KEY NOT NULL,
+    project_id              UUID REFERENCES projects (id) ON DELETE RESTRICT,
+    settings                TEXT NOT NULL,
+    active                  BOOLEAN NOT NULL,
+    disabled_reason         TEXT,
+    disabled_at             TIMESTAMPTZ,
+    failing_since           TIMESTAMPTZ,
+    credentials_ciphertext  BYTEA NOT NULL,
+    credentials_nonce       BYTEA NOT NULL,
+    credentials_key_id      TEXT NOT NULL,
+    secret_rotated_at       TIMESTAMPTZ NOT NULL,
+    previous_secret_until   TIMESTAMPTZ,
+    created_at              TIMESTAMPTZ NOT NULL,
+    updated_at              TIMESTAMPTZ NOT NULL
+);
+CREATE INDEX webhook_subscriptions_project ON webhook_subscriptions (project_id);
+
+CREATE TABLE outbound_deliveries (
+    id                  UUID PRIMARY KEY NOT NULL,
+    subscription_id     UUID NOT NULL REFERENCES webhook_subscriptions (id) ON DELETE RESTRICT,
+    event_id            UUID NOT NULL,
+    event_type          TEXT NOT NULL,
+    body                TEXT NOT NULL,
+    status              TEXT NOT NULL CHECK (status IN ('pending', 'succeeded', 'failed')),
+    attempts            BIGINT NOT NULL DEFAULT 0,
+    next_attempt_at     TIMESTAMPTZ NOT NULL,
+    lease_owner         TEXT,
+    window_start        TIMESTAMPTZ NOT NULL,
+    last_status_code    BIGINT,
+    last_error          TEXT,
+    created_at          TIMESTAMPTZ NOT NULL,
+    updated_at          TIMESTAMPTZ NOT NULL,
+    delivered_at        TIMESTAMPTZ
+);
+CREATE UNIQUE INDEX outbound_deliveries_event_key ON outbound_deliveries (subscription_id, event_id);
+CREATE INDEX outbound_deliveries_due ON outbound_deliveries (next_attempt_at) WHERE status = 'pending';
+CREATE INDEX outbound_deliveries_subscription ON outbound_deliveries (subscription_id, id);
+
+CREATE TABLE outbound_attempts (
+    delivery_id         UUID NOT NULL REFERENCES outbound_deliveries (id) ON DELETE RESTRICT,
+    attempt             BIGINT NOT NULL,
+    started_at          TIMESTAMPTZ NOT NULL,
+    duration_ms         BIGINT NOT NULL,
+    status_code         BIGINT,
+    response            TEXT,
+    error_kind          TEXT,
+    error               TEXT,
+    server              TEXT NOT NULL,
+    PRIMARY KEY (delivery_id, attempt)
+);
