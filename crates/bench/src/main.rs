@@ -40,6 +40,9 @@ struct Args {
     /// Signed webhook deliveries to send, at each of 16 and 32 connections.
     #[arg(long, default_value_t = 4000)]
     webhooks: usize,
+    /// Events delivered to an outbound webhook subscription (a local receiver verifying every signature).
+    #[arg(long, default_value_t = 2000)]
+    outbound: usize,
     /// Jobs for the queue benchmark (claim + complete, no worker).
     #[arg(long, default_value_t = 2000)]
     queue_jobs: usize,
@@ -90,6 +93,8 @@ fn start(
         .env("VIBERGLASS_SANDBOX_PATHS", engine::REPOS)
         // The Docker workers reach the bench's server on loopback.
         .env("VIBERGLASS_DOCKER_ALLOW_HOST_NETWORK", "true")
+        // The outbound benchmark's receiver listens on loopback.
+        .env("VIBERGLASS_WEBHOOK_ALLOW_PRIVATE", "true")
         .env("LOG_LEVEL", "info")
         .env_remove("DATABASE_URL")
         .env_remove("VIBERGLASS_CONFIG")
@@ -346,10 +351,19 @@ async fn bench_backend(args: &Args, backend: &str, database_url: Option<&str>) -
         .await?;
         webhooks.push((connections, stats));
     }
+    let outbound = outbound_webhooks(&client, &base, args.outbound, args.concurrency).await?;
     let loaded = rss_kib(server.child.id())?;
 
     for (connections, stats) in &webhooks {
         stats.print(backend, "webhook→ticket", *connections);
+    }
+    if let Some((n, seconds)) = outbound {
+        println!(
+            "{backend:<9} {:<15} {n:>8} {:>5} {:>10.0}   (ticket filed → signed delivery received, end to end, in {seconds:.1} s)",
+            "outbound hooks",
+            args.concurrency,
+            n as f64 / seconds
+        );
     }
     create.print(backend, "ticket create", args.concurrency);
     list.print(backend, "ticket list", args.concurrency);
@@ -361,6 +375,63 @@ async fn bench_backend(args: &Args, backend: &str, database_url: Option<&str>) -
         loaded as f64 / 1024.0
     );
     Ok(())
+}
+
+/// Outbound webhooks: a subscription to `ticket.filed` on a local receiver (which verifies every signature with
+/// the Standard Webhooks library), then `n` tickets filed; returns how many arrived and how long from the first
+/// ticket to the last delivery.
+async fn outbound_webhooks(
+    client: &reqwest::Client,
+    base: &str,
+    n: usize,
+    concurrency: usize,
+) -> Result<Option<(usize, f64)>> {
+    if n == 0 {
+        return Ok(None);
+    }
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let receiver = viberglass_testkit::receiver::Receiver::start(secret).await;
+    let created = client
+        .post(format!("{base}/api/v1/projects/bench/webhook-subscriptions"))
+        .json(&serde_json::json!({"url": receiver.url(), "secret": secret, "events": ["ticket.filed"]}))
+        .send()
+        .await?;
+    if created.status() != 201 {
+        bail!("creating the subscription failed: {}", created.text().await?);
+    }
+    let started = std::time::Instant::now();
+    drive(n, concurrency, |i| {
+        let client = client.clone();
+        let url = format!("{base}/api/v1/projects/bench/tickets");
+        async move {
+            let response = client
+                .post(url)
+                .json(&serde_json::json!({"title": format!("Outbound {i}"), "description": "d"}))
+                .send()
+                .await?;
+            if response.status() != 201 {
+                bail!("create returned {}", response.status());
+            }
+            Ok(())
+        }
+    })
+    .await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    loop {
+        let got = receiver.accepted().len();
+        if got >= n {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("only {got} of {n} outbound deliveries arrived within 5 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let unverified = receiver.received().iter().filter(|r| r.verified_by.is_empty()).count();
+    if unverified > 0 {
+        bail!("{unverified} outbound deliveries failed signature verification");
+    }
+    Ok(Some((n, started.elapsed().as_secs_f64())))
 }
 
 /// Creates a fresh database on the PostgreSQL server and returns its URL and name.

@@ -31,6 +31,8 @@ pub struct AppState {
     /// Reads the server's environment, where `env` secrets live.
     pub env: EnvLookup,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Wakes the outbound webhook delivery loop when deliveries are owed.
+    pub outbound_wake: Arc<tokio::sync::Notify>,
 }
 
 /// Looks up an environment variable (replaceable in tests).

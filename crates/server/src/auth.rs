@@ -33,6 +33,8 @@ pub enum Scope {
     Ticket,
     /// `{job_id}`: the job's project.
     Job,
+    /// `{subscription_id}`: the outbound webhook subscription's project (instance-wide ones need an administrator).
+    Subscription,
 }
 
 /// What a route needs.
@@ -97,6 +99,31 @@ pub const RULES: &[(&str, &str, Rule)] = &[
         Project(Maintainer, Scope::Project),
     ),
     ("GET", "/api/v1/tickets/{ticket_id}/feedback", Project(Viewer, Scope::Ticket)),
+    ("GET", "/api/v1/webhook-events", Authenticated),
+    ("GET", "/api/v1/webhook-subscriptions", Admin),
+    ("POST", "/api/v1/webhook-subscriptions", Admin),
+    ("GET", "/api/v1/projects/{project}/webhook-subscriptions", Project(Maintainer, Scope::Project)),
+    ("POST", "/api/v1/projects/{project}/webhook-subscriptions", Project(Maintainer, Scope::Project)),
+    ("GET", "/api/v1/webhook-subscriptions/{subscription_id}", Project(Maintainer, Scope::Subscription)),
+    ("PATCH", "/api/v1/webhook-subscriptions/{subscription_id}", Project(Maintainer, Scope::Subscription)),
+    ("POST", "/api/v1/webhook-subscriptions/{subscription_id}/rotate-secret", Project(Maintainer, Scope::Subscription)),
+    ("POST", "/api/v1/webhook-subscriptions/{subscription_id}/test", Project(Maintainer, Scope::Subscription)),
+    ("GET", "/api/v1/webhook-subscriptions/{subscription_id}/deliveries", Project(Maintainer, Scope::Subscription)),
+    (
+        "GET",
+        "/api/v1/webhook-subscriptions/{subscription_id}/deliveries/{delivery_id}",
+        Project(Maintainer, Scope::Subscription),
+    ),
+    (
+        "POST",
+        "/api/v1/webhook-subscriptions/{subscription_id}/deliveries/{delivery_id}/redeliver",
+        Project(Maintainer, Scope::Subscription),
+    ),
+    (
+        "POST",
+        "/api/v1/webhook-subscriptions/{subscription_id}/redeliver-failed",
+        Project(Maintainer, Scope::Subscription),
+    ),
     ("GET", "/api/v1/tickets", Authenticated),
     ("GET", "/api/v1/tickets/{ticket_id}", Project(Viewer, Scope::Ticket)),
     ("PATCH", "/api/v1/tickets/{ticket_id}", Project(Member, Scope::Ticket)),
@@ -353,6 +380,19 @@ async fn project_of(state: &AppState, scope: Scope, value: &str) -> Result<Optio
             Ok(id) => state.store.get_job(id).await.map(|j| j.project_id),
             Err(_) => return Ok(None),
         },
+        Scope::Subscription => match value.parse::<viberglass_domain::SubscriptionId>() {
+            Ok(id) => match state.store.get_subscription(id).await.map(|s| s.subscription.project_id) {
+                Ok(Some(project)) => Ok(project),
+                // Administrators passed before this is asked.
+                Ok(None) => {
+                    return Err(forbidden(
+                        "this subscription is instance-wide: it needs an instance administrator".into(),
+                    ));
+                }
+                Err(e) => Err(e),
+            },
+            Err(_) => return Ok(None),
+        },
     };
     match found {
         Ok(project) => Ok(Some(project)),
@@ -366,6 +406,7 @@ fn scope_param(scope: Scope) -> &'static str {
         Scope::Project => "project",
         Scope::Ticket => "ticket_id",
         Scope::Job => "job_id",
+        Scope::Subscription => "subscription_id",
     }
 }
 

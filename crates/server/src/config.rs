@@ -281,6 +281,41 @@ pub const SETTINGS: &[Setting] = &[
         secret: false,
     },
     Setting {
+        key: "webhook_allow_private",
+        env: "VIBERGLASS_WEBHOOK_ALLOW_PRIVATE",
+        default: "false",
+        doc: "Let outbound webhooks reach loopback, link-local and private addresses (true or false); off, each subscription to an internal target needs an administrator's allow_private.",
+        secret: false,
+    },
+    Setting {
+        key: "webhook_max_age_secs",
+        env: "VIBERGLASS_WEBHOOK_MAX_AGE_SECS",
+        default: "259200",
+        doc: "How long an outbound webhook delivery is retried (seconds; 3 days), and how long a subscription may fail before it is turned off.",
+        secret: false,
+    },
+    Setting {
+        key: "webhook_retry_min_ms",
+        env: "VIBERGLASS_WEBHOOK_RETRY_MIN_MS",
+        default: "5000",
+        doc: "The wait after an outbound webhook's first failed attempt (milliseconds); it doubles with each failure, with jitter.",
+        secret: false,
+    },
+    Setting {
+        key: "webhook_retry_max_secs",
+        env: "VIBERGLASS_WEBHOOK_RETRY_MAX_SECS",
+        default: "3600",
+        doc: "The longest wait between two attempts of an outbound webhook (seconds).",
+        secret: false,
+    },
+    Setting {
+        key: "webhook_timeout_ms",
+        env: "VIBERGLASS_WEBHOOK_TIMEOUT_MS",
+        default: "10000",
+        doc: "How long an outbound webhook's receiver has to answer (milliseconds).",
+        secret: false,
+    },
+    Setting {
         key: "keep_failed_workspaces",
         env: "VIBERGLASS_KEEP_FAILED_WORKSPACES",
         default: "false",
@@ -382,6 +417,12 @@ pub struct Config {
     pub dispatch_interval_ms: u64,
     /// Days an inbound delivery's payload is kept.
     pub webhook_payload_days: u32,
+    /// Outbound webhooks: private destinations allowed for every subscription.
+    pub webhook_allow_private: bool,
+    pub webhook_max_age_secs: u64,
+    pub webhook_retry_min_ms: u64,
+    pub webhook_retry_max_secs: u64,
+    pub webhook_timeout_ms: u64,
     pub keep_failed_workspaces: bool,
     pub commit_author: viberglass_domain::CommitAuthor,
     /// Earlier encryption keys that still decrypt.
@@ -732,6 +773,11 @@ impl Config {
             reaper_interval_ms: parse_number(&raw("reaper_interval_ms"), 50, 600_000)?,
             dispatch_interval_ms: parse_number(&raw("dispatch_interval_ms"), 10, 600_000)?,
             webhook_payload_days: parse_number(&raw("webhook_payload_days"), 1, 3650)?,
+            webhook_allow_private: parse_bool(&raw("webhook_allow_private"))?,
+            webhook_max_age_secs: parse_number(&raw("webhook_max_age_secs"), 1, 30 * 86_400)?,
+            webhook_retry_min_ms: parse_number(&raw("webhook_retry_min_ms"), 10, 3_600_000)?,
+            webhook_retry_max_secs: parse_number(&raw("webhook_retry_max_secs"), 1, 86_400)?,
+            webhook_timeout_ms: parse_number(&raw("webhook_timeout_ms"), 100, 60_000)?,
             keep_failed_workspaces: parse_bool(&raw("keep_failed_workspaces"))?,
             previous_keys: {
                 let raw = raw("secrets_previous_keys");

@@ -12,6 +12,7 @@ pub mod extract;
 pub mod hosts;
 pub mod identity;
 pub mod metrics;
+pub mod outbound;
 pub mod outbox;
 pub mod request;
 pub mod serve;

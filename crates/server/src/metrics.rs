@@ -102,6 +102,16 @@ pub async fn metrics(State(state): State<AppState>) -> ApiResult<impl IntoRespon
             let _ = writeln!(out, "viberglass_source_feedback{{status=\"{status}\"}} {count}");
         }
     }
+    if let Ok(Ok(counts)) = tokio::time::timeout(std::time::Duration::from_secs(1), state.store.outbound_counts()).await
+    {
+        out.push_str(
+            "# HELP viberglass_outbound_webhook_deliveries Outbound webhook deliveries by status (pending, succeeded, failed), from the database.\n\
+             # TYPE viberglass_outbound_webhook_deliveries gauge\n",
+        );
+        for (status, count) in counts {
+            let _ = writeln!(out, "viberglass_outbound_webhook_deliveries{{status=\"{}\"}} {count}", escape(&status));
+        }
+    }
     state.metrics.render(&mut out);
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out))
 }

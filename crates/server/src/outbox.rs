@@ -96,7 +96,12 @@ impl Consumer for TicketStatus {
 
 /// The consumers every server runs.
 pub fn consumers() -> Vec<Arc<dyn Consumer>> {
-    vec![Arc::new(TicketStatus), Arc::new(crate::sources::SourceRuns), Arc::new(crate::sources::SourceFeedback)]
+    vec![
+        Arc::new(TicketStatus),
+        Arc::new(crate::sources::SourceRuns),
+        Arc::new(crate::sources::SourceFeedback),
+        Arc::new(crate::outbound::OutboundWebhooks),
+    ]
 }
 
 /// Delivers outbox events to `consumers` until `shutdown`, then gives up

@@ -255,6 +255,7 @@ pub fn app_state(
         engine,
         env,
         metrics: Arc::new(crate::metrics::Metrics::default()),
+        outbound_wake: Arc::new(tokio::sync::Notify::new()),
     })
 }
 
@@ -292,6 +293,7 @@ pub async fn serve(
     let mut loops = state.engine.clone().spawn(shutdown.clone());
     loops.push(spawn_outbox(&state, shutdown.clone()));
     loops.push(spawn_feedback(&state, shutdown.clone()));
+    loops.push(spawn_outbound(&state, shutdown.clone()));
     let app = build_router(state).into_make_service_with_connect_info::<SocketAddr>();
     let server = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let deadline = async {
@@ -334,6 +336,18 @@ fn spawn_outbox(state: &AppState, shutdown: CancellationToken) -> tokio::task::J
     let stop = shutdown.clone();
     crate::engine::supervise("outbox", shutdown, move || {
         crate::outbox::deliver_loop(state.clone(), crate::outbox::consumers(), owner.clone(), poll, stop.clone())
+    })
+}
+
+/// Outbound webhook deliveries, supervised. The owner names this server process: a delivery it holds is
+/// attempted by nobody else until its lease lapses.
+fn spawn_outbound(state: &AppState, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+    let owner = format!("{}/{}", state.config.host_id, hex::encode(rand::random::<[u8; 6]>()));
+    let poll = Duration::from_millis(state.config.dispatch_interval_ms.clamp(100, 1000));
+    let state = state.clone();
+    let stop = shutdown.clone();
+    crate::engine::supervise("outbound-webhooks", shutdown, move || {
+        crate::outbound::delivery_loop(state.clone(), owner.clone(), poll, stop.clone())
     })
 }
 

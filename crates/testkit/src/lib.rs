@@ -20,6 +20,7 @@ pub mod logs;
 pub mod model;
 pub mod moto;
 pub mod process;
+pub mod receiver;
 pub mod webhooks;
 
 pub use app::TestApp;

@@ -11,6 +11,7 @@ mod integrations;
 pub(crate) mod jobs;
 pub(crate) mod projects;
 mod secrets;
+pub(crate) mod subscriptions;
 pub(crate) mod tickets;
 pub(crate) mod webhooks;
 pub mod worker;
@@ -41,6 +42,7 @@ use crate::AppState;
         (name = "clankers", description = "Clankers: saved worker configurations"),
         (name = "jobs", description = "Jobs (runs): one worker invocation for one phase"),
         (name = "webhooks", description = "Inbound webhooks from ticket sources: configurations, deliveries, redelivery"),
+        (name = "subscriptions", description = "Outbound webhooks: the event catalogue, subscriptions, deliveries with every attempt, redelivery and test events"),
         (name = "worker", description = "The worker protocol, called by viberators with their job token"),
     ),
     modifiers(&WorkerTokenScheme)
@@ -83,6 +85,8 @@ impl utoipa::Modify for WorkerTokenScheme {
                 HttpBuilder::new().scheme(HttpAuthScheme::Bearer).description(Some("The job's worker token")).build(),
             ),
         );
+        // What subscribers receive: one entry per event type, with an example (OpenAPI 3.1 `webhooks`).
+        openapi.webhooks = subscriptions::openapi_webhooks();
     }
 }
 
@@ -159,6 +163,16 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(webhooks::get_payload))
         .routes(routes!(webhooks::redeliver))
         .routes(routes!(webhooks::ticket_feedback))
+        .routes(routes!(subscriptions::events))
+        .routes(routes!(subscriptions::list_instance, subscriptions::create_instance))
+        .routes(routes!(subscriptions::list_project, subscriptions::create_project))
+        .routes(routes!(subscriptions::get, subscriptions::update))
+        .routes(routes!(subscriptions::rotate_secret))
+        .routes(routes!(subscriptions::send_test))
+        .routes(routes!(subscriptions::list_deliveries))
+        .routes(routes!(subscriptions::get_delivery))
+        .routes(routes!(subscriptions::redeliver))
+        .routes(routes!(subscriptions::redeliver_failed))
         .routes(routes!(worker::bootstrap))
         .routes(routes!(worker::heartbeat))
         .routes(routes!(worker::events))

@@ -43,6 +43,9 @@ pub const PAGES: &[(&str, &str, Rule)] = &[
     ("GET", "/projects/{project}", Project(Viewer, Scope::Project)),
     ("GET", "/projects/{project}/settings", Project(Maintainer, Scope::Project)),
     ("GET", "/projects/{project}/webhooks", Project(Maintainer, Scope::Project)),
+    ("GET", "/projects/{project}/webhook-subscriptions", Project(Maintainer, Scope::Project)),
+    ("GET", "/webhook-subscriptions", Admin),
+    ("GET", "/webhook-subscriptions/{subscription_id}", Project(Maintainer, Scope::Subscription)),
     ("GET", "/projects/{project}/tickets/new", Project(Member, Scope::Project)),
     ("GET", "/tickets", Authenticated),
     ("GET", "/tickets/{ticket_id}", Project(Viewer, Scope::Ticket)),
@@ -71,6 +74,9 @@ pub fn router(state: AppState, api: ApiService) -> Router<AppState> {
         .route("/projects/{project}", get(pages::project))
         .route("/projects/{project}/settings", get(pages::project_settings))
         .route("/projects/{project}/webhooks", get(pages::webhooks))
+        .route("/projects/{project}/webhook-subscriptions", get(pages::project_subscriptions))
+        .route("/webhook-subscriptions", get(pages::instance_subscriptions))
+        .route("/webhook-subscriptions/{subscription_id}", get(pages::subscription))
         .route("/projects/{project}/tickets/new", get(pages::new_ticket))
         .route("/tickets", get(pages::tickets))
         .route("/tickets/{ticket_id}", get(pages::ticket))

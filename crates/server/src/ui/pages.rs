@@ -267,6 +267,90 @@ pub async fn webhooks(
     }))
 }
 
+fn catalogue() -> Vec<(String, String)> {
+    viberglass_domain::EventType::ALL.iter().map(|t| (t.as_str().to_owned(), t.description().to_owned())).collect()
+}
+
+async fn subscriptions_page(state: &AppState, caller: &Caller, project: Option<Project>) -> PageResult {
+    let subscriptions = state.store.list_subscriptions(project.as_ref().map(|p| p.id)).await?;
+    let collection = match &project {
+        Some(p) => format!("/api/v1/projects/{}/webhook-subscriptions", p.slug.as_str()),
+        None => "/api/v1/webhook-subscriptions".to_owned(),
+    };
+    Ok(render(&view::SubscriptionsPage {
+        ctx: Ctx::new(caller, if project.is_some() { "projects" } else { "webhooks" }),
+        project,
+        subscriptions,
+        collection,
+        catalogue: catalogue(),
+        max_age: crate::service::subscriptions::human_secs(state.config.webhook_max_age_secs),
+        timeout: format!("{} s", state.config.webhook_timeout_ms as f64 / 1000.0),
+        allow_private_everywhere: state.config.webhook_allow_private,
+    }))
+}
+
+pub async fn instance_subscriptions(State(state): State<AppState>, caller: Caller) -> PageResult {
+    subscriptions_page(&state, &caller, None).await
+}
+
+pub async fn project_subscriptions(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(project): Path<String>,
+) -> PageResult {
+    let project = crate::service::projects::find_project(&state.store, &project).await?;
+    subscriptions_page(&state, &caller, Some(project)).await
+}
+
+pub async fn subscription(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(query): Params,
+) -> PageResult {
+    let stored = crate::service::subscriptions::find(&state, &id).await?;
+    let s = stored.subscription;
+    let project = match s.project_id {
+        Some(p) => Some(state.store.get_project(p).await?),
+        None => None,
+    };
+    let cursor = param(&query, "cursor");
+    let failing = state.store.list_outbound(s.id, None, true, PageRequest { limit: 20, after: None }).await?.items;
+    let page = PageRequest::parse(Some(30), Some(cursor.as_str()).filter(|c| !c.is_empty())).unwrap_or_default();
+    let recent = state.store.list_outbound(s.id, None, false, page).await?;
+    let mut attempts = HashMap::new();
+    for d in failing.iter().chain(recent.items.iter().take(10)) {
+        if let std::collections::hash_map::Entry::Vacant(slot) = attempts.entry(d.id.to_string()) {
+            slot.insert(state.store.get_outbound(d.id).await?.attempt_log);
+        }
+    }
+    let week = time::OffsetDateTime::now_utc() - time::Duration::days(7);
+    let week_ago = format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}",
+        week.year(),
+        u8::from(week.month()),
+        week.day(),
+        week.hour(),
+        week.minute()
+    );
+    Ok(render(&view::SubscriptionPage {
+        ctx: Ctx::new(&caller, if project.is_some() { "projects" } else { "webhooks" }),
+        counts: state.store.subscription_counts(s.id).await?,
+        act_base: format!("/act/api/v1/webhook-subscriptions/{}", s.id),
+        here: format!("/webhook-subscriptions/{}", s.id),
+        s,
+        project,
+        catalogue: catalogue(),
+        failing,
+        recent: recent.items,
+        next_cursor: recent.next_cursor,
+        attempts,
+        max_age: crate::service::subscriptions::human_secs(state.config.webhook_max_age_secs),
+        allow_private_everywhere: state.config.webhook_allow_private,
+        week_ago,
+    }))
+}
+
 pub async fn project(State(state): State<AppState>, caller: Caller, Path(project): Path<String>) -> PageResult {
     let project = crate::service::projects::find_project(&state.store, &project).await?;
     let perm = role_in(&state, &caller, project.id).await?;

@@ -441,3 +441,50 @@ pub struct Audit {
     pub action: String,
     pub next_cursor: Option<String>,
 }
+
+#[derive(Template)]
+#[template(path = "subscriptions.html")]
+pub struct SubscriptionsPage {
+    pub ctx: Ctx,
+    /// The project whose subscriptions these are; `None`: the instance-wide ones.
+    pub project: Option<Project>,
+    pub subscriptions: Vec<viberglass_domain::Subscription>,
+    /// The API collection the form posts to.
+    pub collection: String,
+    /// Event types with their descriptions.
+    pub catalogue: Vec<(String, String)>,
+    pub max_age: String,
+    pub timeout: String,
+    pub allow_private_everywhere: bool,
+}
+
+#[derive(Template)]
+#[template(path = "subscription.html")]
+pub struct SubscriptionPage {
+    pub ctx: Ctx,
+    pub s: viberglass_domain::Subscription,
+    pub project: Option<Project>,
+    pub catalogue: Vec<(String, String)>,
+    pub failing: Vec<viberglass_domain::OutboundDelivery>,
+    pub recent: Vec<viberglass_domain::OutboundDelivery>,
+    pub next_cursor: Option<String>,
+    /// Each shown delivery's attempts, by delivery id.
+    pub attempts: std::collections::HashMap<String, Vec<viberglass_domain::OutboundAttempt>>,
+    /// Pending, retrying, succeeded, failed.
+    pub counts: (i64, i64, i64, i64),
+    pub max_age: String,
+    pub allow_private_everywhere: bool,
+    /// A week ago, for the redeliver-failed form (`datetime-local`).
+    pub week_ago: String,
+    /// `/act/api/v1/webhook-subscriptions/{id}`.
+    pub act_base: String,
+    /// `/webhook-subscriptions/{id}`.
+    pub here: String,
+}
+
+impl SubscriptionPage {
+    /// Whether the subscription names this event type.
+    pub fn wants(&self, event_type: &str) -> bool {
+        self.s.events.iter().any(|e| e.as_str() == event_type)
+    }
+}

@@ -23,6 +23,9 @@ const PAGES: &[(&str, Who)] = &[
     ("/projects/{project}", Viewer),
     ("/projects/{project}/settings", Maintainer),
     ("/projects/{project}/webhooks", Maintainer),
+    ("/projects/{project}/webhook-subscriptions", Maintainer),
+    ("/webhook-subscriptions", Admin),
+    ("/webhook-subscriptions/{subscription_id}", Maintainer),
     ("/projects/{project}/tickets/new", Member),
     ("/tickets", Outsider),
     ("/tickets/{ticket_id}", Viewer),
@@ -85,6 +88,7 @@ async fn every_page_admits_exactly_the_callers_its_rule_names() {
             .replace("{ticket_id}", &f.ticket)
             .replace("{job_id}", &f.job)
             .replace("{clanker}", "some-clanker")
+            .replace("{subscription_id}", &f.subscription)
             .replace("{file}", "app.css")
     };
     let mut wrong = Vec::new();

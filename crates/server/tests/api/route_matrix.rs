@@ -58,6 +58,19 @@ const EXPECTED: &[(&str, &str, Option<Who>)] = &[
     ("get", "/api/v1/projects/{project}/webhook-deliveries/{delivery_id}/payload", Some(Maintainer)),
     ("post", "/api/v1/projects/{project}/webhook-deliveries/{delivery_id}/redeliver", Some(Maintainer)),
     ("get", "/api/v1/tickets/{ticket_id}/feedback", Some(Viewer)),
+    ("get", "/api/v1/webhook-events", Some(Outsider)),
+    ("get", "/api/v1/webhook-subscriptions", Some(Admin)),
+    ("post", "/api/v1/webhook-subscriptions", Some(Admin)),
+    ("get", "/api/v1/projects/{project}/webhook-subscriptions", Some(Maintainer)),
+    ("post", "/api/v1/projects/{project}/webhook-subscriptions", Some(Maintainer)),
+    ("get", "/api/v1/webhook-subscriptions/{subscription_id}", Some(Maintainer)),
+    ("patch", "/api/v1/webhook-subscriptions/{subscription_id}", Some(Maintainer)),
+    ("post", "/api/v1/webhook-subscriptions/{subscription_id}/rotate-secret", Some(Maintainer)),
+    ("post", "/api/v1/webhook-subscriptions/{subscription_id}/test", Some(Maintainer)),
+    ("get", "/api/v1/webhook-subscriptions/{subscription_id}/deliveries", Some(Maintainer)),
+    ("get", "/api/v1/webhook-subscriptions/{subscription_id}/deliveries/{delivery_id}", Some(Maintainer)),
+    ("post", "/api/v1/webhook-subscriptions/{subscription_id}/deliveries/{delivery_id}/redeliver", Some(Maintainer)),
+    ("post", "/api/v1/webhook-subscriptions/{subscription_id}/redeliver-failed", Some(Maintainer)),
     ("get", "/api/v1/tickets", Some(Outsider)),
     ("get", "/api/v1/tickets/{ticket_id}", Some(Viewer)),
     ("patch", "/api/v1/tickets/{ticket_id}", Some(Member)),
@@ -141,6 +154,8 @@ pub(crate) struct Fixture {
     pub job: String,
     pub other_user: String,
     pub token_id: String,
+    /// The project's outbound webhook subscription.
+    pub subscription: String,
 }
 
 /// A project with a ticket and a job, a started clanker, an integration and a secret.
@@ -185,7 +200,17 @@ pub(crate) async fn fixture(app: &TestApp) -> Fixture {
         .json()
         .await
         .unwrap();
+    let subscription: Value = app
+        .post_json(
+            "/api/v1/projects/shop/webhook-subscriptions",
+            &json!({"url": "https://hooks.example.com/viberglass", "events": ["job.failed"]}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
     Fixture {
+        subscription: subscription["id"].as_str().expect("the fixture's subscription").to_owned(),
         project: "shop".into(),
         ticket: ticket["id"].as_str().unwrap().to_owned(),
         job: job.id.to_string(),
@@ -227,6 +252,7 @@ fn concrete(path: &str, f: &Fixture) -> String {
         .replace("{config}", &uuid::Uuid::now_v7().to_string())
         .replace("{webhook_id}", &uuid::Uuid::now_v7().to_string())
         .replace("{delivery_id}", &uuid::Uuid::now_v7().to_string())
+        .replace("{subscription_id}", &f.subscription)
 }
 
 /// Every route with every caller: admitted callers never get 401 or 403;

@@ -1,0 +1,262 @@
+//! Outbound webhooks, delivered from the outbox:
+//!
+//! - the `outbound-webhooks` consumer owes each event to every active subscription that wants it (one row per
+//!   event and subscription: an event handled twice is owed once), with its body fixed then;
+//! - [`delivery_loop`] claims due rows with a lease (one server at a time attempts a row), sends them signed
+//!   (Standard Webhooks, `webhook-id` = the event's id on every attempt), records every attempt, and retries
+//!   failures with exponential backoff and jitter up to the maximum age.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use tokio_util::sync::CancellationToken;
+use viberglass_domain::{AttemptError, DomainEvent, OutboundAttempt, Subscription, SubscriptionAuth, SubscriptionId};
+use viberglass_integrations::outbound::{self, Auth, Outgoing};
+use viberglass_store::{AfterAttempt, ClaimedDelivery, NewOutbound};
+
+use crate::AppState;
+use crate::error::error_chain;
+use crate::outbox::Consumer;
+
+/// Owes events to the subscriptions that want them.
+pub struct OutboundWebhooks;
+
+impl Consumer for OutboundWebhooks {
+    fn name(&self) -> &'static str {
+        "outbound-webhooks"
+    }
+
+    fn handle<'a>(&'a self, state: &'a AppState, event: &'a DomainEvent) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let subs = state
+                .store
+                .subscriptions_for_event(event.project_id, event.created_at)
+                .await
+                .map_err(|e| error_chain(&e))?;
+            let body = event.webhook_body().to_string();
+            let owed: Vec<NewOutbound> = subs
+                .iter()
+                .filter(|s| s.wants(event.event_type))
+                .map(|s| NewOutbound {
+                    subscription_id: s.id,
+                    event_id: event.id,
+                    event_type: event.event_type.as_str().to_owned(),
+                    body: body.clone(),
+                })
+                .collect();
+            if state.store.enqueue_outbound(&owed).await.map_err(|e| error_chain(&e))? > 0 {
+                state.outbound_wake.notify_one();
+            }
+            Ok(())
+        })
+    }
+}
+
+/// How many deliveries are attempted at once by one server.
+const CONCURRENCY: usize = 16;
+
+/// The wait before the attempt after `failures` failed ones: `min` doubling per failure up to `max`, then a
+/// random point in its upper half (so receivers coming back are not hit by every server at once).
+pub fn backoff(failures: i64, min: Duration, max: Duration) -> Duration {
+    let exp = failures.saturating_sub(1).clamp(0, 30) as u32;
+    let full = min.saturating_mul(1u32 << exp.min(20)).min(max);
+    let half = full / 2;
+    half + Duration::from_millis(rand::random::<u64>() % (half.as_millis().max(1) as u64))
+}
+
+/// A subscription as the loop sends to it.
+struct Prepared {
+    subscription: Subscription,
+    secrets: Vec<String>,
+    headers: std::collections::BTreeMap<String, String>,
+    auth: Auth,
+}
+
+async fn prepare(state: &AppState, id: SubscriptionId) -> Result<Prepared, String> {
+    let stored = state.store.get_subscription(id).await.map_err(|e| error_chain(&e))?;
+    let creds = crate::service::subscriptions::open(state, &stored)?;
+    let sub = stored.subscription;
+    let mut secrets = vec![creds.secret.clone()];
+    if let (Some(prev), Some(until)) = (&creds.previous_secret, sub.previous_secret_until)
+        && until > viberglass_store::now()
+    {
+        secrets.push(prev.clone());
+    }
+    let auth = match sub.auth {
+        SubscriptionAuth::None => Auth::None,
+        SubscriptionAuth::Bearer => Auth::Bearer(creds.token.clone().unwrap_or_default()),
+        SubscriptionAuth::Basic => Auth::Basic {
+            username: sub.username.clone().unwrap_or_default(),
+            password: creds.password.clone().unwrap_or_default(),
+        },
+    };
+    Ok(Prepared { subscription: sub, secrets, headers: creds.headers, auth })
+}
+
+/// The two clients: one refusing private destinations, one allowing them (for subscriptions an administrator
+/// allowed, or every subscription with `VIBERGLASS_WEBHOOK_ALLOW_PRIVATE`).
+struct Clients {
+    strict: reqwest::Client,
+    open: reqwest::Client,
+    timeout: Duration,
+}
+
+/// One attempt of one claimed delivery, recorded.
+async fn attempt(
+    state: &AppState,
+    clients: &Clients,
+    owner: &str,
+    prepared: Option<&Result<Prepared, String>>,
+    delivery: ClaimedDelivery,
+) {
+    let started_at = viberglass_store::now();
+    let number = delivery.attempts + 1;
+    let (outcome, project) = match prepared {
+        Some(Ok(p)) => {
+            let allow = p.subscription.allow_private || state.config.webhook_allow_private;
+            let id = delivery.event_id.to_string();
+            let out = Outgoing {
+                url: &p.subscription.url,
+                id: &id,
+                timestamp: started_at.unix_timestamp(),
+                body: &delivery.body,
+                secrets: p.secrets.iter().map(String::as_str).collect(),
+                headers: &p.headers,
+                auth: p.auth.clone(),
+                allow_private: allow,
+            };
+            let client = if allow { &clients.open } else { &clients.strict };
+            (outbound::deliver(client, &out, clients.timeout).await, p.subscription.project_id)
+        }
+        Some(Err(message)) => (
+            outbound::Outcome {
+                status: None,
+                response: None,
+                error: Some((AttemptError::Other, message.clone())),
+                duration: Duration::ZERO,
+            },
+            None,
+        ),
+        None => return,
+    };
+    let max_age = time::Duration::seconds(state.config.webhook_max_age_secs as i64);
+    let mut error = outcome.error.clone();
+    let after = match &outcome.error {
+        None => AfterAttempt::Succeeded,
+        Some((_, message)) if outcome.gone() => AfterAttempt::GiveUp { gone: Some(message.clone()) },
+        Some(_) if viberglass_store::now() - delivery.window_start >= max_age => {
+            if let Some((_, message)) = &mut error {
+                message.push_str(&format!(
+                    "; given up after {number} attempts over {} (the maximum age): redeliver it once the receiver works",
+                    crate::service::subscriptions::human_secs(state.config.webhook_max_age_secs)
+                ));
+            }
+            AfterAttempt::GiveUp { gone: None }
+        }
+        Some(_) => {
+            let wait = backoff(
+                number,
+                Duration::from_millis(state.config.webhook_retry_min_ms),
+                Duration::from_secs(state.config.webhook_retry_max_secs),
+            );
+            AfterAttempt::Retry(viberglass_store::now() + wait)
+        }
+    };
+    let record = OutboundAttempt {
+        attempt: number,
+        started_at,
+        duration_ms: outcome.duration.as_millis() as i64,
+        status_code: outcome.status,
+        response: outcome.response.clone(),
+        error_kind: error.as_ref().map(|(k, _)| *k),
+        error: error.as_ref().map(|(_, m)| m.clone()),
+        server: owner.to_owned(),
+    };
+    if let Some((kind, message)) = &error {
+        tracing::info!(subscription = %delivery.subscription_id, event = %delivery.event_id, attempt = number,
+            kind = kind.as_str(), error = message.as_str(), "outbound webhook attempt failed");
+    }
+    if let Err(e) =
+        crate::service::subscriptions::record_attempt(state, &delivery, owner, &record, &after, project).await
+    {
+        tracing::error!(error = %error_chain(&e), "outbound webhooks: could not record an attempt");
+    }
+}
+
+/// Claims and sends due deliveries until `shutdown`.
+pub async fn delivery_loop(state: AppState, owner: String, poll: Duration, shutdown: CancellationToken) {
+    let timeout = Duration::from_millis(state.config.webhook_timeout_ms);
+    let clients =
+        Arc::new(Clients { strict: outbound::client(false, timeout), open: outbound::client(true, timeout), timeout });
+    // Long enough for a batch: the attempts queued behind the first `CONCURRENCY` start after those end.
+    let lease = timeout * 3 + Duration::from_secs(15);
+    loop {
+        let claimed = match state
+            .store
+            .claim_outbound(&owner, (CONCURRENCY * 2) as i64, time::Duration::try_from(lease).unwrap_or_default())
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %error_chain(&e), "outbound webhooks: store error");
+                Vec::new()
+            }
+        };
+        if claimed.is_empty() {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = state.outbound_wake.notified() => {}
+                () = tokio::time::sleep(poll) => {}
+            }
+            continue;
+        }
+        let claimed_at = std::time::Instant::now();
+        let mut prepared: HashMap<SubscriptionId, Result<Prepared, String>> = HashMap::new();
+        for d in &claimed {
+            if let std::collections::hash_map::Entry::Vacant(slot) = prepared.entry(d.subscription_id) {
+                slot.insert(prepare(&state, d.subscription_id).await);
+            }
+        }
+        let prepared = &prepared;
+        let state_ref = &state;
+        let clients_ref = clients.as_ref();
+        let owner_ref = owner.as_str();
+        futures::stream::iter(claimed)
+            .map(|d| async move {
+                // An attempt that could outlast the lease is left for the next claim.
+                if claimed_at.elapsed() + timeout + Duration::from_secs(5) > lease {
+                    return;
+                }
+                let p = prepared.get(&d.subscription_id);
+                attempt(state_ref, clients_ref, owner_ref, p, d).await
+            })
+            .buffer_unordered(CONCURRENCY)
+            .collect::<Vec<()>>()
+            .await;
+        if shutdown.is_cancelled() {
+            break;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_up_to_the_maximum() {
+        let min = Duration::from_secs(5);
+        let max = Duration::from_secs(3600);
+        for _ in 0..100 {
+            let first = backoff(1, min, max);
+            assert!(first >= Duration::from_millis(2500) && first <= min, "{first:?}");
+            let fourth = backoff(4, min, max);
+            assert!(fourth >= Duration::from_secs(20) && fourth <= Duration::from_secs(40), "{fourth:?}");
+            let late = backoff(40, min, max);
+            assert!(late >= max / 2 && late <= max, "{late:?}");
+        }
+    }
+}
