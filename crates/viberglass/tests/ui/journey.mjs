@@ -12,6 +12,7 @@
 import { createRequire } from "node:module";
 import { mkdirSync } from "node:fs";
 import { createHmac } from "node:crypto";
+import { createServer } from "node:http";
 
 const env = (name) => {
   const value = process.env[name];
@@ -238,6 +239,48 @@ try {
   await page.click("#deliveries a.mono");
   await page.waitForURL(/\/tickets\/[0-9a-f-]{36}$/);
   if (!(await page.textContent("h1")).includes("Filed from the support desk")) fail("the delivery's ticket is not linked");
+
+  step("an outbound webhook: subscribe, send a test event, see it delivered and verified");
+  const received = [];
+  const receiver = createServer((req, res) => {
+    let body = "";
+    req.on("data", (c) => (body += c));
+    req.on("end", () => { received.push({ headers: req.headers, body }); res.writeHead(200); res.end("thanks"); });
+  });
+  await new Promise((ok) => receiver.listen(0, "127.0.0.1", ok));
+  const hookUrl = `http://127.0.0.1:${receiver.address().port}/hook`;
+  await page.goto(base + "/webhook-subscriptions");
+  if (!(await page.textContent("main")).includes("No subscription yet")) fail("no empty state for subscriptions");
+  await page.fill("#subscription [name=url]", hookUrl);
+  await page.check("#subscription [name='allow_private:bool'][type=checkbox]");
+  await Promise.all([page.waitForNavigation(), page.click("#subscription button[type=submit]")]);
+  const signing = (await page.textContent("#shown-once")).trim();
+  if (!signing.startsWith("whsec_")) fail(`the generated signing secret is not shown once: '${signing}'`);
+  await Promise.all([page.waitForNavigation(), page.click("text=Done")]);
+  await page.waitForURL(/\/webhook-subscriptions\/[0-9a-f-]{36}$/);
+  if (!(await page.textContent("main")).includes("No deliveries yet")) fail("no empty state for deliveries");
+  await Promise.all([page.waitForNavigation(), page.click("button:has-text('Send test event')")]);
+  const testEvent = () => received.find((r) => JSON.parse(r.body).type === "webhook.test");
+  for (let i = 0; i < 50 && !testEvent(); i++) await new Promise((ok) => setTimeout(ok, 100));
+  if (!testEvent()) fail("the receiver got no test event");
+  const got = testEvent();
+  const key = Buffer.from(signing.slice("whsec_".length), "base64");
+  const expected = createHmac("sha256", key)
+    .update(`${got.headers["webhook-id"]}.${got.headers["webhook-timestamp"]}.${got.body}`).digest("base64");
+  if (!got.headers["webhook-signature"].split(" ").includes(`v1,${expected}`)) fail("the test event's signature does not verify");
+  if (JSON.parse(got.body).type !== "webhook.test") fail(`not a test event: ${got.body}`);
+  let page_text = "";
+  for (let i = 0; i < 30; i++) {
+    await page.reload();
+    page_text = await page.textContent("main");
+    if (page_text.includes("succeeded")) break;
+    await new Promise((ok) => setTimeout(ok, 200));
+  }
+  if (!page_text.includes("succeeded") || !page_text.includes("webhook.test")) fail(`the delivery is not shown: ${page_text}`);
+  await page.click("details.delivery summary");
+  if (!(await page.textContent("table.attempts")).includes("200")) fail("the attempt is not shown with its answer");
+  await shot("outbound-webhook");
+  receiver.close();
 
   step("in the dark");
   await page.emulateMedia({ colorScheme: "dark" });
