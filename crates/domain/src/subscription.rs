@@ -99,8 +99,9 @@ impl Subscription {
     }
 }
 
-/// What a subscription keeps sealed: the signing secret(s), header values and authentication.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// What a subscription keeps sealed: the signing secret(s), header values and authentication. Its `Debug`
+/// shows no value.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubscriptionCredentials {
     /// `whsec_<base64>`.
     pub secret: String,
@@ -113,6 +114,18 @@ pub struct SubscriptionCredentials {
     pub token: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<String>,
+}
+
+impl std::fmt::Debug for SubscriptionCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SubscriptionCredentials")
+            .field("secret", &"…")
+            .field("previous_secret", &self.previous_secret.as_ref().map(|_| "…"))
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field("token", &self.token.as_ref().map(|_| "…"))
+            .field("password", &self.password.as_ref().map(|_| "…"))
+            .finish()
+    }
 }
 
 /// A subscription as a client sends it, to create or change one.
@@ -174,6 +187,16 @@ const RESERVED_HEADERS: &[&str] = &[
     "webhook-id",
     "webhook-timestamp",
     "webhook-signature",
+    // Hop-by-hop and forwarding headers an internal target might trust.
+    "forwarded",
+    "x-real-ip",
+    "te",
+    "upgrade",
+    "expect",
+    "cookie",
+    "keep-alive",
+    "proxy-authorization",
+    "proxy-connection",
 ];
 
 /// Parses a destination: an absolute http(s) URL with a host, no user or password in it.
@@ -197,6 +220,14 @@ pub fn parse_destination(value: &str) -> Result<url::Url, String> {
         return Err("must not have a #fragment".into());
     }
     Ok(url)
+}
+
+/// Whether two URLs share scheme, host and port (an unreadable one shares nothing).
+pub fn same_origin(a: &str, b: &str) -> bool {
+    match (url::Url::parse(a), url::Url::parse(b)) {
+        (Ok(a), Ok(b)) => a.origin() == b.origin(),
+        _ => false,
+    }
 }
 
 /// Parses a Standard Webhooks secret: `whsec_` and the base64 of 24 to 64 bytes.
@@ -253,7 +284,7 @@ fn parse_header(name: &str, value: &str) -> Result<(String, String), String> {
             name.chars().take(64).collect::<String>()
         ));
     }
-    if RESERVED_HEADERS.contains(&n.as_str()) || n.starts_with("webhook-") {
+    if RESERVED_HEADERS.contains(&n.as_str()) || n.starts_with("webhook-") || n.starts_with("x-forwarded-") {
         return Err(format!("`{n}` is set by the server itself (use auth for Authorization)"));
     }
     if value.len() > 1000 || value.chars().any(|c| c.is_control() && c != '\t') {
@@ -394,10 +425,24 @@ impl SubscriptionPatch {
     }
 
     /// Applies the change to the visible fields and the sealed credentials (a new secret is the caller's: it
-    /// decides about the overlap).
+    /// decides about the overlap). A URL on another origin (scheme, host or port) drops the extra headers and
+    /// the authentication unless the change gives them again: credentials are never sent somewhere new
+    /// unasked.
     pub fn apply(&self, sub: &mut Subscription, creds: &mut SubscriptionCredentials) {
         let p = self.clone();
         if let Some(v) = p.url {
+            if !same_origin(&sub.url, &v) {
+                if p.headers.is_none() {
+                    sub.headers.clear();
+                    creds.headers.clear();
+                }
+                if p.auth.is_none() {
+                    sub.auth = SubscriptionAuth::None;
+                    sub.username = None;
+                    creds.token = None;
+                    creds.password = None;
+                }
+            }
             sub.url = v;
         }
         if let Some(v) = p.description {
@@ -620,6 +665,33 @@ mod tests {
         assert_eq!(decode_base64("aGVsbG8="), Some(b"hello".to_vec()));
         assert_eq!(decode_base64("aGk="), Some(b"hi".to_vec()));
         assert_eq!(decode_base64("aGk=aGk="), None);
+    }
+
+    #[test]
+    fn moving_to_another_origin_drops_the_credentials_unless_given_again() {
+        let json = serde_json::json!({"url": "https://ci.example/hook", "headers": {"x-key": "k"}, "auth": "bearer",
+            "token": "t"});
+        let mut new = NewSubscription::parse(SubscriptionScope::Instance, input(json), SECRET.into(), now()).unwrap();
+        let path_only =
+            SubscriptionPatch::parse(input(serde_json::json!({"url": "https://ci.example/other"}))).unwrap();
+        path_only.apply(&mut new.subscription, &mut new.credentials);
+        assert_eq!(new.credentials.token.as_deref(), Some("t"), "same origin: kept");
+        let moved = SubscriptionPatch::parse(input(serde_json::json!({"url": "https://attacker.example/"}))).unwrap();
+        moved.apply(&mut new.subscription, &mut new.credentials);
+        assert!(new.credentials.token.is_none() && new.credentials.headers.is_empty());
+        assert_eq!(new.subscription.auth, SubscriptionAuth::None);
+        assert!(new.subscription.headers.is_empty());
+        let given = SubscriptionPatch::parse(input(
+            serde_json::json!({"url": "https://new.example/", "auth": "bearer", "token": "t2"}),
+        ))
+        .unwrap();
+        given.apply(&mut new.subscription, &mut new.credentials);
+        assert_eq!(new.credentials.token.as_deref(), Some("t2"));
+        assert!(!format!("{:?}", new.credentials).contains("t2"), "Debug shows no value");
+        for header in ["X-Forwarded-For", "Forwarded", "Cookie"] {
+            let bad = SubscriptionPatch::parse(input(serde_json::json!({"headers": {header: "x"}})));
+            assert!(bad.is_err(), "{header}");
+        }
     }
 
     #[test]

@@ -62,6 +62,7 @@ fn private_v4(ip: Ipv4Addr) -> Option<&'static str> {
         _ if ip.is_link_local() => "a link-local address (cloud metadata lives here)",
         (100, 64..=127, _) => "a shared (carrier-grade NAT) address",
         (192, 0, 0) => "an IETF protocol address",
+        (192, 88, 99) => "a 6to4 relay address",
         (192, 0, 2) | (198, 51, 100) | (203, 0, 113) => "a documentation address",
         (198, 18..=19, _) => "a benchmarking address",
         _ if ip.is_multicast() => "a multicast address",
@@ -82,6 +83,11 @@ fn private_v6(ip: Ipv6Addr) -> Option<&'static str> {
         [0x64, 0xff9b, 0, 0, 0, 0, hi, lo] => {
             return private_v4(Ipv4Addr::from(((hi as u32) << 16) | lo as u32));
         }
+        // IPv4-translated (::ffff:0:a.b.c.d), local-use NAT64 (64:ff9b:1::/48) and Teredo (2001::/32) can all
+        // reach IPv4 addresses the check cannot see.
+        [0, 0, 0, 0, 0xffff, 0, _, _] => "an IPv4-translated address",
+        [0x64, 0xff9b, 1, ..] => "a local-use NAT64 address",
+        [0x2001, 0, ..] => "a Teredo address",
         [0x2002, hi, lo, ..] => {
             return private_v4(Ipv4Addr::from(((hi as u32) << 16) | lo as u32));
         }
@@ -99,9 +105,10 @@ pub const ALLOW_PRIVATE_HINT: &str = "outbound webhooks to loopback, link-local 
      administrator can allow internal targets for this subscription (allow_private) or for the whole server \
      (VIBERGLASS_WEBHOOK_ALLOW_PRIVATE=true)";
 
-/// A destination refused for its address.
+/// A destination refused for its address (the message names the kind of address, not the address: a
+/// subscriber must not learn the server's internal names and addresses from it).
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{host} resolves to {ip}, {kind}; {ALLOW_PRIVATE_HINT}")]
+#[error("{host} resolves to {kind}; {ALLOW_PRIVATE_HINT}")]
 pub struct PrivateDestination {
     pub host: String,
     pub ip: IpAddr,
@@ -162,16 +169,26 @@ pub fn client(allow_private: bool, timeout: Duration) -> reqwest::Client {
         .expect("a client with these settings builds")
 }
 
-/// How the destination is authenticated besides the signature.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How the destination is authenticated besides the signature (its `Debug` shows no value).
+#[derive(Clone, PartialEq, Eq)]
 pub enum Auth {
     None,
     Bearer(String),
     Basic { username: String, password: String },
 }
 
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Auth::None => "None",
+            Auth::Bearer(_) => "Bearer(…)",
+            Auth::Basic { .. } => "Basic(…)",
+        })
+    }
+}
+
 /// One attempt's request.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Outgoing<'a> {
     pub url: &'a str,
     /// `webhook-id`: the event's id, the same on every attempt.
@@ -257,8 +274,10 @@ pub fn classify(error: &reqwest::Error, url: &str, timeout: Duration) -> (Attemp
             ),
         );
     }
-    if lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake") || lower.contains("rustls")
-    {
+    // rustls's errors, as its messages word them (the crate's types are not this crate's to downcast to).
+    const TLS_WORDS: &[&str] =
+        &["certificate", "tls", "handshake", "rustls", "corrupt message", "alert", "peer sent", "unknownissuer"];
+    if TLS_WORDS.iter().any(|w| lower.contains(w)) {
         return (AttemptError::Tls, format!("the TLS connection to {host} failed ({detail}): check its certificate"));
     }
     if error.is_connect() || lower.contains("refused") || lower.contains("reset") {
@@ -386,6 +405,10 @@ mod tests {
             "64:ff9b::a9fe:a9fe",
             "2002:7f00:1::",
             "ff02::1",
+            "::ffff:0:7f00:1",
+            "64:ff9b:1::a9fe:a9fe",
+            "2001:0:4136:e378::1",
+            "192.88.99.1",
         ] {
             assert!(private_kind(ip.parse().unwrap()).is_some(), "{ip} should be refused");
         }
@@ -420,10 +443,103 @@ mod tests {
         let outcome = deliver(&client, &out, Duration::from_secs(2)).await;
         let (kind, message) = outcome.error.unwrap();
         assert_eq!(kind, AttemptError::PrivateAddress, "{message}");
-        assert!(message.contains("localhost resolves to") && message.contains("allow_private"), "{message}");
+        assert!(
+            message.contains("localhost resolves to a loopback address") && message.contains("allow_private"),
+            "{message}"
+        );
+        assert!(!message.contains("127.0.0.1"), "the address itself is not told: {message}");
         // Allowed, the same name connects (and nothing listens on port 9).
         let open = super::client(true, Duration::from_secs(2));
         let outcome = deliver(&open, &Outgoing { allow_private: true, ..out }, Duration::from_secs(2)).await;
         assert_eq!(outcome.error.unwrap().0, AttemptError::Refused);
+    }
+
+    fn outgoing<'a>(url: &'a str, headers: &'a BTreeMap<String, String>) -> Outgoing<'a> {
+        Outgoing {
+            url,
+            id: "evt",
+            timestamp: 1,
+            body: "{}",
+            secrets: vec!["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"],
+            headers,
+            auth: Auth::None,
+            allow_private: true,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_receiver_that_never_answers_is_a_timeout() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let hold = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                open.push(socket);
+            }
+        });
+        let timeout = Duration::from_millis(300);
+        let headers = BTreeMap::new();
+        let outcome = deliver(&client(true, timeout), &outgoing(&url, &headers), timeout).await;
+        let (kind, message) = outcome.error.unwrap();
+        assert_eq!(kind, AttemptError::Timeout, "{message}");
+        assert!(message.contains("did not answer within 0.3 s"), "{message}");
+        hold.abort();
+    }
+
+    #[tokio::test]
+    async fn unknown_names_and_tls_to_a_plain_port_are_named() {
+        let headers = BTreeMap::new();
+        let timeout = Duration::from_secs(5);
+        let outcome =
+            deliver(&client(false, timeout), &outgoing("http://nowhere.invalid/hook", &headers), timeout).await;
+        let (kind, message) = outcome.error.unwrap();
+        assert_eq!(kind, AttemptError::Dns, "{message}");
+        assert!(message.contains("nowhere.invalid did not resolve"), "{message}");
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("https://{}/hook", listener.local_addr().unwrap());
+        let plain = tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                use tokio::io::AsyncWriteExt;
+                let _ = socket.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await;
+            }
+        });
+        let outcome = deliver(&client(true, timeout), &outgoing(&url, &headers), timeout).await;
+        let (kind, message) = outcome.error.unwrap();
+        assert_eq!(kind, AttemptError::Tls, "{message}");
+        plain.abort();
+    }
+
+    #[tokio::test]
+    async fn an_answer_is_kept_to_its_first_kibibyte_and_redirects_are_not_followed() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let mut n = 0;
+            while let Ok((mut socket, _)) = listener.accept().await {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = [0u8; 4096];
+                let _ = socket.read(&mut buf).await;
+                n += 1;
+                let answer = if n == 1 {
+                    let body = "x".repeat(100_000);
+                    format!("HTTP/1.1 500 Oops\r\ncontent-length: {}\r\n\r\n{body}", body.len())
+                } else {
+                    "HTTP/1.1 302 Found\r\nlocation: http://169.254.169.254/\r\ncontent-length: 0\r\n\r\n".to_owned()
+                };
+                let _ = socket.write_all(answer.as_bytes()).await;
+            }
+        });
+        let timeout = Duration::from_secs(5);
+        let headers = BTreeMap::new();
+        let http = client(true, timeout);
+        let first = deliver(&http, &outgoing(&url, &headers), timeout).await;
+        assert_eq!(first.status, Some(500));
+        assert_eq!(first.response.as_deref().map(str::len), Some(SNIPPET_BYTES));
+        assert_eq!(first.error.unwrap().0, AttemptError::Status);
+        let second = deliver(&http, &outgoing(&url, &headers), timeout).await;
+        assert_eq!(second.status, Some(302));
+        assert!(second.error.unwrap().1.contains("redirects are not followed"));
+        server.abort();
     }
 }

@@ -10,7 +10,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 use viberglass_domain::{AttemptError, DomainEvent, OutboundAttempt, Subscription, SubscriptionAuth, SubscriptionId};
@@ -109,12 +108,12 @@ async fn attempt(
     state: &AppState,
     clients: &Clients,
     owner: &str,
-    prepared: Option<&Result<Prepared, String>>,
+    prepared: Option<&Arc<Result<Prepared, String>>>,
     delivery: ClaimedDelivery,
 ) {
     let started_at = viberglass_store::now();
     let number = delivery.attempts + 1;
-    let (outcome, project) = match prepared {
+    let (outcome, project) = match prepared.map(|p| p.as_ref()) {
         Some(Ok(p)) => {
             let allow = p.subscription.allow_private || state.config.webhook_allow_private;
             let id = delivery.event_id.to_string();
@@ -186,58 +185,93 @@ async fn attempt(
     }
 }
 
-/// Claims and sends due deliveries until `shutdown`.
+/// The most attempts one server makes at once to one subscription: a slow receiver takes its own share of the
+/// loop, never everyone's.
+const PER_SUBSCRIPTION: usize = 8;
+
+/// Claims and sends due deliveries until `shutdown`: up to [`CONCURRENCY`] attempts in flight, at most
+/// [`PER_SUBSCRIPTION`] of them for one subscription, claiming more as each ends.
 pub async fn delivery_loop(state: AppState, owner: String, poll: Duration, shutdown: CancellationToken) {
     let timeout = Duration::from_millis(state.config.webhook_timeout_ms);
     let clients =
         Arc::new(Clients { strict: outbound::client(false, timeout), open: outbound::client(true, timeout), timeout });
-    // Long enough for a batch: the attempts queued behind the first `CONCURRENCY` start after those end.
-    let lease = timeout * 3 + Duration::from_secs(15);
+    // An attempt starts as soon as it is claimed and ends within the timeout: the lease outlasts it.
+    let lease = time::Duration::try_from(timeout * 3 + Duration::from_secs(15)).unwrap_or_default();
+    let owner = Arc::new(owner);
+    let mut per_subscription: HashMap<SubscriptionId, usize> = HashMap::new();
+    let mut tasks: HashMap<tokio::task::Id, SubscriptionId> = HashMap::new();
+    // Spawned, not merely polled here: an attempt inside a transaction must go on while this loop awaits the store.
+    let mut running = tokio::task::JoinSet::new();
     loop {
-        let claimed = match state
-            .store
-            .claim_outbound(&owner, (CONCURRENCY * 2) as i64, time::Duration::try_from(lease).unwrap_or_default())
-            .await
-        {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(error = %error_chain(&e), "outbound webhooks: store error");
-                Vec::new()
+        let capacity = CONCURRENCY - running.len();
+        let mut claimed_any = false;
+        if capacity > 0 && !shutdown.is_cancelled() {
+            let claimed = match state.store.claim_outbound(&owner, capacity as i64, lease).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(error = %error_chain(&e), "outbound webhooks: store error");
+                    Vec::new()
+                }
+            };
+            claimed_any = !claimed.is_empty();
+            let mut over = Vec::new();
+            for d in claimed {
+                let count = per_subscription.entry(d.subscription_id).or_default();
+                if *count >= PER_SUBSCRIPTION {
+                    over.push(d.id);
+                    continue;
+                }
+                *count += 1;
+                // Read for each attempt: a rotated secret or a changed URL applies to the very next one.
+                let p = Arc::new(prepare(&state, d.subscription_id).await);
+                let (state, clients, owner) = (state.clone(), clients.clone(), owner.clone());
+                let sub = d.subscription_id;
+                let task = running.spawn(async move { attempt(&state, &clients, &owner, Some(&p), d).await });
+                tasks.insert(task.id(), sub);
             }
-        };
-        if claimed.is_empty() {
+            if !over.is_empty() {
+                let later = viberglass_store::now() + time::Duration::milliseconds(200);
+                if let Err(e) = state.store.release_outbound(&owner, &over, later).await {
+                    tracing::error!(error = %error_chain(&e), "outbound webhooks: store error");
+                }
+            }
+        }
+        if running.is_empty() {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            if claimed_any {
+                continue;
+            }
             tokio::select! {
-                () = shutdown.cancelled() => break,
+                () = shutdown.cancelled() => {}
                 () = state.outbound_wake.notified() => {}
                 () = tokio::time::sleep(poll) => {}
             }
             continue;
         }
-        let claimed_at = std::time::Instant::now();
-        let mut prepared: HashMap<SubscriptionId, Result<Prepared, String>> = HashMap::new();
-        for d in &claimed {
-            if let std::collections::hash_map::Entry::Vacant(slot) = prepared.entry(d.subscription_id) {
-                slot.insert(prepare(&state, d.subscription_id).await);
-            }
-        }
-        let prepared = &prepared;
-        let state_ref = &state;
-        let clients_ref = clients.as_ref();
-        let owner_ref = owner.as_str();
-        futures::stream::iter(claimed)
-            .map(|d| async move {
-                // An attempt that could outlast the lease is left for the next claim.
-                if claimed_at.elapsed() + timeout + Duration::from_secs(5) > lease {
-                    return;
+        // Wait for an attempt to end (or for more to claim while there is room).
+        tokio::select! {
+            Some(ended) = running.join_next_with_id() => {
+                let task = match ended {
+                    Ok((task, ())) => task,
+                    Err(e) => {
+                        // A panicked attempt: its delivery's lease lapses and it is attempted again.
+                        tracing::error!(error = %e, "outbound webhooks: an attempt panicked");
+                        e.id()
+                    }
+                };
+                if let Some(sub) = tasks.remove(&task)
+                    && let Some(n) = per_subscription.get_mut(&sub)
+                {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        per_subscription.remove(&sub);
+                    }
                 }
-                let p = prepared.get(&d.subscription_id);
-                attempt(state_ref, clients_ref, owner_ref, p, d).await
-            })
-            .buffer_unordered(CONCURRENCY)
-            .collect::<Vec<()>>()
-            .await;
-        if shutdown.is_cancelled() {
-            break;
+            }
+            () = state.outbound_wake.notified(), if running.len() < CONCURRENCY => {}
+            () = tokio::time::sleep(poll), if running.len() < CONCURRENCY => {}
         }
     }
 }

@@ -163,8 +163,9 @@ pub async fn rotate_key(
     }
     // Outbound webhook subscriptions' credentials, sealed under the name `subscription:<id>`.
     for (id, stored) in store.subscription_credentials().await? {
-        if let Some(fresh) = reseal(&opener, &sealer, &format!("subscription:{id}"), &stored, &mut rotation) {
-            store.reseal_subscription(id, &fresh).await?;
+        if let Some(fresh) = reseal(&opener, &sealer, &format!("subscription:{id}"), &stored, &mut rotation)
+            && store.reseal_subscription(id, &stored, &fresh).await?
+        {
             rotation.resealed += 1;
         }
     }

@@ -250,21 +250,81 @@ impl Store {
         })
     }
 
-    /// Stores credentials re-sealed under another key (the values are unchanged).
-    pub async fn reseal_subscription(&self, id: SubscriptionId, sealed: &SealedValue) -> Result<(), StoreError> {
-        on_pool!(self, |pool| {
+    /// Stores credentials re-sealed under another key (the values are unchanged), only if they are still the
+    /// ones `old` read (a concurrent change wins). Returns whether it wrote.
+    pub async fn reseal_subscription(
+        &self,
+        id: SubscriptionId,
+        old: &SealedValue,
+        sealed: &SealedValue,
+    ) -> Result<bool, StoreError> {
+        let changed = on_pool!(self, |pool| {
             sqlx::query(
                 "UPDATE webhook_subscriptions SET credentials_ciphertext = $2, credentials_nonce = $3, \
-                 credentials_key_id = $4 WHERE id = $1",
+                 credentials_key_id = $4 WHERE id = $1 AND credentials_key_id = $5 AND credentials_nonce = $6",
             )
             .bind(id.as_uuid())
             .bind(sealed.ciphertext.clone())
             .bind(sealed.nonce.clone())
             .bind(sealed.key_id.clone())
+            .bind(old.key_id.clone())
+            .bind(old.nonce.clone())
             .execute(pool)
             .await
-            .map(|_| ())
+            .map(|r| r.rows_affected())
         })?;
+        Ok(changed == 1)
+    }
+
+    /// How many subscriptions a project has (`None`: instance-wide ones).
+    pub async fn count_subscriptions(&self, project: Option<ProjectId>) -> Result<i64, StoreError> {
+        let n = on_pool!(self, |pool| {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT COUNT(*) FROM webhook_subscriptions WHERE (project_id = $1 OR ($1 IS NULL AND project_id IS NULL))",
+            )
+            .bind(project.map(|p| p.as_uuid()))
+            .fetch_one(pool)
+            .await
+        })?;
+        Ok(n)
+    }
+
+    /// Whether a subscription has a delivery of `event_type` not yet attempted.
+    pub async fn has_unattempted(&self, subscription: SubscriptionId, event_type: &str) -> Result<bool, StoreError> {
+        let n = on_pool!(self, |pool| {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT COUNT(*) FROM outbound_deliveries WHERE subscription_id = $1 AND event_type = $2 \
+                 AND status = 'pending' AND attempts = 0",
+            )
+            .bind(subscription.as_uuid())
+            .bind(event_type.to_owned())
+            .fetch_one(pool)
+            .await
+        })?;
+        Ok(n > 0)
+    }
+
+    /// Hands claimed deliveries back unattempted, due again at `at` (a server over its share for a subscription).
+    pub async fn release_outbound(
+        &self,
+        owner: &str,
+        ids: &[viberglass_domain::OutboundDeliveryId],
+        at: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        for id in ids {
+            on_pool!(self, |pool| {
+                sqlx::query(
+                    "UPDATE outbound_deliveries SET next_attempt_at = $3, lease_owner = NULL \
+                     WHERE id = $1 AND lease_owner = $2 AND status = 'pending'",
+                )
+                .bind(id.as_uuid())
+                .bind(owner.to_owned())
+                .bind(DbTime(at))
+                .execute(pool)
+                .await
+                .map(|_| ())
+            })?;
+        }
         Ok(())
     }
 
@@ -413,7 +473,7 @@ impl Store {
             .bind(attempt.server.clone())
             .execute(&mut *tx)
             .await?;
-            sqlx::query(
+            let moved = sqlx::query(
                 "UPDATE outbound_deliveries SET status = $3, attempts = attempts + 1, next_attempt_at = $4, \
                  lease_owner = NULL, last_status_code = $5, last_error = $6, updated_at = $7, \
                  delivered_at = COALESCE($8, delivered_at) WHERE id = $1 AND lease_owner = $2 AND status = 'pending'",
@@ -427,7 +487,14 @@ impl Store {
             .bind(DbTime(now))
             .bind(delivered)
             .execute(&mut *tx)
-            .await?;
+            .await?
+            .rows_affected()
+                == 1;
+            // An attempt made after the lease was lost is recorded, and changes nothing else.
+            if !moved {
+                tx.commit().await?;
+                return Ok::<_, sqlx::Error>(None);
+            }
             if attempt.error.is_none() {
                 sqlx::query(
                     "UPDATE webhook_subscriptions SET failing_since = NULL WHERE id = $1 AND failing_since IS NOT NULL",
@@ -548,7 +615,7 @@ impl Store {
     }
 
     /// Makes a delivery of `subscription` due now again (whatever became of it), its maximum age counted from
-    /// now. Returns whether it exists.
+    /// now, unless an attempt holds it right now. Returns whether it did.
     pub async fn redeliver_outbound(
         &self,
         subscription: SubscriptionId,
@@ -558,7 +625,8 @@ impl Store {
         let done = on_pool!(self, |pool| {
             sqlx::query(
                 "UPDATE outbound_deliveries SET status = 'pending', next_attempt_at = $3, window_start = $3, \
-                 lease_owner = NULL, updated_at = $3 WHERE id = $1 AND subscription_id = $2",
+                 lease_owner = NULL, updated_at = $3 WHERE id = $1 AND subscription_id = $2 \
+                 AND NOT (status = 'pending' AND lease_owner IS NOT NULL AND next_attempt_at > $3)",
             )
             .bind(id.as_uuid())
             .bind(subscription.as_uuid())

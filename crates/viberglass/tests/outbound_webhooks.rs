@@ -302,6 +302,31 @@ async fn private_destinations_are_refused_unless_an_administrator_allows_them(ba
     let got = receiver.wait_for(WAIT, "the test event", |r| !r.is_empty()).await;
     assert_eq!(got[0].body["type"], "webhook.test");
     assert_eq!(got[0].id, test["event_id"].as_str().unwrap());
+
+    // A maintainer who moves an allowed subscription elsewhere loses the allowance (and its credentials):
+    // metadata addresses stay out of reach.
+    let moved = maintainer
+        .patch(app.url(&format!("/api/v1/webhook-subscriptions/{sub}")))
+        .json(&json!({"url": "http://169.254.169.254/latest/meta-data/"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(moved.status(), 400, "a link-local literal is refused once the allowance is gone");
+    assert!(moved.text().await.unwrap().contains("link-local"));
+    let moved = maintainer
+        .patch(app.url(&format!("/api/v1/webhook-subscriptions/{sub}")))
+        .json(&json!({"url": "http://metadata.localhost/"}))
+        .send()
+        .await
+        .unwrap();
+    let (status, shown) = json_of(moved).await;
+    assert_eq!(status, 200, "{shown}");
+    assert_eq!(shown["allow_private"], false, "{shown}");
+    // One test event waits at a time.
+    receiver.down();
+    let first = app.post_json(&format!("/api/v1/webhook-subscriptions/{sub}/test"), &json!({})).await.status();
+    let again = app.post_json(&format!("/api/v1/webhook-subscriptions/{sub}/test"), &json!({})).await.status();
+    assert!(first == 202 && (again == 409 || again == 202), "{first} {again}");
 }
 
 async fn send_test(app: &TestApp, sub: &str) -> u16 {

@@ -75,6 +75,10 @@ fn check_destination(state: &AppState, sub: &Subscription) -> ServiceResult<()> 
     outbound::check_literal(&sub.url, allowed).map_err(|e| ServiceError::invalid("url", e.to_string()))
 }
 
+/// The most subscriptions a project has, and the instance-wide ones.
+pub const MAX_PROJECT_SUBSCRIPTIONS: i64 = 50;
+pub const MAX_INSTANCE_SUBSCRIPTIONS: i64 = 200;
+
 pub async fn create(
     state: &AppState,
     caller: &Caller,
@@ -83,6 +87,19 @@ pub async fn create(
 ) -> ServiceResult<WithSecret> {
     only_admin_allows_private(caller, &input)?;
     let new = NewSubscription::parse(scope, input, generate_secret(), viberglass_store::now())?;
+    let (limit, whose) = match scope {
+        SubscriptionScope::Instance => (MAX_INSTANCE_SUBSCRIPTIONS, "the instance"),
+        SubscriptionScope::Project(_) => (MAX_PROJECT_SUBSCRIPTIONS, "a project"),
+    };
+    if state.store.count_subscriptions(scope.project_id()).await? >= limit {
+        return Err(ServiceError::unprocessable(
+            "too_many_subscriptions",
+            format!(
+                "{whose} may have at most {limit} subscriptions: change or reuse one (a subscription can take \
+                 several event types)"
+            ),
+        ));
+    }
     check_destination(state, &new.subscription)?;
     let sealed = seal(state, new.subscription.id, &new.credentials);
     let created = state.store.create_subscription(&new.subscription, &sealed).await?;
@@ -137,7 +154,12 @@ pub async fn update(
     only_admin_allows_private(caller, &input)?;
     let patch = SubscriptionPatch::parse(input)?;
     let now = viberglass_store::now();
+    let admin = caller.is_admin();
     let saved = modify(state, id, |sub, creds| {
+        // An administrator allowed internal targets for the URL they saw: anyone else moving it loses that.
+        if !admin && patch.url.as_ref().is_some_and(|u| !viberglass_domain::subscription::same_origin(u, &sub.url)) {
+            sub.allow_private = false;
+        }
         patch.apply(sub, creds);
         if let Some(secret) = &patch.secret {
             creds.secret = secret.clone();
@@ -216,6 +238,12 @@ pub async fn send_test(
             "the subscription is turned off: turn it on (active: true) to send a test event",
         ));
     }
+    if state.store.has_unattempted(sub.id, TEST_EVENT_TYPE).await? {
+        return Err(ServiceError::conflict(
+            "test_pending",
+            "a test event is already waiting to be sent: its attempt shows on the subscription's page in a moment",
+        ));
+    }
     let event_id = uuid::Uuid::now_v7();
     let now = viberglass_store::now();
     let body = json!({
@@ -262,7 +290,12 @@ pub async fn redeliver(
     sub: &Subscription,
     delivery: OutboundDeliveryId,
 ) -> ServiceResult<OutboundDelivery> {
-    state.store.redeliver_outbound(sub.id, delivery).await?;
+    if !state.store.redeliver_outbound(sub.id, delivery).await? {
+        return Err(ServiceError::conflict(
+            "attempt_in_flight",
+            "an attempt of this delivery is under way: wait for its outcome, then redeliver if it failed",
+        ));
+    }
     state.outbound_wake.notify_one();
     audit(
         state,

@@ -83,9 +83,12 @@ async fn subscriptions_keep_their_scope_and_sealed_credentials(backend: TestBack
     let earlier = at - time::Duration::hours(1);
     assert!(store.subscriptions_for_event(Some(project.id), earlier).await.unwrap().is_empty());
 
-    store.reseal_subscription(instance.id, &sealed(9)).await.unwrap();
+    assert!(store.reseal_subscription(instance.id, &sealed(1), &sealed(9)).await.unwrap());
+    assert!(!store.reseal_subscription(instance.id, &sealed(1), &sealed(8)).await.unwrap(), "a concurrent change wins");
     let all = store.subscription_credentials().await.unwrap();
     assert!(all.contains(&(instance.id, sealed(9))));
+    assert_eq!(store.count_subscriptions(None).await.unwrap(), 1);
+    assert_eq!(store.count_subscriptions(Some(project.id)).await.unwrap(), 1);
     assert!(matches!(
         store.get_subscription(viberglass_domain::SubscriptionId::new()).await,
         Err(StoreError::NotFound { .. })
@@ -117,6 +120,15 @@ async fn deliveries_are_owed_once_and_claimed_by_one_owner(backend: TestBackend)
     let d = &a[0];
     assert_eq!(d.body, "{}");
     assert_eq!(d.attempts, 0);
+    assert!(store.has_unattempted(sub.id, "ticket.filed").await.unwrap());
+    assert!(!store.has_unattempted(sub.id, "webhook.test").await.unwrap());
+    // A held delivery is not redelivered under its holder; a released one is claimable again.
+    assert!(!store.redeliver_outbound(sub.id, d.id).await.unwrap(), "an attempt holds it");
+    store.release_outbound("someone-else", &[d.id], viberglass_store::now()).await.unwrap();
+    assert!(store.claim_outbound("c", 10, lease).await.unwrap().is_empty(), "only the holder releases");
+    store.release_outbound("a", &[d.id], viberglass_store::now()).await.unwrap();
+    let taken = store.claim_outbound("c", 10, lease).await.unwrap();
+    assert_eq!(taken.iter().map(|t| t.id).collect::<Vec<_>>(), vec![d.id]);
 
     // A disabled subscription's deliveries are not claimed.
     let other = new_sub(SubscriptionScope::Instance, json!({"url": "https://c.example/h"}));
