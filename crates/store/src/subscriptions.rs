@@ -437,14 +437,15 @@ impl Store {
 
     /// Records one attempt and what follows it, in one transaction: the attempt row, the delivery (only while
     /// `owner` still holds it), and the subscription's failing streak (cleared by a success, started by a
-    /// failure; a 410 turns the subscription off). Returns since when the subscription has been failing.
+    /// failure; a 410 turns the subscription off). Returns whether the delivery moved (`false`: the lease was
+    /// lost, so only the attempt was recorded) and since when the subscription has been failing.
     pub async fn record_outbound_attempt(
         &self,
         delivery: &ClaimedDelivery,
         owner: &str,
         attempt: &OutboundAttempt,
         after: &AfterAttempt,
-    ) -> Result<Option<OffsetDateTime>, StoreError> {
+    ) -> Result<(bool, Option<OffsetDateTime>), StoreError> {
         let now = crate::now();
         let (status, next, delivered) = match after {
             AfterAttempt::Succeeded => ("succeeded", now, Some(DbTime(now))),
@@ -493,7 +494,7 @@ impl Store {
             // An attempt made after the lease was lost is recorded, and changes nothing else.
             if !moved {
                 tx.commit().await?;
-                return Ok::<_, sqlx::Error>(None);
+                return Ok::<_, sqlx::Error>((false, None));
             }
             if attempt.error.is_none() {
                 sqlx::query(
@@ -528,7 +529,7 @@ impl Store {
                     .fetch_one(&mut *tx)
                     .await?;
             tx.commit().await?;
-            Ok::<_, sqlx::Error>(failing.map(|t| t.0))
+            Ok::<_, sqlx::Error>((true, failing.map(|t| t.0)))
         }
         .await)?;
         Ok(failing)

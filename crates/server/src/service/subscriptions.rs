@@ -342,9 +342,12 @@ pub async fn record_attempt(
     after: &AfterAttempt,
     project: Option<viberglass_domain::ProjectId>,
 ) -> Result<(), StoreError> {
-    let failing = state.store.record_outbound_attempt(delivery, owner, attempt, after).await?;
-    if let AfterAttempt::GiveUp { gone: Some(reason) } = after {
-        tracing::warn!(subscription = %delivery.subscription_id, "a webhook receiver answered 410 Gone: subscription turned off");
+    let (moved, failing) = state.store.record_outbound_attempt(delivery, owner, attempt, after).await?;
+    if !moved {
+        return Ok(());
+    }
+    let disabled = |reason: String| async move {
+        tracing::warn!(subscription = %delivery.subscription_id, reason, "a webhook subscription was turned off");
         audit(
             state,
             None,
@@ -355,6 +358,9 @@ pub async fn record_attempt(
             json!({"reason": reason}),
         )
         .await;
+    };
+    if let AfterAttempt::GiveUp { gone: Some(reason) } = after {
+        disabled(reason.clone()).await;
         return Ok(());
     }
     let max_age = time::Duration::seconds(state.config.webhook_max_age_secs as i64);
@@ -369,17 +375,7 @@ pub async fn record_attempt(
             attempt.error.as_deref().unwrap_or("none recorded")
         );
         if state.store.disable_subscription(delivery.subscription_id, &reason).await? {
-            tracing::warn!(subscription = %delivery.subscription_id, "a webhook subscription failing past the maximum age was turned off");
-            audit(
-                state,
-                None,
-                "webhook_subscription_disabled",
-                "webhook_subscription",
-                Some(delivery.subscription_id.to_string()),
-                project,
-                json!({"reason": reason}),
-            )
-            .await;
+            disabled(reason).await;
         }
     }
     Ok(())

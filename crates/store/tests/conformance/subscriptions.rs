@@ -151,17 +151,20 @@ async fn attempts_move_deliveries_and_the_failing_streak(backend: TestBackend) {
 
     // A failure retries later and starts the subscription's failing streak.
     let retry_at = viberglass_store::now() + time::Duration::milliseconds(50);
-    let failing = store
+    let (moved, failing) = store
         .record_outbound_attempt(first, "a", &attempt(1, Some("500")), &AfterAttempt::Retry(retry_at))
         .await
         .unwrap();
-    assert!(failing.is_some());
+    assert!(moved && failing.is_some());
     // Someone who does not hold the lease records the attempt but moves nothing.
-    store.record_outbound_attempt(second, "intruder", &attempt(1, None), &AfterAttempt::Succeeded).await.unwrap();
+    let (moved, _) =
+        store.record_outbound_attempt(second, "intruder", &attempt(1, None), &AfterAttempt::Succeeded).await.unwrap();
+    assert!(!moved, "not the holder");
     let untouched = store.get_outbound(second.id).await.unwrap();
     assert_eq!((untouched.status, untouched.attempts), (OutboundStatus::Pending, 0));
-    let ok = store.record_outbound_attempt(second, "a", &attempt(2, None), &AfterAttempt::Succeeded).await.unwrap();
-    assert!(ok.is_none(), "a success ends the streak");
+    let (moved, failing) =
+        store.record_outbound_attempt(second, "a", &attempt(2, None), &AfterAttempt::Succeeded).await.unwrap();
+    assert!(moved && failing.is_none(), "a success ends the streak");
     let done = store.get_outbound(second.id).await.unwrap();
     assert_eq!(done.status, OutboundStatus::Succeeded);
     assert!(done.delivered_at.is_some());
