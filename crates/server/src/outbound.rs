@@ -189,50 +189,58 @@ async fn attempt(
 /// loop, never everyone's.
 const PER_SUBSCRIPTION: usize = 8;
 
+/// How many deliveries of one subscription a server holds at most (attempting or waiting for a share).
+const HELD_PER_SUBSCRIPTION: usize = PER_SUBSCRIPTION * 3;
+
 /// Claims and sends due deliveries until `shutdown`: up to [`CONCURRENCY`] attempts in flight, at most
-/// [`PER_SUBSCRIPTION`] of them for one subscription, claiming more as each ends.
+/// [`PER_SUBSCRIPTION`] of them for one subscription. A subscription's claimed deliveries beyond its share wait
+/// here (leased to this server) and start as its attempts end; the claim passes over a subscription of which
+/// this server holds [`HELD_PER_SUBSCRIPTION`] already, so a slow receiver never fills the loop.
 pub async fn delivery_loop(state: AppState, owner: String, poll: Duration, shutdown: CancellationToken) {
     let timeout = Duration::from_millis(state.config.webhook_timeout_ms);
     let clients =
         Arc::new(Clients { strict: outbound::client(false, timeout), open: outbound::client(true, timeout), timeout });
-    // An attempt starts as soon as it is claimed and ends within the timeout: the lease outlasts it.
-    let lease = time::Duration::try_from(timeout * 3 + Duration::from_secs(15)).unwrap_or_default();
+    // Held deliveries start within (held / share) rounds of the timeout: the lease outlasts them.
+    let lease_for = timeout * (HELD_PER_SUBSCRIPTION / PER_SUBSCRIPTION + 3) as u32 + Duration::from_secs(15);
+    let lease = time::Duration::try_from(lease_for).unwrap_or_default();
     let owner = Arc::new(owner);
     let mut per_subscription: HashMap<SubscriptionId, usize> = HashMap::new();
+    let mut waiting: HashMap<SubscriptionId, std::collections::VecDeque<(ClaimedDelivery, std::time::Instant)>> =
+        HashMap::new();
     let mut tasks: HashMap<tokio::task::Id, SubscriptionId> = HashMap::new();
     // Spawned, not merely polled here: an attempt inside a transaction must go on while this loop awaits the store.
     let mut running = tokio::task::JoinSet::new();
+    // Whether to claim on this round: after an attempt ended, a wake-up or a poll; not after an empty claim.
+    let mut claim = true;
+    let start = |d: ClaimedDelivery, running: &mut tokio::task::JoinSet<()>, tasks: &mut HashMap<_, _>| {
+        let (state, clients, owner) = (state.clone(), clients.clone(), owner.clone());
+        let sub = d.subscription_id;
+        let task = running.spawn(async move {
+            // Read for each attempt: a rotated secret or a changed URL applies to the very next one.
+            let p = Arc::new(prepare(&state, d.subscription_id).await);
+            attempt(&state, &clients, &owner, Some(&p), d).await
+        });
+        tasks.insert(task.id(), sub);
+    };
     loop {
-        let capacity = CONCURRENCY - running.len();
-        let mut claimed_any = false;
-        if capacity > 0 && !shutdown.is_cancelled() {
-            let claimed = match state.store.claim_outbound(&owner, capacity as i64, lease).await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::error!(error = %error_chain(&e), "outbound webhooks: store error");
-                    Vec::new()
-                }
-            };
-            claimed_any = !claimed.is_empty();
-            let mut over = Vec::new();
+        let capacity = CONCURRENCY.saturating_sub(running.len());
+        if claim && capacity > 0 && !shutdown.is_cancelled() {
+            let claimed =
+                match state.store.claim_outbound(&owner, capacity as i64, HELD_PER_SUBSCRIPTION as i64, lease).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::error!(error = %error_chain(&e), "outbound webhooks: store error");
+                        Vec::new()
+                    }
+                };
+            claim = !claimed.is_empty();
             for d in claimed {
                 let count = per_subscription.entry(d.subscription_id).or_default();
-                if *count >= PER_SUBSCRIPTION {
-                    over.push(d.id);
-                    continue;
-                }
-                *count += 1;
-                // Read for each attempt: a rotated secret or a changed URL applies to the very next one.
-                let p = Arc::new(prepare(&state, d.subscription_id).await);
-                let (state, clients, owner) = (state.clone(), clients.clone(), owner.clone());
-                let sub = d.subscription_id;
-                let task = running.spawn(async move { attempt(&state, &clients, &owner, Some(&p), d).await });
-                tasks.insert(task.id(), sub);
-            }
-            if !over.is_empty() {
-                let later = viberglass_store::now() + time::Duration::milliseconds(200);
-                if let Err(e) = state.store.release_outbound(&owner, &over, later).await {
-                    tracing::error!(error = %error_chain(&e), "outbound webhooks: store error");
+                if *count < PER_SUBSCRIPTION {
+                    *count += 1;
+                    start(d, &mut running, &mut tasks);
+                } else {
+                    waiting.entry(d.subscription_id).or_default().push_back((d, std::time::Instant::now()));
                 }
             }
         }
@@ -240,19 +248,21 @@ pub async fn delivery_loop(state: AppState, owner: String, poll: Duration, shutd
             if shutdown.is_cancelled() {
                 break;
             }
-            if claimed_any {
-                continue;
-            }
-            tokio::select! {
-                () = shutdown.cancelled() => {}
-                () = state.outbound_wake.notified() => {}
-                () = tokio::time::sleep(poll) => {}
+            if !claim {
+                tokio::select! {
+                    () = shutdown.cancelled() => {}
+                    () = state.outbound_wake.notified() => {}
+                    () = tokio::time::sleep(poll) => {}
+                }
+                claim = true;
             }
             continue;
         }
         // Wait for an attempt to end (or for more to claim while there is room).
+        let room = running.len() < CONCURRENCY;
         tokio::select! {
             Some(ended) = running.join_next_with_id() => {
+                claim = true;
                 let task = match ended {
                     Ok((task, ())) => task,
                     Err(e) => {
@@ -261,18 +271,46 @@ pub async fn delivery_loop(state: AppState, owner: String, poll: Duration, shutd
                         e.id()
                     }
                 };
-                if let Some(sub) = tasks.remove(&task)
-                    && let Some(n) = per_subscription.get_mut(&sub)
-                {
-                    *n = n.saturating_sub(1);
-                    if *n == 0 {
-                        per_subscription.remove(&sub);
+                let Some(sub) = tasks.remove(&task) else { continue };
+                // The subscription's next waiting delivery takes the freed share, while its lease has room.
+                let mut stale = Vec::new();
+                let mut next = None;
+                if let Some(queue) = waiting.get_mut(&sub) {
+                    while let Some((d, since)) = queue.pop_front() {
+                        if since.elapsed() + timeout + Duration::from_secs(5) > lease_for {
+                            stale.push(d.id);
+                        } else {
+                            next = Some(d);
+                            break;
+                        }
                     }
                 }
+                match next {
+                    Some(d) => start(d, &mut running, &mut tasks),
+                    None => {
+                        if let Some(n) = per_subscription.get_mut(&sub) {
+                            *n = n.saturating_sub(1);
+                            if *n == 0 {
+                                per_subscription.remove(&sub);
+                                waiting.remove(&sub);
+                            }
+                        }
+                    }
+                }
+                if !stale.is_empty()
+                    && let Err(e) = state.store.release_outbound(&owner, &stale, viberglass_store::now()).await
+                {
+                    tracing::error!(error = %error_chain(&e), "outbound webhooks: store error");
+                }
             }
-            () = state.outbound_wake.notified(), if running.len() < CONCURRENCY => {}
-            () = tokio::time::sleep(poll), if running.len() < CONCURRENCY => {}
+            () = state.outbound_wake.notified(), if room => { claim = true; }
+            () = tokio::time::sleep(poll), if room => { claim = true; }
         }
+    }
+    // Deliveries still waiting here go back at once (the server is stopping).
+    let left: Vec<_> = waiting.into_values().flatten().map(|(d, _)| d.id).collect();
+    if !left.is_empty() {
+        let _ = state.store.release_outbound(&owner, &left, viberglass_store::now()).await;
     }
 }
 

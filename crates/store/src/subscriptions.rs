@@ -383,22 +383,28 @@ impl Store {
     }
 
     /// Takes up to `limit` due deliveries of active subscriptions for `lease` under `owner`: until it lapses, no
-    /// other server attempts them.
+    /// other server attempts them. Subscriptions of which `owner` holds `per_subscription` rows already are
+    /// passed over.
     pub async fn claim_outbound(
         &self,
         owner: &str,
         limit: i64,
+        per_subscription: i64,
         lease: time::Duration,
     ) -> Result<Vec<ClaimedDelivery>, StoreError> {
         // The rows are picked once (a CTE; on PostgreSQL materialized and locked, skipping rows another server
-        // is picking), then leased; the guard on the UPDATE re-checks them.
+        // is picking), then leased; the guard on the UPDATE re-checks them. A subscription of which this owner
+        // already holds `$5` rows is passed over, so one busy subscription cannot fill a server's share.
         macro_rules! claim_sql {
             ($materialized:literal, $lock:literal) => {
                 concat!(
-                    "WITH picked AS ",
+                    "WITH held AS (SELECT subscription_id FROM outbound_deliveries WHERE lease_owner = $3 \
+                     AND status = 'pending' AND next_attempt_at > $1 GROUP BY subscription_id HAVING COUNT(*) >= $5), \
+                     picked AS ",
                     $materialized,
                     "(SELECT d.id FROM outbound_deliveries d JOIN webhook_subscriptions s ON s.id = d.subscription_id \
-                     WHERE d.status = 'pending' AND d.next_attempt_at <= $1 AND s.active ORDER BY d.next_attempt_at \
+                     WHERE d.status = 'pending' AND d.next_attempt_at <= $1 AND s.active \
+                     AND d.subscription_id NOT IN (SELECT subscription_id FROM held) ORDER BY d.next_attempt_at \
                      LIMIT $4",
                     $lock,
                     ") UPDATE outbound_deliveries SET next_attempt_at = $2, lease_owner = $3 \
@@ -416,6 +422,7 @@ impl Store {
                 .bind(DbTime(now + lease))
                 .bind(owner.to_owned())
                 .bind(limit)
+                .bind(per_subscription)
                 .fetch_all(pool)
                 .await?
                 .iter()
@@ -426,6 +433,7 @@ impl Store {
                 .bind(DbTime(now + lease))
                 .bind(owner.to_owned())
                 .bind(limit)
+                .bind(per_subscription)
                 .fetch_all(pool)
                 .await?
                 .iter()

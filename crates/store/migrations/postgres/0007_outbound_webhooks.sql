@@ -40,6 +40,9 @@ CREATE TABLE outbound_deliveries (
 CREATE UNIQUE INDEX outbound_deliveries_event_key ON outbound_deliveries (subscription_id, event_id);
 CREATE INDEX outbound_deliveries_due ON outbound_deliveries (next_attempt_at) WHERE status = 'pending';
 CREATE INDEX outbound_deliveries_subscription ON outbound_deliveries (subscription_id, id);
+-- What a server holds, by subscription (its share of the delivery loop).
+CREATE INDEX outbound_deliveries_held ON outbound_deliveries (lease_owner, subscription_id)
+    WHERE status = 'pending' AND lease_owner IS NOT NULL;
 
 CREATE TABLE outbound_attempts (
     delivery_id         UUID NOT NULL REFERENCES outbound_deliveries (id) ON DELETE RESTRICT,

@@ -106,15 +106,15 @@ async fn deliveries_are_owed_once_and_claimed_by_one_owner(backend: TestBackend)
     assert_eq!(store.enqueue_outbound(&rows).await.unwrap(), 0, "an event handled twice is owed once");
 
     let lease = time::Duration::seconds(30);
-    let a = store.claim_outbound("a", 3, lease).await.unwrap();
-    let b = store.claim_outbound("b", 10, lease).await.unwrap();
+    let a = store.claim_outbound("a", 3, 100, lease).await.unwrap();
+    let b = store.claim_outbound("b", 10, 100, lease).await.unwrap();
     assert_eq!((a.len(), b.len()), (3, 2));
     assert!(a.iter().all(|d| !b.iter().any(|e| e.id == d.id)), "no delivery held by two owners");
-    assert!(store.claim_outbound("c", 10, lease).await.unwrap().is_empty(), "all leased");
+    assert!(store.claim_outbound("c", 10, 100, lease).await.unwrap().is_empty(), "all leased");
     // A lapsed lease passes to the next owner.
     store.enqueue_outbound(&[owed(sub.id, uuid::Uuid::now_v7())]).await.unwrap();
-    let x = store.claim_outbound("x", 10, time::Duration::ZERO).await.unwrap();
-    let y = store.claim_outbound("y", 10, lease).await.unwrap();
+    let x = store.claim_outbound("x", 10, 100, time::Duration::ZERO).await.unwrap();
+    let y = store.claim_outbound("y", 10, 100, lease).await.unwrap();
     assert_eq!(x.len(), 1);
     assert_eq!(y.iter().map(|d| d.id).collect::<Vec<_>>(), vec![x[0].id]);
     let d = &a[0];
@@ -125,10 +125,21 @@ async fn deliveries_are_owed_once_and_claimed_by_one_owner(backend: TestBackend)
     // A held delivery is not redelivered under its holder; a released one is claimable again.
     assert!(!store.redeliver_outbound(sub.id, d.id).await.unwrap(), "an attempt holds it");
     store.release_outbound("someone-else", &[d.id], viberglass_store::now()).await.unwrap();
-    assert!(store.claim_outbound("c", 10, lease).await.unwrap().is_empty(), "only the holder releases");
+    assert!(store.claim_outbound("c", 10, 100, lease).await.unwrap().is_empty(), "only the holder releases");
     store.release_outbound("a", &[d.id], viberglass_store::now()).await.unwrap();
-    let taken = store.claim_outbound("c", 10, lease).await.unwrap();
+    let taken = store.claim_outbound("c", 10, 100, lease).await.unwrap();
     assert_eq!(taken.iter().map(|t| t.id).collect::<Vec<_>>(), vec![d.id]);
+
+    // An owner holding its share of a subscription is passed over for it; others are not.
+    let busy = new_sub(SubscriptionScope::Instance, json!({"url": "https://busy.example/h"}));
+    store.create_subscription(&busy, &sealed(1)).await.unwrap();
+    let three: Vec<NewOutbound> = (0..3).map(|_| owed(busy.id, uuid::Uuid::now_v7())).collect();
+    store.enqueue_outbound(&three).await.unwrap();
+    assert_eq!(store.claim_outbound("p", 10, 2, lease).await.unwrap().len(), 3, "a claim takes what is due");
+    let more: Vec<NewOutbound> = (0..2).map(|_| owed(busy.id, uuid::Uuid::now_v7())).collect();
+    store.enqueue_outbound(&more).await.unwrap();
+    assert!(store.claim_outbound("p", 10, 2, lease).await.unwrap().is_empty(), "p holds its share");
+    assert_eq!(store.claim_outbound("q", 10, 2, lease).await.unwrap().len(), 2, "q does not");
 
     // A disabled subscription's deliveries are not claimed.
     let other = new_sub(SubscriptionScope::Instance, json!({"url": "https://c.example/h"}));
@@ -136,7 +147,7 @@ async fn deliveries_are_owed_once_and_claimed_by_one_owner(backend: TestBackend)
     store.enqueue_outbound(&[owed(other.id, uuid::Uuid::now_v7())]).await.unwrap();
     assert!(store.disable_subscription(other.id, "gone").await.unwrap());
     assert!(!store.disable_subscription(other.id, "gone").await.unwrap(), "once");
-    assert!(store.claim_outbound("d", 10, lease).await.unwrap().is_empty());
+    assert!(store.claim_outbound("d", 10, 100, lease).await.unwrap().is_empty());
 }
 
 async fn attempts_move_deliveries_and_the_failing_streak(backend: TestBackend) {
@@ -146,7 +157,7 @@ async fn attempts_move_deliveries_and_the_failing_streak(backend: TestBackend) {
     store.create_subscription(&sub, &sealed(1)).await.unwrap();
     let (e1, e2) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
     store.enqueue_outbound(&[owed(sub.id, e1), owed(sub.id, e2)]).await.unwrap();
-    let claimed = store.claim_outbound("a", 10, time::Duration::seconds(30)).await.unwrap();
+    let claimed = store.claim_outbound("a", 10, 100, time::Duration::seconds(30)).await.unwrap();
     let (first, second) = (&claimed[0], &claimed[1]);
 
     // A failure retries later and starts the subscription's failing streak.
@@ -180,7 +191,7 @@ async fn attempts_move_deliveries_and_the_failing_streak(backend: TestBackend) {
 
     // Due again after its wait; 410 gives up and turns the subscription off.
     tokio::time::sleep(std::time::Duration::from_millis(80)).await;
-    let again = store.claim_outbound("b", 10, time::Duration::seconds(30)).await.unwrap();
+    let again = store.claim_outbound("b", 10, 100, time::Duration::seconds(30)).await.unwrap();
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].attempts, 1);
     let gone = AfterAttempt::GiveUp { gone: Some("410 Gone".into()) };
