@@ -39,6 +39,8 @@ struct Inner {
     delay: Duration,
     /// Answer this status to the next N requests, then `status`.
     script: Vec<u16>,
+    /// Distinct `webhook-id`s answered 2xx (kept as they come, so counting is cheap under load).
+    accepted_ids: HashSet<String>,
     /// Down: the port is closed; a request on a connection opened before gets 503 and the connection closes.
     down: bool,
 }
@@ -76,6 +78,9 @@ async fn receive(State(inner): State<Arc<Mutex<Inner>>>, headers: HeaderMap, bod
         .map(|(i, _)| i)
         .collect::<Vec<_>>();
     let answered = if g.script.is_empty() { g.status } else { g.script.remove(0) };
+    if (200..300).contains(&answered) {
+        g.accepted_ids.insert(id.clone());
+    }
     let timestamp = headers.get("webhook-timestamp").and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(0);
     g.received.push(Received {
         id,
@@ -181,6 +186,16 @@ impl Receiver {
             *out.entry(r.id.clone()).or_default() += 1;
         }
         out
+    }
+
+    /// How many distinct events were answered 2xx (without copying what arrived).
+    pub fn accepted_count(&self) -> usize {
+        self.inner.lock().unwrap().accepted_ids.len()
+    }
+
+    /// How many deliveries failed signature verification.
+    pub fn unverified_count(&self) -> usize {
+        self.inner.lock().unwrap().received.iter().filter(|r| r.verified_by.is_empty()).count()
     }
 
     /// Event ids that arrived while an earlier delivery of the same id was still unanswered.
