@@ -309,6 +309,13 @@ pub const SETTINGS: &[Setting] = &[
         secret: false,
     },
     Setting {
+        key: "webhook_delivery_days",
+        env: "VIBERGLASS_WEBHOOK_DELIVERY_DAYS",
+        default: "30",
+        doc: "How many days a succeeded outbound webhook delivery keeps its body for redelivery (its record and attempts stay).",
+        secret: false,
+    },
+    Setting {
         key: "webhook_timeout_ms",
         env: "VIBERGLASS_WEBHOOK_TIMEOUT_MS",
         default: "10000",
@@ -423,6 +430,7 @@ pub struct Config {
     pub webhook_retry_min_ms: u64,
     pub webhook_retry_max_secs: u64,
     pub webhook_timeout_ms: u64,
+    pub webhook_delivery_days: u32,
     pub keep_failed_workspaces: bool,
     pub commit_author: viberglass_domain::CommitAuthor,
     /// Earlier encryption keys that still decrypt.
@@ -778,6 +786,7 @@ impl Config {
             webhook_retry_min_ms: parse_number(&raw("webhook_retry_min_ms"), 10, 3_600_000)?,
             webhook_retry_max_secs: parse_number(&raw("webhook_retry_max_secs"), 1, 86_400)?,
             webhook_timeout_ms: parse_number(&raw("webhook_timeout_ms"), 100, 60_000)?,
+            webhook_delivery_days: parse_number(&raw("webhook_delivery_days"), 1, 3650)?,
             keep_failed_workspaces: parse_bool(&raw("keep_failed_workspaces"))?,
             previous_keys: {
                 let raw = raw("secrets_previous_keys");

@@ -212,6 +212,7 @@ pub async fn delivery_loop(state: AppState, owner: String, poll: Duration, shutd
     let mut running = tokio::task::JoinSet::new();
     // Whether to claim on this round: after an attempt ended, a wake-up or a poll; not after an empty claim.
     let mut claim = true;
+    let mut pruned: Option<std::time::Instant> = None;
     let start = |d: ClaimedDelivery, running: &mut tokio::task::JoinSet<()>, tasks: &mut HashMap<_, _>| {
         let (state, clients, owner) = (state.clone(), clients.clone(), owner.clone());
         let sub = d.subscription_id;
@@ -223,6 +224,15 @@ pub async fn delivery_loop(state: AppState, owner: String, poll: Duration, shutd
         tasks.insert(task.id(), sub);
     };
     loop {
+        if pruned.is_none_or(|p| p.elapsed() > Duration::from_secs(600)) {
+            pruned = Some(std::time::Instant::now());
+            let cutoff = viberglass_store::now() - time::Duration::days(i64::from(state.config.webhook_delivery_days));
+            match state.store.prune_outbound_bodies(cutoff).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(deliveries = n, "emptied outbound webhook bodies past their retention"),
+                Err(e) => tracing::error!(error = %error_chain(&e), "outbound webhooks: store error"),
+            }
+        }
         let capacity = CONCURRENCY.saturating_sub(running.len());
         if claim && capacity > 0 && !shutdown.is_cancelled() {
             let claimed =

@@ -634,7 +634,7 @@ impl Store {
         let done = on_pool!(self, |pool| {
             sqlx::query(
                 "UPDATE outbound_deliveries SET status = 'pending', next_attempt_at = $3, window_start = $3, \
-                 lease_owner = NULL, updated_at = $3 WHERE id = $1 AND subscription_id = $2 \
+                 lease_owner = NULL, updated_at = $3 WHERE id = $1 AND subscription_id = $2 AND body <> '' \
                  AND NOT (status = 'pending' AND lease_owner IS NOT NULL AND next_attempt_at > $3)",
             )
             .bind(id.as_uuid())
@@ -662,6 +662,21 @@ impl Store {
             .bind(subscription.as_uuid())
             .bind(DbTime(since))
             .bind(DbTime(now))
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected())
+        })?;
+        Ok(done)
+    }
+
+    /// Empties the bodies of deliveries that succeeded before `before` (the rows and their attempts stay).
+    /// Returns how many.
+    pub async fn prune_outbound_bodies(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
+        let done = on_pool!(self, |pool| {
+            sqlx::query(
+                "UPDATE outbound_deliveries SET body = '' WHERE status = 'succeeded' AND body <> '' AND delivered_at < $1",
+            )
+            .bind(DbTime(before))
             .execute(pool)
             .await
             .map(|r| r.rows_affected())

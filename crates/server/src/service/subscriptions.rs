@@ -291,10 +291,22 @@ pub async fn redeliver(
     delivery: OutboundDeliveryId,
 ) -> ServiceResult<OutboundDelivery> {
     if !state.store.redeliver_outbound(sub.id, delivery).await? {
-        return Err(ServiceError::conflict(
-            "attempt_in_flight",
-            "an attempt of this delivery is under way: wait for its outcome, then redeliver if it failed",
-        ));
+        let body_gone = state.store.outbound_body(delivery).await?.is_empty();
+        return Err(if body_gone {
+            ServiceError::conflict(
+                "delivery_body_pruned",
+                format!(
+                    "this delivery succeeded more than {} days ago and its body is no longer kept \
+                     (VIBERGLASS_WEBHOOK_DELIVERY_DAYS): there is nothing to send again",
+                    state.config.webhook_delivery_days
+                ),
+            )
+        } else {
+            ServiceError::conflict(
+                "attempt_in_flight",
+                "an attempt of this delivery is under way: wait for its outcome, then redeliver if it failed",
+            )
+        });
     }
     state.outbound_wake.notify_one();
     audit(

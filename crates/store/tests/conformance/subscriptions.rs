@@ -220,6 +220,22 @@ async fn attempts_move_deliveries_and_the_failing_streak(backend: TestBackend) {
     assert!(store.redeliver_outbound(sub.id, second.id).await.unwrap());
     assert!(!store.redeliver_outbound(viberglass_domain::SubscriptionId::new(), second.id).await.unwrap());
     assert_eq!(store.outbound_body(second.id).await.unwrap(), "{}");
+    // Retention: a succeeded delivery's body goes after a while (its row and attempts stay), and it can no
+    // longer be redelivered.
+    let kept = new_sub(SubscriptionScope::Instance, json!({"url": "https://kept.example/h"}));
+    store.create_subscription(&kept, &sealed(1)).await.unwrap();
+    store.enqueue_outbound(&[owed(kept.id, uuid::Uuid::now_v7())]).await.unwrap();
+    let held = store.claim_outbound("r", 10, 100, time::Duration::seconds(30)).await.unwrap();
+    let (moved, _) =
+        store.record_outbound_attempt(&held[0], "r", &attempt(1, None), &AfterAttempt::Succeeded).await.unwrap();
+    assert!(moved);
+    assert_eq!(store.prune_outbound_bodies(viberglass_store::now() - time::Duration::hours(1)).await.unwrap(), 0);
+    assert_eq!(store.prune_outbound_bodies(viberglass_store::now() + time::Duration::seconds(1)).await.unwrap(), 1);
+    assert_eq!(store.outbound_body(held[0].id).await.unwrap(), "");
+    assert!(!store.redeliver_outbound(kept.id, held[0].id).await.unwrap(), "nothing left to send");
+    let row = store.get_outbound(held[0].id).await.unwrap();
+    assert_eq!((row.status, row.attempt_log.len()), (OutboundStatus::Succeeded, 1));
+
     // Paging: newest first, one at a time.
     let page = store.list_outbound(sub.id, None, false, PageRequest { limit: 1, after: None }).await.unwrap();
     assert_eq!(page.items[0].id, second.id);
