@@ -214,10 +214,6 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    pub fn succeeded(&self) -> bool {
-        self.error.is_none()
-    }
-
     /// The receiver said it wants no more (410 Gone).
     pub fn gone(&self) -> bool {
         self.status == Some(410)

@@ -108,13 +108,13 @@ async fn attempt(
     state: &AppState,
     clients: &Clients,
     owner: &str,
-    prepared: Option<&Arc<Result<Prepared, String>>>,
+    prepared: &Result<Prepared, String>,
     delivery: ClaimedDelivery,
 ) {
     let started_at = viberglass_store::now();
     let number = delivery.attempts + 1;
-    let (outcome, project) = match prepared.map(|p| p.as_ref()) {
-        Some(Ok(p)) => {
+    let (outcome, project) = match prepared {
+        Ok(p) => {
             let allow = p.subscription.allow_private || state.config.webhook_allow_private;
             let id = delivery.event_id.to_string();
             let out = Outgoing {
@@ -130,7 +130,7 @@ async fn attempt(
             let client = if allow { &clients.open } else { &clients.strict };
             (outbound::deliver(client, &out, clients.timeout).await, p.subscription.project_id)
         }
-        Some(Err(message)) => (
+        Err(message) => (
             outbound::Outcome {
                 status: None,
                 response: None,
@@ -139,7 +139,6 @@ async fn attempt(
             },
             None,
         ),
-        None => return,
     };
     let max_age = time::Duration::seconds(state.config.webhook_max_age_secs as i64);
     let mut error = outcome.error.clone();
@@ -218,8 +217,8 @@ pub async fn delivery_loop(state: AppState, owner: String, poll: Duration, shutd
         let sub = d.subscription_id;
         let task = running.spawn(async move {
             // Read for each attempt: a rotated secret or a changed URL applies to the very next one.
-            let p = Arc::new(prepare(&state, d.subscription_id).await);
-            attempt(&state, &clients, &owner, Some(&p), d).await
+            let p = prepare(&state, d.subscription_id).await;
+            attempt(&state, &clients, &owner, &p, d).await
         });
         tasks.insert(task.id(), sub);
     };
@@ -287,7 +286,7 @@ pub async fn delivery_loop(state: AppState, owner: String, poll: Duration, shutd
                 let mut next = None;
                 if let Some(queue) = waiting.get_mut(&sub) {
                     while let Some((d, since)) = queue.pop_front() {
-                        if since.elapsed() + timeout + Duration::from_secs(5) > lease_for {
+                        if shutdown.is_cancelled() || since.elapsed() + timeout + Duration::from_secs(5) > lease_for {
                             stale.push(d.id);
                         } else {
                             next = Some(d);

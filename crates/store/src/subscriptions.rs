@@ -289,12 +289,12 @@ impl Store {
         Ok(n)
     }
 
-    /// Whether a subscription has a delivery of `event_type` not yet attempted.
-    pub async fn has_unattempted(&self, subscription: SubscriptionId, event_type: &str) -> Result<bool, StoreError> {
+    /// Whether a subscription has a delivery of `event_type` still pending (attempted or not).
+    pub async fn has_pending(&self, subscription: SubscriptionId, event_type: &str) -> Result<bool, StoreError> {
         let n = on_pool!(self, |pool| {
             sqlx::query_scalar::<_, i64>(
                 "SELECT COUNT(*) FROM outbound_deliveries WHERE subscription_id = $1 AND event_type = $2 \
-                 AND status = 'pending' AND attempts = 0",
+                 AND status = 'pending'",
             )
             .bind(subscription.as_uuid())
             .bind(event_type.to_owned())
@@ -684,7 +684,7 @@ impl Store {
         Ok(done)
     }
 
-    /// Deliveries by status, with the most attempts any pending one has had (for `/metrics`).
+    /// Deliveries by status (for `/metrics`).
     pub async fn outbound_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
         on_pool!(self, |pool| {
             sqlx::query("SELECT status, COUNT(*) AS n FROM outbound_deliveries GROUP BY status ORDER BY status")

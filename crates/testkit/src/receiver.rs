@@ -37,8 +37,6 @@ struct Inner {
     overlaps: Vec<String>,
     status: u16,
     delay: Duration,
-    /// Answer this status to the next N requests, then `status`.
-    script: Vec<u16>,
     /// Distinct `webhook-id`s answered 2xx (kept as they come, so counting is cheap under load).
     accepted_ids: HashSet<String>,
     /// Down: the port is closed; a request on a connection opened before gets 503 and the connection closes.
@@ -77,7 +75,7 @@ async fn receive(State(inner): State<Arc<Mutex<Inner>>>, headers: HeaderMap, bod
         .filter(|(_, s)| standardwebhooks::Webhook::new(s).is_ok_and(|w| w.verify(&body, &headers).is_ok()))
         .map(|(i, _)| i)
         .collect::<Vec<_>>();
-    let answered = if g.script.is_empty() { g.status } else { g.script.remove(0) };
+    let answered = g.status;
     if (200..300).contains(&answered) {
         g.accepted_ids.insert(id.clone());
     }
@@ -117,10 +115,6 @@ impl Receiver {
         format!("http://{}/hook", self.addr)
     }
 
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
     /// Also accept signatures made with this secret (its index is the next one).
     pub fn add_secret(&self, secret: &str) -> usize {
         let mut g = self.inner.lock().unwrap();
@@ -136,11 +130,6 @@ impl Receiver {
     /// The status every request is answered with.
     pub fn answer(&self, status: u16) {
         self.inner.lock().unwrap().status = status;
-    }
-
-    /// The statuses the next requests are answered with, in order, before the usual one.
-    pub fn script(&self, statuses: &[u16]) {
-        self.inner.lock().unwrap().script = statuses.to_vec();
     }
 
     /// How long each answer takes.

@@ -28,6 +28,18 @@ pub struct WithSecret {
     pub secret: Option<String>,
 }
 
+/// Writes an audit entry about a subscription (`None`: the server did it).
+async fn audit_subscription(
+    state: &AppState,
+    caller: Option<&Caller>,
+    action: &str,
+    id: SubscriptionId,
+    project: Option<viberglass_domain::ProjectId>,
+    details: serde_json::Value,
+) {
+    audit(state, caller, action, "webhook_subscription", Some(id.to_string()), project, details).await;
+}
+
 fn sealed_name(id: SubscriptionId) -> String {
     format!("subscription:{id}")
 }
@@ -103,12 +115,11 @@ pub async fn create(
     check_destination(state, &new.subscription)?;
     let sealed = seal(state, new.subscription.id, &new.credentials);
     let created = state.store.create_subscription(&new.subscription, &sealed).await?;
-    audit(
+    audit_subscription(
         state,
         Some(caller),
         "webhook_subscription_created",
-        "webhook_subscription",
-        Some(created.id.to_string()),
+        created.id,
         created.project_id,
         json!({"url": created.url, "events": created.events}),
     )
@@ -170,12 +181,11 @@ pub async fn update(
         Ok(())
     })
     .await?;
-    audit(
+    audit_subscription(
         state,
         Some(caller),
         "webhook_subscription_updated",
-        "webhook_subscription",
-        Some(id.to_string()),
+        id,
         saved.project_id,
         json!({"url": saved.url, "active": saved.active, "secret_changed": patch.secret.is_some()}),
     )
@@ -212,12 +222,11 @@ pub async fn rotate_secret(
         Ok(())
     })
     .await?;
-    audit(
+    audit_subscription(
         state,
         Some(caller),
         "webhook_subscription_secret_rotated",
-        "webhook_subscription",
-        Some(id.to_string()),
+        id,
         saved.project_id,
         json!({"overlap_secs": overlap}),
     )
@@ -238,10 +247,10 @@ pub async fn send_test(
             "the subscription is turned off: turn it on (active: true) to send a test event",
         ));
     }
-    if state.store.has_unattempted(sub.id, TEST_EVENT_TYPE).await? {
+    if state.store.has_pending(sub.id, TEST_EVENT_TYPE).await? {
         return Err(ServiceError::conflict(
             "test_pending",
-            "a test event is already waiting to be sent: its attempt shows on the subscription's page in a moment",
+            "a test event is still pending (waiting or being retried): its attempts show on the subscription's page",
         ));
     }
     let event_id = uuid::Uuid::now_v7();
@@ -256,12 +265,11 @@ pub async fn send_test(
         NewOutbound { subscription_id: sub.id, event_id, event_type: TEST_EVENT_TYPE.into(), body: body.to_string() };
     state.store.enqueue_outbound(std::slice::from_ref(&owed)).await?;
     state.outbound_wake.notify_one();
-    audit(
+    audit_subscription(
         state,
         Some(caller),
         "webhook_subscription_tested",
-        "webhook_subscription",
-        Some(sub.id.to_string()),
+        sub.id,
         sub.project_id,
         json!({"event_id": event_id}),
     )
@@ -309,12 +317,11 @@ pub async fn redeliver(
         });
     }
     state.outbound_wake.notify_one();
-    audit(
+    audit_subscription(
         state,
         Some(caller),
         "webhook_delivery_redelivered",
-        "webhook_subscription",
-        Some(sub.id.to_string()),
+        sub.id,
         sub.project_id,
         json!({"delivery_id": delivery}),
     )
@@ -331,12 +338,11 @@ pub async fn redeliver_failed(
 ) -> ServiceResult<u64> {
     let n = state.store.redeliver_failed_outbound(sub.id, since).await?;
     state.outbound_wake.notify_one();
-    audit(
+    audit_subscription(
         state,
         Some(caller),
         "webhook_deliveries_redelivered",
-        "webhook_subscription",
-        Some(sub.id.to_string()),
+        sub.id,
         sub.project_id,
         json!({"since": since.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(), "count": n}),
     )
@@ -360,12 +366,11 @@ pub async fn record_attempt(
     }
     let disabled = |reason: String| async move {
         tracing::warn!(subscription = %delivery.subscription_id, reason, "a webhook subscription was turned off");
-        audit(
+        audit_subscription(
             state,
             None,
             "webhook_subscription_disabled",
-            "webhook_subscription",
-            Some(delivery.subscription_id.to_string()),
+            delivery.subscription_id,
             project,
             json!({"reason": reason}),
         )

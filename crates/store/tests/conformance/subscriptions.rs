@@ -120,8 +120,8 @@ async fn deliveries_are_owed_once_and_claimed_by_one_owner(backend: TestBackend)
     let d = &a[0];
     assert_eq!(d.body, "{}");
     assert_eq!(d.attempts, 0);
-    assert!(store.has_unattempted(sub.id, "ticket.filed").await.unwrap());
-    assert!(!store.has_unattempted(sub.id, "webhook.test").await.unwrap());
+    assert!(store.has_pending(sub.id, "ticket.filed").await.unwrap());
+    assert!(!store.has_pending(sub.id, "webhook.test").await.unwrap());
     // A held delivery is not redelivered under its holder; a released one is claimable again.
     assert!(!store.redeliver_outbound(sub.id, d.id).await.unwrap(), "an attempt holds it");
     store.release_outbound("someone-else", &[d.id], viberglass_store::now()).await.unwrap();
