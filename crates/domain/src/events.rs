@@ -20,6 +20,8 @@ named_enum!(
         TicketRunRequested => "ticket.run_requested",
         JobQueued => "job.queued",
         JobStarted => "job.started",
+        /// A running job reached a milestone (cloning, running the agent, pushing, opening the pull request).
+        JobProgress => "job.progress",
         JobCompleted => "job.completed",
         JobFailed => "job.failed",
         JobCancelled => "job.cancelled",
@@ -42,6 +44,7 @@ impl EventType {
                 | EventType::TicketFiled
                 | EventType::TicketEdited
                 | EventType::TicketRunRequested
+                | EventType::JobProgress
         )
     }
 }
@@ -64,6 +67,9 @@ impl EventType {
             }
             EventType::JobQueued => "A run was queued for a ticket's phase.",
             EventType::JobStarted => "A worker picked the run up.",
+            EventType::JobProgress => {
+                "A running job reached a milestone: `step` says which (cloning, running the agent, pushing…)."
+            }
             EventType::JobCompleted => "A run finished successfully.",
             EventType::JobFailed => "A run failed; `failure` names the layer and code, `message` the cause and fix.",
             EventType::JobCancelled => "A run was cancelled.",
@@ -95,6 +101,7 @@ impl EventType {
             EventType::JobQueued => json!({"job_id": EXAMPLE_JOB, "phase": "research", "attempt": 1, "retry_of": null,
                 "clanker": "claude-docker"}),
             EventType::JobStarted => json!({"job_id": EXAMPLE_JOB, "phase": "research"}),
+            EventType::JobProgress => json!({"job_id": EXAMPLE_JOB, "phase": "research", "step": "running the agent"}),
             EventType::JobCompleted | EventType::JobCancelled => json!({"job_id": EXAMPLE_JOB, "phase": "execution",
                 "status": if self == EventType::JobCompleted { "completed" } else { "cancelled" }, "attempt": 1,
                 "message": null, "failure": null}),

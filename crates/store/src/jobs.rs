@@ -109,7 +109,7 @@ const USAGE: &str = "SELECT COUNT(*) AS jobs, CAST(COALESCE(SUM(tokens_in), 0) A
      CAST(COALESCE(SUM(cost_microusd), 0) AS BIGINT) AS cost_microusd FROM jobs \
      WHERE ($1 IS NULL OR project_id = $1) AND ($2 IS NULL OR ticket_id = $2)";
 const SET_PROGRESS: &str = "UPDATE jobs SET progress_step = $2, status_message = $2, updated_at = $3 \
-     WHERE id = $1 AND status IN ('dispatching', 'active')";
+     WHERE id = $1 AND status IN ('dispatching', 'active') RETURNING project_id, ticket_id, phase";
 const INSERT_EVENT: &str = "INSERT INTO job_events (job_id, worker_seq, kind, level, message, data, created_at) \
      VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (job_id, worker_seq) DO NOTHING";
 const SELECT_EVENTS: &str = "SELECT id, job_id, kind, level, message, data, created_at FROM job_events \
@@ -731,8 +731,9 @@ impl Store {
         let inserted = on_pool!(self, |pool| {
             let mut tx = crate::BeginWrite::begin_write(pool).await?;
             let mut inserted = 0;
+            let mut progress = None;
             for event in events {
-                inserted += sqlx::query(INSERT_EVENT)
+                let new = sqlx::query(INSERT_EVENT)
                     .bind(id.as_uuid())
                     .bind(i64::try_from(event.seq).unwrap_or(i64::MAX))
                     .bind(event.kind.as_str())
@@ -743,14 +744,27 @@ impl Store {
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
+                if new == 1 && event.kind == EventKind::Progress {
+                    progress = Some(event);
+                }
+                inserted += new;
             }
-            if let Some(progress) = events.iter().rev().find(|e| e.kind == EventKind::Progress) {
-                sqlx::query(SET_PROGRESS)
-                    .bind(id.as_uuid())
-                    .bind(bound_message(&progress.message))
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
+            // The last new milestone becomes the job's status message and a `job.progress` event (a repeated
+            // batch emits nothing).
+            if let Some(progress) = progress {
+                let step = bound_message(&progress.message);
+                let row =
+                    sqlx::query(SET_PROGRESS).bind(id.as_uuid()).bind(&step).bind(now).fetch_optional(&mut *tx).await?;
+                if let Some(row) = row {
+                    let event = NewEvent::new(
+                        EventType::JobProgress,
+                        serde_json::json!({"job_id": id, "phase": row.text("phase")?, "step": step}),
+                    )
+                    .project(ProjectId::from_uuid(row.uuid("project_id")?))
+                    .ticket(row.opt_uuid("ticket_id")?.map(TicketId::from_uuid))
+                    .job(id);
+                    emit!(self, tx, &event)?;
+                }
             }
             tx.commit().await?;
             Ok::<_, sqlx::Error>(inserted)
