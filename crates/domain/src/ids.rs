@@ -125,6 +125,11 @@ id_type!(
     "subscription"
 );
 id_type!(
+    /// A Slack thread bound to a ticket (the thread mirrors the ticket; replies in it act on it).
+    SlackThreadId,
+    "slack thread"
+);
+id_type!(
     /// One event (or test) owed to one subscription, with its attempts.
     OutboundDeliveryId,
     "outbound delivery"

@@ -18,6 +18,7 @@ pub mod project;
 pub mod protocol;
 pub mod scm;
 pub mod secret;
+pub mod slack;
 pub mod subscription;
 pub mod ticket;
 pub mod user;
@@ -29,8 +30,8 @@ pub use clanker::{AgentKind, AgentSettings, Clanker, ClankerInput, ClankerStatus
 pub use events::{DomainEvent, EventType, NewEvent};
 pub use failure::{Failure, FailureLayer};
 pub use ids::{
-    ClankerId, DeliveryId, IntegrationId, JobId, OutboundDeliveryId, ProjectId, SecretId, SubscriptionId, TicketId,
-    UserId, WebhookConfigId,
+    ClankerId, DeliveryId, IntegrationId, JobId, OutboundDeliveryId, ProjectId, SecretId, SlackThreadId,
+    SubscriptionId, TicketId, UserId, WebhookConfigId,
 };
 pub use integration::{Integration, IntegrationInput, IntegrationPatch, NewIntegration};
 pub use job::{
@@ -41,6 +42,7 @@ pub use page::{Cursor, Page, PageRequest};
 pub use project::{NewProject, Project, ProjectInput, ProjectPatch, ProjectSlug};
 pub use scm::ScmProvider;
 pub use secret::{NewSecret, Secret, SecretBackend, SecretInput, SecretPatchInput};
+pub use slack::{SlackPost, SlackPostStatus, SlackSettings, SlackSettingsInput, SlackThread};
 pub use states::{Phase, Severity, TicketStatus};
 pub use subscription::{
     AttemptError, OutboundAttempt, OutboundDelivery, OutboundStatus, Subscription, SubscriptionAuth,

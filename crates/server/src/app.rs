@@ -33,6 +33,10 @@ pub struct AppState {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Wakes the outbound webhook delivery loop when deliveries are owed.
     pub outbound_wake: Arc<tokio::sync::Notify>,
+    /// Wakes the Slack loop when something is to be sent to Slack or acted on.
+    pub slack_wake: Arc<tokio::sync::Notify>,
+    /// The client Slack's Web API is called through (no redirects, a timeout).
+    pub slack_http: reqwest::Client,
 }
 
 /// Looks up an environment variable (replaceable in tests).

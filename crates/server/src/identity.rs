@@ -16,6 +16,8 @@ pub enum Via {
     Token,
     /// `AUTH_DISABLED`: nobody signed in; acts as an administrator.
     Nobody,
+    /// A Slack user, mapped to this user by e-mail (the request was signed by Slack).
+    Slack,
 }
 
 /// The authenticated caller of a request.
@@ -50,6 +52,7 @@ impl Caller {
             Via::Session => "ui",
             Via::Token => "api",
             Via::Nobody => "api",
+            Via::Slack => "slack",
         }
     }
 }

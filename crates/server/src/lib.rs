@@ -17,6 +17,7 @@ pub mod outbox;
 pub mod request;
 pub mod serve;
 pub mod service;
+pub mod slack;
 pub mod sources;
 pub mod telemetry;
 pub mod ui;

@@ -101,6 +101,7 @@ pub fn consumers() -> Vec<Arc<dyn Consumer>> {
         Arc::new(crate::sources::SourceRuns),
         Arc::new(crate::sources::SourceFeedback),
         Arc::new(crate::outbound::OutboundWebhooks),
+        Arc::new(crate::slack::SlackMirror),
     ]
 }
 

@@ -256,6 +256,8 @@ pub fn app_state(
         env,
         metrics: Arc::new(crate::metrics::Metrics::default()),
         outbound_wake: Arc::new(tokio::sync::Notify::new()),
+        slack_wake: Arc::new(tokio::sync::Notify::new()),
+        slack_http: viberglass_integrations::slack::http_client(),
     })
 }
 
@@ -294,6 +296,7 @@ pub async fn serve(
     loops.push(spawn_outbox(&state, shutdown.clone()));
     loops.push(spawn_feedback(&state, shutdown.clone()));
     loops.push(spawn_outbound(&state, shutdown.clone()));
+    loops.push(spawn_slack(&state, shutdown.clone()));
     let app = build_router(state).into_make_service_with_connect_info::<SocketAddr>();
     let server = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let deadline = async {
@@ -349,6 +352,14 @@ fn spawn_outbound(state: &AppState, shutdown: CancellationToken) -> tokio::task:
     crate::engine::supervise("outbound-webhooks", shutdown, move || {
         crate::outbound::delivery_loop(state.clone(), owner.clone(), poll, stop.clone())
     })
+}
+
+/// Slack: acting on what Slack sent and keeping the threads' messages, supervised.
+fn spawn_slack(state: &AppState, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+    let poll = Duration::from_millis(state.config.dispatch_interval_ms.clamp(100, 1000));
+    let state = state.clone();
+    let stop = shutdown.clone();
+    crate::engine::supervise("slack", shutdown, move || crate::slack::slack_loop(state.clone(), poll, stop.clone()))
 }
 
 /// Feedback to ticket sources (and the pruning of old webhook payloads), supervised.

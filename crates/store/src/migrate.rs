@@ -53,6 +53,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(5, "ticket_category_and_metadata", "0005_ticket_category_and_metadata.sql"),
     migration!(6, "inbound_webhooks", "0006_inbound_webhooks.sql"),
     migration!(7, "outbound_webhooks", "0007_outbound_webhooks.sql"),
+    migration!(8, "slack", "0008_slack.sql"),
 ];
 
 /// A key no other application is likely to use for `pg_advisory_lock`: "VIBERGLA".

@@ -12,6 +12,7 @@ pub mod aws_proxy;
 pub mod db;
 pub mod fake_forge;
 pub mod fake_kube;
+pub mod fake_slack;
 pub mod fake_tracker;
 pub mod forge;
 pub mod git;

@@ -11,6 +11,7 @@ mod integrations;
 pub(crate) mod jobs;
 pub(crate) mod projects;
 mod secrets;
+pub(crate) mod slack;
 pub(crate) mod subscriptions;
 pub(crate) mod tickets;
 pub(crate) mod webhooks;
@@ -43,6 +44,7 @@ use crate::AppState;
         (name = "jobs", description = "Jobs (runs): one worker invocation for one phase"),
         (name = "webhooks", description = "Inbound webhooks from ticket sources: configurations, deliveries, redelivery"),
         (name = "subscriptions", description = "Outbound webhooks: the event catalogue, subscriptions, deliveries with every attempt, redelivery and test events"),
+        (name = "slack", description = "Slack: the request URL, the app's settings with Test connection, and tickets' threads"),
         (name = "worker", description = "The worker protocol, called by viberators with their job token"),
     ),
     modifiers(&WorkerTokenScheme)
@@ -173,6 +175,10 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(subscriptions::get_delivery))
         .routes(routes!(subscriptions::redeliver))
         .routes(routes!(subscriptions::redeliver_failed))
+        .routes(routes!(slack::receive))
+        .routes(routes!(slack::get_settings, slack::put_settings, slack::delete_settings))
+        .routes(routes!(slack::test_settings))
+        .routes(routes!(slack::get_ticket_thread, slack::link_ticket_thread, slack::unlink_ticket_thread))
         .routes(routes!(worker::bootstrap))
         .routes(routes!(worker::heartbeat))
         .routes(routes!(worker::events))

@@ -9,19 +9,16 @@ use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
 use viberglass_domain::workflow::{
     ApprovalAction, ApprovalRecord, CommentStatus, DocumentComment, DocumentRevision, PhaseDocument, PromptKind,
-    approval_transition, line_diff, validate_template,
+    line_diff, validate_template,
 };
-use viberglass_domain::{Job, Phase, ProjectRole, Ticket, TicketId, ValidationErrors};
-use viberglass_store::{ApprovalChange, StoreError};
+use viberglass_domain::{Job, Phase, Ticket, TicketId, ValidationErrors};
+use viberglass_store::StoreError;
 
 use crate::AppState;
 use crate::identity::{Caller, audit};
 use crate::service::projects::find_project;
-use crate::service::runs::{RunRequest, Trigger, start_run};
+use crate::service::workflow::{self as service, audit_ticket, phase_rank};
 
-fn unprocessable(code: &'static str, message: String) -> ApiError {
-    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
-}
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::ApiJson;
 
@@ -45,25 +42,12 @@ async fn refresh_status(state: &AppState, id: TicketId) {
     crate::service::tickets::refresh_status(&state.store, id).await;
 }
 
-fn phase_rank(phase: Phase) -> u8 {
-    match phase {
-        Phase::Research => 0,
-        Phase::Planning => 1,
-        Phase::Execution => 2,
-    }
-}
-
 /// Working on a later phase's document moves the ticket to that phase.
 async fn advance_to(state: &AppState, ticket: &Ticket, phase: Phase) -> ApiResult<()> {
     if phase_rank(phase) > phase_rank(ticket.phase) {
         state.store.set_ticket_phase(ticket.id, phase).await?;
     }
     Ok(())
-}
-
-/// Records a workflow action on a ticket in the audit log.
-async fn audit_ticket(state: &AppState, caller: &Caller, ticket: &Ticket, action: &str, details: serde_json::Value) {
-    audit(state, Some(caller), action, "ticket", Some(ticket.id.to_string()), Some(ticket.project_id), details).await;
 }
 
 /// A document with its comments.
@@ -293,67 +277,6 @@ pub struct ApprovalInput {
     revision: Option<i64>,
 }
 
-/// Whether the caller is a maintainer of the project (admins are).
-async fn require_maintainer(state: &AppState, caller: &Caller, ticket: &Ticket, what: &str) -> ApiResult<()> {
-    if caller.is_admin() {
-        return Ok(());
-    }
-    let role = match caller.user_id() {
-        Some(user) => state.store.member_role(ticket.project_id, user).await?,
-        None => None,
-    };
-    if role.is_some_and(|r| r.includes(ProjectRole::Maintainer)) {
-        return Ok(());
-    }
-    Err(ApiError::new(
-        StatusCode::FORBIDDEN,
-        "forbidden",
-        format!("{what} needs the maintainer role in the project: ask one of its maintainers"),
-    ))
-}
-
-fn approval_change(
-    ticket: &Ticket,
-    phase: Phase,
-    document: &PhaseDocument,
-    action: ApprovalAction,
-    caller: &Caller,
-    comment: String,
-    seen_revision: Option<i64>,
-) -> ApiResult<ApprovalChange> {
-    if let Some(seen) = seen_revision
-        && seen != document.revision
-    {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "stale_revision",
-            format!(
-                "you read revision {seen}, but the document is at revision {}: read it again first",
-                document.revision
-            ),
-        ));
-    }
-    let new_state = approval_transition(document.approval_state, action).map_err(|why| {
-        ApiError::new(StatusCode::CONFLICT, "approval_not_allowed", format!("cannot {action}: {why}"))
-    })?;
-    Ok(ApprovalChange {
-        ticket_id: ticket.id,
-        phase,
-        expected: document.approval_state,
-        revision: document.revision,
-        new_state,
-        logged: action.logged().to_owned(),
-        actor: caller.user_id(),
-        comment,
-    })
-}
-
-async fn current_document(state: &AppState, ticket: &Ticket, phase: Phase) -> ApiResult<PhaseDocument> {
-    state.store.get_document(ticket.id, phase).await?.ok_or_else(|| {
-        unprocessable("no_document", format!("the ticket has no {phase} document yet: run the {phase} phase first"))
-    })
-}
-
 fn moved() -> ApiError {
     ApiError::new(StatusCode::CONFLICT, "document_changed", "the document changed meanwhile: reload it and try again")
 }
@@ -378,10 +301,10 @@ pub async fn approval(
         .parse()
         .map_err(|e: viberglass_domain::states::UnknownValue| ApiError::invalid_field("action", e.to_string()))?;
     if action.needs_maintainer() {
-        require_maintainer(&state, &caller, &ticket, &format!("to {action}")).await?;
+        service::require_maintainer(&state, &caller, &ticket, &format!("to {action}")).await?;
     }
-    let document = current_document(&state, &ticket, phase).await?;
-    let change = approval_change(
+    let document = service::current_document(&state, &ticket, phase).await?;
+    let change = service::approval_change(
         &ticket,
         phase,
         &document,
@@ -403,7 +326,7 @@ pub async fn approval(
     )
     .await;
     refresh_status(&state, ticket.id).await;
-    Ok(Json(current_document(&state, &ticket, phase).await?))
+    Ok(Json(service::current_document(&state, &ticket, phase).await?))
 }
 
 #[utoipa::path(
@@ -446,35 +369,9 @@ pub async fn approve_and_continue(
 ) -> ApiResult<impl IntoResponse> {
     let ticket = ticket(&state, &ticket_id).await?;
     let phase = parse_document_phase(&input.phase)?;
-    require_maintainer(&state, &caller, &ticket, "Approve & Continue").await?;
-    let next = phase.next().ok_or_else(|| ApiError::internal("a document phase without a next phase"))?;
-    // The same refusal as every other way a run starts, before anything else is looked at.
-    crate::service::runs::ensure_not_archived(&ticket)?;
-    if phase_rank(ticket.phase) > phase_rank(next) {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "phase_passed",
-            format!("the ticket is already in {}: continuing from {phase} would move it back", ticket.phase),
-        ));
-    }
-    let document = current_document(&state, &ticket, phase).await?;
-    let comment: String = input.comment.chars().take(10_000).collect();
-    let approval =
-        approval_change(&ticket, phase, &document, ApprovalAction::Approve, &caller, comment.clone(), input.revision)?;
-    // The prompt is built as if the approval had happened: the gate is the approval itself.
-    let run = RunRequest {
-        ticket: &ticket,
-        phase: next,
-        clanker: &input.clanker,
-        trigger: Trigger::ApproveAndContinue { approval: Box::new(approval) },
-    };
-    let job = start_run(&state, Some(&caller), run).await?;
-    for (action, details) in [
-        ("approved", serde_json::json!({"phase": phase, "revision": document.revision, "comment": comment})),
-        ("phase_changed", serde_json::json!({"from": phase, "to": next})),
-    ] {
-        audit_ticket(&state, &caller, &ticket, action, details).await;
-    }
+    let request =
+        service::Continue { phase, clanker: &input.clanker, comment: input.comment, revision: input.revision };
+    let job = service::approve_and_continue(&state, &caller, &ticket, request).await?;
     Ok((StatusCode::ACCEPTED, [(header::LOCATION, format!("/api/v1/jobs/{}", job.id))], Json(job)))
 }
 
@@ -502,25 +399,7 @@ pub async fn request_revision(
 ) -> ApiResult<impl IntoResponse> {
     let ticket = ticket(&state, &ticket_id).await?;
     let phase = parse_document_phase(&phase)?;
-    let feedback = viberglass_domain::validation::bounded_text(&input.feedback, "feedback", 1, 20_000)
-        .map_err(|m| ApiError::invalid_field("feedback", m))?;
-    current_document(&state, &ticket, phase).await?;
-    let run = RunRequest {
-        ticket: &ticket,
-        phase,
-        clanker: &input.clanker,
-        trigger: Trigger::Revision { feedback: feedback.clone() },
-    };
-    let job = start_run(&state, Some(&caller), run).await?;
-    audit_ticket(
-        &state,
-        &caller,
-        &ticket,
-        "revision_requested",
-        serde_json::json!({"phase": phase, "job": job.id, "feedback": feedback}),
-    )
-    .await;
-    refresh_status(&state, ticket.id).await;
+    let job = service::request_revision(&state, &caller, &ticket, phase, &input.clanker, &input.feedback).await?;
     Ok((StatusCode::ACCEPTED, [(header::LOCATION, format!("/api/v1/jobs/{}", job.id))], Json(job)))
 }
 

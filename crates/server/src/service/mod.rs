@@ -11,9 +11,11 @@ pub mod clankers;
 pub mod jobs;
 pub mod projects;
 pub mod runs;
+pub mod slack;
 pub mod subscriptions;
 pub mod tickets;
 pub mod webhooks;
+pub mod workflow;
 
 use viberglass_domain::ValidationErrors;
 use viberglass_store::StoreError;

@@ -58,6 +58,7 @@ pub const PAGES: &[(&str, &str, Rule)] = &[
     ("GET", "/secrets", Authenticated),
     ("GET", "/integrations", Authenticated),
     ("GET", "/users", Admin),
+    ("GET", "/slack", Admin),
     ("GET", "/tokens", Authenticated),
     ("GET", "/audit", Admin),
 ];
@@ -88,6 +89,7 @@ pub fn router(state: AppState, api: ApiService) -> Router<AppState> {
         .route("/clankers/{clanker}/edit", get(pages::edit_clanker))
         .route("/secrets", get(pages::secrets))
         .route("/integrations", get(pages::integrations))
+        .route("/slack", get(pages::slack))
         .route("/users", get(pages::users))
         .route("/tokens", get(pages::tokens))
         .route("/audit", get(pages::audit))

@@ -499,6 +499,10 @@ pub async fn ticket(
         next_phase,
         overridden_by,
         feedback: state.store.list_feedback(id).await?,
+        slack: view::TicketSlackSection {
+            configured: state.store.get_slack_settings().await?.is_some(),
+            view: crate::api::slack::ticket_slack(&state, id).await?,
+        },
     }))
 }
 
@@ -675,6 +679,14 @@ pub async fn integrations(State(state): State<AppState>, caller: Caller) -> Page
         ctx: Ctx::new(&caller, "integrations"),
         integrations: state.store.list_integrations().await?,
         secrets: state.store.list_secrets().await?,
+    }))
+}
+
+pub async fn slack(State(state): State<AppState>, caller: Caller) -> PageResult {
+    Ok(render(&view::SlackPage {
+        ctx: Ctx::new(&caller, "slack"),
+        slack: crate::api::slack::view(&state).await?,
+        secrets: state.store.list_secrets().await?.into_iter().map(|s| s.name).collect(),
     }))
 }
 

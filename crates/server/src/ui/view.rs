@@ -342,6 +342,52 @@ pub struct TicketPage {
     pub overridden_by: String,
     /// What was told to the ticket's source (comments, labels) and how it went.
     pub feedback: Vec<viberglass_store::Feedback>,
+    pub slack: TicketSlackSection,
+}
+
+/// The ticket page's Slack section.
+pub struct TicketSlackSection {
+    /// Whether Slack is set up (the section shows only then, or when the ticket had a thread).
+    pub configured: bool,
+    pub view: crate::api::slack::TicketSlack,
+}
+
+impl TicketPage {
+    /// A message's key without its thread's id: `job:…`, `doc:research:2`.
+    pub fn post_label(&self, key: &str) -> String {
+        key.split_once(':').map_or(key, |(_, rest)| rest).to_owned()
+    }
+}
+
+#[derive(Template)]
+#[template(path = "slack.html")]
+pub struct SlackPage {
+    pub ctx: Ctx,
+    pub slack: crate::api::slack::SlackView,
+    pub secrets: Vec<String>,
+}
+
+impl SlackPage {
+    pub fn is_signing(&self, name: &str) -> bool {
+        match &self.slack.settings {
+            Some(s) => s.signing_secret == name,
+            None => name.contains("SIGNING"),
+        }
+    }
+
+    pub fn is_bot(&self, name: &str) -> bool {
+        match &self.slack.settings {
+            Some(s) => s.bot_token_secret == name,
+            None => name.contains("BOT"),
+        }
+    }
+
+    pub fn api_url(&self) -> String {
+        match &self.slack.settings {
+            Some(s) if s.api_url != viberglass_domain::slack::DEFAULT_API_URL => s.api_url.clone(),
+            _ => String::new(),
+        }
+    }
 }
 
 #[derive(Template)]

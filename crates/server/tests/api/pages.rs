@@ -38,6 +38,7 @@ const PAGES: &[(&str, Who)] = &[
     ("/secrets", Outsider),
     ("/integrations", Outsider),
     ("/users", Admin),
+    ("/slack", Admin),
     ("/tokens", Outsider),
     ("/audit", Admin),
 ];

@@ -9,6 +9,7 @@ mod migrations;
 mod outbox;
 mod projects;
 mod secrets;
+mod slack;
 mod subscriptions;
 mod tickets;
 mod users;
