@@ -34,14 +34,9 @@ pub enum VerifyError {
     Mismatch,
 }
 
-/// Checks a request as Slack signs it, at `now` (Unix seconds).
-pub fn verify(
-    signing_secret: &str,
-    timestamp: Option<&str>,
-    signature: Option<&str>,
-    body: &[u8],
-    now: i64,
-) -> Result<(), VerifyError> {
+/// The checks that need no secret: both headers there, the timestamp within five minutes of `now`, the
+/// signature `v0=` and hex. Returns the signature's bytes.
+pub fn precheck(timestamp: Option<&str>, signature: Option<&str>, now: i64) -> Result<Vec<u8>, VerifyError> {
     let timestamp =
         timestamp.map(str::trim).filter(|t| !t.is_empty()).ok_or(VerifyError::Missing("X-Slack-Request-Timestamp"))?;
     let signature =
@@ -53,6 +48,22 @@ pub fn verify(
     }
     let presented = signature.strip_prefix("v0=").ok_or(VerifyError::Mismatch)?;
     let presented = hex::decode(presented).map_err(|_| VerifyError::Mismatch)?;
+    if presented.len() != 32 {
+        return Err(VerifyError::Mismatch);
+    }
+    Ok(presented)
+}
+
+/// Checks a request as Slack signs it, at `now` (Unix seconds).
+pub fn verify(
+    signing_secret: &str,
+    timestamp: Option<&str>,
+    signature: Option<&str>,
+    body: &[u8],
+    now: i64,
+) -> Result<(), VerifyError> {
+    let presented = precheck(timestamp, signature, now)?;
+    let timestamp = timestamp.unwrap_or_default().trim();
     let mut mac = HmacSha256::new_from_slice(signing_secret.as_bytes()).expect("HMAC takes a key of any length");
     mac.update(b"v0:");
     mac.update(timestamp.as_bytes());
@@ -137,6 +148,15 @@ fn text_at(value: &Value, pointer: &str) -> Option<String> {
 /// Reads a request body by its content type. Never panics on what arrives.
 pub fn parse(content_type: &str, body: &[u8]) -> Result<Request, String> {
     let content_type = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    // The content type is not signed: a body is read only in the form its first byte says it is, so a signed
+    // JSON event cannot be replayed as a form (or the other way round).
+    let json_like = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    if content_type == "application/x-www-form-urlencoded" && json_like {
+        return Err("a form-encoded body that is JSON: not what Slack sends".into());
+    }
+    if content_type == "application/json" && !json_like {
+        return Err("a JSON body that is not an object: not what Slack sends".into());
+    }
     if content_type == "application/x-www-form-urlencoded" {
         let form: BTreeMap<String, String> = form_urlencoded::parse(body).into_owned().collect();
         if let Some(payload) = form.get("payload") {
@@ -302,6 +322,38 @@ pub fn explain(code: &str, needed: Option<&str>) -> String {
     }
 }
 
+/// A Slack user as `users.info` describes them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Person {
+    pub email: Option<String>,
+    pub team_id: Option<String>,
+    pub deleted: bool,
+    pub bot: bool,
+    /// A guest or a member of another organisation (Slack Connect).
+    pub guest: bool,
+    /// `false` when Slack says the address is not confirmed; `None` when it does not say.
+    pub email_confirmed: Option<bool>,
+}
+
+impl Person {
+    /// Why this person may not act for a Viberglass user of the workspace `team`, if they may not.
+    pub fn refusal(&self, team: Option<&str>) -> Option<&'static str> {
+        if self.deleted {
+            Some("the Slack account is deactivated")
+        } else if self.bot {
+            Some("bots and apps do not act for people")
+        } else if self.guest {
+            Some("guests and people from other organisations cannot act for a Viberglass user")
+        } else if self.email_confirmed == Some(false) {
+            Some("the Slack account's e-mail address is not confirmed")
+        } else if team.is_some() && self.team_id.is_some() && self.team_id.as_deref() != team {
+            Some("the Slack account belongs to another workspace")
+        } else {
+            None
+        }
+    }
+}
+
 /// Who the bot is (`auth.test`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
@@ -346,6 +398,14 @@ pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Duration {
 impl Client {
     pub fn new(http: reqwest::Client, api_url: &str, token: &str) -> Self {
         Self { http, api_url: api_url.trim_end_matches('/').to_owned(), token: token.to_owned() }
+    }
+
+    /// An upload goes only to Slack's own file host (https, `*.slack.com`) or to the Web API's own origin.
+    fn may_upload_to(&self, upload: &str) -> bool {
+        let (Ok(upload), Ok(api)) = (url::Url::parse(upload), url::Url::parse(&self.api_url)) else { return false };
+        let slack = upload.scheme() == "https"
+            && upload.host_str().is_some_and(|h| h == "slack.com" || h.ends_with(".slack.com"));
+        slack || upload.origin() == api.origin()
     }
 
     async fn answer(response: Result<reqwest::Response, reqwest::Error>) -> Result<Value, SlackError> {
@@ -452,11 +512,19 @@ impl Client {
         self.call("views.open", &json!({"trigger_id": trigger_id, "view": view})).await.map(|_| ())
     }
 
-    /// The user's e-mail address (`users.info`, with the `users:read.email` scope); `None` for a user without
-    /// one (a bot, a guest whose address is hidden).
-    pub async fn user_email(&self, user: &str) -> Result<Option<String>, SlackError> {
+    /// Who a user is (`users.info`; the e-mail needs the `users:read.email` scope).
+    pub async fn user_info(&self, user: &str) -> Result<Person, SlackError> {
         let body = self.call_form("users.info", &[("user", user)]).await?;
-        Ok(body["user"]["profile"]["email"].as_str().map(str::to_owned))
+        let u = &body["user"];
+        let flag = |k: &str| u[k].as_bool().unwrap_or(false);
+        Ok(Person {
+            email: u["profile"]["email"].as_str().map(str::to_owned),
+            team_id: u["team_id"].as_str().map(str::to_owned),
+            deleted: flag("deleted"),
+            bot: flag("is_bot") || flag("is_app_user"),
+            guest: flag("is_restricted") || flag("is_ultra_restricted") || flag("is_stranger"),
+            email_confirmed: u["is_email_confirmed"].as_bool(),
+        })
     }
 
     /// Uploads a file into a thread (`files.getUploadURLExternal`, the upload, `files.completeUploadExternal`).
@@ -474,6 +542,9 @@ impl Client {
         let (Some(url), Some(file)) = (ticket["upload_url"].as_str(), ticket["file_id"].as_str()) else {
             return Err(SlackError::Api { code: "no_upload_url".into(), needed: None });
         };
+        if !self.may_upload_to(url) {
+            return Err(SlackError::Api { code: "unexpected_upload_url".into(), needed: None });
+        }
         let uploaded = self.http.post(url).body(content.to_vec()).send().await;
         let uploaded = uploaded.map_err(|e| SlackError::Network(network_reason(&e)))?;
         if !uploaded.status().is_success() {
@@ -648,10 +719,41 @@ mod tests {
             ("application/x-www-form-urlencoded", b"payload=%7B%7D"),
             ("application/x-www-form-urlencoded", b"command=%2Fx"),
             ("text/plain", b"hi"),
+            ("application/x-www-form-urlencoded", b" {\"type\":\"x\"}&payload=%7B%7D"),
+            ("application/json", b"payload=%7B%7D"),
             ("application/json", b"{\"type\":\"event_callback\",\"event\":{\"type\":\"message\"}}"),
         ] {
             assert!(parse(ct, body).is_err(), "{ct} {:?}", String::from_utf8_lossy(body));
         }
+    }
+
+    #[test]
+    fn only_full_members_of_the_workspace_act() {
+        let member = Person {
+            email: Some("a@x".into()),
+            team_id: Some("T1".into()),
+            deleted: false,
+            bot: false,
+            guest: false,
+            email_confirmed: Some(true),
+        };
+        assert_eq!(member.refusal(Some("T1")), None);
+        assert!(Person { guest: true, ..member.clone() }.refusal(Some("T1")).unwrap().contains("guests"));
+        assert!(Person { deleted: true, ..member.clone() }.refusal(None).is_some());
+        assert!(Person { bot: true, ..member.clone() }.refusal(None).is_some());
+        assert!(Person { email_confirmed: Some(false), ..member.clone() }.refusal(None).is_some());
+        assert!(member.refusal(Some("T2")).unwrap().contains("another workspace"));
+    }
+
+    #[test]
+    fn uploads_go_only_to_slack_or_the_api_itself() {
+        let client = Client::new(reqwest::Client::new(), "https://slack.com/api", "xoxb");
+        assert!(client.may_upload_to("https://files.slack.com/upload/v1/abc"));
+        assert!(!client.may_upload_to("http://files.slack.com/upload/v1/abc"));
+        assert!(!client.may_upload_to("https://files.slack.com.evil.example/upload"));
+        assert!(!client.may_upload_to("http://169.254.169.254/latest"));
+        let local = Client::new(reqwest::Client::new(), "http://127.0.0.1:9/api", "xoxb");
+        assert!(local.may_upload_to("http://127.0.0.1:9/upload/F1"));
     }
 
     #[test]

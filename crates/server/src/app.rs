@@ -37,7 +37,11 @@ pub struct AppState {
     pub slack_wake: Arc<tokio::sync::Notify>,
     /// The client Slack's Web API is called through (no redirects, a timeout).
     pub slack_http: reqwest::Client,
+    /// The Slack signing secret as last read (its name, value, and when), so requests cost no backend calls.
+    pub slack_secret: SlackSecretCache,
 }
+
+pub type SlackSecretCache = Arc<std::sync::Mutex<Option<(String, String, std::time::Instant)>>>;
 
 /// Looks up an environment variable (replaceable in tests).
 pub type EnvLookup = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;

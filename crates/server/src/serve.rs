@@ -258,6 +258,7 @@ pub fn app_state(
         outbound_wake: Arc::new(tokio::sync::Notify::new()),
         slack_wake: Arc::new(tokio::sync::Notify::new()),
         slack_http: viberglass_integrations::slack::http_client(),
+        slack_secret: Default::default(),
     })
 }
 

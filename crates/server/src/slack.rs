@@ -27,8 +27,13 @@ use crate::service::slack::{self as service, APPROVE_ACTION, Outcome, REVISE_ACT
 
 /// The most attempts one message gets before it is marked failed.
 pub const MAX_ATTEMPTS: i64 = 8;
-/// How long a claimed message or request is held.
+/// How long a claimed request is held.
 const LEASE: time::Duration = time::Duration::seconds(60);
+/// How long a claimed message is held: longer than its send can take (an upload is three calls of at most
+/// 10 s), short enough that a message a killed server held is sent by another soon after.
+const POST_LEASE: time::Duration = time::Duration::seconds(40);
+/// How long a handled request is kept for the Slack page.
+const INBOX_DAYS: i64 = 30;
 /// A document longer than this is uploaded as a file too; the message keeps the start.
 const SNIPPET: usize = 2_500;
 
@@ -169,7 +174,7 @@ fn job_post(state: &AppState, thread: &SlackThread, job: &Job) -> NewSlackPost {
             let (layer, code) = job
                 .failure
                 .as_ref()
-                .map(|f| (f.layer.to_string(), f.code.clone()))
+                .map(|f| (f.layer.to_string(), escape(&f.code)))
                 .unwrap_or_else(|| ("unknown".into(), "unknown".into()));
             let message = job.status_message.as_deref().unwrap_or("no reason was recorded");
             format!(
@@ -203,7 +208,8 @@ fn document_posts(state: &AppState, thread: &SlackThread, ticket: &Ticket, doc: 
     let name = doc.phase.document_name().unwrap_or("the document");
     let link = ticket_link(state, ticket.id);
     let long = doc.content.chars().count() > SNIPPET;
-    let snippet = wire::cut(&doc.content, SNIPPET).replace("```", "ˋˋˋ");
+    // The agent wrote it: escaped, so it can neither mention anyone (`<!channel>`) nor hide a link.
+    let snippet = escape(&wire::cut(&doc.content, SNIPPET).replace("```", "ˋˋˋ"));
     let header = match doc.approval_state {
         ApprovalState::Approved => format!("✅ *{name}* (revision {}) is approved.", doc.revision),
         ApprovalState::Rejected => format!("🚫 *{name}* (revision {}) was rejected.", doc.revision),
@@ -246,10 +252,15 @@ fn document_posts(state: &AppState, thread: &SlackThread, ticket: &Ticket, doc: 
 }
 
 fn pull_request_post(thread: &SlackThread, url: &str, job: &Job, kind: EventType) -> NewSlackPost {
+    // A link only when it is a plain http(s) address: nothing in it can close the link or start a mention.
+    let plain = (url.starts_with("https://") || url.starts_with("http://"))
+        && !url.contains(['|', '<', '>', ' ', '\n'])
+        && url.len() <= 2_000;
+    let link = if plain { format!("<{url}>") } else { format!("`{}`", escape(url)) };
     let text = if kind == EventType::PullRequestOpened {
-        format!("🔀 Pull request opened: <{url}>")
+        format!("🔀 Pull request opened: {link}")
     } else {
-        format!("🔀 Pull request updated by attempt {}: <{url}>", job.attempt)
+        format!("🔀 Pull request updated by attempt {}: {link}", job.attempt)
     };
     NewSlackPost {
         key: format!("{}:pr:{url}", thread.id),
@@ -319,9 +330,14 @@ pub async fn slack_loop(state: AppState, poll: Duration, shutdown: CancellationT
             if let Err(e) = state.store.prune_slack_signatures(before).await {
                 tracing::error!(error = %store_error(&e), "Slack: could not prune seen signatures");
             }
+            let old = viberglass_store::now() - time::Duration::days(INBOX_DAYS);
+            if let Err(e) = state.store.prune_slack_inbox(old).await {
+                tracing::error!(error = %store_error(&e), "Slack: could not prune handled requests");
+            }
         }
         let mut worked = false;
-        match state.store.claim_slack_inbox(10, LEASE).await {
+        // One at a time: an item is acted on well within its lease, so no other server takes it meanwhile.
+        match state.store.claim_slack_inbox(1, LEASE).await {
             Ok(items) => {
                 for item in items {
                     worked = true;
@@ -371,7 +387,8 @@ pub async fn slack_loop(state: AppState, poll: Duration, shutdown: CancellationT
 
 /// Sends the due messages; whether there were any.
 async fn send_due(state: &AppState, paused_until: &mut Option<time::OffsetDateTime>) -> bool {
-    let posts = match state.store.claim_slack_posts(20, LEASE).await {
+    // One at a time: each is sent well within its lease.
+    let posts = match state.store.claim_slack_posts(1, POST_LEASE).await {
         Ok(p) => p,
         Err(e) => {
             tracing::error!(error = %store_error(&e), "Slack: store error");

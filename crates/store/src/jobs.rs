@@ -109,7 +109,8 @@ const USAGE: &str = "SELECT COUNT(*) AS jobs, CAST(COALESCE(SUM(tokens_in), 0) A
      CAST(COALESCE(SUM(cost_microusd), 0) AS BIGINT) AS cost_microusd FROM jobs \
      WHERE ($1 IS NULL OR project_id = $1) AND ($2 IS NULL OR ticket_id = $2)";
 const SET_PROGRESS: &str = "UPDATE jobs SET progress_step = $2, status_message = $2, updated_at = $3 \
-     WHERE id = $1 AND status IN ('dispatching', 'active') RETURNING project_id, ticket_id, phase";
+     WHERE id = $1 AND status IN ('dispatching', 'active') AND (progress_step IS NULL OR progress_step <> $2) \
+     RETURNING project_id, ticket_id, phase";
 const INSERT_EVENT: &str = "INSERT INTO job_events (job_id, worker_seq, kind, level, message, data, created_at) \
      VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (job_id, worker_seq) DO NOTHING";
 const SELECT_EVENTS: &str = "SELECT id, job_id, kind, level, message, data, created_at FROM job_events \
@@ -750,7 +751,7 @@ impl Store {
                 inserted += new;
             }
             // The last new milestone becomes the job's status message and a `job.progress` event (a repeated
-            // batch emits nothing).
+            // batch, or the same step again, emits nothing).
             if let Some(progress) = progress {
                 let step = bound_message(&progress.message);
                 let row =

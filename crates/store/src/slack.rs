@@ -42,6 +42,7 @@ const CLAIM_INBOX: &str = "UPDATE slack_inbox SET next_attempt_at = $2, attempts
      WHERE id = $1 AND status = 'pending' AND next_attempt_at = $3";
 const FINISH_INBOX: &str = "UPDATE slack_inbox SET status = $3, outcome = $4, next_attempt_at = $5, updated_at = $6 \
      WHERE id = $1 AND status = 'pending' AND next_attempt_at = $2";
+const PRUNE_INBOX: &str = "DELETE FROM slack_inbox WHERE status <> 'pending' AND updated_at < $1";
 const RECENT_INBOX: &str =
     "SELECT kind, status, attempts, outcome, created_at, updated_at FROM slack_inbox ORDER BY id DESC LIMIT $1";
 
@@ -413,6 +414,14 @@ impl Store {
                 .map(|r| r.rows_affected())
         })?;
         Ok(n == 1)
+    }
+
+    /// Forgets handled requests last touched before `before` (the pending ones stay).
+    pub async fn prune_slack_inbox(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
+        on_pool!(self, |pool| {
+            sqlx::query(PRUNE_INBOX).bind(DbTime(before)).execute(pool).await.map(|r| r.rows_affected())
+        })
+        .map_err(Into::into)
     }
 
     /// The latest things Slack sent, newest first.

@@ -87,6 +87,8 @@ pub struct Call {
 struct State_ {
     token: String,
     users: BTreeMap<String, Option<String>>,
+    /// Users `users.info` describes as guests (`is_restricted`).
+    guests: Vec<String>,
     /// Channel → whether the app is in it.
     channels: BTreeMap<String, bool>,
     messages: Vec<Message>,
@@ -162,6 +164,14 @@ impl FakeSlack {
     /// A person in the workspace, with an e-mail Slack shares (or none).
     pub fn add_user(&self, id: &str, email: Option<&str>) {
         self.with(|s| s.users.insert(id.to_owned(), email.map(str::to_owned)));
+    }
+
+    /// A guest of the workspace (`is_restricted`), with an e-mail Slack shares.
+    pub fn add_guest(&self, id: &str, email: &str) {
+        self.with(|s| {
+            s.users.insert(id.to_owned(), Some(email.to_owned()));
+            s.guests.push(id.to_owned());
+        });
     }
 
     /// A channel; `app_member` says whether the app was invited.
@@ -380,7 +390,10 @@ async fn handle(State(state): State<Arc<Mutex<State_>>>, headers: HeaderMap, uri
                     if let Some(email) = email {
                         profile["email"] = json!(email);
                     }
-                    ok(json!({"user": {"id": user, "name": user, "profile": profile}}))
+                    let guest = s.guests.contains(&user);
+                    ok(json!({"user": {"id": user, "team_id": TEAM, "name": user, "deleted": false, "is_bot": false,
+                        "is_restricted": guest, "is_ultra_restricted": false, "is_email_confirmed": true,
+                        "profile": profile}}))
                 }
             }
         }

@@ -142,9 +142,15 @@ async fn a_ticket_goes_from_viberator_to_a_pull_request_in_its_thread(backend: T
     // Someone Viberglass does not know is told who to ask; nobody can file without a membership.
     assert_eq!(sender.slash(EVE, CHANNEL, "Cart").await.status(), 200);
     let told = eventually("Eve is told", async || slack.ephemerals(), |e| e.iter().any(|m| m.user == EVE)).await;
+    assert!(told[0].text.contains("no user with your Slack e-mail"), "{told:?}");
+    assert!(!told[0].text.contains("@example.com"), "a stranger learns no addresses: {told:?}");
+    slack.add_guest("U0GUEST", "alice@example.com");
+    assert_eq!(sender.slash("U0GUEST", CHANNEL, "Cart").await.status(), 200);
+    let told =
+        eventually("the guest is told", async || slack.ephemerals(), |e| e.iter().any(|m| m.user == "U0GUEST")).await;
     assert!(
-        told[0].text.contains("no user with your Slack e-mail") && told[0].text.contains("admin@example.com"),
-        "{told:?}"
+        told.iter().any(|m| m.user == "U0GUEST" && m.text.contains("guests")),
+        "a guest never acts as Alice: {told:?}"
     );
     assert_eq!(sender.slash(BOB, CHANNEL, "Cart").await.status(), 200);
     let told = eventually("Bob is told", async || slack.ephemerals(), |e| e.iter().any(|m| m.user == BOB)).await;
@@ -213,7 +219,7 @@ async fn a_ticket_goes_from_viberator_to_a_pull_request_in_its_thread(backend: T
     assert_eq!(research["status"], "completed", "{research}");
     let doc = eventually(
         "RESEARCH.md reaches the thread",
-        async || in_thread(&slack, &thread, "RESEARCH.md"),
+        async || in_thread(&slack, &thread, "*RESEARCH.md* (revision"),
         |m| !m.is_empty(),
     )
     .await;
@@ -242,16 +248,19 @@ async fn a_ticket_goes_from_viberator_to_a_pull_request_in_its_thread(backend: T
     assert_eq!(jobs_of(&app, &id).await.len(), 2, "the mention and its message event made one approval");
     let approved = eventually(
         "RESEARCH.md shows approved",
-        async || in_thread(&slack, &thread, "RESEARCH.md"),
+        async || in_thread(&slack, &thread, "*RESEARCH.md* (revision"),
         |m| m.len() == 1 && m[0].text.contains("approved") && m[0].button("vg_approve").is_none(),
     )
     .await;
     assert!(approved[0].edits >= 1);
 
     // The long PLAN.md comes as a snippet with buttons and as a file; the button approves and continues.
-    let plan =
-        eventually("PLAN.md reaches the thread", async || in_thread(&slack, &thread, "PLAN.md"), |m| !m.is_empty())
-            .await;
+    let plan = eventually(
+        "PLAN.md reaches the thread",
+        async || in_thread(&slack, &thread, "*PLAN.md* (revision"),
+        |m| !m.is_empty(),
+    )
+    .await;
     let files = eventually("the whole plan is uploaded", async || slack.files(), |f| !f.is_empty()).await;
     assert_eq!(files[0].thread_ts.as_deref(), Some(thread.as_str()));
     assert!(String::from_utf8_lossy(&files[0].content).contains("step 120"));
@@ -316,9 +325,22 @@ async fn slack_requests_are_refused_unless_signed_fresh_and_new(backend: TestBac
     assert_eq!(unsigned.status(), 401);
     let signature = sign(SIGNING, now, &body);
     assert_eq!(sender.raw(form, body.clone(), now, Some(signature.clone())).await.status(), 200);
-    let replay = sender.raw(form, body.clone(), now, Some(signature)).await;
+    let replay = sender.raw(form, body.clone(), now, Some(signature.clone())).await;
     assert_eq!(replay.status(), 401);
     assert!(replay.text().await.unwrap().contains("replay"));
+    let respelt = sender.raw(form, body.clone(), now, Some(signature.to_uppercase().replace("V0=", "v0="))).await;
+    assert_eq!(respelt.status(), 401, "the same signature spelt in capitals is the same request");
+    // A signed JSON body presented as a form is not read as one.
+    let event = br#"{"type":"event_callback","event":{"type":"message","text":"&payload={}"}}"#.to_vec();
+    let sig = sign(SIGNING, now, &event);
+    assert_eq!(sender.raw(form, event, now, Some(sig)).await.status(), 400);
+
+    // The Slack app's secrets never go to a worker.
+    let clanker = json!({"name": "Leaky", "agent": "command", "agent_settings": {"command": ["true"]},
+        "secrets": ["SLACK_SIGNING"]});
+    let leaky = app.post_json("/api/v1/clankers", &clanker).await;
+    assert_eq!(leaky.status(), 400);
+    assert!(leaky.text().await.unwrap().contains("Slack"));
 
     // The Events API's handshake, and what cannot be read.
     let hello =
@@ -376,6 +398,13 @@ async fn a_thread_linked_by_hand_takes_over_the_mirroring_and_slacks_rate_limit_
     )
     .await;
 
+    let old_doc = eventually(
+        "RESEARCH.md in the first thread",
+        async || in_thread(&slack, &first, "*RESEARCH.md* (revision"),
+        |m| !m.is_empty(),
+    )
+    .await;
+
     // Unlink, link the second thread: the next run shows there only.
     let unlinked = app.delete(&format!("/api/v1/tickets/{id}/slack")).await;
     assert_eq!(unlinked.status(), 200);
@@ -392,6 +421,21 @@ async fn a_thread_linked_by_hand_takes_over_the_mirroring_and_slacks_rate_limit_
     )
     .await;
     assert!(in_thread(&slack, &first, &rerun).is_empty(), "nothing more in the unlinked thread");
+
+    // The unlinked thread's old button does nothing but say so.
+    let jobs = app.get(&format!("/api/v1/jobs?ticket={id}")).await.json::<Value>().await.unwrap()["items"]
+        .as_array()
+        .unwrap()
+        .len();
+    let sender = SlackSender::new(&app.url("/api/slack/events"), SIGNING, &slack);
+    assert_eq!(sender.click(ALICE, &old_doc[0], "vg_approve").await.status(), 200);
+    let told = eventually("Alice is told", async || slack.ephemerals(), |e| e.iter().any(|m| m.user == ALICE)).await;
+    assert!(told.iter().any(|m| m.text.contains("no longer follows")), "{told:?}");
+    let after = app.get(&format!("/api/v1/jobs?ticket={id}")).await.json::<Value>().await.unwrap()["items"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(after, jobs, "nothing was approved");
 
     // A thread that follows another ticket is refused; a channel without the app fails visibly.
     let other = app.create_ticket("shop", json!({"title": "Another"})).await;
@@ -522,10 +566,14 @@ async fn a_run_that_ends_while_the_server_is_down_still_reaches_its_thread_once(
     )
     .await;
     assert_eq!(ended.len(), 1, "one message for the run, edited: {ended:?}");
-    eventually("RESEARCH.md reaches the thread", async || in_thread(&slack, &thread, "RESEARCH.md"), |m| !m.is_empty())
-        .await;
+    eventually(
+        "RESEARCH.md reaches the thread",
+        async || in_thread(&slack, &thread, "*RESEARCH.md* (revision"),
+        |m| !m.is_empty(),
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(in_thread(&slack, &thread, "RESEARCH.md").len(), 1, "posted once");
+    assert_eq!(in_thread(&slack, &thread, "*RESEARCH.md* (revision").len(), 1, "posted once");
     let posts = slack.messages().into_iter().filter(|m| m.user == BOT_USER).count();
     assert_eq!(posts, 3, "the link notice, the run, RESEARCH.md: {:?}", slack.messages());
 }

@@ -30,8 +30,18 @@ pub async fn find_clanker(store: &Store, key: &str) -> ServiceResult<Clanker> {
 /// settings parse for its target.
 async fn complete(store: &Store, new: &mut NewClanker) -> ServiceResult<()> {
     let mut errors = ValidationErrors::new();
+    let slack = store.get_slack_settings().await?;
     for (i, name) in new.secrets.iter().enumerate() {
         match store.get_secret_by_name(name).await {
+            // A worker holding the Slack app's secrets could forge requests as anyone in the workspace.
+            Ok(_) if slack.as_ref().is_some_and(|s| s.signing_secret == *name || s.bot_token_secret == *name) => errors
+                .add(
+                    &format!("secrets[{i}]"),
+                    format!(
+                        "{name} is one of the Slack app's secrets: those never go to a worker (an agent could forge \
+                         Slack requests with them)"
+                    ),
+                ),
             Ok(_) => {}
             Err(StoreError::NotFound { .. }) => errors.add(
                 &format!("secrets[{i}]"),

@@ -80,6 +80,17 @@ pub async fn save_settings(
                 format!("there is no secret {name}: declare it on the Secrets page first"),
             ));
         }
+        let users = state.store.secret_users(name).await?;
+        if !users.clankers.is_empty() {
+            return Err(ServiceError::invalid(
+                field,
+                format!(
+                    "{name} is given to clanker(s) {}: the Slack app's secrets never go to a worker (an agent could \
+                     forge Slack requests with them); store them under names of their own",
+                    users.clankers.join(", ")
+                ),
+            ));
+        }
     }
     state.store.put_slack_settings(&new).await?;
     audit(
@@ -125,8 +136,34 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
+/// The signing secret, read from its backend at most once a minute (a flood of requests costs no SSM calls).
+async fn signing_secret(state: &AppState, settings: &SlackSettings) -> Result<String, viberglass_domain::Failure> {
+    let cached = state.slack_secret.lock().ok().and_then(|c| c.clone());
+    if let Some((name, value, at)) = cached
+        && name == settings.signing_secret
+        && at.elapsed() < std::time::Duration::from_secs(60)
+    {
+        return Ok(value);
+    }
+    let value = crate::vault::resolve(state, &settings.signing_secret, "the Slack signing secret").await?;
+    if let Ok(mut cache) = state.slack_secret.lock() {
+        *cache = Some((settings.signing_secret.clone(), value.clone(), std::time::Instant::now()));
+    }
+    Ok(value)
+}
+
 /// Handles a request at the request URL: verified, kept or acted on, answered.
 pub async fn receive(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Answer {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let (timestamp, signature) = (header(headers, wire::TIMESTAMP_HEADER), header(headers, wire::SIGNATURE_HEADER));
+    // The cheap checks first: a request without a fresh timestamp and a well-formed signature costs no lookup.
+    let mac = match wire::precheck(timestamp, signature, now) {
+        Ok(mac) => mac,
+        Err(why) => {
+            tracing::warn!(reason = %why, "Slack request refused");
+            return refused(401, why.to_string());
+        }
+    };
     let settings = match state.store.get_slack_settings().await {
         Ok(Some(s)) => s,
         Ok(None) => {
@@ -140,20 +177,19 @@ pub async fn receive(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Answ
             return refused(503, "the database is unavailable: Slack will retry");
         }
     };
-    let secret = match crate::vault::resolve(state, &settings.signing_secret, "the Slack signing secret").await {
+    let secret = match signing_secret(state, &settings).await {
         Ok(s) => s,
         Err(f) => {
             tracing::error!(error = %f.message, "Slack request refused: the signing secret cannot be read");
             return refused(503, "the Slack signing secret cannot be read: see the server log");
         }
     };
-    let signature = header(headers, wire::SIGNATURE_HEADER);
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    if let Err(why) = wire::verify(&secret, header(headers, wire::TIMESTAMP_HEADER), signature, body, now) {
+    if let Err(why) = wire::verify(&secret, timestamp, signature, body, now) {
         tracing::warn!(reason = %why, "Slack request refused");
         return refused(401, why.to_string());
     }
-    let digest = hex::encode(Sha256::digest(signature.unwrap_or_default().as_bytes()));
+    // Over the signature's bytes, so another spelling of the same hex is the same request.
+    let digest = hex::encode(Sha256::digest(&mac));
     match state.store.see_slack_signature(&digest).await {
         Ok(true) => {}
         Ok(false) => {
@@ -195,6 +231,12 @@ async fn handle(state: &AppState, settings: &SlackSettings, request: Request) ->
         Request::Ignored(why) => {
             tracing::debug!(reason = %why, "Slack request ignored");
             Ok(answer(200, None))
+        }
+        Request::Command(command)
+            if settings.team_id.as_deref().is_some_and(|t| !command.team_id.is_empty() && t != command.team_id) =>
+        {
+            tracing::warn!(team = %command.team_id, "a slash command from another Slack workspace refused");
+            Ok(refused(403, "this Viberglass serves another Slack workspace"))
         }
         Request::Command(command) => {
             // The form must open within Slack's three seconds: right after the answer, not through the loop.
@@ -268,13 +310,24 @@ async fn handle(state: &AppState, settings: &SlackSettings, request: Request) ->
             if thread_ts == &m.ts {
                 return Ok(answer(200, None));
             }
-            let bound = state.store.slack_thread_at(&m.channel, thread_ts).await.map_err(|e| e.to_string())?;
-            if bound.is_none() {
+            // Only an approval or a mention of the app acts: other talk in the thread is left alone, unread.
+            let mention = settings.bot_user_id.as_deref().is_some_and(|bot| mentions(&m.text, bot));
+            if !is_approval(&m.text) && !mention {
                 return Ok(answer(200, None));
             }
+            let bound = state.store.slack_thread_at(&m.channel, thread_ts).await.map_err(|e| e.to_string())?;
+            let Some(bound) = bound else { return Ok(answer(200, None)) };
+            // The document a reply answers is the one current when it arrived: a reply handled late never
+            // approves a revision nobody had seen.
+            let ticket = state.store.get_ticket(bound.ticket_id).await.map_err(|e| e.to_string())?;
+            let document = match ticket.phase.document_name() {
+                Some(_) => state.store.get_document(ticket.id, ticket.phase).await.map_err(|e| e.to_string())?,
+                None => None,
+            };
             // `message` and `app_mention` both arrive for a mention: the message's own ts keeps it once.
             let payload = json!({"user": m.user, "channel": m.channel, "thread_ts": thread_ts, "ts": m.ts,
-                "text": m.text});
+                "text": m.text, "phase": document.as_ref().map(|d| d.phase),
+                "revision": document.as_ref().map(|d| d.revision)});
             keep(state, &format!("msg:{}:{}", m.channel, m.ts), "reply", payload).await
         }
     }
@@ -282,7 +335,12 @@ async fn handle(state: &AppState, settings: &SlackSettings, request: Request) ->
 
 /// The Viberglass user a Slack user is, by e-mail; `Err` is the refusal to show them.
 async fn slack_user(state: &AppState, client: &Client, slack_user: &str) -> Result<Result<User, String>, SlackError> {
-    let Some(email) = client.user_email(slack_user).await? else {
+    let person = client.user_info(slack_user).await?;
+    let team = state.store.get_slack_settings().await.ok().flatten().and_then(|s| s.team_id);
+    if let Some(why) = person.refusal(team.as_deref()) {
+        return Ok(Err(format!("Viberglass acts only for full members of its Slack workspace: {why}.")));
+    }
+    let Some(email) = person.email else {
         return Ok(Err("Slack does not share your e-mail address with Viberglass, so it cannot tell who you are \
              (the app needs the users:read.email scope, and your profile an e-mail)."
             .into()));
@@ -291,14 +349,10 @@ async fn slack_user(state: &AppState, client: &Client, slack_user: &str) -> Resu
     let found = state.store.user_for_login(&email).await.ok().flatten().map(|(u, _)| u);
     match found {
         Some(user) if user.disabled_at.is_none() => Ok(Ok(user)),
-        Some(_) => Ok(Err(format!(
-            "the Viberglass account {email} is disabled: ask an administrator ({}).",
-            admins(state).await
-        ))),
-        None => Ok(Err(format!(
-            "Viberglass has no user with your Slack e-mail ({email}): ask an administrator ({}) to add you.",
-            admins(state).await
-        ))),
+        // Someone Viberglass does not know (or whose account is off) learns nothing about its accounts.
+        _ => Ok(Err("Viberglass has no user with your Slack e-mail: ask your Viberglass administrator to add you \
+             with the address your Slack profile shows."
+            .into())),
     }
 }
 
@@ -563,11 +617,17 @@ pub async fn process(state: &AppState, item: &InboxItem) -> Outcome {
     let result = match item.kind.as_str() {
         "file" => file(state, &caller, item).await,
         "approve" => match parse_button(&text(p, "button")) {
-            Some((ticket, phase, revision)) => approve(state, &caller, ticket, phase, Some(revision)).await,
+            Some((ticket, phase, revision)) => match live_here(state, ticket, p).await {
+                Ok(()) => approve(state, &caller, ticket, phase, Some(revision)).await,
+                Err(e) => Err(e),
+            },
             None => Err(ServiceError::invalid("button", "not a document button")),
         },
         "revise" => match (text(p, "ticket").parse::<TicketId>(), text(p, "phase").parse::<Phase>()) {
-            (Ok(ticket), Ok(phase)) => revise(state, &caller, ticket, phase, &text(p, "feedback")).await,
+            (Ok(ticket), Ok(phase)) => match live_here(state, ticket, p).await {
+                Ok(()) => revise(state, &caller, ticket, phase, &text(p, "feedback")).await,
+                Err(e) => Err(e),
+            },
             _ => Err(ServiceError::invalid("ticket", "the form names no ticket")),
         },
         "reply" => reply(state, &caller, &settings, p).await,
@@ -620,6 +680,20 @@ async fn thread_ticket(state: &AppState, payload: &Value) -> Option<Ticket> {
     state.store.get_ticket(thread.ticket_id).await.ok()
 }
 
+/// A button or form acts only from the thread that follows its ticket now (an unlinked thread's old buttons
+/// do nothing).
+async fn live_here(state: &AppState, ticket: TicketId, payload: &Value) -> ServiceResult<()> {
+    let live = state.store.live_slack_thread(ticket).await?;
+    let here = (payload["channel"].as_str(), payload["thread_ts"].as_str());
+    match live {
+        Some(t) if Some(t.channel.as_str()) == here.0 && t.thread_ts.as_deref() == here.1 => Ok(()),
+        _ => Err(ServiceError::conflict(
+            "thread_unlinked",
+            "this thread no longer follows the ticket: act from the ticket's current thread or its page",
+        )),
+    }
+}
+
 fn forbidden(what: &str, role: &str) -> ServiceError {
     ServiceError::forbidden("forbidden", format!("{what} needs the {role} role in the project"))
 }
@@ -647,7 +721,7 @@ async fn file(state: &AppState, caller: &Caller, item: &InboxItem) -> ServiceRes
             let ticket = super::tickets::file_ticket(state, Some(caller), &project, input).await?;
             let link = ticket_link(state, ticket.id);
             let who = format!("<@{}>", text(p, "user"));
-            let root = json!({"text": format!("New ticket: {}", ticket.title), "blocks": [
+            let root = json!({"text": format!("New ticket: {}", escape(&ticket.title)), "blocks": [
                 wire::section(&format!("🎫 *<{link}|{}>*\nFiled by {who} in *{}*, starting with {phase}.",
                     escape(&ticket.title), escape(&project.name))),
                 wire::context("Reply `lgtm`, `approve`, `looks good` or `ship it` to approve the current document and \
@@ -739,15 +813,17 @@ async fn reply(state: &AppState, caller: &Caller, settings: &SlackSettings, p: &
         return Ok("the thread is no longer bound to a ticket".into());
     };
     let ticket = state.store.get_ticket(thread.ticket_id).await?;
-    let document_phase = ticket.phase.document_name().map(|_| ticket.phase);
+    // The document current when the reply arrived.
+    let seen = p["phase"].as_str().and_then(|ph| ph.parse::<Phase>().ok()).zip(p["revision"].as_i64());
+    let document_phase = seen.map(|(phase, _)| phase);
     if is_approval(&said) {
-        let Some(phase) = document_phase else {
+        let Some((phase, revision)) = seen else {
             return Err(ServiceError::unprocessable(
                 "no_document",
                 format!("the ticket is in {}: there is no document to approve (review the pull request)", ticket.phase),
             ));
         };
-        return approve(state, caller, ticket.id, phase, None).await;
+        return approve(state, caller, ticket.id, phase, Some(revision)).await;
     }
     if settings.bot_user_id.as_deref().is_some_and(|bot| mentions(&said, bot)) {
         let feedback = strip_mentions(&said);
