@@ -154,16 +154,6 @@ async fn signing_secret(state: &AppState, settings: &SlackSettings) -> Result<St
 
 /// Handles a request at the request URL: verified, kept or acted on, answered.
 pub async fn receive(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Answer {
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let (timestamp, signature) = (header(headers, wire::TIMESTAMP_HEADER), header(headers, wire::SIGNATURE_HEADER));
-    // The cheap checks first: a request without a fresh timestamp and a well-formed signature costs no lookup.
-    let mac = match wire::precheck(timestamp, signature, now) {
-        Ok(mac) => mac,
-        Err(why) => {
-            tracing::warn!(reason = %why, "Slack request refused");
-            return refused(401, why.to_string());
-        }
-    };
     let settings = match state.store.get_slack_settings().await {
         Ok(Some(s)) => s,
         Ok(None) => {
@@ -175,6 +165,17 @@ pub async fn receive(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Answ
         Err(e) => {
             tracing::error!(error = %crate::error::error_chain(&e), "Slack request: store error");
             return refused(503, "the database is unavailable: Slack will retry");
+        }
+    };
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let (timestamp, signature) = (header(headers, wire::TIMESTAMP_HEADER), header(headers, wire::SIGNATURE_HEADER));
+    // The cheap checks before the secret: a request without a fresh timestamp and a well-formed signature
+    // costs no backend call.
+    let mac = match wire::precheck(timestamp, signature, now) {
+        Ok(mac) => mac,
+        Err(why) => {
+            tracing::warn!(reason = %why, "Slack request refused");
+            return refused(401, why.to_string());
         }
     };
     let secret = match signing_secret(state, &settings).await {
