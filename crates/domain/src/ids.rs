@@ -125,6 +125,21 @@ id_type!(
     "subscription"
 );
 id_type!(
+    /// A task template: recurring work a schedule runs.
+    TaskTemplateId,
+    "task template"
+);
+id_type!(
+    /// A schedule: a task template on a cron expression or an interval.
+    ScheduleId,
+    "schedule"
+);
+id_type!(
+    /// One slot of a schedule and the run it made.
+    ExecutionId,
+    "execution"
+);
+id_type!(
     /// A Slack thread bound to a ticket (the thread mirrors the ticket; replies in it act on it).
     SlackThreadId,
     "slack thread"

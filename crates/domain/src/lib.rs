@@ -16,6 +16,7 @@ pub mod job;
 pub mod page;
 pub mod project;
 pub mod protocol;
+pub mod schedule;
 pub mod scm;
 pub mod secret;
 pub mod slack;
@@ -30,8 +31,8 @@ pub use clanker::{AgentKind, AgentSettings, Clanker, ClankerInput, ClankerStatus
 pub use events::{DomainEvent, EventType, NewEvent};
 pub use failure::{Failure, FailureLayer};
 pub use ids::{
-    ClankerId, DeliveryId, IntegrationId, JobId, OutboundDeliveryId, ProjectId, SecretId, SlackThreadId,
-    SubscriptionId, TicketId, UserId, WebhookConfigId,
+    ClankerId, DeliveryId, ExecutionId, IntegrationId, JobId, OutboundDeliveryId, ProjectId, ScheduleId, SecretId,
+    SlackThreadId, SubscriptionId, TaskTemplateId, TicketId, UserId, WebhookConfigId,
 };
 pub use integration::{Integration, IntegrationInput, IntegrationPatch, NewIntegration};
 pub use job::{

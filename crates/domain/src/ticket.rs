@@ -20,11 +20,13 @@ pub enum TicketSource {
     Linear,
     Slack,
     Webhook,
+    /// Filed by a schedule's execution.
+    Schedule,
 }
 
 impl TicketSource {
     pub const NAMES: &'static [&'static str] =
-        &["ui", "api", "github", "gitlab", "jira", "shortcut", "linear", "slack", "webhook"];
+        &["ui", "api", "github", "gitlab", "jira", "shortcut", "linear", "slack", "webhook", "schedule"];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -37,6 +39,7 @@ impl TicketSource {
             TicketSource::Linear => "linear",
             TicketSource::Slack => "slack",
             TicketSource::Webhook => "webhook",
+            TicketSource::Schedule => "schedule",
         }
     }
 }
@@ -54,6 +57,7 @@ impl std::str::FromStr for TicketSource {
             "linear" => TicketSource::Linear,
             "slack" => TicketSource::Slack,
             "webhook" => TicketSource::Webhook,
+            "schedule" => TicketSource::Schedule,
             other => {
                 return Err(UnknownValue {
                     what: "ticket source",

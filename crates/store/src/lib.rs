@@ -19,6 +19,7 @@ pub mod migrate;
 mod outbox;
 mod projects;
 mod rows;
+mod schedules;
 mod secrets;
 mod slack;
 mod subscriptions;
@@ -43,6 +44,7 @@ pub use jobs::{BootstrapClaim, JobFilter, JobLimits, NewJob, Outcome, UsageSumma
 pub use migrate::{MigrateError, SchemaStatus};
 pub use outbox::ConsumerState;
 pub use projects::ProjectFilter;
+pub use schedules::SlotClaim;
 pub use secrets::{SealedValue, SecretUsers};
 pub use slack::{ClaimedPost, InboxItem, InboxSummary, NewSlackPost, NewSlackThread, PostOutcome};
 pub use subscriptions::{AfterAttempt, ClaimedDelivery, NewOutbound, StoredSubscription};

@@ -54,6 +54,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(6, "inbound_webhooks", "0006_inbound_webhooks.sql"),
     migration!(7, "outbound_webhooks", "0007_outbound_webhooks.sql"),
     migration!(8, "slack", "0008_slack.sql"),
+    migration!(9, "schedules", "0009_schedules.sql"),
 ];
 
 /// A key no other application is likely to use for `pg_advisory_lock`: "VIBERGLA".

@@ -8,6 +8,7 @@ mod jobs;
 mod migrations;
 mod outbox;
 mod projects;
+mod schedules;
 mod secrets;
 mod slack;
 mod subscriptions;
