@@ -642,24 +642,9 @@ impl Store {
                         .await?;
                     n.rows_affected() == 1
                 }
-                PostOutcome::Failed { error } => {
-                    let n = sqlx::query(POST_FAILED)
-                        .bind(post.id)
-                        .bind(lease)
-                        .bind(error)
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await?;
-                    n.rows_affected() == 1
-                }
-                PostOutcome::Lost { error } => {
-                    let n = sqlx::query(POST_LOST)
-                        .bind(post.id)
-                        .bind(lease)
-                        .bind(error)
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await?;
+                PostOutcome::Failed { error } | PostOutcome::Lost { error } => {
+                    let sql = if matches!(outcome, PostOutcome::Failed { .. }) { POST_FAILED } else { POST_LOST };
+                    let n = sqlx::query(sql).bind(post.id).bind(lease).bind(error).bind(now).execute(&mut *tx).await?;
                     n.rows_affected() == 1
                 }
             };

@@ -142,13 +142,7 @@ impl FakeSlack {
     pub async fn start(token: &str) -> FakeSlack {
         let state = Arc::new(Mutex::new(State_ { token: token.to_owned(), ..Default::default() }));
         let app = axum::Router::new().fallback(handle).with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let stop = tokio_util::sync::CancellationToken::new();
-        let token = stop.clone();
-        tokio::spawn(async move {
-            axum::serve(listener, app).with_graceful_shutdown(token.cancelled_owned()).await.ok();
-        });
+        let (address, stop) = crate::serve_fake(app).await;
         FakeSlack { address, state, stop }
     }
 

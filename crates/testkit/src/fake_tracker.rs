@@ -45,13 +45,7 @@ impl FakeTracker {
     pub async fn start() -> FakeTracker {
         let state = Arc::new(Mutex::new(State_::default()));
         let app = axum::Router::new().fallback(handle).with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let stop = tokio_util::sync::CancellationToken::new();
-        let token = stop.clone();
-        tokio::spawn(async move {
-            axum::serve(listener, app).with_graceful_shutdown(token.cancelled_owned()).await.ok();
-        });
+        let (address, stop) = crate::serve_fake(app).await;
         FakeTracker { address, state, stop }
     }
 

@@ -27,6 +27,18 @@ pub mod webhooks;
 pub use app::TestApp;
 pub use db::{TestBackend, TestDb};
 
+/// Serves a fake's router on a loopback port until the token is cancelled; its address and the token.
+pub async fn serve_fake(app: axum::Router) -> (std::net::SocketAddr, tokio_util::sync::CancellationToken) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a loopback port");
+    let address = listener.local_addr().expect("the port's address");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let token = stop.clone();
+    tokio::spawn(async move {
+        axum::serve(listener, app).with_graceful_shutdown(token.cancelled_owned()).await.ok();
+    });
+    (address, stop)
+}
+
 /// Notes in the ledger `scripts/test` keeps (`VIBERGLASS_TEST_LEDGER`) that
 /// a test really ran (and passed), so the script can count tests that ran
 /// rather than `... ok` lines, which skipped tests print too.

@@ -546,6 +546,23 @@ async fn a_run_that_ends_while_the_server_is_down_still_reaches_its_thread_once(
     )
     .await;
 
+    // Killed once the run's message is posted and recorded (between Slack's answer and the record, a kill
+    // would post it twice: see the closing note's known window).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let bound: Value =
+            client.get(server.url(&format!("/api/v1/tickets/{id}/slack"))).send().await.unwrap().json().await.unwrap();
+        let recorded = bound["posts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|p| p["key"].as_str().is_some_and(|k| k.ends_with(&format!(":job:{job}"))) && p["ts"].is_string());
+        if recorded {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the run's message was never recorded: {bound}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     server.kill();
     tokio::time::sleep(Duration::from_secs(5)).await;
     server = start();
