@@ -1,10 +1,11 @@
-//! Deliveries survive a crash: a load generator sends 300 signed deliveries a
-//! second for 20 seconds while the server is killed with SIGKILL and
+//! Deliveries survive a crash: 16 senders keep signed deliveries in flight
+//! for 20 seconds while the server is killed with SIGKILL and
 //! restarted. Every delivery that got a 2xx has exactly one ticket, and none
 //! has two.
 
 use std::collections::{HashMap, HashSet};
 use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,7 +17,7 @@ use viberglass_testkit::{TestBackend, TestDb, backend_tests};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_viberglass");
 const SECRET: &str = "whsec-crash-0123456789";
-const RATE: u64 = 300;
+const SENDERS: usize = 16;
 const SECONDS: u64 = 20;
 
 backend_tests!(deliveries_acknowledged_before_a_sigkill_each_have_one_ticket);
@@ -50,48 +51,52 @@ async fn deliveries_acknowledged_before_a_sigkill_each_have_one_ticket(backend: 
 
     let sender = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
     let acknowledged = Arc::new(Mutex::new(HashSet::new()));
-    let sent = Arc::new(Mutex::new(0u64));
+    let sent = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
-    let mut interval = tokio::time::interval(Duration::from_micros(1_000_000 / RATE));
+    // A closed loop: SENDERS deliveries in flight at any moment, each sender sending its next as soon as the
+    // last is answered (or refused while the server is down). An open loop at a fixed rate floods a debug
+    // build on two loaded cores until everything times out; this keeps the server busy but answering.
     let mut tasks = Vec::new();
-    let mut killed = false;
-    let mut n = 0u64;
-    while started.elapsed() < Duration::from_secs(SECONDS) {
-        interval.tick().await;
-        if !killed && started.elapsed() > Duration::from_secs(SECONDS / 2) {
-            server.kill();
-            killed = true;
-            // Back after a moment on the same port; deliveries meanwhile fail to connect (no 2xx: not counted).
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            server = start();
-        }
-        n += 1;
-        let delivery = hooks::custom(
-            Some(SECRET),
-            &json!({"title": format!("Load {n}"), "external_id": format!("L-{n}"), "description": "under load"}),
-        );
+    for _ in 0..SENDERS {
         let (sender, url, acknowledged, sent) = (sender.clone(), url.clone(), acknowledged.clone(), sent.clone());
         tasks.push(tokio::spawn(async move {
-            *sent.lock().unwrap() += 1;
-            let mut request = sender.post(&url).body(delivery.body.clone());
-            for (k, v) in &delivery.headers {
-                request = request.header(k, v);
-            }
-            if let Ok(response) = request.send().await
-                && response.status().is_success()
-            {
-                acknowledged.lock().unwrap().insert(format!("L-{n}"));
+            while started.elapsed() < Duration::from_secs(SECONDS) {
+                let n = sent.fetch_add(1, Ordering::SeqCst) + 1;
+                let delivery = hooks::custom(
+                    Some(SECRET),
+                    &json!({"title": format!("Load {n}"), "external_id": format!("L-{n}"), "description": "under load"}),
+                );
+                let mut request = sender.post(&url).body(delivery.body.clone());
+                for (k, v) in &delivery.headers {
+                    request = request.header(k, v);
+                }
+                match request.send().await {
+                    Ok(response) if response.status().is_success() => {
+                        acknowledged.lock().unwrap().insert(format!("L-{n}"));
+                    }
+                    // Down (connection refused) or refused: not counted; wait a moment rather than spin.
+                    _ => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
             }
         }));
     }
+    tokio::time::sleep(Duration::from_secs(SECONDS / 2)).await;
+    server.kill();
+    let acknowledged_before_kill = acknowledged.lock().unwrap().len();
+    // Back after a moment on the same port; deliveries meanwhile fail to connect (no 2xx: not counted).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _restarted = start();
     for task in tasks {
         task.await.unwrap();
     }
-    assert!(killed);
     let acknowledged = acknowledged.lock().unwrap().clone();
-    // A debug build on two loaded cores acknowledges a few hundred (the rest time out unanswered, which is
-    // allowed): a hundred, some on each side of the kill, are enough to mean something.
-    assert!(acknowledged.len() > 100, "too few deliveries got through to mean anything: {}", acknowledged.len());
+    // Some on each side of the kill are enough to mean something; a debug build on two loaded cores
+    // acknowledges hundreds.
+    assert!(
+        acknowledged_before_kill >= 20 && acknowledged.len() >= acknowledged_before_kill + 20,
+        "too few deliveries got through on each side of the kill to mean anything: {acknowledged_before_kill} before, {} in all",
+        acknowledged.len()
+    );
 
     // Count every ticket by its external id, straight from the database.
     let store = match backend {
@@ -119,7 +124,7 @@ async fn deliveries_acknowledged_before_a_sigkill_each_have_one_ticket(backend: 
     assert!(doubled.is_empty(), "deliveries with two tickets: {doubled:?}");
     println!(
         "{backend:?}: sent {}, acknowledged {}, tickets {} (unacknowledged but filed: {})",
-        sent.lock().unwrap(),
+        sent.load(Ordering::SeqCst),
         acknowledged.len(),
         counts.len(),
         counts.len() - acknowledged.len()
