@@ -32,6 +32,9 @@ named_enum!(
         ApprovalRevoked => "approval.revoked",
         PullRequestOpened => "pull_request.opened",
         PullRequestUpdated => "pull_request.updated",
+        /// A scheduled task's execution ended: completed, failed, skipped (its slot came while the previous
+        /// one ran, or was missed) or cancelled.
+        ScheduleExecutionFinished => "schedule.execution_finished",
     }
 );
 
@@ -45,6 +48,7 @@ impl EventType {
                 | EventType::TicketEdited
                 | EventType::TicketRunRequested
                 | EventType::JobProgress
+                | EventType::ScheduleExecutionFinished
         )
     }
 }
@@ -80,6 +84,10 @@ impl EventType {
             EventType::ApprovalRevoked => "A document's approval was revoked.",
             EventType::PullRequestOpened => "An execution run opened a pull request.",
             EventType::PullRequestUpdated => "An execution run updated the ticket's open pull request.",
+            EventType::ScheduleExecutionFinished => {
+                "A scheduled task's execution ended: `status` is completed, failed, skipped or cancelled, \
+                 `message` says why (the failure's cause and fix, or why the slot was skipped)."
+            }
         }
     }
 
@@ -121,6 +129,10 @@ impl EventType {
                 }, "actor": "019a0000-0000-7000-8000-00000000000e", "comment": null}),
             EventType::PullRequestOpened | EventType::PullRequestUpdated => json!({"job_id": EXAMPLE_JOB,
                 "url": "https://github.com/acme/shop/pull/7", "number": 7, "branch": "viberglass/42-checkout-safari"}),
+            EventType::ScheduleExecutionFinished => json!({"schedule_id": "019a0000-0000-7000-8000-00000000000f",
+                "schedule": "weekly-dependency-bump", "execution_id": "019a0000-0000-7000-8000-000000000010",
+                "slot": "2026-12-07T09:00:00Z", "trigger": "schedule", "status": "completed", "message": null,
+                "job_id": EXAMPLE_JOB}),
         };
         if let (Some(map), Some(ids)) = (data.as_object_mut(), ids.as_object()) {
             for (k, v) in ids {

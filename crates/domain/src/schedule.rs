@@ -174,6 +174,12 @@ fn from_chrono<Tz: chrono::TimeZone>(t: &chrono::DateTime<Tz>) -> OffsetDateTime
         .unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
+/// `t` as a local time in the IANA zone `zone` (UTC when unknown), e.g. `2026-12-07 09:00 CET`.
+pub fn local_time(t: OffsetDateTime, zone: &str) -> String {
+    let zone = chrono_tz::Tz::from_str(zone).unwrap_or(chrono_tz::UTC);
+    to_chrono(t).with_timezone(&zone).format("%Y-%m-%d %H:%M %Z").to_string()
+}
+
 impl Cadence {
     /// The first slot strictly after `after`; `None` when there is none (never for a validated cadence).
     pub fn next_after(&self, after: OffsetDateTime) -> Option<OffsetDateTime> {
@@ -189,6 +195,48 @@ impl Cadence {
                 OffsetDateTime::from_unix_timestamp_nanos(anchor.unix_timestamp_nanos() + k * step).ok()
             }
         }
+    }
+
+    /// The latest slot at or before `at`.
+    pub fn latest_at_or_before(&self, at: OffsetDateTime) -> Option<OffsetDateTime> {
+        match self {
+            Cadence::Cron { zone, cron, .. } => {
+                let local = to_chrono(at).with_timezone(zone);
+                cron.find_previous_occurrence(&local, true).ok().map(|t| from_chrono(&t))
+            }
+            Cadence::Interval { secs, anchor } => {
+                let step = i128::from(*secs) * 1_000_000_000;
+                let since = at.unix_timestamp_nanos() - anchor.unix_timestamp_nanos();
+                if since < 0 {
+                    return None;
+                }
+                OffsetDateTime::from_unix_timestamp_nanos(anchor.unix_timestamp_nanos() + since / step * step).ok()
+            }
+        }
+    }
+
+    /// How many slots are in `(after, until]`, counted up to [`MAX_COUNTED`].
+    pub fn count_after(&self, after: OffsetDateTime, until: OffsetDateTime) -> u32 {
+        if until <= after {
+            return 0;
+        }
+        if let Cadence::Interval { secs, .. } = self {
+            let span = until.unix_timestamp_nanos() - after.unix_timestamp_nanos();
+            let steps = span / (i128::from(*secs) * 1_000_000_000);
+            return u32::try_from(steps.max(1)).unwrap_or(u32::MAX).min(MAX_COUNTED);
+        }
+        let mut n = 0;
+        let mut cursor = after;
+        while n < MAX_COUNTED {
+            match self.next_after(cursor) {
+                Some(t) if t <= until => {
+                    n += 1;
+                    cursor = t;
+                }
+                _ => break,
+            }
+        }
+        n
     }
 
     /// The next `n` slots after `after` (the preview).
@@ -239,24 +287,23 @@ pub struct Plan {
     pub next: Option<OffsetDateTime>,
 }
 
+/// How many slots after a due one are counted at most (a year of minutes is "many" enough; the count is a
+/// lower bound past it).
+pub const MAX_COUNTED: u32 = 1000;
+
 /// What to do with the slot `due` at `now`: on time (no later slot has come yet), it runs; after downtime
-/// (later slots passed too), `missed` decides between one catch-up run and none.
+/// (later slots passed too), `missed` decides between one catch-up run (for the latest slot) and none.
 pub fn plan(cadence: &Cadence, due: OffsetDateTime, now: OffsetDateTime, missed: MissedPolicy) -> Plan {
     let next = cadence.next_after(now);
-    // How many slots after `due` have passed by now (bounded: a year of minutes is enough to know "many").
-    let mut passed = 0u32;
-    let mut cursor = due;
-    while let Some(t) = cadence.next_after(cursor) {
-        if t > now || passed >= 100_000 {
-            break;
-        }
-        passed += 1;
-        cursor = t;
+    let on_time = cadence.next_after(due).is_none_or(|t| t > now);
+    if on_time {
+        return Plan { run: Some(due), skipped: 0, next };
     }
-    match (passed, missed) {
-        (0, _) => Plan { run: Some(due), skipped: 0, next },
-        (n, MissedPolicy::RunOnce) => Plan { run: Some(cursor), skipped: n, next },
-        (n, MissedPolicy::Skip) => Plan { run: None, skipped: n + 1, next },
+    let latest = cadence.latest_at_or_before(now).filter(|t| *t > due).unwrap_or(due);
+    let passed = cadence.count_after(due, latest).max(1);
+    match missed {
+        MissedPolicy::RunOnce => Plan { run: Some(latest), skipped: passed, next },
+        MissedPolicy::Skip => Plan { run: None, skipped: passed.saturating_add(1), next },
     }
 }
 
@@ -272,8 +319,10 @@ pub struct TaskTemplate {
     pub phase: Phase,
     /// What the agent is asked to do: the filed ticket's description.
     pub instructions: String,
-    /// Whether an execution run opens a pull request.
+    /// Whether an execution run opens a pull request (otherwise its branch is pushed and the diff recorded).
     pub open_pull_request: bool,
+    /// The clanker's secrets its runs get (all of them when empty).
+    pub secrets: Vec<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
@@ -490,5 +539,24 @@ mod tests {
         assert_eq!((once.skipped, once.next), (3, Some(datetime!(2026-12-01 10:04 UTC))));
         let none = plan(&minutely, due, back, MissedPolicy::Skip);
         assert_eq!((none.run, none.skipped, none.next), (None, 4, Some(datetime!(2026-12-01 10:04 UTC))));
+    }
+
+    #[test]
+    fn a_long_downtime_is_counted_up_to_a_bound_and_catches_up_the_latest_slot() {
+        // A minutely schedule down for a year: the catch-up is the latest slot, found without walking the year.
+        let minutely = cron("* * * * *", "Europe/Berlin");
+        let due = datetime!(2025-12-01 10:00 UTC);
+        let back = datetime!(2026-12-01 10:00:30 UTC);
+        let once = plan(&minutely, due, back, MissedPolicy::RunOnce);
+        assert_eq!(once.run, Some(datetime!(2026-12-01 10:00 UTC)));
+        assert_eq!(once.skipped, MAX_COUNTED, "counted up to the bound");
+        // An interval is counted exactly, in one step.
+        let anchor = datetime!(2026-12-01 00:00 UTC);
+        let hourly = parse_interval("1h", anchor).unwrap();
+        let due = datetime!(2026-12-01 01:00 UTC);
+        let none = plan(&hourly, due, datetime!(2026-12-01 05:30 UTC), MissedPolicy::Skip);
+        assert_eq!((none.run, none.skipped, none.next), (None, 5, Some(datetime!(2026-12-01 06:00 UTC))));
+        let once = plan(&hourly, due, datetime!(2026-12-01 05:30 UTC), MissedPolicy::RunOnce);
+        assert_eq!((once.run, once.skipped), (Some(datetime!(2026-12-01 05:00 UTC)), 4));
     }
 }

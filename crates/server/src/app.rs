@@ -39,6 +39,10 @@ pub struct AppState {
     pub slack_http: reqwest::Client,
     /// The Slack signing secret as last read (its name, value, and when), so requests cost no backend calls.
     pub slack_secret: SlackSecretCache,
+    /// Where the scheduler reads "now" from (the system clock; a [`crate::clock::ManualClock`] in tests).
+    pub clock: crate::clock::SharedClock,
+    /// Wakes the scheduler (a schedule saved or resumed, Run now, an execution ended).
+    pub schedule_wake: Arc<tokio::sync::Notify>,
 }
 
 pub type SlackSecretCache = Arc<std::sync::Mutex<Option<(String, String, std::time::Instant)>>>;

@@ -5,6 +5,7 @@
 pub mod api;
 pub mod app;
 pub mod auth;
+pub mod clock;
 pub mod config;
 pub mod engine;
 pub mod error;
@@ -15,6 +16,7 @@ pub mod metrics;
 pub mod outbound;
 pub mod outbox;
 pub mod request;
+pub mod schedules;
 pub mod serve;
 pub mod service;
 pub mod slack;

@@ -102,6 +102,7 @@ pub fn consumers() -> Vec<Arc<dyn Consumer>> {
         Arc::new(crate::sources::SourceFeedback),
         Arc::new(crate::outbound::OutboundWebhooks),
         Arc::new(crate::slack::SlackMirror),
+        Arc::new(crate::schedules::ScheduleExecutions),
     ]
 }
 

@@ -259,6 +259,8 @@ pub fn app_state(
         slack_wake: Arc::new(tokio::sync::Notify::new()),
         slack_http: viberglass_integrations::slack::http_client(),
         slack_secret: Default::default(),
+        clock: Arc::new(crate::clock::SystemClock),
+        schedule_wake: Arc::new(tokio::sync::Notify::new()),
     })
 }
 
@@ -298,6 +300,7 @@ pub async fn serve(
     loops.push(spawn_feedback(&state, shutdown.clone()));
     loops.push(spawn_outbound(&state, shutdown.clone()));
     loops.push(spawn_slack(&state, shutdown.clone()));
+    loops.push(spawn_scheduler(&state, shutdown.clone()));
     let app = build_router(state).into_make_service_with_connect_info::<SocketAddr>();
     let server = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let deadline = async {
@@ -361,6 +364,16 @@ fn spawn_slack(state: &AppState, shutdown: CancellationToken) -> tokio::task::Jo
     let state = state.clone();
     let stop = shutdown.clone();
     crate::engine::supervise("slack", shutdown, move || crate::slack::slack_loop(state.clone(), poll, stop.clone()))
+}
+
+/// The scheduler: due slots taken and executions started, supervised.
+fn spawn_scheduler(state: &AppState, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+    let poll = Duration::from_millis(state.config.dispatch_interval_ms.clamp(200, 1000));
+    let state = state.clone();
+    let stop = shutdown.clone();
+    crate::engine::supervise("scheduler", shutdown, move || {
+        crate::schedules::scheduler_loop(state.clone(), poll, stop.clone())
+    })
 }
 
 /// Feedback to ticket sources (and the pruning of old webhook payloads), supervised.

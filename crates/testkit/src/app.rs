@@ -30,6 +30,8 @@ pub struct TestAppBuilder {
     backend: TestBackend,
     env: HashMap<String, String>,
     setup: bool,
+    db: Option<TestDb>,
+    clock: Option<viberglass_server::clock::SharedClock>,
 }
 
 /// The first administrator every [`TestApp`] creates (unless told not to).
@@ -124,6 +126,18 @@ impl TestAppBuilder {
         self
     }
 
+    /// Serves from this database instead of a new one (e.g. `other.db.shared()`: two servers, one database).
+    pub fn database(mut self, db: TestDb) -> Self {
+        self.db = Some(db);
+        self
+    }
+
+    /// Reads "now" from this clock (e.g. a [`viberglass_server::clock::ManualClock`] shared by two servers).
+    pub fn clock(mut self, clock: impl viberglass_server::clock::Clock + 'static) -> Self {
+        self.clock = Some(std::sync::Arc::new(clock));
+        self
+    }
+
     pub fn env(mut self, name: &str, value: &str) -> Self {
         self.env.insert(name.to_owned(), value.to_owned());
         self
@@ -131,7 +145,10 @@ impl TestAppBuilder {
 
     pub async fn spawn(self) -> TestApp {
         crate::logs::capture();
-        let db = TestDb::new(self.backend).await;
+        let db = match self.db {
+            Some(db) => db,
+            None => TestDb::new(self.backend).await,
+        };
         let data_dir = match db.data_dir() {
             Some(dir) => dir.to_owned(),
             None => std::env::temp_dir().join(format!("viberglass-test-{}", uuid::Uuid::new_v4().simple())),
@@ -172,6 +189,9 @@ impl TestAppBuilder {
         };
         let mut state =
             viberglass_server::serve::app_state(config, store.clone(), key, address).expect("application state");
+        if let Some(clock) = self.clock {
+            state.clock = clock;
+        }
         // The builder's variables are this server's environment, e.g. for `env` secrets.
         state.env = std::sync::Arc::new(move |name: &str| env.get(name).cloned().or_else(|| std::env::var(name).ok()));
 
@@ -198,7 +218,7 @@ impl TestApp {
     }
 
     pub fn builder(backend: TestBackend) -> TestAppBuilder {
-        TestAppBuilder { backend, env: HashMap::new(), setup: true }
+        TestAppBuilder { backend, env: HashMap::new(), setup: true, db: None, clock: None }
     }
 
     pub fn url(&self, path: &str) -> String {

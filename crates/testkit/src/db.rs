@@ -81,6 +81,11 @@ impl TestDb {
         }
     }
 
+    /// The same database, not owned: dropping it removes nothing (a second server on this database).
+    pub fn shared(&self) -> TestDb {
+        TestDb { target: self.target.clone(), dir: None, postgres: None }
+    }
+
     /// The database URL a `viberglass` process would be given.
     pub fn url(&self) -> String {
         match &self.target {

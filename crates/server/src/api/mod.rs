@@ -10,6 +10,7 @@ mod health;
 mod integrations;
 pub(crate) mod jobs;
 pub(crate) mod projects;
+pub(crate) mod schedules;
 mod secrets;
 pub(crate) mod slack;
 pub(crate) mod subscriptions;
@@ -44,6 +45,7 @@ use crate::AppState;
         (name = "jobs", description = "Jobs (runs): one worker invocation for one phase"),
         (name = "webhooks", description = "Inbound webhooks from ticket sources: configurations, deliveries, redelivery"),
         (name = "subscriptions", description = "Outbound webhooks: the event catalogue, subscriptions, deliveries with every attempt, redelivery and test events"),
+        (name = "schedules", description = "Scheduled tasks: task templates, schedules on a cron expression or an interval, pause and resume, Run now, executions with their jobs"),
         (name = "slack", description = "Slack: the request URL, the app's settings with Test connection, and tickets' threads"),
         (name = "worker", description = "The worker protocol, called by viberators with their job token"),
     ),
@@ -179,6 +181,16 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(slack::get_settings, slack::put_settings, slack::delete_settings))
         .routes(routes!(slack::test_settings))
         .routes(routes!(slack::get_ticket_thread, slack::link_ticket_thread, slack::unlink_ticket_thread))
+        .routes(routes!(schedules::list_templates, schedules::create_template))
+        .routes(routes!(schedules::get_template, schedules::update_template))
+        .routes(routes!(schedules::list_schedules, schedules::create_schedule))
+        .routes(routes!(schedules::preview))
+        .routes(routes!(schedules::get_schedule, schedules::update_schedule))
+        .routes(routes!(schedules::pause))
+        .routes(routes!(schedules::resume))
+        .routes(routes!(schedules::run_now))
+        .routes(routes!(schedules::list_executions))
+        .routes(routes!(schedules::get_execution))
         .routes(routes!(worker::bootstrap))
         .routes(routes!(worker::heartbeat))
         .routes(routes!(worker::events))

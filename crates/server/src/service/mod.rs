@@ -11,6 +11,7 @@ pub mod clankers;
 pub mod jobs;
 pub mod projects;
 pub mod runs;
+pub mod schedules;
 pub mod slack;
 pub mod subscriptions;
 pub mod tickets;

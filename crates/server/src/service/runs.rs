@@ -43,6 +43,13 @@ pub enum Trigger {
     /// A ticket source asked (a new sourced ticket, a comment naming the bot): the job takes the id of the
     /// `ticket.run_requested` event, so handling that event twice queues one job.
     Source { reason: String, job: JobId },
+    /// A scheduled task's execution: the job takes the execution's id (starting it twice queues one job),
+    /// and its template says which of the clanker's secrets the run gets (all when empty) and whether an
+    /// execution run opens a pull request (otherwise its branch is pushed and the diff recorded). The
+    /// template's maintainer is its approval: on a ticket the execution filed (its description is the
+    /// template's instructions) the phase's gate does not apply; on a standing ticket, which members can
+    /// edit, it does (`gate`).
+    Schedule { job: JobId, secrets: Vec<String>, open_pull_request: bool, gate: bool },
 }
 
 impl Trigger {
@@ -60,6 +67,7 @@ impl Trigger {
             Trigger::ApproveAndContinue { .. } => "approve_and_continue",
             Trigger::Revision { .. } => "revision",
             Trigger::Source { .. } => "source",
+            Trigger::Schedule { .. } => "schedule",
         }
     }
 }
@@ -78,16 +86,26 @@ pub async fn start_run(state: &AppState, caller: Option<&Caller>, request: RunRe
     let RunRequest { ticket, phase, clanker, trigger } = request;
     ensure_not_archived(ticket)?;
     let project = state.store.get_project(ticket.project_id).await?;
-    if !matches!(trigger, Trigger::ApproveAndContinue { .. }) {
+    if !matches!(trigger, Trigger::ApproveAndContinue { .. } | Trigger::Schedule { gate: false, .. }) {
         check_gate(state, &project, ticket, phase).await?;
     }
     let clanker = usable_clanker(state, &project, clanker).await?;
     let id = match &trigger {
-        Trigger::Source { job, .. } => *job,
+        Trigger::Source { job, .. } | Trigger::Schedule { job, .. } => *job,
         _ => JobId::new(),
     };
     let run = RunOf { project: &project, ticket, clanker: &clanker, phase, job: id };
-    let spec = run_spec(state, run, trigger.feedback()).await?;
+    let mut spec = run_spec(state, run, trigger.feedback()).await?;
+    if let Trigger::Schedule { secrets, open_pull_request, .. } = &trigger {
+        if !secrets.is_empty() {
+            spec.secret_names.retain(|name| secrets.contains(name));
+        }
+        if let Some(scm) = spec.scm.as_mut().filter(|_| !open_pull_request) {
+            // Pushed and recorded, as for a plain git remote: no pull request.
+            scm.provider = ScmProvider::Git;
+            scm.api_url = None;
+        }
+    }
     let new = NewJob {
         id,
         project_id: project.id,
@@ -97,7 +115,9 @@ pub async fn start_run(state: &AppState, caller: Option<&Caller>, request: RunRe
         requested_by: caller.and_then(Caller::user_id),
     };
     let job = match &trigger {
-        Trigger::Run | Trigger::Revision { .. } | Trigger::Source { .. } => state.store.create_job(new).await?,
+        Trigger::Run | Trigger::Revision { .. } | Trigger::Source { .. } | Trigger::Schedule { .. } => {
+            state.store.create_job(new).await?
+        }
         Trigger::Rerun { of } => state.store.create_rerun(of, new).await?,
         Trigger::ApproveAndContinue { approval } => {
             state.store.approve_and_continue(approval, phase, new).await?.ok_or_else(|| {

@@ -44,6 +44,8 @@ pub const PAGES: &[(&str, &str, Rule)] = &[
     ("GET", "/projects/{project}/settings", Project(Maintainer, Scope::Project)),
     ("GET", "/projects/{project}/webhooks", Project(Maintainer, Scope::Project)),
     ("GET", "/projects/{project}/webhook-subscriptions", Project(Maintainer, Scope::Project)),
+    ("GET", "/projects/{project}/schedules", Project(Viewer, Scope::Project)),
+    ("GET", "/projects/{project}/schedules/{schedule_id}", Project(Viewer, Scope::Project)),
     ("GET", "/webhook-subscriptions", Admin),
     ("GET", "/webhook-subscriptions/{subscription_id}", Project(Maintainer, Scope::Subscription)),
     ("GET", "/projects/{project}/tickets/new", Project(Member, Scope::Project)),
@@ -76,6 +78,8 @@ pub fn router(state: AppState, api: ApiService) -> Router<AppState> {
         .route("/projects/{project}/settings", get(pages::project_settings))
         .route("/projects/{project}/webhooks", get(pages::webhooks))
         .route("/projects/{project}/webhook-subscriptions", get(pages::project_subscriptions))
+        .route("/projects/{project}/schedules", get(pages::schedules))
+        .route("/projects/{project}/schedules/{schedule_id}", get(pages::schedule))
         .route("/webhook-subscriptions", get(pages::instance_subscriptions))
         .route("/webhook-subscriptions/{subscription_id}", get(pages::subscription))
         .route("/projects/{project}/tickets/new", get(pages::new_ticket))

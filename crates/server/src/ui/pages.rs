@@ -714,3 +714,46 @@ pub async fn audit(State(state): State<AppState>, caller: Caller, Query(query): 
         next_cursor: page.next_cursor,
     }))
 }
+
+pub async fn schedules(State(state): State<AppState>, caller: Caller, Path(project): Path<String>) -> PageResult {
+    let project = crate::service::projects::find_project(&state.store, &project).await?;
+    let mut schedules = Vec::new();
+    for s in state.store.list_schedules(project.id).await? {
+        schedules.push(crate::service::schedules::view(&state, s).await?);
+    }
+    let clankers = state
+        .store
+        .list_clankers(PageRequest { limit: 200, after: None })
+        .await?
+        .items
+        .into_iter()
+        .filter(|c| c.allowed_in(project.id))
+        .map(|c| c.slug.as_str().to_owned())
+        .collect();
+    Ok(render(&view::SchedulesPage {
+        ctx: Ctx::new(&caller, "projects"),
+        perm: role_in(&state, &caller, project.id).await?,
+        schedules,
+        templates: state.store.list_task_templates(project.id).await?,
+        clankers,
+        project,
+    }))
+}
+
+pub async fn schedule(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((project, id)): Path<(String, String)>,
+) -> PageResult {
+    let project = crate::service::projects::find_project(&state.store, &project).await?;
+    let schedule = crate::service::schedules::find_schedule(&state, &project, &id).await?;
+    let executions = crate::service::schedules::executions(&state, &schedule, 50).await?;
+    Ok(render(&view::SchedulePage {
+        ctx: Ctx::new(&caller, "projects"),
+        perm: role_in(&state, &caller, project.id).await?,
+        view: crate::service::schedules::view(&state, schedule).await?,
+        templates: state.store.list_task_templates(project.id).await?,
+        executions,
+        project,
+    }))
+}

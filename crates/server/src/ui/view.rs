@@ -534,3 +534,40 @@ impl SubscriptionPage {
         self.s.events.iter().any(|e| e.as_str() == event_type)
     }
 }
+
+/// A project's scheduled tasks: schedules, templates and the forms to add them.
+#[derive(Template)]
+#[template(path = "schedules.html")]
+pub struct SchedulesPage {
+    pub ctx: Ctx,
+    pub perm: Perm,
+    pub project: Project,
+    pub schedules: Vec<crate::service::schedules::ScheduleView>,
+    pub templates: Vec<viberglass_domain::schedule::TaskTemplate>,
+    /// Clankers allowed in the project (slugs), for the template form.
+    pub clankers: Vec<String>,
+}
+
+impl SchedulesPage {
+    pub fn next_run(&self, s: &crate::service::schedules::ScheduleView) -> String {
+        s.upcoming.first().cloned().unwrap_or_else(|| "paused".to_owned())
+    }
+}
+
+/// One schedule: its settings, next runs and executions.
+#[derive(Template)]
+#[template(path = "schedule.html")]
+pub struct SchedulePage {
+    pub ctx: Ctx,
+    pub perm: Perm,
+    pub project: Project,
+    pub view: crate::service::schedules::ScheduleView,
+    pub templates: Vec<viberglass_domain::schedule::TaskTemplate>,
+    pub executions: Vec<crate::service::schedules::ExecutionView>,
+}
+
+impl SchedulePage {
+    pub fn job_status(&self, e: &crate::service::schedules::ExecutionView) -> String {
+        e.job.as_ref().map_or_else(String::new, |j| j.status.to_string())
+    }
+}

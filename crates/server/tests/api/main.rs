@@ -12,6 +12,7 @@ mod projects;
 mod request_ids;
 mod route_matrix;
 mod runs;
+mod schedules;
 mod secrets;
 mod tickets;
 mod worker_auth;

@@ -24,6 +24,8 @@ const PAGES: &[(&str, Who)] = &[
     ("/projects/{project}/settings", Maintainer),
     ("/projects/{project}/webhooks", Maintainer),
     ("/projects/{project}/webhook-subscriptions", Maintainer),
+    ("/projects/{project}/schedules", Viewer),
+    ("/projects/{project}/schedules/{schedule_id}", Viewer),
     ("/webhook-subscriptions", Admin),
     ("/webhook-subscriptions/{subscription_id}", Maintainer),
     ("/projects/{project}/tickets/new", Member),
@@ -90,6 +92,7 @@ async fn every_page_admits_exactly_the_callers_its_rule_names() {
             .replace("{job_id}", &f.job)
             .replace("{clanker}", "some-clanker")
             .replace("{subscription_id}", &f.subscription)
+            .replace("{schedule_id}", &f.schedule)
             .replace("{file}", "app.css")
     };
     let mut wrong = Vec::new();
@@ -434,4 +437,93 @@ async fn a_failure_whose_rerun_succeeded_leaves_the_dashboard_and_links_its_reru
         page.contains(&format!("/jobs/{}", second.id)) && page.contains("rerun-link"),
         "the failed run links its re-run"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_schedules_pages_add_templates_and_schedules_and_show_the_next_runs() {
+    let app = TestApp::spawn().await;
+    app.create_project(json!({"name": "Shop", "repository_url": "https://github.com/acme/shop.git"})).await;
+    let empty = app.client.get(app.url("/projects/shop/schedules")).send().await.unwrap().text().await.unwrap();
+    assert!(empty.contains("No schedule yet") && empty.contains("No clanker may run here"), "{empty}");
+    let clanker = app
+        .post_json(
+            "/api/v1/clankers",
+            &json!({"shared": true, "name": "Bot", "agent": "command", "agent_settings": {"command": ["true"]}}),
+        )
+        .await;
+    assert_eq!(clanker.status(), 201);
+    let browser = browser(&app, ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    let submit = |path: &str, form: &[(&str, &str)]| {
+        let request = browser
+            .post(app.url(&format!("/act{path}")))
+            .header("origin", &app.base_url)
+            .header("hx-request", "true")
+            .form(form);
+        async move { request.send().await.unwrap() }
+    };
+    let created = submit(
+        "/api/v1/projects/shop/task-templates",
+        &[
+            ("_form", "template"),
+            ("name", "deps"),
+            ("clanker", "bot"),
+            ("phase", "execution"),
+            ("instructions", "Bump <the> dependencies."),
+            ("secrets:lines", ""),
+            ("open_pull_request:bool", "false"),
+            ("_next", "/projects/shop/schedules"),
+        ],
+    )
+    .await;
+    assert_eq!(created.status(), 204, "{}", created.text().await.unwrap());
+    let template: serde_json::Value = app.get("/api/v1/projects/shop/task-templates/deps").await.json().await.unwrap();
+    assert_eq!(template["open_pull_request"], false);
+    // A bad expression comes back beside the field, with where and why.
+    let invalid = submit(
+        "/api/v1/projects/shop/schedules",
+        &[
+            ("_form", "schedule"),
+            ("name", "weekly"),
+            ("template", template["id"].as_str().unwrap()),
+            ("cron:skip", "0 25 * * *"),
+        ],
+    )
+    .await;
+    assert_eq!(invalid.status(), 422);
+    let fragment = invalid.text().await.unwrap();
+    assert!(fragment.contains("fe-schedule-cron") && fragment.contains("at position 3"), "{fragment}");
+    let created = submit(
+        "/api/v1/projects/shop/schedules",
+        &[
+            ("_form", "schedule"),
+            ("name", "weekly"),
+            ("template", template["id"].as_str().unwrap()),
+            ("cron:skip", "0 9 * * MON"),
+            ("timezone:skip", "Europe/Berlin"),
+            ("interval:skip", ""),
+            ("overlap", "queue"),
+            ("missed", "skip"),
+            ("standing_ticket:skip", ""),
+            ("_next", "/projects/shop/schedules"),
+        ],
+    )
+    .await;
+    assert_eq!(created.status(), 204, "{}", created.text().await.unwrap());
+    let list = app.client.get(app.url("/projects/shop/schedules")).send().await.unwrap().text().await.unwrap();
+    assert!(list.contains("cron 0 9 * * MON (Europe/Berlin)"), "{list}");
+    assert!(list.contains("Bump &#60;the&#62; dependencies."), "{list}");
+    assert!(list.contains("branch only"), "a template without pull requests says so");
+    let schedule: serde_json::Value = app.get("/api/v1/projects/shop/schedules/weekly").await.json().await.unwrap();
+    assert_eq!((schedule["overlap"].as_str(), schedule["missed"].as_str()), (Some("queue"), Some("skip")));
+    let page = app
+        .client
+        .get(app.url(&format!("/projects/shop/schedules/{}", schedule["id"].as_str().unwrap())))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("id=\"upcoming\"") && page.matches("<li>").count() >= 5, "{page}");
+    assert!(page.contains("No execution yet") && page.contains("Run now"));
 }

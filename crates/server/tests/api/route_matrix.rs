@@ -49,6 +49,20 @@ const EXPECTED: &[(&str, &str, Option<Who>)] = &[
     ("get", "/api/v1/projects/{project}/usage", Some(Viewer)),
     ("post", "/api/webhooks/{provider}/{config}", Some(Anonymous)),
     ("post", "/api/slack/events", Some(Anonymous)),
+    ("get", "/api/v1/projects/{project}/task-templates", Some(Viewer)),
+    ("post", "/api/v1/projects/{project}/task-templates", Some(Maintainer)),
+    ("get", "/api/v1/projects/{project}/task-templates/{template_id}", Some(Viewer)),
+    ("patch", "/api/v1/projects/{project}/task-templates/{template_id}", Some(Maintainer)),
+    ("get", "/api/v1/projects/{project}/schedules", Some(Viewer)),
+    ("post", "/api/v1/projects/{project}/schedules", Some(Maintainer)),
+    ("post", "/api/v1/projects/{project}/schedule-preview", Some(Viewer)),
+    ("get", "/api/v1/projects/{project}/schedules/{schedule_id}", Some(Viewer)),
+    ("patch", "/api/v1/projects/{project}/schedules/{schedule_id}", Some(Maintainer)),
+    ("post", "/api/v1/projects/{project}/schedules/{schedule_id}/pause", Some(Maintainer)),
+    ("post", "/api/v1/projects/{project}/schedules/{schedule_id}/resume", Some(Maintainer)),
+    ("post", "/api/v1/projects/{project}/schedules/{schedule_id}/run", Some(Member)),
+    ("get", "/api/v1/projects/{project}/schedules/{schedule_id}/executions", Some(Viewer)),
+    ("get", "/api/v1/projects/{project}/executions/{execution_id}", Some(Viewer)),
     ("get", "/api/v1/slack", Some(Admin)),
     ("put", "/api/v1/slack", Some(Admin)),
     ("delete", "/api/v1/slack", Some(Admin)),
@@ -164,6 +178,9 @@ pub(crate) struct Fixture {
     pub token_id: String,
     /// The project's outbound webhook subscription.
     pub subscription: String,
+    /// The project's task template and a schedule running it.
+    pub template: String,
+    pub schedule: String,
 }
 
 /// A project with a ticket and a job, a started clanker, an integration and a secret.
@@ -217,7 +234,27 @@ pub(crate) async fn fixture(app: &TestApp) -> Fixture {
         .json()
         .await
         .unwrap();
+    let template: Value = app
+        .post_json(
+            "/api/v1/projects/shop/task-templates",
+            &json!({"name": "chores", "clanker": "some-clanker", "instructions": "Tidy up."}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let schedule: Value = app
+        .post_json(
+            "/api/v1/projects/shop/schedules",
+            &json!({"name": "nightly", "template": "chores", "cron": "0 3 * * *", "timezone": "Europe/Berlin"}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
     Fixture {
+        template: template["id"].as_str().expect("the fixture's task template").to_owned(),
+        schedule: schedule["id"].as_str().expect("the fixture's schedule").to_owned(),
         subscription: subscription["id"].as_str().expect("the fixture's subscription").to_owned(),
         project: "shop".into(),
         ticket: ticket["id"].as_str().unwrap().to_owned(),
@@ -261,6 +298,9 @@ fn concrete(path: &str, f: &Fixture) -> String {
         .replace("{webhook_id}", &uuid::Uuid::now_v7().to_string())
         .replace("{delivery_id}", &uuid::Uuid::now_v7().to_string())
         .replace("{subscription_id}", &f.subscription)
+        .replace("{template_id}", &f.template)
+        .replace("{schedule_id}", &f.schedule)
+        .replace("{execution_id}", &uuid::Uuid::now_v7().to_string())
 }
 
 /// Every route with every caller: admitted callers never get 401 or 403;

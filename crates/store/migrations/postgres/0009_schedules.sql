@@ -11,6 +11,7 @@ CREATE TABLE task_templates (
     phase               TEXT NOT NULL CHECK (phase IN ('research', 'planning', 'execution')),
     instructions        TEXT NOT NULL,
     open_pull_request   BOOLEAN NOT NULL,
+    secrets             TEXT NOT NULL,
     created_at          TIMESTAMPTZ NOT NULL,
     updated_at          TIMESTAMPTZ NOT NULL
 );
@@ -57,4 +58,7 @@ CREATE TABLE schedule_executions (
 );
 CREATE UNIQUE INDEX schedule_executions_slot_key ON schedule_executions (schedule_id, slot);
 CREATE INDEX schedule_executions_schedule ON schedule_executions (schedule_id, id);
+-- At most one execution of a schedule waits, and at most one runs, whichever server writes.
+CREATE UNIQUE INDEX schedule_executions_one_waiting ON schedule_executions (schedule_id) WHERE status = 'queued';
+CREATE UNIQUE INDEX schedule_executions_one_running ON schedule_executions (schedule_id) WHERE status = 'running';
 CREATE INDEX schedule_executions_job ON schedule_executions (job_id) WHERE job_id IS NOT NULL;

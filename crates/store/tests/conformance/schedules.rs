@@ -28,6 +28,7 @@ fn template(project: viberglass_domain::ProjectId, name: &str) -> TaskTemplate {
         phase: Phase::Execution,
         instructions: "Bump the dependencies.".into(),
         open_pull_request: true,
+        secrets: vec!["ANTHROPIC_API_KEY".into()],
         created_at: now,
         updated_at: now,
     }
@@ -123,6 +124,8 @@ async fn each_due_slot_is_taken_by_exactly_one_claimer(backend: TestBackend) {
         let won: Vec<Execution> = [x.unwrap(), y.unwrap()].into_iter().flatten().flatten().collect();
         assert_eq!(won.len(), 1, "slot {due}: exactly one claimer wins");
         assert_eq!(won[0].slot, due);
+        // It ends before the next slot (at most one execution of a schedule waits).
+        assert!(store.finish_execution(&won[0], ExecutionStatus::Cancelled, "done").await.unwrap());
         due += time::Duration::minutes(1);
     }
     let after = store.get_schedule(s.id).await.unwrap();
@@ -151,6 +154,27 @@ async fn each_due_slot_is_taken_by_exactly_one_claimer(backend: TestBackend) {
     assert!(skipped.finished_at.is_some());
     let after = store.get_schedule(s.id).await.unwrap();
     assert_eq!((after.runs, after.skipped), (50, 4));
+
+    // A slot already recorded (an edit put a taken slot back) moves on without a second row.
+    let again = SlotClaim {
+        schedule_id: s.id,
+        due: skipped.slot + time::Duration::minutes(5),
+        next: Some(skipped.slot + time::Duration::minutes(6)),
+        execution: None,
+        skipped: 0,
+    };
+    assert_eq!(store.claim_slot(&again).await.unwrap(), Some(None));
+    let first = s.next_run_at.unwrap();
+    let mut replayed = after.clone();
+    replayed.next_run_at = Some(first);
+    store.update_schedule(&replayed, true).await.unwrap();
+    let repeat = SlotClaim { schedule_id: s.id, due: first, next: Some(due), execution: run(first), skipped: 0 };
+    assert_eq!(store.claim_slot(&repeat).await.unwrap(), Some(None), "no second row for slot {first}");
+    assert_eq!(store.get_schedule(s.id).await.unwrap().next_run_at, Some(due));
+    assert_eq!(store.list_executions(s.id, 100).await.unwrap().len(), 51);
+    // Only one execution of a schedule waits at a time.
+    store.manual_execution(s.id, viberglass_store::now()).await.unwrap();
+    assert!(matches!(store.manual_execution(s.id, viberglass_store::now()).await, Err(StoreError::Conflict { .. })));
 }
 
 async fn executions_are_followed_to_their_end(backend: TestBackend) {
@@ -158,7 +182,7 @@ async fn executions_are_followed_to_their_end(backend: TestBackend) {
     let store = db.store().await;
     let (t, s) = setup(&store).await;
     let input: TicketInput = serde_json::from_value(json!({"title": "Bump deps", "source": "schedule"})).unwrap();
-    let ticket = store.create_ticket(t.project_id, NewTicket::parse(input).unwrap(), None).await.unwrap();
+    let new_ticket = || NewTicket::parse(input.clone()).unwrap();
     let due = s.next_run_at.unwrap();
     let claim = SlotClaim {
         schedule_id: s.id,
@@ -169,9 +193,26 @@ async fn executions_are_followed_to_their_end(backend: TestBackend) {
     };
     let e = store.claim_slot(&claim).await.unwrap().unwrap().unwrap();
     assert_eq!(store.live_executions(s.id).await.unwrap().len(), 1);
+    assert_eq!(store.ready_executions(10).await.unwrap().len(), 1);
     let job = JobId::new();
-    assert!(store.start_execution(e.id, ticket.id, job).await.unwrap());
-    assert!(!store.start_execution(e.id, ticket.id, job).await.unwrap(), "started once");
+    let ticket = store.begin_execution(&e, t.project_id, Err(new_ticket()), None, job).await.unwrap().unwrap();
+    assert_eq!(store.get_ticket(ticket).await.unwrap().title, "Bump deps", "the ticket is filed with it");
+    assert!(
+        store.begin_execution(&e, t.project_id, Err(new_ticket()), None, job).await.unwrap().is_none(),
+        "started once"
+    );
+    let running = store.execution_of_job(job).await.unwrap().unwrap();
+    assert_eq!((running.status, running.ticket_id), (ExecutionStatus::Running, Some(ticket)));
+    // Its job was never queued: once it is old enough, it is found to be started again.
+    assert!(
+        store.stranded_executions(viberglass_store::now() - time::Duration::minutes(1), 10).await.unwrap().is_empty()
+    );
+    let stranded = store.stranded_executions(viberglass_store::now() + time::Duration::seconds(1), 10).await.unwrap();
+    assert_eq!(stranded.iter().map(|x| x.id).collect::<Vec<_>>(), vec![e.id]);
+    // A second execution of the schedule waits while this one runs.
+    let waiting = store.manual_execution(s.id, viberglass_store::now()).await.unwrap();
+    assert!(store.ready_executions(10).await.unwrap().is_empty(), "one execution of a schedule runs at a time");
+    assert!(store.begin_execution(&waiting, t.project_id, Ok(ticket), None, JobId::new()).await.unwrap().is_none());
     let done =
         store.finish_execution_of_job(job, ExecutionStatus::Failed, Some("push refused")).await.unwrap().unwrap();
     assert_eq!((done.status, done.message.as_deref()), (ExecutionStatus::Failed, Some("push refused")));
@@ -180,13 +221,30 @@ async fn executions_are_followed_to_their_end(backend: TestBackend) {
         "ended once"
     );
     assert_eq!(store.get_schedule(s.id).await.unwrap().failures, 1);
-    assert!(store.live_executions(s.id).await.unwrap().is_empty());
 
-    // Run now: a manual execution; one that cannot start fails with why.
-    let manual = store.manual_execution(s.id, viberglass_store::now()).await.unwrap();
-    assert_eq!((manual.trigger, manual.status), (ExecutionTrigger::Manual, ExecutionStatus::Queued));
-    assert!(store.fail_queued_execution(&manual, "the clanker is not started").await.unwrap());
-    let failed = store.get_execution(manual.id).await.unwrap();
+    // Run now: a manual execution, ready once nothing runs; one that cannot start fails with why.
+    assert_eq!((waiting.trigger, waiting.status), (ExecutionTrigger::Manual, ExecutionStatus::Queued));
+    assert_eq!(store.ready_executions(10).await.unwrap().iter().map(|x| x.id).collect::<Vec<_>>(), vec![waiting.id]);
+    assert!(store.finish_execution(&waiting, ExecutionStatus::Failed, "the clanker is not started").await.unwrap());
+    assert!(!store.finish_execution(&waiting, ExecutionStatus::Cancelled, "again").await.unwrap(), "ended once");
+    let failed = store.get_execution(waiting.id).await.unwrap();
     assert_eq!(failed.status, ExecutionStatus::Failed);
     assert_eq!(store.get_schedule(s.id).await.unwrap().failures, 2);
+    assert!(store.live_executions(s.id).await.unwrap().is_empty());
+
+    // Each end is an outbox event, with the schedule, the execution and its ticket and job.
+    let ended: Vec<_> = store
+        .list_outbox(0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.event_type == viberglass_domain::EventType::ScheduleExecutionFinished)
+        .collect();
+    assert_eq!(ended.len(), 2);
+    assert_eq!(ended[0].data["status"], "failed");
+    assert_eq!(ended[0].data["message"], "push refused");
+    assert_eq!(ended[0].data["schedule"], "weekly deps");
+    assert_eq!((ended[0].ticket_id, ended[0].job_id), (Some(ticket), Some(job)));
+    assert_eq!(ended[0].project_id, Some(t.project_id));
+    assert_eq!(ended[1].data["message"], "the clanker is not started");
 }
