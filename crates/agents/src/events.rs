@@ -128,6 +128,8 @@ fn key_hint(agent: AgentKind) -> &'static str {
         AgentKind::ClaudeCode => "ANTHROPIC_API_KEY for Claude Code",
         AgentKind::Codex | AgentKind::Opencode => "OPENAI_API_KEY for Codex and OpenCode",
         AgentKind::GeminiCli => "GEMINI_API_KEY for Gemini CLI",
+        AgentKind::KimiCode => "KIMI_API_KEY for Kimi Code",
+        AgentKind::MistralVibe => "MISTRAL_API_KEY for Mistral Vibe",
         _ => "the agent's API key",
     }
 }

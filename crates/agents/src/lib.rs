@@ -8,6 +8,7 @@ mod claude;
 mod codex;
 mod events;
 mod gemini;
+mod kimi;
 mod opencode;
 mod qwen;
 
@@ -123,6 +124,7 @@ pub fn adapter(kind: AgentKind) -> Option<&'static dyn Adapter> {
         AgentKind::QwenCli => Some(&qwen::QwenCode),
         AgentKind::GeminiCli => Some(&gemini::GeminiCli),
         AgentKind::Opencode => Some(&opencode::OpenCode),
+        AgentKind::KimiCode => Some(&kimi::KimiCode),
         _ => None,
     }
 }

@@ -118,7 +118,13 @@ fn harness_for(agent: AgentKind, settings: &serde_json::Value) -> Result<Harness
             }
             Ok(HarnessSpec::Command { command })
         }
-        AgentKind::ClaudeCode | AgentKind::Codex | AgentKind::QwenCli | AgentKind::GeminiCli | AgentKind::Opencode => {
+        AgentKind::ClaudeCode
+        | AgentKind::Codex
+        | AgentKind::QwenCli
+        | AgentKind::GeminiCli
+        | AgentKind::Opencode
+        | AgentKind::KimiCode
+        | AgentKind::MistralVibe => {
             let parsed: AgentSettings = serde_json::from_value(settings.clone())
                 .map_err(|e| format!("`agent_settings` for {agent} are invalid: {e}; known settings are model, base_url, api_key_secret, system_prompt and binary"))?;
             if let Some(provider) = &parsed.provider
@@ -133,9 +139,6 @@ fn harness_for(agent: AgentKind, settings: &serde_json::Value) -> Result<Harness
             }
             Ok(HarnessSpec::Agent { agent, settings: parsed })
         }
-        other => Err(format!(
-            "the {other} agent is not available yet: use claude-code, codex, gemini-cli, qwen-cli, opencode or command"
-        )),
     }
 }
 

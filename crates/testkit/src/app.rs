@@ -166,6 +166,11 @@ impl TestAppBuilder {
                 .ok()
                 .and_then(|m| std::path::Path::new(&m).parent().map(|p| p.display().to_string()))
                 .unwrap_or_else(|| "/var/tmp/viberglass-tools".to_owned());
+            // The Python agent CLIs' interpreter, when it lives outside /usr (pyenv's).
+            let tools = match std::env::var("VIBERGLASS_TEST_PYTHON_HOME") {
+                Ok(python) if !python.is_empty() && !python.starts_with("/usr") => format!("{tools}:{python}"),
+                _ => tools,
+            };
             env.insert("VIBERGLASS_SANDBOX_PATHS".to_owned(), tools);
         }
         if !env.contains_key("VIBERGLASS_WORKER_BINARY") {

@@ -1,5 +1,6 @@
-//! A scripted model server speaking the Anthropic Messages API and the
-//! OpenAI Responses API, both streaming (SSE), for driving the real agent
+//! A scripted model server speaking the Anthropic Messages API, the OpenAI
+//! Responses API and OpenAI Chat Completions (the API Kimi Code and Mistral
+//! Vibe use; streaming or not), and Gemini's, for driving the real agent
 //! CLIs offline. Each test gives it a script of steps; it records every
 //! request so the test can assert what the CLI sent.
 
@@ -141,6 +142,15 @@ async fn handle(State(inner): State<Arc<Inner>>, uri: Uri, headers: HeaderMap, b
             .header("content-type", "text/event-stream")
             .body(Body::from(format!("data: {data}\r\n\r\n")))
             .expect("an SSE response");
+    }
+    if path.ends_with("/chat/completions") {
+        return chat_completions(&inner, &body).await;
+    }
+    if path.ends_with("/models") {
+        let model = "mock-model";
+        return Json(json!({"object": "list", "data": [{"id": model, "object": "model", "owned_by": "mock",
+            "context_length": 262_144, "created": 0}]}))
+        .into_response();
     }
     if !anthropic && !openai {
         return (StatusCode::OK, "ok").into_response();
@@ -384,4 +394,147 @@ fn openai_stream(step: &Step) -> Vec<(String, Value)> {
                          "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 162}}}),
     ));
     events
+}
+
+/// OpenAI Chat Completions: a scripted step as a tool call of the tools the request offers (a shell tool for
+/// `Run`; a write tool, or the shell, for `Write` and `Edit`), or as text. Requests without tools (a title, a
+/// summary) get a neutral answer without using up the script.
+async fn chat_completions(inner: &Inner, request: &Value) -> Response {
+    let tools: Vec<Value> = request.get("tools").and_then(Value::as_array).cloned().unwrap_or_default();
+    let step = if tools.is_empty() {
+        Step::Text("Viberglass job".into())
+    } else {
+        inner.script.lock().unwrap_or_else(|e| e.into_inner()).pop_front().unwrap_or(Step::Text("Done.".into()))
+    };
+    let step = match step {
+        Step::Slow { delay_ms, step } => {
+            tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
+            *step
+        }
+        other => other,
+    };
+    let model = request.get("model").and_then(Value::as_str).unwrap_or("mock-model").to_owned();
+    let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
+    let (content, call) = match &step {
+        Step::Fail { status, no_retry_header } => return failure(false, *status, *no_retry_header),
+        Step::Stall { secs } => {
+            let first = json!({"id": id, "object": "chat.completion.chunk", "created": 0, "model": model,
+                "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}]});
+            return stalled_data(first, *secs);
+        }
+        Step::Text(text) => (Some(text.clone()), None),
+        other => (None, Some(chat_tool_call(other, &tools))),
+    };
+    let usage = json!({"prompt_tokens": 120, "completion_tokens": 42, "total_tokens": 162});
+    let stream = request.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    if !stream {
+        let message = match &call {
+            Some(call) => json!({"role": "assistant", "content": null, "tool_calls": [call]}),
+            None => json!({"role": "assistant", "content": content}),
+        };
+        let finish = if call.is_some() { "tool_calls" } else { "stop" };
+        return Json(json!({"id": id, "object": "chat.completion", "created": 0, "model": model,
+            "choices": [{"index": 0, "message": message, "finish_reason": finish}], "usage": usage}))
+        .into_response();
+    }
+    let chunk = |delta: Value, finish: Value| {
+        json!({"id": id, "object": "chat.completion.chunk", "created": 0, "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+    };
+    let mut chunks = vec![chunk(json!({"role": "assistant", "content": ""}), Value::Null)];
+    match &call {
+        Some(call) => {
+            let mut delta = call.clone();
+            delta["index"] = json!(0);
+            chunks.push(chunk(json!({"tool_calls": [delta]}), Value::Null));
+            chunks.push(chunk(json!({}), json!("tool_calls")));
+        }
+        None => {
+            chunks.push(chunk(json!({"content": content}), Value::Null));
+            chunks.push(chunk(json!({}), json!("stop")));
+        }
+    }
+    let mut last = chunk(json!({}), Value::Null);
+    last["choices"] = json!([]);
+    last["usage"] = usage;
+    chunks.push(last);
+    let mut text = String::new();
+    for c in chunks {
+        text.push_str(&format!("data: {c}\n\n"));
+    }
+    text.push_str("data: [DONE]\n\n");
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "text/event-stream")
+        .header("cache-control", "no-cache")
+        .body(Body::from(text))
+        .expect("an SSE response")
+}
+
+/// The tool the request offers under one of `names` (case and `_` ignored), with its parameters' names.
+fn offered<'a>(tools: &'a [Value], names: &[&str]) -> Option<(&'a str, Vec<String>)> {
+    let norm = |n: &str| n.to_lowercase().replace(['_', '-'], "");
+    tools.iter().find_map(|t| {
+        let function = t.get("function").unwrap_or(t);
+        let name = function.get("name")?.as_str()?;
+        if !names.iter().any(|n| norm(n) == norm(name)) {
+            return None;
+        }
+        let params = function
+            .pointer("/parameters/properties")
+            .and_then(Value::as_object)
+            .map(|p| p.keys().cloned().collect())
+            .unwrap_or_default();
+        Some((name, params))
+    })
+}
+
+fn pick<'a>(params: &'a [String], candidates: &[&'a str]) -> &'a str {
+    candidates.iter().find(|c| params.iter().any(|p| p == *c)).copied().unwrap_or(candidates[0])
+}
+
+/// A Chat Completions tool call for a step, by the names the CLI offers.
+fn chat_tool_call(step: &Step, tools: &[Value]) -> Value {
+    const SHELLS: &[&str] = &["Shell", "bash", "run_shell_command", "shell", "exec_command"];
+    let shell = |command: String| match offered(tools, SHELLS) {
+        Some((name, params)) => (name.to_owned(), json!({ pick(&params, &["command", "cmd"]): command })),
+        None => ("Shell".to_owned(), json!({"command": command})),
+    };
+    let (name, arguments) = match step {
+        Step::Run(command) => shell(command.clone()),
+        Step::Write { path, content } => match offered(tools, &["WriteFile", "write_file"]) {
+            Some((name, params)) => (
+                name.to_owned(),
+                json!({ pick(&params, &["path", "file_path"]): path, pick(&params, &["content", "contents"]): content }),
+            ),
+            None => shell(format!("printf '%s' '{}' > '{path}'", content.replace('\'', "'\\''"))),
+        },
+        Step::Edit { path, old, new } => shell(format!(
+            "python3 -c \"import sys;p=sys.argv[1];s=open(p).read();open(p,'w').write(s.replace(sys.argv[2],sys.argv[3],1))\" '{path}' '{}' '{}'",
+            old.replace('\'', "'\\''"),
+            new.replace('\'', "'\\''")
+        )),
+        _ => unreachable!("answered before streaming"),
+    };
+    json!({"id": format!("call_{}", uuid::Uuid::new_v4().simple()), "type": "function",
+        "function": {"name": name, "arguments": arguments.to_string()}})
+}
+
+/// The first chunk of an answer (as a data-only SSE event), then nothing for `secs`.
+fn stalled_data(first: Value, secs: u64) -> Response {
+    let first = format!("data: {first}\n\n");
+    let stream = futures::stream::unfold(Some(first), move |first| async move {
+        match first {
+            Some(chunk) => Some((Ok::<_, std::io::Error>(chunk), None)),
+            None => {
+                tokio::time::sleep(std::time::Duration::from_secs(secs)).await;
+                None
+            }
+        }
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "text/event-stream")
+        .body(Body::from_stream(stream))
+        .expect("an SSE response")
 }
