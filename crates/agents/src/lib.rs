@@ -11,6 +11,7 @@ mod gemini;
 mod kimi;
 mod opencode;
 mod qwen;
+mod vibe;
 
 use std::path::PathBuf;
 
@@ -114,6 +115,11 @@ pub trait Adapter: Send + Sync {
     fn upstream(&self, settings: &AgentSettings) -> Result<Upstream, String>;
     fn invocation(&self, cx: &RunContext<'_>) -> Invocation;
     fn parser(&self) -> Box<dyn StreamParser>;
+    /// A parser for the CLI's standard error, for a CLI that reports model API errors there (only its
+    /// [`AgentEvent::Error`]s count).
+    fn stderr_parser(&self) -> Option<Box<dyn StreamParser>> {
+        None
+    }
 }
 
 /// The adapter for an agent, if one exists yet.
@@ -125,6 +131,7 @@ pub fn adapter(kind: AgentKind) -> Option<&'static dyn Adapter> {
         AgentKind::GeminiCli => Some(&gemini::GeminiCli),
         AgentKind::Opencode => Some(&opencode::OpenCode),
         AgentKind::KimiCode => Some(&kimi::KimiCode),
+        AgentKind::MistralVibe => Some(&vibe::MistralVibe),
         _ => None,
     }
 }

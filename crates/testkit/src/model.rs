@@ -146,6 +146,10 @@ async fn handle(State(inner): State<Arc<Inner>>, uri: Uri, headers: HeaderMap, b
     if path.ends_with("/chat/completions") {
         return chat_completions(&inner, &body).await;
     }
+    if path.ends_with("/api/v1/code/managed-config") {
+        // Mistral Vibe asks for an organisation's managed settings: there are none.
+        return Json(json!({"state": "disabled"})).into_response();
+    }
     if path.ends_with("/models") {
         let model = "mock-model";
         return Json(json!({"object": "list", "data": [{"id": model, "object": "model", "owned_by": "mock",

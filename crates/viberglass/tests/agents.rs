@@ -201,7 +201,8 @@ async fn research_and_execution(agent: Agent) {
     }
     assert_eq!(research["result"]["document"], "RESEARCH.md");
     // Kimi Code's print mode reports no token usage (it keeps it in its session files only).
-    let reports_usage = agent.kind != "kimi-code";
+    // Nor does Mistral Vibe's (its usage is in the export file it writes).
+    let reports_usage = !matches!(agent.kind, "kimi-code" | "mistral-vibe");
     if reports_usage {
         assert!(research["result"]["usage"]["input_tokens"].as_u64().unwrap() > 0, "usage is recorded: {research}");
     }
@@ -548,5 +549,82 @@ async fn kimi_code_model_errors_are_classified() {
 async fn kimi_code_without_its_key_secret_never_starts() {
     if let Some(agent) = kimi() {
         a_missing_key_secret_fails_before_the_cli_starts(agent).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mistral_vibe_researches_and_executes() {
+    if let Some(agent) = vibe() {
+        research_and_execution(agent).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mistral_vibe_model_errors_are_classified() {
+    // Mistral Vibe retries 429 and 5xx for minutes; its bad key is not retried.
+    if let Some(agent) = vibe() {
+        model_errors_are_classified(agent, &[401]).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mistral_vibe_without_its_key_secret_never_starts() {
+    if let Some(agent) = vibe() {
+        a_missing_key_secret_fails_before_the_cli_starts(agent).await;
+    }
+}
+
+/// An execution run on a project on the fake forge: the CLI changes a file and the worker opens the pull
+/// request.
+async fn execution_opens_a_pull_request(agent: Agent) {
+    use viberglass_testkit::fake_forge::{ALL, FakeForge};
+    let model = MockModel::start(vec![
+        Step::Run("printf 'Fixed.\\n' >> README.md && printf 'Fix the readme\\n' > PR_TITLE.md".into()),
+        Step::Text("Changed README.md.".into()),
+    ])
+    .await;
+    let forge = FakeForge::start().await;
+    forge.add_repo("acme/shop", &[("README.md", "Shop\n")]);
+    forge.add_token("forge-token-agents-1", "shop-bot", ALL);
+    let app = TestApp::builder(TestBackend::Sqlite)
+        .env("VIBERGLASS_WORKER_BINARY", BINARY)
+        .env("VIBERGLASS_DISPATCH_INTERVAL_MS", "50")
+        .env("VIBERGLASS_HEARTBEAT_INTERVAL_SECS", "1")
+        .env("VG_MODEL_KEY", "sk-mock-key-0123456789")
+        .env("VG_FORGE_TOKEN", "forge-token-agents-1")
+        .spawn()
+        .await;
+    app.shop_on_forge(&forge).await;
+    app.patch_json("/api/v1/projects/shop", &json!({"planning_needs_approval": false})).await;
+    app.post_json("/api/v1/secrets", &json!({"name": agent.key, "reference": "VG_MODEL_KEY"})).await;
+    let created = app
+        .post_json(
+            "/api/v1/clankers",
+            &json!({"shared": true, "name": "Agent", "agent": agent.kind, "secrets": [agent.key],
+                "agent_settings": {"base_url": model.openai_url(), "binary": agent.binary, "model": "test-model"}}),
+        )
+        .await;
+    assert_eq!(created.status(), 201, "{}", created.text().await.unwrap());
+    app.post_json("/api/v1/clankers/agent/start", &json!({})).await;
+    let ticket = app.create_ticket("shop", json!({"title": "Fix the readme"})).await;
+    let (job, _) = run(&app, ticket["id"].as_str().unwrap(), "execution").await;
+    assert_eq!(job["status"], "completed", "{job}\n{}", app.job_events(job["id"].as_str().unwrap()).await);
+    let pulls = forge.pulls("acme/shop");
+    assert_eq!(pulls.len(), 1, "one pull request: {job}");
+    assert_eq!(pulls[0].title, "Fix the readme");
+    assert_eq!(job["result"]["pull_request"]["number"], pulls[0].number);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kimi_code_execution_opens_a_pull_request() {
+    if let Some(agent) = kimi() {
+        execution_opens_a_pull_request(agent).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mistral_vibe_execution_opens_a_pull_request() {
+    if let Some(agent) = vibe() {
+        execution_opens_a_pull_request(agent).await;
     }
 }

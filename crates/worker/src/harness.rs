@@ -256,12 +256,22 @@ async fn run_cli(
     let stdout = child.stdout.take().expect("piped stdout");
     let stderr = child.stderr.take().expect("piped stderr");
     let err_sink = sink.clone();
+    // A CLI that reports model API errors on standard error (Mistral Vibe) has a parser for it too.
+    let mut err_parser = adapter.stderr_parser();
     let err = tokio::spawn(async move {
         let mut lines = BufReader::new(stderr).split(b'\n');
+        let mut errors = Vec::new();
         while let Ok(Some(bytes)) = lines.next_segment().await {
             let line = text_of(&bytes);
             err_sink.log(LogLevel::Warn, &line);
+            for event in err_parser.as_mut().map(|p| p.line(&line)).unwrap_or_default() {
+                if let AgentEvent::Error { .. } = event {
+                    err_sink.agent(&event);
+                    errors.push(event);
+                }
+            }
         }
+        errors
     });
     let mut parser = adapter.parser();
     let mut kept = Vec::new();
@@ -309,7 +319,7 @@ async fn run_cli(
     stop_group(group);
     stop_leftovers(sink, None).await?;
     feed.abort();
-    let _ = err.await;
+    kept.extend(err.await.unwrap_or_default());
     let status = status.map_err(|e| Failure::internal(format!("waiting for the agent: {e}")))?;
     if silent {
         let api = &upstream.base_url;
