@@ -82,6 +82,28 @@ impl Adapter for KimiCode {
     fn parser(&self) -> Box<dyn StreamParser> {
         Box::new(Parser)
     }
+
+    fn usage_files(&self) -> Option<(&'static str, &'static str)> {
+        Some((".kimi/sessions", "wire.jsonl"))
+    }
+
+    /// The session's wire log: a `StatusUpdate` with `token_usage` after each step.
+    fn usage_from(&self, content: &str) -> Vec<AgentEvent> {
+        content
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter(|v| v["message"]["type"] == "StatusUpdate")
+            .filter_map(|v| {
+                let usage = v["message"]["payload"]["token_usage"].as_object()?.clone();
+                let n = |k: &str| usage.get(k).and_then(Value::as_u64).unwrap_or(0);
+                Some(AgentEvent::Usage {
+                    input_tokens: n("input_other") + n("input_cache_read") + n("input_cache_creation"),
+                    output_tokens: n("output"),
+                    cost_usd: None,
+                })
+            })
+            .collect()
+    }
 }
 
 struct Parser;
@@ -204,6 +226,13 @@ mod tests {
         assert!(events.iter().any(|e| matches!(e, AgentEvent::ToolStarted { tool, summary, .. }
             if tool == "Shell" && summary == "cat hello.txt")));
         assert!(crate::classify(AgentKind::KimiCode, Some(0), &events).is_none());
+    }
+
+    #[test]
+    fn usage_comes_from_the_session_wire_log() {
+        let events = KimiCode.usage_from(include_str!("../tests/streams/kimi-code-wire.jsonl"));
+        assert_eq!(events, [AgentEvent::Usage { input_tokens: 1234, output_tokens: 56, cost_usd: None }]);
+        assert!(KimiCode.usage_from("not json\n{}").is_empty());
     }
 
     #[test]

@@ -120,6 +120,15 @@ pub trait Adapter: Send + Sync {
     fn stderr_parser(&self) -> Option<Box<dyn StreamParser>> {
         None
     }
+    /// For a CLI that keeps its token usage in files rather than its stream (Kimi Code, Mistral Vibe): the
+    /// directory under the run's home it writes them in, and their file name.
+    fn usage_files(&self) -> Option<(&'static str, &'static str)> {
+        None
+    }
+    /// The [`AgentEvent::Usage`] events one of those files holds.
+    fn usage_from(&self, _content: &str) -> Vec<AgentEvent> {
+        Vec::new()
+    }
 }
 
 /// The adapter for an agent, if one exists yet.

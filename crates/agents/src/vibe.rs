@@ -23,6 +23,7 @@ pub struct MistralVibe;
 
 const DEFAULT_BASE_URL: &str = "https://api.mistral.ai/v1";
 const DEFAULT_MODEL: &str = "devstral-medium-latest";
+const EXPORT_DIR: &str = ".vibe-export";
 
 fn toml_string(value: &str) -> String {
     Value::String(value.to_owned()).to_string()
@@ -102,6 +103,22 @@ impl Adapter for MistralVibe {
 
     fn stderr_parser(&self) -> Option<Box<dyn StreamParser>> {
         Some(Box::new(ErrorParser))
+    }
+
+    fn usage_files(&self) -> Option<(&'static str, &'static str)> {
+        Some((EXPORT_DIR, "export.json"))
+    }
+
+    /// `export.json`: `{"usage": {"input_tokens", "output_tokens", ...}, "cost_usd"}`.
+    fn usage_from(&self, content: &str) -> Vec<AgentEvent> {
+        let Ok(export) = serde_json::from_str::<Value>(content) else { return Vec::new() };
+        let Some(usage) = export["usage"].as_object() else { return Vec::new() };
+        let n = |k: &str| usage.get(k).and_then(Value::as_u64).unwrap_or(0);
+        vec![AgentEvent::Usage {
+            input_tokens: n("input_tokens"),
+            output_tokens: n("output_tokens"),
+            cost_usd: export["cost_usd"].as_f64().filter(|c| *c > 0.0),
+        }]
     }
 }
 
@@ -228,6 +245,17 @@ mod tests {
             ],
             "{events:#?}"
         );
+    }
+
+    #[test]
+    fn usage_comes_from_the_export_file() {
+        let export = r#"{"outcome": "finished", "usage": {"input_tokens": 100, "output_tokens": 20,
+            "cached_input_tokens": 0, "total_tokens": 120}, "cost_usd": 0.0012, "steps": 1}"#;
+        assert_eq!(
+            MistralVibe.usage_from(export),
+            [AgentEvent::Usage { input_tokens: 100, output_tokens: 20, cost_usd: Some(0.0012) }]
+        );
+        assert!(MistralVibe.usage_from("{").is_empty());
     }
 
     #[test]

@@ -458,10 +458,16 @@ async fn chat_completions(inner: &Inner, request: &Value) -> Response {
             chunks.push(chunk(json!({}), json!("stop")));
         }
     }
-    let mut last = chunk(json!({}), Value::Null);
-    last["choices"] = json!([]);
-    last["usage"] = usage;
-    chunks.push(last);
+    // OpenAI's clients ask for usage in a chunk of its own (`stream_options.include_usage`); Mistral's
+    // API sends it with the last choice.
+    if request.pointer("/stream_options/include_usage").and_then(Value::as_bool) == Some(true) {
+        let mut last = chunk(json!({}), Value::Null);
+        last["choices"] = json!([]);
+        last["usage"] = usage;
+        chunks.push(last);
+    } else if let Some(finish) = chunks.last_mut() {
+        finish["usage"] = usage;
+    }
     let mut text = String::new();
     for c in chunks {
         text.push_str(&format!("data: {c}\n\n"));

@@ -201,7 +201,6 @@ async fn research_and_execution(agent: Agent) {
     }
     assert_eq!(research["result"]["document"], "RESEARCH.md");
     // Kimi Code's print mode reports no token usage (it keeps it in its session files only).
-    // Nor does Mistral Vibe's (its usage is in the export file it writes).
     let reports_usage = !matches!(agent.kind, "kimi-code" | "mistral-vibe");
     if reports_usage {
         assert!(research["result"]["usage"]["input_tokens"].as_u64().unwrap() > 0, "usage is recorded: {research}");

@@ -340,6 +340,16 @@ async fn run_cli(
     {
         return Err(failure);
     }
+    // A CLI that keeps its token usage in files (not its stream) has left them in its home by now.
+    if let Some((dir, name)) = adapter.usage_files() {
+        for path in files_named(&home.join(dir), name, 4) {
+            let Ok(content) = std::fs::read_to_string(&path) else { continue };
+            for event in adapter.usage_from(&content) {
+                sink.agent(&event);
+                kept.push(event);
+            }
+        }
+    }
     if let Some(failure) = viberglass_agents::classify(agent, status.code(), &kept) {
         // The proxy saw the provider itself fail to answer: that is the cause, whatever the CLI made of it.
         if let Some(why) = proxy.unreachable() {
@@ -509,4 +519,23 @@ pub fn ensure_program(program: &str) -> Result<(), String> {
     } else {
         Err(format!("`{program}` is not on the PATH"))
     }
+}
+
+/// Files named `name` under `dir`, at most `depth` levels down and 10 MiB each (an agent's own records).
+fn files_named(dir: &std::path::Path, name: &str, depth: usize) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return found };
+    for entry in entries.flatten() {
+        let Ok(kind) = entry.file_type() else { continue };
+        let path = entry.path();
+        if kind.is_dir() && depth > 0 {
+            found.extend(files_named(&path, name, depth - 1));
+        } else if kind.is_file()
+            && entry.file_name() == name
+            && entry.metadata().is_ok_and(|m| m.len() <= 10 * 1024 * 1024)
+        {
+            found.push(path);
+        }
+    }
+    found
 }
