@@ -210,7 +210,11 @@ fn failure(anthropic: bool, status: u16, no_retry_header: bool) -> Response {
 
 /// The first event of an answer, then nothing for `secs`, then the connection closes.
 fn stalled((event, data): (String, Value), secs: u64) -> Response {
-    let first = format!("event: {event}\ndata: {data}\n\n");
+    stalled_after(format!("event: {event}\ndata: {data}\n\n"), secs)
+}
+
+/// `first`, then nothing for `secs`, then the connection closes.
+fn stalled_after(first: String, secs: u64) -> Response {
     let stream = futures::stream::unfold(Some(first), move |first| async move {
         match first {
             Some(chunk) => Some((Ok::<_, std::io::Error>(chunk), None)),
@@ -424,7 +428,7 @@ async fn chat_completions(inner: &Inner, request: &Value) -> Response {
         Step::Stall { secs } => {
             let first = json!({"id": id, "object": "chat.completion.chunk", "created": 0, "model": model,
                 "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}]});
-            return stalled_data(first, *secs);
+            return stalled_after(format!("data: {first}\n\n"), *secs);
         }
         Step::Text(text) => (Some(text.clone()), None),
         other => (None, Some(chat_tool_call(other, &tools))),
@@ -528,23 +532,4 @@ fn chat_tool_call(step: &Step, tools: &[Value]) -> Value {
     };
     json!({"id": format!("call_{}", uuid::Uuid::new_v4().simple()), "type": "function",
         "function": {"name": name, "arguments": arguments.to_string()}})
-}
-
-/// The first chunk of an answer (as a data-only SSE event), then nothing for `secs`.
-fn stalled_data(first: Value, secs: u64) -> Response {
-    let first = format!("data: {first}\n\n");
-    let stream = futures::stream::unfold(Some(first), move |first| async move {
-        match first {
-            Some(chunk) => Some((Ok::<_, std::io::Error>(chunk), None)),
-            None => {
-                tokio::time::sleep(std::time::Duration::from_secs(secs)).await;
-                None
-            }
-        }
-    });
-    Response::builder()
-        .status(StatusCode::OK)
-        .header("content-type", "text/event-stream")
-        .body(Body::from_stream(stream))
-        .expect("an SSE response")
 }

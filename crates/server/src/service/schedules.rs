@@ -341,16 +341,7 @@ pub async fn create_template(
     apply_template(&mut t, input, true)?;
     check_template(state, project, &mut t).await?;
     let t = state.store.create_task_template(&t).await.map_err(|e| taken(e, "task template", &t.name))?;
-    audit(
-        state,
-        Some(caller),
-        "task_template_created",
-        "task_template",
-        Some(t.id.to_string()),
-        Some(project.id),
-        serde_json::json!({"name": t.name, "clanker": t.clanker, "phase": t.phase}),
-    )
-    .await;
+    audit_template(state, caller, project, &t, "task_template_created").await;
     Ok(t)
 }
 
@@ -366,17 +357,13 @@ pub async fn update_template(
     apply_template(&mut t, input, false)?;
     check_template(state, project, &mut t).await?;
     let t = state.store.update_task_template(&t).await.map_err(|e| taken(e, "task template", &t.name))?;
-    audit(
-        state,
-        Some(caller),
-        "task_template_updated",
-        "task_template",
-        Some(t.id.to_string()),
-        Some(project.id),
-        serde_json::json!({"name": t.name, "clanker": t.clanker, "phase": t.phase}),
-    )
-    .await;
+    audit_template(state, caller, project, &t, "task_template_updated").await;
     Ok(t)
+}
+
+async fn audit_template(state: &AppState, caller: &Caller, project: &Project, t: &TaskTemplate, action: &str) {
+    let details = serde_json::json!({"name": t.name, "clanker": t.clanker, "phase": t.phase});
+    audit(state, Some(caller), action, "task_template", Some(t.id.to_string()), Some(project.id), details).await;
 }
 
 /// A unique-name collision, said plainly.
@@ -510,16 +497,19 @@ pub async fn create_schedule(
     apply_schedule(state, project, &mut s, input, true).await?;
     s.next_run_at = next_slot(state, &s);
     let s = state.store.create_schedule(&s).await.map_err(|e| taken(e, "schedule", &s.name))?;
-    audit(
-        state,
-        Some(caller),
-        "schedule_created",
-        "schedule",
-        Some(s.id.to_string()),
-        Some(project.id),
-        serde_json::json!({"name": s.name, "cadence": cadence_text(&s), "active": s.active}),
-    )
-    .await;
+    saved(state, caller, project, s, "schedule_created").await
+}
+
+/// A saved schedule: audited, the scheduler woken, shown.
+async fn saved(
+    state: &AppState,
+    caller: &Caller,
+    project: &Project,
+    s: Schedule,
+    action: &str,
+) -> ServiceResult<ScheduleView> {
+    let details = serde_json::json!({"name": s.name, "cadence": cadence_text(&s), "active": s.active});
+    audit(state, Some(caller), action, "schedule", Some(s.id.to_string()), Some(project.id), details).await;
     state.schedule_wake.notify_one();
     view(state, s).await
 }
@@ -548,18 +538,7 @@ pub async fn update_schedule(
         s.next_run_at = next_slot(state, &s);
     }
     let s = state.store.update_schedule(&s, moved).await.map_err(|e| taken(e, "schedule", &s.name))?;
-    audit(
-        state,
-        Some(caller),
-        "schedule_updated",
-        "schedule",
-        Some(s.id.to_string()),
-        Some(project.id),
-        serde_json::json!({"name": s.name, "cadence": cadence_text(&s), "active": s.active}),
-    )
-    .await;
-    state.schedule_wake.notify_one();
-    view(state, s).await
+    saved(state, caller, project, s, "schedule_updated").await
 }
 
 /// Pauses (no more slots until resumed) or resumes (from the next slot after now: slots passed while
