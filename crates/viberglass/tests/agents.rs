@@ -259,6 +259,9 @@ async fn model_errors_are_classified(agent: Agent, statuses: &[u16]) {
             // (10 s was too tight for a loaded 2-core CI machine running the CLIs in parallel.)
             assert!(took < Duration::from_secs(60), "an auth failure is not retried: the job took {took:?}");
             assert!(job["status_message"].as_str().unwrap().contains("API key secret is missing or stale"), "{job}");
+            if matches!(agent.kind, "kimi-code" | "mistral-vibe") {
+                assert!(job["status_message"].as_str().unwrap().contains(agent.key), "the key secret is named: {job}");
+            }
         }
     }
 }
