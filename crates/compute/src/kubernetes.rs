@@ -264,6 +264,21 @@ const RULES: &[Rule] = &[
     Rule { verb: "get", group: "", resource: "pods", subresource: Some("log") },
 ];
 
+/// The permissions the Kubernetes target uses in a workers' namespace, as (API group, resource with its
+/// subresource, verb): what a deployment's Role grants, and nothing more.
+pub fn required_permissions() -> Vec<(&'static str, String, &'static str)> {
+    RULES
+        .iter()
+        .map(|r| {
+            let resource = match r.subresource {
+                Some(sub) => format!("{}/{sub}", r.resource),
+                None => r.resource.to_owned(),
+            };
+            (r.group, resource, r.verb)
+        })
+        .collect()
+}
+
 impl Rule {
     fn describe(&self) -> String {
         let resource = match self.subresource {

@@ -22,7 +22,7 @@ use viberglass_domain::{ComputeKind, JobId};
 
 pub use docker::{DEFAULT_IMAGE, DockerConfig, DockerRef, DockerSettings, DockerTarget};
 pub use ecs::{AwsComputeSettings, EcsConfig, EcsRef, EcsTarget, fargate_memory};
-pub use kubernetes::{KubernetesConfig, KubernetesRef, KubernetesSettings, KubernetesTarget};
+pub use kubernetes::{KubernetesConfig, KubernetesRef, KubernetesSettings, KubernetesTarget, required_permissions};
 pub use lambda::{LAMBDA_MAX_SECS, LambdaConfig, LambdaTarget};
 pub use local::{LocalRef, LocalTarget};
 
