@@ -97,7 +97,9 @@ impl Adapter for KimiCode {
                 let usage = v["message"]["payload"]["token_usage"].as_object()?.clone();
                 let n = |k: &str| usage.get(k).and_then(Value::as_u64).unwrap_or(0);
                 Some(AgentEvent::Usage {
-                    input_tokens: n("input_other") + n("input_cache_read") + n("input_cache_creation"),
+                    input_tokens: n("input_other")
+                        .saturating_add(n("input_cache_read"))
+                        .saturating_add(n("input_cache_creation")),
                     output_tokens: n("output"),
                     cost_usd: None,
                 })

@@ -135,7 +135,9 @@ async fn a_ticket_goes_from_viberator_to_a_pull_request_in_its_thread(backend: T
     let slack = FakeSlack::start(BOT_TOKEN).await;
     workspace(&slack);
     let forge = FakeForge::start().await;
-    let app = app(backend, "0").await;
+    // Each run takes a second, so its message is posted while it runs and then edited in place (a run that
+    // ends before a loaded server first posts is shown finished at once, which is right but proves no edit).
+    let app = app(backend, "1").await;
     setup(&app, &slack, &forge).await;
     let sender = SlackSender::new(&app.url("/api/slack/events"), SIGNING, &slack);
 
@@ -485,7 +487,7 @@ async fn a_run_that_ends_while_the_server_is_down_still_reaches_its_thread_once(
             .env("VG_SLACK_SIGNING", SIGNING)
             .env("VG_SLACK_BOT", BOT_TOKEN)
             .env("VG_FORGE_TOKEN", FORGE_TOKEN)
-            .env("VG_AGENT_DELAY", "4");
+            .env("VG_AGENT_DELAY", "6");
         if backend == TestBackend::Postgres {
             command.env("DATABASE_URL", db.url());
         }

@@ -340,14 +340,38 @@ async fn run_cli(
     {
         return Err(failure);
     }
-    // A CLI that keeps its token usage in files (not its stream) has left them in its home by now.
+    // A CLI that keeps its token usage in files (not its stream) has left them in its home by now. The home
+    // is the agent's to write: a few files, 10 MiB in all, summed into one event.
     if let Some((dir, name)) = adapter.usage_files() {
-        for path in files_named(&home.join(dir), name, 4) {
+        let mut budget: u64 = 10 * 1024 * 1024;
+        let mut total: Option<AgentEvent> = None;
+        for path in files_named(&home.join(dir), name, 4).into_iter().take(16) {
+            let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+            if !meta.is_file() || meta.len() > budget || std::os::unix::fs::MetadataExt::nlink(&meta) > 1 {
+                continue;
+            }
+            budget -= meta.len();
             let Ok(content) = std::fs::read_to_string(&path) else { continue };
             for event in adapter.usage_from(&content) {
-                sink.agent(&event);
-                kept.push(event);
+                total = Some(match (total, event) {
+                    (
+                        Some(AgentEvent::Usage { input_tokens: a, output_tokens: b, cost_usd: c }),
+                        AgentEvent::Usage { input_tokens, output_tokens, cost_usd },
+                    ) => AgentEvent::Usage {
+                        input_tokens: a.saturating_add(input_tokens),
+                        output_tokens: b.saturating_add(output_tokens),
+                        cost_usd: match (c, cost_usd) {
+                            (Some(x), Some(y)) => Some(x + y),
+                            (x, y) => x.or(y),
+                        },
+                    },
+                    (_, event) => event,
+                });
             }
+        }
+        if let Some(event) = total {
+            sink.agent(&event);
+            kept.push(event);
         }
     }
     if let Some(failure) = viberglass_agents::classify(agent, status.code(), &kept) {
