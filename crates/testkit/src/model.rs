@@ -236,6 +236,11 @@ fn sse(events: Vec<(String, Value)>) -> Response {
     for (event, data) in events {
         text.push_str(&format!("event: {event}\ndata: {data}\n\n"));
     }
+    sse_body(text)
+}
+
+/// A whole event stream, answered at once.
+fn sse_body(text: String) -> Response {
     Response::builder()
         .status(StatusCode::OK)
         .header("content-type", "text/event-stream")
@@ -477,12 +482,7 @@ async fn chat_completions(inner: &Inner, request: &Value) -> Response {
         text.push_str(&format!("data: {c}\n\n"));
     }
     text.push_str("data: [DONE]\n\n");
-    Response::builder()
-        .status(StatusCode::OK)
-        .header("content-type", "text/event-stream")
-        .header("cache-control", "no-cache")
-        .body(Body::from(text))
-        .expect("an SSE response")
+    sse_body(text)
 }
 
 /// The tool the request offers under one of `names` (case and `_` ignored), with its parameters' names.

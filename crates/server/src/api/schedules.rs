@@ -94,11 +94,7 @@ pub async fn list_schedules(
     Path(key): Path<String>,
 ) -> ApiResult<Json<Vec<ScheduleView>>> {
     let project = find_project(&state.store, &key).await?;
-    let mut out = Vec::new();
-    for s in state.store.list_schedules(project.id).await? {
-        out.push(service::view(&state, s).await?);
-    }
-    Ok(Json(out))
+    Ok(Json(service::views(&state, &project).await?))
 }
 
 /// Creates a schedule: a template on a cron expression in a time zone, or on an interval. An invalid

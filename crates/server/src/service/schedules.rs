@@ -201,6 +201,15 @@ fn ensure_open(project: &Project) -> ServiceResult<()> {
     }
 }
 
+/// A project's schedules as shown.
+pub async fn views(state: &AppState, project: &Project) -> ServiceResult<Vec<ScheduleView>> {
+    let mut out = Vec::new();
+    for s in state.store.list_schedules(project.id).await? {
+        out.push(view(state, s).await?);
+    }
+    Ok(out)
+}
+
 /// The template an id or name names in the project.
 pub async fn find_template(state: &AppState, project: &Project, key: &str) -> ServiceResult<TaskTemplate> {
     let missing = || ServiceError::NotFound(format!("there is no task template `{key}` in this project"));

@@ -244,15 +244,7 @@ pub async fn webhooks(
     };
     let page = PageRequest::parse(Some(50), Some(cursor.as_str()).filter(|c| !c.is_empty())).unwrap_or_default();
     let deliveries = state.store.list_deliveries(&filter, page).await?;
-    let clankers = state
-        .store
-        .list_clankers(PageRequest { limit: 200, after: None })
-        .await?
-        .items
-        .into_iter()
-        .filter(|c| c.allowed_in(project.id))
-        .map(|c| c.slug.as_str().to_owned())
-        .collect();
+    let clankers = allowed_clankers(&state, &project).await?;
     Ok(render(&view::WebhooksPage {
         ctx: Ctx::new(&caller, "projects"),
         configs: state.store.list_webhook_configs(project.id).await?,
@@ -265,6 +257,12 @@ pub async fn webhooks(
         base_url: state.engine.server_url.trim_end_matches('/').to_owned(),
         project,
     }))
+}
+
+/// The slugs of the clankers that may run in `project` (for the forms that name one).
+async fn allowed_clankers(state: &AppState, project: &Project) -> Result<Vec<String>, ApiError> {
+    let clankers = state.store.list_clankers(PageRequest { limit: 200, after: None }).await?.items;
+    Ok(clankers.into_iter().filter(|c| c.allowed_in(project.id)).map(|c| c.slug.as_str().to_owned()).collect())
 }
 
 fn catalogue() -> Vec<(String, String)> {
@@ -717,19 +715,8 @@ pub async fn audit(State(state): State<AppState>, caller: Caller, Query(query): 
 
 pub async fn schedules(State(state): State<AppState>, caller: Caller, Path(project): Path<String>) -> PageResult {
     let project = crate::service::projects::find_project(&state.store, &project).await?;
-    let mut schedules = Vec::new();
-    for s in state.store.list_schedules(project.id).await? {
-        schedules.push(crate::service::schedules::view(&state, s).await?);
-    }
-    let clankers = state
-        .store
-        .list_clankers(PageRequest { limit: 200, after: None })
-        .await?
-        .items
-        .into_iter()
-        .filter(|c| c.allowed_in(project.id))
-        .map(|c| c.slug.as_str().to_owned())
-        .collect();
+    let schedules = crate::service::schedules::views(&state, &project).await?;
+    let clankers = allowed_clankers(&state, &project).await?;
     Ok(render(&view::SchedulesPage {
         ctx: Ctx::new(&caller, "projects"),
         perm: role_in(&state, &caller, project.id).await?,
