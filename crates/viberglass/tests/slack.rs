@@ -26,8 +26,10 @@ const ALICE: &str = "U0ALICE";
 const BOB: &str = "U0BOB";
 const EVE: &str = "U0EVE";
 
-/// The scripted agent: the phase's document (a long plan, uploaded as a file too), or a change.
-const AGENT: &str = r#"sleep "${VG_AGENT_DELAY:-0}"; case "$VIBERGLASS_PHASE" in
+/// The scripted agent: the phase's document (a long plan, uploaded as a file too), or a change. Each run takes
+/// two seconds, so a loaded server's mirror posts the run's message while it runs and then edits it in place
+/// (the server's environment never reaches the agent: only the clanker's secrets do).
+const AGENT: &str = r#"sleep 2; case "$VIBERGLASS_PHASE" in
   research) printf '# Findings\n\nThe cart forgets items after a refresh.\n' > RESEARCH.md ;;
   planning) { printf '# Plan\n\n'; for i in $(seq 1 120); do echo "$i. Keep the cart in local storage, step $i."; done; } > PLAN.md ;;
   *) echo "fixed $(date +%s%N)" >> CHANGES.md && printf 'Keep the cart\n' > PR_TITLE.md ;;
@@ -60,13 +62,12 @@ fn workspace(slack: &FakeSlack) {
     slack.add_user(EVE, Some("eve@elsewhere.example"));
 }
 
-async fn app(backend: TestBackend, delay: &str) -> TestApp {
+async fn app(backend: TestBackend) -> TestApp {
     TestApp::builder(backend)
         .fast_engine(BINARY)
         .env("VG_FORGE_TOKEN", FORGE_TOKEN)
         .env("VG_SLACK_SIGNING", SIGNING)
         .env("VG_SLACK_BOT", BOT_TOKEN)
-        .env("VG_AGENT_DELAY", delay)
         .spawn()
         .await
 }
@@ -135,9 +136,7 @@ async fn a_ticket_goes_from_viberator_to_a_pull_request_in_its_thread(backend: T
     let slack = FakeSlack::start(BOT_TOKEN).await;
     workspace(&slack);
     let forge = FakeForge::start().await;
-    // Each run takes a second, so its message is posted while it runs and then edited in place (a run that
-    // ends before a loaded server first posts is shown finished at once, which is right but proves no edit).
-    let app = app(backend, "1").await;
+    let app = app(backend).await;
     setup(&app, &slack, &forge).await;
     let sender = SlackSender::new(&app.url("/api/slack/events"), SIGNING, &slack);
 
@@ -303,7 +302,7 @@ async fn a_ticket_goes_from_viberator_to_a_pull_request_in_its_thread(backend: T
 async fn slack_requests_are_refused_unless_signed_fresh_and_new(backend: TestBackend) {
     let slack = FakeSlack::start(BOT_TOKEN).await;
     workspace(&slack);
-    let app = app(backend, "0").await;
+    let app = app(backend).await;
     let sender = SlackSender::new(&app.url("/api/slack/events"), SIGNING, &slack);
     let form = "application/x-www-form-urlencoded";
 
@@ -363,7 +362,7 @@ async fn a_thread_linked_by_hand_takes_over_the_mirroring_and_slacks_rate_limit_
     let slack = FakeSlack::start(BOT_TOKEN).await;
     workspace(&slack);
     let forge = FakeForge::start().await;
-    let app = app(backend, "0").await;
+    let app = app(backend).await;
     setup(&app, &slack, &forge).await;
     let ticket = app.create_ticket("shop", json!({"title": "Search is slow"})).await;
     let id = ticket["id"].as_str().unwrap().to_owned();
@@ -486,8 +485,7 @@ async fn a_run_that_ends_while_the_server_is_down_still_reaches_its_thread_once(
             .env("VIBERGLASS_HEARTBEAT_INTERVAL_SECS", "1")
             .env("VG_SLACK_SIGNING", SIGNING)
             .env("VG_SLACK_BOT", BOT_TOKEN)
-            .env("VG_FORGE_TOKEN", FORGE_TOKEN)
-            .env("VG_AGENT_DELAY", "6");
+            .env("VG_FORGE_TOKEN", FORGE_TOKEN);
         if backend == TestBackend::Postgres {
             command.env("DATABASE_URL", db.url());
         }
