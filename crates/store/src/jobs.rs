@@ -14,6 +14,7 @@ use viberglass_domain::{
 use crate::dbtime::DbTime;
 use crate::outbox::emit;
 use crate::rows::{RowExt, parse_stored, to_u32};
+use crate::sql::{Arg, Sql, bound};
 use crate::{Store, StoreError, on_pool};
 
 const ENTITY: &str = "job";
@@ -43,14 +44,41 @@ pub(crate) const INSERT: &str = "INSERT INTO jobs (id, project_id, ticket_id, cl
      requested_by, queued_at, updated_at) VALUES ($1, $2, $3, $4, $5, 'queued', $6, $7, $8, $9, $10, $10)";
 const SELECT_BY_ID: &str = select!("WHERE id = $1");
 const SELECT_SPEC: &str = "SELECT spec FROM jobs WHERE id = $1";
-const SELECT_PAGE: &str = select!(
-    "WHERE ($1 IS NULL OR id < $1) AND ($2 IS NULL OR project_id = $2) AND ($3 IS NULL OR ticket_id = $3) ",
-    "AND ($4 IS NULL OR clanker_id = $4) AND ($5 IS NULL OR status = $5) ",
-    "AND ($7 IS NULL OR project_id IN (SELECT project_id FROM project_members WHERE user_id = $7)) ",
-    "AND ($8 = 0 OR ticket_id IS NULL OR NOT EXISTS (SELECT 1 FROM jobs later WHERE later.ticket_id = jobs.ticket_id ",
-    "AND later.phase = jobs.phase AND later.id > jobs.id AND later.status = 'completed')) ",
-    "ORDER BY id DESC LIMIT $6"
-);
+/// The list statement for one filter combination (see [`crate::sql`]).
+fn page_query(filter: &JobFilter, page: PageRequest) -> Sql {
+    let mut sql = Sql::new(select!("WHERE true"));
+    if let Some(after) = page.after {
+        sql.and(" AND id < ", Arg::Uuid(after.id()));
+    }
+    if let Some(p) = filter.project_id {
+        sql.and(" AND project_id = ", Arg::Uuid(p.as_uuid()));
+    }
+    if let Some(t) = filter.ticket_id {
+        sql.and(" AND ticket_id = ", Arg::Uuid(t.as_uuid()));
+    }
+    if let Some(c) = filter.clanker_id {
+        sql.and(" AND clanker_id = ", Arg::Uuid(c.as_uuid()));
+    }
+    if let Some(s) = filter.status {
+        sql.and(" AND status = ", Arg::Text(s.as_str().into()));
+    }
+    if let Some(user) = filter.member_of {
+        sql.and(
+            " AND project_id IN (SELECT project_id FROM project_members WHERE user_id = ",
+            Arg::Uuid(user.as_uuid()),
+        )
+        .push(")");
+    }
+    if filter.unresolved_only {
+        sql.push(
+            " AND (ticket_id IS NULL OR NOT EXISTS (SELECT 1 FROM jobs later WHERE later.ticket_id = jobs.ticket_id \
+             AND later.phase = jobs.phase AND later.id > jobs.id AND later.status = 'completed'))",
+        );
+    }
+    sql.push(" ORDER BY id DESC LIMIT ").arg(Arg::Int(i64::from(page.limit) + 1));
+    sql
+}
+
 const SELECT_RERUN: &str = "SELECT id FROM jobs WHERE retry_of = $1 ORDER BY id DESC LIMIT 1";
 const SELECT_LIVE: &str = select!("WHERE status IN ('dispatching', 'active') ORDER BY id LIMIT $1");
 const SELECT_TOKEN: &str = "SELECT status, token_hash FROM jobs WHERE id = $1";
@@ -59,10 +87,8 @@ const SELECT_TOKEN: &str = "SELECT status, token_hash FROM jobs WHERE id = $1";
 /// concurrency limits. Jobs over a limit keep their place and wait. The
 /// running counts are computed once per claim (the running set is small),
 /// not once per queued row.
-macro_rules! claim_sql {
-    ($lock:literal) => {
-        concat!(
-            "UPDATE jobs SET status = 'dispatching', dispatched_at = $1, token_hash = $2, updated_at = $1, \
+const CLAIM_SQLITE: &str = concat!(
+    "UPDATE jobs SET status = 'dispatching', dispatched_at = $1, token_hash = $2, updated_at = $1, \
              dispatch_attempts = dispatch_attempts + 1 \
              WHERE status = 'queued' AND id = (\
                WITH running AS (SELECT project_id, clanker_id FROM jobs WHERE status IN ('dispatching', 'active')), \
@@ -76,18 +102,11 @@ macro_rules! claim_sql {
                WHERE j.status = 'queued' AND (j.dispatch_after IS NULL OR j.dispatch_after <= $1) \
                  AND COALESCE(bp.n, 0) < p.max_concurrent_jobs \
                  AND (c.id IS NULL OR COALESCE(bc.n, 0) < c.max_concurrent_jobs) \
-               ORDER BY j.id LIMIT 1",
-            $lock,
-            ")",
-            returning!()
-        )
-    };
-}
-const CLAIM_SQLITE: &str = claim_sql!("");
-const CLAIM_POSTGRES: &str = claim_sql!(" FOR UPDATE OF j SKIP LOCKED");
-/// Serialises claims across servers, so concurrency limits hold even when
-/// two servers claim at the same moment.
-const CLAIM_LOCK: &str = "SELECT pg_advisory_xact_lock(6294561077405238081)";
+               ORDER BY j.id LIMIT 1)",
+    returning!()
+);
+/// PostgreSQL claims through a function (migration 0010) that takes no global lock.
+const CLAIM_POSTGRES: &str = concat!("SELECT ", light_columns!(), " FROM viberglass_claim_job($1, $2)");
 
 const SET_COMPUTE_REF: &str = "UPDATE jobs SET compute_ref = $2, compute_kind = $4, updated_at = $3 \
      WHERE id = $1 AND status IN ('dispatching', 'active')";
@@ -378,23 +397,43 @@ impl Store {
     }
 
     pub async fn list_jobs(&self, filter: &JobFilter, page: PageRequest) -> Result<Page<Job>, StoreError> {
+        let sql = page_query(filter, page);
         let rows = on_pool!(self, |pool| {
-            sqlx::query(SELECT_PAGE)
-                .bind(page.after.map(|c| c.id()))
-                .bind(filter.project_id.map(|p| p.as_uuid()))
-                .bind(filter.ticket_id.map(|t| t.as_uuid()))
-                .bind(filter.clanker_id.map(|c| c.as_uuid()))
-                .bind(filter.status.map(|s| s.as_str()))
-                .bind(i64::from(page.limit) + 1)
-                .bind(filter.member_of.map(|u| u.as_uuid()))
-                .bind(i64::from(filter.unresolved_only))
-                .fetch_all(pool)
-                .await?
-                .iter()
-                .map(from_row)
-                .collect::<Result<Vec<_>, _>>()
+            bound!(sql).fetch_all(pool).await?.iter().map(from_row).collect::<Result<Vec<_>, _>>()
         })?;
         Ok(Page::from_rows(rows, page.limit, |j| j.id.as_uuid()))
+    }
+
+    /// The plan of the list statement for `filter` (see [`Store::explain_list_tickets`]).
+    pub async fn explain_list_jobs(&self, filter: &JobFilter, page: PageRequest) -> Result<String, StoreError> {
+        self.explain(page_query(filter, page)).await
+    }
+
+    /// The plan of the claim's candidate search: on PostgreSQL the statement
+    /// inside `viberglass_claim_job`, read from the function itself.
+    pub async fn explain_claim(&self) -> Result<String, StoreError> {
+        match &self.pool {
+            crate::Pool::Sqlite(_) => {
+                let mut sql = Sql::new(CLAIM_SQLITE);
+                sql.args = vec![Arg::Text(String::new()), Arg::Text(String::new())];
+                self.explain(sql).await
+            }
+            crate::Pool::Postgres(pool) => {
+                let source: String =
+                    sqlx::query_scalar("SELECT prosrc FROM pg_proc WHERE proname = 'viberglass_claim_job'")
+                        .fetch_one(pool)
+                        .await?;
+                let candidates = source
+                    .split_once("FOR cand IN")
+                    .and_then(|(_, rest)| rest.split_once("    LOOP"))
+                    .map(|(query, _)| query.replace("p_now", "now()"))
+                    .ok_or_else(|| StoreError::Corrupt {
+                        entity: "job",
+                        detail: "viberglass_claim_job has no candidate query".into(),
+                    })?;
+                self.explain(Sql::new(&candidates)).await
+            }
+        }
     }
 
     /// Claims the next dispatchable job, moving it to `dispatching` with the
@@ -413,11 +452,16 @@ impl Store {
                     .transpose()?
             }
             crate::Pool::Postgres(pool) => {
-                let mut tx = crate::BeginWrite::begin_write(pool).await?;
-                sqlx::query(CLAIM_LOCK).execute(&mut *tx).await?;
-                let row = sqlx::query(CLAIM_POSTGRES).bind(now).bind(token_hash).fetch_optional(&mut *tx).await?;
-                tx.commit().await?;
-                row.map(|r| from_row(&r)).transpose()?
+                // One round trip, no global lock: see viberglass_claim_job in
+                // migrations/postgres/0010_performance.sql. It writes the
+                // dispatching event too.
+                return sqlx::query(CLAIM_POSTGRES)
+                    .bind(now)
+                    .bind(token_hash)
+                    .fetch_optional(pool)
+                    .await?
+                    .map(|r| from_row(&r))
+                    .transpose();
             }
         };
         if let Some(job) = &claimed {

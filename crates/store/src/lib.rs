@@ -22,6 +22,7 @@ mod rows;
 mod schedules;
 mod secrets;
 mod slack;
+mod sql;
 mod subscriptions;
 mod tickets;
 mod users;
@@ -270,6 +271,34 @@ impl Store {
     pub async fn ping(&self) -> Result<(), StoreError> {
         on_pool!(self, |pool| sqlx::query("SELECT 1").execute(pool).await.map(|_| ()))?;
         Ok(())
+    }
+
+    /// The plan of a built statement, one plan line per line.
+    pub(crate) async fn explain(&self, statement: sql::Sql) -> Result<String, StoreError> {
+        use sqlx::Row;
+        let lines: Vec<String> = match &self.pool {
+            Pool::Sqlite(pool) => {
+                let mut explain = statement.clone();
+                explain.text = format!("EXPLAIN QUERY PLAN {}", statement.text);
+                sql::bound!(explain)
+                    .fetch_all(pool)
+                    .await?
+                    .iter()
+                    .map(|r| r.try_get::<String, _>("detail"))
+                    .collect::<Result<_, _>>()?
+            }
+            Pool::Postgres(pool) => {
+                let mut explain = statement.clone();
+                explain.text = format!("EXPLAIN {}", statement.text);
+                sql::bound!(explain)
+                    .fetch_all(pool)
+                    .await?
+                    .iter()
+                    .map(|r| r.try_get::<String, _>(0))
+                    .collect::<Result<_, _>>()?
+            }
+        };
+        Ok(lines.join("\n"))
     }
 
     /// Closes every connection; used at shutdown.

@@ -55,6 +55,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(7, "outbound_webhooks", "0007_outbound_webhooks.sql"),
     migration!(8, "slack", "0008_slack.sql"),
     migration!(9, "schedules", "0009_schedules.sql"),
+    migration!(10, "performance", "0010_performance.sql"),
 ];
 
 /// A key no other application is likely to use for `pg_advisory_lock`: "VIBERGLA".
@@ -282,8 +283,12 @@ mod tests {
                 .map(|l| l.split_whitespace().next().unwrap().to_owned())
                 .collect()
         }
+        // SQLite's search index needs a table of stable row numbers
+        // (0010_performance); PostgreSQL's trigram indexes need none.
+        const SQLITE_ONLY: &[&str] = &["ticket_search"];
         for m in MIGRATIONS {
-            assert_eq!(tables(m.sqlite), tables(m.postgres), "{}", m.label());
+            let sqlite: Vec<_> = tables(m.sqlite).into_iter().filter(|t| !SQLITE_ONLY.contains(&t.as_str())).collect();
+            assert_eq!(sqlite, tables(m.postgres), "{}", m.label());
         }
     }
 }

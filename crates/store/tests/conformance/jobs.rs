@@ -21,6 +21,7 @@ backend_tests!(
     worker_events_are_stored_once_in_order_and_progress_becomes_the_status,
     a_requeued_job_can_be_claimed_again,
     concurrent_claimers_take_each_job_exactly_once,
+    concurrent_claimers_keep_project_and_clanker_limits_exact,
     agent_documents_become_revisions,
     usage_is_summed_per_project_and_ticket,
     a_ticket_remembers_its_work_branch_and_pull_request,
@@ -351,6 +352,67 @@ async fn concurrent_claimers_take_each_job_exactly_once(backend: TestBackend) {
     }
     assert_eq!(claimed.len(), 60, "every job claimed once");
     assert_eq!(claimed.into_iter().collect::<HashSet<_>>(), ids);
+}
+
+/// Claimers racing over many projects and one shared clanker never run more
+/// than a limit allows, and together they fill every limit.
+async fn concurrent_claimers_keep_project_and_clanker_limits_exact(backend: TestBackend) {
+    let db = TestDb::new(backend).await;
+    let store = db.store().await;
+    let shared = clanker(&store, "Shared", 3).await;
+    let mut projects = Vec::new();
+    for i in 0..4 {
+        let p = project(&store, &format!("P{i}"), 2).await;
+        for _ in 0..6 {
+            store.create_job(job(&p, None)).await.unwrap();
+        }
+        projects.push(p);
+    }
+    // A fifth project, wide open, whose jobs all need the shared clanker.
+    let wide = project(&store, "Wide", 50).await;
+    for _ in 0..10 {
+        store.create_job(job(&wide, Some(&shared))).await.unwrap();
+    }
+    for round in 0..3 {
+        let claimers: Vec<_> = (0..6)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let mut mine = Vec::new();
+                    while let Some(j) = store.claim_next_job("h").await.unwrap() {
+                        mine.push(j);
+                    }
+                    mine
+                })
+            })
+            .collect();
+        let mut claimed = Vec::new();
+        for c in claimers {
+            claimed.extend(c.await.unwrap());
+        }
+        let running = store
+            .list_jobs(
+                &JobFilter { status: Some(JobStatus::Dispatching), ..JobFilter::default() },
+                PageRequest { limit: 100, after: None },
+            )
+            .await
+            .unwrap()
+            .items;
+        for p in &projects {
+            let n = running.iter().filter(|j| j.project_id == p.id).count();
+            assert_eq!(n, 2, "round {round}: project {} runs {n} jobs; its limit is 2", p.name);
+        }
+        let n = running.iter().filter(|j| j.clanker_id == Some(shared.id)).count();
+        assert_eq!(n, 3, "round {round}: the shared clanker runs {n} jobs; its limit is 3");
+        assert_eq!(claimed.len(), 11, "round {round}: each round fills every limit");
+        // Finish what this round claimed, so the next round claims again.
+        for j in claimed {
+            store
+                .finish_job(j.id, Outcome::Completed { result: JobResult::default(), summary: "ok".into() })
+                .await
+                .unwrap();
+        }
+    }
 }
 
 async fn agent_documents_become_revisions(backend: TestBackend) {

@@ -7,6 +7,7 @@ mod integrations;
 mod jobs;
 mod migrations;
 mod outbox;
+mod plans;
 mod projects;
 mod schedules;
 mod secrets;

@@ -13,6 +13,7 @@ backend_tests!(
     external_ids_are_unique_per_project_and_source,
     ticket_edits_and_archiving,
     ticket_lists_filter_search_and_page,
+    search_finds_the_same_tickets_as_a_substring_match,
 );
 
 fn new_ticket(json: serde_json::Value) -> NewTicket {
@@ -171,4 +172,96 @@ async fn ticket_lists_filter_search_and_page(backend: TestBackend) {
     assert!(store.list_tickets(&literal, PageRequest::default()).await.unwrap().items.is_empty());
     let by_description = TicketFilter { search: Some("SALE".into()), ..TicketFilter::default() };
     assert_eq!(store.list_tickets(&by_description, PageRequest::default()).await.unwrap().items.len(), 1);
+}
+
+/// Search is a case-insensitive substring match of title or description,
+/// whatever index serves it (pg_trgm on PostgreSQL, FTS5 on SQLite): every
+/// term here, short or long, with quotes, wildcards or FTS syntax, finds
+/// exactly the tickets a plain substring test finds, edits and archiving
+/// included.
+async fn search_finds_the_same_tickets_as_a_substring_match(backend: TestBackend) {
+    let db = TestDb::new(backend).await;
+    let store = db.store().await;
+    let p = store.create_project(new_project(serde_json::json!({"name": "Search"}))).await.unwrap();
+    let corpus = [
+        ("Checkout fails for guests", "The pay button spins"),
+        ("checkout: coupon field", "Coupons like 50%_OFF are refused"),
+        ("Guest CHECKOUT slow", ""),
+        ("Dark mode", "The checkout page ignores it"),
+        ("Quotes \"double\" and 'single'", "NEAR AND OR NOT * ^ ( ) are FTS words"),
+        ("Café menu", "accents: déjà vu"),
+        ("ab", "a"),
+        ("Login", "Sign-in with SSO fails: check out the logs"),
+    ];
+    let mut tickets = Vec::new();
+    for (title, description) in corpus {
+        let t = store
+            .create_ticket(p.id, new_ticket(serde_json::json!({"title": title, "description": description})), None)
+            .await
+            .unwrap();
+        tickets.push(t);
+    }
+    // An edit moves a ticket in and out of the index.
+    let edited = store
+        .update_ticket(
+            tickets[7].id,
+            TicketPatch::parse(serde_json::from_value(serde_json::json!({"description": "Sign-in loops"})).unwrap())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    tickets[7] = edited;
+    store.archive_ticket(tickets[2].id).await.unwrap();
+
+    let terms = [
+        "checkout",
+        "CHECKOUT",
+        " checkout ",
+        "check",
+        "out",
+        "ch",
+        "c",
+        "a",
+        "ab",
+        "50%_off",
+        "50%",
+        "%",
+        "_",
+        "\"double\"",
+        "\"",
+        "'single'",
+        "near and",
+        "*",
+        "^",
+        "( )",
+        "déjà",
+        "café",
+        "spins",
+        "sign-in",
+        "check out",
+        "no such text",
+        "ut f",
+    ];
+    for term in terms {
+        for archived in [ArchivedFilter::Exclude, ArchivedFilter::Include] {
+            let needle = term.trim().to_lowercase();
+            let mut expected: Vec<_> = tickets
+                .iter()
+                .filter(|t| archived == ArchivedFilter::Include || t.id != tickets[2].id)
+                .filter(|t| t.title.to_lowercase().contains(&needle) || t.description.to_lowercase().contains(&needle))
+                .map(|t| t.id)
+                .collect();
+            expected.reverse();
+            let filter = TicketFilter { search: Some(term.into()), archived, ..TicketFilter::default() };
+            let found: Vec<_> = store
+                .list_tickets(&filter, PageRequest { limit: 100, after: None })
+                .await
+                .unwrap()
+                .items
+                .iter()
+                .map(|t| t.id)
+                .collect();
+            assert_eq!(found, expected, "search {term:?} ({archived:?})");
+        }
+    }
 }
