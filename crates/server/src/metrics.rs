@@ -66,6 +66,17 @@ pub async fn metrics(State(state): State<AppState>) -> ApiResult<impl IntoRespon
     let mut out = String::new();
     out.push_str("# HELP viberglass_build_info The running version.\n# TYPE viberglass_build_info gauge\n");
     let _ = writeln!(out, "viberglass_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
+    let (live, hits, misses) = state.store.credential_cache_state();
+    let _ = write!(
+        out,
+        "# HELP viberglass_credential_cache_live Whether sessions and API tokens are served from memory (PostgreSQL, while this server listens for revocations).\n\
+         # TYPE viberglass_credential_cache_live gauge\nviberglass_credential_cache_live {}\n\
+         # HELP viberglass_credential_cache_lookups_total Credential lookups by whether memory answered.\n\
+         # TYPE viberglass_credential_cache_lookups_total counter\n\
+         viberglass_credential_cache_lookups_total{{result=\"hit\"}} {hits}\n\
+         viberglass_credential_cache_lookups_total{{result=\"miss\"}} {misses}\n",
+        u8::from(live)
+    );
     out.push_str("# HELP viberglass_jobs Jobs by status, from the database.\n# TYPE viberglass_jobs gauge\n");
     // Still served when the database is down: the request metrics and `viberglass_database_up` say so.
     match tokio::time::timeout(std::time::Duration::from_secs(1), state.store.job_counts()).await {

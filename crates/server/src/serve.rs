@@ -284,6 +284,9 @@ pub async fn serve(
         tracing::info!("no user yet: open {public}/api/docs/ and POST /api/v1/setup to create the first administrator");
     }
     warn_about_shared_clankers(&state).await;
+    // Authenticated requests skip the database while revocations can reach
+    // this server (PostgreSQL's LISTEN); see the store's credential cache.
+    state.store.enable_credential_cache();
     match state
         .store
         .fail_interrupted_deploys(

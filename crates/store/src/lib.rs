@@ -10,6 +10,7 @@
 
 mod attachments;
 mod clankers;
+mod credentials;
 mod dbtime;
 mod documents;
 mod error;
@@ -140,6 +141,9 @@ pub struct Store {
     target: DatabaseTarget,
     /// Set by a test to make the next outbox write fail (see `inject_outbox_failure`).
     outbox_fault: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Sessions and API tokens recently looked up (see [`credentials`]).
+    credentials: std::sync::Arc<credentials::CredentialCache>,
+    listener_stop: std::sync::Arc<credentials::ListenerStop>,
 }
 
 /// Creates `path` readable by its owner only (mode 0600) if it does not
@@ -256,7 +260,13 @@ impl Store {
                 Pool::Postgres(pool)
             }
         };
-        Ok(Store { pool, target: target.clone(), outbox_fault: Default::default() })
+        Ok(Store {
+            pool,
+            target: target.clone(),
+            outbox_fault: Default::default(),
+            credentials: Default::default(),
+            listener_stop: Default::default(),
+        })
     }
 
     pub fn backend(&self) -> Backend {
@@ -265,6 +275,21 @@ impl Store {
 
     pub fn target(&self) -> &DatabaseTarget {
         &self.target
+    }
+
+    /// Caches the users of sessions and API tokens (PostgreSQL only; see
+    /// [`credentials`]): a server calls this once at start. The cache serves
+    /// only while this store listens for revocations from every server.
+    pub fn enable_credential_cache(&self) {
+        if let Pool::Postgres(pool) = &self.pool {
+            tokio::spawn(credentials::listen(pool.clone(), self.credentials.clone(), self.listener_stop.0.clone()));
+        }
+    }
+
+    /// Whether the credential cache is serving, and its hits and misses.
+    pub fn credential_cache_state(&self) -> (bool, u64, u64) {
+        let (hits, misses) = self.credentials.counts();
+        (self.credentials.live(), hits, misses)
     }
 
     /// Checks that the database answers.

@@ -5,6 +5,7 @@ use sqlx::types::Json;
 use time::OffsetDateTime;
 use viberglass_domain::{ApiToken, AuditEntry, NewUser, Page, PageRequest, ProjectId, ProjectRole, User, UserId};
 
+use crate::credentials::{CHANNEL, Change, Kind};
 use crate::dbtime::DbTime;
 use crate::rows::{RowExt, parse_stored};
 use crate::{Store, StoreError, on_pool};
@@ -227,6 +228,8 @@ impl Store {
                     .map(|_| ())
             })?;
         }
+        // A name, admin or disabled change alters what a cached credential stands for.
+        self.credentials_changed(Change::User(id)).await;
         self.get_user(id).await
     }
 
@@ -263,11 +266,12 @@ impl Store {
     /// The enabled user of a live session (not revoked, not expired), and marks it seen.
     pub async fn session_user(&self, token_hash: &str) -> Result<Option<User>, StoreError> {
         self.credential_user(
+            Kind::Session,
             token_hash,
             concat!(
                 "SELECT ",
                 user_columns!(u),
-                " FROM users u JOIN sessions s ON s.user_id = u.id WHERE s.token_hash = $1 \
+                ", s.expires_at AS credential_expires_at FROM users u JOIN sessions s ON s.user_id = u.id WHERE s.token_hash = $1 \
                  AND s.revoked_at IS NULL AND s.expires_at > $2 AND u.disabled_at IS NULL"
             ),
             "UPDATE sessions SET last_seen_at = $2 WHERE token_hash = $1 AND last_seen_at < $3",
@@ -280,32 +284,51 @@ impl Store {
     /// on every request would cost each request a transaction.
     async fn credential_user(
         &self,
+        kind: Kind,
         token_hash: &str,
         select: &'static str,
         touch: &'static str,
     ) -> Result<Option<User>, StoreError> {
         let now = DbTime(crate::now());
-        let user = on_pool!(self, |pool| {
+        if let Some(user) = self.credentials.get(kind, token_hash, now.0) {
+            return Ok(Some(user));
+        }
+        let generation = self.credentials.generation();
+        let found = on_pool!(self, |pool| {
             sqlx::query(select)
                 .bind(token_hash)
                 .bind(now)
                 .fetch_optional(pool)
                 .await?
-                .map(|r| user_from_row(&r))
+                .map(|r| Ok::<_, StoreError>((user_from_row(&r)?, r.opt_time("credential_expires_at")?)))
                 .transpose()
         })?;
-        if user.is_some() {
-            on_pool!(self, |pool| {
-                sqlx::query(touch)
-                    .bind(token_hash)
-                    .bind(now)
-                    .bind(DbTime(now.0 - time::Duration::minutes(1)))
-                    .execute(pool)
-                    .await
-                    .map(|_| ())
-            })?;
+        let Some((user, expires_at)) = found else { return Ok(None) };
+        on_pool!(self, |pool| {
+            sqlx::query(touch)
+                .bind(token_hash)
+                .bind(now)
+                .bind(DbTime(now.0 - time::Duration::minutes(1)))
+                .execute(pool)
+                .await
+                .map(|_| ())
+        })?;
+        self.credentials.put(kind, token_hash, &user, expires_at, generation);
+        Ok(Some(user))
+    }
+
+    /// Tells this server's cache and every other server's that credentials
+    /// changed. Called after the change is written; a failed notification is
+    /// logged (other servers then trust their entries for at most
+    /// `credentials::TTL`).
+    async fn credentials_changed(&self, change: Change) {
+        self.credentials.invalidate(&change);
+        if let crate::Pool::Postgres(pool) = &self.pool
+            && let Err(err) =
+                sqlx::query("SELECT pg_notify($1, $2)").bind(CHANNEL).bind(change.payload()).execute(pool).await
+        {
+            tracing::warn!(error = %err, "cannot announce a credential change to the other servers");
         }
-        Ok(user)
     }
 
     pub async fn revoke_session(&self, token_hash: &str) -> Result<(), StoreError> {
@@ -318,6 +341,7 @@ impl Store {
                 .await
                 .map(|_| ())
         })?;
+        self.credentials_changed(Change::Credential(token_hash.to_owned())).await;
         Ok(())
     }
 
@@ -331,6 +355,7 @@ impl Store {
                 .await
                 .map(|_| ())
         })?;
+        self.credentials_changed(Change::User(user)).await;
         Ok(())
     }
 
@@ -399,17 +424,19 @@ impl Store {
                 .await
                 .map(|r| r.rows_affected())
         })?;
+        self.credentials_changed(Change::User(user)).await;
         Ok(changed == 1)
     }
 
     /// The enabled user of a live token (not revoked, not expired); records its use.
     pub async fn token_user(&self, token_hash: &str) -> Result<Option<User>, StoreError> {
         self.credential_user(
+            Kind::Token,
             token_hash,
             concat!(
                 "SELECT ",
                 user_columns!(u),
-                " FROM users u JOIN api_tokens t ON t.user_id = u.id WHERE t.token_hash = $1 \
+                ", t.expires_at AS credential_expires_at FROM users u JOIN api_tokens t ON t.user_id = u.id WHERE t.token_hash = $1 \
                  AND t.revoked_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > $2) AND u.disabled_at IS NULL"
             ),
             "UPDATE api_tokens SET last_used_at = $2 WHERE token_hash = $1 AND (last_used_at IS NULL OR last_used_at < $3)",

@@ -3,9 +3,9 @@
 
 use serde_json::{Value, json};
 use viberglass_testkit::app::{ADMIN_EMAIL, client_with_token, token_for};
-use viberglass_testkit::{TestApp, TestBackend, backend_tests};
+use viberglass_testkit::{TestApp, TestBackend, TestDb, backend_tests};
 
-backend_tests!(first_run_setup_raced_by_ten_requests_creates_one_admin);
+backend_tests!(first_run_setup_raced_by_ten_requests_creates_one_admin, revocations_reach_every_server_at_once,);
 
 async fn first_run_setup_raced_by_ten_requests_creates_one_admin(backend: TestBackend) {
     let app = TestApp::builder(backend).without_setup().spawn().await;
@@ -238,4 +238,87 @@ async fn behind_a_trusted_proxy_the_limit_applies_to_the_client_not_the_proxy() 
     );
     let audit: Value = app.get("/api/v1/audit?action=login_failed&limit=1").await.json().await.unwrap();
     assert_eq!(audit["items"][0]["details"]["address"], "198.51.100.2");
+}
+
+/// Two servers on one database, each with its credential cache warm: a
+/// token revoked, a session ended or an account disabled on one is refused
+/// by the other on the very next request.
+async fn revocations_reach_every_server_at_once(backend: TestBackend) {
+    let db = TestDb::new(backend).await;
+    let a = TestApp::builder(backend).database(db.shared()).spawn().await;
+    let b = TestApp::builder(backend).database(db.shared()).spawn().await;
+    let postgres = matches!(backend, TestBackend::Postgres);
+    if postgres {
+        // The cache serves once each server listens for revocations.
+        for app in [&a, &b] {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while !app.store.credential_cache_state().0 {
+                assert!(std::time::Instant::now() < deadline, "the credential listener never started");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    }
+    let hits = |app: &TestApp| app.store.credential_cache_state().1;
+    let me = |app: &TestApp, client: &reqwest::Client, cookie: Option<&str>| {
+        let mut request = client.get(app.url("/api/v1/me"));
+        if let Some(cookie) = cookie {
+            request = request.header("cookie", cookie);
+        }
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+
+    // An API token, warm on both, revoked on A.
+    let token = token_for(&a.base_url, ADMIN_EMAIL, viberglass_testkit::app::ADMIN_PASSWORD).await;
+    let client = client_with_token(&token);
+    let before = hits(&b);
+    for app in [&a, &b, &a, &b] {
+        assert_eq!(me(app, &client, None).await, 200);
+    }
+    if postgres {
+        assert!(hits(&b) > before, "the second request on B is served from memory");
+    }
+    let listed: Value = client.get(a.url("/api/v1/me/tokens")).send().await.unwrap().json().await.unwrap();
+    let id =
+        listed.as_array().unwrap().iter().find(|t| token.starts_with(t["prefix"].as_str().unwrap())).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    assert_eq!(a.delete(&format!("/api/v1/me/tokens/{id}")).await.status(), 204);
+    assert_eq!(me(&b, &client, None).await, 401, "B refuses the revoked token at once");
+    assert_eq!(me(&a, &client, None).await, 401);
+
+    // A session, warm on both, ended on A.
+    let plain = reqwest::Client::new();
+    let login = plain
+        .post(b.url("/api/v1/auth/login"))
+        .json(&json!({"email": ADMIN_EMAIL, "password": viberglass_testkit::app::ADMIN_PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 200);
+    let cookie = session_cookie(&login);
+    for app in [&a, &b, &a, &b] {
+        assert_eq!(me(app, &plain, Some(&cookie)).await, 200);
+    }
+    let logout = plain.post(a.url("/api/v1/auth/logout")).header("cookie", &cookie).send().await.unwrap();
+    assert_eq!(logout.status(), 204);
+    assert_eq!(me(&b, &plain, Some(&cookie)).await, 401, "B refuses the ended session at once");
+
+    // A user's token, warm on both; the account disabled on B, then a
+    // password reset on A after it is enabled again.
+    let (dev, user) = a.user_client("dev@example.com", false).await;
+    let user_id = user["id"].as_str().unwrap().to_owned();
+    for app in [&a, &b, &a, &b] {
+        assert_eq!(me(app, &dev, None).await, 200);
+    }
+    assert_eq!(b.patch_json(&format!("/api/v1/users/{user_id}"), &json!({"disabled": true})).await.status(), 200);
+    assert_eq!(me(&a, &dev, None).await, 401, "A refuses a disabled account's token at once");
+    assert_eq!(b.patch_json(&format!("/api/v1/users/{user_id}"), &json!({"disabled": false})).await.status(), 200);
+    let dev = client_with_token(&token_for(&a.base_url, "dev@example.com", "user-password-123").await);
+    for app in [&a, &b, &a, &b] {
+        assert_eq!(me(app, &dev, None).await, 200);
+    }
+    let reset = a.patch_json(&format!("/api/v1/users/{user_id}"), &json!({"password": "a brand new password"})).await;
+    assert_eq!(reset.status(), 200);
+    assert_eq!(me(&b, &dev, None).await, 401, "B refuses tokens a password reset ended");
 }
