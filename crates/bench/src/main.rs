@@ -264,8 +264,13 @@ async fn bench_backend(args: &Args, backend: &str, database_url: Option<&str>) -
             let response = client
                 .post(format!("{base}/api/v1/projects/bench/tickets"))
                 .json(&serde_json::json!({
-                    "title": format!("Ticket {i}: the checkout button does nothing"),
-                    "description": "Steps to reproduce: open the cart, press checkout. Expected: payment page.",
+                    // One ticket in a hundred mentions the checkout, as a search would find.
+                    "title": if i % 100 == 0 {
+                        format!("Ticket {i}: the checkout button does nothing")
+                    } else {
+                        format!("Ticket {i}: the layout shifts on small screens")
+                    },
+                    "description": "Steps to reproduce: open the page, resize the window. Expected: no shift.",
                     "severity": "medium",
                 }))
                 .send()
@@ -278,25 +283,25 @@ async fn bench_backend(args: &Args, backend: &str, database_url: Option<&str>) -
     })
     .await?;
 
-    let list = drive(args.lists, args.concurrency, |i| {
+    let list_at = |query: &'static str, connections: usize| {
         let client = client.clone();
         let base = base.clone();
-        async move {
-            // Alternate the first page with a filtered search, both over the whole table.
-            let url = if i % 2 == 0 {
-                format!("{base}/api/v1/tickets?project=bench&limit=50")
-            } else {
-                format!("{base}/api/v1/tickets?project=bench&severity=medium&q=checkout&limit=50")
-            };
-            let response = client.get(url).send().await?;
-            if response.status() != 200 {
-                bail!("list returned {}", response.status());
+        drive(args.lists, connections, move |_| {
+            let client = client.clone();
+            let base = base.clone();
+            async move {
+                let response = client.get(format!("{base}/api/v1/tickets?project=bench&limit=50{query}")).send().await?;
+                if response.status() != 200 {
+                    bail!("list returned {}", response.status());
+                }
+                let _ = response.bytes().await?;
+                Ok(())
             }
-            let _ = response.bytes().await?;
-            Ok(())
-        }
-    })
-    .await?;
+        })
+    };
+    // The first page of the whole table, then a search through it.
+    let list = list_at("", args.concurrency).await?;
+    let search = list_at("&q=checkout", args.concurrency).await?;
 
     // The web UI's pages, rendered from the same data: the dashboard, the
     // tickets page (50 rows) and one ticket's page.
@@ -367,6 +372,7 @@ async fn bench_backend(args: &Args, backend: &str, database_url: Option<&str>) -
     }
     create.print(backend, "ticket create", args.concurrency);
     list.print(backend, "ticket list", args.concurrency);
+    search.print(backend, "ticket search", args.concurrency);
     page.print(backend, "UI pages", args.concurrency);
     println!(
         "{backend:<9} {:<15} idle {:.1} MiB, after the run {:.1} MiB",
@@ -463,6 +469,41 @@ async fn drop_postgres(admin: &str, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// PostgreSQL's own single-row INSERT commit rate at 16 clients, from
+/// pgbench on a scratch database: the ceiling a request that costs one
+/// commit cannot pass, measured in the same run as the rest.
+async fn pgbench(admin: &str, seconds: u32) -> Result<()> {
+    let (url, name) = fresh_postgres(admin).await?;
+    let result = (|| {
+        let status = Command::new("psql")
+            .args([url.as_str(), "-qAtc", "CREATE TABLE bench_rows (id BIGSERIAL PRIMARY KEY, v INT NOT NULL)"])
+            .status()
+            .context("running psql")?;
+        if !status.success() {
+            bail!("psql could not create the pgbench table");
+        }
+        let script = tempfile::NamedTempFile::new()?;
+        std::fs::write(script.path(), "INSERT INTO bench_rows (v) VALUES (1);\n")?;
+        let output = Command::new("pgbench")
+            .args(["-n", "-c", "16", "-j", "2", "-T", &seconds.to_string(), "-f"])
+            .arg(script.path())
+            .arg(&url)
+            .output()
+            .context("running pgbench (from postgresql-client)")?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        let tps = text
+            .lines()
+            .find_map(|l| l.strip_prefix("tps = "))
+            .and_then(|l| l.split_whitespace().next())
+            .with_context(|| format!("pgbench printed no tps: {text}{}", String::from_utf8_lossy(&output.stderr)))?
+            .to_owned();
+        println!("{:<9} {:<15} {:>8} {:>5} {:>10}   (pgbench, single-row INSERT, {seconds} s)", "postgres", "commit rate", "-", 16, tps.split('.').next().unwrap_or(&tps));
+        Ok(())
+    })();
+    drop_postgres(admin, &name).await?;
+    result
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
@@ -483,6 +524,9 @@ async fn main() -> Result<()> {
     engine::outbox("sqlite", outbox_db, args.outbox_events, 4).await?;
     match &args.postgres {
         Some(admin) => {
+            if let Err(err) = pgbench(admin, 10).await {
+                println!("postgres  commit rate     (skipped: {err:#})");
+            }
             if !args.store_only {
                 let (url, name) = fresh_postgres(admin).await?;
                 let result = bench_backend(&args, "postgres", Some(&url)).await;
