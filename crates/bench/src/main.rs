@@ -290,7 +290,8 @@ async fn bench_backend(args: &Args, backend: &str, database_url: Option<&str>) -
             let client = client.clone();
             let base = base.clone();
             async move {
-                let response = client.get(format!("{base}/api/v1/tickets?project=bench&limit=50{query}")).send().await?;
+                let response =
+                    client.get(format!("{base}/api/v1/tickets?project=bench&limit=50{query}")).send().await?;
                 if response.status() != 200 {
                     bail!("list returned {}", response.status());
                 }
@@ -497,7 +498,14 @@ async fn pgbench(admin: &str, seconds: u32) -> Result<()> {
             .and_then(|l| l.split_whitespace().next())
             .with_context(|| format!("pgbench printed no tps: {text}{}", String::from_utf8_lossy(&output.stderr)))?
             .to_owned();
-        println!("{:<9} {:<15} {:>8} {:>5} {:>10}   (pgbench, single-row INSERT, {seconds} s)", "postgres", "commit rate", "-", 16, tps.split('.').next().unwrap_or(&tps));
+        println!(
+            "{:<9} {:<15} {:>8} {:>5} {:>10}   (pgbench, single-row INSERT, {seconds} s)",
+            "postgres",
+            "commit rate",
+            "-",
+            16,
+            tps.split('.').next().unwrap_or(&tps)
+        );
         Ok(())
     })();
     drop_postgres(admin, &name).await?;

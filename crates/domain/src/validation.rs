@@ -69,6 +69,30 @@ impl ValidationErrors {
 }
 
 /// Trims `value` and checks its length in characters.
+/// The longest search text a list accepts, in characters.
+pub const MAX_SEARCH_CHARS: usize = 256;
+
+/// A list's search text: at most [`MAX_SEARCH_CHARS`] characters and no
+/// control characters (a NUL cannot be matched by either database).
+/// Blank is no search.
+pub fn search_text(value: Option<String>) -> Result<Option<String>, String> {
+    let Some(value) = value.filter(|v| !v.trim().is_empty()) else { return Ok(None) };
+    if value.chars().count() > MAX_SEARCH_CHARS {
+        return Err(format!("the search text may be at most {MAX_SEARCH_CHARS} characters; shorten it"));
+    }
+    if value.chars().any(char::is_control) {
+        return Err("the search text may not contain control characters (tabs, newlines, NUL); remove them".into());
+    }
+    Ok(Some(value))
+}
+
+/// The same check for a web page's search box: what cannot be searched for
+/// is dropped rather than refused.
+pub fn search_text_lenient(value: &str) -> Option<String> {
+    let cleaned: String = value.chars().filter(|c| !c.is_control()).take(MAX_SEARCH_CHARS).collect();
+    Some(cleaned).filter(|c| !c.trim().is_empty())
+}
+
 pub fn bounded_text(value: &str, what: &str, min: usize, max: usize) -> Result<String, String> {
     let trimmed = value.trim();
     let len = trimmed.chars().count();
@@ -101,6 +125,18 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn search_text_is_bounded_and_printable() {
+        assert_eq!(search_text(None), Ok(None));
+        assert_eq!(search_text(Some("  ".into())), Ok(None));
+        assert_eq!(search_text(Some("Checkout".into())), Ok(Some("Checkout".into())));
+        assert!(search_text(Some("ab\0c".into())).unwrap_err().contains("control characters"));
+        assert!(search_text(Some("x".repeat(257))).unwrap_err().contains("256"));
+        assert_eq!(search_text(Some("é".repeat(256))).map(|s| s.map(|s| s.chars().count())), Ok(Some(256)));
+        assert_eq!(search_text_lenient("ab\0c\n"), Some("abc".into()));
+        assert_eq!(search_text_lenient("\0"), None);
+    }
 
     #[test]
     fn empty_text_is_rejected_with_the_field_name() {

@@ -23,6 +23,8 @@ use viberglass_domain::{User, UserId};
 pub(crate) const CHANNEL: &str = "viberglass_credentials";
 /// How long an entry is trusted without a notification.
 pub(crate) const TTL: Duration = Duration::from_secs(30);
+/// How often a listener checks, by a ping to itself, that it still hears.
+const PING_EVERY: Duration = Duration::from_secs(5);
 /// Entries kept at most; a full cache is emptied and refills.
 const CAPACITY: usize = 10_000;
 
@@ -164,16 +166,46 @@ pub(crate) async fn listen(pool: sqlx::PgPool, cache: Arc<CredentialCache>, stop
                     tracing::warn!(error = %err, "cannot listen for credential changes; the credential cache stays off");
                 } else {
                     cache.set_live(true);
+                    // A connection can die without a word (a NAT or load
+                    // balancer dropping it while idle): this listener sends
+                    // itself a ping every few seconds and counts itself lost
+                    // when one does not come back in time.
+                    let nonce = uuid::Uuid::now_v7().simple().to_string();
+                    let mut ticks = tokio::time::interval(PING_EVERY);
+                    let mut awaiting: Option<Instant> = None;
                     loop {
                         tokio::select! {
                             _ = stop.notified() => {
                                 cache.set_live(false);
                                 return;
                             }
+                            _ = ticks.tick() => {
+                                if awaiting.is_some_and(|sent| sent.elapsed() > PING_EVERY) {
+                                    break;
+                                }
+                                if awaiting.is_none() {
+                                    awaiting = Some(Instant::now());
+                                    let ping = sqlx::query("SELECT pg_notify($1, $2)")
+                                        .bind(CHANNEL)
+                                        .bind(format!("ping:{nonce}"))
+                                        .execute(&pool);
+                                    if tokio::time::timeout(PING_EVERY, ping).await.is_err() {
+                                        break;
+                                    }
+                                }
+                            }
                             next = listener.try_recv() => match next {
-                                Ok(Some(n)) => match Change::parse(n.payload()) {
-                                    Some(change) => cache.invalidate(&change),
-                                    None => cache.set_live(true),
+                                Ok(Some(n)) => match n.payload().strip_prefix("ping:") {
+                                    Some(from) => {
+                                        if from == nonce {
+                                            awaiting = None;
+                                        }
+                                    }
+                                    None => match Change::parse(n.payload()) {
+                                        Some(change) => cache.invalidate(&change),
+                                        // Not understood (a newer server's kind?): drop everything.
+                                        None => cache.set_live(true),
+                                    },
                                 },
                                 Ok(None) | Err(_) => break,
                             }

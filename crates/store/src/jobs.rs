@@ -431,7 +431,7 @@ impl Store {
                         entity: "job",
                         detail: "viberglass_claim_job has no candidate query".into(),
                     })?;
-                self.explain(Sql::new(&candidates)).await
+                self.explain(Sql::from_catalogue(candidates)).await
             }
         }
     }

@@ -100,6 +100,7 @@ pub(crate) fn page_query(backend: crate::Backend, filter: &TicketFilter, page: P
     }
     if let Some(term) = filter.search.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
         let pattern = contains_pattern(term);
+        sql.one_shot = true;
         match backend {
             crate::Backend::Postgres => {
                 // Backslash is PostgreSQL's default LIKE escape; an explicit

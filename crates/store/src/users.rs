@@ -213,6 +213,8 @@ impl Store {
         if !written {
             return Err(StoreError::Contended { entity: "user" });
         }
+        // At once: a disable or demotion must not wait for the revocations below.
+        self.credentials_changed(Change::User(id)).await;
         if change.disabled == Some(true) || change.password_hash.is_some() {
             self.revoke_user_sessions(id).await?;
         }
@@ -228,8 +230,9 @@ impl Store {
                     .map(|_| ())
             })?;
         }
-        // A name, admin or disabled change alters what a cached credential stands for.
-        self.credentials_changed(Change::User(id)).await;
+        if change.password_hash.is_some() {
+            self.credentials_changed(Change::User(id)).await;
+        }
         self.get_user(id).await
     }
 
@@ -333,29 +336,33 @@ impl Store {
 
     pub async fn revoke_session(&self, token_hash: &str) -> Result<(), StoreError> {
         let now = DbTime(crate::now());
-        on_pool!(self, |pool| {
+        let changed = on_pool!(self, |pool| {
             sqlx::query("UPDATE sessions SET revoked_at = $2 WHERE token_hash = $1 AND revoked_at IS NULL")
                 .bind(token_hash)
                 .bind(now)
                 .execute(pool)
                 .await
-                .map(|_| ())
+                .map(|r| r.rows_affected())
         })?;
-        self.credentials_changed(Change::Credential(token_hash.to_owned())).await;
+        if changed > 0 {
+            self.credentials_changed(Change::Credential(token_hash.to_owned())).await;
+        }
         Ok(())
     }
 
     pub async fn revoke_user_sessions(&self, user: UserId) -> Result<(), StoreError> {
         let now = DbTime(crate::now());
-        on_pool!(self, |pool| {
+        let changed = on_pool!(self, |pool| {
             sqlx::query("UPDATE sessions SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL")
                 .bind(user.as_uuid())
                 .bind(now)
                 .execute(pool)
                 .await
-                .map(|_| ())
+                .map(|r| r.rows_affected())
         })?;
-        self.credentials_changed(Change::User(user)).await;
+        if changed > 0 {
+            self.credentials_changed(Change::User(user)).await;
+        }
         Ok(())
     }
 
@@ -424,7 +431,9 @@ impl Store {
                 .await
                 .map(|r| r.rows_affected())
         })?;
-        self.credentials_changed(Change::User(user)).await;
+        if changed == 1 {
+            self.credentials_changed(Change::User(user)).await;
+        }
         Ok(changed == 1)
     }
 

@@ -18,7 +18,8 @@ use crate::service::projects::find_project;
 pub struct ListProjectsQuery {
     /// `exclude` (default), `include` or `only`.
     archived: Option<String>,
-    /// Matches name, slug and description, case-insensitively.
+    /// Matches name, slug and description, case-insensitively: at most 256 characters, no control characters.
+    #[param(max_length = 256)]
     q: Option<String>,
     /// Page size, 1 to 200 (default 50).
     limit: Option<u32>,
@@ -64,7 +65,7 @@ pub async fn list_projects(
     let mut errors = ValidationErrors::new();
     let filter = ProjectFilter {
         archived: parse_archived(&mut errors, query.archived.as_deref()),
-        search: query.q,
+        search: errors.check("q", viberglass_domain::validation::search_text(query.q)).flatten(),
         member_of: caller.member_filter(),
     };
     let page = parse_page(&mut errors, query.limit, query.cursor.as_deref());

@@ -27,7 +27,8 @@ pub struct ListTicketsQuery {
     severity: Option<String>,
     /// `exclude` (default), `include` or `only`.
     archived: Option<String>,
-    /// Matches title and description, case-insensitively.
+    /// Matches title and description, case-insensitively: at most 256 characters, no control characters.
+    #[param(max_length = 256)]
     q: Option<String>,
     /// Page size, 1 to 200 (default 50).
     limit: Option<u32>,
@@ -52,7 +53,7 @@ pub async fn list_tickets(
         status: parse_param::<TicketStatus>(&mut errors, "status", query.status.as_deref()),
         severity: parse_param::<Severity>(&mut errors, "severity", query.severity.as_deref()),
         archived: parse_archived(&mut errors, query.archived.as_deref()),
-        search: query.q,
+        search: errors.check("q", viberglass_domain::validation::search_text(query.q)).flatten(),
         member_of: caller.member_filter(),
     };
     let page = parse_page(&mut errors, query.limit, query.cursor.as_deref());

@@ -164,7 +164,7 @@ pub async fn projects(State(state): State<AppState>, caller: Caller, Query(query
     let q = param(&query, "q");
     let filter = ProjectFilter {
         archived,
-        search: Some(q.clone()).filter(|q| !q.is_empty()),
+        search: viberglass_domain::validation::search_text_lenient(&q),
         member_of: caller.member_filter(),
     };
     let page = state.store.list_projects(&filter, page_request(&query, 50)?).await?;
@@ -372,7 +372,7 @@ pub async fn tickets(State(state): State<AppState>, caller: Caller, Query(query)
     let status = param(&query, "status");
     let q = param(&query, "q");
     let mut filter = TicketFilter {
-        search: Some(q.clone()).filter(|q| !q.is_empty()),
+        search: viberglass_domain::validation::search_text_lenient(&q),
         member_of: caller.member_filter(),
         ..TicketFilter::default()
     };

@@ -47,6 +47,17 @@ async fn tickets_through_every_layer(backend: TestBackend) {
     assert_eq!(critical["items"].as_array().unwrap().len(), 1);
     let searched: Value = app.get("/api/v1/tickets?q=%2Fpay").await.json().await.unwrap();
     assert_eq!(searched["items"][0]["id"], id);
+    // Search text neither database can match is refused with the reason, not a 500.
+    for bad in ["ab%00c", &"x".repeat(257)] {
+        let refused = app.get(&format!("/api/v1/tickets?q={bad}")).await;
+        assert_eq!(refused.status(), 400, "q={bad}");
+        let body: Value = refused.json().await.unwrap();
+        assert_eq!(body["fields"][0]["field"], "q", "{body}");
+    }
+    let refused = app.get("/api/v1/projects?q=%00").await;
+    assert_eq!(refused.status(), 400);
+    let page = app.get("/tickets?q=ab%00c").await;
+    assert_eq!(page.status(), 200, "the page drops what cannot be searched for");
     let all: Value = app.get("/api/v1/tickets").await.json().await.unwrap();
     assert_eq!(all["items"].as_array().unwrap().len(), 5);
 
