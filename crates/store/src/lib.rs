@@ -301,28 +301,21 @@ impl Store {
     /// The plan of a built statement, one plan line per line.
     pub(crate) async fn explain(&self, statement: sql::Sql) -> Result<String, StoreError> {
         use sqlx::Row;
-        let lines: Vec<String> = match &self.pool {
-            Pool::Sqlite(pool) => {
-                let mut explain = statement.clone();
-                explain.text = format!("EXPLAIN QUERY PLAN {}", statement.text);
-                sql::bound!(explain)
-                    .fetch_all(pool)
-                    .await?
-                    .iter()
-                    .map(|r| r.try_get::<String, _>("detail"))
-                    .collect::<Result<_, _>>()?
-            }
-            Pool::Postgres(pool) => {
-                let mut explain = statement.clone();
-                explain.text = format!("EXPLAIN {}", statement.text);
-                sql::bound!(explain)
-                    .fetch_all(pool)
-                    .await?
-                    .iter()
-                    .map(|r| r.try_get::<String, _>(0))
-                    .collect::<Result<_, _>>()?
-            }
+        // SQLite's plan line is the fourth column (`detail`), PostgreSQL's the only one.
+        let (prefix, column) = match self.backend() {
+            Backend::Sqlite => ("EXPLAIN QUERY PLAN", 3),
+            Backend::Postgres => ("EXPLAIN", 0),
         };
+        let mut explain = statement.clone();
+        explain.text = format!("{prefix} {}", statement.text);
+        let lines: Vec<String> = on_pool!(self, |pool| {
+            sql::bound!(explain)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|r| r.try_get::<String, _>(column))
+                .collect::<Result<_, _>>()?
+        });
         Ok(lines.join("\n"))
     }
 

@@ -35,6 +35,18 @@ async fn first_run_setup_raced_by_ten_requests_creates_one_admin(backend: TestBa
     assert_eq!(status["needed"], false);
 }
 
+/// Signs the test administrator in on `app` and returns the session cookie.
+async fn admin_session_cookie(client: &reqwest::Client, app: &TestApp) -> String {
+    let login = client
+        .post(app.url("/api/v1/auth/login"))
+        .json(&json!({"email": ADMIN_EMAIL, "password": viberglass_testkit::app::ADMIN_PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 200);
+    session_cookie(&login)
+}
+
 fn session_cookie(response: &reqwest::Response) -> String {
     let header = response.headers()["set-cookie"].to_str().unwrap().to_owned();
     assert!(header.contains("HttpOnly") && header.contains("SameSite=Lax"), "{header}");
@@ -46,14 +58,7 @@ fn session_cookie(response: &reqwest::Response) -> String {
 async fn sessions_carry_csrf_protection_and_end_at_logout() {
     let app = TestApp::spawn().await;
     let plain = reqwest::Client::new();
-    let login = plain
-        .post(app.url("/api/v1/auth/login"))
-        .json(&json!({"email": ADMIN_EMAIL, "password": viberglass_testkit::app::ADMIN_PASSWORD}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(login.status(), 200);
-    let cookie = session_cookie(&login);
+    let cookie = admin_session_cookie(&plain, &app).await;
     let me: Value =
         plain.get(app.url("/api/v1/me")).header("cookie", &cookie).send().await.unwrap().json().await.unwrap();
     assert_eq!(me["user"]["email"], ADMIN_EMAIL);
@@ -289,14 +294,7 @@ async fn revocations_reach_every_server_at_once(backend: TestBackend) {
 
     // A session, warm on both, ended on A.
     let plain = reqwest::Client::new();
-    let login = plain
-        .post(b.url("/api/v1/auth/login"))
-        .json(&json!({"email": ADMIN_EMAIL, "password": viberglass_testkit::app::ADMIN_PASSWORD}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(login.status(), 200);
-    let cookie = session_cookie(&login);
+    let cookie = admin_session_cookie(&plain, &b).await;
     for app in [&a, &b, &a, &b] {
         assert_eq!(me(app, &plain, Some(&cookie)).await, 200);
     }
