@@ -80,7 +80,22 @@ pub async fn audit(
     project_id: Option<ProjectId>,
     details: serde_json::Value,
 ) {
-    let entry = NewAudit {
+    let entry = audit_entry(caller, action, target_kind, target_id, project_id, details);
+    if let Err(e) = state.store.append_audit(entry).await {
+        tracing::error!(error = %e, action, "could not write the audit log");
+    }
+}
+
+/// The audit entry [`audit`] writes, for a write that commits it itself.
+pub fn audit_entry(
+    caller: Option<&Caller>,
+    action: &str,
+    target_kind: &str,
+    target_id: Option<String>,
+    project_id: Option<ProjectId>,
+    details: serde_json::Value,
+) -> NewAudit {
+    NewAudit {
         actor_id: caller.and_then(Caller::user_id),
         channel: caller.map_or("api", Caller::channel).to_owned(),
         action: action.to_owned(),
@@ -89,8 +104,5 @@ pub async fn audit(
         project_id,
         details,
         request_id: crate::request::current_request_id(),
-    };
-    if let Err(e) = state.store.append_audit(entry).await {
-        tracing::error!(error = %e, action, "could not write the audit log");
     }
 }

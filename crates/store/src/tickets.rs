@@ -8,6 +8,7 @@ use crate::dbtime::DbTime;
 use crate::outbox::emit;
 use crate::rows::{RowExt, contains_pattern, parse_stored};
 use crate::sql::{Arg, Sql, bound};
+use crate::users::NewAudit;
 use crate::versioned::modify;
 use crate::{Store, StoreError, on_pool};
 use viberglass_domain::ticket::ArchivedFilter;
@@ -171,11 +172,22 @@ impl Store {
         new: NewTicket,
         created_by: Option<UserId>,
     ) -> Result<Ticket, StoreError> {
-        let project = self.get_project(project_id).await?;
-        if project.archived_at.is_some() {
-            return Err(StoreError::ParentArchived { entity: "project", id: project_id.to_string() });
-        }
+        self.file_ticket(project_id, new, created_by, |_| None).await
+    }
+
+    /// Files a ticket in a project, with its `ticket.filed` event and the
+    /// audit entry `audit` makes for it (if any) in the same transaction. Concurrent filings
+    /// share transactions (see [`crate::group`]): each caller is answered once
+    /// its ticket is committed, or with its own error.
+    pub async fn file_ticket(
+        &self,
+        project_id: ProjectId,
+        new: NewTicket,
+        created_by: Option<UserId>,
+        audit: impl FnOnce(&Ticket) -> Option<NewAudit>,
+    ) -> Result<Ticket, StoreError> {
         let t = new.into_ticket(project_id, created_by, crate::now());
+        let audit = audit(&t);
         let event = NewEvent::new(
             EventType::TicketFiled,
             serde_json::json!({"ticket_id": t.id, "title": t.title, "severity": t.severity, "source": t.source,
@@ -183,15 +195,87 @@ impl Store {
         )
         .project(project_id)
         .ticket(Some(t.id));
-        on_pool!(self, |pool| async {
+        let item = Filing { ticket: t.clone(), event, audit };
+        let store = self.clone();
+        self.ticket_filings
+            .submit(
+                item,
+                move |batch| {
+                    let store = store.clone();
+                    async move { store.write_filings(batch).await }
+                },
+                || {
+                    Err(StoreError::Database(sqlx::Error::Protocol(
+                        "the batch writing this ticket ended without an answer".into(),
+                    )))
+                },
+            )
+            .await?;
+        Ok(t)
+    }
+
+    /// Writes a batch of filings in one transaction; when that fails (one
+    /// ticket's external id is taken, say), writes each on its own so every
+    /// caller gets its own answer.
+    async fn write_filings(&self, batch: Vec<Filing>) -> Vec<Result<(), StoreError>> {
+        if batch.len() > 1 {
+            match self.write_filing_batch(&batch).await {
+                Ok(results) => return results,
+                Err(e) => {
+                    tracing::debug!(error = %e, size = batch.len(), "a batch of filings failed; writing each alone")
+                }
+            }
+        }
+        let mut results = Vec::with_capacity(batch.len());
+        for item in batch {
+            let one = self.write_filing_batch(std::slice::from_ref(&item)).await;
+            results.push(one.and_then(|mut r| r.pop().unwrap_or(Ok(()))));
+        }
+        results
+    }
+
+    /// One transaction for `batch`: tickets in a missing or archived project
+    /// are answered with that error and left out; the rest are inserted with
+    /// their events and audit entries (on PostgreSQL, one statement per table
+    /// for the whole batch). `Err` when the transaction failed as a whole.
+    async fn write_filing_batch(&self, batch: &[Filing]) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        let mut results: Vec<Result<(), StoreError>> = Vec::with_capacity(batch.len());
+        let fail = self.take_injected_outbox_failure();
+        let now = crate::now();
+        let written = on_pool!(self, |pool| async {
             let mut tx = crate::BeginWrite::begin_write(pool).await?;
-            insert_ticket!(tx, t)?;
-            emit!(self, tx, &event)?;
+            let mut projects: Vec<(ProjectId, Option<bool>)> = Vec::new();
+            for item in batch {
+                let project = item.ticket.project_id;
+                let archived = match projects.iter().find(|(p, _)| *p == project) {
+                    Some((_, archived)) => *archived,
+                    None => {
+                        let row = sqlx::query("SELECT archived_at IS NOT NULL AS archived FROM projects WHERE id = $1")
+                            .bind(project.as_uuid())
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                        let archived = row.map(|r| sqlx::Row::try_get::<bool, _>(&r, "archived")).transpose()?;
+                        projects.push((project, archived));
+                        archived
+                    }
+                };
+                results.push(match archived {
+                    None => Err(StoreError::not_found("project", project)),
+                    Some(true) => Err(StoreError::ParentArchived { entity: "project", id: project.to_string() }),
+                    Some(false) => Ok(()),
+                });
+            }
+            if fail {
+                return Err(sqlx::Error::Protocol("injected outbox failure".into()));
+            }
+            let accepted: Vec<&Filing> =
+                batch.iter().zip(&results).filter(|(_, r)| r.is_ok()).map(|(f, _)| f).collect();
+            InsertFilings::insert_filings(&mut tx, &accepted, now).await?;
             tx.commit().await
         }
-        .await)
-        .map_err(|e| StoreError::from_write(ENTITY, TABLE, e))?;
-        Ok(t)
+        .await);
+        written.map_err(|e| StoreError::from_write(ENTITY, TABLE, e))?;
+        Ok(results)
     }
 
     pub async fn get_ticket(&self, id: TicketId) -> Result<Ticket, StoreError> {
@@ -291,5 +375,152 @@ impl Store {
             .map_err(|e| StoreError::from_write(ENTITY, TABLE, e))
         };
         modify(ENTITY, read, write, change).await
+    }
+}
+
+/// A ticket being filed, with what commits with it.
+#[derive(Clone)]
+pub(crate) struct Filing {
+    ticket: Ticket,
+    event: NewEvent,
+    audit: Option<NewAudit>,
+}
+
+const INSERT_EVENT_BATCH_POSTGRES: &str = "INSERT INTO events (event_id, type, project_id, ticket_id, job_id, data, created_at) \
+     SELECT e, t, p, k, j, d::jsonb, c FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::uuid[], \
+     $6::text[], $7::timestamptz[]) AS u(e, t, p, k, j, d, c)";
+const INSERT_TICKET_BATCH_POSTGRES: &str = "INSERT INTO tickets (id, project_id, title, description, severity, phase, \
+     status, source, external_id, external_url, pull_request_url, workflow_override_reason, workflow_overridden_at, \
+     workflow_overridden_by, created_by, archived_at, created_at, updated_at, category, metadata) \
+     SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
+     $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::timestamptz[], $14::uuid[], $15::uuid[], \
+     $16::timestamptz[], $17::timestamptz[], $18::timestamptz[], $19::text[], $20::text[])";
+const INSERT_AUDIT_BATCH_POSTGRES: &str = "INSERT INTO audit_log (id, actor_id, channel, action, target_kind, \
+     target_id, project_id, details, request_id, created_at) \
+     SELECT i, a, ch, ac, k, t, p, d::jsonb, r, c FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], \
+     $5::text[], $6::text[], $7::uuid[], $8::text[], $9::text[], $10::timestamptz[]) AS u(i, a, ch, ac, k, t, p, d, r, c)";
+
+/// Inserts accepted filings (tickets, then their events, then their audit
+/// entries) on an open write transaction.
+trait InsertFilings {
+    fn insert_filings<'a>(
+        &'a mut self,
+        items: &'a [&'a Filing],
+        now: time::OffsetDateTime,
+    ) -> impl std::future::Future<Output = Result<(), sqlx::Error>> + Send + 'a;
+}
+
+impl InsertFilings for sqlx::Transaction<'static, sqlx::Sqlite> {
+    /// SQLite runs in this process: a statement per row costs no round trip,
+    /// and the commit is what batching saves.
+    async fn insert_filings<'a>(
+        &'a mut self,
+        items: &'a [&'a Filing],
+        now: time::OffsetDateTime,
+    ) -> Result<(), sqlx::Error> {
+        {
+            for f in items {
+                insert_ticket!(*self, f.ticket)?;
+                let e = &f.event;
+                sqlx::query(crate::outbox::INSERT)
+                    .bind(uuid::Uuid::now_v7())
+                    .bind(e.event_type.as_str())
+                    .bind(e.project_id.map(|p| p.as_uuid()))
+                    .bind(e.ticket_id.map(|t| t.as_uuid()))
+                    .bind(e.job_id.map(|j| j.as_uuid()))
+                    .bind(sqlx::types::Json(e.data.clone()))
+                    .bind(DbTime(now))
+                    .execute(&mut **self)
+                    .await?;
+                if let Some(a) = &f.audit {
+                    sqlx::query(crate::users::INSERT_AUDIT)
+                        .bind(uuid::Uuid::now_v7())
+                        .bind(a.actor_id.map(|u| u.as_uuid()))
+                        .bind(&a.channel)
+                        .bind(&a.action)
+                        .bind(&a.target_kind)
+                        .bind(&a.target_id)
+                        .bind(a.project_id.map(|p| p.as_uuid()))
+                        .bind(sqlx::types::Json(a.details.clone()))
+                        .bind(&a.request_id)
+                        .bind(DbTime(now))
+                        .execute(&mut **self)
+                        .await?;
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+impl InsertFilings for sqlx::Transaction<'static, sqlx::Postgres> {
+    /// One statement per table for the whole batch: the rows travel as
+    /// arrays and `unnest` turns them back into rows, so PostgreSQL parses,
+    /// plans and executes three statements however many tickets there are.
+    async fn insert_filings<'a>(
+        &'a mut self,
+        items: &'a [&'a Filing],
+        now: time::OffsetDateTime,
+    ) -> Result<(), sqlx::Error> {
+        {
+            if items.is_empty() {
+                return Ok(());
+            }
+            let tickets: Vec<&Ticket> = items.iter().map(|f| &f.ticket).collect();
+            let texts = |f: fn(&Ticket) -> Option<String>| tickets.iter().map(|t| f(t)).collect::<Vec<_>>();
+            let times =
+                |f: fn(&Ticket) -> Option<time::OffsetDateTime>| tickets.iter().map(|t| f(t)).collect::<Vec<_>>();
+            sqlx::query(INSERT_TICKET_BATCH_POSTGRES)
+                .bind(tickets.iter().map(|t| t.id.as_uuid()).collect::<Vec<_>>())
+                .bind(tickets.iter().map(|t| t.project_id.as_uuid()).collect::<Vec<_>>())
+                .bind(tickets.iter().map(|t| t.title.clone()).collect::<Vec<_>>())
+                .bind(tickets.iter().map(|t| t.description.clone()).collect::<Vec<_>>())
+                .bind(tickets.iter().map(|t| t.severity.as_str()).collect::<Vec<_>>())
+                .bind(tickets.iter().map(|t| t.phase.as_str()).collect::<Vec<_>>())
+                .bind(tickets.iter().map(|t| t.status.as_str()).collect::<Vec<_>>())
+                .bind(tickets.iter().map(|t| t.source.as_str()).collect::<Vec<_>>())
+                .bind(texts(|t| t.external_id.clone()))
+                .bind(texts(|t| t.external_url.clone()))
+                .bind(texts(|t| t.pull_request_url.clone()))
+                .bind(texts(|t| t.workflow_override_reason.clone()))
+                .bind(times(|t| t.workflow_overridden_at))
+                .bind(tickets.iter().map(|t| t.workflow_overridden_by.map(|u| u.as_uuid())).collect::<Vec<_>>())
+                .bind(tickets.iter().map(|t| t.created_by.map(|u| u.as_uuid())).collect::<Vec<_>>())
+                .bind(times(|t| t.archived_at))
+                .bind(tickets.iter().map(|t| t.created_at).collect::<Vec<_>>())
+                .bind(tickets.iter().map(|t| t.updated_at).collect::<Vec<_>>())
+                .bind(tickets.iter().map(|t| t.category.map(|c| c.as_str())).collect::<Vec<_>>())
+                .bind(tickets.iter().map(|t| t.metadata.to_string()).collect::<Vec<_>>())
+                .execute(&mut **self)
+                .await?;
+            let events: Vec<&NewEvent> = items.iter().map(|f| &f.event).collect();
+            sqlx::query(INSERT_EVENT_BATCH_POSTGRES)
+                .bind(events.iter().map(|_| uuid::Uuid::now_v7()).collect::<Vec<_>>())
+                .bind(events.iter().map(|e| e.event_type.as_str()).collect::<Vec<_>>())
+                .bind(events.iter().map(|e| e.project_id.map(|p| p.as_uuid())).collect::<Vec<_>>())
+                .bind(events.iter().map(|e| e.ticket_id.map(|t| t.as_uuid())).collect::<Vec<_>>())
+                .bind(events.iter().map(|e| e.job_id.map(|j| j.as_uuid())).collect::<Vec<_>>())
+                .bind(events.iter().map(|e| e.data.to_string()).collect::<Vec<_>>())
+                .bind(events.iter().map(|_| now).collect::<Vec<_>>())
+                .execute(&mut **self)
+                .await?;
+            let audits: Vec<&NewAudit> = items.iter().filter_map(|f| f.audit.as_ref()).collect();
+            if !audits.is_empty() {
+                sqlx::query(INSERT_AUDIT_BATCH_POSTGRES)
+                    .bind(audits.iter().map(|_| uuid::Uuid::now_v7()).collect::<Vec<_>>())
+                    .bind(audits.iter().map(|a| a.actor_id.map(|u| u.as_uuid())).collect::<Vec<_>>())
+                    .bind(audits.iter().map(|a| a.channel.clone()).collect::<Vec<_>>())
+                    .bind(audits.iter().map(|a| a.action.clone()).collect::<Vec<_>>())
+                    .bind(audits.iter().map(|a| a.target_kind.clone()).collect::<Vec<_>>())
+                    .bind(audits.iter().map(|a| a.target_id.clone()).collect::<Vec<_>>())
+                    .bind(audits.iter().map(|a| a.project_id.map(|p| p.as_uuid())).collect::<Vec<_>>())
+                    .bind(audits.iter().map(|a| a.details.to_string()).collect::<Vec<_>>())
+                    .bind(audits.iter().map(|a| a.request_id.clone()).collect::<Vec<_>>())
+                    .bind(audits.iter().map(|_| now).collect::<Vec<_>>())
+                    .execute(&mut **self)
+                    .await?;
+            }
+            Ok(())
+        }
     }
 }

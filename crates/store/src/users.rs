@@ -55,6 +55,9 @@ pub struct UserChange {
     pub password_hash: Option<String>,
 }
 
+pub(crate) const INSERT_AUDIT: &str = "INSERT INTO audit_log (id, actor_id, channel, action, target_kind, target_id, \
+     project_id, details, request_id, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+
 /// One line for the audit log.
 #[derive(Debug, Clone)]
 pub struct NewAudit {
@@ -522,23 +525,20 @@ impl Store {
     pub async fn append_audit(&self, entry: NewAudit) -> Result<(), StoreError> {
         let now = DbTime(crate::now());
         on_pool!(self, |pool| {
-            sqlx::query(
-                "INSERT INTO audit_log (id, actor_id, channel, action, target_kind, target_id, project_id, details, \
-                 request_id, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-            )
-            .bind(uuid::Uuid::now_v7())
-            .bind(entry.actor_id.map(|a| a.as_uuid()))
-            .bind(&entry.channel)
-            .bind(&entry.action)
-            .bind(&entry.target_kind)
-            .bind(&entry.target_id)
-            .bind(entry.project_id.map(|p| p.as_uuid()))
-            .bind(Json(entry.details.clone()))
-            .bind(&entry.request_id)
-            .bind(now)
-            .execute(pool)
-            .await
-            .map(|_| ())
+            sqlx::query(INSERT_AUDIT)
+                .bind(uuid::Uuid::now_v7())
+                .bind(entry.actor_id.map(|a| a.as_uuid()))
+                .bind(&entry.channel)
+                .bind(&entry.action)
+                .bind(&entry.target_kind)
+                .bind(&entry.target_id)
+                .bind(entry.project_id.map(|p| p.as_uuid()))
+                .bind(Json(entry.details.clone()))
+                .bind(&entry.request_id)
+                .bind(now)
+                .execute(pool)
+                .await
+                .map(|_| ())
         })?;
         Ok(())
     }

@@ -119,9 +119,12 @@ impl TestDb {
 
     /// A connected store with no migrations applied.
     pub async fn connect(&self) -> Store {
-        Store::connect(&self.target, PoolSettings { max_connections: 5, acquire_timeout: Duration::from_secs(10) })
-            .await
-            .expect("connect to the test database")
+        Store::connect(
+            &self.target,
+            PoolSettings { max_connections: 5, acquire_timeout: Duration::from_secs(10), group: None },
+        )
+        .await
+        .expect("connect to the test database")
     }
 
     /// A connected, migrated store.

@@ -7,11 +7,11 @@ use viberglass_store::{Store, StoreError};
 
 use super::ServiceResult;
 use crate::AppState;
-use crate::identity::{Caller, audit};
+use crate::identity::{Caller, audit_entry};
 
 /// Files a ticket in `project`: from the UI, the API, and later webhooks,
 /// Slack and schedules (the input's `source` says which). Records who filed
-/// it and audits it; the outbox gets `ticket.filed` in the same transaction.
+/// it; the audit entry and the outbox's `ticket.filed` commit with the ticket.
 pub async fn file_ticket(
     state: &AppState,
     caller: Option<&Caller>,
@@ -19,18 +19,18 @@ pub async fn file_ticket(
     input: TicketInput,
 ) -> ServiceResult<Ticket> {
     let new = NewTicket::parse(input)?;
-    let ticket = state.store.create_ticket(project.id, new, caller.and_then(Caller::user_id)).await?;
+    let audit = |t: &Ticket| {
+        Some(audit_entry(
+            caller,
+            "ticket_filed",
+            "ticket",
+            Some(t.id.to_string()),
+            Some(project.id),
+            serde_json::json!({"title": t.title, "source": t.source}),
+        ))
+    };
+    let ticket = state.store.file_ticket(project.id, new, caller.and_then(Caller::user_id), audit).await?;
     tracing::info!(ticket_id = %ticket.id, project_id = %project.id, source = ticket.source.as_str(), "ticket filed");
-    audit(
-        state,
-        caller,
-        "ticket_filed",
-        "ticket",
-        Some(ticket.id.to_string()),
-        Some(project.id),
-        serde_json::json!({"title": ticket.title, "source": ticket.source}),
-    )
-    .await;
     Ok(ticket)
 }
 

@@ -2,7 +2,7 @@ use viberglass_domain::ticket::ArchivedFilter;
 use viberglass_domain::{
     NewTicket, PageRequest, Phase, Severity, TicketFilter, TicketInput, TicketPatch, TicketStatus,
 };
-use viberglass_store::StoreError;
+use viberglass_store::{AuditFilter, NewAudit, StoreError};
 use viberglass_testkit::{TestBackend, TestDb, backend_tests};
 
 use crate::projects::new_project;
@@ -14,6 +14,7 @@ backend_tests!(
     ticket_edits_and_archiving,
     ticket_lists_filter_search_and_page,
     search_finds_the_same_tickets_as_a_substring_match,
+    concurrent_filings_share_transactions_and_keep_their_own_answers,
 );
 
 fn new_ticket(json: serde_json::Value) -> NewTicket {
@@ -263,5 +264,92 @@ async fn search_finds_the_same_tickets_as_a_substring_match(backend: TestBackend
                 .collect();
             assert_eq!(found, expected, "search {term:?} ({archived:?})");
         }
+    }
+}
+
+/// Filings that arrive together are written a batch per transaction, and a
+/// batch holding a taken external id, an archived project and a missing one
+/// still answers every caller with its own result: the good tickets are
+/// written with their events and audit entries, the bad ones are not.
+async fn concurrent_filings_share_transactions_and_keep_their_own_answers(backend: TestBackend) {
+    let db = TestDb::new(backend).await;
+    let store = db.store().await;
+    let live = store.create_project(new_project(serde_json::json!({"name": "Live"}))).await.unwrap();
+    let archived = store.create_project(new_project(serde_json::json!({"name": "Old"}))).await.unwrap();
+    store.archive_project(archived.id).await.unwrap();
+    let missing = viberglass_domain::ProjectId::new();
+    let head = store.outbox_head().await.unwrap();
+    let (batches_before, items_before) = store.filing_batches();
+
+    let mut filings = tokio::task::JoinSet::new();
+    for i in 0..150u32 {
+        let store = store.clone();
+        let (project, body) = match i {
+            _ if i % 10 == 3 => {
+                (live.id, serde_json::json!({"title": format!("dup {i}"), "source": "github", "external_id": "taken"}))
+            }
+            _ if i % 15 == 7 => (archived.id, serde_json::json!({"title": format!("archived {i}")})),
+            _ if i % 17 == 11 => (missing, serde_json::json!({"title": format!("missing {i}")})),
+            _ => (live.id, serde_json::json!({"title": format!("ticket {i}")})),
+        };
+        filings.spawn(async move {
+            let audit = |t: &viberglass_domain::Ticket| {
+                Some(NewAudit {
+                    actor_id: None,
+                    channel: "api".into(),
+                    action: "ticket_filed".into(),
+                    target_kind: "ticket".into(),
+                    target_id: Some(t.id.to_string()),
+                    project_id: Some(t.project_id),
+                    details: serde_json::json!({"title": t.title}),
+                    request_id: Some(format!("req-{i}")),
+                })
+            };
+            (i, store.file_ticket(project, new_ticket(body), None, audit).await)
+        });
+    }
+    let mut filed = Vec::new();
+    let mut taken = 0;
+    while let Some(joined) = filings.join_next().await {
+        let (i, result) = joined.unwrap();
+        match result {
+            Ok(t) if i % 10 == 3 => {
+                assert_eq!(t.external_id.as_deref(), Some("taken"));
+                taken += 1;
+                filed.push(t);
+            }
+            Err(StoreError::Conflict { field, .. }) if i % 10 == 3 => assert_eq!(field, "external_id"),
+            Err(StoreError::ParentArchived { .. }) if i % 15 == 7 && i % 10 != 3 => {}
+            Err(StoreError::NotFound { entity: "project", .. }) if i % 17 == 11 && i % 10 != 3 && i % 15 != 7 => {}
+            Ok(t) if i % 10 != 3 && i % 15 != 7 && i % 17 != 11 => {
+                assert_eq!(t.title, format!("ticket {i}"));
+                filed.push(t);
+            }
+            other => panic!("filing {i} was answered {other:?}"),
+        }
+    }
+    assert_eq!(taken, 1, "exactly one filing gets the external id");
+    let (batches, items) = store.filing_batches();
+    let (batches, items) = (batches - batches_before, items - items_before);
+    assert!(items >= 150, "every filing went through the group commit ({items})");
+    assert!(batches < 150, "150 concurrent filings were written in {batches} transactions: none shared one");
+
+    // Every ticket written reads back, with exactly one ticket.filed event and one audit entry.
+    for t in &filed {
+        assert_eq!(&store.get_ticket(t.id).await.unwrap(), t);
+    }
+    let events = store.list_outbox(head, 1000).await.unwrap();
+    let filed_events: Vec<_> =
+        events.iter().filter(|e| e.event_type == viberglass_domain::EventType::TicketFiled).collect();
+    assert_eq!(filed_events.len(), filed.len(), "one ticket.filed per ticket written, none for a refused one");
+    for t in &filed {
+        assert_eq!(filed_events.iter().filter(|e| e.ticket_id == Some(t.id)).count(), 1, "ticket {}", t.title);
+    }
+    assert!(events.windows(2).all(|w| w[0].seq < w[1].seq));
+    let audit = store.list_audit(&AuditFilter::default(), PageRequest { after: None, limit: 500 }).await.unwrap().items;
+    let audited: Vec<_> = audit.iter().filter(|a| a.action == "ticket_filed").collect();
+    assert_eq!(audited.len(), filed.len(), "one audit entry per ticket written");
+    for t in &filed {
+        assert_eq!(audited.iter().filter(|a| a.target_id.as_deref() == Some(t.id.to_string().as_str())).count(), 1);
     }
 }
