@@ -263,14 +263,14 @@ pub const SETTINGS: &[Setting] = &[
         key: "reaper_interval_ms",
         env: "VIBERGLASS_REAPER_INTERVAL_MS",
         default: "2000",
-        doc: "How often the reaper looks for silent or overlong jobs.",
+        doc: "How often the reaper looks for silent or overlong jobs while any job is live (with none, it sleeps until a job changes).",
         secret: false,
     },
     Setting {
         key: "dispatch_interval_ms",
         env: "VIBERGLASS_DISPATCH_INTERVAL_MS",
         default: "500",
-        doc: "How often the dispatcher looks for queued jobs (it also wakes at once when a run is requested here).",
+        doc: "How often the dispatcher looks for queued jobs when it cannot hear job changes (SQLite, or while PostgreSQL's listener is down); otherwise any server's job change wakes it at once.",
         secret: false,
     },
     Setting {

@@ -37,7 +37,14 @@ pub struct Engine {
     pub dispatch_interval: Duration,
     pub reaper_interval: Duration,
     pub heartbeat_interval: Duration,
+    /// Whether [`Engine::spawn`] runs the dispatcher (always, except in
+    /// tests that claim jobs by hand).
+    pub dispatcher: bool,
 }
+
+/// The longest the dispatcher and the reaper sleep on a quiet server whose
+/// store hears every job change (a change wakes them at once).
+const IDLE_WAIT: Duration = Duration::from_secs(30);
 
 /// The reaper sweeps ended workers' leftovers every this many rounds.
 const SWEEP_EVERY: u64 = 10;
@@ -84,13 +91,16 @@ impl Engine {
 
     /// Runs the dispatcher and the reaper until `shutdown`; the handles end with them.
     pub fn spawn(self, shutdown: CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
-        let dispatcher = self.clone();
-        let stop = shutdown.clone();
-        let dispatch = supervise("dispatcher", shutdown.clone(), move || {
-            let engine = dispatcher.clone();
-            let stop = stop.clone();
-            async move { engine.dispatch_loop(stop).await }
-        });
+        let mut loops = Vec::new();
+        if self.dispatcher {
+            let dispatcher = self.clone();
+            let stop = shutdown.clone();
+            loops.push(supervise("dispatcher", shutdown.clone(), move || {
+                let engine = dispatcher.clone();
+                let stop = stop.clone();
+                async move { engine.dispatch_loop(stop).await }
+            }));
+        }
         let reaper = self.clone();
         let stop = shutdown.clone();
         let reap = supervise("reaper", shutdown, move || {
@@ -98,10 +108,12 @@ impl Engine {
             let stop = stop.clone();
             async move { engine.reap_loop(stop).await }
         });
-        vec![dispatch, reap]
+        loops.push(reap);
+        loops
     }
 
     async fn dispatch_loop(&self, shutdown: CancellationToken) {
+        let store_wake = self.store.dispatcher_wake();
         loop {
             loop {
                 match self.dispatch_one().await {
@@ -113,11 +125,30 @@ impl Engine {
                     }
                 }
             }
+            let wait = self.dispatch_wait().await;
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = self.wake.notified() => {}
-                () = tokio::time::sleep(self.dispatch_interval) => {}
+                () = store_wake.notified() => {}
+                () = tokio::time::sleep(wait) => {}
             }
+        }
+    }
+
+    /// How long the dispatcher may sleep when nothing is dispatchable: until
+    /// a job change wakes it (or the earliest retry delay ends) while the
+    /// store hears every server's job changes; its interval otherwise.
+    async fn dispatch_wait(&self) -> Duration {
+        if !self.store.hears_job_changes() {
+            return self.dispatch_interval;
+        }
+        match self.store.next_dispatch_after().await {
+            Ok(Some(at)) => {
+                let until = (at - viberglass_store::now()).try_into().unwrap_or(Duration::ZERO);
+                until.clamp(self.dispatch_interval.min(Duration::from_millis(10)), IDLE_WAIT)
+            }
+            Ok(None) => IDLE_WAIT,
+            Err(_) => self.dispatch_interval,
         }
     }
 
@@ -224,11 +255,16 @@ impl Engine {
 
     async fn reap_loop(&self, shutdown: CancellationToken) {
         self.adopt_or_fail_orphans().await;
+        let store_wake = self.store.reaper_wake();
         let mut rounds: u64 = 0;
         loop {
-            if let Err(err) = self.reap_once().await {
-                tracing::error!(error = %error_chain(&err), "reaper: store error");
-            }
+            let live = match self.reap_once().await {
+                Ok(live) => live,
+                Err(err) => {
+                    tracing::error!(error = %error_chain(&err), "reaper: store error");
+                    1
+                }
+            };
             // Now and then: what ended workers left on their targets (exited containers).
             if rounds.is_multiple_of(SWEEP_EVERY)
                 && let Err(err) = self.sweep_once().await
@@ -236,9 +272,14 @@ impl Engine {
                 tracing::error!(error = %error_chain(&err), "sweeper: store error");
             }
             rounds += 1;
+            // Live jobs are watched every interval (silence, time limits,
+            // workers gone); with none, nothing can go wrong until a job
+            // changes, which wakes this loop when the store hears every server.
+            let wait = if live == 0 && self.store.hears_job_changes() { IDLE_WAIT } else { self.reaper_interval };
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(self.reaper_interval) => {}
+                () = store_wake.notified(), if live == 0 => {}
+                () = tokio::time::sleep(wait) => {}
             }
         }
     }
@@ -278,9 +319,12 @@ impl Engine {
     }
 
     /// Fails jobs whose worker exited, went silent or overran, and stops their compute.
-    pub async fn reap_once(&self) -> Result<(), StoreError> {
+    /// One reaper round; returns how many live jobs it looked at.
+    pub async fn reap_once(&self) -> Result<usize, StoreError> {
         let now = viberglass_store::now();
-        for job in self.store.live_jobs(1000).await? {
+        let live = self.store.live_jobs(1000).await?;
+        let count = live.len();
+        for job in live {
             let Some(limits) = self.store.job_limits(job.id).await? else { continue };
             let last_sign = job.last_heartbeat_at.or(job.dispatched_at).unwrap_or(job.queued_at);
             let silent = (now - last_sign).whole_seconds();
@@ -330,7 +374,7 @@ impl Engine {
                 self.stop_compute(&job).await;
             }
         }
-        Ok(())
+        Ok(count)
     }
 
     /// Tells the job's compute target that its worker has bootstrapped (so a

@@ -243,6 +243,7 @@ pub fn app_state(
         dispatch_interval: Duration::from_millis(config.dispatch_interval_ms),
         reaper_interval: Duration::from_millis(config.reaper_interval_ms),
         heartbeat_interval: Duration::from_secs(config.heartbeat_interval_secs),
+        dispatcher: true,
     };
     let env: crate::app::EnvLookup = Arc::new(|name: &str| std::env::var(name).ok());
     let vault = Arc::new(crate::vault::Vault::new(&config, &key));

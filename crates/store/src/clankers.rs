@@ -257,6 +257,8 @@ impl Store {
             self.get_clanker(id).await?;
             return Err(StoreError::Contended { entity: ENTITY });
         }
+        // A raised job limit can make queued jobs dispatchable.
+        self.jobs_changed();
         self.get_clanker(id).await
     }
 

@@ -140,19 +140,29 @@ impl CredentialCache {
     }
 }
 
-/// Ends the listener when the last clone of its store is dropped.
+/// Ends the listener (and the wake sender) when the last clone of its store
+/// is dropped.
 #[derive(Debug, Default)]
-pub(crate) struct ListenerStop(pub(crate) Arc<tokio::sync::Notify>);
+pub(crate) struct ListenerStop {
+    pub(crate) listener: Arc<tokio::sync::Notify>,
+    pub(crate) sender: Arc<tokio::sync::Notify>,
+}
 
 impl Drop for ListenerStop {
     fn drop(&mut self) {
-        self.0.notify_one();
+        self.listener.notify_one();
+        self.sender.notify_one();
     }
 }
 
 /// Listens for changes until the pool closes or the store is dropped,
 /// reconnecting after a lost connection.
-pub(crate) async fn listen(pool: sqlx::PgPool, cache: Arc<CredentialCache>, stop: Arc<tokio::sync::Notify>) {
+pub(crate) async fn listen(
+    pool: sqlx::PgPool,
+    cache: Arc<CredentialCache>,
+    wakes: Arc<crate::wake::Wakes>,
+    stop: Arc<tokio::sync::Notify>,
+) {
     loop {
         if pool.is_closed() {
             break;
@@ -162,10 +172,11 @@ pub(crate) async fn listen(pool: sqlx::PgPool, cache: Arc<CredentialCache>, stop
                 // Reconnecting on its own would hide a gap in which
                 // notifications were missed: this loop reconnects instead.
                 listener.eager_reconnect(false);
-                if let Err(err) = listener.listen(CHANNEL).await {
+                if let Err(err) = listener.listen_all([CHANNEL, crate::wake::CHANNEL]).await {
                     tracing::warn!(error = %err, "cannot listen for credential changes; the credential cache stays off");
                 } else {
                     cache.set_live(true);
+                    wakes.set_live(true);
                     // A connection can die without a word (a NAT or load
                     // balancer dropping it while idle): this listener sends
                     // itself a ping every few seconds and counts itself lost
@@ -177,6 +188,7 @@ pub(crate) async fn listen(pool: sqlx::PgPool, cache: Arc<CredentialCache>, stop
                         tokio::select! {
                             _ = stop.notified() => {
                                 cache.set_live(false);
+                                wakes.set_live(false);
                                 return;
                             }
                             _ = ticks.tick() => {
@@ -195,6 +207,7 @@ pub(crate) async fn listen(pool: sqlx::PgPool, cache: Arc<CredentialCache>, stop
                                 }
                             }
                             next = listener.try_recv() => match next {
+                                Ok(Some(n)) if n.channel() == crate::wake::CHANNEL => wakes.heard(n.payload()),
                                 Ok(Some(n)) => match n.payload().strip_prefix("ping:") {
                                     Some(from) => {
                                         if from == nonce {
@@ -212,7 +225,10 @@ pub(crate) async fn listen(pool: sqlx::PgPool, cache: Arc<CredentialCache>, stop
                         }
                     }
                     cache.set_live(false);
-                    tracing::warn!("lost the credential-change listener; the credential cache is off until it is back");
+                    wakes.set_live(false);
+                    tracing::warn!(
+                        "lost the change listener; the credential cache is off and the dispatcher polls until it is back"
+                    );
                 }
             }
             Err(err) => {
@@ -228,6 +244,7 @@ pub(crate) async fn listen(pool: sqlx::PgPool, cache: Arc<CredentialCache>, stop
         }
     }
     cache.set_live(false);
+    wakes.set_live(false);
 }
 
 #[cfg(test)]

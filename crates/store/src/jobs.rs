@@ -322,6 +322,7 @@ impl Store {
         }
         .await)
         .map_err(|e| StoreError::from_write(ENTITY, TABLE, e))?;
+        self.jobs_changed();
         let message = match retry_of {
             Some(previous) => format!("queued (attempt {attempt}, re-running {previous})"),
             None => "queued".to_owned(),
@@ -455,20 +456,39 @@ impl Store {
                 // One round trip, no global lock: see viberglass_claim_job in
                 // migrations/postgres/0010_performance.sql. It writes the
                 // dispatching event too.
-                return sqlx::query(CLAIM_POSTGRES)
+                let claimed = sqlx::query(CLAIM_POSTGRES)
                     .bind(now)
                     .bind(token_hash)
                     .fetch_optional(pool)
                     .await?
                     .map(|r| from_row(&r))
-                    .transpose();
+                    .transpose()?;
+                if claimed.is_some() {
+                    self.jobs_changed();
+                }
+                return Ok(claimed);
             }
         };
         if let Some(job) = &claimed {
+            self.jobs_changed();
             self.append_event(job.id, EventKind::Status, LogLevel::Info, "dispatching: starting the worker", None)
                 .await?;
         }
         Ok(claimed)
+    }
+
+    /// When the earliest queued job that waits out a retry delay becomes
+    /// dispatchable (`None` when none waits): the dispatcher sleeps until then.
+    pub async fn next_dispatch_after(&self) -> Result<Option<time::OffsetDateTime>, StoreError> {
+        let now = DbTime(crate::now());
+        let at = on_pool!(self, |pool| {
+            sqlx::query("SELECT MIN(dispatch_after) AS at FROM jobs WHERE status = 'queued' AND dispatch_after > $1")
+                .bind(now)
+                .fetch_one(pool)
+                .await?
+                .opt_time("at")?
+        });
+        Ok(at)
     }
 
     /// Records which target runs the worker and how it names it.
@@ -512,6 +532,7 @@ impl Store {
                 .map(|r| r.rows_affected())
         })?;
         if changed == 1 {
+            self.jobs_changed();
             self.append_event(id, EventKind::Status, LogLevel::Warn, &format!("requeued: {reason}"), None).await?;
         }
         Ok(changed == 1)
@@ -649,6 +670,7 @@ impl Store {
         }
         .await)?;
         if changed {
+            self.jobs_changed();
             let level = if status == JobStatus::Completed { LogLevel::Info } else { LogLevel::Error };
             let data = failure.map(|f| serde_json::json!({"layer": f.layer, "code": f.code, "retryable": f.retryable}));
             self.append_event(id, EventKind::Status, level, &format!("{status}: {message}"), data).await?;

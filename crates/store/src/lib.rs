@@ -29,6 +29,7 @@ mod subscriptions;
 mod tickets;
 mod users;
 mod versioned;
+mod wake;
 mod webhooks;
 mod workflow;
 
@@ -164,6 +165,8 @@ pub struct Store {
     /// Sessions and API tokens recently looked up (see [`credentials`]).
     credentials: std::sync::Arc<credentials::CredentialCache>,
     listener_stop: std::sync::Arc<credentials::ListenerStop>,
+    /// Wake-ups for the dispatcher and the reaper (see [`wake`]).
+    wakes: std::sync::Arc<wake::Wakes>,
     /// Concurrent ticket filings, written a batch per transaction.
     ticket_filings: std::sync::Arc<group::GroupCommit<tickets::Filing, Result<(), StoreError>>>,
 }
@@ -288,6 +291,7 @@ impl Store {
             outbox_fault: Default::default(),
             credentials: Default::default(),
             listener_stop: Default::default(),
+            wakes: Default::default(),
             ticket_filings: std::sync::Arc::new(group::GroupCommit::new(settings.group_commit(target.backend()))),
         })
     }
@@ -303,10 +307,43 @@ impl Store {
     /// Caches the users of sessions and API tokens (PostgreSQL only; see
     /// [`credentials`]): a server calls this once at start. The cache serves
     /// only while this store listens for revocations from every server.
+    ///
+    /// The same listener hears other servers' job changes (see [`wake`]), so
+    /// the dispatcher and reaper can sleep until one.
     pub fn enable_credential_cache(&self) {
         if let Pool::Postgres(pool) = &self.pool {
-            tokio::spawn(credentials::listen(pool.clone(), self.credentials.clone(), self.listener_stop.0.clone()));
+            let stop = &self.listener_stop;
+            tokio::spawn(credentials::listen(
+                pool.clone(),
+                self.credentials.clone(),
+                self.wakes.clone(),
+                stop.listener.clone(),
+            ));
+            tokio::spawn(wake::send(pool.clone(), self.wakes.clone(), stop.sender.clone()));
         }
+    }
+
+    /// Whether job changes on every server reach this one at once (its
+    /// listener hears them): only then may the dispatcher and the reaper
+    /// sleep long between rounds.
+    pub fn hears_job_changes(&self) -> bool {
+        self.wakes.live()
+    }
+
+    /// Notified when a job may have become dispatchable (queued, requeued,
+    /// or a slot freed), here or, while [`Store::hears_job_changes`], on any server.
+    pub fn dispatcher_wake(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        self.wakes.dispatcher()
+    }
+
+    /// Notified when the set of live jobs may have changed.
+    pub fn reaper_wake(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        self.wakes.reaper()
+    }
+
+    /// Called after a write that changed a job's status.
+    pub(crate) fn jobs_changed(&self) {
+        self.wakes.jobs_changed();
     }
 
     /// Whether the credential cache is serving, and its hits and misses.

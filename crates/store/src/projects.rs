@@ -174,7 +174,10 @@ impl Store {
 
     /// Applies a change to a project and returns it as stored.
     pub async fn update_project(&self, id: ProjectId, patch: ProjectPatch) -> Result<Project, StoreError> {
-        self.modify_project(id, |p| patch.clone().apply(p)).await
+        let project = self.modify_project(id, |p| patch.clone().apply(p)).await?;
+        // A raised job limit can make queued jobs dispatchable.
+        self.jobs_changed();
+        Ok(project)
     }
 
     /// Archives a project; archiving an archived project changes nothing.

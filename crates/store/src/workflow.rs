@@ -411,6 +411,9 @@ impl Store {
                     .await?;
             }
             tx.commit().await?;
+            if continue_with.is_some() {
+                self.jobs_changed();
+            }
             Ok(Some(()))
         })
     }

@@ -32,6 +32,7 @@ pub struct TestAppBuilder {
     setup: bool,
     db: Option<TestDb>,
     clock: Option<viberglass_server::clock::SharedClock>,
+    dispatcher: bool,
 }
 
 /// The first administrator every [`TestApp`] creates (unless told not to).
@@ -138,6 +139,13 @@ impl TestAppBuilder {
         self
     }
 
+    /// Runs no dispatcher: the test claims its jobs by hand (the store's
+    /// job changes would wake a dispatcher at once, whatever its interval).
+    pub fn without_dispatcher(mut self) -> Self {
+        self.dispatcher = false;
+        self
+    }
+
     pub fn env(mut self, name: &str, value: &str) -> Self {
         self.env.insert(name.to_owned(), value.to_owned());
         self
@@ -197,6 +205,7 @@ impl TestAppBuilder {
         if let Some(clock) = self.clock {
             state.clock = clock;
         }
+        state.engine.dispatcher = self.dispatcher;
         // The builder's variables are this server's environment, e.g. for `env` secrets.
         state.env = std::sync::Arc::new(move |name: &str| env.get(name).cloned().or_else(|| std::env::var(name).ok()));
 
@@ -223,7 +232,7 @@ impl TestApp {
     }
 
     pub fn builder(backend: TestBackend) -> TestAppBuilder {
-        TestAppBuilder { backend, env: HashMap::new(), setup: true, db: None, clock: None }
+        TestAppBuilder { backend, env: HashMap::new(), setup: true, db: None, clock: None, dispatcher: true }
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -400,10 +400,7 @@ async fn a_document_shows_what_each_revision_changed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failure_whose_rerun_succeeded_leaves_the_dashboard_and_links_its_rerun() {
     use viberglass_store::{NewJob, Outcome};
-    let app = TestApp::builder(viberglass_testkit::TestBackend::Sqlite)
-        .env("VIBERGLASS_DISPATCH_INTERVAL_MS", "600000")
-        .spawn()
-        .await;
+    let app = TestApp::builder(viberglass_testkit::TestBackend::Sqlite).without_dispatcher().spawn().await;
     let project = app.create_project(json!({"name": "Shop"})).await;
     let ticket = app.create_ticket("shop", json!({"title": "Checkout"})).await;
     let new = || NewJob {

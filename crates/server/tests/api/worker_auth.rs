@@ -83,8 +83,8 @@ async fn as_instance(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_foreign_and_expired_tokens_are_refused_on_every_worker_route() {
-    // A dispatcher that never wakes on its own: these jobs are claimed by hand.
-    let app = TestApp::builder(TestBackend::Sqlite).env("VIBERGLASS_DISPATCH_INTERVAL_MS", "600000").spawn().await;
+    // No dispatcher: these jobs are claimed by hand.
+    let app = TestApp::builder(TestBackend::Sqlite).without_dispatcher().spawn().await;
     let project = app.create_project(json!({"name": "App"})).await;
     let project_id = project["id"].as_str().unwrap().parse().unwrap();
     let input: ClankerInput =
@@ -134,7 +134,7 @@ async fn forged_foreign_and_expired_tokens_are_refused_on_every_worker_route() {
     }
 }
 
-/// A job with a claimed token, on a server whose dispatcher never wakes by itself.
+/// A job with a claimed token, on a server without a dispatcher.
 async fn claimed_job(app: &TestApp, spec: JobSpec, ticket: Option<viberglass_domain::TicketId>) -> (JobId, String) {
     let project = app.create_project(json!({"name": format!("App {}", JobId::new())})).await;
     let project_id = project["id"].as_str().unwrap().parse().unwrap();
@@ -151,7 +151,7 @@ fn hex_token() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bootstrap_answers_its_worker_only_and_a_second_caller_stops_the_job() {
-    let app = TestApp::builder(TestBackend::Sqlite).env("VIBERGLASS_DISPATCH_INTERVAL_MS", "600000").spawn().await;
+    let app = TestApp::builder(TestBackend::Sqlite).without_dispatcher().spawn().await;
     let (job, token) = claimed_job(&app, spec(), None).await;
     let path = format!("/api/worker/v1/jobs/{job}/bootstrap");
     let get = reqwest::Method::GET;
@@ -175,7 +175,7 @@ async fn bootstrap_answers_its_worker_only_and_a_second_caller_stops_the_job() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_report_claiming_a_foreign_branch_or_pull_request_is_refused() {
-    let app = TestApp::builder(TestBackend::Sqlite).env("VIBERGLASS_DISPATCH_INTERVAL_MS", "600000").spawn().await;
+    let app = TestApp::builder(TestBackend::Sqlite).without_dispatcher().spawn().await;
     let result = |token: &str, job: JobId, report: serde_json::Value| {
         let request =
             app.client.post(app.url(&format!("/api/worker/v1/jobs/{job}/result"))).bearer_auth(token).json(&report);

@@ -25,7 +25,105 @@ backend_tests!(
     agent_documents_become_revisions,
     usage_is_summed_per_project_and_ticket,
     a_ticket_remembers_its_work_branch_and_pull_request,
+    job_changes_wake_the_dispatcher_and_reaper_of_every_server,
 );
+
+/// A job queued, requeued, claimed or ended on one server wakes the
+/// dispatcher and reaper of every server listening (PostgreSQL), and always
+/// those of the server that made the change, so they can sleep between
+/// changes instead of polling.
+async fn job_changes_wake_the_dispatcher_and_reaper_of_every_server(backend: TestBackend) {
+    use std::time::Duration;
+    let db = TestDb::new(backend).await;
+    let here = db.store().await;
+    let there = db.store().await;
+    here.enable_credential_cache();
+    there.enable_credential_cache();
+    let listening = backend == TestBackend::Postgres;
+    if listening {
+        for store in [&here, &there] {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !store.hears_job_changes() {
+                assert!(std::time::Instant::now() < deadline, "the listener never started");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    } else {
+        assert!(!here.hears_job_changes(), "SQLite has no listener: its loops keep polling");
+    }
+    let p = project(&here, "App", 5).await;
+    // Starts each wait from no pending wake-up.
+    let settle = |store: &Store| {
+        let (d, r) = (store.dispatcher_wake(), store.reaper_wake());
+        async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let _ = tokio::time::timeout(Duration::from_millis(10), d.notified()).await;
+            let _ = tokio::time::timeout(Duration::from_millis(10), r.notified()).await;
+        }
+    };
+    let woken = |store: &Store| {
+        let (d, r) = (store.dispatcher_wake(), store.reaper_wake());
+        async move {
+            tokio::time::timeout(Duration::from_secs(5), d.notified()).await.is_ok()
+                && tokio::time::timeout(Duration::from_secs(5), r.notified()).await.is_ok()
+        }
+    };
+    type Step<'a> =
+        (&'a str, Box<dyn Fn(&'a Store) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + 'a>> + 'a>);
+    let steps: Vec<Step> = vec![
+        (
+            "queued",
+            Box::new(|s: &Store| {
+                Box::pin(async {
+                    s.create_job(job(&p, None)).await.unwrap();
+                })
+            }),
+        ),
+        (
+            "claimed",
+            Box::new(|s: &Store| {
+                Box::pin(async {
+                    s.claim_next_job("h").await.unwrap().unwrap();
+                })
+            }),
+        ),
+        (
+            "requeued",
+            Box::new(|s: &Store| {
+                Box::pin(async {
+                    let j = s.live_jobs(10).await.unwrap().pop().unwrap();
+                    assert!(s.requeue_job(j.id, "no room", Duration::ZERO).await.unwrap());
+                })
+            }),
+        ),
+        (
+            "ended",
+            Box::new(|s: &Store| {
+                Box::pin(async {
+                    let j = s.claim_next_job("h2").await.unwrap().unwrap();
+                    assert!(s.finish_job(j.id, Outcome::failed(Failure::internal("boom"))).await.unwrap());
+                })
+            }),
+        ),
+    ];
+    for (what, step) in &steps {
+        settle(&here).await;
+        settle(&there).await;
+        step(&here).await;
+        assert!(woken(&here).await, "a job {what} here wakes this server's loops");
+        if listening {
+            assert!(woken(&there).await, "a job {what} on another server wakes this one's loops");
+        }
+    }
+    // While nothing changes, nothing wakes them.
+    settle(&there).await;
+    if listening {
+        assert!(
+            tokio::time::timeout(Duration::from_millis(500), there.dispatcher_wake().notified()).await.is_err(),
+            "a quiet database wakes nobody"
+        );
+    }
+}
 
 async fn a_ticket_remembers_its_work_branch_and_pull_request(backend: TestBackend) {
     let db = TestDb::new(backend).await;
