@@ -46,25 +46,33 @@ const RELEASE: &str =
 const SELECT_CONSUMERS: &str = "SELECT c.name, c.cursor, c.owner, c.lease_until, c.handled, c.last_error, \
      (SELECT COUNT(*) FROM events e WHERE e.id > c.cursor) AS pending FROM event_consumers c ORDER BY c.name";
 
+/// Inserts one event, timed `$now`, through `$executor`.
+macro_rules! insert_event {
+    ($executor:expr, $event:expr, $now:expr) => {{
+        let event: &viberglass_domain::NewEvent = $event;
+        sqlx::query($crate::outbox::INSERT)
+            .bind(uuid::Uuid::now_v7())
+            .bind(event.event_type.as_str())
+            .bind(event.project_id.map(|p| p.as_uuid()))
+            .bind(event.ticket_id.map(|t| t.as_uuid()))
+            .bind(event.job_id.map(|j| j.as_uuid()))
+            .bind(sqlx::types::Json(event.data.clone()))
+            .bind($crate::dbtime::DbTime($now))
+            .execute($executor)
+            .await
+            .map(|_| ())
+    }};
+}
+pub(crate) use insert_event;
+
 /// Writes one event on an open transaction (`&mut *tx`), so it commits with
 /// the change it describes. Fails when a test injected a failure.
 macro_rules! emit {
     ($store:expr, $tx:expr, $event:expr) => {{
-        let event: &viberglass_domain::NewEvent = $event;
         if $store.take_injected_outbox_failure() {
             Err(sqlx::Error::Protocol("injected outbox failure".into()))
         } else {
-            sqlx::query($crate::outbox::INSERT)
-                .bind(uuid::Uuid::now_v7())
-                .bind(event.event_type.as_str())
-                .bind(event.project_id.map(|p| p.as_uuid()))
-                .bind(event.ticket_id.map(|t| t.as_uuid()))
-                .bind(event.job_id.map(|j| j.as_uuid()))
-                .bind(sqlx::types::Json(event.data.clone()))
-                .bind($crate::dbtime::DbTime($crate::now()))
-                .execute(&mut *$tx)
-                .await
-                .map(|_| ())
+            $crate::outbox::insert_event!(&mut *$tx, $event, $crate::now())
         }
     }};
 }

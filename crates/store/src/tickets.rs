@@ -421,31 +421,9 @@ impl InsertFilings for sqlx::Transaction<'static, sqlx::Sqlite> {
         {
             for f in items {
                 insert_ticket!(*self, f.ticket)?;
-                let e = &f.event;
-                sqlx::query(crate::outbox::INSERT)
-                    .bind(uuid::Uuid::now_v7())
-                    .bind(e.event_type.as_str())
-                    .bind(e.project_id.map(|p| p.as_uuid()))
-                    .bind(e.ticket_id.map(|t| t.as_uuid()))
-                    .bind(e.job_id.map(|j| j.as_uuid()))
-                    .bind(sqlx::types::Json(e.data.clone()))
-                    .bind(DbTime(now))
-                    .execute(&mut **self)
-                    .await?;
+                crate::outbox::insert_event!(&mut **self, &f.event, now)?;
                 if let Some(a) = &f.audit {
-                    sqlx::query(crate::users::INSERT_AUDIT)
-                        .bind(uuid::Uuid::now_v7())
-                        .bind(a.actor_id.map(|u| u.as_uuid()))
-                        .bind(&a.channel)
-                        .bind(&a.action)
-                        .bind(&a.target_kind)
-                        .bind(&a.target_id)
-                        .bind(a.project_id.map(|p| p.as_uuid()))
-                        .bind(sqlx::types::Json(a.details.clone()))
-                        .bind(&a.request_id)
-                        .bind(DbTime(now))
-                        .execute(&mut **self)
-                        .await?;
+                    crate::users::insert_audit!(&mut **self, a, now)?;
                 }
             }
             Ok(())

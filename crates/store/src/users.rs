@@ -1,7 +1,6 @@
 //! Users, sessions, API tokens, project members and the audit log. Session
 //! and token secrets are never stored: only their sha256, chosen by the caller.
 
-use sqlx::types::Json;
 use time::OffsetDateTime;
 use viberglass_domain::{ApiToken, AuditEntry, NewUser, Page, PageRequest, ProjectId, ProjectRole, User, UserId};
 
@@ -57,6 +56,28 @@ pub struct UserChange {
 
 pub(crate) const INSERT_AUDIT: &str = "INSERT INTO audit_log (id, actor_id, channel, action, target_kind, target_id, \
      project_id, details, request_id, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+
+/// Inserts one audit entry, timed `$now`, through `$executor`.
+macro_rules! insert_audit {
+    ($executor:expr, $entry:expr, $now:expr) => {{
+        let entry: &$crate::users::NewAudit = $entry;
+        sqlx::query($crate::users::INSERT_AUDIT)
+            .bind(uuid::Uuid::now_v7())
+            .bind(entry.actor_id.map(|a| a.as_uuid()))
+            .bind(&entry.channel)
+            .bind(&entry.action)
+            .bind(&entry.target_kind)
+            .bind(&entry.target_id)
+            .bind(entry.project_id.map(|p| p.as_uuid()))
+            .bind(sqlx::types::Json(entry.details.clone()))
+            .bind(&entry.request_id)
+            .bind($crate::dbtime::DbTime($now))
+            .execute($executor)
+            .await
+            .map(|_| ())
+    }};
+}
+pub(crate) use insert_audit;
 
 /// One line for the audit log.
 #[derive(Debug, Clone)]
@@ -523,23 +544,8 @@ impl Store {
     // Audit log.
 
     pub async fn append_audit(&self, entry: NewAudit) -> Result<(), StoreError> {
-        let now = DbTime(crate::now());
-        on_pool!(self, |pool| {
-            sqlx::query(INSERT_AUDIT)
-                .bind(uuid::Uuid::now_v7())
-                .bind(entry.actor_id.map(|a| a.as_uuid()))
-                .bind(&entry.channel)
-                .bind(&entry.action)
-                .bind(&entry.target_kind)
-                .bind(&entry.target_id)
-                .bind(entry.project_id.map(|p| p.as_uuid()))
-                .bind(Json(entry.details.clone()))
-                .bind(&entry.request_id)
-                .bind(now)
-                .execute(pool)
-                .await
-                .map(|_| ())
-        })?;
+        let now = crate::now();
+        on_pool!(self, |pool| insert_audit!(pool, &entry, now))?;
         Ok(())
     }
 
