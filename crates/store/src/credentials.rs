@@ -10,6 +10,11 @@
 //! credential usable. An entry lives at most [`TTL`] (the bound when a server
 //! died between a revocation's write and its notification) and never past the
 //! credential's own expiry. SQLite reads are in-process and need no cache.
+//!
+//! The same cache, under the same rules, holds the projects read by id or
+//! slug (every project-scoped request names one): a change to any project,
+//! or to an integration or secret a project's view names, is announced as
+//! `projects` and empties that part on every server.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -17,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use time::OffsetDateTime;
-use viberglass_domain::{User, UserId};
+use viberglass_domain::{Project, User, UserId};
 
 /// The channel revocations are announced on.
 pub(crate) const CHANNEL: &str = "viberglass_credentials";
@@ -42,11 +47,12 @@ struct Entry {
     expires_at: Option<OffsetDateTime>,
 }
 
-/// What changed: one credential, or everything of one user's.
+/// What changed: one credential, everything of one user's, or projects.
 #[derive(Debug, Clone)]
 pub(crate) enum Change {
     Credential(String),
     User(UserId),
+    Projects,
 }
 
 impl Change {
@@ -54,6 +60,7 @@ impl Change {
         match self {
             Change::Credential(hash) => format!("credential:{hash}"),
             Change::User(user) => format!("user:{user}"),
+            Change::Projects => "projects:all".to_owned(),
         }
     }
 
@@ -62,6 +69,7 @@ impl Change {
         match kind {
             "credential" => Some(Change::Credential(value.to_owned())),
             "user" => value.parse::<uuid::Uuid>().ok().map(|u| Change::User(UserId::from_uuid(u))),
+            "projects" => Some(Change::Projects),
             _ => None,
         }
     }
@@ -77,6 +85,9 @@ pub(crate) struct CredentialCache {
     entries: Mutex<HashMap<(Kind, String), Entry>>,
     hits: AtomicU64,
     misses: AtomicU64,
+    /// Projects by `id:<uuid>` and `slug:<slug>`.
+    projects: Mutex<HashMap<String, (Project, Instant)>>,
+    project_hits: AtomicU64,
 }
 
 impl CredentialCache {
@@ -120,17 +131,57 @@ impl CredentialCache {
 
     pub(crate) fn invalidate(&self, change: &Change) {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let mut projects = self.projects.lock().unwrap_or_else(|p| p.into_inner());
         self.generation.fetch_add(1, Ordering::AcqRel);
         match change {
             Change::Credential(hash) => entries.retain(|(_, h), _| h != hash),
             Change::User(user) => entries.retain(|_, e| e.user.id != *user),
+            Change::Projects => projects.clear(),
         }
+    }
+
+    /// A project by `id:<uuid>` or `slug:<slug>`, while live and fresh.
+    pub(crate) fn project(&self, key: &str) -> Option<Project> {
+        if !self.live() {
+            return None;
+        }
+        let projects = self.projects.lock().unwrap_or_else(|p| p.into_inner());
+        let found = projects.get(key).filter(|(_, at)| at.elapsed() < TTL).map(|(p, _)| p.clone());
+        if found.is_some() {
+            self.project_hits.fetch_add(1, Ordering::Relaxed);
+        }
+        found
+    }
+
+    /// Stores a project read from the database (under its id and its slug),
+    /// unless something was invalidated since `generation` was read.
+    pub(crate) fn put_project(&self, project: &Project, generation: u64) {
+        if !self.live() {
+            return;
+        }
+        let mut projects = self.projects.lock().unwrap_or_else(|p| p.into_inner());
+        if self.generation() != generation {
+            return;
+        }
+        if projects.len() >= CAPACITY {
+            projects.clear();
+        }
+        let now = Instant::now();
+        projects.insert(format!("id:{}", project.id), (project.clone(), now));
+        projects.insert(format!("slug:{}", project.slug.as_str()), (project.clone(), now));
+    }
+
+    /// Projects served from memory since start.
+    pub(crate) fn project_hits(&self) -> u64 {
+        self.project_hits.load(Ordering::Relaxed)
     }
 
     fn set_live(&self, live: bool) {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let mut projects = self.projects.lock().unwrap_or_else(|p| p.into_inner());
         self.generation.fetch_add(1, Ordering::AcqRel);
         entries.clear();
+        projects.clear();
         self.live.store(live, Ordering::Release);
     }
 

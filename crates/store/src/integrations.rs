@@ -115,7 +115,10 @@ impl Store {
             })
             .map_err(|e| StoreError::from_write(ENTITY, TABLE, e))
         };
-        modify(ENTITY, read, write, |i| patch.clone().apply(i)).await
+        let modified = modify(ENTITY, read, write, |i| patch.clone().apply(i)).await;
+        // A project's view names its integration.
+        self.projects_changed().await;
+        modified
     }
 
     /// The slugs of the projects that use an integration.
@@ -149,6 +152,7 @@ impl Store {
         let deleted = on_pool!(self, |pool| {
             sqlx::query(DELETE).bind(id.as_uuid()).execute(pool).await.map(|r| r.rows_affected())
         })?;
+        self.projects_changed().await;
         if deleted == 0 {
             return Err(StoreError::not_found(ENTITY, id));
         }

@@ -232,6 +232,24 @@ macro_rules! on_pool {
 }
 pub(crate) use on_pool;
 
+/// Connections idle longer than this are pinged before they are handed out.
+const PING_IF_IDLE_FOR: Duration = Duration::from_secs(2);
+
+/// Whether a connection from the idle queue may be used: one that was in use
+/// a moment ago is (pinging it would double every query's round trips, the
+/// largest cost of a request on a busy server); one idle for longer is pinged
+/// first, so a connection the database dropped meanwhile (a restart, an idle
+/// timeout) is replaced rather than failing the request that gets it.
+async fn check_if_idle<C: sqlx::Connection>(
+    conn: &mut C,
+    meta: sqlx::pool::PoolConnectionMetadata,
+) -> Result<bool, sqlx::Error> {
+    if meta.idle_for >= PING_IF_IDLE_FOR {
+        conn.ping().await?;
+    }
+    Ok(true)
+}
+
 impl Store {
     /// Opens the database. Makes exactly one connection attempt: callers
     /// decide whether and how to retry.
@@ -252,6 +270,8 @@ impl Store {
                     .busy_timeout(Duration::from_secs(10))
                     .foreign_keys(true);
                 let pool = SqlitePoolOptions::new()
+                    .test_before_acquire(false)
+                    .before_acquire(|conn, meta| Box::pin(check_if_idle(conn, meta)))
                     .max_connections(settings.max_connections.max(1))
                     .acquire_timeout(settings.acquire_timeout)
                     .connect_with(options)
@@ -277,6 +297,8 @@ impl Store {
                     .map_err(|source| ConnectError::classify(target, source))?;
                 let _ = sqlx::Connection::close(probe).await;
                 let pool = PgPoolOptions::new()
+                    .test_before_acquire(false)
+                    .before_acquire(|conn, meta| Box::pin(check_if_idle(conn, meta)))
                     .max_connections(settings.max_connections.max(1))
                     .acquire_timeout(settings.acquire_timeout)
                     .connect_with(options)
@@ -350,6 +372,11 @@ impl Store {
     pub fn credential_cache_state(&self) -> (bool, u64, u64) {
         let (hits, misses) = self.credentials.counts();
         (self.credentials.live(), hits, misses)
+    }
+
+    /// Projects served from the cache of projects since start.
+    pub fn project_cache_hits(&self) -> u64 {
+        self.credentials.project_hits()
     }
 
     /// Ticket filings written so far: (transactions, tickets).

@@ -134,7 +134,20 @@ impl Store {
         Ok(project)
     }
 
+    /// A project by id: from the cache of projects while it is live (see
+    /// `credentials`), else from the database.
     pub async fn get_project(&self, id: ProjectId) -> Result<Project, StoreError> {
+        if let Some(project) = self.credentials.project(&format!("id:{id}")) {
+            return Ok(project);
+        }
+        let generation = self.credentials.generation();
+        let project = self.read_project(id).await?;
+        self.credentials.put_project(&project, generation);
+        Ok(project)
+    }
+
+    /// A project as the database has it now (never from the cache).
+    async fn read_project(&self, id: ProjectId) -> Result<Project, StoreError> {
         let row = on_pool!(self, |pool| {
             sqlx::query(SELECT_BY_ID).bind(id.as_uuid()).fetch_optional(pool).await?.map(|r| from_row(&r)).transpose()
         })?;
@@ -142,6 +155,10 @@ impl Store {
     }
 
     pub async fn get_project_by_slug(&self, slug: &ProjectSlug) -> Result<Project, StoreError> {
+        if let Some(project) = self.credentials.project(&format!("slug:{}", slug.as_str())) {
+            return Ok(project);
+        }
+        let generation = self.credentials.generation();
         let row = on_pool!(self, |pool| {
             sqlx::query(SELECT_BY_SLUG)
                 .bind(slug.as_str())
@@ -150,7 +167,15 @@ impl Store {
                 .map(|r| from_row(&r))
                 .transpose()
         })?;
-        row.ok_or_else(|| StoreError::not_found(ENTITY, slug.as_str()))
+        let project = row.ok_or_else(|| StoreError::not_found(ENTITY, slug.as_str()))?;
+        self.credentials.put_project(&project, generation);
+        Ok(project)
+    }
+
+    /// Tells every server's cache of projects that a project's view may
+    /// have changed (a project, or an integration or secret it names).
+    pub(crate) async fn projects_changed(&self) {
+        self.credentials_changed(crate::credentials::Change::Projects).await;
     }
 
     pub async fn list_projects(&self, filter: &ProjectFilter, page: PageRequest) -> Result<Page<Project>, StoreError> {
@@ -193,8 +218,11 @@ impl Store {
         self.modify_project(id, |p| p.archived_at = None).await
     }
 
+    /// Reads (from the database, never the cache: the write is guarded by
+    /// the row's `updated_at`), changes and writes a project, then announces
+    /// the change to every server's cache.
     async fn modify_project(&self, id: ProjectId, change: impl Fn(&mut Project)) -> Result<Project, StoreError> {
-        let read = || self.get_project(id);
+        let read = || self.read_project(id);
         let write = |project: Project, read_at| async move {
             on_pool!(self, |pool| {
                 bind_fields!(sqlx::query(UPDATE).bind(id.as_uuid()), project)
@@ -206,6 +234,9 @@ impl Store {
             })
             .map_err(|e| StoreError::from_write(ENTITY, TABLE, e))
         };
-        modify(ENTITY, read, write, change).await
+        let modified = modify(ENTITY, read, write, change).await;
+        // Announced even when the write failed: a change that half happened must not be trusted from memory.
+        self.projects_changed().await;
+        modified
     }
 }

@@ -348,7 +348,7 @@ impl Store {
     /// changed. Called after the change is written; a failed notification is
     /// logged (other servers then trust their entries for at most
     /// `credentials::TTL`).
-    async fn credentials_changed(&self, change: Change) {
+    pub(crate) async fn credentials_changed(&self, change: Change) {
         self.credentials.invalidate(&change);
         if let crate::Pool::Postgres(pool) = &self.pool
             && let Err(err) =

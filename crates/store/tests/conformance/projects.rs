@@ -10,6 +10,7 @@ backend_tests!(
     archiving_is_idempotent_and_reversible,
     project_lists_page_newest_first_and_filter,
     concurrent_edits_to_different_fields_are_all_kept,
+    a_project_changed_on_one_server_is_read_fresh_on_every_other,
 );
 
 pub fn new_project(json: serde_json::Value) -> NewProject {
@@ -143,4 +144,100 @@ async fn concurrent_edits_to_different_fields_are_all_kept(backend: TestBackend)
         (end.description.as_str(), end.base_branch.as_str(), end.max_concurrent_jobs, end.agent_instructions.as_str()),
         ("d", "develop", 7, "be careful")
     );
+}
+
+/// Two stores on one database with their caches warm: a project renamed,
+/// archived, or whose integration is renamed on one is read as it now is on
+/// the other at once (on PostgreSQL through the change listener; SQLite has
+/// no cache and always reads the database).
+async fn a_project_changed_on_one_server_is_read_fresh_on_every_other(backend: TestBackend) {
+    use std::time::{Duration, Instant};
+    let db = TestDb::new(backend).await;
+    let here = db.store().await;
+    let there = db.store().await;
+    here.enable_credential_cache();
+    there.enable_credential_cache();
+    let postgres = backend == TestBackend::Postgres;
+    if postgres {
+        for store in [&here, &there] {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !store.credential_cache_state().0 {
+                assert!(Instant::now() < deadline, "the change listener never started");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    let integration: viberglass_domain::IntegrationInput =
+        serde_json::from_value(serde_json::json!({"name": "gh", "kind": "github"})).unwrap();
+    let integration =
+        here.create_integration(viberglass_domain::NewIntegration::parse(integration).unwrap()).await.unwrap();
+    let created =
+        here.create_project(new_project(serde_json::json!({"name": "Shop", "scm_integration": "gh"}))).await.unwrap();
+    let slug = ProjectSlug::parse("shop").unwrap();
+    // Warm on the other server, by id and by slug.
+    let hits = there.project_cache_hits();
+    for _ in 0..2 {
+        assert_eq!(there.get_project(created.id).await.unwrap().name, "Shop");
+        assert_eq!(there.get_project_by_slug(&slug).await.unwrap().name, "Shop");
+    }
+    if postgres {
+        assert!(there.project_cache_hits() >= hits + 2, "the second reads are served from memory");
+    } else {
+        assert_eq!(there.project_cache_hits(), hits, "SQLite reads the database every time");
+    }
+
+    // The other server hears of each change within moments (its listener
+    // handles the notification), far inside the cache's 30 s bound.
+    macro_rules! soon {
+        ($read:expr, $check:expr, $what:literal) => {{
+            let deadline = Instant::now() + Duration::from_secs(2);
+            loop {
+                let read = $read;
+                if $check(&read) {
+                    break read;
+                }
+                assert!(Instant::now() < deadline, "{}: still {:?}", $what, read);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }};
+    }
+    here.update_project(created.id, patch(serde_json::json!({"name": "Web Shop", "max_concurrent_jobs": 7})))
+        .await
+        .unwrap();
+    soon!(
+        there.get_project(created.id).await.unwrap(),
+        |p: &viberglass_domain::Project| p.name == "Web Shop" && p.max_concurrent_jobs == 7,
+        "the rename by id"
+    );
+    assert_eq!(there.get_project_by_slug(&slug).await.unwrap().name, "Web Shop");
+
+    here.archive_project(created.id).await.unwrap();
+    soon!(
+        there.get_project(created.id).await.unwrap(),
+        |p: &viberglass_domain::Project| p.archived_at.is_some(),
+        "the archive"
+    );
+
+    let rename: viberglass_domain::IntegrationPatch = viberglass_domain::IntegrationPatch::parse(
+        serde_json::from_value(serde_json::json!({"name": "github-main"})).unwrap(),
+    )
+    .unwrap();
+    here.update_integration(integration.id, rename).await.unwrap();
+    soon!(
+        there.get_project(created.id).await.unwrap(),
+        |p: &viberglass_domain::Project| p.scm_integration.as_deref() == Some("github-main"),
+        "the integration's new name"
+    );
+    here.delete_integration(integration.id).await.unwrap();
+    soon!(
+        there.get_project_by_slug(&slug).await.unwrap(),
+        |p: &viberglass_domain::Project| p.scm_integration.is_none(),
+        "the integration's deletion"
+    );
+
+    // Edits through the cached server itself still write against the row as stored.
+    there.unarchive_project(created.id).await.unwrap();
+    let edited = there.update_project(created.id, patch(serde_json::json!({"description": "d"}))).await.unwrap();
+    assert_eq!((edited.name.as_str(), edited.archived_at, edited.description.as_str()), ("Web Shop", None, "d"));
+    assert_eq!(here.get_project(created.id).await.unwrap(), edited);
 }
