@@ -132,6 +132,13 @@ const SET_PROGRESS: &str = "UPDATE jobs SET progress_step = $2, status_message =
      RETURNING project_id, ticket_id, phase";
 const INSERT_EVENT: &str = "INSERT INTO job_events (job_id, worker_seq, kind, level, message, data, created_at) \
      VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (job_id, worker_seq) DO NOTHING";
+/// PostgreSQL: a worker's batch of events in one statement.
+const INSERT_EVENTS_BATCH: &str = "INSERT INTO job_events (job_id, worker_seq, kind, level, message, data, created_at) \
+     SELECT $1, e.seq, e.kind, e.level, e.message, e.data::jsonb, $7 \
+     FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[]) WITH ORDINALITY \
+       AS e(seq, kind, level, message, data, n) \
+     ORDER BY e.n \
+     ON CONFLICT (job_id, worker_seq) DO NOTHING RETURNING worker_seq";
 const SELECT_EVENTS: &str = "SELECT id, job_id, kind, level, message, data, created_at FROM job_events \
      WHERE job_id = $1 AND id > $2 ORDER BY id LIMIT $3";
 
@@ -795,47 +802,79 @@ impl Store {
     /// Returns how many were new.
     pub async fn append_worker_events(&self, id: JobId, events: &[NewJobEvent]) -> Result<u64, StoreError> {
         let now = DbTime(crate::now());
-        let inserted = on_pool!(self, |pool| {
-            let mut tx = crate::BeginWrite::begin_write(pool).await?;
-            let mut inserted = 0;
-            let mut progress = None;
-            for event in events {
-                let new = sqlx::query(INSERT_EVENT)
+        // After the inserts (one per event on SQLite, one for the batch on
+        // PostgreSQL), in the same transaction: the last new milestone
+        // becomes the job's status message and a `job.progress` event (a
+        // repeated batch, or the same step again, emits nothing).
+        macro_rules! finish {
+            ($tx:ident, $new:expr) => {{
+                let new: Vec<bool> = $new;
+                let progress = events.iter().zip(&new).rev().find(|(e, n)| **n && e.kind == EventKind::Progress);
+                if let Some((progress, _)) = progress {
+                    let step = bound_message(&progress.message);
+                    let row = sqlx::query(SET_PROGRESS)
+                        .bind(id.as_uuid())
+                        .bind(&step)
+                        .bind(now)
+                        .fetch_optional(&mut *$tx)
+                        .await?;
+                    if let Some(row) = row {
+                        let event = NewEvent::new(
+                            EventType::JobProgress,
+                            serde_json::json!({"job_id": id, "phase": row.text("phase")?, "step": step}),
+                        )
+                        .project(ProjectId::from_uuid(row.uuid("project_id")?))
+                        .ticket(row.opt_uuid("ticket_id")?.map(TicketId::from_uuid))
+                        .job(id);
+                        emit!(self, $tx, &event)?;
+                    }
+                }
+                $tx.commit().await?;
+                Ok::<_, sqlx::Error>(new.iter().filter(|n| **n).count() as u64)
+            }};
+        }
+        let seq = |event: &NewJobEvent| i64::try_from(event.seq).unwrap_or(i64::MAX);
+        let inserted = match &self.pool {
+            crate::Pool::Sqlite(pool) => {
+                let mut tx = crate::BeginWrite::begin_write(pool).await?;
+                let mut new = Vec::with_capacity(events.len());
+                for event in events {
+                    let rows = sqlx::query(INSERT_EVENT)
+                        .bind(id.as_uuid())
+                        .bind(seq(event))
+                        .bind(event.kind.as_str())
+                        .bind(event.level.as_str())
+                        .bind(bound_message(&event.message))
+                        .bind(event.data.clone().map(Json))
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                    new.push(rows == 1);
+                }
+                finish!(tx, new)
+            }
+            crate::Pool::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                // One statement for the batch, rows in the batch's order (the
+                // event ids follow it); a `seq` stored before, or twice in
+                // the batch, keeps its first row.
+                let stored: Vec<i64> = sqlx::query_scalar(INSERT_EVENTS_BATCH)
                     .bind(id.as_uuid())
-                    .bind(i64::try_from(event.seq).unwrap_or(i64::MAX))
-                    .bind(event.kind.as_str())
-                    .bind(event.level.as_str())
-                    .bind(bound_message(&event.message))
-                    .bind(event.data.clone().map(Json))
+                    .bind(events.iter().map(seq).collect::<Vec<_>>())
+                    .bind(events.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>())
+                    .bind(events.iter().map(|e| e.level.as_str()).collect::<Vec<_>>())
+                    .bind(events.iter().map(|e| bound_message(&e.message)).collect::<Vec<_>>())
+                    .bind(events.iter().map(|e| e.data.as_ref().map(|d| d.to_string())).collect::<Vec<_>>())
                     .bind(now)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                if new == 1 && event.kind == EventKind::Progress {
-                    progress = Some(event);
-                }
-                inserted += new;
+                    .fetch_all(&mut *tx)
+                    .await?;
+                let stored: std::collections::HashSet<i64> = stored.into_iter().collect();
+                let mut seen = std::collections::HashSet::new();
+                let new = events.iter().map(|e| stored.contains(&seq(e)) && seen.insert(seq(e))).collect();
+                finish!(tx, new)
             }
-            // The last new milestone becomes the job's status message and a `job.progress` event (a repeated
-            // batch, or the same step again, emits nothing).
-            if let Some(progress) = progress {
-                let step = bound_message(&progress.message);
-                let row =
-                    sqlx::query(SET_PROGRESS).bind(id.as_uuid()).bind(&step).bind(now).fetch_optional(&mut *tx).await?;
-                if let Some(row) = row {
-                    let event = NewEvent::new(
-                        EventType::JobProgress,
-                        serde_json::json!({"job_id": id, "phase": row.text("phase")?, "step": step}),
-                    )
-                    .project(ProjectId::from_uuid(row.uuid("project_id")?))
-                    .ticket(row.opt_uuid("ticket_id")?.map(TicketId::from_uuid))
-                    .job(id);
-                    emit!(self, tx, &event)?;
-                }
-            }
-            tx.commit().await?;
-            Ok::<_, sqlx::Error>(inserted)
-        })?;
+        }?;
         Ok(inserted)
     }
 

@@ -397,6 +397,33 @@ async fn worker_events_are_stored_once_in_order_and_progress_becomes_the_status(
     assert!(events[5].message.ends_with("bytes]"), "long lines are cut and say so");
     let after = store.list_job_events(j.id, events[2].id, 2).await.unwrap();
     assert_eq!(after.iter().map(|e| e.id).collect::<Vec<_>>(), vec![events[3].id, events[4].id]);
+
+    // A batch overlapping one stored before, with a seq twice and data: the
+    // new rows keep the batch's order, the first of a repeated seq wins, and
+    // the last new milestone becomes the status message.
+    let mut with_data = event(8, EventKind::Log, "eight");
+    with_data.data = Some(serde_json::json!({"tool": "bash", "n": 8}));
+    let overlap = vec![
+        event(4, EventKind::Log, "four again"),
+        event(7, EventKind::Progress, "pushing"),
+        event(5, EventKind::Log, "five"),
+        event(5, EventKind::Log, "five twice"),
+        event(6, EventKind::Progress, "opening the pull request"),
+        with_data,
+        event(3, EventKind::Progress, "running the agent again"),
+    ];
+    assert_eq!(store.append_worker_events(j.id, &overlap).await.unwrap(), 4);
+    assert_eq!(store.get_job(j.id).await.unwrap().status_message.as_deref(), Some("opening the pull request"));
+    let tail = store.list_job_events(j.id, events.last().unwrap().id, 100).await.unwrap();
+    let tail: Vec<(&str, Option<&serde_json::Value>)> =
+        tail.iter().map(|e| (e.message.as_str(), e.data.as_ref())).collect();
+    let data = serde_json::json!({"tool": "bash", "n": 8});
+    assert_eq!(
+        tail,
+        [("pushing", None), ("five", None), ("opening the pull request", None), ("eight", Some(&data))],
+        "worker events in the batch's order (server events such as job.progress are not job events)"
+    );
+    assert_eq!(store.append_worker_events(j.id, &[]).await.unwrap(), 0, "an empty batch stores nothing");
 }
 
 async fn a_requeued_job_can_be_claimed_again(backend: TestBackend) {
