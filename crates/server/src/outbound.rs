@@ -21,20 +21,65 @@ use crate::error::error_chain;
 use crate::outbox::Consumer;
 
 /// Owes events to the subscriptions that want them.
-pub struct OutboundWebhooks;
+///
+/// The active subscriptions are read once per batch of events (not once per
+/// event: most events are owed to nobody, and a busy server files thousands
+/// a second) and matched in memory, as the per-event query would: the
+/// event's project or none, created no later than the event. The events of a
+/// batch were all written before it began, so a subscription created since
+/// is too new for them anyway.
+#[derive(Default)]
+pub struct OutboundWebhooks {
+    batch: std::sync::Mutex<Option<Arc<Vec<Subscription>>>>,
+}
+
+/// Past this many active subscriptions, each event reads its own.
+const BATCH_SUBSCRIPTIONS: u32 = 2000;
+
+impl OutboundWebhooks {
+    async fn subscriptions(&self, state: &AppState, event: &DomainEvent) -> Result<Vec<Subscription>, String> {
+        let cached = self.batch.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let all = match cached {
+            Some(all) => all,
+            None => {
+                let all =
+                    state.store.active_subscriptions(BATCH_SUBSCRIPTIONS + 1).await.map_err(|e| error_chain(&e))?;
+                let all = Arc::new(all);
+                *self.batch.lock().unwrap_or_else(|p| p.into_inner()) = Some(all.clone());
+                all
+            }
+        };
+        if all.len() > BATCH_SUBSCRIPTIONS as usize {
+            return state
+                .store
+                .subscriptions_for_event(event.project_id, event.created_at)
+                .await
+                .map_err(|e| error_chain(&e));
+        }
+        Ok(all
+            .iter()
+            .filter(|s| s.project_id.is_none() || s.project_id == event.project_id)
+            .filter(|s| s.created_at <= event.created_at)
+            .cloned()
+            .collect())
+    }
+}
 
 impl Consumer for OutboundWebhooks {
     fn name(&self) -> &'static str {
         "outbound-webhooks"
     }
 
+    fn batch_started(&self) {
+        *self.batch.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
     fn handle<'a>(&'a self, state: &'a AppState, event: &'a DomainEvent) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
-            let subs = state
-                .store
-                .subscriptions_for_event(event.project_id, event.created_at)
-                .await
-                .map_err(|e| error_chain(&e))?;
+            let subs = self.subscriptions(state, event).await?;
+            if subs.is_empty() {
+                return Ok(());
+            }
             let body = event.webhook_body().to_string();
             let owed: Vec<NewOutbound> = subs
                 .iter()

@@ -347,6 +347,17 @@ impl Store {
         })
     }
 
+    /// The active subscriptions of every project and of none, in id order, at most `limit`.
+    pub async fn active_subscriptions(&self, limit: u32) -> Result<Vec<Subscription>, StoreError> {
+        on_pool!(self, |pool| {
+            let rows = sqlx::query(subscription_sql!("WHERE active ORDER BY id LIMIT $1"))
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?;
+            rows.iter().map(|r| subscription_from_row(r).map(|s| s.subscription)).collect()
+        })
+    }
+
     /// Owes each event to its subscription once (a repeat of the same pair adds nothing). Returns how many rows
     /// were new.
     pub async fn enqueue_outbound(&self, owed: &[NewOutbound]) -> Result<u64, StoreError> {

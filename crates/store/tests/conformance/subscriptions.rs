@@ -82,6 +82,10 @@ async fn subscriptions_keep_their_scope_and_sealed_credentials(backend: TestBack
     assert_eq!(targets.iter().map(|s| s.id).collect::<Vec<_>>(), vec![instance.id], "the project's one is off");
     let earlier = at - time::Duration::hours(1);
     assert!(store.subscriptions_for_event(Some(project.id), earlier).await.unwrap().is_empty());
+    // What the outbox consumer reads once per batch: every active one, whatever its scope.
+    let active = store.active_subscriptions(10).await.unwrap();
+    assert_eq!(active.iter().map(|s| s.id).collect::<Vec<_>>(), vec![instance.id], "the inactive one is left out");
+    assert!(store.active_subscriptions(0).await.unwrap().is_empty(), "the limit holds");
 
     assert!(store.reseal_subscription(instance.id, &sealed(1), &sealed(9)).await.unwrap());
     assert!(!store.reseal_subscription(instance.id, &sealed(1), &sealed(8)).await.unwrap(), "a concurrent change wins");
