@@ -140,10 +140,15 @@ pub struct EventsQuery {
     after: Option<i64>,
     /// At most this many events, 1 to 1000 (default 500).
     limit: Option<u32>,
+    /// Also return the job itself (`job`), so one call polls a job's status and its new log lines.
+    include_job: Option<bool>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct EventPage {
+    /// The job, when asked for with `include_job=true`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job: Option<Job>,
     pub items: Vec<JobEvent>,
     /// Pass as `after` for the next page; absent when this page was not full.
     pub next_after: Option<i64>,
@@ -160,14 +165,14 @@ pub async fn list_events(
     ApiQuery(query): ApiQuery<EventsQuery>,
 ) -> ApiResult<Json<EventPage>> {
     let id = parse_job_id(&id)?;
-    state.store.get_job(id).await?;
     let limit = query.limit.unwrap_or(500);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::invalid_field("limit", format!("must be between 1 and 1000 (got {limit})")));
     }
+    let job = state.store.get_job(id).await?;
     let items = state.store.list_job_events(id, query.after.unwrap_or(0).max(0), limit).await?;
     let next_after = (items.len() == limit as usize).then(|| items.last().map(|e| e.id)).flatten();
-    Ok(Json(EventPage { items, next_after }))
+    Ok(Json(EventPage { job: query.include_job.unwrap_or(false).then_some(job), items, next_after }))
 }
 
 /// Streams a job's events live (Server-Sent Events). Each event's `id` is

@@ -220,3 +220,44 @@ async fn a_report_claiming_a_foreign_branch_or_pull_request_is_refused() {
     assert_eq!(result(&token, job, claimed).await, 200);
     assert_eq!(app.store.get_job(job).await.unwrap().failure.unwrap().layer, viberglass_domain::FailureLayer::Internal);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_call_polls_a_job_and_its_new_log_lines() {
+    let app = TestApp::builder(TestBackend::Sqlite).without_dispatcher().spawn().await;
+    let (job, _) = claimed_job(&app, spec(), None).await;
+    let lines: Vec<_> = (1..=5)
+        .map(|seq| viberglass_domain::NewJobEvent {
+            seq,
+            kind: viberglass_domain::EventKind::Log,
+            level: viberglass_domain::LogLevel::Info,
+            message: format!("line {seq}"),
+            data: None,
+        })
+        .collect();
+    assert_eq!(app.store.append_worker_events(job, &lines).await.unwrap(), 5);
+    let page: serde_json::Value =
+        app.get(&format!("/api/v1/jobs/{job}/events?limit=3&include_job=true")).await.json().await.unwrap();
+    assert_eq!(page["job"]["id"], job.to_string(), "{page}");
+    assert_eq!(page["job"]["status"], "dispatching", "{page}");
+    let messages: Vec<_> = page["items"].as_array().unwrap().iter().map(|e| e["message"].as_str().unwrap()).collect();
+    assert_eq!(messages, ["queued", "dispatching: starting the worker", "line 1"]);
+    // The next polls ask for what came after; without `include_job` a page is the events alone.
+    let app = &app;
+    let page_after = |after: i64| {
+        let path = format!("/api/v1/jobs/{job}/events?after={after}&limit=3");
+        async move {
+            let page: serde_json::Value = app.get(&path).await.json().await.unwrap();
+            assert!(page.get("job").is_none(), "{page}");
+            let messages: Vec<String> =
+                page["items"].as_array().unwrap().iter().map(|e| e["message"].as_str().unwrap().to_owned()).collect();
+            (messages, page["next_after"].as_i64())
+        }
+    };
+    let (messages, next) = page_after(page["next_after"].as_i64().unwrap()).await;
+    assert_eq!(messages, ["line 2", "line 3", "line 4"]);
+    let (messages, next) = page_after(next.unwrap()).await;
+    assert_eq!(messages, ["line 5"]);
+    assert_eq!(next, None, "a page that is not full has no next page");
+    let refused = app.get(&format!("/api/v1/jobs/{job}/events?include_job=perhaps")).await;
+    assert_eq!(refused.status(), 400);
+}
