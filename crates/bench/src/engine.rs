@@ -355,3 +355,36 @@ pub async fn outbox(backend: &str, target: DatabaseTarget, events: usize, writer
     store.close().await;
     Ok(())
 }
+
+/// Queues a job (no clanker, so nothing runs it) on the project `slug` of a
+/// running server's database and stores `lines` worker log lines for it, as
+/// a worker would: the job a poll reads.
+pub async fn job_with_events(target: &DatabaseTarget, slug: &str, lines: usize) -> Result<JobId> {
+    let store = Store::connect(target, PoolSettings { max_connections: 2, ..PoolSettings::default() })
+        .await
+        .context("connecting to the server's database")?;
+    let slug = viberglass_domain::ProjectSlug::parse(slug).map_err(|e| anyhow::anyhow!(e))?;
+    let project = store.get_project_by_slug(&slug).await?;
+    let job = store
+        .create_job(NewJob {
+            id: JobId::new(),
+            project_id: project.id,
+            ticket_id: None,
+            clanker_id: None,
+            spec: spec(),
+            requested_by: None,
+        })
+        .await?;
+    let events: Vec<_> = (0..lines)
+        .map(|i| viberglass_domain::NewJobEvent {
+            seq: i as u64 + 1,
+            kind: viberglass_domain::EventKind::Log,
+            level: viberglass_domain::LogLevel::Info,
+            message: format!("[agent] step {i}: reading src/module_{i}.rs and running the tests"),
+            data: None,
+        })
+        .collect();
+    store.append_worker_events(job.id, &events).await?;
+    store.close().await;
+    Ok(job.id)
+}

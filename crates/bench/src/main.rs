@@ -18,6 +18,18 @@ use futures::StreamExt;
 use sqlx::Connection;
 
 mod engine;
+mod wrk;
+
+/// A row for the closing table: (backend, workload, connections, req/s, p99 ms).
+type Row = (String, String, usize, f64, f64);
+
+static SUMMARY: std::sync::Mutex<Vec<Row>> = std::sync::Mutex::new(Vec::new());
+
+fn record(backend: &str, workload: &str, connections: usize, rps: f64, p99: f64) {
+    if let Ok(mut rows) = SUMMARY.lock() {
+        rows.push((backend.to_owned(), workload.to_owned(), connections, rps, p99));
+    }
+}
 
 #[derive(Parser)]
 #[command(about = "Benchmark a viberglass server on SQLite and PostgreSQL")]
@@ -63,6 +75,12 @@ struct Args {
     /// Only the store-level benchmarks (queue and outbox), which need no server binary.
     #[arg(long)]
     store_only: bool,
+    /// Seconds per timed `wrk` run (after a warm-up run); 0 skips the wrk workloads.
+    #[arg(long, default_value_t = 30)]
+    wrk_seconds: u32,
+    /// Seconds of warm-up before each timed `wrk` run.
+    #[arg(long, default_value_t = 5)]
+    wrk_warmup: u32,
 }
 
 struct Server {
@@ -144,6 +162,7 @@ impl Stats {
     }
 
     fn print(&self, backend: &str, operation: &str, concurrency: usize) {
+        record(backend, operation, concurrency, self.requests as f64 / self.wall.as_secs_f64(), self.percentile(99.0));
         println!(
             "{backend:<9} {operation:<15} {:>8} {concurrency:>5} {:>10.0} {:>8.2} {:>8.2} {:>8.2}",
             self.requests,
@@ -181,7 +200,7 @@ where
 
 /// Creates the first administrator and returns a client sending an API
 /// token, as a real API client would (every request is authenticated).
-pub async fn signed_in(base: &str, concurrency: usize) -> Result<reqwest::Client> {
+pub async fn signed_in(base: &str, concurrency: usize) -> Result<(reqwest::Client, String)> {
     let plain = reqwest::Client::new();
     let setup = plain
         .post(format!("{base}/api/v1/setup"))
@@ -206,7 +225,10 @@ pub async fn signed_in(base: &str, concurrency: usize) -> Result<reqwest::Client
     let token = token["token"].as_str().ok_or_else(|| anyhow::anyhow!("no token: {token}"))?;
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse()?);
-    Ok(reqwest::Client::builder().pool_max_idle_per_host(concurrency).default_headers(headers).build()?)
+    Ok((
+        reqwest::Client::builder().pool_max_idle_per_host(concurrency).default_headers(headers).build()?,
+        token.to_owned(),
+    ))
 }
 
 async fn bench_backend(args: &Args, backend: &str, database_url: Option<&str>) -> Result<()> {
@@ -243,7 +265,7 @@ async fn bench_backend(args: &Args, backend: &str, database_url: Option<&str>) -
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle = rss_kib(server.child.id())?;
-    let client = signed_in(&base, args.concurrency).await?;
+    let (client, token) = signed_in(&base, args.concurrency).await?;
     if backend == "sqlite" {
         engine::dispatch(&client, &base, args.dispatches, args.docker_image.as_deref(), kube.is_some()).await?;
     }
@@ -333,6 +355,17 @@ async fn bench_backend(args: &Args, backend: &str, database_url: Option<&str>) -
         }
     })
     .await?;
+    if args.wrk_seconds > 0 {
+        if wrk::available() {
+            let target = match database_url {
+                Some(url) => viberglass_store::DatabaseTarget::Postgres { url: url.to_owned() },
+                None => viberglass_store::DatabaseTarget::Sqlite { path: data_dir.path().join("viberglass.db") },
+            };
+            with_wrk(args, backend, &client, &base, &token, target).await?;
+        } else {
+            println!("{backend:<9} wrk workloads   (skipped: no `wrk` on the PATH; `apt-get install wrk`)");
+        }
+    }
     // Signed custom webhook → ticket (one transaction per delivery), at 16 and 32 connections.
     let secret = "bench-webhook-secret-0123";
     let config: serde_json::Value = client
@@ -384,6 +417,7 @@ async fn bench_backend(args: &Args, backend: &str, database_url: Option<&str>) -
     list.print(backend, "ticket list", args.concurrency);
     search.print(backend, "ticket search", args.concurrency);
     page.print(backend, "UI pages", args.concurrency);
+    record(backend, "idle RSS", 0, idle as f64 / 1024.0, 0.0);
     println!(
         "{backend:<9} {:<15} idle {:.1} MiB, after the run {:.1} MiB",
         "serve RSS",
@@ -408,11 +442,111 @@ async fn bench_backend(args: &Args, backend: &str, database_url: Option<&str>) -
         drop(again);
     }
     starts.sort_by(f64::total_cmp);
+    record(backend, "start to ready", 0, starts[2], 0.0);
     println!(
         "{backend:<9} {:<15} median {:.0} ms, best {:.0} ms (5 restarts, exec to the first 200 from /readyz, migrated database)",
         "start to ready", starts[2], starts[0]
     );
     Ok(())
+}
+
+/// The table's HTTP workloads through `wrk` at 16 and 32 connections: the
+/// list and search over the 10,000 tickets, a job poll (the job and its 50
+/// log lines in one call), then ticket creation into a second project.
+async fn with_wrk(
+    args: &Args,
+    backend: &str,
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    target: viberglass_store::DatabaseTarget,
+) -> Result<()> {
+    let job = engine::job_with_events(&target, "bench", 50).await?;
+    let created = client
+        .post(format!("{base}/api/v1/projects"))
+        .json(&serde_json::json!({"name": "Wrk", "slug": "wrk"}))
+        .send()
+        .await?;
+    if created.status() != 201 {
+        bail!("creating the wrk project failed: {}", created.text().await?);
+    }
+    let workloads = [
+        ("ticket list", format!("{base}/api/v1/tickets?project=bench&limit=50"), wrk::Script::Get),
+        ("ticket search", format!("{base}/api/v1/tickets?project=bench&limit=50&q=checkout"), wrk::Script::Get),
+        ("job poll", format!("{base}/api/v1/jobs/{job}/events?limit=50&include_job=true"), wrk::Script::Get),
+        ("ticket create", format!("{base}/api/v1/projects/wrk/tickets"), wrk::Script::CreateTicket),
+    ];
+    for (name, url, script) in &workloads {
+        for connections in [16, 32] {
+            let (url, token) = (url.clone(), token.to_owned());
+            let (warmup, seconds) = (args.wrk_warmup, args.wrk_seconds);
+            let script = match script {
+                wrk::Script::Get => wrk::Script::Get,
+                wrk::Script::CreateTicket => wrk::Script::CreateTicket,
+            };
+            let run =
+                tokio::task::spawn_blocking(move || wrk::run(&url, &token, &script, connections, warmup, seconds))
+                    .await?
+                    .with_context(|| format!("wrk {name} at {connections} connections"))?;
+            let label = format!("wrk {name}");
+            record(backend, &label, connections, run.rps, run.p99_ms);
+            println!(
+                "{backend:<9} {label:<15} {:>8} {connections:>5} {:>10.0} {:>8.2} {:>8.2} {:>8}",
+                run.requests, run.rps, run.p50_ms, run.p99_ms, "-"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The original's figures from issue 22 (wrk, one thread, 30 s) and each
+/// workload's target as a multiple of them.
+const ORIGINAL: &[(&str, usize, f64, f64)] = &[
+    ("wrk ticket create", 16, 1233.0, 10.0),
+    ("wrk ticket create", 32, 1458.0, 10.0),
+    ("wrk ticket list", 16, 158.0, 20.0),
+    ("wrk ticket search", 16, 65.0, 10.0),
+    ("wrk job poll", 16, 1203.0, 10.0),
+    ("webhook→ticket", 16, 623.0, 10.0),
+];
+
+fn print_ratios() {
+    let Ok(rows) = SUMMARY.lock() else { return };
+    println!();
+    println!(
+        "{:<9} {:<18} {:>5} {:>10} {:>10} {:>8} {:>8} {:>8}",
+        "backend", "workload", "conc", "original", "req/s", "ratio", "target", "p99 ms"
+    );
+    for (backend, workload, connections, rps, p99) in rows.iter() {
+        let Some((_, _, original, target)) = ORIGINAL.iter().find(|(w, c, _, _)| w == workload && c == connections)
+        else {
+            continue;
+        };
+        println!(
+            "{backend:<9} {workload:<18} {connections:>5} {original:>10.0} {rps:>10.0} {:>7.1}× {target:>7.0}× {p99:>8.2}",
+            rps / original
+        );
+    }
+    let pgbench = rows.iter().find(|r| r.1 == "pgbench").map(|r| r.3);
+    for (backend, workload, connections, value, _) in rows.iter() {
+        match (workload.as_str(), pgbench) {
+            ("wrk ticket create", Some(tps)) if backend == "postgres" && tps > 0.0 => println!(
+                "{backend:<9} {workload:<18} {connections:>5} {:.0}% of pgbench's {tps:.0} tx/s (target: two thirds)",
+                value / tps * 100.0
+            ),
+            ("claim+complete", Some(tps)) if backend == "postgres" && tps > 0.0 => println!(
+                "{backend:<9} {workload:<18} {connections:>5} {:.1}% of pgbench's {tps:.0} tx/s (target: half)",
+                value / tps * 100.0
+            ),
+            ("idle RSS", _) => {
+                println!("{backend:<9} {workload:<18} {value:>.1} MiB (original 117 MiB; target at most 12)")
+            }
+            ("start to ready", _) => {
+                println!("{backend:<9} {workload:<18} {value:>.0} ms median (original 930 ms; target at most 100)")
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Outbound webhooks: a subscription to `ticket.filed` on a local receiver (which verifies every signature with
@@ -529,6 +663,7 @@ async fn pgbench(admin: &str, seconds: u32) -> Result<()> {
             .and_then(|l| l.split_whitespace().next())
             .with_context(|| format!("pgbench printed no tps: {text}{}", String::from_utf8_lossy(&output.stderr)))?
             .to_owned();
+        record("postgres", "pgbench", 16, tps.parse().unwrap_or(0.0), 0.0);
         println!(
             "{:<9} {:<15} {:>8} {:>5} {:>10}   (pgbench, single-row INSERT, {seconds} s)",
             "postgres",
@@ -585,5 +720,6 @@ async fn main() -> Result<()> {
         }
         None => println!("postgres  (skipped: pass --postgres or set BENCH_DATABASE_URL)"),
     }
+    print_ratios();
     Ok(())
 }
