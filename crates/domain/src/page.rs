@@ -64,7 +64,7 @@ impl PageRequest {
 }
 
 /// One page of a list.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Page<T> {
     pub items: Vec<T>,
     /// Pass this as `cursor` to read the next page; absent on the last page.

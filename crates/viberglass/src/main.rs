@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+
+mod client;
 use viberglass_server::config::{Config, EncryptionKey, Override};
 use viberglass_server::{StartupError, serve, telemetry};
 
@@ -27,13 +29,31 @@ enum Command {
     Config(ConfigCommand),
     /// Run one job as a viberator (started by a compute target, not by people).
     Worker(WorkerArgs),
-    /// Secret maintenance.
+    /// Secrets: list them (client), rotate the encryption key (maintenance).
     #[command(subcommand)]
     Secrets(SecretsCommand),
+    /// Sign in to a server and keep an API token for the other client commands.
+    Login(client::LoginArgs),
+    /// The projects you can see.
+    Projects(client::ListArgs),
+    /// List, file and read tickets.
+    #[command(subcommand)]
+    Tickets(client::TicketsCommand),
+    /// Start a run of one phase of a ticket: `viberglass run TICKET research --clanker CLANKER`.
+    Run(client::RunArgs),
+    /// List and read jobs, and their logs (`--follow` for live).
+    #[command(subcommand)]
+    Jobs(client::JobsCommand),
+    /// Approve a ticket's research or planning document (`--continue-with CLANKER` also starts the next phase).
+    Approve(client::ApproveArgs),
+    /// The saved worker configurations.
+    Clankers(client::ListArgs),
 }
 
 #[derive(Subcommand)]
 enum SecretsCommand {
+    /// The secrets' names, backends and references (never their values).
+    List(client::ListArgs),
     /// Re-encrypt every stored secret under a new key. The configured key
     /// (and SECRETS_PREVIOUS_KEYS) still decrypt during the change.
     RotateKey(RotateArgs),
@@ -133,6 +153,14 @@ fn main() -> ExitCode {
         }
         Command::Worker(args) => run_worker(args),
         Command::Secrets(SecretsCommand::RotateKey(args)) => rotate_key(args),
+        Command::Secrets(SecretsCommand::List(args)) => client::run(client::secrets(args)),
+        Command::Login(args) => client::run(client::login(args)),
+        Command::Projects(args) => client::run(client::projects(args)),
+        Command::Tickets(command) => client::run(client::tickets(command)),
+        Command::Run(args) => client::run(client::run_phase(args)),
+        Command::Jobs(command) => client::run(client::jobs(command)),
+        Command::Approve(args) => client::run(client::approve(args)),
+        Command::Clankers(args) => client::run(client::clankers(args)),
     }
 }
 

@@ -1,0 +1,952 @@
+//! The client commands (`login`, `projects`, `tickets`, `run`, `jobs`,
+//! `approve`, `secrets list`, `clankers`): a terminal front end to a running
+//! server's API, reading its answers into the same read models the server
+//! writes them from, and printing them as a table or as JSON.
+//!
+//! The server comes from `--server`, then `VIBERGLASS_URL`, then the file
+//! `viberglass login` wrote (`$VIBERGLASS_CLI_CONFIG`, else
+//! `$XDG_CONFIG_HOME/viberglass/cli.toml`, else `~/.config/viberglass/cli.toml`,
+//! mode 0600). The token comes from `VIBERGLASS_TOKEN`, then that file, and
+//! the file's token is only ever sent to the server it was made on.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand, ValueEnum};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use viberglass_domain::{Clanker, Job, JobEvent, Page, Project, Secret, Ticket};
+
+/// How results are printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+/// What every client command takes.
+#[derive(Args, Debug, Clone)]
+pub struct Connection {
+    /// The server's URL, e.g. http://127.0.0.1:8888 [default: the one `viberglass login` saved].
+    #[arg(long, env = "VIBERGLASS_URL")]
+    server: Option<String>,
+    /// An API token [default: the one `viberglass login` saved for this server].
+    #[arg(long, env = "VIBERGLASS_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// `table` for people, `json` for scripts.
+    #[arg(long, short = 'o', value_enum, default_value = "table")]
+    output: Output,
+}
+
+#[derive(Args, Debug)]
+pub struct LoginArgs {
+    #[command(flatten)]
+    connection: Connection,
+    /// The account's email.
+    #[arg(long)]
+    email: Option<String>,
+    /// The password (else read from VIBERGLASS_PASSWORD, else one line of standard input).
+    #[arg(long, env = "VIBERGLASS_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TicketsCommand {
+    /// Tickets, newest first.
+    List {
+        #[command(flatten)]
+        connection: Connection,
+        /// Only this project's (slug or id).
+        #[arg(long)]
+        project: Option<String>,
+        /// Only tickets whose title or description contains this.
+        #[arg(long)]
+        search: Option<String>,
+        /// At most this many (1 to 200).
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// File a ticket.
+    Create {
+        #[command(flatten)]
+        connection: Connection,
+        /// The project (slug or id).
+        #[arg(long)]
+        project: String,
+        #[arg(long)]
+        title: String,
+        #[arg(long, default_value = "")]
+        description: String,
+        /// `low`, `medium`, `high` or `critical`.
+        #[arg(long)]
+        severity: Option<String>,
+    },
+    /// One ticket.
+    Show {
+        #[command(flatten)]
+        connection: Connection,
+        ticket: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum JobsCommand {
+    /// Jobs, newest first.
+    List {
+        #[command(flatten)]
+        connection: Connection,
+        /// Only this ticket's.
+        #[arg(long)]
+        ticket: Option<String>,
+        /// Only jobs with this status (`queued`, `active`, `failed`, ...).
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// One job: its status and, when it failed, the layer, the cause and the fix.
+    Show {
+        #[command(flatten)]
+        connection: Connection,
+        job: String,
+    },
+    /// A job's log: its progress, log lines and agent events.
+    Logs {
+        #[command(flatten)]
+        connection: Connection,
+        job: String,
+        /// Keep printing new lines as they come (Server-Sent Events) until the job ends.
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    connection: Connection,
+    /// The ticket's id.
+    ticket: String,
+    /// `research`, `planning` or `execution`.
+    phase: String,
+    /// The clanker to run it with (slug or id).
+    #[arg(long)]
+    clanker: String,
+}
+
+#[derive(Args, Debug)]
+pub struct ApproveArgs {
+    #[command(flatten)]
+    connection: Connection,
+    /// The ticket's id.
+    ticket: String,
+    /// The phase whose document is approved: `research` or `planning`.
+    phase: String,
+    #[arg(long, default_value = "")]
+    comment: String,
+    /// Approve and start the next phase at once with this clanker (needs the maintainer role).
+    #[arg(long = "continue-with", value_name = "CLANKER")]
+    continue_with: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    #[command(flatten)]
+    connection: Connection,
+}
+
+/// What went wrong, printed as the API said it: its message, and the fix.
+#[derive(Debug)]
+pub struct Failure {
+    message: String,
+    fix: Option<String>,
+    details: Vec<String>,
+}
+
+impl Failure {
+    fn new(message: impl Into<String>, fix: impl Into<String>) -> Self {
+        Self { message: message.into(), fix: Some(fix.into()), details: Vec::new() }
+    }
+
+    fn print(&self) {
+        eprintln!("viberglass: error: {}", self.message);
+        for detail in &self.details {
+            eprintln!("  {detail}");
+        }
+        if let Some(fix) = &self.fix {
+            eprintln!("  fix: {fix}");
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, Failure>;
+
+/// The API's error body.
+#[derive(Deserialize)]
+struct ErrorBody {
+    code: String,
+    message: String,
+    hint: Option<String>,
+    #[serde(default)]
+    fields: Vec<FieldError>,
+}
+
+#[derive(Deserialize)]
+struct FieldError {
+    field: String,
+    message: String,
+}
+
+/// What `viberglass login` keeps.
+#[derive(Serialize, Deserialize, Default)]
+struct Saved {
+    server: String,
+    token: String,
+    email: Option<String>,
+}
+
+fn config_path() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("VIBERGLASS_CLI_CONFIG").filter(|p| !p.is_empty()) {
+        return Ok(PathBuf::from(path));
+    }
+    let base = match std::env::var_os("XDG_CONFIG_HOME").filter(|p| !p.is_empty()) {
+        Some(dir) => PathBuf::from(dir),
+        None => match std::env::var_os("HOME").filter(|p| !p.is_empty()) {
+            Some(home) => PathBuf::from(home).join(".config"),
+            None => {
+                return Err(Failure::new(
+                    "cannot tell where to keep the CLI's settings: neither XDG_CONFIG_HOME nor HOME is set",
+                    "set VIBERGLASS_CLI_CONFIG to a file path",
+                ));
+            }
+        },
+    };
+    Ok(base.join("viberglass").join("cli.toml"))
+}
+
+fn load_saved() -> Result<Option<Saved>> {
+    let path = config_path()?;
+    match std::fs::read_to_string(&path) {
+        Ok(text) => toml::from_str(&text).map(Some).map_err(|e| {
+            Failure::new(
+                format!("{} is not a valid CLI settings file: {e}", path.display()),
+                "run `viberglass login` again, or delete the file",
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Failure::new(format!("cannot read {}: {e}", path.display()), "check the file's permissions")),
+    }
+}
+
+/// Writes the settings file readable by its owner only (mode 0600, in a 0700 directory).
+fn save(saved: &Saved) -> Result<PathBuf> {
+    let path = config_path()?;
+    let fail = |e: std::io::Error| {
+        Failure::new(format!("cannot write {}: {e}", path.display()), "set VIBERGLASS_CLI_CONFIG to a writable path")
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder.create(dir).map_err(fail)?;
+    }
+    let text =
+        toml::to_string(saved).map_err(|e| Failure::new(format!("cannot encode the settings: {e}"), "report this"))?;
+    let partial = path.with_extension("toml.partial");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&partial).map_err(fail)?;
+    // An existing file keeps its mode on open: make sure.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(fail)?;
+    }
+    file.write_all(text.as_bytes()).map_err(fail)?;
+    file.sync_all().map_err(fail)?;
+    std::fs::rename(&partial, &path).map_err(fail)?;
+    Ok(path)
+}
+
+fn normalize(server: &str) -> Result<String> {
+    let server = server.trim().trim_end_matches('/');
+    let parsed = reqwest::Url::parse(server).map_err(|e| {
+        Failure::new(format!("`{server}` is not a server URL: {e}"), "pass --server http://host:port (or https://)")
+    })?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(Failure::new(
+            format!("`{server}` is not an http(s) URL"),
+            "pass --server http://host:port (or https://)",
+        ));
+    }
+    Ok(server.to_owned())
+}
+
+/// A signed-in connection to one server.
+struct Api {
+    http: reqwest::Client,
+    server: String,
+    token: Option<String>,
+    output: Output,
+}
+
+impl Api {
+    fn open(connection: &Connection, needs_token: bool) -> Result<Api> {
+        let saved = load_saved()?;
+        let server = match (&connection.server, &saved) {
+            (Some(server), _) => normalize(server)?,
+            (None, Some(saved)) => normalize(&saved.server)?,
+            (None, None) => {
+                return Err(Failure::new(
+                    "no server given",
+                    "pass --server URL, set VIBERGLASS_URL, or run `viberglass login --server URL`",
+                ));
+            }
+        };
+        // The saved token belongs to the server it was made on: never sent anywhere else.
+        let token = connection.token.clone().or_else(|| {
+            saved.as_ref().filter(|s| normalize(&s.server).ok().as_deref() == Some(&server)).map(|s| s.token.clone())
+        });
+        if needs_token && token.is_none() {
+            return Err(Failure::new(
+                format!("not signed in to {server}"),
+                format!("run `viberglass login --server {server}`, or set VIBERGLASS_TOKEN to an API token"),
+            ));
+        }
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("viberglass-cli/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .build()
+            .map_err(|e| Failure::new(format!("cannot make an HTTP client: {e}"), "report this"))?;
+        Ok(Api { http, server, token, output: connection.output })
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let request = self.http.request(method, format!("{}{path}", self.server));
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response> {
+        let response = request.send().await.map_err(|e| {
+            let mut cause = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(inner) = source {
+                cause = format!("{cause}: {inner}");
+                source = inner.source();
+            }
+            Failure::new(
+                format!("cannot reach {}: {cause}", self.server),
+                "check that the server runs and that --server (or VIBERGLASS_URL) is its URL",
+            )
+        })?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        Err(self.refusal(response).await)
+    }
+
+    /// The API's own message and fix for a refused request.
+    async fn refusal(&self, response: reqwest::Response) -> Failure {
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(body) => {
+                let fix = body.hint.unwrap_or_else(|| match status.as_u16() {
+                    400 if !body.fields.is_empty() => "correct the fields named above and try again".into(),
+                    400 => "correct the request as the message says and try again".into(),
+                    401 => format!("run `viberglass login --server {}` again", self.server),
+                    403 => "ask an administrator or the project's maintainer for the role this needs".into(),
+                    404 => "check the id or slug: the list commands (`viberglass tickets list`, `jobs list`, \
+                            `projects`, `clankers`) show what exists"
+                        .into(),
+                    409 | 412 => "reload what you are changing and try again".into(),
+                    422 => "do first what the message says, then try again".into(),
+                    429 => "wait a moment and try again".into(),
+                    _ => "try again; if it keeps failing, an administrator finds the cause in the server's log \
+                          (the request id is in its x-request-id answer header)"
+                        .into(),
+                });
+                Failure {
+                    message: format!("{} ({} {})", body.message, status.as_u16(), body.code),
+                    fix: Some(fix),
+                    details: body.fields.iter().map(|f| format!("{}: {}", f.field, f.message)).collect(),
+                }
+            }
+            Err(_) => Failure::new(
+                format!("the server answered {status}: {}", text.chars().take(300).collect::<String>()),
+                "check that --server is a Viberglass server",
+            ),
+        }
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        let response = self.send(self.request(reqwest::Method::GET, path)).await?;
+        self.read(response).await
+    }
+
+    async fn post<T: DeserializeOwned>(&self, path: &str, body: &serde_json::Value) -> Result<T> {
+        let response = self.send(self.request(reqwest::Method::POST, path).json(body)).await?;
+        self.read(response).await
+    }
+
+    async fn read<T: DeserializeOwned>(&self, response: reqwest::Response) -> Result<T> {
+        let text = response
+            .text()
+            .await
+            .map_err(|e| Failure::new(format!("the answer from {} broke off: {e}", self.server), "try again"))?;
+        serde_json::from_str(&text).map_err(|e| {
+            Failure::new(
+                format!("cannot read the server's answer ({e}); is it the same version as this CLI?"),
+                "use the `viberglass` binary of the server's version",
+            )
+        })
+    }
+
+    /// Prints `value` as JSON, or as `table` for people.
+    fn print<T: Serialize>(&self, value: &T, table: impl FnOnce() -> String) {
+        match self.output {
+            Output::Json => println!("{}", serde_json::to_string_pretty(value).unwrap_or_default()),
+            Output::Table => print!("{}", table()),
+        }
+    }
+}
+
+/// A value's serialized name (`in_review`, `claude-code`...).
+fn label<T: Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => s,
+        Ok(serde_json::Value::Null) => "-".into(),
+        Ok(other) => other.to_string(),
+        Err(_) => "?".into(),
+    }
+}
+
+/// Columns padded to their widest cell.
+fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in &rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut out = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<width$}  ", width = widths[i]));
+            }
+        }
+        out.trim_end().to_owned() + "\n"
+    };
+    let mut out = line(headers.iter().map(|h| (*h).to_owned()).collect());
+    for row in rows {
+        out.push_str(&line(row));
+    }
+    out
+}
+
+fn one_line(text: &str, max: usize) -> String {
+    let first = text.lines().next().unwrap_or_default();
+    if first.chars().count() > max {
+        format!("{}…", first.chars().take(max - 1).collect::<String>())
+    } else {
+        first.into()
+    }
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters: safe in a path segment and in a query value.
+fn encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::new(format!("cannot start the async runtime: {e}"), "report this"))
+}
+
+/// Runs one client command and turns its failure into the API's message and fix on standard error.
+pub fn run(command: impl std::future::Future<Output = Result<()>>) -> ExitCode {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let result = runtime().and_then(|rt| rt.block_on(command));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            failure.print();
+            ExitCode::FAILURE
+        }
+    }
+}
+
+pub async fn login(args: LoginArgs) -> Result<()> {
+    let api = Api::open(&Connection { token: None, ..args.connection.clone() }, false)?;
+    #[derive(Deserialize)]
+    struct Created {
+        token: String,
+    }
+    let token = match args.connection.token.clone() {
+        // A token made in the web UI: checked, then kept.
+        Some(token) => token,
+        None => {
+            let email = args.email.clone().ok_or_else(|| {
+                Failure::new(
+                    "no account given",
+                    "pass --email (and --password, VIBERGLASS_PASSWORD or the password on standard input), or --token",
+                )
+            })?;
+            let password = match args.password.clone() {
+                Some(password) => password,
+                None => {
+                    eprint!("Password for {email}: ");
+                    let mut line = String::new();
+                    std::io::stdin()
+                        .lock()
+                        .read_line(&mut line)
+                        .map_err(|e| Failure::new(format!("cannot read the password: {e}"), "pass --password"))?;
+                    line.trim_end_matches(['\r', '\n']).to_owned()
+                }
+            };
+            let signed = api
+                .send(
+                    api.request(reqwest::Method::POST, "/api/v1/auth/login")
+                        .json(&serde_json::json!({"email": email, "password": password})),
+                )
+                .await?;
+            let cookie = signed
+                .headers()
+                .get_all(reqwest::header::SET_COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .filter_map(|v| v.split(';').next())
+                .collect::<Vec<_>>()
+                .join("; ");
+            let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
+            let name = if host.is_empty() { "viberglass CLI".to_owned() } else { format!("viberglass CLI on {host}") };
+            let created: Created = api
+                .read(
+                    api.send(
+                        api.request(reqwest::Method::POST, "/api/v1/me/tokens")
+                            .header(reqwest::header::COOKIE, cookie)
+                            .json(&serde_json::json!({"name": name})),
+                    )
+                    .await?,
+                )
+                .await?;
+            created.token
+        }
+    };
+    let api = Api { token: Some(token.clone()), ..api };
+    let me: serde_json::Value = api.get("/api/v1/me").await?;
+    let email = me["user"]["email"].as_str().map(str::to_owned);
+    let path = save(&Saved { server: api.server.clone(), token, email: email.clone() })?;
+    api.print(&me, || {
+        format!(
+            "Signed in to {} as {}; the token is in {}\n",
+            api.server,
+            email.as_deref().unwrap_or("nobody (authentication is off)"),
+            path.display()
+        )
+    });
+    Ok(())
+}
+
+pub async fn projects(args: ListArgs) -> Result<()> {
+    let api = Api::open(&args.connection, true)?;
+    let page: Page<Project> = api.get("/api/v1/projects?limit=200").await?;
+    api.print(&page, || {
+        if page.items.is_empty() {
+            return "No projects yet: an administrator creates one in the web UI (Projects → New) or with POST /api/v1/projects.\n".into();
+        }
+        table(
+            &["SLUG", "NAME", "REPOSITORY", "ID"],
+            page.items
+                .iter()
+                .map(|p| {
+                    vec![
+                        p.slug.as_str().to_owned(),
+                        p.name.clone(),
+                        p.repository_url.clone().unwrap_or_else(|| "-".into()),
+                        p.id.to_string(),
+                    ]
+                })
+                .collect(),
+        )
+    });
+    Ok(())
+}
+
+fn ticket_rows(tickets: &[Ticket]) -> Vec<Vec<String>> {
+    tickets
+        .iter()
+        .map(|t| vec![t.id.to_string(), label(&t.status), label(&t.phase), label(&t.severity), one_line(&t.title, 60)])
+        .collect()
+}
+
+pub async fn tickets(command: TicketsCommand) -> Result<()> {
+    match command {
+        TicketsCommand::List { connection, project, search, limit } => {
+            let api = Api::open(&connection, true)?;
+            let mut path = format!("/api/v1/tickets?limit={limit}");
+            if let Some(project) = project {
+                path.push_str(&format!("&project={}", encode(&project)));
+            }
+            if let Some(search) = search {
+                path.push_str(&format!("&q={}", encode(&search)));
+            }
+            let page: Page<Ticket> = api.get(&path).await?;
+            api.print(&page, || {
+                if page.items.is_empty() {
+                    return "No tickets match: file one with `viberglass tickets create --project SLUG --title ...`.\n"
+                        .into();
+                }
+                table(&["ID", "STATUS", "PHASE", "SEVERITY", "TITLE"], ticket_rows(&page.items))
+            });
+        }
+        TicketsCommand::Create { connection, project, title, description, severity } => {
+            let api = Api::open(&connection, true)?;
+            let mut body = serde_json::json!({"title": title, "description": description});
+            if let Some(severity) = severity {
+                body["severity"] = severity.into();
+            }
+            let ticket: Ticket = api.post(&format!("/api/v1/projects/{}/tickets", encode(&project)), &body).await?;
+            api.print(&ticket, || format!("Filed ticket {}: {}\n", ticket.id, ticket.title));
+        }
+        TicketsCommand::Show { connection, ticket } => {
+            let api = Api::open(&connection, true)?;
+            let ticket: Ticket = api.get(&format!("/api/v1/tickets/{}", encode(&ticket))).await?;
+            api.print(&ticket, || {
+                let mut out =
+                    table(&["ID", "STATUS", "PHASE", "SEVERITY", "TITLE"], ticket_rows(std::slice::from_ref(&ticket)));
+                if let Some(url) = &ticket.pull_request_url {
+                    out.push_str(&format!("\nPull request: {url}\n"));
+                }
+                if !ticket.description.is_empty() {
+                    out.push_str(&format!("\n{}\n", ticket.description));
+                }
+                out
+            });
+        }
+    }
+    Ok(())
+}
+
+fn job_rows(jobs: &[Job]) -> Vec<Vec<String>> {
+    jobs.iter()
+        .map(|j| {
+            vec![
+                j.id.to_string(),
+                label(&j.phase),
+                label(&j.status),
+                j.ticket_id.map_or_else(|| "-".into(), |t| t.to_string()),
+                one_line(j.status_message.as_deref().unwrap_or("-"), 70),
+            ]
+        })
+        .collect()
+}
+
+fn show_job(job: &Job) -> String {
+    let mut out = table(&["ID", "PHASE", "STATUS", "TICKET", "MESSAGE"], job_rows(std::slice::from_ref(job)));
+    if let Some(failure) = &job.failure {
+        out.push_str(&format!(
+            "\nFailed in the {} layer ({}): {}\n",
+            label(&failure.layer),
+            failure.code,
+            failure.message
+        ));
+        out.push_str(if failure.retryable {
+            "Running it again unchanged can succeed.\n"
+        } else {
+            "Running it again unchanged will fail the same way: fix the cause first.\n"
+        });
+    }
+    for (name, value) in [("Branch", &job.branch), ("Commit", &job.commit_sha), ("Pull request", &job.pull_request_url)]
+    {
+        if let Some(value) = value {
+            out.push_str(&format!("{name}: {value}\n"));
+        }
+    }
+    out
+}
+
+pub async fn run_phase(args: RunArgs) -> Result<()> {
+    let api = Api::open(&args.connection, true)?;
+    let job: Job = api
+        .post(
+            &format!("/api/v1/tickets/{}/runs", encode(&args.ticket)),
+            &serde_json::json!({"phase": args.phase, "clanker": args.clanker}),
+        )
+        .await?;
+    api.print(&job, || {
+        format!(
+            "Queued {} job {} ({}); follow it with `viberglass jobs logs {} --follow`\n",
+            label(&job.phase),
+            job.id,
+            label(&job.status),
+            job.id
+        )
+    });
+    Ok(())
+}
+
+fn event_line(event: &JobEvent) -> String {
+    format!(
+        "{} {:<5} {}",
+        event.created_at.time().to_string().split('.').next().unwrap_or_default(),
+        label(&event.level),
+        event.message
+    )
+}
+
+pub async fn jobs(command: JobsCommand) -> Result<()> {
+    match command {
+        JobsCommand::List { connection, ticket, status, limit } => {
+            let api = Api::open(&connection, true)?;
+            let mut path = format!("/api/v1/jobs?limit={limit}");
+            if let Some(ticket) = ticket {
+                path.push_str(&format!("&ticket={}", encode(&ticket)));
+            }
+            if let Some(status) = status {
+                path.push_str(&format!("&status={}", encode(&status)));
+            }
+            let page: Page<Job> = api.get(&path).await?;
+            api.print(&page, || {
+                if page.items.is_empty() {
+                    return "No jobs match: start one with `viberglass run TICKET PHASE --clanker CLANKER`.\n".into();
+                }
+                table(&["ID", "PHASE", "STATUS", "TICKET", "MESSAGE"], job_rows(&page.items))
+            });
+        }
+        JobsCommand::Show { connection, job } => {
+            let api = Api::open(&connection, true)?;
+            let job: Job = api.get(&format!("/api/v1/jobs/{}", encode(&job))).await?;
+            api.print(&job, || show_job(&job));
+        }
+        JobsCommand::Logs { connection, job, follow } => {
+            let api = Api::open(&connection, true)?;
+            let job = encode(&job);
+            if follow {
+                return follow_events(&api, &job).await;
+            }
+            #[derive(Deserialize, Serialize)]
+            struct EventPage {
+                items: Vec<JobEvent>,
+                next_after: Option<i64>,
+            }
+            let mut after = 0;
+            let mut all = Vec::new();
+            loop {
+                let page: EventPage = api.get(&format!("/api/v1/jobs/{job}/events?after={after}&limit=1000")).await?;
+                all.extend(page.items);
+                match page.next_after {
+                    Some(next) => after = next,
+                    None => break,
+                }
+            }
+            api.print(&all, || all.iter().map(|e| event_line(e) + "\n").collect());
+        }
+    }
+    Ok(())
+}
+
+/// Prints a job's events from the start as they arrive, until the server's `end` event.
+/// A dropped stream is resumed where it broke (`Last-Event-ID`), without gaps or repeats.
+async fn follow_events(api: &Api, job: &str) -> Result<()> {
+    let mut last: Option<String> = None;
+    let mut retries = 0;
+    loop {
+        let mut request = api.request(reqwest::Method::GET, &format!("/api/v1/jobs/{job}/events/stream"));
+        if let Some(id) = &last {
+            request = request.header("last-event-id", id);
+        }
+        let mut response = api.send(request.header(reqwest::header::ACCEPT, "text/event-stream")).await?;
+        let mut buffer = String::new();
+        let (mut event, mut data, mut id) = (String::new(), String::new(), None::<String>);
+        loop {
+            let chunk = match response.chunk().await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) | Err(_) => break,
+            };
+            buffer.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = buffer.find('\n') {
+                let line: String = buffer.drain(..=end).collect();
+                let line = line.trim_end_matches(['\n', '\r']);
+                if line.is_empty() {
+                    // One event complete.
+                    if event == "end" {
+                        let status = serde_json::from_str::<serde_json::Value>(&data)
+                            .ok()
+                            .and_then(|v| v["status"].as_str().map(str::to_owned))
+                            .unwrap_or_else(|| "ended".into());
+                        match api.output {
+                            Output::Table => println!("-- the job {status}"),
+                            Output::Json => println!("{}", serde_json::json!({"end": {"status": status}})),
+                        }
+                        return Ok(());
+                    }
+                    if !data.is_empty() {
+                        match serde_json::from_str::<JobEvent>(&data) {
+                            Ok(parsed) => match api.output {
+                                Output::Json => println!("{}", serde_json::to_string(&parsed).unwrap_or_default()),
+                                Output::Table => println!("{}", event_line(&parsed)),
+                            },
+                            Err(_) => println!("{data}"),
+                        }
+                        let _ = std::io::stdout().flush();
+                        retries = 0;
+                    }
+                    if id.is_some() {
+                        last = id.take();
+                    }
+                    event.clear();
+                    data.clear();
+                } else if let Some(value) = line.strip_prefix("data:") {
+                    if !data.is_empty() {
+                        data.push('\n');
+                    }
+                    data.push_str(value.strip_prefix(' ').unwrap_or(value));
+                } else if let Some(value) = line.strip_prefix("event:") {
+                    event = value.trim().to_owned();
+                } else if let Some(value) = line.strip_prefix("id:") {
+                    id = Some(value.trim().to_owned());
+                }
+            }
+        }
+        retries += 1;
+        if retries > 5 {
+            return Err(Failure::new(
+                format!("the event stream from {} kept breaking off", api.server),
+                "check the network between here and the server (a proxy must not buffer text/event-stream)",
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500 * retries)).await;
+    }
+}
+
+pub async fn approve(args: ApproveArgs) -> Result<()> {
+    let api = Api::open(&args.connection, true)?;
+    let ticket = encode(&args.ticket);
+    match &args.continue_with {
+        Some(clanker) => {
+            let job: Job = api
+                .post(
+                    &format!("/api/v1/tickets/{ticket}/approve-and-continue"),
+                    &serde_json::json!({"phase": args.phase, "clanker": clanker, "comment": args.comment}),
+                )
+                .await?;
+            api.print(&job, || {
+                format!("Approved the {} document; queued {} job {}\n", args.phase, label(&job.phase), job.id)
+            });
+        }
+        None => {
+            let answer: serde_json::Value = api
+                .post(
+                    &format!("/api/v1/tickets/{ticket}/documents/{}/approval", encode(&args.phase)),
+                    &serde_json::json!({"action": "approve", "comment": args.comment}),
+                )
+                .await?;
+            api.print(&answer, || format!("Approved the {} document of ticket {}\n", args.phase, args.ticket));
+        }
+    }
+    Ok(())
+}
+
+pub async fn secrets(args: ListArgs) -> Result<()> {
+    let api = Api::open(&args.connection, true)?;
+    let secrets: Vec<Secret> = api.get("/api/v1/secrets").await?;
+    api.print(&secrets, || {
+        if secrets.is_empty() {
+            return "No secrets yet: an administrator adds them in the web UI (Secrets) or with POST /api/v1/secrets.\n"
+                .into();
+        }
+        table(
+            &["NAME", "BACKEND", "REFERENCE", "DESCRIPTION"],
+            secrets
+                .iter()
+                .map(|s| {
+                    vec![
+                        s.name.clone(),
+                        label(&s.backend),
+                        s.reference.clone().unwrap_or_else(|| "-".into()),
+                        one_line(&s.description, 50),
+                    ]
+                })
+                .collect(),
+        )
+    });
+    Ok(())
+}
+
+pub async fn clankers(args: ListArgs) -> Result<()> {
+    let api = Api::open(&args.connection, true)?;
+    let page: Page<Clanker> = api.get("/api/v1/clankers?limit=200").await?;
+    api.print(&page, || {
+        if page.items.is_empty() {
+            return "No clankers yet: an administrator saves one in the web UI (Clankers → New).\n".into();
+        }
+        table(
+            &["SLUG", "AGENT", "COMPUTE", "STATUS", "MESSAGE"],
+            page.items
+                .iter()
+                .map(|c| {
+                    vec![
+                        c.slug.as_str().to_owned(),
+                        label(&c.agent),
+                        label(&c.compute),
+                        label(&c.status),
+                        one_line(c.status_message.as_deref().unwrap_or("-"), 60),
+                    ]
+                })
+                .collect(),
+        )
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_pad_every_column_but_the_last() {
+        let out = table(&["A", "LONG"], vec![vec!["xyz".into(), "1".into()], vec!["b".into(), "22".into()]]);
+        assert_eq!(out, "A    LONG\nxyz  1\nb    22\n");
+    }
+
+    #[test]
+    fn server_urls_are_checked_and_trimmed() {
+        assert_eq!(normalize(" http://127.0.0.1:8888/ ").unwrap(), "http://127.0.0.1:8888");
+        assert!(normalize("127.0.0.1:8888").is_err());
+        assert!(normalize("ftp://example.com").is_err());
+    }
+
+    #[test]
+    fn path_and_query_values_are_percent_encoded() {
+        assert_eq!(encode("a b/c?d&e=f"), "a%20b%2Fc%3Fd%26e%3Df");
+        assert_eq!(encode("ünï"), "%C3%BCn%C3%AF");
+        assert_eq!(encode("web-app_1.x~"), "web-app_1.x~");
+    }
+
+    #[test]
+    fn long_first_lines_are_cut() {
+        assert_eq!(one_line("abcdef\nsecond", 4), "abc…");
+        assert_eq!(one_line("ab", 4), "ab");
+    }
+}
