@@ -320,6 +320,8 @@ impl Api {
         let http = reqwest::Client::builder()
             .user_agent(concat!("viberglass-cli/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(std::time::Duration::from_secs(10))
+            // The API never redirects: a redirect would resend a password or a body to another host.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| Failure::new(format!("cannot make an HTTP client: {e}"), "report this"))?;
         Ok(Api { http, server, token, output: connection.output })
