@@ -480,10 +480,7 @@ async fn with_wrk(
         for connections in [16, 32] {
             let (url, token) = (url.clone(), token.to_owned());
             let (warmup, seconds) = (args.wrk_warmup, args.wrk_seconds);
-            let script = match script {
-                wrk::Script::Get => wrk::Script::Get,
-                wrk::Script::CreateTicket => wrk::Script::CreateTicket,
-            };
+            let script = *script;
             let run =
                 tokio::task::spawn_blocking(move || wrk::run(&url, &token, &script, connections, warmup, seconds))
                     .await?

@@ -17,6 +17,7 @@ pub struct Run {
 }
 
 /// The request each connection repeats.
+#[derive(Clone, Copy)]
 pub enum Script {
     /// A GET of the URL as given.
     Get,

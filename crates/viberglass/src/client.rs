@@ -478,6 +478,17 @@ fn encode(value: &str) -> String {
     out
 }
 
+/// A list route with its page size and the filters given, each value percent-encoded.
+fn list_path(route: &str, limit: u32, filters: &[(&str, Option<String>)]) -> String {
+    let mut path = format!("{route}?limit={limit}");
+    for (name, value) in filters {
+        if let Some(value) = value {
+            path.push_str(&format!("&{name}={}", encode(value)));
+        }
+    }
+    path
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -606,13 +617,7 @@ pub async fn tickets(command: TicketsCommand) -> Result<()> {
     match command {
         TicketsCommand::List { connection, project, search, limit } => {
             let api = Api::open(&connection, true)?;
-            let mut path = format!("/api/v1/tickets?limit={limit}");
-            if let Some(project) = project {
-                path.push_str(&format!("&project={}", encode(&project)));
-            }
-            if let Some(search) = search {
-                path.push_str(&format!("&q={}", encode(&search)));
-            }
+            let path = list_path("/api/v1/tickets", limit, &[("project", project), ("q", search)]);
             let page: Page<Ticket> = api.get(&path).await?;
             api.print(&page, || {
                 if page.items.is_empty() {
@@ -721,13 +726,7 @@ pub async fn jobs(command: JobsCommand) -> Result<()> {
     match command {
         JobsCommand::List { connection, ticket, status, limit } => {
             let api = Api::open(&connection, true)?;
-            let mut path = format!("/api/v1/jobs?limit={limit}");
-            if let Some(ticket) = ticket {
-                path.push_str(&format!("&ticket={}", encode(&ticket)));
-            }
-            if let Some(status) = status {
-                path.push_str(&format!("&status={}", encode(&status)));
-            }
+            let path = list_path("/api/v1/jobs", limit, &[("ticket", ticket), ("status", status)]);
             let page: Page<Job> = api.get(&path).await?;
             api.print(&page, || {
                 if page.items.is_empty() {
