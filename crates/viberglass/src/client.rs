@@ -169,13 +169,14 @@ impl Failure {
         Self { message: message.into(), fix: Some(fix.into()), details: Vec::new() }
     }
 
+    /// Prints to standard error; what the server said is shown without its control characters.
     fn print(&self) {
-        eprintln!("viberglass: error: {}", self.message);
+        eprintln!("viberglass: error: {}", printable(&self.message));
         for detail in &self.details {
-            eprintln!("  {detail}");
+            eprintln!("  {}", printable(detail));
         }
         if let Some(fix) = &self.fix {
-            eprintln!("  fix: {fix}");
+            eprintln!("  fix: {}", printable(fix));
         }
     }
 }
@@ -227,16 +228,62 @@ fn config_path() -> Result<PathBuf> {
 
 fn load_saved() -> Result<Option<Saved>> {
     let path = config_path()?;
-    match std::fs::read_to_string(&path) {
-        Ok(text) => toml::from_str(&text).map(Some).map_err(|e| {
-            Failure::new(
-                format!("{} is not a valid CLI settings file: {e}", path.display()),
-                "run `viberglass login` again, or delete the file",
-            )
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Failure::new(format!("cannot read {}: {e}", path.display()), "check the file's permissions")),
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(Failure::new(format!("cannot read {}: {e}", path.display()), "check the file's permissions"));
+        }
+    };
+    check_private(&path)?;
+    toml::from_str(&text).map(Some).map_err(|e| {
+        // Not the error's own text: it quotes the offending line, which can be the token's.
+        let line = e.span().map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+        Failure::new(
+            format!(
+                "{} is not a valid CLI settings file{}: {}",
+                path.display(),
+                line.map(|l| format!(" (line {l})")).unwrap_or_default(),
+                e.message()
+            ),
+            "run `viberglass login` again, or delete the file",
+        )
+    })
+}
+
+/// A settings file holds a token: it is only read when its owner is this user and nobody else can read or change it.
+#[cfg(unix)]
+fn check_private(path: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let metadata = std::fs::metadata(path)
+        .map_err(|e| Failure::new(format!("cannot read {}: {e}", path.display()), "check the file's permissions"))?;
+    let me = rustix::process::geteuid().as_raw();
+    if metadata.uid() != me {
+        return Err(Failure::new(
+            format!(
+                "{} belongs to another user (uid {}), so its token cannot be trusted",
+                path.display(),
+                metadata.uid()
+            ),
+            "delete it and run `viberglass login` again, or set VIBERGLASS_CLI_CONFIG to a file of your own",
+        ));
     }
+    if metadata.mode() & 0o077 != 0 {
+        return Err(Failure::new(
+            format!(
+                "{} can be read or changed by other users (mode {:o}), and it holds a token",
+                path.display(),
+                metadata.mode() & 0o777
+            ),
+            format!("run `chmod 600 {}` (and replace the token if others could read it)", path.display()),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn check_private(_path: &std::path::Path) -> Result<()> {
+    Ok(())
 }
 
 /// Writes the settings file readable by its owner only (mode 0600, in a 0700 directory).
@@ -254,21 +301,15 @@ fn save(saved: &Saved) -> Result<PathBuf> {
     }
     let text =
         toml::to_string(saved).map_err(|e| Failure::new(format!("cannot encode the settings: {e}"), "report this"))?;
-    let partial = path.with_extension("toml.partial");
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(&partial).map_err(fail)?;
-    // An existing file keeps its mode on open: make sure.
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        file.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(fail)?;
-    }
+    // A new file with a random name (created 0600, never following a planted link), renamed over the old one.
+    let dir = match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => dir.to_path_buf(),
+        None => PathBuf::from("."),
+    };
+    let mut file = tempfile::NamedTempFile::new_in(&dir).map_err(fail)?;
     file.write_all(text.as_bytes()).map_err(fail)?;
-    file.sync_all().map_err(fail)?;
-    std::fs::rename(&partial, &path).map_err(fail)?;
+    file.as_file().sync_all().map_err(fail)?;
+    file.persist(&path).map_err(|e| fail(e.error))?;
     Ok(path)
 }
 
@@ -414,10 +455,36 @@ impl Api {
     /// Prints `value` as JSON, or as `table` for people.
     fn print<T: Serialize>(&self, value: &T, table: impl FnOnce() -> String) {
         match self.output {
-            Output::Json => println!("{}", serde_json::to_string_pretty(value).unwrap_or_default()),
-            Output::Table => print!("{}", table()),
+            Output::Json => println!("{}", json_text(&serde_json::to_string_pretty(value).unwrap_or_default())),
+            Output::Table => print!("{}", printable(&table())),
         }
     }
+}
+
+/// Is `c` one a terminal acts on rather than shows: a control character (an escape sequence starts with one) or a
+/// bidirectional override that makes text read differently from what it is?
+fn unsafe_char(c: char) -> bool {
+    (c.is_control() && c != '\n' && c != '\t') || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Text from the server as it may reach a terminal: every control character but newline and tab, and every
+/// bidirectional override, shown as U+FFFD. A title cannot move the cursor, recolour the screen or retitle the window.
+fn printable(text: &str) -> String {
+    text.chars().map(|c| if unsafe_char(c) { '\u{FFFD}' } else { c }).collect()
+}
+
+/// JSON as printed: serde_json leaves DEL, the C1 controls and the overrides unescaped inside strings; they are
+/// written as `\uXXXX` instead (the same value for a JSON reader, inert on a terminal).
+fn json_text(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        if (c as u32) >= 0x7f && unsafe_char(c) {
+            out.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// A value's serialized name (`in_review`, `claude-code`...).
@@ -478,6 +545,18 @@ fn encode(value: &str) -> String {
     out
 }
 
+/// An id or slug as one path segment. `.` and `..` (however encoded) would be resolved away by the URL parser and
+/// send the request to another route, so they are refused, like an empty one.
+fn segment(value: &str, what: &str) -> Result<String> {
+    if value.is_empty() || value == "." || value == ".." {
+        return Err(Failure::new(
+            format!("`{}` is not a {what}", printable(value)),
+            format!("pass the {what}'s id or slug, as `viberglass tickets list` or the web UI shows it"),
+        ));
+    }
+    Ok(encode(value))
+}
+
 /// A list route with its page size and the filters given, each value percent-encoded.
 fn list_path(route: &str, limit: u32, filters: &[(&str, Option<String>)]) -> String {
     let mut path = format!("{route}?limit={limit}");
@@ -509,6 +588,30 @@ pub fn run(command: impl std::future::Future<Output = Result<()>>) -> ExitCode {
     }
 }
 
+/// One line of standard input; on a terminal it is not echoed.
+fn read_password(email: &str) -> Result<String> {
+    use std::io::IsTerminal;
+    let stdin = std::io::stdin();
+    let failed = |e: std::io::Error| Failure::new(format!("cannot read the password: {e}"), "pass --password");
+    let mut line = String::new();
+    if stdin.is_terminal() {
+        use rustix::termios::{LocalModes, OptionalActions, tcgetattr, tcsetattr};
+        let before = tcgetattr(&stdin).map_err(|e| failed(e.into()))?;
+        let mut quiet = before.clone();
+        quiet.local_modes.remove(LocalModes::ECHO);
+        quiet.local_modes.insert(LocalModes::ECHONL);
+        eprint!("Password for {}: ", printable(email));
+        tcsetattr(&stdin, OptionalActions::Flush, &quiet).map_err(|e| failed(e.into()))?;
+        let read = stdin.lock().read_line(&mut line);
+        let restored = tcsetattr(&stdin, OptionalActions::Now, &before);
+        read.map_err(failed)?;
+        restored.map_err(|e| failed(e.into()))?;
+    } else {
+        stdin.lock().read_line(&mut line).map_err(failed)?;
+    }
+    Ok(line.trim_end_matches(['\r', '\n']).to_owned())
+}
+
 pub async fn login(args: LoginArgs) -> Result<()> {
     let api = Api::open(&Connection { token: None, ..args.connection.clone() }, false)?;
     #[derive(Deserialize)]
@@ -527,15 +630,7 @@ pub async fn login(args: LoginArgs) -> Result<()> {
             })?;
             let password = match args.password.clone() {
                 Some(password) => password,
-                None => {
-                    eprint!("Password for {email}: ");
-                    let mut line = String::new();
-                    std::io::stdin()
-                        .lock()
-                        .read_line(&mut line)
-                        .map_err(|e| Failure::new(format!("cannot read the password: {e}"), "pass --password"))?;
-                    line.trim_end_matches(['\r', '\n']).to_owned()
-                }
+                None => read_password(&email)?,
             };
             let signed = api
                 .send(
@@ -633,12 +728,13 @@ pub async fn tickets(command: TicketsCommand) -> Result<()> {
             if let Some(severity) = severity {
                 body["severity"] = severity.into();
             }
-            let ticket: Ticket = api.post(&format!("/api/v1/projects/{}/tickets", encode(&project)), &body).await?;
+            let ticket: Ticket =
+                api.post(&format!("/api/v1/projects/{}/tickets", segment(&project, "project")?), &body).await?;
             api.print(&ticket, || format!("Filed ticket {}: {}\n", ticket.id, ticket.title));
         }
         TicketsCommand::Show { connection, ticket } => {
             let api = Api::open(&connection, true)?;
-            let ticket: Ticket = api.get(&format!("/api/v1/tickets/{}", encode(&ticket))).await?;
+            let ticket: Ticket = api.get(&format!("/api/v1/tickets/{}", segment(&ticket, "ticket")?)).await?;
             api.print(&ticket, || {
                 let mut out =
                     table(&["ID", "STATUS", "PHASE", "SEVERITY", "TITLE"], ticket_rows(std::slice::from_ref(&ticket)));
@@ -697,7 +793,7 @@ pub async fn run_phase(args: RunArgs) -> Result<()> {
     let api = Api::open(&args.connection, true)?;
     let job: Job = api
         .post(
-            &format!("/api/v1/tickets/{}/runs", encode(&args.ticket)),
+            &format!("/api/v1/tickets/{}/runs", segment(&args.ticket, "ticket")?),
             &serde_json::json!({"phase": args.phase, "clanker": args.clanker}),
         )
         .await?;
@@ -737,12 +833,12 @@ pub async fn jobs(command: JobsCommand) -> Result<()> {
         }
         JobsCommand::Show { connection, job } => {
             let api = Api::open(&connection, true)?;
-            let job: Job = api.get(&format!("/api/v1/jobs/{}", encode(&job))).await?;
+            let job: Job = api.get(&format!("/api/v1/jobs/{}", segment(&job, "job")?)).await?;
             api.print(&job, || show_job(&job));
         }
         JobsCommand::Logs { connection, job, follow } => {
             let api = Api::open(&connection, true)?;
-            let job = encode(&job);
+            let job = segment(&job, "job")?;
             if follow {
                 return follow_events(&api, &job).await;
             }
@@ -767,6 +863,9 @@ pub async fn jobs(command: JobsCommand) -> Result<()> {
     Ok(())
 }
 
+/// The longest line, and the largest event, the log stream takes (a job event is at most 64 KiB).
+const MAX_STREAM_LINE: usize = 1 << 20;
+
 /// Prints a job's events from the start as they arrive, until the server's `end` event.
 /// A dropped stream is resumed where it broke (`Last-Event-ID`), without gaps or repeats.
 async fn follow_events(api: &Api, job: &str) -> Result<()> {
@@ -778,16 +877,30 @@ async fn follow_events(api: &Api, job: &str) -> Result<()> {
             request = request.header("last-event-id", id);
         }
         let mut response = api.send(request.header(reqwest::header::ACCEPT, "text/event-stream")).await?;
-        let mut buffer = String::new();
+        let mut buffer: Vec<u8> = Vec::new();
         let (mut event, mut data, mut id) = (String::new(), String::new(), None::<String>);
         loop {
             let chunk = match response.chunk().await {
                 Ok(Some(chunk)) => chunk,
                 Ok(None) | Err(_) => break,
             };
-            buffer.push_str(&String::from_utf8_lossy(&chunk));
-            while let Some(end) = buffer.find('\n') {
-                let line: String = buffer.drain(..=end).collect();
+            buffer.extend_from_slice(&chunk);
+            if !buffer.contains(&b'\n') && buffer.len() > MAX_STREAM_LINE {
+                return Err(Failure::new(
+                    format!("the event stream from {} sent a line over {MAX_STREAM_LINE} bytes", api.server),
+                    "check that the URL is a Viberglass server (a proxy may be answering instead)",
+                ));
+            }
+            // Split on bytes: a character cut between two chunks is decoded whole.
+            while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
+                let raw: Vec<u8> = buffer.drain(..=end).collect();
+                if data.len() > MAX_STREAM_LINE {
+                    return Err(Failure::new(
+                        format!("the event stream from {} sent an event over {MAX_STREAM_LINE} bytes", api.server),
+                        "check that the URL is a Viberglass server (a proxy may be answering instead)",
+                    ));
+                }
+                let line = String::from_utf8_lossy(&raw);
                 let line = line.trim_end_matches(['\n', '\r']);
                 if line.is_empty() {
                     // One event complete.
@@ -797,7 +910,7 @@ async fn follow_events(api: &Api, job: &str) -> Result<()> {
                             .and_then(|v| v["status"].as_str().map(str::to_owned))
                             .unwrap_or_else(|| "ended".into());
                         match api.output {
-                            Output::Table => println!("-- the job {status}"),
+                            Output::Table => println!("-- the job {}", printable(&status)),
                             Output::Json => println!("{}", serde_json::json!({"end": {"status": status}})),
                         }
                         return Ok(());
@@ -805,10 +918,12 @@ async fn follow_events(api: &Api, job: &str) -> Result<()> {
                     if !data.is_empty() {
                         match serde_json::from_str::<JobEvent>(&data) {
                             Ok(parsed) => match api.output {
-                                Output::Json => println!("{}", serde_json::to_string(&parsed).unwrap_or_default()),
-                                Output::Table => println!("{}", event_line(&parsed)),
+                                Output::Json => {
+                                    println!("{}", json_text(&serde_json::to_string(&parsed).unwrap_or_default()))
+                                }
+                                Output::Table => println!("{}", printable(&event_line(&parsed))),
                             },
-                            Err(_) => println!("{data}"),
+                            Err(_) => println!("{}", printable(&data)),
                         }
                         let _ = std::io::stdout().flush();
                         retries = 0;
@@ -843,7 +958,7 @@ async fn follow_events(api: &Api, job: &str) -> Result<()> {
 
 pub async fn approve(args: ApproveArgs) -> Result<()> {
     let api = Api::open(&args.connection, true)?;
-    let ticket = encode(&args.ticket);
+    let ticket = segment(&args.ticket, "ticket")?;
     match &args.continue_with {
         Some(clanker) => {
             let job: Job = api
@@ -859,7 +974,7 @@ pub async fn approve(args: ApproveArgs) -> Result<()> {
         None => {
             let answer: serde_json::Value = api
                 .post(
-                    &format!("/api/v1/tickets/{ticket}/documents/{}/approval", encode(&args.phase)),
+                    &format!("/api/v1/tickets/{ticket}/documents/{}/approval", segment(&args.phase, "phase")?),
                     &serde_json::json!({"action": "approve", "comment": args.comment}),
                 )
                 .await?;
@@ -921,6 +1036,46 @@ pub async fn clankers(args: ListArgs) -> Result<()> {
     Ok(())
 }
 
+#[derive(Args, Debug)]
+pub struct HealthArgs {
+    /// The server [default: http://127.0.0.1:$VIBERGLASS_PORT, the port defaulting to 8888].
+    #[arg(long)]
+    url: Option<String>,
+    /// Ask `/readyz` (the database answers and its schema is current) instead of `/healthz` (the process is up).
+    #[arg(long)]
+    ready: bool,
+}
+
+/// One probe, no token: exit 0 when the server answers 200 within 5 seconds.
+pub async fn health(args: HealthArgs) -> Result<()> {
+    let url = match args.url {
+        Some(url) => normalize(&url)?,
+        None => {
+            let port = std::env::var("VIBERGLASS_PORT").ok().filter(|p| !p.trim().is_empty());
+            format!("http://127.0.0.1:{}", port.as_deref().map_or("8888", str::trim))
+        }
+    };
+    let path = if args.ready { "/readyz" } else { "/healthz" };
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(std::time::Duration::from_secs(5))
+        .build()
+        .map_err(|e| Failure::new(format!("cannot start the HTTP client: {e}"), "report this"))?;
+    let response = http.get(format!("{url}{path}")).send().await.map_err(|e| {
+        Failure::new(format!("{url}{path} did not answer: {e}"), "check that the server runs and listens there")
+    })?;
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    if !status.is_success() {
+        return Err(Failure::new(
+            format!("{url}{path} answered {status}: {}", one_line(&body, 300)),
+            "read the server's log; /readyz names what is not ready",
+        ));
+    }
+    println!("{}", printable(&one_line(&body, 300)));
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -943,6 +1098,27 @@ mod tests {
         assert_eq!(encode("a b/c?d&e=f"), "a%20b%2Fc%3Fd%26e%3Df");
         assert_eq!(encode("ünï"), "%C3%BCn%C3%AF");
         assert_eq!(encode("web-app_1.x~"), "web-app_1.x~");
+    }
+
+    #[test]
+    fn dot_segments_are_refused() {
+        for bad in ["", ".", ".."] {
+            assert!(segment(bad, "ticket").is_err(), "{bad:?}");
+        }
+        assert_eq!(segment("...", "ticket").unwrap(), "...");
+        assert_eq!(segment("%2e%2e", "ticket").unwrap(), "%252e%252e");
+        assert_eq!(segment("a/../b", "ticket").unwrap(), "a%2F..%2Fb");
+    }
+
+    #[test]
+    fn terminal_controls_from_the_server_are_not_printed() {
+        let title = "ok\u{1b}]0;pwned\u{7}\u{9b}2J\r\u{202e}txt.exe\tend\nnext";
+        let shown = printable(title);
+        assert_eq!(shown, "ok\u{FFFD}]0;pwned\u{FFFD}\u{FFFD}2J\u{FFFD}\u{FFFD}txt.exe\tend\nnext");
+        let json = json_text(&serde_json::to_string(&serde_json::json!({ "title": title })).unwrap());
+        assert!(!json.chars().any(unsafe_char), "{json:?}");
+        let back: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(back["title"], title, "the JSON still holds the same value");
     }
 
     #[test]

@@ -69,7 +69,7 @@ async fn login_file_run_follow_and_approve_from_the_terminal() {
     let app = TestApp::builder(TestBackend::Sqlite).fast_engine(BINARY).spawn().await;
     let repo = ServedRepo::with_files(&[("README.md", "Shop\n")]).await;
     app.create_project(json!({"name": "Shop", "repository_url": repo.url()})).await;
-    let script = "echo 'reading the readme'; printf '# Findings\\n\\nThe readme has no title.\\n' > RESEARCH.md; echo 'wrote the findings'";
+    let script = "echo 'reading the readme'; printf 'in \\033[31mred\\033[0m\\n'; printf '# Findings\\n\\nThe readme has no title.\\n' > RESEARCH.md; echo 'wrote the findings'";
     let clanker = app
         .post_json(
             "/api/v1/clankers",
@@ -107,6 +107,22 @@ async fn login_file_run_follow_and_approve_from_the_terminal() {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(dir.join("cli.toml")).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "the settings file holds a token");
+    }
+    // A settings file others can read is refused, not used; a broken one is named without quoting its token.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let file = dir.join("cli.toml");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let open = refused(&cli(dir, &["projects"], None).await);
+        assert!(open.contains("can be read or changed by other users") && open.contains("chmod 600"), "{open}");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let token_line = saved.lines().find(|l| l.starts_with("token")).unwrap().to_owned();
+        std::fs::write(&file, format!("{token_line}\nserver = [broken\n")).unwrap();
+        let broken = refused(&cli(dir, &["projects"], None).await);
+        assert!(broken.contains("is not a valid CLI settings file (line 2)"), "{broken}");
+        assert!(!broken.contains("vgp_"), "the token is not printed: {broken}");
+        std::fs::write(&file, &saved).unwrap();
     }
     // The saved token goes to its own server only.
     let elsewhere = refused(&cli(dir, &["projects", "--server", "http://127.0.0.1:9"], None).await);
@@ -150,6 +166,24 @@ async fn login_file_run_follow_and_approve_from_the_terminal() {
     let shown = ok(&cli(dir, &["tickets", "show", &id], None).await);
     assert!(shown.contains("Readme title") && shown.contains("Add one"), "{shown}");
 
+    // What the server sends cannot drive the terminal: a title's escape sequences and overrides are not printed.
+    let hostile = json_of(
+        &cli(
+            dir,
+            &["tickets", "create", "--project", "shop", "--title", "Evil\r\u{202e}owned title", "-o", "json"],
+            None,
+        )
+        .await,
+    );
+    assert_eq!(hostile["title"], "Evil\r\u{202e}owned title", "the JSON holds the value: {hostile}");
+    for format in ["table", "json"] {
+        let out = ok(&cli(dir, &["tickets", "list", "--project", "shop", "-o", format], None).await);
+        assert!(out.contains("owned") && !out.contains(['\r', '\u{202e}']), "{format}: {out:?}");
+    }
+    // `..` would be resolved away by the URL and reach another route: it is refused before anything is sent.
+    let dots = refused(&cli(dir, &["tickets", "show", ".."], None).await);
+    assert!(dots.contains("`..` is not a ticket"), "{dots}");
+
     // Refusals print the API's message and its fix.
     let bad = refused(&cli(dir, &["tickets", "show", "not-a-ticket"], None).await);
     assert!(bad.contains("400"), "{bad}");
@@ -167,6 +201,7 @@ async fn login_file_run_follow_and_approve_from_the_terminal() {
     let followed = ok(&cli(dir, &["jobs", "logs", &job_id, "--follow"], None).await);
     assert!(followed.contains("reading the readme") && followed.contains("wrote the findings"), "{followed}");
     assert_eq!(followed.trim_end().lines().last(), Some("-- the job completed"), "the end is said: {followed}");
+    assert!(!followed.contains('\u{1b}'), "an agent's escape sequences do not reach the terminal: {followed:?}");
     let shown = json_of(&cli(dir, &["jobs", "show", &job_id, "-o", "json"], None).await);
     assert_eq!(shown["status"], "completed", "{shown}");
     // The same log as JSON lines, and the whole log without --follow.
