@@ -146,8 +146,9 @@ impl Store {
         Ok(project)
     }
 
-    /// A project as the database has it now (never from the cache).
-    async fn read_project(&self, id: ProjectId) -> Result<Project, StoreError> {
+    /// A project as the database has it now (never from the cache): for decisions a stale copy must not make
+    /// (which credential a worker gets, whether the project is archived).
+    pub async fn read_project(&self, id: ProjectId) -> Result<Project, StoreError> {
         let row = on_pool!(self, |pool| {
             sqlx::query(SELECT_BY_ID).bind(id.as_uuid()).fetch_optional(pool).await?.map(|r| from_row(&r)).transpose()
         })?;

@@ -139,7 +139,7 @@ impl Store {
         credentials: &SealedValue,
     ) -> Result<Subscription, StoreError> {
         if let Some(project) = subscription.project_id {
-            let project = self.get_project(project).await?;
+            let project = self.read_project(project).await?;
             if project.archived_at.is_some() {
                 return Err(StoreError::ParentArchived { entity: "project", id: project.id.to_string() });
             }

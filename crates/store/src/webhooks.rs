@@ -177,7 +177,7 @@ impl Store {
         config: &WebhookConfig,
         secret: &SealedValue,
     ) -> Result<StoredWebhookConfig, StoreError> {
-        let project = self.get_project(config.project_id).await?;
+        let project = self.read_project(config.project_id).await?;
         if project.archived_at.is_some() {
             return Err(StoreError::ParentArchived { entity: "project", id: project.id.to_string() });
         }
