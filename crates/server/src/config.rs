@@ -515,6 +515,8 @@ enum Origin {
     Default,
     File(String),
     Env(&'static str),
+    /// `<ENV>_FILE`, naming the file the value was read from (a Docker or Kubernetes secret).
+    EnvFile(&'static str, String),
     Flag(&'static str),
 }
 
@@ -524,6 +526,7 @@ impl Origin {
             Origin::Default => format!("default {}", setting.key),
             Origin::File(path) => format!("{} in {path}", setting.key),
             Origin::Env(name) => (*name).to_owned(),
+            Origin::EnvFile(name, path) => format!("{name}_FILE ({path})"),
             Origin::Flag(flag) => (*flag).to_owned(),
         }
     }
@@ -610,6 +613,38 @@ fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
     Ok(table)
 }
 
+/// May be given as `<ENV>_FILE`, the path of a file holding the value: the settings a secret store hands over.
+pub fn readable_from_file(setting: &Setting) -> bool {
+    setting.secret || setting.key == "database_url"
+}
+
+/// The values given as `<ENV>_FILE` (Docker and Kubernetes secrets are files), keyed by setting, with their paths.
+/// The file's content is the value, without a trailing newline. Giving both `<ENV>` and `<ENV>_FILE` is refused.
+fn secret_files(
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<std::collections::HashMap<&'static str, (String, String)>, ConfigError> {
+    let mut found = std::collections::HashMap::new();
+    for setting in SETTINGS.iter().filter(|s| readable_from_file(s)) {
+        let variable = format!("{}_FILE", setting.env);
+        let Some(path) = env(&variable).filter(|p| !p.trim().is_empty()) else { continue };
+        if env(setting.env).is_some() {
+            return Err(ConfigError::Invalid {
+                origin: variable,
+                target: setting.env,
+                value: format!("{path:?}"),
+                reason: format!("{} is set as well, and only one may be", setting.env),
+                expected: "nothing: unset one of the two".into(),
+            });
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| ConfigError::File {
+            path: path.clone(),
+            reason: format!("{e} (it is named by {variable}; it must be readable by the server's user)"),
+        })?;
+        found.insert(setting.key, (path, text.trim_end_matches(['\n', '\r']).to_owned()));
+    }
+    Ok(found)
+}
+
 fn parse_number<T: TryFrom<i128> + Into<i128> + Copy + fmt::Display>(
     raw: &Raw,
     min: T,
@@ -653,6 +688,7 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         let table = file.map(read_file).transpose()?;
         let file_name = file.map(|p| p.display().to_string()).unwrap_or_default();
+        let from_files = secret_files(&env)?;
         let raw = |key: &str| -> Raw<'static> {
             let setting = SETTINGS.iter().find(|s| s.key == key).expect("every key read is declared in SETTINGS");
             if let Some(o) = overrides.iter().find(|o| o.key == key) {
@@ -660,6 +696,9 @@ impl Config {
             }
             if let Some(value) = env(setting.env) {
                 return Raw { setting, value, origin: Origin::Env(setting.env) };
+            }
+            if let Some((path, value)) = from_files.get(key) {
+                return Raw { setting, value: value.clone(), origin: Origin::EnvFile(setting.env, path.clone()) };
             }
             if let Some(value) = table.as_ref().and_then(|t| t.get(key)) {
                 return Raw { setting, value: toml_to_string(value), origin: Origin::File(file_name.clone()) };
@@ -993,6 +1032,34 @@ mod tests {
         let err = load(&[("DATABASE_URL", "mysql://root:hunter2@db/x")]).unwrap_err().to_string();
         assert!(err.contains("DATABASE_URL=\"mysql://root:***@db/x\""), "{err}");
         assert!(!err.contains("hunter2"));
+    }
+
+    #[test]
+    fn secrets_can_come_from_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        std::fs::write(&key, format!("{}\n", "ab".repeat(32))).unwrap();
+        let url = dir.path().join("url");
+        std::fs::write(&url, "postgres://vg:pw@db:5432/vg\n").unwrap();
+        let (key_path, url_path) = (key.display().to_string(), url.display().to_string());
+        let config =
+            load(&[("SECRETS_ENCRYPTION_KEY_FILE", key_path.as_str()), ("DATABASE_URL_FILE", url_path.as_str())])
+                .unwrap();
+        assert!(matches!(config.encryption_key, KeySource::Configured(_)));
+        assert!(
+            matches!(config.database, DatabaseTarget::Postgres { ref url } if url == "postgres://vg:pw@db:5432/vg")
+        );
+
+        let both = load(&[("SECRETS_ENCRYPTION_KEY_FILE", key_path.as_str()), ("SECRETS_ENCRYPTION_KEY", "x")])
+            .unwrap_err()
+            .to_string();
+        assert!(both.contains("SECRETS_ENCRYPTION_KEY is set as well"), "{both}");
+        let missing = load(&[("SECRETS_ENCRYPTION_KEY_FILE", "/nonexistent/key")]).unwrap_err().to_string();
+        assert!(missing.contains("/nonexistent/key") && missing.contains("SECRETS_ENCRYPTION_KEY_FILE"), "{missing}");
+        std::fs::write(&key, "not a key\n").unwrap();
+        let bad = load(&[("SECRETS_ENCRYPTION_KEY_FILE", key_path.as_str())]).unwrap_err().to_string();
+        assert!(bad.contains("SECRETS_ENCRYPTION_KEY_FILE (") && bad.contains("(value hidden)"), "{bad}");
+        assert!(!bad.contains("not a key"), "the value is not echoed: {bad}");
     }
 
     #[test]
