@@ -1,6 +1,13 @@
-//! Prometheus metrics at `/metrics`: request counts and latency by matched
-//! route, and job counts by status read from the database at scrape time
-//! (so every server of a cluster reports the same job figures).
+//! Prometheus metrics at `/metrics`.
+//!
+//! Two kinds, and the names say which: figures read from the database at
+//! scrape time (job counts by status, webhook deliveries, outbox backlog), the
+//! same on every server of a cluster; and this process's own counters and
+//! histograms (requests, dispatch latency, job durations, failures by layer,
+//! agent tokens and cost), each event counted once, on the server it happened
+//! on, so a cluster's figure is their `sum`. Every label value comes from a
+//! closed set (routes as matched, the domain's enums), so no input can grow
+//! the series. README.md's "Metrics" section lists them.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -10,19 +17,183 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 
+use time::OffsetDateTime;
+use viberglass_domain::protocol::Usage;
+use viberglass_domain::{ComputeKind, FailureLayer, Job};
+use viberglass_store::Outcome;
+
 use crate::AppState;
 use crate::error::ApiResult;
 
 /// (method, matched route, status).
 type RequestKey = (String, String, u16);
 
-/// Request counters, kept in memory per process: count and total seconds per key.
+/// Upper bounds (seconds) of the job-duration buckets: a research run takes minutes, an execution up to hours.
+const DURATION_BUCKETS: &[f64] = &[10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0];
+/// Upper bounds (seconds) of the dispatch-latency buckets: queued to the worker launched.
+const DISPATCH_BUCKETS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
+
+/// A Prometheus histogram: cumulative counts per upper bound, plus sum and count.
+#[derive(Clone, Debug)]
+struct Histogram {
+    bounds: &'static [f64],
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Self {
+        Self { bounds, counts: vec![0; bounds.len()], sum: 0.0, count: 0 }
+    }
+
+    fn observe(&mut self, value: f64) {
+        let value = value.max(0.0);
+        for (bound, count) in self.bounds.iter().zip(self.counts.iter_mut()) {
+            if value <= *bound {
+                *count += 1;
+            }
+        }
+        self.sum += value;
+        self.count += 1;
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        for (bound, count) in self.bounds.iter().zip(&self.counts) {
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {count}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {:.3}", self.sum);
+        let _ = writeln!(out, "{name}_count{{{labels}}} {}", self.count);
+    }
+}
+
+/// What this process saw of jobs. Keys are the domain's enum names.
+#[derive(Default)]
+struct JobFigures {
+    /// (phase, target) → seconds from queued to the worker launched.
+    dispatch: BTreeMap<(&'static str, &'static str), Histogram>,
+    /// (phase, target, outcome) → seconds the run took (from the worker's start, else from its launch or queueing).
+    duration: BTreeMap<(&'static str, &'static str, &'static str), Histogram>,
+    /// (phase, layer) → failed jobs.
+    failures: BTreeMap<(&'static str, &'static str), u64>,
+    /// (phase, target, direction) → tokens the agent reported.
+    tokens: BTreeMap<(&'static str, &'static str, &'static str), u64>,
+    /// (phase, target) → the cost in US dollars the agent reported.
+    cost: BTreeMap<(&'static str, &'static str), f64>,
+}
+
+/// What the metrics keep of how a job ended (taken before the outcome is stored).
+#[derive(Debug, Clone)]
+pub struct JobEnd {
+    outcome: &'static str,
+    layer: Option<FailureLayer>,
+    usage: Option<Usage>,
+}
+
+impl JobEnd {
+    pub fn of(outcome: &Outcome) -> Self {
+        match outcome {
+            Outcome::Completed { result, .. } => {
+                JobEnd { outcome: "completed", layer: None, usage: result.usage.clone() }
+            }
+            Outcome::Failed { failure, result } => JobEnd {
+                outcome: "failed",
+                layer: Some(failure.layer),
+                usage: result.as_ref().and_then(|r| r.usage.clone()),
+            },
+            Outcome::Cancelled { .. } => JobEnd { outcome: "cancelled", layer: None, usage: None },
+        }
+    }
+}
+
+/// This process's counters: requests (count and total seconds per key) and job figures.
 #[derive(Default)]
 pub struct Metrics {
     requests: Mutex<BTreeMap<RequestKey, (u64, f64)>>,
+    jobs: Mutex<JobFigures>,
+}
+
+fn target_of(job: &Job) -> &'static str {
+    job.compute_kind.map_or("none", |k| k.as_str())
 }
 
 impl Metrics {
+    /// A worker was launched for `job` on `target`.
+    pub fn job_dispatched(&self, job: &Job, target: ComputeKind) {
+        let waited = (OffsetDateTime::now_utc() - job.queued_at).as_seconds_f64();
+        let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        jobs.dispatch
+            .entry((job.phase.as_str(), target.as_str()))
+            .or_insert_with(|| Histogram::new(DISPATCH_BUCKETS))
+            .observe(waited);
+    }
+
+    /// `job` ended as `end` says (called once per job, by the call that ended it).
+    pub fn job_ended(&self, job: &Job, end: &JobEnd) {
+        let phase = job.phase.as_str();
+        let target = target_of(job);
+        let began = job.started_at.or(job.dispatched_at).unwrap_or(job.queued_at);
+        let took = (OffsetDateTime::now_utc() - began).as_seconds_f64();
+        let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        let histogram =
+            jobs.duration.entry((phase, target, end.outcome)).or_insert_with(|| Histogram::new(DURATION_BUCKETS));
+        histogram.observe(took);
+        if let Some(layer) = end.layer {
+            *jobs.failures.entry((phase, layer.as_str())).or_default() += 1;
+        }
+        if let Some(usage) = &end.usage {
+            *jobs.tokens.entry((phase, target, "input")).or_default() += usage.input_tokens;
+            *jobs.tokens.entry((phase, target, "output")).or_default() += usage.output_tokens;
+            if let Some(cost) = usage.cost_usd.filter(|c| c.is_finite() && *c >= 0.0) {
+                *jobs.cost.entry((phase, target)).or_default() += cost;
+            }
+        }
+    }
+
+    fn render_jobs(&self, out: &mut String) {
+        let jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        out.push_str(
+            "# HELP viberglass_job_dispatch_seconds Time from a job queued to its worker launched, by phase and compute target (this server's launches).\n\
+             # TYPE viberglass_job_dispatch_seconds histogram\n",
+        );
+        for ((phase, target), histogram) in &jobs.dispatch {
+            histogram.render(out, "viberglass_job_dispatch_seconds", &format!("phase=\"{phase}\",target=\"{target}\""));
+        }
+        out.push_str(
+            "# HELP viberglass_job_duration_seconds How long jobs ran, by phase, compute target and outcome (jobs this server ended).\n\
+             # TYPE viberglass_job_duration_seconds histogram\n",
+        );
+        for ((phase, target, outcome), histogram) in &jobs.duration {
+            let labels = format!("phase=\"{phase}\",target=\"{target}\",outcome=\"{outcome}\"");
+            histogram.render(out, "viberglass_job_duration_seconds", &labels);
+        }
+        out.push_str(
+            "# HELP viberglass_job_failures_total Failed jobs by phase and the layer that broke (jobs this server ended).\n\
+             # TYPE viberglass_job_failures_total counter\n",
+        );
+        for ((phase, layer), count) in &jobs.failures {
+            let _ = writeln!(out, "viberglass_job_failures_total{{phase=\"{phase}\",layer=\"{layer}\"}} {count}");
+        }
+        out.push_str(
+            "# HELP viberglass_agent_tokens_total Tokens the agents reported, by phase, compute target and direction (input, output).\n\
+             # TYPE viberglass_agent_tokens_total counter\n",
+        );
+        for ((phase, target, direction), count) in &jobs.tokens {
+            let _ = writeln!(
+                out,
+                "viberglass_agent_tokens_total{{phase=\"{phase}\",target=\"{target}\",direction=\"{direction}\"}} {count}"
+            );
+        }
+        out.push_str(
+            "# HELP viberglass_agent_cost_usd_total What the agents reported their runs cost, in US dollars, by phase and compute target.\n\
+             # TYPE viberglass_agent_cost_usd_total counter\n",
+        );
+        for ((phase, target), cost) in &jobs.cost {
+            let _ = writeln!(out, "viberglass_agent_cost_usd_total{{phase=\"{phase}\",target=\"{target}\"}} {cost:.6}");
+        }
+    }
+
     pub fn record(&self, method: &str, route: &str, status: u16, seconds: f64) {
         let mut map = self.requests.lock().unwrap_or_else(|e| e.into_inner());
         let entry = map.entry((method.to_owned(), route.to_owned(), status)).or_default();
@@ -123,6 +294,25 @@ pub async fn metrics(State(state): State<AppState>) -> ApiResult<impl IntoRespon
             let _ = writeln!(out, "viberglass_outbound_webhook_deliveries{{status=\"{}\"}} {count}", escape(&status));
         }
     }
+    if let Ok(Ok(consumers)) = tokio::time::timeout(std::time::Duration::from_secs(1), state.store.consumer_lag()).await
+    {
+        out.push_str(
+            "# HELP viberglass_outbox_pending_events Events written after each outbox consumer's cursor, from the database.\n\
+             # TYPE viberglass_outbox_pending_events gauge\n",
+        );
+        for c in &consumers {
+            let _ = writeln!(out, "viberglass_outbox_pending_events{{consumer=\"{}\"}} {}", escape(&c.name), c.pending);
+        }
+        out.push_str(
+            "# HELP viberglass_outbox_lag_seconds Age of the oldest event each outbox consumer has not handled (0 when caught up).\n\
+             # TYPE viberglass_outbox_lag_seconds gauge\n",
+        );
+        for c in &consumers {
+            let _ =
+                writeln!(out, "viberglass_outbox_lag_seconds{{consumer=\"{}\"}} {:.3}", escape(&c.name), c.lag_seconds);
+        }
+    }
     state.metrics.render(&mut out);
+    state.metrics.render_jobs(&mut out);
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out))
 }

@@ -235,6 +235,7 @@ pub fn app_state(
     };
     compute.register(Arc::new(viberglass_compute::EcsTarget::new(aws(&config.aws_ecs_endpoint_url))));
     compute.register(Arc::new(viberglass_compute::LambdaTarget::new(aws(&config.aws_lambda_endpoint_url))));
+    let metrics = Arc::new(crate::metrics::Metrics::default());
     let engine = Engine {
         store: store.clone(),
         compute,
@@ -244,6 +245,7 @@ pub fn app_state(
         reaper_interval: Duration::from_millis(config.reaper_interval_ms),
         heartbeat_interval: Duration::from_secs(config.heartbeat_interval_secs),
         dispatcher: true,
+        metrics: metrics.clone(),
     };
     let env: crate::app::EnvLookup = Arc::new(|name: &str| std::env::var(name).ok());
     let vault = Arc::new(crate::vault::Vault::new(&config, &key));
@@ -255,7 +257,7 @@ pub fn app_state(
         encryption_key: Arc::new(key),
         engine,
         env,
-        metrics: Arc::new(crate::metrics::Metrics::default()),
+        metrics,
         outbound_wake: Arc::new(tokio::sync::Notify::new()),
         slack_wake: Arc::new(tokio::sync::Notify::new()),
         slack_http: viberglass_integrations::slack::http_client(),

@@ -47,7 +47,7 @@ pub use error::{ConnectError, StoreError};
 pub use group::GroupSettings;
 pub use jobs::{BootstrapClaim, JobFilter, JobLimits, NewJob, Outcome, UsageSummary};
 pub use migrate::{MigrateError, SchemaStatus};
-pub use outbox::ConsumerState;
+pub use outbox::{ConsumerLag, ConsumerState};
 pub use projects::ProjectFilter;
 pub use schedules::SlotClaim;
 pub use secrets::{SealedValue, SecretUsers};

@@ -45,6 +45,10 @@ const RELEASE: &str =
     "UPDATE event_consumers SET owner = NULL, lease_until = NULL, updated_at = $3 WHERE name = $1 AND owner = $2";
 const SELECT_CONSUMERS: &str = "SELECT c.name, c.cursor, c.owner, c.lease_until, c.handled, c.last_error, \
      (SELECT COUNT(*) FROM events e WHERE e.id > c.cursor) AS pending FROM event_consumers c ORDER BY c.name";
+const SELECT_LAG: &str = "SELECT c.name, \
+     (SELECT COUNT(*) FROM events e WHERE e.id > c.cursor) AS pending, \
+     (SELECT e.created_at FROM events e WHERE e.id > c.cursor ORDER BY e.id LIMIT 1) AS oldest \
+     FROM event_consumers c ORDER BY c.name";
 
 /// Inserts one event, timed `$now`, through `$executor`.
 macro_rules! insert_event {
@@ -92,6 +96,16 @@ pub struct ConsumerState {
     /// Events written after its cursor.
     pub pending: i64,
     pub last_error: Option<String>,
+}
+
+/// How far behind a consumer is, for the metrics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConsumerLag {
+    pub name: String,
+    /// Events written after its cursor.
+    pub pending: i64,
+    /// The age of the oldest of those, in seconds (0 when caught up).
+    pub lag_seconds: f64,
 }
 
 fn from_row(r: &impl RowExt) -> Result<DomainEvent, StoreError> {
@@ -234,6 +248,26 @@ impl Store {
                         handled: r.int("handled")?,
                         pending: r.int("pending")?,
                         last_error: r.opt_text("last_error")?,
+                    })
+                })
+                .collect::<Result<Vec<_>, StoreError>>()
+        })
+    }
+
+    /// Every consumer's backlog: how many events and how old the oldest.
+    pub async fn consumer_lag(&self) -> Result<Vec<ConsumerLag>, StoreError> {
+        let now = crate::now();
+        on_pool!(self, |pool| {
+            sqlx::query(SELECT_LAG)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|r| {
+                    let oldest = r.opt_time("oldest")?;
+                    Ok(ConsumerLag {
+                        name: r.text("name")?,
+                        pending: r.int("pending")?,
+                        lag_seconds: oldest.map_or(0.0, |t| (now - t).as_seconds_f64().max(0.0)),
                     })
                 })
                 .collect::<Result<Vec<_>, StoreError>>()

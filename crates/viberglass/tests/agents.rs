@@ -236,6 +236,18 @@ async fn research_and_execution(agent: Agent) {
         .await
         .unwrap();
     assert!(!events.contains("sk-mock-key-0123456789"), "the key never reaches the logs");
+
+    // The tokens the agent reported are counted by phase.
+    if reports_usage {
+        let text = app.get("/metrics").await.text().await.unwrap();
+        let samples = viberglass_testkit::metrics::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let counted = viberglass_testkit::metrics::value(
+            &samples,
+            "viberglass_agent_tokens_total",
+            &[("phase", "research"), ("target", "local"), ("direction", "input")],
+        );
+        assert_eq!(counted, research["result"]["usage"]["input_tokens"].as_f64(), "{text}");
+    }
 }
 
 async fn model_errors_are_classified(agent: Agent, statuses: &[u16]) {

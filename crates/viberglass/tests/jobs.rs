@@ -221,6 +221,7 @@ async fn a_worker_that_cannot_start_fails_the_job_in_the_dispatch_layer() {
         scm: None,
         commit_author: Default::default(),
         agent_silence_secs: 300,
+        traceparent: None,
     };
     let queued = app
         .store
@@ -264,6 +265,31 @@ async fn research_uploads_its_document_and_a_missing_document_fails_clearly() {
     let failed = wait_for(&app, &id, &["completed", "failed"], Duration::from_secs(60)).await;
     assert_eq!(failed["status"], "failed");
     assert_eq!(failed["failure"]["code"], "agent_exited_nonzero", "{failed}");
+
+    // The metrics count both: one launch each, a completed and a failed run, the failure under its layer.
+    let text = app.get("/metrics").await.text().await.unwrap();
+    let samples = viberglass_testkit::metrics::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let value = |name: &str, labels: &[(&str, &str)]| viberglass_testkit::metrics::value(&samples, name, labels);
+    for phase in ["research", "planning"] {
+        let labels = [("phase", phase), ("target", "local")];
+        assert_eq!(value("viberglass_job_dispatch_seconds_count", &labels), Some(1.0), "{phase}: {text}");
+    }
+    let research = [("phase", "research"), ("target", "local"), ("outcome", "completed")];
+    assert_eq!(value("viberglass_job_duration_seconds_count", &research), Some(1.0), "{text}");
+    let planning = [("phase", "planning"), ("target", "local"), ("outcome", "failed")];
+    assert_eq!(value("viberglass_job_duration_seconds_count", &planning), Some(1.0), "{text}");
+    let took = value("viberglass_job_duration_seconds_sum", &planning).unwrap();
+    assert!(took > 0.0 && took < 60.0, "the run's seconds: {took}");
+    let layer = failed["failure"]["layer"].as_str().unwrap();
+    assert_eq!(value("viberglass_job_failures_total", &[("phase", "planning"), ("layer", layer)]), Some(1.0));
+    assert_eq!(value("viberglass_job_failures_total", &[("phase", "research")]), None, "research did not fail");
+    assert_eq!(value("viberglass_jobs", &[("status", "failed")]), Some(1.0), "the queue by status: {text}");
+    let consumers: Vec<&str> = samples
+        .iter()
+        .filter(|s| s.name == "viberglass_outbox_lag_seconds")
+        .filter_map(|s| s.label("consumer"))
+        .collect();
+    assert!(!consumers.is_empty(), "the outbox consumers' lag is reported: {text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

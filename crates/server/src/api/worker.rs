@@ -110,7 +110,7 @@ pub async fn bootstrap(
                  steered, then re-run",
                 false,
             );
-            crate::service::jobs::end_job(&state.store, &job, Outcome::failed(failure)).await?;
+            crate::service::jobs::end_job(&state.engine, &job, Outcome::failed(failure)).await?;
             state.engine.stop_compute(&job).await;
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
@@ -128,7 +128,7 @@ pub async fn bootstrap(
         tokio::spawn(async move { engine.worker_started(&started).await });
     }
     let spec = state.store.job_spec(id).await?;
-    let project = state.store.get_project(job.project_id).await?;
+    let project = state.store.read_project(job.project_id).await?;
     let resolved = async {
         // The project's own credential, else its integration's.
         let integration_secret = match &project.scm_integration {
@@ -154,7 +154,7 @@ pub async fn bootstrap(
     let (git_credential, secrets) = match resolved {
         Ok(found) => found,
         Err(failure) => {
-            crate::service::jobs::end_job(&state.store, &job, Outcome::failed(failure)).await?;
+            crate::service::jobs::end_job(&state.engine, &job, Outcome::failed(failure)).await?;
             return Err(ApiError::new(
                 StatusCode::GONE,
                 "job_ended",
@@ -242,7 +242,7 @@ pub async fn result(
     let job = state.store.get_job(id).await?;
     let spec = state.store.job_spec(id).await?;
     let outcome = crate::service::jobs::accept_report(&spec, result);
-    crate::service::jobs::end_job(&state.store, &job, outcome).await?;
+    crate::service::jobs::end_job(&state.engine, &job, outcome).await?;
     let job = state.store.get_job(id).await?;
     let status = job.status;
     Ok(Json(ResultReply { status }))

@@ -3,11 +3,12 @@
 
 use viberglass_domain::protocol::{JobResult, WorkerResult};
 use viberglass_domain::{Failure, FailureLayer, Job, JobId, JobSpec, Phase, ScmProvider};
-use viberglass_store::{Outcome, Store, StoreError};
+use viberglass_store::{Outcome, StoreError};
 
 use super::runs::{RunRequest, Trigger, start_run};
 use super::{ServiceError, ServiceResult};
 use crate::AppState;
+use crate::engine::Engine;
 use crate::identity::{Caller, audit};
 
 /// Ends a job (unless it already ended) and brings its ticket's lifecycle
@@ -15,11 +16,16 @@ use crate::identity::{Caller, audit};
 /// reaper, a cancel, a failed bootstrap. The job's row, its pull request on
 /// the ticket and its outbox events commit together; the outbox's
 /// ticket-status consumer repeats the status refresh, so a crash between the
-/// two loses nothing. Returns whether this call ended the job.
-pub async fn end_job(store: &Store, job: &Job, outcome: Outcome) -> Result<bool, StoreError> {
+/// two loses nothing. Returns whether this call ended the job; only that call counts it in the metrics.
+pub async fn end_job(engine: &Engine, job: &Job, outcome: Outcome) -> Result<bool, StoreError> {
+    let store = &engine.store;
+    let end = crate::metrics::JobEnd::of(&outcome);
     let ended = store.finish_job(job.id, outcome).await?;
-    if ended && let Some(ticket) = job.ticket_id {
-        super::tickets::refresh_status(store, ticket).await;
+    if ended {
+        engine.metrics.job_ended(job, &end);
+        if let Some(ticket) = job.ticket_id {
+            super::tickets::refresh_status(store, ticket).await;
+        }
     }
     Ok(ended)
 }
@@ -134,7 +140,7 @@ fn is_projects_pull_request(spec: &JobSpec, url: &str) -> bool {
 /// Cancels a job and stops its worker. A finished job is a conflict.
 pub async fn cancel_job(state: &AppState, caller: &Caller, id: JobId) -> ServiceResult<Job> {
     let job = state.store.get_job(id).await?;
-    if !end_job(&state.store, &job, Outcome::Cancelled { by: caller.label() }).await? {
+    if !end_job(&state.engine, &job, Outcome::Cancelled { by: caller.label() }).await? {
         let job = state.store.get_job(id).await?;
         return Err(ServiceError::Conflict {
             code: "job_finished",

@@ -141,6 +141,14 @@ async fn only_the_lease_holder_reads_a_consumer_and_an_expired_lease_passes_on(b
     let states = store.consumer_states().await.unwrap();
     assert_eq!(states.len(), 1);
     assert_eq!((states[0].owner.as_deref(), states[0].handled, states[0].pending), (Some("server-b"), 2, 1));
+    // The metrics' view: one event behind, as old as that event.
+    let lag = store.consumer_lag().await.unwrap();
+    assert_eq!((lag[0].name.as_str(), lag[0].pending), ("test", 1));
+    let age = (time::OffsetDateTime::now_utc() - rest[0].created_at).as_seconds_f64();
+    assert!(lag[0].lag_seconds > 0.0 && lag[0].lag_seconds <= age + 1.0, "{lag:?}, the event is {age} s old");
+    assert!(store.advance_consumer("test", "server-b", rest[0].seq, 1, None, long).await.unwrap());
+    let caught_up = store.consumer_lag().await.unwrap();
+    assert_eq!((caught_up[0].pending, caught_up[0].lag_seconds), (0, 0.0), "caught up: no lag");
     store.release_consumer("test", "server-b").await.unwrap();
     assert!(store.lease_consumer("test", "server-c", long).await.unwrap().is_some(), "released: anyone may take it");
 }
