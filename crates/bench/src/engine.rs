@@ -29,6 +29,7 @@ fn spec() -> JobSpec {
         scm: None,
         commit_author: Default::default(),
         agent_silence_secs: 300,
+        traceparent: None,
     }
 }
 

@@ -250,6 +250,11 @@ impl LocalTarget {
                 command.env(name, value);
             }
         }
+        // The server's trace export settings, so its workers' spans reach the same collector (the worker keeps
+        // them from its agent).
+        for (name, value) in std::env::vars().filter(|(name, _)| name.starts_with("OTEL_")) {
+            command.env(name, value);
+        }
         command
     }
 

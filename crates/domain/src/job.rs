@@ -95,6 +95,10 @@ pub struct JobSpec {
     /// `agent_timeout` layer (a model API that stalls mid-stream).
     #[serde(default = "default_agent_silence_secs")]
     pub agent_silence_secs: u64,
+    /// The W3C trace context of the request (or loop) that queued the job, when the server exports traces: the
+    /// dispatch and the worker continue that trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 fn default_agent_silence_secs() -> u64 {

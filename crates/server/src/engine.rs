@@ -40,6 +40,8 @@ pub struct Engine {
     /// Whether [`Engine::spawn`] runs the dispatcher (always, except in
     /// tests that claim jobs by hand).
     pub dispatcher: bool,
+    /// Where launches and job ends are counted (`/metrics`).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The longest the dispatcher and the reaper sleep on a quiet server whose
@@ -156,7 +158,27 @@ impl Engine {
     pub async fn dispatch_one(&self) -> Result<bool, StoreError> {
         let (token, hash) = mint_token();
         let Some(job) = self.store.claim_next_job(&hash).await? else { return Ok(false) };
-        let span = tracing::info_span!("job", job_id = %job.id, attempt = job.attempt);
+        let span = tracing::info_span!(
+            "job",
+            job_id = %job.id,
+            attempt = job.attempt,
+            otel.name = "dispatch",
+            job.id = %job.id,
+            job.phase = job.phase.as_str(),
+            ticket.id = job.ticket_id.map(|t| t.to_string()),
+            project.id = %job.project_id,
+            clanker.id = job.clanker_id.map(|c| c.to_string()),
+        );
+        // The trace of the request that queued it (a re-run starts its own). The claim leaves the spec out.
+        if crate::telemetry::enabled() {
+            let spec = match &job.spec {
+                Some(spec) => Some(spec.clone()),
+                None => self.store.job_spec(job.id).await.ok(),
+            };
+            if let Some(parent) = spec.as_ref().and_then(|s| s.traceparent.as_deref()) {
+                crate::telemetry::continue_trace(&span, parent);
+            }
+        }
         self.start_worker(job, token).instrument(span).await?;
         Ok(true)
     }
@@ -173,18 +195,14 @@ impl Engine {
         let Some(clanker) = clanker else {
             let failure =
                 Failure::dispatch("(none)", "the job's clanker no longer exists; re-run with another clanker", false);
-            end_job(&self.store, &job, Outcome::failed(failure)).await?;
+            end_job(self, &job, Outcome::failed(failure)).await?;
             return Ok(());
         };
         let config = match ComputeConfig::parse(clanker.compute, &clanker.compute_config) {
             Ok(config) => config,
             Err(message) => {
-                end_job(
-                    &self.store,
-                    &job,
-                    Outcome::failed(Failure::dispatch(clanker.compute.as_str(), &message, false)),
-                )
-                .await?;
+                end_job(self, &job, Outcome::failed(Failure::dispatch(clanker.compute.as_str(), &message, false)))
+                    .await?;
                 return Ok(());
             }
         };
@@ -194,7 +212,7 @@ impl Engine {
                 "this compute target is not available in this server",
                 false,
             );
-            end_job(&self.store, &job, Outcome::failed(failure)).await?;
+            end_job(self, &job, Outcome::failed(failure)).await?;
             return Ok(());
         };
         let request = LaunchRequest {
@@ -209,6 +227,7 @@ impl Engine {
         match target.launch(request).await {
             Ok(compute_ref) => {
                 tracing::info!(compute_ref, clanker = clanker.slug.as_str(), "worker started");
+                self.metrics.job_dispatched(&job, clanker.compute);
                 if self.store.set_job_compute_ref(job.id, clanker.compute, &compute_ref).await? {
                     let logs = target
                         .log_location(&config, &compute_ref)
@@ -246,7 +265,7 @@ impl Engine {
                     self.store.requeue_job(job.id, &reason, dispatch_backoff(attempts)).await?;
                 } else {
                     let failure = Failure::dispatch(clanker.compute.as_str(), &err.to_string(), err.is_transient());
-                    end_job(&self.store, &job, Outcome::failed(failure)).await?;
+                    end_job(self, &job, Outcome::failed(failure)).await?;
                 }
             }
         }
@@ -369,7 +388,7 @@ impl Engine {
                 continue;
             };
             let layer = failure.layer;
-            if end_job(&self.store, &job, Outcome::failed(failure)).await? {
+            if end_job(self, &job, Outcome::failed(failure)).await? {
                 tracing::warn!(job_id = %job.id, layer = layer.as_str(), "reaper failed the job");
                 self.stop_compute(&job).await;
             }
@@ -443,7 +462,7 @@ impl Engine {
             match state {
                 WorkerState::Running => tracing::info!(job_id = %job.id, "adopted a running worker"),
                 WorkerState::Gone if (now - last_sign).whole_seconds() > quiet_for => {
-                    if let Ok(true) = end_job(&self.store, &job, Outcome::failed(Failure::orphaned())).await {
+                    if let Ok(true) = end_job(self, &job, Outcome::failed(Failure::orphaned())).await {
                         tracing::warn!(job_id = %job.id, "failed a job whose worker did not survive the restart");
                     }
                 }

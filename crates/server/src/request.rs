@@ -51,7 +51,21 @@ pub async fn request_context(
     let route =
         req.extensions().get::<MatchedPath>().map_or_else(|| "(unmatched)".to_owned(), |p| p.as_str().to_owned());
     let method = req.method().clone();
-    let span = tracing::info_span!("request", request_id = %id, method = %method, route = %route);
+    // Named `METHOD /route` in traces, a server span; a caller's `traceparent` makes it a child of the caller's.
+    let span = tracing::info_span!(
+        "request",
+        request_id = %id,
+        method = %method,
+        route = %route,
+        otel.name = %format!("{method} {route}"),
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = %route,
+        http.response.status_code = tracing::field::Empty,
+    );
+    if let Some(parent) = req.headers().get("traceparent").and_then(|v| v.to_str().ok()) {
+        crate::telemetry::continue_trace(&span, parent);
+    }
     req.extensions_mut().insert(RequestId(id.clone()));
     let started = Instant::now();
     let mut response = CURRENT.scope(id.clone(), next.run(req).instrument(span.clone())).await;
@@ -61,6 +75,7 @@ pub async fn request_context(
         response.headers_mut().insert(X_REQUEST_ID.clone(), value);
     }
     let status = response.status().as_u16();
+    span.record("http.response.status_code", status);
     metrics.record(method.as_str(), &route, status, elapsed);
     span.in_scope(|| {
         if status >= 500 {

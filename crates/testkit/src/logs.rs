@@ -25,9 +25,13 @@ pub fn capture() {
     BUFFER.get_or_init(|| {
         let buffer = Arc::new(Mutex::new(Vec::new()));
         let for_writer = buffer.clone();
-        let subscriber = viberglass_server::telemetry::subscriber(LogFormat::Json, "info", false, move || {
-            SharedWriter(for_writer.clone())
-        });
+        let subscriber = viberglass_server::telemetry::subscriber(
+            LogFormat::Json,
+            "info",
+            false,
+            move || SharedWriter(for_writer.clone()),
+            None,
+        );
         let _ = tracing::subscriber::set_global_default(subscriber);
         buffer
     });

@@ -48,6 +48,8 @@ enum Command {
     Approve(client::ApproveArgs),
     /// The saved worker configurations.
     Clankers(client::ListArgs),
+    /// Ask a server whether it is up (`/healthz`) or ready (`--ready`, `/readyz`): the container image's HEALTHCHECK.
+    Health(client::HealthArgs),
 }
 
 #[derive(Subcommand)]
@@ -161,6 +163,7 @@ fn main() -> ExitCode {
         Command::Jobs(command) => client::run(client::jobs(command)),
         Command::Approve(args) => client::run(client::approve(args)),
         Command::Clankers(args) => client::run(client::clankers(args)),
+        Command::Health(args) => client::run(client::health(args)),
     }
 }
 
@@ -222,7 +225,7 @@ fn run_worker(args: WorkerArgs) -> ExitCode {
         Ok("json") => viberglass_server::config::LogFormat::Json,
         _ => viberglass_server::config::LogFormat::Text,
     };
-    telemetry::init(format, &std::env::var("LOG_LEVEL").unwrap_or_else(|_| "info".into()));
+    telemetry::init(format, &std::env::var("LOG_LEVEL").unwrap_or_else(|_| "info".into()), "worker");
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     if args.lambda {
         let Ok(api) = std::env::var("AWS_LAMBDA_RUNTIME_API") else {
@@ -286,13 +289,16 @@ fn run_worker(args: WorkerArgs) -> ExitCode {
         }
     };
     let config = viberglass_worker::WorkerConfig { job_id, server_url, token, workspace };
-    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let code = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => ExitCode::from(runtime.block_on(viberglass_worker::run(config))),
         Err(err) => {
             eprintln!("viberglass: error: cannot start the async runtime: {err}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // The worker's spans are batched: sent before it exits.
+    telemetry::shutdown();
+    code
 }
 
 type RoleFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StartupError>>>>;
@@ -304,7 +310,7 @@ fn run_server(args: &ServerArgs, role: impl FnOnce(Config) -> RoleFuture) -> Exi
         Ok(config) => config,
         Err(err) => return fail(&StartupError::Config(err)),
     };
-    telemetry::init(config.log_format, &config.log_level);
+    telemetry::init(config.log_format, &config.log_level, "server");
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -313,7 +319,10 @@ fn run_server(args: &ServerArgs, role: impl FnOnce(Config) -> RoleFuture) -> Exi
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(role(config)) {
+    let result = runtime.block_on(role(config));
+    drop(runtime);
+    telemetry::shutdown();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => fail(&err),
     }

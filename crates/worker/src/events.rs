@@ -23,6 +23,27 @@ enum Message {
 #[derive(Clone)]
 pub struct EventSink {
     tx: mpsc::UnboundedSender<Message>,
+    /// The step running now, as a span (a trace shows the worker's steps); the next step ends it.
+    step: std::sync::Arc<std::sync::Mutex<Option<(&'static str, tracing::Span)>>>,
+}
+
+/// A progress message's step, as its span is named: a closed set, so a trace never carries what a message names
+/// (a repository, a branch, a file).
+pub fn step_name(message: &str) -> &'static str {
+    const PREFIXES: &[(&str, &str)] = &[
+        ("preparing", "prepare"),
+        ("cloning", "clone"),
+        ("continuing branch", "clone"),
+        ("writing instruction", "instructions"),
+        ("running the agent", "agent"),
+        ("uploading", "upload"),
+        ("committing", "commit"),
+        ("pushing", "push"),
+        ("opening the", "pull_request"),
+        ("opened", "pull_request"),
+        ("updated the open", "pull_request"),
+    ];
+    PREFIXES.iter().find(|(prefix, _)| message.starts_with(prefix)).map_or("step", |(_, name)| name)
 }
 
 impl EventSink {
@@ -32,18 +53,25 @@ impl EventSink {
         let (tx, rx) = mpsc::unbounded_channel();
         let redact: Vec<String> = redact.into_iter().filter(|v| v.len() >= 4).collect();
         tokio::spawn(run(client, rx, redact));
-        Self { tx }
+        Self { tx, step: Default::default() }
     }
 
     /// A sink that sends nothing (for tests).
     #[cfg(test)]
     pub(crate) fn detached() -> Self {
         let (tx, _) = mpsc::unbounded_channel();
-        Self { tx }
+        Self { tx, step: Default::default() }
     }
 
     pub fn progress(&self, step: &str) {
         tracing::info!(step, "progress");
+        let name = step_name(step);
+        let mut current = self.step.lock().unwrap_or_else(|e| e.into_inner());
+        if current.as_ref().is_none_or(|(running, _)| *running != name) {
+            // A child of the caller's span (the worker's); replacing the last step ends it.
+            *current = Some((name, tracing::info_span!("step", otel.name = name, step.name = name)));
+        }
+        drop(current);
         let _ = self.tx.send(Message::Event(EventKind::Progress, LogLevel::Info, step.to_owned(), None));
     }
 
@@ -62,8 +90,9 @@ impl EventSink {
         let _ = self.tx.send(Message::Event(EventKind::Log, level, line.to_owned(), None));
     }
 
-    /// Sends everything still buffered and stops the sender.
+    /// Sends everything still buffered and stops the sender (and ends the last step's span).
     pub async fn close(&self) {
+        drop(self.step.lock().unwrap_or_else(|e| e.into_inner()).take());
         let (done, wait) = tokio::sync::oneshot::channel();
         if self.tx.send(Message::Close(done)).is_ok() {
             let _ = wait.await;

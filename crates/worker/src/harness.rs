@@ -494,6 +494,10 @@ fn agent_command(program: &str, repo: &Path, home: &Path) -> tokio::process::Com
     for name in WORKER_ONLY {
         command.env_remove(name);
     }
+    // The trace exporter's settings (OTEL_EXPORTER_OTLP_HEADERS can hold a collector's key).
+    for (name, _) in std::env::vars_os().filter(|(name, _)| name.to_str().is_some_and(|n| n.starts_with("OTEL_"))) {
+        command.env_remove(name);
+    }
     command
 }
 

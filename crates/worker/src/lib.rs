@@ -14,11 +14,13 @@ pub mod harness;
 pub mod keyproxy;
 pub mod lambda;
 pub mod pipeline;
+pub mod trace;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use viberglass_domain::JobId;
 use viberglass_domain::protocol::WorkerResult;
 
@@ -36,7 +38,6 @@ pub struct WorkerConfig {
 /// Runs the job. Returns the process exit code: 0 when the outcome was
 /// reported (even a failure of the job itself), 1 when it could not be.
 pub async fn run(config: WorkerConfig) -> u8 {
-    use tracing::Instrument;
     guard::harden();
     let span = tracing::info_span!("job", job_id = %config.job_id);
     // Instrumented, not entered: a guard held across `.await` would leak the span into other tasks.
@@ -54,6 +55,23 @@ async fn run_job(config: WorkerConfig) -> u8 {
         }
     };
     tracing::info!(phase = %boot.spec.phase, "bootstrapped");
+    // The rest is one span, in the trace of the request that queued the job (when the server traces).
+    let span = tracing::info_span!(
+        parent: None,
+        "worker",
+        job_id = %config.job_id,
+        otel.name = "worker",
+        job.id = %config.job_id,
+        job.phase = boot.spec.phase.as_str(),
+        clanker.name = %boot.spec.clanker_name,
+    );
+    if let Some(parent) = &boot.spec.traceparent {
+        trace::continue_trace(&span, parent);
+    }
+    run_booted(config, client, boot).instrument(span).await
+}
+
+async fn run_booted(config: WorkerConfig, client: Client, boot: viberglass_domain::protocol::Bootstrap) -> u8 {
     let mut secret_values: Vec<String> = boot.secrets.values().cloned().collect();
     secret_values.extend(boot.git_credential.as_ref().map(|c| c.password.clone()));
     secret_values.push(config.token.clone());
@@ -80,7 +98,11 @@ async fn run_job(config: WorkerConfig) -> u8 {
             tracing::info!("stopped: the job was cancelled");
             0
         }
-        pipeline::End::Report(result) => report(&client, &result).await,
+        pipeline::End::Report(result) => {
+            report(&client, &result)
+                .instrument(tracing::info_span!("step", otel.name = "report", step.name = "report"))
+                .await
+        }
     };
     heartbeat.abort();
     cleanup(&config.workspace, (job_failed || code != 0) && boot.spec.keep_workspace_on_failure);

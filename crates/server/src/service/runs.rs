@@ -552,5 +552,6 @@ async fn build_spec(state: &AppState, run: RunOf<'_>, prompt: String) -> Service
         scm,
         commit_author: state.config.commit_author.clone(),
         agent_silence_secs: state.config.agent_silence_secs,
+        traceparent: crate::telemetry::traceparent(&tracing::Span::current()),
     })
 }

@@ -26,6 +26,7 @@ pub fn spec() -> JobSpec {
         scm: None,
         commit_author: Default::default(),
         agent_silence_secs: 300,
+        traceparent: None,
     }
 }
 

@@ -193,6 +193,7 @@ pub fn spec(phase: Phase) -> JobSpec {
         scm: None,
         commit_author: Default::default(),
         agent_silence_secs: 300,
+        traceparent: None,
     }
 }
 
