@@ -30,9 +30,14 @@ ensure_debian_base() {
     printf '\n== %s\n' "making $base from Debian's packages (debootstrap, cached in $cache)"
     local rootfs="$cache/rootfs-$DEBIAN_RELEASE"
     rm -rf "$rootfs"
-    local keyring=()
-    [ -f /usr/share/keyrings/debian-archive-keyring.gpg ] && keyring=(--keyring=/usr/share/keyrings/debian-archive-keyring.gpg)
-    debootstrap "${keyring[@]}" --variant=minbase "$DEBIAN_RELEASE" "$rootfs" http://deb.debian.org/debian >"$cache/debootstrap.log" 2>&1 \
+    # Every package checked against Debian's archive key: this becomes the root of the images.
+    local keyring=/usr/share/keyrings/debian-archive-keyring.gpg
+    if [ ! -f "$keyring" ]; then
+      [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 || {
+        echo "$keyring is missing: install debian-archive-keyring" >&2; return 1; }
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debian-archive-keyring >/dev/null
+    fi
+    debootstrap --force-check-gpg --keyring="$keyring" --variant=minbase "$DEBIAN_RELEASE" "$rootfs" http://deb.debian.org/debian >"$cache/debootstrap.log" 2>&1 \
       || { tail -n 20 "$cache/debootstrap.log" >&2; return 1; }
     # What the slim image leaves out: package lists and caches.
     rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/archives/*.deb

@@ -252,7 +252,9 @@ impl LocalTarget {
         }
         // The server's trace export settings, so its workers' spans reach the same collector (the worker keeps
         // them from its agent).
-        for (name, value) in std::env::vars().filter(|(name, _)| name.starts_with("OTEL_")) {
+        for (name, value) in
+            std::env::vars_os().filter(|(name, _)| name.to_str().is_some_and(|n| n.starts_with("OTEL_")))
+        {
             command.env(name, value);
         }
         command

@@ -134,6 +134,14 @@ pub const SETTINGS: &[Setting] = &[
         secret: false,
     },
     Setting {
+        key: "trust_traceparent",
+        env: "VIBERGLASS_TRUST_TRACEPARENT",
+        default: "false",
+        doc: "Continue the trace a request's W3C traceparent header names (with OTLP tracing on). Only behind a gateway \
+              that sets or checks it: otherwise any caller chooses whether its requests and runs are sampled.",
+        secret: false,
+    },
+    Setting {
         key: "session_ttl_hours",
         env: "VIBERGLASS_SESSION_TTL_HOURS",
         default: "168",
@@ -439,6 +447,8 @@ pub struct Config {
     pub auth_disabled: bool,
     pub session_ttl_hours: u32,
     pub trust_forwarded_for: bool,
+    /// Continue a request's `traceparent` (see telemetry).
+    pub trust_traceparent: bool,
     pub sandbox: viberglass_compute::Sandbox,
     /// The bubblewrap binary; `None`: `bwrap` on the PATH.
     pub bwrap: Option<PathBuf>,
@@ -543,7 +553,12 @@ impl Raw<'_> {
         let shown = if self.setting.secret {
             "(value hidden)".to_owned()
         } else if self.setting.key == "database_url" {
-            format!("{:?}", redact_url_password(&self.value))
+            // From a file it may be anything (a password, a key): never shown. Otherwise only with its password out.
+            match self.origin {
+                Origin::EnvFile(..) => "(value hidden)".to_owned(),
+                _ if !self.value.contains("://") => "(value hidden: not a URL)".to_owned(),
+                _ => format!("{:?}", redact_url_password(&self.value).chars().take(200).collect::<String>()),
+            }
         } else {
             format!("{:?}", self.value.chars().take(200).collect::<String>())
         };
@@ -860,6 +875,7 @@ impl Config {
             },
             session_ttl_hours: parse_number(&raw("session_ttl_hours"), 1, 24 * 365)?,
             trust_forwarded_for: parse_bool(&raw("trust_forwarded_for"))?,
+            trust_traceparent: parse_bool(&raw("trust_traceparent"))?,
             commit_author: {
                 let raw = raw("commit_author");
                 viberglass_domain::CommitAuthor::parse(&raw.value).map_err(|reason| {
@@ -958,6 +974,9 @@ impl Config {
                 out.push_str(&format!("# {line}\n"));
             }
             out.push_str(&format!("# Environment: {}\n", s.env));
+            if readable_from_file(s) {
+                out.push_str(&format!("# Or a file holding it: {}_FILE\n", s.env));
+            }
             let bare = s.default.parse::<i64>().is_ok() || s.default == "true" || s.default == "false";
             let value = match s.key {
                 _ if bare => s.default.to_owned(),

@@ -33,6 +33,11 @@ const DURATION_BUCKETS: &[f64] = &[10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0
 /// Upper bounds (seconds) of the dispatch-latency buckets: queued to the worker launched.
 const DISPATCH_BUCKETS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
 
+/// The most tokens (each way) one job's report counts for.
+const MAX_JOB_TOKENS: u64 = 1_000_000_000_000;
+/// The most US dollars one job's report counts for.
+const MAX_JOB_COST_USD: f64 = 1_000_000.0;
+
 /// A Prometheus histogram: cumulative counts per upper bound, plus sum and count.
 #[derive(Clone, Debug)]
 struct Histogram {
@@ -140,13 +145,18 @@ impl Metrics {
             jobs.duration.entry((phase, target, end.outcome)).or_insert_with(|| Histogram::new(DURATION_BUCKETS));
         histogram.observe(took);
         if let Some(layer) = end.layer {
-            *jobs.failures.entry((phase, layer.as_str())).or_default() += 1;
+            let failures = jobs.failures.entry((phase, layer.as_str())).or_default();
+            *failures = failures.saturating_add(1);
         }
+        // What an agent reports is its own say (a steered agent can write any number): one job counts for at most
+        // MAX_JOB_TOKENS tokens each way and MAX_JOB_COST_USD, and the counters saturate.
         if let Some(usage) = &end.usage {
-            *jobs.tokens.entry((phase, target, "input")).or_default() += usage.input_tokens;
-            *jobs.tokens.entry((phase, target, "output")).or_default() += usage.output_tokens;
+            for (direction, tokens) in [("input", usage.input_tokens), ("output", usage.output_tokens)] {
+                let counter = jobs.tokens.entry((phase, target, direction)).or_default();
+                *counter = counter.saturating_add(tokens.min(MAX_JOB_TOKENS));
+            }
             if let Some(cost) = usage.cost_usd.filter(|c| c.is_finite() && *c >= 0.0) {
-                *jobs.cost.entry((phase, target)).or_default() += cost;
+                *jobs.cost.entry((phase, target)).or_default() += cost.min(MAX_JOB_COST_USD);
             }
         }
     }

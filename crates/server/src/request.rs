@@ -51,7 +51,10 @@ pub async fn request_context(
     let route =
         req.extensions().get::<MatchedPath>().map_or_else(|| "(unmatched)".to_owned(), |p| p.as_str().to_owned());
     let method = req.method().clone();
-    // Named `METHOD /route` in traces, a server span; a caller's `traceparent` makes it a child of the caller's.
+    // Named `METHOD /route` in traces, a server span; a caller's `traceparent` makes it a child of the caller's
+    // where the configuration trusts it. The method is one of the standard ones or `_OTHER`: any token is a method
+    // to HTTP, and none may grow the metrics' series.
+    let method = standard_method(&method);
     let span = tracing::info_span!(
         "request",
         request_id = %id,
@@ -64,7 +67,7 @@ pub async fn request_context(
         http.response.status_code = tracing::field::Empty,
     );
     if let Some(parent) = req.headers().get("traceparent").and_then(|v| v.to_str().ok()) {
-        crate::telemetry::continue_trace(&span, parent);
+        crate::telemetry::continue_request_trace(&span, parent);
     }
     req.extensions_mut().insert(RequestId(id.clone()));
     let started = Instant::now();
@@ -76,7 +79,7 @@ pub async fn request_context(
     }
     let status = response.status().as_u16();
     span.record("http.response.status_code", status);
-    metrics.record(method.as_str(), &route, status, elapsed);
+    metrics.record(method, &route, status, elapsed);
     span.in_scope(|| {
         if status >= 500 {
             tracing::error!(status, latency_ms, "request finished");
@@ -87,9 +90,33 @@ pub async fn request_context(
     response
 }
 
+/// The request's method as metrics and traces name it: a standard method, else `_OTHER`.
+fn standard_method(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "_OTHER",
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::is_valid_request_id;
+    use super::{is_valid_request_id, standard_method};
+
+    #[test]
+    fn only_standard_methods_become_labels() {
+        assert_eq!(standard_method(&axum::http::Method::PATCH), "PATCH");
+        let invented = axum::http::Method::from_bytes(b"AAAA1").unwrap();
+        assert_eq!(standard_method(&invented), "_OTHER");
+    }
 
     #[test]
     fn request_ids_from_proxies_are_kept_and_junk_is_replaced() {

@@ -165,6 +165,7 @@ pub async fn open_database(config: &Config) -> Result<Store, StartupError> {
 /// Runs `viberglass serve` until a shutdown signal.
 pub async fn run(config: Config) -> Result<(), StartupError> {
     prepare_data_dir(&config)?;
+    crate::telemetry::set_trust_traceparent(config.trust_traceparent);
     let key = resolve_key(&config)?;
     let store = open_database(&config).await?;
     let address = SocketAddr::new(config.host, config.port);

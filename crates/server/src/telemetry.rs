@@ -20,6 +20,7 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::Layer as _;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -29,6 +30,23 @@ use crate::config::LogFormat;
 
 /// The tracer provider this process exports through, when tracing is on.
 static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
+
+/// Whether a request's `traceparent` header is continued (`VIBERGLASS_TRUST_TRACEPARENT`). Off, every request
+/// starts a trace of its own: anyone could otherwise choose whether their requests and runs are sampled, or join
+/// another trace.
+static TRUST_TRACEPARENT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Set once at startup from the configuration.
+pub fn set_trust_traceparent(trust: bool) {
+    TRUST_TRACEPARENT.store(trust, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Continues a request's `traceparent` when the configuration trusts it (see [`set_trust_traceparent`]).
+pub fn continue_request_trace(span: &tracing::Span, traceparent: &str) {
+    if TRUST_TRACEPARENT.load(std::sync::atomic::Ordering::Relaxed) {
+        continue_trace(span, traceparent);
+    }
+}
 
 /// Builds the subscriber for a format, level and writer, exporting spans through `tracer` when given.
 pub fn subscriber<W>(
@@ -42,7 +60,14 @@ where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
     let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
-    let registry = Registry::default().with(filter).with(tracer.map(|t| tracing_opentelemetry::layer().with_tracer(t)));
+    // Spans only: an event's fields (a progress line naming the repository, an error quoting a URL) stay in the
+    // logs and never become span events at the collector.
+    let exporter = tracer.map(|t| {
+        tracing_opentelemetry::layer()
+            .with_tracer(t)
+            .with_filter(tracing_subscriber::filter::filter_fn(|metadata| metadata.is_span()))
+    });
+    let registry = Registry::default().with(filter).with(exporter);
     match format {
         LogFormat::Json => Box::new(
             registry.with(
@@ -115,10 +140,14 @@ pub fn init(format: LogFormat, level: &str, role: &'static str) {
             error = %e,
             "traces are not exported: the OTLP exporter could not be set up; check OTEL_EXPORTER_OTLP_ENDPOINT and OTEL_EXPORTER_OTLP_HEADERS"
         ),
+        // Scheme, host and port only: an endpoint may carry credentials, and a worker's log is in its workspace.
         None if PROVIDER.get().is_some() => tracing::info!(
-            endpoint = std::env::var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            collector = %std::env::var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
                 .or_else(|_| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT"))
-                .unwrap_or_default(),
+                .ok()
+                .and_then(|e| url::Url::parse(e.trim()).ok())
+                .map(|u| format!("{}://{}:{}", u.scheme(), u.host_str().unwrap_or("?"), u.port_or_known_default().unwrap_or(0)))
+                .unwrap_or_else(|| "(unparsed)".into()),
             "exporting traces over OTLP/HTTP"
         ),
         None => {}

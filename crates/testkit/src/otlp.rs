@@ -33,6 +33,8 @@ pub struct ReceivedSpan {
     /// The span kind's number (1 internal, 2 server, 3 client...).
     pub kind: i32,
     pub attributes: BTreeMap<String, String>,
+    /// Its events, each as its name and its attributes' `key=value` pairs.
+    pub events: Vec<String>,
     /// The resource's `service.name`.
     pub service: String,
 }
@@ -94,6 +96,18 @@ async fn traces(State(received): State<Arc<Mutex<Received>>>, headers: HeaderMap
                     name: span.name,
                     kind: span.kind,
                     attributes: span.attributes.iter().map(|kv| (kv.key.clone(), text(kv.value.as_ref()))).collect(),
+                    events: span
+                        .events
+                        .iter()
+                        .map(|e| {
+                            let attributes: Vec<String> = e
+                                .attributes
+                                .iter()
+                                .map(|kv| format!("{}={}", kv.key, text(kv.value.as_ref())))
+                                .collect();
+                            format!("{} {}", e.name, attributes.join(" "))
+                        })
+                        .collect(),
                     service: service.clone(),
                 });
             }

@@ -228,14 +228,18 @@ fn config_path() -> Result<PathBuf> {
 
 fn load_saved() -> Result<Option<Saved>> {
     let path = config_path()?;
-    let text = match std::fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => {
-            return Err(Failure::new(format!("cannot read {}: {e}", path.display()), "check the file's permissions"));
-        }
+    let unreadable = |e: std::io::Error| {
+        Failure::new(format!("cannot read {}: {e}", path.display()), "check the file's permissions")
     };
-    check_private(&path)?;
+    // One open: the file checked is the file read.
+    let mut file = match std::fs::File::open(&path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(unreadable(e)),
+    };
+    check_private(&path, &file.metadata().map_err(unreadable)?)?;
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut file, &mut text).map_err(unreadable)?;
     toml::from_str(&text).map(Some).map_err(|e| {
         // Not the error's own text: it quotes the offending line, which can be the token's.
         let line = e.span().map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
@@ -253,10 +257,8 @@ fn load_saved() -> Result<Option<Saved>> {
 
 /// A settings file holds a token: it is only read when its owner is this user and nobody else can read or change it.
 #[cfg(unix)]
-fn check_private(path: &std::path::Path) -> Result<()> {
+fn check_private(path: &std::path::Path, metadata: &std::fs::Metadata) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
-    let metadata = std::fs::metadata(path)
-        .map_err(|e| Failure::new(format!("cannot read {}: {e}", path.display()), "check the file's permissions"))?;
     let me = rustix::process::geteuid().as_raw();
     if metadata.uid() != me {
         return Err(Failure::new(
@@ -282,7 +284,7 @@ fn check_private(path: &std::path::Path) -> Result<()> {
 }
 
 #[cfg(not(unix))]
-fn check_private(_path: &std::path::Path) -> Result<()> {
+fn check_private(_path: &std::path::Path, _metadata: &std::fs::Metadata) -> Result<()> {
     Ok(())
 }
 
@@ -464,7 +466,8 @@ impl Api {
 /// Is `c` one a terminal acts on rather than shows: a control character (an escape sequence starts with one) or a
 /// bidirectional override that makes text read differently from what it is?
 fn unsafe_char(c: char) -> bool {
-    (c.is_control() && c != '\n' && c != '\t') || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+    (c.is_control() && c != '\n' && c != '\t')
+        || matches!(c, '\u{200E}' | '\u{200F}' | '\u{061C}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
 /// Text from the server as it may reach a terminal: every control character but newline and tab, and every
@@ -809,12 +812,14 @@ pub async fn run_phase(args: RunArgs) -> Result<()> {
     Ok(())
 }
 
+/// One log line per event: a message's own line breaks are shown as `⏎`, so no event can print a line that looks
+/// like another event, or like the stream's end.
 fn event_line(event: &JobEvent) -> String {
     format!(
         "{} {:<5} {}",
         event.created_at.time().to_string().split('.').next().unwrap_or_default(),
         label(&event.level),
-        event.message
+        event.message.trim_end_matches(['\n', '\r']).replace("\r\n", "\n").replace(['\n', '\u{2028}', '\u{2029}'], "⏎")
     )
 }
 
@@ -884,16 +889,20 @@ async fn follow_events(api: &Api, job: &str) -> Result<()> {
                 Ok(Some(chunk)) => chunk,
                 Ok(None) | Err(_) => break,
             };
+            // Only the new bytes are searched for a line end: a stream of tiny chunks costs no more than one.
+            let searched = buffer.len();
             buffer.extend_from_slice(&chunk);
-            if !buffer.contains(&b'\n') && buffer.len() > MAX_STREAM_LINE {
+            let mut from = searched;
+            if !buffer[from..].contains(&b'\n') && buffer.len() > MAX_STREAM_LINE {
                 return Err(Failure::new(
                     format!("the event stream from {} sent a line over {MAX_STREAM_LINE} bytes", api.server),
                     "check that the URL is a Viberglass server (a proxy may be answering instead)",
                 ));
             }
             // Split on bytes: a character cut between two chunks is decoded whole.
-            while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
+            while let Some(end) = buffer[from..].iter().position(|b| *b == b'\n').map(|i| from + i) {
                 let raw: Vec<u8> = buffer.drain(..=end).collect();
+                from = 0;
                 if data.len() > MAX_STREAM_LINE {
                     return Err(Failure::new(
                         format!("the event stream from {} sent an event over {MAX_STREAM_LINE} bytes", api.server),
@@ -911,7 +920,9 @@ async fn follow_events(api: &Api, job: &str) -> Result<()> {
                             .unwrap_or_else(|| "ended".into());
                         match api.output {
                             Output::Table => println!("-- the job {}", printable(&status)),
-                            Output::Json => println!("{}", serde_json::json!({"end": {"status": status}})),
+                            Output::Json => {
+                                println!("{}", json_text(&serde_json::json!({"end": {"status": status}}).to_string()))
+                            }
                         }
                         return Ok(());
                     }

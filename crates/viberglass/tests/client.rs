@@ -117,10 +117,11 @@ async fn login_file_run_follow_and_approve_from_the_terminal() {
         let open = refused(&cli(dir, &["projects"], None).await);
         assert!(open.contains("can be read or changed by other users") && open.contains("chmod 600"), "{open}");
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let token_line = saved.lines().find(|l| l.starts_with("token")).unwrap().to_owned();
-        std::fs::write(&file, format!("{token_line}\nserver = [broken\n")).unwrap();
+        // The error is on the token's own line (its closing quote lost): its text must still not be quoted.
+        let token_line = saved.lines().find(|l| l.starts_with("token")).unwrap().trim_end_matches('"').to_owned();
+        std::fs::write(&file, format!("{token_line}\nserver = \"x\"\n")).unwrap();
         let broken = refused(&cli(dir, &["projects"], None).await);
-        assert!(broken.contains("is not a valid CLI settings file (line 2)"), "{broken}");
+        assert!(broken.contains("is not a valid CLI settings file (line 1)"), "{broken}");
         assert!(!broken.contains("vgp_"), "the token is not printed: {broken}");
         std::fs::write(&file, &saved).unwrap();
     }

@@ -188,6 +188,37 @@ async fn compose_runs_the_server_on_postgres_and_keeps_a_filed_ticket() {
     assert_eq!(ticket.status(), 201, "{}", ticket.text().await.unwrap());
     let ticket: Value = ticket.json().await.unwrap();
 
+    // The database takes only its password, and its user owns the database without being a superuser.
+    let psql = |password: &str, sql: &str| {
+        compose.run(&[
+            "exec",
+            "-T",
+            "-e",
+            &format!("PGPASSWORD={password}"),
+            "postgres",
+            "psql",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "viberglass",
+            "-d",
+            "viberglass",
+            "-tAc",
+            sql,
+        ])
+    };
+    let (ok, wrong) = psql("not-the-password", "SELECT 1");
+    assert!(!ok && wrong.contains("password authentication failed"), "{wrong}");
+    let password = std::fs::read_to_string(secrets.join("postgres_password")).unwrap();
+    let (ok, superuser) = psql(password.trim(), "SELECT rolsuper FROM pg_roles WHERE rolname = current_user");
+    assert!(ok && superuser.ends_with('f'), "{superuser}");
+    // The secrets reach the server as files, not in its environment.
+    let (_, container) = compose.run(&["ps", "-q", "viberglass"]);
+    let env = docker(&["inspect", "--format", "{{json .Config.Env}}", container.trim()]);
+    let key = std::fs::read_to_string(secrets.join("encryption_key")).unwrap();
+    assert!(!env.contains(key.trim()) && !env.contains(password.trim()), "{env}");
+    assert!(env.contains("SECRETS_ENCRYPTION_KEY_FILE=/run/secrets/encryption_key"), "{env}");
+
     // Restarted, the server finds the ticket in PostgreSQL.
     let (ok, restarted) = compose.run(&["restart", "viberglass"]);
     assert!(ok, "{restarted}");

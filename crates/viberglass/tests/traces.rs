@@ -25,6 +25,8 @@ async fn a_run_is_one_trace_from_the_request_to_the_workers_agent_step() {
     command
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint())
         .env("OTEL_SERVICE_NAME", "viberglass-test")
+        // A collector's key: the exporter sends it, and no agent may ever see it.
+        .env("OTEL_EXPORTER_OTLP_HEADERS", "x-collector-key=collector-key-0123456789")
         .env("OTEL_BSP_SCHEDULE_DELAY", "100")
         .env("VIBERGLASS_DISPATCH_INTERVAL_MS", "50")
         .env("VIBERGLASS_HEARTBEAT_INTERVAL_SECS", "1")
@@ -48,13 +50,14 @@ async fn a_run_is_one_trace_from_the_request_to_the_workers_agent_step() {
     let clanker = post(
         "/api/v1/clankers",
         json!({"shared": true, "name": "Scripted", "agent": "command",
-               "agent_settings": {"command": ["sh", "-c", "printf '# Findings\\n' > RESEARCH.md"]}}),
+               "agent_settings": {"command": ["sh", "-c", "{ printf '# Findings\\n'; env; } > RESEARCH.md"]}}),
     )
     .await;
     post("/api/v1/clankers/scripted/start", json!({})).await;
     let ticket = post("/api/v1/projects/shop/tickets", json!({"title": "Fix the readme"})).await;
     let ticket_id = ticket["id"].as_str().unwrap().to_owned();
-    // The caller's own trace: the request span becomes its child.
+    // A caller's traceparent is not trusted by default: the request starts a trace of its own (else anyone could
+    // turn sampling off for their runs, or join another trace).
     let caller_trace = "0af7651916cd43dd8448eb211c80319c";
     let queued = client
         .post(format!("{url}/api/v1/tickets/{ticket_id}/runs"))
@@ -81,9 +84,10 @@ async fn a_run_is_one_trace_from_the_request_to_the_workers_agent_step() {
             ["report", "agent", "dispatch"].iter().all(|name| spans.iter().any(|s| s.name == *name))
         })
         .await;
-    let in_trace: Vec<ReceivedSpan> = spans.iter().filter(|s| s.trace_id == caller_trace).cloned().collect();
-    let request = one(&in_trace, "POST /api/v1/tickets/{ticket_id}/runs");
-    assert_eq!(request.parent_span_id, "b7ad6b7169203331", "the caller's span is its parent");
+    assert!(spans.iter().all(|s| s.trace_id != caller_trace), "the caller's trace is not joined");
+    let request = one(&spans, "POST /api/v1/tickets/{ticket_id}/runs");
+    assert_eq!(request.parent_span_id, "", "a root span, not a child of the caller's");
+    let in_trace: Vec<ReceivedSpan> = spans.iter().filter(|s| s.trace_id == request.trace_id).cloned().collect();
     assert_eq!(request.kind, 2, "a server span");
     assert_eq!(request.attribute("http.route"), Some("/api/v1/tickets/{ticket_id}/runs"));
     assert_eq!(request.attribute("http.response.status_code"), Some("202"));
@@ -105,7 +109,21 @@ async fn a_run_is_one_trace_from_the_request_to_the_workers_agent_step() {
     for step in ["prepare", "clone", "instructions", "agent", "upload", "report"] {
         assert!(steps.contains(&step), "the worker's `{step}` step is a child of its span: {steps:?}");
     }
-    // Nothing of the job's text or repository in the step names or attributes.
+    // Nothing of the job's text or repository anywhere at the collector: not in names, attributes or events (the
+    // progress lines that name the repository stay in the logs).
     let repo_url = repo.url();
-    assert!(in_trace.iter().all(|s| !format!("{s:?}").contains(&repo_url)), "{in_trace:#?}");
+    assert!(spans.iter().all(|s| s.events.is_empty()), "{spans:#?}");
+    assert!(spans.iter().all(|s| !format!("{s:?}").contains(&repo_url)), "{spans:#?}");
+    // The agent saw none of the exporter's settings.
+    let research: Value = client
+        .get(format!("{url}/api/v1/tickets/{ticket_id}/documents/research"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let document = research["document"]["content"].as_str().unwrap_or_default();
+    assert!(document.starts_with("# Findings") && document.contains("PATH="), "the agent's env: {document}");
+    assert!(!document.contains("OTEL_") && !document.contains("collector-key"), "{document}");
 }
