@@ -12,3 +12,4 @@ KIMI_CLI_VERSION=1.51.0
 MISTRAL_VIBE_VERSION=2.26.1
 # The Debian release the worker image is based on (debian:<release>-slim).
 DEBIAN_RELEASE=bookworm
+SCHEMATHESIS_VERSION=4.32.5

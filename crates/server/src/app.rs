@@ -55,12 +55,15 @@ pub const DOCS_PATH: &str = "/api/docs";
 
 /// The OpenAPI document of every API route.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    crate::api::router().into_openapi()
+    let mut openapi = crate::api::router().into_openapi();
+    crate::api::complete(&mut openapi);
+    openapi
 }
 
 /// Builds the whole HTTP application.
 pub fn build_router(state: AppState) -> Router {
-    let (api, openapi) = crate::api::router().split_for_parts();
+    let (api, mut openapi) = crate::api::router().split_for_parts();
+    crate::api::complete(&mut openapi);
     // Every API route passes the access guard (its rule, the caller, CSRF, the role).
     let api = api.route_layer(axum::middleware::from_fn_with_state(state.clone(), crate::auth::guard));
     // The pages replay their forms against the API itself (see ui::act).

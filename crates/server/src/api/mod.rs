@@ -94,6 +94,78 @@ impl utoipa::Modify for WorkerTokenScheme {
     }
 }
 
+/// Completes the document with what every route shares, so generated clients and contract testers see every
+/// answer the server can give: the error responses the framework and the access guard produce (400 for an id, a
+/// query or a body that does not parse, 401 and 403 from the guard, 404 for an unknown id, 413 and 415 for a body),
+/// each with the error body, and no authentication on the routes the guard lets anyone call (`auth::RULES`).
+pub fn complete(openapi: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::path::{Operation, ParameterIn};
+    use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+    let error = |description: &str| -> RefOr<utoipa::openapi::Response> {
+        ResponseBuilder::new()
+            .description(description)
+            .content("application/json", ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build())
+            .build()
+            .into()
+    };
+    for (path, item) in openapi.paths.paths.iter_mut() {
+        let operations: [(&str, &mut Option<Operation>); 5] = [
+            ("GET", &mut item.get),
+            ("POST", &mut item.post),
+            ("PUT", &mut item.put),
+            ("PATCH", &mut item.patch),
+            ("DELETE", &mut item.delete),
+        ];
+        for (method, operation) in operations {
+            let Some(operation) = operation.as_mut() else { continue };
+            let method = axum::http::Method::from_bytes(method.as_bytes()).expect("a standard method");
+            let rule = crate::auth::rule_for(&method, path);
+            // Every `*_id` in a path is a UUID: said in the document, so clients send one.
+            for parameter in operation.parameters.iter_mut().flatten() {
+                if let RefOr::T(parameter) = parameter
+                    && parameter.parameter_in == ParameterIn::Path
+                    && parameter.name.ends_with("_id")
+                {
+                    parameter.schema = Some(
+                        utoipa::openapi::ObjectBuilder::new()
+                            .schema_type(utoipa::openapi::schema::Type::String)
+                            .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(
+                                utoipa::openapi::KnownFormat::Uuid,
+                            )))
+                            .into(),
+                    );
+                }
+            }
+            let parameters = operation.parameters.as_deref().unwrap_or_default();
+            let in_path = path.contains('{');
+            let in_query = parameters.iter().any(|p| matches!(p, RefOr::T(p) if p.parameter_in == ParameterIn::Query));
+            let body = operation.request_body.is_some();
+            let mut add = |status: &str, description: &str| {
+                operation.responses.responses.entry(status.to_owned()).or_insert_with(|| error(description));
+            };
+            if in_path || in_query || body {
+                add("400", "The request is malformed: an id, a query parameter or the body (the message names which)");
+            }
+            if in_path {
+                add("404", "Nothing has that id, or the caller may not see it");
+            }
+            if body {
+                add("413", "The body is larger than the server accepts");
+                add("415", "The body is not of the declared content type");
+            }
+            match rule {
+                Some(crate::auth::Rule::Public) => {
+                    operation.security = Some(vec![utoipa::openapi::security::SecurityRequirement::default()]);
+                }
+                Some(_) | None => {
+                    add("401", "Not signed in: send an API token (or the session cookie)");
+                    add("403", "Signed in, but not allowed this (the message says what role it needs)");
+                }
+            }
+        }
+    }
+}
+
 /// Every API route, with its OpenAPI description.
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())

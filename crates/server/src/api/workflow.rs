@@ -161,13 +161,20 @@ pub struct RevisionView {
 
 #[utoipa::path(
     get, path = "/api/v1/tickets/{ticket_id}/documents/{phase}/revisions/{revision}", tag = "workflow",
-    params(("ticket_id" = String, Path), ("phase" = String, Path), ("revision" = i64, Path)),
+    params(("ticket_id" = String, Path), ("phase" = String, Path),
+        ("revision" = i64, Path, minimum = 1, description = "A revision number, from 1")),
     responses((status = 200, body = RevisionView), (status = 404, body = ErrorBody))
 )]
 pub async fn get_revision(
     State(state): State<AppState>,
-    Path((ticket_id, phase, revision)): Path<(String, String, i64)>,
+    Path((ticket_id, phase, revision)): Path<(String, String, String)>,
 ) -> ApiResult<Json<RevisionView>> {
+    // Parsed here, not by the extractor: its refusal would be plain text, not the error body.
+    let revision = revision
+        .parse::<i64>()
+        .ok()
+        .filter(|r| *r >= 1)
+        .ok_or_else(|| ApiError::invalid_field("revision", "must be a revision number from 1"))?;
     let ticket = ticket(&state, &ticket_id).await?;
     let phase = parse_document_phase(&phase)?;
     let content = state

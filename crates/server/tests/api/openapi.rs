@@ -91,3 +91,38 @@ async fn the_document_and_the_router_agree_method_by_method() {
         }
     }
 }
+
+/// The answers every route shares are in the document, each with the error body; the public routes need no
+/// authentication there, and every other route declares the guard's 401 and 403.
+#[tokio::test]
+async fn shared_error_answers_and_public_routes_are_declared() {
+    let app = TestApp::spawn().await;
+    let spec = spec(&app).await;
+    let operation = |method: &str, path: &str| spec["paths"][path][method].clone();
+    let error_ref = "#/components/schemas/ErrorBody";
+    let create = operation("post", "/api/v1/projects/{project}/tickets");
+    for status in ["400", "401", "403", "404", "413", "415"] {
+        let schema = &create["responses"][status]["content"]["application/json"]["schema"]["$ref"];
+        assert_eq!(schema, error_ref, "POST tickets declares {status}: {create}");
+    }
+    let list = operation("get", "/api/v1/projects");
+    assert!(list["responses"]["415"].is_null() && list["responses"]["404"].is_null(), "no body, no id: {list}");
+    assert!(list["responses"]["401"].is_object(), "{list}");
+    for (method, path) in
+        [("get", "/healthz"), ("get", "/metrics"), ("post", "/api/v1/setup"), ("post", "/api/v1/auth/login")]
+    {
+        let public = operation(method, path);
+        assert_eq!(public["security"], serde_json::json!([{}]), "{method} {path} needs no authentication: {public}");
+    }
+    // The names the API sends and takes, not the Rust variants'; ids in paths are UUIDs.
+    assert_eq!(
+        spec["components"]["schemas"]["Phase"]["enum"],
+        serde_json::json!(["research", "planning", "execution"])
+    );
+    assert_eq!(spec["components"]["schemas"]["EventType"]["enum"][0], "ticket.filed");
+    let id = &operation("get", "/api/v1/tickets/{ticket_id}")["parameters"][0]["schema"];
+    assert_eq!((id["type"].as_str(), id["format"].as_str()), (Some("string"), Some("uuid")), "{id}");
+    // Sign-in answers 401 for a wrong password by itself; health and metrics never do.
+    assert!(operation("get", "/healthz")["responses"]["401"].is_null());
+    assert!(operation("get", "/metrics")["responses"]["403"].is_null());
+}
