@@ -228,7 +228,7 @@ impl NewClanker {
         };
         let slug = match (input.slug.as_deref(), name.as_deref()) {
             (Some(s), _) => e.check("slug", ProjectSlug::parse(s)),
-            (None, Some(n)) => e.check("slug", ProjectSlug::from_name(n)),
+            (None, Some(n)) => Some(ProjectSlug::from_name(n, "clanker")),
             (None, None) => None,
         };
         let description =
@@ -263,8 +263,8 @@ impl NewClanker {
         for (i, file) in input.instruction_files.unwrap_or_default().into_iter().enumerate() {
             let field = format!("instruction_files[{i}].path");
             if let Some(path) = e.check(&field, parse_instruction_path(&file.path)) {
-                if file.content.len() > 256 * 1024 {
-                    e.add(&format!("instruction_files[{i}].content"), "must be at most 256 KiB");
+                if file.content.chars().count() > 256 * 1024 {
+                    e.add(&format!("instruction_files[{i}].content"), "must be at most 262144 characters");
                 }
                 instruction_files.push(InstructionFile { path, content: file.content });
             }

@@ -31,14 +31,27 @@ impl ProjectSlug {
                 "`{slug}` is not a valid slug: use lowercase letters, digits and single dashes, e.g. `web-app`"
             ));
         }
-        if slug.len() == 36 && slug.chars().filter(|c| *c == '-').count() == 4 {
-            return Err("must not look like an id".into());
+        // An id in a path wins over a slug, so a slug that reads as one could never be found.
+        if uuid::Uuid::parse_str(slug).is_ok() {
+            return Err("must not read as an id (32 hex digits, or 8-4-4-4-12): add a letter past `f`".into());
         }
         Ok(Self(slug.to_owned()))
     }
 
-    /// Derives a slug from a display name: "Web App (v2)" becomes `web-app-v2`.
-    pub fn from_name(name: &str) -> Result<Self, String> {
+    /// A slug read back from the database. One saved before 32 hex digits counted as an id is kept as it is
+    /// (the row is still found by its id) rather than making the row unreadable.
+    pub fn stored(value: &str) -> Result<Self, String> {
+        match Self::parse(value) {
+            Err(_) if value.len() == 32 && value.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) => {
+                Ok(Self(value.to_owned()))
+            }
+            other => other,
+        }
+    }
+
+    /// Derives a slug from a display name: "Web App (v2)" becomes `web-app-v2`. A name with nothing
+    /// to keep ("日本", "!!!") gets `<fallback>-` and eight random hex digits, so every name has a slug.
+    pub fn from_name(name: &str, fallback: &str) -> Self {
         let mut slug = String::new();
         for c in name.chars().flat_map(char::to_lowercase) {
             if c.is_ascii_alphanumeric() {
@@ -48,8 +61,9 @@ impl ProjectSlug {
             }
         }
         let slug: String = slug.trim_end_matches('-').chars().take(63).collect();
-        Self::parse(slug.trim_end_matches('-')).map_err(|_| {
-            "cannot be derived from the name: give a `slug` of lowercase letters, digits and dashes".into()
+        Self::parse(slug.trim_end_matches('-')).unwrap_or_else(|_| {
+            let random = uuid::Uuid::new_v4().simple().to_string();
+            Self(format!("{fallback}-{}", &random[..8]))
         })
     }
 
@@ -319,7 +333,7 @@ impl NewProject {
             return Err(ValidationErrors::single("name", "is required: give the project a name"));
         };
         if patch.slug.is_none() {
-            patch.slug = Some(ProjectSlug::from_name(&name).map_err(|msg| ValidationErrors::single("slug", msg))?);
+            patch.slug = Some(ProjectSlug::from_name(&name, "project"));
         }
         Ok(NewProject(patch))
     }
@@ -398,7 +412,25 @@ mod tests {
     #[test]
     fn slugs_that_look_like_ids_are_refused() {
         assert!(ProjectSlug::parse("01920000-0000-7000-8000-000000000000").is_err());
+        // The simple form is an id too: before, such a slug was saved and then never found.
+        assert!(ProjectSlug::parse("0192000000007000800000000000abcd").is_err());
+        assert!(ProjectSlug::parse("a192000000007000800000000000abcg").is_ok());
         assert!(ProjectSlug::parse("Web").is_err());
-        assert!(ProjectSlug::from_name("!!!").is_err());
+    }
+
+    #[test]
+    fn a_slug_saved_before_the_id_rule_still_reads() {
+        assert!(ProjectSlug::stored("0192000000007000800000000000abcd").is_ok());
+        assert!(ProjectSlug::stored("Not A Slug").is_err());
+    }
+
+    #[test]
+    fn every_name_has_a_slug() {
+        assert_eq!(ProjectSlug::from_name("Web App (v2)", "project").as_str(), "web-app-v2");
+        for name in ["!!!", "日本", "01920000-0000-7000-8000-000000000000"] {
+            let slug = ProjectSlug::from_name(name, "project");
+            assert!(slug.as_str().starts_with("project-") && slug.as_str().len() == 16, "{name}: {}", slug.as_str());
+            assert!(ProjectSlug::parse(slug.as_str()).is_ok());
+        }
     }
 }

@@ -6,7 +6,7 @@ pub fn parse_branch_name(value: &str) -> Result<String, String> {
     if name.is_empty() {
         return Err("must not be empty".into());
     }
-    if name.len() > 200 {
+    if name.chars().count() > 200 {
         return Err("must be at most 200 characters".into());
     }
     let bad = |why: &str| Err(format!("`{name}` is not a valid git branch name: {why}"));
@@ -21,12 +21,20 @@ pub fn parse_branch_name(value: &str) -> Result<String, String> {
     }
     if let Some(c) = name
         .chars()
-        .find(|c| c.is_ascii_control() || c.is_whitespace() || matches!(c, '~' | '^' | ':' | '?' | '*' | '[' | '\\'))
+        .find(|c| {
+            crate::ticket::is_invisible_or_separator(*c)
+                || c.is_whitespace()
+                || matches!(c, '~' | '^' | ':' | '?' | '*' | '[' | '\\')
+        })
     {
         return bad(&format!("it must not contain {c:?}"));
     }
     if name.split('/').any(|part| part.starts_with('.')) {
         return bad("no part of it may start with `.`");
+    }
+    // Each part is a file name in the repository's refs: at most 255 bytes.
+    if name.split('/').any(|part| part.len() > 255) {
+        return bad("a part between slashes is longer than 255 bytes");
     }
     Ok(name.to_owned())
 }

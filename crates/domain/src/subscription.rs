@@ -176,7 +176,7 @@ pub struct AuthChange {
 pub const MAX_HEADERS: usize = 20;
 
 /// Headers the server sets itself.
-const RESERVED_HEADERS: &[&str] = &[
+pub const RESERVED_HEADERS: &[&str] = &[
     "host",
     "content-type",
     "content-length",
@@ -339,7 +339,7 @@ impl SubscriptionPatch {
         });
         let secret_field = |v: Option<String>, field: &str, e: &mut ValidationErrors| -> Option<String> {
             let v = v?;
-            if v.is_empty() || v.len() > 4096 || v.chars().any(char::is_control) {
+            if v.is_empty() || v.chars().count() > 4096 || v.chars().any(char::is_control) {
                 e.add(field, "must be 1 to 4096 printable characters");
                 return None;
             }
@@ -385,7 +385,7 @@ impl SubscriptionPatch {
                     let user = match user {
                         Some(u)
                             if !u.is_empty()
-                                && u.len() <= 200
+                                && u.chars().count() <= 200
                                 && !u.contains(':')
                                 && !u.chars().any(char::is_control) =>
                         {

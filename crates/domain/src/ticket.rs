@@ -219,7 +219,7 @@ pub struct NewTicket {
 fn parse_external_url(value: &str) -> Result<String, String> {
     let url = value.trim();
     if !(url.starts_with("https://") || url.starts_with("http://"))
-        || url.len() > 2048
+        || url.chars().count() > 2048
         || url.contains(char::is_whitespace)
     {
         return Err("must be an http(s) URL".into());

@@ -51,7 +51,7 @@ impl ProjectRole {
 /// An e-mail address as an account name: trimmed, lowercased, one `@`, no spaces.
 pub fn parse_email(value: &str) -> Result<String, String> {
     let email = value.trim().to_lowercase();
-    let valid = email.len() <= 254
+    let valid = email.chars().count() <= 254
         && email.split('@').count() == 2
         && email.split('@').all(|part| !part.is_empty())
         && !email.chars().any(|c| c.is_whitespace() || c.is_control());
@@ -63,13 +63,13 @@ pub fn parse_email(value: &str) -> Result<String, String> {
 
 pub const MIN_PASSWORD: usize = 12;
 
-/// A password: at least 12 characters, at most 1024 bytes.
+/// A password: 12 to 1024 characters.
 pub fn parse_password(value: &str) -> Result<String, String> {
     if value.chars().count() < MIN_PASSWORD {
         return Err(format!("must be at least {MIN_PASSWORD} characters"));
     }
-    if value.len() > 1024 {
-        return Err("must be at most 1024 bytes".into());
+    if value.chars().count() > 1024 {
+        return Err("must be at most 1024 characters".into());
     }
     Ok(value.to_owned())
 }

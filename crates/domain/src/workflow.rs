@@ -280,7 +280,7 @@ fn placeholders(template: &str) -> Result<Vec<String>, String> {
 /// its kind needs. A template that would fail at run time is refused here.
 pub fn validate_template(kind: PromptKind, template: &str) -> Result<String, String> {
     let template = template.trim();
-    if template.is_empty() || template.len() > 50_000 {
+    if template.is_empty() || template.chars().count() > 50_000 {
         return Err("must be 1 to 50000 characters".into());
     }
     let used = placeholders(template)?;

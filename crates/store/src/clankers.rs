@@ -50,7 +50,7 @@ fn from_row(r: &impl RowExt) -> Result<Clanker, StoreError> {
     Ok(Clanker {
         id: ClankerId::from_uuid(r.uuid("id")?),
         name: r.text("name")?,
-        slug: ProjectSlug::parse(&r.text("slug")?).map_err(|detail| StoreError::Corrupt { entity: ENTITY, detail })?,
+        slug: ProjectSlug::stored(&r.text("slug")?).map_err(|detail| StoreError::Corrupt { entity: ENTITY, detail })?,
         description: r.text("description")?,
         agent: parse_stored(ENTITY, r.text("agent")?)?,
         agent_settings: r.json("agent_settings")?,

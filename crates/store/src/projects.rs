@@ -72,7 +72,7 @@ fn from_row(r: &impl RowExt) -> Result<Project, StoreError> {
     Ok(Project {
         id: ProjectId::from_uuid(r.uuid("id")?),
         name: r.text("name")?,
-        slug: ProjectSlug::parse(&r.text("slug")?).map_err(|detail| StoreError::Corrupt { entity: ENTITY, detail })?,
+        slug: ProjectSlug::stored(&r.text("slug")?).map_err(|detail| StoreError::Corrupt { entity: ENTITY, detail })?,
         description: r.text("description")?,
         repository_url: r.opt_text("repository_url")?,
         base_branch: r.text("base_branch")?,
