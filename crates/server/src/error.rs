@@ -56,6 +56,20 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
     }
 
+    /// A 422 for a body that names something (a secret, an integration, a project) that does not exist: the
+    /// request is well formed and would succeed once that thing is created (422 is this API's "not in the
+    /// current state"; 400 is a malformed request). The fields say which.
+    pub fn unknown_reference(errors: ValidationErrors) -> Self {
+        Self::unmet("unknown_reference", errors)
+    }
+
+    /// A 422 naming the fields a well-formed request cannot have in the current state.
+    pub fn unmet(code: &'static str, errors: ValidationErrors) -> Self {
+        let mut err = Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, errors.summary());
+        err.body.fields = errors.fields;
+        err
+    }
+
     /// A 400 naming one invalid field.
     pub fn invalid_field(field: &str, message: impl Into<String>) -> Self {
         ValidationErrors::single(field, message).into()
@@ -127,6 +141,7 @@ impl From<crate::service::ServiceError> for ApiError {
         match err {
             E::Invalid(errors) => errors.into(),
             E::NotFound(message) => ApiError::not_found(message),
+            E::Unmet { code, errors } => ApiError::unmet(code, errors),
             E::Unprocessable { code, message } => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message),
             E::Forbidden { code, message } => ApiError::new(StatusCode::FORBIDDEN, code, message),
             E::Conflict { code, message, hint } => {

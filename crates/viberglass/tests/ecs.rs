@@ -107,8 +107,10 @@ async fn start_registers_the_task_definition_once_and_again_only_when_it_changes
             &json!({"compute_config": compute(&subnet, &sg, json!({"cpu": 1024, "memory": 1024}))}),
         )
         .await;
-    assert_eq!(refused.status(), 400);
+    // Sent without `compute`, it is checked against the clanker's target: a 422 naming the field.
+    assert_eq!(refused.status(), 422);
     let text = refused.text().await.unwrap();
+    assert!(text.contains("does_not_fit") && text.contains("compute_config"), "{text}");
     assert!(text.contains("with 1024 CPU units the memory is 2048 to 8192 in steps of 1024 MiB"), "{text}");
 
     // A change registers the definition it describes (re-checked at once, the clanker being active).

@@ -448,7 +448,7 @@ async fn clone_credentials_come_from_secrets_and_each_clone_failure_says_which_i
     let listed = app.get("/api/v1/secrets").await.text().await.unwrap();
     assert!(!listed.contains("good-token-123"), "secret values are never returned");
     let missing_secret = app.post_json("/api/v1/projects", &json!({"name": "X", "credential_secret": "NOPE"})).await;
-    assert_eq!(missing_secret.status(), 400);
+    assert_eq!(missing_secret.status(), 422, "well formed, naming a secret that does not exist yet");
 
     app.post_json(
         "/api/v1/clankers",
@@ -542,7 +542,8 @@ async fn clanker_secrets_reach_the_agent_and_never_the_logs() {
     let repo = ServedRepo::with_files(&[("README.md", "x")]).await;
     let setup = setup(&app, &repo.url(), "echo \"the key is $API_KEY\" && echo changed >> README.md", 600).await;
     let unknown = app.patch_json("/api/v1/clankers/scripted", &json!({"secrets": ["NOPE"]})).await;
-    assert_eq!(unknown.status(), 400);
+    assert_eq!(unknown.status(), 422);
+    assert!(unknown.text().await.unwrap().contains("unknown_reference"));
     let patched = app.patch_json("/api/v1/clankers/scripted", &json!({"secrets": ["API_KEY"]})).await;
     assert_eq!(patched.status(), 200);
 

@@ -162,7 +162,7 @@ async fn start_creates_the_function_then_updates_only_what_differs() {
             &json!({"compute_config": compute(&role, json!({"timeout_secs": 1200}))}),
         )
         .await;
-    assert_eq!(refused.status(), 400);
+    assert_eq!(refused.status(), 422, "checked against the clanker's target (Lambda)");
     assert!(refused.text().await.unwrap().contains("switch the clanker to ECS"));
 }
 

@@ -33,10 +33,10 @@ async fn check_secret(state: &AppState, secret: Option<&String>) -> ApiResult<()
     if let Some(name) = secret
         && state.store.get_secret_by_name(name).await.is_err()
     {
-        return Err(ApiError::invalid_field(
+        return Err(ApiError::unknown_reference(viberglass_domain::ValidationErrors::single(
             "credential_secret",
             format!("there is no secret named {name}: declare it first (POST /api/v1/secrets)"),
-        ));
+        )));
     }
     Ok(())
 }

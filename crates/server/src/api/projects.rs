@@ -22,6 +22,7 @@ pub struct ListProjectsQuery {
     #[param(max_length = 256)]
     q: Option<String>,
     /// Page size, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<u32>,
     /// The `next_cursor` of the previous page.
     cursor: Option<String>,
@@ -32,19 +33,19 @@ async fn check_secret(store: &Store, patch: &ProjectPatch) -> ApiResult<()> {
     if let Some(Some(name)) = &patch.scm_integration
         && store.get_integration_by_name(name).await.is_err()
     {
-        return Err(ApiError::invalid_field(
+        return Err(ApiError::unknown_reference(ValidationErrors::single(
             "scm_integration",
             format!("there is no integration named {name}: create it first (POST /api/v1/integrations)"),
-        ));
+        )));
     }
     if let Some(Some(name)) = &patch.credential_secret {
         match store.get_secret_by_name(name).await {
             Ok(_) => {}
             Err(viberglass_store::StoreError::NotFound { .. }) => {
-                return Err(ApiError::invalid_field(
+                return Err(ApiError::unknown_reference(ValidationErrors::single(
                     "credential_secret",
                     format!("there is no secret named {name}: declare it first (POST /api/v1/secrets)"),
-                ));
+                )));
             }
             Err(e) => return Err(e.into()),
         }
@@ -128,8 +129,9 @@ pub async fn update_project(
     ApiJson(input): ApiJson<ProjectInput>,
 ) -> ApiResult<Json<Project>> {
     let patch = ProjectPatch::parse(input)?;
+    // A change of nothing (`{}`, or only nulls for required fields) changes nothing, as a JSON merge patch would.
     if patch.is_empty() {
-        return Err(ApiError::bad_request("invalid_input", "the body names no field to change"));
+        return Ok(Json(find_project(&state.store, &key).await?));
     }
     check_local(&state, &patch)?;
     // Where code is fetched from and pushed to, and with which credential,

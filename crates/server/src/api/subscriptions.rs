@@ -185,7 +185,8 @@ pub async fn rotate_secret(
     let input: RotateInput = if body.iter().all(u8::is_ascii_whitespace) {
         RotateInput::default()
     } else {
-        crate::extract::parse_json(&body)?
+        // `null` is no body too.
+        crate::extract::parse_json::<Option<RotateInput>>(&body)?.unwrap_or_default()
     };
     let stored = service::find(&state, &id).await?;
     let overlap = input.overlap_secs;
@@ -209,12 +210,14 @@ pub async fn send_test(
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct DeliveriesQuery {
     /// pending, succeeded or failed.
     status: Option<String>,
     /// `true`: only the failing ones (given up, or pending after a failed attempt).
     failing: Option<bool>,
     /// Page size, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<u32>,
     /// The `next_cursor` of the previous page.
     cursor: Option<String>,

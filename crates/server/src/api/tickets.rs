@@ -9,7 +9,7 @@ use viberglass_domain::{
 
 use super::{parse_archived, parse_page, parse_param};
 use crate::AppState;
-use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::error::{ApiResult, ErrorBody};
 use crate::extract::{ApiJson, ApiQuery, parse_ticket_id};
 use crate::service::projects::find_project;
 
@@ -31,6 +31,7 @@ pub struct ListTicketsQuery {
     #[param(max_length = 256)]
     q: Option<String>,
     /// Page size, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<u32>,
     /// The `next_cursor` of the previous page.
     cursor: Option<String>,
@@ -109,8 +110,9 @@ pub async fn update_ticket(
 ) -> ApiResult<Json<Ticket>> {
     let id = parse_ticket_id(&id)?;
     let patch = TicketPatch::parse(input)?;
+    // A change of nothing changes nothing, as a JSON merge patch would.
     if patch.is_empty() {
-        return Err(ApiError::bad_request("invalid_input", "the body names no field to change"));
+        return Ok(Json(state.store.get_ticket(id).await?));
     }
     let ticket = state.store.update_ticket(id, patch).await?;
     tracing::info!(ticket_id = %ticket.id, "ticket updated");

@@ -99,8 +99,8 @@ pub async fn edit_document(
 ) -> ApiResult<Json<PhaseDocument>> {
     let ticket = ticket(&state, &ticket_id).await?;
     let phase = parse_document_phase(&phase)?;
-    if edit.content.len() > 500_000 {
-        return Err(ApiError::invalid_field("content", "must be at most 500000 bytes"));
+    if edit.content.chars().count() > 500_000 {
+        return Err(ApiError::invalid_field("content", "must be at most 500000 characters"));
     }
     let revision = match state
         .store
@@ -212,6 +212,13 @@ pub async fn add_comment(
     let phase = parse_document_phase(&phase)?;
     let mut errors = ValidationErrors::new();
     let body = errors.check("body", viberglass_domain::validation::bounded_text(&input.body, "body", 1, 10_000));
+    // Replacement text keeps its indentation, so it is bounded but not trimmed.
+    if let Some(suggestion) = &input.suggestion
+        && (suggestion.chars().count() > 10_000
+            || suggestion.chars().any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t')))
+    {
+        errors.add("suggestion", "must be at most 10000 characters, without control characters but tabs and line breaks");
+    }
     let lines = state.store.get_document(ticket.id, phase).await?.map(|d| d.content.lines().count().max(1) as i64);
     if let Some(lines) = lines
         && !(1..=lines).contains(&input.line)

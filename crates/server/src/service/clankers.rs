@@ -30,6 +30,8 @@ pub async fn find_clanker(store: &Store, key: &str) -> ServiceResult<Clanker> {
 /// settings parse for its target.
 async fn complete(store: &Store, new: &mut NewClanker) -> ServiceResult<()> {
     let mut errors = ValidationErrors::new();
+    // What it names that does not exist: a 422 when nothing else is wrong.
+    let mut missing = ValidationErrors::new();
     let slack = store.get_slack_settings().await?;
     for (i, name) in new.secrets.iter().enumerate() {
         match store.get_secret_by_name(name).await {
@@ -43,7 +45,7 @@ async fn complete(store: &Store, new: &mut NewClanker) -> ServiceResult<()> {
                     ),
                 ),
             Ok(_) => {}
-            Err(StoreError::NotFound { .. }) => errors.add(
+            Err(StoreError::NotFound { .. }) => missing.add(
                 &format!("secrets[{i}]"),
                 format!("there is no secret named {name}: declare it first (POST /api/v1/secrets)"),
             ),
@@ -55,7 +57,7 @@ async fn complete(store: &Store, new: &mut NewClanker) -> ServiceResult<()> {
         match super::projects::find_project_id(store, key).await? {
             Some(id) if !new.projects.contains(&id) => new.projects.push(id),
             Some(_) => {}
-            None => errors.add(&format!("projects[{i}]"), format!("there is no project `{key}`: give its id or slug")),
+            None => missing.add(&format!("projects[{i}]"), format!("there is no project `{key}`: give its id or slug")),
         }
     }
     if let Err(message) = ComputeConfig::parse(new.compute, &new.compute_config) {
@@ -78,6 +80,12 @@ async fn complete(store: &Store, new: &mut NewClanker) -> ServiceResult<()> {
                 );
             }
         }
+    }
+    if errors.is_empty() && !missing.is_empty() {
+        return Err(ServiceError::Unmet { code: "unknown_reference", errors: missing });
+    }
+    for field in missing.fields {
+        errors.add(&field.field, field.message);
     }
     errors.into_result(())?;
     Ok(())
@@ -110,10 +118,23 @@ pub async fn update_clanker(
     key: &str,
     input: ClankerInput,
 ) -> ServiceResult<Clanker> {
+    // A change sends half of a pair (an agent without its settings, compute settings without the target): what is
+    // wrong with it then comes from what the clanker already is, so it is a 422 naming the fields, not a 400.
+    let half_pair = |field: &str| match field {
+        "agent" | "agent_settings" => input.agent.is_none() || input.agent_settings.is_none(),
+        "compute" | "compute_config" => input.compute.is_none() || input.compute_config.is_none(),
+        _ => false,
+    };
+    let against_current = |e: ServiceError| match e {
+        ServiceError::Invalid(errors) if errors.fields.iter().all(|f| half_pair(&f.field)) => {
+            ServiceError::Unmet { code: "does_not_fit", errors }
+        }
+        other => other,
+    };
     for _ in 0..5 {
         let current = find_clanker(&state.store, key).await?;
-        let mut new = NewClanker::parse(input.clone().over(&current))?;
-        complete(&state.store, &mut new).await?;
+        let mut new = NewClanker::parse(input.clone().over(&current)).map_err(|e| against_current(e.into()))?;
+        complete(&state.store, &mut new).await.map_err(against_current)?;
         match state.store.update_clanker(current.id, current.updated_at, new).await {
             Ok(clanker) => {
                 audit(

@@ -30,6 +30,10 @@ pub enum ServiceError {
     /// Something it names does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// Well formed, but the current state does not allow these fields (each says why): a 422. `unknown_reference`:
+    /// they name something that does not exist; `does_not_fit`: they do not fit what the thing already is.
+    #[error("{}", .errors.summary())]
+    Unmet { code: &'static str, errors: ValidationErrors },
     /// It cannot be done in the current state; the message says why and how.
     #[error("{message}")]
     Unprocessable { code: &'static str, message: String },
@@ -67,6 +71,7 @@ impl ServiceError {
         match self {
             ServiceError::Invalid(_) => "invalid_input",
             ServiceError::NotFound(_) => "not_found",
+            ServiceError::Unmet { code, .. } => code,
             ServiceError::Unprocessable { code, .. }
             | ServiceError::Forbidden { code, .. }
             | ServiceError::Conflict { code, .. } => code,

@@ -75,10 +75,13 @@ pub async fn save_settings(
     let new = NewSlackSettings::parse(input)?;
     for (field, name) in [("signing_secret", &new.signing_secret), ("bot_token_secret", &new.bot_token_secret)] {
         if state.store.get_secret_by_name(name).await.is_err() {
-            return Err(ServiceError::invalid(
-                field,
-                format!("there is no secret {name}: declare it on the Secrets page first"),
-            ));
+            return Err(ServiceError::Unmet {
+                code: "unknown_reference",
+                errors: viberglass_domain::ValidationErrors::single(
+                    field,
+                    format!("there is no secret {name}: declare it on the Secrets page first"),
+                ),
+            });
         }
         let users = state.store.secret_users(name).await?;
         if !users.clankers.is_empty() {

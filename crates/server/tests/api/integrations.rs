@@ -20,8 +20,11 @@ async fn integrations_crud_and_links(backend: TestBackend) {
     let unknown_secret = app
         .post_json("/api/v1/integrations", &json!({"name": "gh", "kind": "github", "credential_secret": "NOPE"}))
         .await;
-    assert_eq!(unknown_secret.status(), 400);
-    assert!(unknown_secret.text().await.unwrap().contains("there is no secret named NOPE"));
+    // Well formed, naming a secret that does not exist yet: a 422 naming the field.
+    assert_eq!(unknown_secret.status(), 422);
+    let body: Value = unknown_secret.json().await.unwrap();
+    assert_eq!((body["code"].as_str(), body["fields"][0]["field"].as_str()), (Some("unknown_reference"), Some("credential_secret")));
+    assert!(body["message"].as_str().unwrap().contains("there is no secret named NOPE"), "{body}");
 
     app.post_json("/api/v1/secrets", &json!({"name": "GH_TOKEN"})).await;
     let created = app
@@ -50,7 +53,7 @@ async fn integrations_crud_and_links(backend: TestBackend) {
 
     // Projects link it by name; only existing ones.
     let refused = app.post_json("/api/v1/projects", &json!({"name": "Shop", "scm_integration": "nope"})).await;
-    assert_eq!(refused.status(), 400);
+    assert_eq!(refused.status(), 422);
     let project = app.create_project(json!({"name": "Shop", "scm_integration": "gh"})).await;
     assert_eq!(project["scm_integration"], "gh");
 
