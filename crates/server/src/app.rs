@@ -53,17 +53,25 @@ pub type EnvLookup = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
 pub const DOCS_PATH: &str = "/api/docs";
 
-/// The OpenAPI document of every API route.
-pub fn openapi() -> utoipa::openapi::OpenApi {
-    let mut openapi = crate::api::router().into_openapi();
+/// The OpenAPI document of every API route, as served.
+pub fn openapi() -> serde_json::Value {
+    finish(crate::api::router().into_openapi())
+}
+
+/// The derived document plus what the derive cannot say: the shared error answers, and the validation's
+/// lengths, patterns, ranges and required combinations (`api::constraints`).
+fn finish(mut openapi: utoipa::openapi::OpenApi) -> serde_json::Value {
     crate::api::complete(&mut openapi);
-    openapi
+    let mut doc = serde_json::to_value(&openapi).expect("the OpenAPI document serializes");
+    let missing = crate::api::constraints::apply(&mut doc);
+    debug_assert!(missing.is_empty(), "constraints name fields the document lacks: {missing:?}");
+    doc
 }
 
 /// Builds the whole HTTP application.
 pub fn build_router(state: AppState) -> Router {
-    let (api, mut openapi) = crate::api::router().split_for_parts();
-    crate::api::complete(&mut openapi);
+    let (api, openapi) = crate::api::router().split_for_parts();
+    let openapi = finish(openapi);
     // Every API route passes the access guard (its rule, the caller, CSRF, the role).
     let api = api.route_layer(axum::middleware::from_fn_with_state(state.clone(), crate::auth::guard));
     // The pages replay their forms against the API itself (see ui::act).
@@ -76,7 +84,7 @@ pub fn build_router(state: AppState) -> Router {
         Arc::new(crate::hosts::AllowedHosts::new(state.config.public_url.as_deref(), &state.config.allowed_hosts));
     let mut router = api
         .merge(ui)
-        .merge(SwaggerUi::new(DOCS_PATH).url(OPENAPI_PATH, openapi))
+        .merge(SwaggerUi::new(DOCS_PATH).external_url_unchecked(OPENAPI_PATH, openapi))
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

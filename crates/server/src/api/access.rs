@@ -503,6 +503,7 @@ pub struct AuditQuery {
     project: Option<String>,
     /// Only this action, e.g. `login_failed`.
     action: Option<String>,
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<u32>,
     cursor: Option<String>,
 }

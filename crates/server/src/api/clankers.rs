@@ -17,6 +17,7 @@ use crate::service::clankers::{self as service, find_clanker};
 #[into_params(parameter_in = Query)]
 pub struct ListClankersQuery {
     /// Page size, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<u32>,
     /// The `next_cursor` of the previous page.
     cursor: Option<String>,

@@ -68,6 +68,7 @@ pub struct ListJobsQuery {
     clanker: Option<String>,
     /// `queued`, `dispatching`, `active`, `completed`, `failed` or `cancelled`.
     status: Option<String>,
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<u32>,
     cursor: Option<String>,
 }
@@ -139,6 +140,7 @@ pub struct EventsQuery {
     /// Only events after this event id (0 or absent: from the start).
     after: Option<i64>,
     /// At most this many events, 1 to 1000 (default 500).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
     /// Also return the job itself (`job`), so one call polls a job's status and its new log lines.
     include_job: Option<bool>,

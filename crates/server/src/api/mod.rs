@@ -5,6 +5,7 @@
 
 mod access;
 mod attachments;
+pub(crate) mod constraints;
 pub(crate) mod clankers;
 mod health;
 mod integrations;
@@ -152,6 +153,13 @@ pub fn complete(openapi: &mut utoipa::openapi::OpenApi) {
             if body {
                 add("413", "The body is larger than the server accepts");
                 add("415", "The body is not of the declared content type");
+            }
+            if method != axum::http::Method::GET {
+                add(
+                    "422",
+                    "Well formed, but the current state does not allow it (an archived project, a clanker not started, \
+                     a secret it names that does not exist yet): the message says what to do",
+                );
             }
             match rule {
                 Some(crate::auth::Rule::Public) => {

@@ -126,3 +126,77 @@ async fn shared_error_answers_and_public_routes_are_declared() {
     assert!(operation("get", "/healthz")["responses"]["401"].is_null());
     assert!(operation("get", "/metrics")["responses"]["403"].is_null());
 }
+
+/// The document states what the validation enforces (`api::constraints`), so schemathesis (scripts/schemathesis,
+/// run by scripts/test) can hold the server to it; here, a few of those rules and the answers they rely on.
+#[tokio::test]
+async fn the_document_states_the_constraints_and_the_server_keeps_them() {
+    let app = TestApp::spawn().await;
+    let spec = spec(&app).await;
+    let project = &spec["components"]["schemas"]["ProjectInput"]["properties"];
+    assert!(project["name"]["anyOf"][0]["pattern"].is_string(), "{}", project["name"]);
+    assert_eq!(project["max_concurrent_jobs"]["anyOf"][0]["maximum"], 100);
+    let create = &spec["paths"]["/api/v1/projects"]["post"]["requestBody"]["content"]["application/json"]["schema"];
+    assert_eq!(create["allOf"][1]["required"], serde_json::json!(["name"]), "{create}");
+    let limit = spec["paths"]["/api/v1/tickets"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "limit")
+        .cloned()
+        .unwrap();
+    assert_eq!((limit["schema"]["minimum"].as_i64(), limit["schema"]["maximum"].as_i64()), (Some(1), Some(200)));
+    assert!(spec["paths"]["/api/v1/projects"]["post"]["responses"]["422"].is_object());
+
+    // A whole number written as a float is an integer (JSON Schema's `integer` admits both).
+    let created = app.post_json("/api/v1/projects", &serde_json::json!({"name": "Web", "max_concurrent_jobs": 3.0})).await;
+    assert_eq!(created.status(), 201);
+    let created: Value = created.json().await.unwrap();
+    assert_eq!(created["max_concurrent_jobs"], 3);
+    // A name with nothing to make a slug from still gets one.
+    let unicode = app.post_json("/api/v1/projects", &serde_json::json!({"name": "日本"})).await;
+    assert_eq!(unicode.status(), 201);
+    let unicode: Value = unicode.json().await.unwrap();
+    assert!(unicode["slug"].as_str().unwrap().starts_with("project-"), "{unicode}");
+    // A change of nothing changes nothing.
+    let same = app.patch_json("/api/v1/projects/web", &serde_json::json!({})).await;
+    assert_eq!(same.status(), 200);
+    assert_eq!(same.json::<Value>().await.unwrap()["updated_at"], created["updated_at"]);
+    // An array is not a body, though serde would read a struct from one.
+    let array = app.patch_json("/api/v1/projects/web", &serde_json::json!([null, null])).await;
+    assert_eq!(array.status(), 400);
+    // Naming a secret that does not exist yet is well formed: a 422 naming the field, as the document says.
+    let missing = app.patch_json("/api/v1/projects/web", &serde_json::json!({"credential_secret": "NOPE"})).await;
+    assert_eq!(missing.status(), 422);
+    let missing: Value = missing.json().await.unwrap();
+    assert_eq!((missing["code"].as_str(), missing["fields"][0]["field"].as_str()), (Some("unknown_reference"), Some("credential_secret")));
+
+    // Half of a pair that does not fit what the clanker already is: a 422, not a 400.
+    let clanker = app
+        .post_json(
+            "/api/v1/clankers",
+            &serde_json::json!({"name": "Runner", "agent": "command", "agent_settings": {"command": ["true"]}}),
+        )
+        .await;
+    assert_eq!(clanker.status(), 201);
+    let unfit = app.patch_json("/api/v1/clankers/runner", &serde_json::json!({"agent": "codex"})).await;
+    assert_eq!(unfit.status(), 422, "{}", unfit.text().await.unwrap());
+    let both = app.patch_json("/api/v1/clankers/runner", &serde_json::json!({"agent": "codex", "agent_settings": {"nope": 1}})).await;
+    assert_eq!(both.status(), 400, "both halves sent: the body itself is wrong");
+
+    // `null` is no body for an optional one.
+    let sub = app
+        .post_json("/api/v1/webhook-subscriptions", &serde_json::json!({"url": "https://hooks.example.com/viberglass"}))
+        .await;
+    assert_eq!(sub.status(), 201);
+    let id = sub.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let rotated = app
+        .client
+        .post(app.url(&format!("/api/v1/webhook-subscriptions/{id}/rotate-secret")))
+        .header("content-type", "application/json")
+        .body("null")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rotated.status(), 200, "{}", rotated.text().await.unwrap());
+}
