@@ -19,14 +19,11 @@ pub fn parse_branch_name(value: &str) -> Result<String, String> {
     if name.contains("..") || name.contains("//") || name.contains("@{") || name == "@" {
         return bad("it must not contain `..`, `//` or `@{`");
     }
-    if let Some(c) = name
-        .chars()
-        .find(|c| {
-            crate::ticket::is_invisible_or_separator(*c)
-                || c.is_whitespace()
-                || matches!(c, '~' | '^' | ':' | '?' | '*' | '[' | '\\')
-        })
-    {
+    if let Some(c) = name.chars().find(|c| {
+        crate::ticket::is_invisible_or_separator(*c)
+            || c.is_whitespace()
+            || matches!(c, '~' | '^' | ':' | '?' | '*' | '[' | '\\')
+    }) {
         return bad(&format!("it must not contain {c:?}"));
     }
     if name.split('/').any(|part| part.starts_with('.')) {

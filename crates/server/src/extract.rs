@@ -151,31 +151,35 @@ fn whole_floats_to_integers(value: &mut serde_json::Value) -> bool {
             *number = serde_json::Number::from(float as i64);
             true
         }
-        serde_json::Value::Array(items) => items.iter_mut().fold(false, |changed, v| whole_floats_to_integers(v) | changed),
-        serde_json::Value::Object(map) => map.values_mut().fold(false, |changed, v| whole_floats_to_integers(v) | changed),
+        serde_json::Value::Array(items) => {
+            items.iter_mut().fold(false, |changed, v| whole_floats_to_integers(v) | changed)
+        }
+        serde_json::Value::Object(map) => {
+            map.values_mut().fold(false, |changed, v| whole_floats_to_integers(v) | changed)
+        }
         _ => false,
     }
 }
 
 fn field_error(err: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
-        let path = err.path().to_string();
-        let inner = err.into_inner();
-        if inner.is_syntax() || inner.is_eof() {
-            return ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {inner}"));
-        }
-        let message = inner.to_string();
-        let message = message.split(" at line ").next().unwrap_or(&message).to_owned();
-        let field = if let Some(unknown) = message.strip_prefix("unknown field `") {
-            let name = unknown.split('`').next().unwrap_or_default();
-            // The path already ends with the unknown field's name.
-            let field = if path == "." { name.to_owned() } else { path };
-            return ApiError::invalid_field(&field, format!("is not a known field ({message})"));
-        } else if path == "." {
-            "body".to_owned()
-        } else {
-            path
-        };
-        ApiError::invalid_field(&field, message)
+    let path = err.path().to_string();
+    let inner = err.into_inner();
+    if inner.is_syntax() || inner.is_eof() {
+        return ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {inner}"));
+    }
+    let message = inner.to_string();
+    let message = message.split(" at line ").next().unwrap_or(&message).to_owned();
+    let field = if let Some(unknown) = message.strip_prefix("unknown field `") {
+        let name = unknown.split('`').next().unwrap_or_default();
+        // The path already ends with the unknown field's name.
+        let field = if path == "." { name.to_owned() } else { path };
+        return ApiError::invalid_field(&field, format!("is not a known field ({message})"));
+    } else if path == "." {
+        "body".to_owned()
+    } else {
+        path
+    };
+    ApiError::invalid_field(&field, message)
 }
 
 /// Query parameters, with a 400 naming the parameter on a bad value.

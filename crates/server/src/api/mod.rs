@@ -5,8 +5,8 @@
 
 mod access;
 mod attachments;
-pub(crate) mod constraints;
 pub(crate) mod clankers;
+pub(crate) mod constraints;
 mod health;
 mod integrations;
 pub(crate) mod jobs;

@@ -217,7 +217,8 @@ pub async fn add_comment(
         && (suggestion.chars().count() > 10_000
             || suggestion.chars().any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t')))
     {
-        errors.add("suggestion", "must be at most 10000 characters, without control characters but tabs and line breaks");
+        errors
+            .add("suggestion", "must be at most 10000 characters, without control characters but tabs and line breaks");
     }
     let lines = state.store.get_document(ticket.id, phase).await?.map(|d| d.content.lines().count().max(1) as i64);
     if let Some(lines) = lines

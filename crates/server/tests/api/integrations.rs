@@ -23,7 +23,10 @@ async fn integrations_crud_and_links(backend: TestBackend) {
     // Well formed, naming a secret that does not exist yet: a 422 naming the field.
     assert_eq!(unknown_secret.status(), 422);
     let body: Value = unknown_secret.json().await.unwrap();
-    assert_eq!((body["code"].as_str(), body["fields"][0]["field"].as_str()), (Some("unknown_reference"), Some("credential_secret")));
+    assert_eq!(
+        (body["code"].as_str(), body["fields"][0]["field"].as_str()),
+        (Some("unknown_reference"), Some("credential_secret"))
+    );
     assert!(body["message"].as_str().unwrap().contains("there is no secret named NOPE"), "{body}");
 
     app.post_json("/api/v1/secrets", &json!({"name": "GH_TOKEN"})).await;

@@ -149,7 +149,8 @@ async fn the_document_states_the_constraints_and_the_server_keeps_them() {
     assert!(spec["paths"]["/api/v1/projects"]["post"]["responses"]["422"].is_object());
 
     // A whole number written as a float is an integer (JSON Schema's `integer` admits both).
-    let created = app.post_json("/api/v1/projects", &serde_json::json!({"name": "Web", "max_concurrent_jobs": 3.0})).await;
+    let created =
+        app.post_json("/api/v1/projects", &serde_json::json!({"name": "Web", "max_concurrent_jobs": 3.0})).await;
     assert_eq!(created.status(), 201);
     let created: Value = created.json().await.unwrap();
     assert_eq!(created["max_concurrent_jobs"], 3);
@@ -169,7 +170,10 @@ async fn the_document_states_the_constraints_and_the_server_keeps_them() {
     let missing = app.patch_json("/api/v1/projects/web", &serde_json::json!({"credential_secret": "NOPE"})).await;
     assert_eq!(missing.status(), 422);
     let missing: Value = missing.json().await.unwrap();
-    assert_eq!((missing["code"].as_str(), missing["fields"][0]["field"].as_str()), (Some("unknown_reference"), Some("credential_secret")));
+    assert_eq!(
+        (missing["code"].as_str(), missing["fields"][0]["field"].as_str()),
+        (Some("unknown_reference"), Some("credential_secret"))
+    );
 
     // Half of a pair that does not fit what the clanker already is: a 422, not a 400.
     let clanker = app
@@ -181,7 +185,9 @@ async fn the_document_states_the_constraints_and_the_server_keeps_them() {
     assert_eq!(clanker.status(), 201);
     let unfit = app.patch_json("/api/v1/clankers/runner", &serde_json::json!({"agent": "codex"})).await;
     assert_eq!(unfit.status(), 422, "{}", unfit.text().await.unwrap());
-    let both = app.patch_json("/api/v1/clankers/runner", &serde_json::json!({"agent": "codex", "agent_settings": {"nope": 1}})).await;
+    let both = app
+        .patch_json("/api/v1/clankers/runner", &serde_json::json!({"agent": "codex", "agent_settings": {"nope": 1}}))
+        .await;
     assert_eq!(both.status(), 400, "both halves sent: the body itself is wrong");
 
     // `null` is no body for an optional one.
