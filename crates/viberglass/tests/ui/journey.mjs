@@ -47,7 +47,8 @@ const until = async (url, selector, seconds) => {
       await page.goto(url);
     } catch (error) {
       // The page's own script may reload it when the run ends: that navigation wins, and we look again.
-      if (!String(error).includes("interrupted by another navigation")) throw error;
+      // (Chromium says either that, or ERR_ABORTED for the load the reload cut short.)
+      if (!/interrupted by another navigation|net::ERR_ABORTED/.test(String(error))) throw error;
       await page.waitForLoadState();
     }
     if (await page.$(selector)) return;
@@ -157,7 +158,9 @@ try {
 
   step("Approve & Continue to planning");
   await Promise.all([page.waitForNavigation(), page.click("#approve-and-continue")]);
-  await until(ticketUrl + "?tab=planning", "#document", 120);
+  // PLAN.md can show while its run is still live; the page reloads when that run ends, which would wipe a form
+  // filled before. So wait for the document with no live run beside it.
+  await until(ticketUrl + "?tab=planning", "body:not(:has(#live-run)) #document", 120);
   if (!(await page.textContent("#document")).includes("Plan")) fail("PLAN.md is not shown");
   // A comment on line 2, picked by clicking the line.
   await page.click("#document li[data-line='2']");
