@@ -79,7 +79,6 @@ fn nullable(value: Value) -> Value {
 /// Field rules: (schema, property, constraint). A property the derive made nullable stays nullable.
 fn fields() -> Vec<(&'static str, &'static str, Value)> {
     use viberglass_domain::{AgentKind, ComputeKind, Phase, ScmProvider, SecretBackend, Severity, SubscriptionAuth};
-    let names = |all: &'static [&'static str]| one_of(all);
     vec![
         // Projects.
         ("ProjectInput", "name", text(1, 100)),
@@ -100,8 +99,8 @@ fn fields() -> Vec<(&'static str, &'static str, Value)> {
         ("ClankerInput", "name", text(1, 100)),
         ("ClankerInput", "slug", pattern(SLUG, 63)),
         ("ClankerInput", "description", text(0, 2000)),
-        ("ClankerInput", "agent", names(AgentKind::NAMES)),
-        ("ClankerInput", "compute", names(ComputeKind::NAMES)),
+        ("ClankerInput", "agent", one_of(AgentKind::NAMES)),
+        ("ClankerInput", "compute", one_of(ComputeKind::NAMES)),
         ("ClankerInput", "max_concurrent_jobs", integer(1, 100)),
         ("ClankerInput", "secrets", json!({"type": "array", "items": pattern(SECRET_NAME, 128)})),
         ("ClankerInput", "projects", json!({"type": "array", "items": line(100)})),
@@ -111,26 +110,26 @@ fn fields() -> Vec<(&'static str, &'static str, Value)> {
             pattern(r"^(AGENTS\.md|skills/([A-Za-z0-9_-][A-Za-z0-9._-]*/)*[A-Za-z0-9_-][A-Za-z0-9._-]*\.md)$", 200),
         ),
         ("InstructionFile", "content", json!({"type": "string", "maxLength": 262_144})),
-        ("AgentSettings", "provider", names(&["openai", "openai-responses", "anthropic"])),
+        ("AgentSettings", "provider", one_of(&["openai", "openai-responses", "anthropic"])),
         ("AgentSettings", "api_key_secret", pattern(SECRET_NAME, 128)),
         // Tickets.
         ("TicketInput", "title", text(1, 500)),
         ("TicketInput", "description", text(0, 100_000)),
-        ("TicketInput", "severity", names(Severity::NAMES)),
+        ("TicketInput", "severity", one_of(Severity::NAMES)),
         ("TicketInput", "external_id", text(1, 200)),
         (
             "TicketInput",
             "external_url",
             json!({"type": "string", "maxLength": 2048, "pattern": r"^\s*https?://\S*\s*$"}),
         ),
-        ("TicketInput", "category", names(viberglass_domain::TicketCategory::NAMES)),
-        ("TicketInput", "source", names(viberglass_domain::TicketSource::NAMES)),
+        ("TicketInput", "category", one_of(viberglass_domain::TicketCategory::NAMES)),
+        ("TicketInput", "source", one_of(viberglass_domain::TicketSource::NAMES)),
         // Accounts and tokens.
         ("UserInput", "email", pattern(EMAIL, 254)),
         ("UserInput", "name", text(0, 100)),
-        ("UserInput", "password", printable_password()),
+        ("UserInput", "password", password()),
         ("UserPatchInput", "name", text(0, 100)),
-        ("UserPatchInput", "password", printable_password()),
+        ("UserPatchInput", "password", password()),
         ("TokenInput", "name", text(1, 100)),
         ("TokenInput", "expires_in_days", integer(1, 3650)),
         // SCM integrations.
@@ -140,7 +139,7 @@ fn fields() -> Vec<(&'static str, &'static str, Value)> {
         ("IntegrationInput", "credential_secret", or_blank(pattern(SECRET_NAME, 128))),
         // Secrets.
         ("SecretInput", "name", pattern(SECRET_NAME, 128)),
-        ("SecretInput", "backend", names(SecretBackend::NAMES)),
+        ("SecretInput", "backend", one_of(SecretBackend::NAMES)),
         ("SecretInput", "value", secret_value()),
         ("SecretInput", "description", text(0, 1000)),
         ("SecretPatchInput", "value", secret_value()),
@@ -152,7 +151,7 @@ fn fields() -> Vec<(&'static str, &'static str, Value)> {
         // Outbound webhook subscriptions.
         ("SubscriptionInput", "url", pattern(HTTP_URL, 2000)),
         ("SubscriptionInput", "description", text(0, 500)),
-        ("SubscriptionInput", "events", json!({"type": "array", "items": names(viberglass_domain::EventType::NAMES)})),
+        ("SubscriptionInput", "events", json!({"type": "array", "items": one_of(viberglass_domain::EventType::NAMES)})),
         ("SubscriptionInput", "secret", pattern(SIGNING_SECRET, 100)),
         (
             "SubscriptionInput",
@@ -164,12 +163,12 @@ fn fields() -> Vec<(&'static str, &'static str, Value)> {
                 "additionalProperties": printable_header_value(),
             }),
         ),
-        ("SubscriptionInput", "auth", names(SubscriptionAuth::NAMES)),
+        ("SubscriptionInput", "auth", one_of(SubscriptionAuth::NAMES)),
         // token, username and password are checked with their `auth` (subscription_auth).
         ("RedeliverFailedInput", "since", json!({"type": "string", "format": "date-time"})),
         ("RotateInput", "overlap_secs", integer(0, 604_800)),
         // Runs and the workflow.
-        ("RunRequest", "phase", names(Phase::NAMES)),
+        ("RunRequest", "phase", one_of(Phase::NAMES)),
         ("RunRequest", "clanker", line(100)),
         ("ContinueInput", "phase", one_of(&[Phase::Research.as_str(), Phase::Planning.as_str()])),
         ("ContinueInput", "clanker", line(100)),
@@ -177,7 +176,7 @@ fn fields() -> Vec<(&'static str, &'static str, Value)> {
         ("CommentInput", "body", text(1, 10_000)),
         ("CommentInput", "suggestion", text(0, 10_000)),
         ("DocumentEdit", "base_revision", integer(0, i64::MAX)),
-        ("RoleInput", "role", names(viberglass_domain::ProjectRole::NAMES)),
+        ("RoleInput", "role", one_of(viberglass_domain::ProjectRole::NAMES)),
         ("PromptInput", "template", prompt_template()),
         ("TestConnection", "project", line(100)),
         (
@@ -192,17 +191,17 @@ fn fields() -> Vec<(&'static str, &'static str, Value)> {
         ("ScheduleInput", "timezone", one_of(TIMEZONES)),
         ("ScheduleInput", "interval", or_blank(pattern(INTERVAL, 32))),
         ("ScheduleInput", "name", text(1, 100)),
-        ("ScheduleInput", "overlap", names(viberglass_domain::schedule::OverlapPolicy::NAMES)),
-        ("ScheduleInput", "missed", names(viberglass_domain::schedule::MissedPolicy::NAMES)),
+        ("ScheduleInput", "overlap", one_of(viberglass_domain::schedule::OverlapPolicy::NAMES)),
+        ("ScheduleInput", "missed", one_of(viberglass_domain::schedule::MissedPolicy::NAMES)),
         ("WebhookConfigInput", "name", text(1, 100)),
-        ("WebhookConfigInput", "provider", names(viberglass_domain::WebhookProvider::NAMES)),
+        ("WebhookConfigInput", "provider", one_of(viberglass_domain::WebhookProvider::NAMES)),
         ("WebhookConfigInput", "secret", printable(viberglass_domain::webhook::MIN_SECRET_CHARS, 256)),
-        ("WebhookConfigInput", "on_new_ticket", names(viberglass_domain::NewTicketRun::NAMES)),
+        ("WebhookConfigInput", "on_new_ticket", one_of(viberglass_domain::NewTicketRun::NAMES)),
         ("WebhookConfigInput", "trigger_labels", json!({"type": "array", "maxItems": 50, "items": text(1, 100)})),
         (
             "WebhookConfigInput",
             "severity_labels",
-            json!({"type": "object", "maxProperties": 50, "propertyNames": text(1, 100), "additionalProperties": names(Severity::NAMES)}),
+            json!({"type": "object", "maxProperties": 50, "propertyNames": text(1, 100), "additionalProperties": one_of(Severity::NAMES)}),
         ),
         ("WebhookConfigInput", "bot_name", json!({"type": "string", "pattern": r"^\s*@*[A-Za-z0-9._-]{1,64}\s*$"})),
         ("WebhookConfigInput", "clanker", or_blank(text(1, 100))),
@@ -246,7 +245,7 @@ fn prompt_template() -> Value {
 }
 
 /// `parse_password`: 12 to 1024 characters.
-fn printable_password() -> Value {
+fn password() -> Value {
     json!({"type": "string", "minLength": viberglass_domain::user::MIN_PASSWORD, "maxLength": 1024})
 }
 

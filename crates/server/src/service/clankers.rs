@@ -126,9 +126,7 @@ pub async fn update_clanker(
         _ => false,
     };
     let against_current = |e: ServiceError| match e {
-        ServiceError::Invalid(errors) if errors.fields.iter().all(|f| half_pair(&f.field)) => {
-            ServiceError::Unmet { code: "does_not_fit", errors }
-        }
+        ServiceError::Invalid(errors) => ServiceError::unless_state(errors, half_pair),
         other => other,
     };
     for _ in 0..5 {

@@ -62,6 +62,16 @@ impl ServiceError {
         ServiceError::Conflict { code, message: message.into(), hint: None }
     }
 
+    /// `errors` as a 422 `does_not_fit` when every field they name is one whose fault comes from what the thing
+    /// already is (`depends_on_state`), else as the 400 they are.
+    pub fn unless_state(errors: ValidationErrors, depends_on_state: impl Fn(&str) -> bool) -> Self {
+        if errors.fields.iter().all(|f| depends_on_state(&f.field)) {
+            ServiceError::Unmet { code: "does_not_fit", errors }
+        } else {
+            ServiceError::Invalid(errors)
+        }
+    }
+
     pub fn invalid(field: &str, message: impl Into<String>) -> Self {
         ServiceError::Invalid(ValidationErrors::single(field, message))
     }

@@ -121,12 +121,7 @@ pub async fn update_config(
     // What the provider allows (its events, optional signing, feedback) depends on the configuration as it is: a
     // change that asks for something it does not offer is a 422 naming the fields, not a malformed request.
     let patch = WebhookConfigPatch::parse(input, stored.config.provider).map_err(|errors| {
-        if errors.fields.iter().all(|f| matches!(f.field.as_str(), "allowed_events" | "require_signature" | "feedback"))
-        {
-            ServiceError::Unmet { code: "does_not_fit", errors }
-        } else {
-            errors.into()
-        }
+        ServiceError::unless_state(errors, |f| matches!(f, "allowed_events" | "require_signature" | "feedback"))
     })?;
     let sealed = patch.secret.as_deref().map(|s| seal(state, stored.config.id, s));
     let config = state.store.update_webhook_config(stored.config.id, |c| patch.apply(c), sealed.as_ref()).await?;
