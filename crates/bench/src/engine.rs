@@ -66,7 +66,16 @@ pub async fn queue(backend: &str, target: DatabaseTarget, jobs: usize, claimers:
                 let mut latencies = Vec::new();
                 loop {
                     let t = Instant::now();
-                    let Some(job) = store.claim_next_job("bench").await? else { break };
+                    let Some(job) = store.claim_next_job("bench").await? else {
+                        // On PostgreSQL a claim skips a project another claimer is
+                        // claiming in at that moment: stop only once none is queued.
+                        let queued = store.job_counts().await?.iter().any(|(s, n)| s == "queued" && *n > 0);
+                        if queued {
+                            tokio::task::yield_now().await;
+                            continue;
+                        }
+                        break;
+                    };
                     store
                         .finish_job(job.id, Outcome::Completed { result: Default::default(), summary: "ok".into() })
                         .await?;

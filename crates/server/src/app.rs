@@ -58,6 +58,31 @@ pub fn openapi() -> serde_json::Value {
     finish(crate::api::router().into_openapi())
 }
 
+/// The served document, serialized on the first request for it: building it
+/// (a second walk of every route) costs start-up time, and holding it as a
+/// JSON tree costs memory, on every server, for a page few open.
+static OPENAPI_JSON: std::sync::OnceLock<axum::body::Bytes> = std::sync::OnceLock::new();
+
+async fn openapi_json() -> Response {
+    let body = match OPENAPI_JSON.get() {
+        Some(body) => body.clone(),
+        None => {
+            let built = tokio::task::spawn_blocking(|| serde_json::to_vec(&openapi())).await;
+            match built {
+                Ok(Ok(built)) => OPENAPI_JSON.get_or_init(|| built.into()).clone(),
+                Ok(Err(err)) => {
+                    return ApiError::internal(format!("the OpenAPI document does not serialize: {err}"))
+                        .into_response();
+                }
+                Err(err) => {
+                    return ApiError::internal(format!("building the OpenAPI document failed: {err}")).into_response();
+                }
+            }
+        }
+    };
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
 /// The derived document plus what the derive cannot say: the shared error answers, and the validation's
 /// lengths, patterns, ranges and required combinations (`api::constraints`).
 fn finish(mut openapi: utoipa::openapi::OpenApi) -> serde_json::Value {
@@ -70,8 +95,8 @@ fn finish(mut openapi: utoipa::openapi::OpenApi) -> serde_json::Value {
 
 /// Builds the whole HTTP application.
 pub fn build_router(state: AppState) -> Router {
-    let (api, openapi) = crate::api::router().split_for_parts();
-    let openapi = finish(openapi);
+    // The document is served from `openapi_json`, built when first asked for.
+    let (api, _) = crate::api::router().split_for_parts();
     // Every API route passes the access guard (its rule, the caller, CSRF, the role).
     let api = api.route_layer(axum::middleware::from_fn_with_state(state.clone(), crate::auth::guard));
     // The pages replay their forms against the API itself (see ui::act).
@@ -84,7 +109,8 @@ pub fn build_router(state: AppState) -> Router {
         Arc::new(crate::hosts::AllowedHosts::new(state.config.public_url.as_deref(), &state.config.allowed_hosts));
     let mut router = api
         .merge(ui)
-        .merge(SwaggerUi::new(DOCS_PATH).external_url_unchecked(OPENAPI_PATH, openapi))
+        .route(OPENAPI_PATH, axum::routing::get(openapi_json))
+        .merge(SwaggerUi::new(DOCS_PATH).config(utoipa_swagger_ui::Config::new([OPENAPI_PATH])))
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

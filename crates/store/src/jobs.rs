@@ -615,6 +615,9 @@ impl Store {
         let pull_request = result.and_then(|r| r.pull_request.clone());
         let branch = result.and_then(|r| r.branch.clone()).filter(|_| result.is_some_and(|r| r.pushed));
         let commit = result.and_then(|r| r.commit.clone());
+        let level = if status == JobStatus::Completed { LogLevel::Info } else { LogLevel::Error };
+        let status_data =
+            failure.as_ref().map(|f| serde_json::json!({"layer": f.layer, "code": f.code, "retryable": f.retryable}));
         let event_type = match status {
             JobStatus::Completed => EventType::JobCompleted,
             JobStatus::Cancelled => EventType::JobCancelled,
@@ -672,15 +675,24 @@ impl Store {
             .ticket(ticket)
             .job(id);
             emit!(self, tx, &event)?;
+            // The job's log says how it ended in the same commit: one commit per end, and no
+            // ended job whose log stops short of its end.
+            sqlx::query(INSERT_EVENT)
+                .bind(id.as_uuid())
+                .bind(None::<i64>)
+                .bind(EventKind::Status.as_str())
+                .bind(level.as_str())
+                .bind(bound_message(&format!("{status}: {message}")))
+                .bind(status_data.clone().map(Json))
+                .bind(DbTime(now))
+                .execute(&mut *tx)
+                .await?;
             tx.commit().await?;
             Ok(true)
         }
         .await)?;
         if changed {
             self.jobs_changed();
-            let level = if status == JobStatus::Completed { LogLevel::Info } else { LogLevel::Error };
-            let data = failure.map(|f| serde_json::json!({"layer": f.layer, "code": f.code, "retryable": f.retryable}));
-            self.append_event(id, EventKind::Status, level, &format!("{status}: {message}"), data).await?;
         }
         Ok(changed)
     }

@@ -169,6 +169,10 @@ pub struct Store {
     wakes: std::sync::Arc<wake::Wakes>,
     /// Concurrent ticket filings, written a batch per transaction.
     ticket_filings: std::sync::Arc<group::GroupCommit<tickets::Filing, Result<(), StoreError>>>,
+    /// PostgreSQL: the connection `connect` opened to see the database
+    /// answer, kept for `migrate` (which needs a connection of its own for
+    /// its lock): a start costs one connection fewer.
+    spare: std::sync::Arc<std::sync::Mutex<Option<(std::time::Instant, sqlx::PgConnection)>>>,
 }
 
 /// Creates `path` readable by its owner only (mode 0600) if it does not
@@ -254,6 +258,7 @@ impl Store {
     /// Opens the database. Makes exactly one connection attempt: callers
     /// decide whether and how to retry.
     pub async fn connect(target: &DatabaseTarget, settings: PoolSettings) -> Result<Store, ConnectError> {
+        let mut spare = None;
         let pool = match target {
             DatabaseTarget::Sqlite { path } => {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -295,15 +300,14 @@ impl Store {
                 let probe = <sqlx::PgConnection as sqlx::Connection>::connect_with(&options)
                     .await
                     .map_err(|source| ConnectError::classify(target, source))?;
-                let _ = sqlx::Connection::close(probe).await;
+                spare = Some((std::time::Instant::now(), probe));
+                // The database answered just now: the pool connects on first use.
                 let pool = PgPoolOptions::new()
                     .test_before_acquire(false)
                     .before_acquire(|conn, meta| Box::pin(check_if_idle(conn, meta)))
                     .max_connections(settings.max_connections.max(1))
                     .acquire_timeout(settings.acquire_timeout)
-                    .connect_with(options)
-                    .await
-                    .map_err(|source| ConnectError::classify(target, source))?;
+                    .connect_lazy_with(options);
                 Pool::Postgres(pool)
             }
         };
@@ -315,6 +319,7 @@ impl Store {
             listener_stop: Default::default(),
             wakes: Default::default(),
             ticket_filings: std::sync::Arc::new(group::GroupCommit::new(settings.group_commit(target.backend()))),
+            spare: std::sync::Arc::new(std::sync::Mutex::new(spare)),
         })
     }
 
@@ -413,6 +418,17 @@ impl Store {
 
     /// Closes every connection; used at shutdown.
     pub async fn close(&self) {
+        let spare = self.spare.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        if let Some((_, spare)) = spare {
+            let _ = sqlx::Connection::close(spare).await;
+        }
         on_pool!(self, |pool| pool.close().await)
+    }
+
+    /// The connection `connect` opened, once, if it was opened a moment ago
+    /// (an older one may have been dropped by the database meanwhile).
+    pub(crate) fn take_spare(&self) -> Option<sqlx::PgConnection> {
+        let (opened, conn) = self.spare.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()?;
+        (opened.elapsed() < PING_IF_IDLE_FOR).then_some(conn)
     }
 }

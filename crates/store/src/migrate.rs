@@ -146,7 +146,7 @@ impl Store {
     pub async fn migrate(&self) -> Result<Vec<String>, MigrateError> {
         match (&self.pool, self.target()) {
             (Pool::Sqlite(pool), _) => migrate_sqlite(pool).await,
-            (Pool::Postgres(_), DatabaseTarget::Postgres { url }) => migrate_postgres(url).await,
+            (Pool::Postgres(_), DatabaseTarget::Postgres { url }) => migrate_postgres(url, self.take_spare()).await,
             (Pool::Postgres(_), DatabaseTarget::Sqlite { .. }) => {
                 unreachable!("a PostgreSQL pool always has a PostgreSQL target")
             }
@@ -220,11 +220,17 @@ async fn migrate_sqlite(pool: &sqlx::SqlitePool) -> Result<Vec<String>, MigrateE
     }
 }
 
-async fn migrate_postgres(url: &str) -> Result<Vec<String>, MigrateError> {
-    let options = sqlx::postgres::PgConnectOptions::from_str(url)?.application_name("viberglass-migrate");
-    // A dedicated connection: the advisory lock belongs to it, and closing
-    // it releases the lock even if we fail halfway.
-    let mut conn = PgConnection::connect_with(&options).await?;
+async fn migrate_postgres(url: &str, spare: Option<PgConnection>) -> Result<Vec<String>, MigrateError> {
+    // A dedicated connection (the one `connect` opened, when it is still
+    // there): the advisory lock belongs to it, and closing it releases the
+    // lock even if we fail halfway.
+    let mut conn = match spare {
+        Some(conn) => conn,
+        None => {
+            let options = sqlx::postgres::PgConnectOptions::from_str(url)?.application_name("viberglass-migrate");
+            PgConnection::connect_with(&options).await?
+        }
+    };
     let result = async {
         sqlx::query("SELECT pg_advisory_lock($1)").bind(ADVISORY_LOCK_KEY).execute(&mut conn).await?;
         sqlx::raw_sql(CREATE_TABLE_POSTGRES).execute(&mut conn).await?;
