@@ -8,6 +8,7 @@
 #[macro_use]
 pub mod states;
 pub mod clanker;
+pub mod doctor;
 pub mod events;
 pub mod failure;
 pub mod ids;

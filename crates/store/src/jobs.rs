@@ -717,6 +717,26 @@ impl Store {
         Ok(branch)
     }
 
+    /// Jobs still `dispatching` that were claimed before `before`: a worker
+    /// should have called in long since (what `viberglass doctor` lists).
+    pub async fn jobs_dispatching_before(
+        &self,
+        before: time::OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<Job>, StoreError> {
+        let rows = on_pool!(self, |pool| {
+            sqlx::query(select!("WHERE status = 'dispatching' AND dispatched_at < $1 ORDER BY id LIMIT $2"))
+                .bind(DbTime(before))
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(from_row)
+                .collect::<Result<Vec<_>, _>>()
+        })?;
+        Ok(rows)
+    }
+
     /// How many jobs are in each status.
     pub async fn job_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
         let rows = on_pool!(self, |pool| {

@@ -184,6 +184,36 @@ impl Store {
         row.ok_or_else(|| StoreError::NotFound { entity: ENTITY, id: id.to_string() })
     }
 
+    /// Subscriptions turned off or failing now (any project's), each with
+    /// the error of its latest failing delivery.
+    pub async fn troubled_subscriptions(&self, limit: u32) -> Result<Vec<(Subscription, Option<String>)>, StoreError> {
+        let rows = on_pool!(self, |pool| {
+            sqlx::query(subscription_sql!(
+                "WHERE failing_since IS NOT NULL OR disabled_reason IS NOT NULL ORDER BY id LIMIT $1"
+            ))
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|r| subscription_from_row(r).map(|s| s.subscription))
+            .collect::<Result<Vec<_>, _>>()
+        })?;
+        let mut troubled = Vec::with_capacity(rows.len());
+        for subscription in rows {
+            let error: Option<String> = on_pool!(self, |pool| {
+                sqlx::query_scalar(
+                    "SELECT last_error FROM outbound_deliveries WHERE subscription_id = $1 AND last_error IS NOT NULL \
+                     ORDER BY updated_at DESC LIMIT 1",
+                )
+                .bind(subscription.id.as_uuid())
+                .fetch_optional(pool)
+                .await?
+            });
+            troubled.push((subscription, error));
+        }
+        Ok(troubled)
+    }
+
     /// A project's subscriptions, or with `None` the instance-wide ones.
     pub async fn list_subscriptions(&self, project: Option<ProjectId>) -> Result<Vec<Subscription>, StoreError> {
         on_pool!(self, |pool| {

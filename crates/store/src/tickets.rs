@@ -278,6 +278,23 @@ impl Store {
         Ok(results)
     }
 
+    /// Tickets whose workflow override is still in place (not archived),
+    /// newest first: a gate skipped once and left open.
+    pub async fn tickets_with_override(&self, limit: u32) -> Result<Vec<Ticket>, StoreError> {
+        let rows = on_pool!(self, |pool| {
+            sqlx::query(select!(
+                "WHERE workflow_override_reason IS NOT NULL AND archived_at IS NULL ORDER BY id DESC LIMIT $1"
+            ))
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(from_row)
+            .collect::<Result<Vec<_>, _>>()
+        })?;
+        Ok(rows)
+    }
+
     pub async fn get_ticket(&self, id: TicketId) -> Result<Ticket, StoreError> {
         let row = on_pool!(self, |pool| {
             sqlx::query(SELECT_BY_ID).bind(id.as_uuid()).fetch_optional(pool).await?.map(|r| from_row(&r)).transpose()

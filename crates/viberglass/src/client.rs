@@ -1047,6 +1047,38 @@ pub async fn clankers(args: ListArgs) -> Result<()> {
     Ok(())
 }
 
+/// Everything `GET /api/v1/doctor` found, one finding per block: exit 1 when any is an error.
+pub async fn doctor(args: ListArgs) -> Result<()> {
+    use viberglass_domain::doctor::{DoctorReport, FindingSeverity};
+    let api = Api::open(&args.connection, true)?;
+    let report: DoctorReport = api.get("/api/v1/doctor").await?;
+    api.print(&report, || {
+        let mut out = String::new();
+        for f in &report.findings {
+            let severity = if f.severity == FindingSeverity::Error { "ERROR" } else { "WARNING" };
+            out.push_str(&format!("{severity} [{}] {}\n", f.layer, one_line(&f.subject, 120)));
+            out.push_str(&format!("  {}\n", one_line(&f.cause, 400)));
+            out.push_str(&format!("  fix: {}\n\n", one_line(&f.fix, 400)));
+        }
+        let errors = report.findings.iter().filter(|f| f.severity == FindingSeverity::Error).count();
+        let warnings = report.findings.len() - errors;
+        let things: u32 = report.checks.iter().map(|c| c.checked).sum();
+        out.push_str(&format!(
+            "{} checks over {things} things: {errors} error(s), {warnings} warning(s)\n",
+            report.checks.len()
+        ));
+        out
+    });
+    if report.healthy {
+        Ok(())
+    } else {
+        Err(Failure::new(
+            "the doctor found something broken",
+            "fix each ERROR above as its fix line says, then run `viberglass doctor` again",
+        ))
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct HealthArgs {
     /// The server [default: http://127.0.0.1:$VIBERGLASS_PORT, the port defaulting to 8888].

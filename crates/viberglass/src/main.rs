@@ -48,6 +48,9 @@ enum Command {
     Approve(client::ApproveArgs),
     /// The saved worker configurations.
     Clankers(client::ListArgs),
+    /// Check a server's configuration, database, key, secrets, integrations, clankers, webhooks, Slack, overrides
+    /// and stuck jobs (administrators): each problem with its layer, cause and fix; exit 1 when one is an error.
+    Doctor(client::ListArgs),
     /// Ask a server whether it is up (`/healthz`) or ready (`--ready`, `/readyz`): the container image's HEALTHCHECK.
     Health(client::HealthArgs),
 }
@@ -164,6 +167,7 @@ fn main() -> ExitCode {
         Command::Approve(args) => client::run(client::approve(args)),
         Command::Clankers(args) => client::run(client::clankers(args)),
         Command::Health(args) => client::run(client::health(args)),
+        Command::Doctor(args) => client::run(client::doctor(args)),
     }
 }
 

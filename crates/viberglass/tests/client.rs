@@ -251,3 +251,39 @@ async fn login_file_run_follow_and_approve_from_the_terminal() {
     let after = refused(&cli(dir, &["tickets", "list"], None).await);
     assert!(after.contains("401"), "{after}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_exits_zero_when_healthy_and_one_with_each_finding_and_fix_when_not() {
+    let app = TestApp::spawn_on(TestBackend::Sqlite).await;
+    let (_, token) = viberglass_testkit::app::admin_client(&app.base_url).await;
+    let home = tempfile::tempdir().unwrap();
+    let server = app.base_url.trim_end_matches('/').to_owned();
+    let args = |extra: &[&'static str]| {
+        let mut args =
+            vec!["doctor".to_owned(), "--server".to_owned(), server.clone(), "--token".to_owned(), token.clone()];
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        args
+    };
+    let run = |args: Vec<String>| {
+        let dir = home.path().to_owned();
+        async move { cli(&dir, &args.iter().map(String::as_str).collect::<Vec<_>>(), None).await }
+    };
+
+    let healthy = ok(&run(args(&[])).await);
+    assert!(healthy.contains("0 error(s), 0 warning(s)"), "{healthy}");
+
+    app.post_json("/api/v1/secrets", &json!({"name": "DOCTOR_CLI_UNSET"})).await;
+    let broken = run(args(&[])).await;
+    let stdout = String::from_utf8_lossy(&broken.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&broken.stderr).into_owned();
+    assert_eq!(broken.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(stdout.contains("ERROR [secrets] secret DOCTOR_CLI_UNSET"), "{stdout}");
+    assert!(stdout.contains("  fix: set the variable in the server's environment"), "{stdout}");
+    assert!(stderr.contains("the doctor found something broken") && stderr.contains("fix:"), "{stderr}");
+
+    let json = run(args(&["--output", "json"])).await;
+    assert_eq!(json.status.code(), Some(1));
+    let report: Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(report["healthy"], false);
+    assert_eq!(report["findings"][0]["layer"], "secrets", "{report}");
+}

@@ -64,3 +64,18 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Readiness>, Ap
     }
     Ok(Json(Readiness { status: "ready", database: state.store.backend().as_str(), schema_version: status.applied }))
 }
+
+/// **Doctor**: checks the configuration, the database, the encryption key,
+/// every secret, SCM integration, clanker and webhook subscription, Slack,
+/// workflow overrides left in place and jobs stuck in `dispatching`. Each
+/// broken thing is a finding with its layer, cause and fix; `healthy` is
+/// false when any finding is an error. Administrators only.
+#[utoipa::path(
+    get,
+    path = "/api/v1/doctor",
+    tag = "health",
+    responses((status = 200, body = viberglass_domain::doctor::DoctorReport))
+)]
+pub async fn doctor(State(state): State<AppState>) -> Json<viberglass_domain::doctor::DoctorReport> {
+    Json(crate::service::doctor::run(&state).await)
+}

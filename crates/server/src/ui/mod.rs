@@ -63,6 +63,7 @@ pub const PAGES: &[(&str, &str, Rule)] = &[
     ("GET", "/slack", Admin),
     ("GET", "/tokens", Authenticated),
     ("GET", "/audit", Admin),
+    ("GET", "/doctor", Admin),
 ];
 
 /// The pages, each behind the access guard.
@@ -97,6 +98,7 @@ pub fn router(state: AppState, api: ApiService) -> Router<AppState> {
         .route("/users", get(pages::users))
         .route("/tokens", get(pages::tokens))
         .route("/audit", get(pages::audit))
+        .route("/doctor", get(pages::doctor))
         .route("/assets/{file}", get(asset))
         .route_layer(axum::middleware::from_fn_with_state(state, page_guard))
         .layer(axum::Extension(api))

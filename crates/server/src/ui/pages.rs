@@ -713,6 +713,12 @@ pub async fn audit(State(state): State<AppState>, caller: Caller, Query(query): 
     }))
 }
 
+/// The doctor's report: what is broken, where, and what to do.
+pub async fn doctor(State(state): State<AppState>, caller: Caller) -> PageResult {
+    let report = crate::service::doctor::run(&state).await;
+    Ok(render(&view::Doctor { ctx: Ctx::new(&caller, "doctor"), report }))
+}
+
 pub async fn schedules(State(state): State<AppState>, caller: Caller, Path(project): Path<String>) -> PageResult {
     let project = crate::service::projects::find_project(&state.store, &project).await?;
     let schedules = crate::service::schedules::views(&state, &project).await?;

@@ -489,6 +489,13 @@ pub struct Audit {
 }
 
 #[derive(Template)]
+#[template(path = "doctor.html")]
+pub struct Doctor {
+    pub ctx: Ctx,
+    pub report: viberglass_domain::doctor::DoctorReport,
+}
+
+#[derive(Template)]
 #[template(path = "subscriptions.html")]
 pub struct SubscriptionsPage {
     pub ctx: Ctx,

@@ -2,6 +2,7 @@
 
 mod access;
 mod attachments;
+mod doctor;
 mod errors;
 mod health;
 mod integrations;

@@ -43,6 +43,7 @@ const PAGES: &[(&str, Who)] = &[
     ("/slack", Admin),
     ("/tokens", Outsider),
     ("/audit", Admin),
+    ("/doctor", Admin),
 ];
 
 #[test]

@@ -36,6 +36,7 @@ const EXPECTED: &[(&str, &str, Option<Who>)] = &[
     ("post", "/api/v1/users", Some(Admin)),
     ("patch", "/api/v1/users/{user_id}", Some(Admin)),
     ("get", "/api/v1/audit", Some(Admin)),
+    ("get", "/api/v1/doctor", Some(Admin)),
     ("get", "/api/v1/projects", Some(Outsider)),
     ("post", "/api/v1/projects", Some(Admin)),
     ("get", "/api/v1/projects/{project}", Some(Viewer)),
