@@ -55,6 +55,7 @@ pub async fn queue(backend: &str, target: DatabaseTarget, jobs: usize, claimers:
                 clanker_id: Some(clanker.id),
                 spec: spec(),
                 requested_by: None,
+                request_id: None,
             })
             .await?;
     }
@@ -64,6 +65,7 @@ pub async fn queue(backend: &str, target: DatabaseTarget, jobs: usize, claimers:
             let store = store.clone();
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
+                let mut idle_since = None;
                 loop {
                     let t = Instant::now();
                     let Some(job) = store.claim_next_job("bench").await? else {
@@ -71,11 +73,17 @@ pub async fn queue(backend: &str, target: DatabaseTarget, jobs: usize, claimers:
                         // claiming in at that moment: stop only once none is queued.
                         let queued = store.job_counts().await?.iter().any(|(s, n)| s == "queued" && *n > 0);
                         if queued {
+                            let since = *idle_since.get_or_insert_with(Instant::now);
+                            anyhow::ensure!(
+                                since.elapsed() < Duration::from_secs(60),
+                                "no claim for a minute while jobs are queued"
+                            );
                             tokio::task::yield_now().await;
                             continue;
                         }
                         break;
                     };
+                    idle_since = None;
                     store
                         .finish_job(job.id, Outcome::Completed { result: Default::default(), summary: "ok".into() })
                         .await?;
@@ -383,6 +391,7 @@ pub async fn job_with_events(target: &DatabaseTarget, slug: &str, lines: usize) 
             clanker_id: None,
             spec: spec(),
             requested_by: None,
+            request_id: None,
         })
         .await?;
     let events: Vec<_> = (0..lines)

@@ -61,26 +61,23 @@ pub fn openapi() -> serde_json::Value {
 /// The served document, serialized on the first request for it: building it
 /// (a second walk of every route) costs start-up time, and holding it as a
 /// JSON tree costs memory, on every server, for a page few open.
-static OPENAPI_JSON: std::sync::OnceLock<axum::body::Bytes> = std::sync::OnceLock::new();
+static OPENAPI_JSON: tokio::sync::OnceCell<axum::body::Bytes> = tokio::sync::OnceCell::const_new();
 
 async fn openapi_json() -> Response {
-    let body = match OPENAPI_JSON.get() {
-        Some(body) => body.clone(),
-        None => {
-            let built = tokio::task::spawn_blocking(|| serde_json::to_vec(&openapi())).await;
-            match built {
-                Ok(Ok(built)) => OPENAPI_JSON.get_or_init(|| built.into()).clone(),
-                Ok(Err(err)) => {
-                    return ApiError::internal(format!("the OpenAPI document does not serialize: {err}"))
-                        .into_response();
-                }
-                Err(err) => {
-                    return ApiError::internal(format!("building the OpenAPI document failed: {err}")).into_response();
-                }
+    // One build however many ask at once: the others wait for it.
+    let built = OPENAPI_JSON
+        .get_or_try_init(|| async {
+            match tokio::task::spawn_blocking(|| serde_json::to_vec(&openapi())).await {
+                Ok(Ok(built)) => Ok(axum::body::Bytes::from(built)),
+                Ok(Err(err)) => Err(format!("the OpenAPI document does not serialize: {err}")),
+                Err(err) => Err(format!("building the OpenAPI document failed: {err}")),
             }
-        }
-    };
-    ([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response()
+        })
+        .await;
+    match built {
+        Ok(body) => ([(axum::http::header::CONTENT_TYPE, "application/json")], body.clone()).into_response(),
+        Err(why) => ApiError::internal(why).into_response(),
+    }
 }
 
 /// The derived document plus what the derive cannot say: the shared error answers, and the validation's

@@ -73,6 +73,7 @@ pub const RULES: &[(&str, &str, Rule)] = &[
     ("PATCH", "/api/v1/users/{user_id}", Admin),
     ("GET", "/api/v1/audit", Admin),
     ("GET", "/api/v1/doctor", Admin),
+    ("GET", "/api/v1/diagnostics", Admin),
     ("GET", "/api/v1/projects", Authenticated),
     ("POST", "/api/v1/projects", Admin),
     ("GET", "/api/v1/projects/{project}", Project(Viewer, Scope::Project)),

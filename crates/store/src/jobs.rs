@@ -26,7 +26,8 @@ macro_rules! light_columns {
     () => {
         "id, project_id, ticket_id, clanker_id, phase, status, attempt, retry_of, compute_kind, compute_ref, \
          dispatch_attempts, progress_step, status_message, failure, result, branch, commit_sha, pull_request_url, \
-         requested_by, cancelled_by, queued_at, dispatched_at, started_at, last_heartbeat_at, finished_at, updated_at"
+         requested_by, cancelled_by, queued_at, dispatched_at, started_at, last_heartbeat_at, finished_at, updated_at, \
+         request_id"
     };
 }
 macro_rules! select {
@@ -41,7 +42,7 @@ macro_rules! returning {
 }
 
 pub(crate) const INSERT: &str = "INSERT INTO jobs (id, project_id, ticket_id, clanker_id, phase, status, attempt, retry_of, spec, \
-     requested_by, queued_at, updated_at) VALUES ($1, $2, $3, $4, $5, 'queued', $6, $7, $8, $9, $10, $10)";
+     requested_by, queued_at, updated_at, request_id) VALUES ($1, $2, $3, $4, $5, 'queued', $6, $7, $8, $9, $10, $10, $11)";
 const SELECT_BY_ID: &str = select!("WHERE id = $1");
 const SELECT_SPEC: &str = "SELECT spec FROM jobs WHERE id = $1";
 /// The list statement for one filter combination (see [`crate::sql`]).
@@ -152,6 +153,8 @@ pub struct NewJob {
     pub clanker_id: Option<ClankerId>,
     pub spec: JobSpec,
     pub requested_by: Option<UserId>,
+    /// The id of the API request that queued it (`x-request-id`), when one did.
+    pub request_id: Option<String>,
 }
 
 /// Who a job's bootstrap goes to.
@@ -275,6 +278,7 @@ fn from_row(r: &impl RowExt) -> Result<Job, StoreError> {
         last_heartbeat_at: r.opt_time("last_heartbeat_at")?,
         finished_at: r.opt_time("finished_at")?,
         updated_at: r.time("updated_at")?,
+        request_id: r.opt_text("request_id")?,
         spec: None,
     })
 }
@@ -309,6 +313,10 @@ impl Store {
         let now = crate::now();
         let spec = serde_json::to_value(&new.spec).map_err(corrupt)?;
         let event = queued_event(&new, attempt, retry_of);
+        let message = match retry_of {
+            Some(previous) => format!("queued (attempt {attempt}, re-running {previous})"),
+            None => "queued".to_owned(),
+        };
         on_pool!(self, |pool| async {
             let mut tx = crate::BeginWrite::begin_write(pool).await?;
             sqlx::query(INSERT)
@@ -322,19 +330,26 @@ impl Store {
                 .bind(Json(spec))
                 .bind(new.requested_by.map(|u| u.as_uuid()))
                 .bind(DbTime(now))
+                .bind(new.request_id.as_deref())
                 .execute(&mut *tx)
                 .await?;
             emit!(self, tx, &event)?;
+            // Its log's first line, in the same commit.
+            sqlx::query(INSERT_EVENT)
+                .bind(id.as_uuid())
+                .bind(None::<i64>)
+                .bind(EventKind::Status.as_str())
+                .bind(LogLevel::Info.as_str())
+                .bind(message.as_str())
+                .bind(None::<Json<serde_json::Value>>)
+                .bind(DbTime(now))
+                .execute(&mut *tx)
+                .await?;
             tx.commit().await
         }
         .await)
         .map_err(|e| StoreError::from_write(ENTITY, TABLE, e))?;
         self.jobs_changed();
-        let message = match retry_of {
-            Some(previous) => format!("queued (attempt {attempt}, re-running {previous})"),
-            None => "queued".to_owned(),
-        };
-        self.append_event(id, EventKind::Status, LogLevel::Info, &message, None).await?;
         self.get_job(id).await
     }
 

@@ -12,6 +12,7 @@ mod attachments;
 mod clankers;
 mod credentials;
 mod dbtime;
+mod diagnostics;
 mod documents;
 mod error;
 mod group;
@@ -43,6 +44,7 @@ use sqlx::{PgPool, SqlitePool};
 
 pub use attachments::NewAttachment;
 pub use dbtime::now;
+pub use diagnostics::TroubledDelivery;
 pub use error::{ConnectError, StoreError};
 pub use group::GroupSettings;
 pub use jobs::{BootstrapClaim, JobFilter, JobLimits, NewJob, Outcome, UsageSummary};

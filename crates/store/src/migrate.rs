@@ -56,6 +56,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(8, "slack", "0008_slack.sql"),
     migration!(9, "schedules", "0009_schedules.sql"),
     migration!(10, "performance", "0010_performance.sql"),
+    migration!(11, "job_request_id", "0011_job_request_id.sql"),
 ];
 
 /// A key no other application is likely to use for `pg_advisory_lock`: "VIBERGLA".
@@ -225,7 +226,11 @@ async fn migrate_postgres(url: &str, spare: Option<PgConnection>) -> Result<Vec<
     // there): the advisory lock belongs to it, and closing it releases the
     // lock even if we fail halfway.
     let mut conn = match spare {
-        Some(conn) => conn,
+        Some(mut conn) => {
+            // As a connection of its own would be named, so the lock's holder reads as the migration.
+            sqlx::query("SET application_name = 'viberglass-migrate'").execute(&mut conn).await?;
+            conn
+        }
         None => {
             let options = sqlx::postgres::PgConnectOptions::from_str(url)?.application_name("viberglass-migrate");
             PgConnection::connect_with(&options).await?

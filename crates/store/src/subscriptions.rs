@@ -185,7 +185,8 @@ impl Store {
     }
 
     /// Subscriptions turned off or failing now (any project's), each with
-    /// the error of its latest failing delivery.
+    /// the error of its newest delivery that has one (ids are UUIDv7: by
+    /// `subscription_id, id`, the index the deliveries have).
     pub async fn troubled_subscriptions(&self, limit: u32) -> Result<Vec<(Subscription, Option<String>)>, StoreError> {
         let rows = on_pool!(self, |pool| {
             sqlx::query(subscription_sql!(
@@ -203,7 +204,7 @@ impl Store {
             let error: Option<String> = on_pool!(self, |pool| {
                 sqlx::query_scalar(
                     "SELECT last_error FROM outbound_deliveries WHERE subscription_id = $1 AND last_error IS NOT NULL \
-                     ORDER BY updated_at DESC LIMIT 1",
+                     ORDER BY id DESC LIMIT 1",
                 )
                 .bind(subscription.id.as_uuid())
                 .fetch_optional(pool)

@@ -407,6 +407,7 @@ impl Store {
                     .bind(Json(spec.clone()))
                     .bind(job.requested_by.map(|u| u.as_uuid()))
                     .bind(now)
+                    .bind(job.request_id.as_deref())
                     .execute(&mut *tx)
                     .await?;
             }

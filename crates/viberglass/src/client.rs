@@ -783,8 +783,12 @@ fn show_job(job: &Job) -> String {
             "Running it again unchanged will fail the same way: fix the cause first.\n"
         });
     }
-    for (name, value) in [("Branch", &job.branch), ("Commit", &job.commit_sha), ("Pull request", &job.pull_request_url)]
-    {
+    for (name, value) in [
+        ("Branch", &job.branch),
+        ("Commit", &job.commit_sha),
+        ("Pull request", &job.pull_request_url),
+        ("Queued by request", &job.request_id),
+    ] {
         if let Some(value) = value {
             out.push_str(&format!("{name}: {value}\n"));
         }
@@ -1051,7 +1055,9 @@ pub async fn clankers(args: ListArgs) -> Result<()> {
 pub async fn doctor(args: ListArgs) -> Result<()> {
     use viberglass_domain::doctor::{DoctorReport, FindingSeverity};
     let api = Api::open(&args.connection, true)?;
-    let report: DoctorReport = api.get("/api/v1/doctor").await?;
+    // The server bounds each outside call; the whole report gets three minutes.
+    let request = api.request(reqwest::Method::GET, "/api/v1/doctor").timeout(std::time::Duration::from_secs(180));
+    let report: DoctorReport = api.read(api.send(request).await?).await?;
     api.print(&report, || {
         let mut out = String::new();
         for f in &report.findings {
@@ -1077,6 +1083,63 @@ pub async fn doctor(args: ListArgs) -> Result<()> {
             "fix each ERROR above as its fix line says, then run `viberglass doctor` again",
         ))
     }
+}
+
+#[derive(Args, Debug)]
+pub struct DiagnoseArgs {
+    #[command(flatten)]
+    connection: Connection,
+    /// A job: it, its ticket, log, clanker and the webhook deliveries around it.
+    #[arg(long, conflicts_with_all = ["ticket", "since", "until"])]
+    job: Option<String>,
+    /// A ticket: it, its approvals and override, its latest jobs and their logs.
+    #[arg(long, conflicts_with_all = ["since", "until"])]
+    ticket: Option<String>,
+    /// The start of a time window (RFC 3339, e.g. 2026-12-04T10:00:00Z), with --until.
+    #[arg(long, requires = "until")]
+    since: Option<String>,
+    /// The end of the window, with --since.
+    #[arg(long, requires = "since")]
+    until: Option<String>,
+    /// Where to write the zip [default: the server's file name, in the current directory].
+    #[arg(long)]
+    out: Option<std::path::PathBuf>,
+}
+
+/// Downloads the diagnostics bundle (`GET /api/v1/diagnostics`) into one zip file.
+pub async fn diagnose(args: DiagnoseArgs) -> Result<()> {
+    let api = Api::open(&args.connection, true)?;
+    let query = match (&args.job, &args.ticket, &args.since, &args.until) {
+        (Some(job), None, None, None) => format!("job={}", encode(job)),
+        (None, Some(ticket), None, None) => format!("ticket={}", encode(ticket)),
+        (None, None, Some(since), Some(until)) => format!("since={}&until={}", encode(since), encode(until)),
+        _ => {
+            return Err(Failure::new(
+                "say what the bundle is about",
+                "pass --job ID, --ticket ID, or --since TIME --until TIME",
+            ));
+        }
+    };
+    let response = api.send(api.request(reqwest::Method::GET, &format!("/api/v1/diagnostics?{query}"))).await?;
+    let named = response
+        .headers()
+        .get(reqwest::header::CONTENT_DISPOSITION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split("filename=\"").nth(1))
+        .and_then(|v| v.split('"').next())
+        .filter(|name| !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)))
+        .map(str::to_owned)
+        .unwrap_or_else(|| "viberglass-diagnostics.zip".to_owned());
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|e| Failure::new(format!("the bundle from {} broke off: {e}", api.server), "try again"))?;
+    let path = args.out.unwrap_or_else(|| std::path::PathBuf::from(&named));
+    std::fs::write(&path, &bytes).map_err(|e| {
+        Failure::new(format!("cannot write {}: {e}", path.display()), "pass --out with a path you can write")
+    })?;
+    println!("Wrote {} ({} bytes): send it with your issue; it holds no secret values.", path.display(), bytes.len());
+    Ok(())
 }
 
 #[derive(Args, Debug)]

@@ -51,6 +51,8 @@ enum Command {
     /// Check a server's configuration, database, key, secrets, integrations, clankers, webhooks, Slack, overrides
     /// and stuck jobs (administrators): each problem with its layer, cause and fix; exit 1 when one is an error.
     Doctor(client::ListArgs),
+    /// Download a diagnostics bundle (administrators): `--job ID`, `--ticket ID` or `--since T --until T`.
+    Diagnose(client::DiagnoseArgs),
     /// Ask a server whether it is up (`/healthz`) or ready (`--ready`, `/readyz`): the container image's HEALTHCHECK.
     Health(client::HealthArgs),
 }
@@ -168,6 +170,7 @@ fn main() -> ExitCode {
         Command::Clankers(args) => client::run(client::clankers(args)),
         Command::Health(args) => client::run(client::health(args)),
         Command::Doctor(args) => client::run(client::doctor(args)),
+        Command::Diagnose(args) => client::run(client::diagnose(args)),
     }
 }
 

@@ -286,4 +286,19 @@ async fn doctor_exits_zero_when_healthy_and_one_with_each_finding_and_fix_when_n
     let report: Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(report["healthy"], false);
     assert_eq!(report["findings"][0]["layer"], "secrets", "{report}");
+
+    // The diagnostics bundle, for a window; nothing to say what it is about is refused with the fix.
+    let out = home.path().join("bundle.zip");
+    let mut bundle =
+        vec!["diagnose".to_owned(), "--server".to_owned(), server.clone(), "--token".to_owned(), token.clone()];
+    bundle.extend(["--since", "2020-01-01T00:00:00Z", "--until", "2100-01-01T00:00:00Z", "--out"].map(str::to_owned));
+    bundle.push(out.display().to_string());
+    let wrote = ok(&run(bundle).await);
+    assert!(wrote.contains("Wrote") && wrote.contains("holds no secret values"), "{wrote}");
+    assert!(std::fs::read(&out).unwrap().starts_with(b"PK"), "a zip");
+    let nothing =
+        run(vec!["diagnose".to_owned(), "--server".to_owned(), server.clone(), "--token".to_owned(), token.clone()])
+            .await;
+    let refusal = refused(&nothing);
+    assert!(refusal.contains("--job ID, --ticket ID, or --since TIME --until TIME"), "{refusal}");
 }

@@ -232,6 +232,7 @@ async fn a_worker_that_cannot_start_fails_the_job_in_the_dispatch_layer() {
             clanker_id: Some(clanker.id),
             spec,
             requested_by: None,
+            request_id: None,
         })
         .await
         .unwrap();

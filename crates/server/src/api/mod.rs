@@ -180,6 +180,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(health::doctor))
+        .routes(routes!(health::diagnostics))
         .routes(routes!(crate::metrics::metrics))
         .routes(routes!(projects::list_projects, projects::create_project))
         .routes(routes!(projects::get_project, projects::update_project))

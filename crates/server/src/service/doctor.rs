@@ -47,8 +47,12 @@ fn finding(
 
 use FindingSeverity::{Error, Warning};
 
-/// Runs every check.
+/// Runs every check. One run at a time per process: callers arriving
+/// meanwhile wait for it, so parallel requests cannot multiply the calls to
+/// secret backends and forges.
 pub async fn run(state: &AppState) -> DoctorReport {
+    static RUNNING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _one_at_a_time = RUNNING.lock().await;
     let mut doctor = Doctor { checks: Vec::new(), findings: Vec::new() };
     configuration(state, &mut doctor);
     // Without the database nothing else can be read: say so once.
@@ -168,8 +172,15 @@ async fn secrets(state: &AppState, doctor: &mut Doctor) {
     let mut findings = Vec::new();
     let mut sealed = 0;
     let mut key_failures = Vec::new();
-    for secret in &secrets {
-        let read = tokio::time::timeout(CALL_TIMEOUT, state.vault.read(&state.store, &state.env, secret)).await;
+    // A few at a time: each may be a call to AWS SSM.
+    let mut reads = Vec::with_capacity(secrets.len());
+    for chunk in secrets.chunks(4) {
+        let calls = chunk
+            .iter()
+            .map(|secret| tokio::time::timeout(CALL_TIMEOUT, state.vault.read(&state.store, &state.env, secret)));
+        reads.extend(futures::future::join_all(calls).await);
+    }
+    for (secret, read) in secrets.iter().zip(reads) {
         let why = match read {
             Ok(Ok(_)) => {
                 sealed += usize::from(secret.backend == SecretBackend::Database);
@@ -235,14 +246,14 @@ async fn scm(state: &AppState, doctor: &mut Doctor) {
             ));
             continue;
         };
-        let token = match crate::vault::resolve(state, secret, &subject).await {
+        let token = match resolve(state, secret, &subject).await {
             Ok(token) => token,
-            Err(failure) => {
+            Err(why) => {
                 findings.push(finding(
                     Error,
                     DoctorLayer::Secrets,
                     subject,
-                    failure.message,
+                    why,
                     "fix the secret (see its own finding), then run Test connection on the integration",
                 ));
                 continue;
@@ -256,7 +267,7 @@ async fn scm(state: &AppState, doctor: &mut Doctor) {
                 Error,
                 DoctorLayer::Scm,
                 subject,
-                format!("Test connection against {api_url} failed: {}", report.problems.join("; ")),
+                format!("Test connection against {api_url} failed: {}", clip(&report.problems.join("; "), 600)),
                 "give the token the access the problem names (or a new token), then run Test connection again",
             )),
             Err(_) => findings.push(finding(
@@ -307,6 +318,7 @@ async fn clankers(state: &AppState, doctor: &mut Doctor) {
             ));
         }
     }
+    findings.extend(cut(DoctorLayer::Compute, "clankers", clankers.len(), 200));
     doctor.check(DoctorLayer::Compute, "every clanker started, with the secrets it names", clankers.len(), findings);
 }
 
@@ -317,8 +329,10 @@ async fn webhooks(state: &AppState, doctor: &mut Doctor) {
     };
     let mut findings = Vec::new();
     for (subscription, last_error) in &troubled {
-        let subject = format!("webhook subscription {}", subscription.url);
-        let last = last_error.as_deref().map(|e| format!(" (last error: {e})")).unwrap_or_default();
+        // The destination's origin only: a path or query may carry a token.
+        let origin = subscription.url.splitn(4, '/').take(3).collect::<Vec<_>>().join("/");
+        let subject = format!("webhook subscription {} ({origin})", subscription.id);
+        let last = last_error.as_deref().map(|e| format!(" (last error: {})", clip(e, 300))).unwrap_or_default();
         if let Some(reason) = subscription.disabled_reason.as_deref().filter(|_| !subscription.active) {
             findings.push(finding(
                 Error,
@@ -338,6 +352,7 @@ async fn webhooks(state: &AppState, doctor: &mut Doctor) {
             ));
         }
     }
+    findings.extend(cut(DoctorLayer::Webhooks, "failing webhook subscriptions", troubled.len(), LIMIT));
     doctor.check(DoctorLayer::Webhooks, "outbound webhook subscriptions deliver", troubled.len(), findings);
 }
 
@@ -351,12 +366,12 @@ async fn slack(state: &AppState, doctor: &mut Doctor) {
     };
     let mut findings = Vec::new();
     for secret in [&settings.signing_secret, &settings.bot_token_secret] {
-        if let Err(failure) = crate::vault::resolve(state, secret, "the Slack app").await {
+        if let Err(why) = resolve(state, secret, "the Slack app").await {
             findings.push(finding(
                 Error,
                 DoctorLayer::Slack,
                 format!("Slack secret {secret}"),
-                failure.message,
+                why,
                 "fix the secret, then press Test on the Slack page",
             ));
         }
@@ -366,7 +381,7 @@ async fn slack(state: &AppState, doctor: &mut Doctor) {
             Error,
             DoctorLayer::Slack,
             "Slack app",
-            format!("its last test failed: {error}"),
+            format!("its last test failed: {}", clip(error, 300)),
             "fix what the message names (the bot token, the app's scopes), then press Test on the Slack page; threads \
              mirror again from then on",
         ));
@@ -379,7 +394,7 @@ async fn overrides(state: &AppState, doctor: &mut Doctor) {
         Ok(tickets) => tickets,
         Err(err) => return unreadable(doctor, DoctorLayer::Workflow, "tickets", &err),
     };
-    let findings = tickets
+    let mut findings: Vec<Finding> = tickets
         .iter()
         .map(|ticket| {
             finding(
@@ -394,37 +409,81 @@ async fn overrides(state: &AppState, doctor: &mut Doctor) {
             )
         })
         .collect();
+    findings.extend(cut(DoctorLayer::Workflow, "tickets with an override", tickets.len(), LIMIT));
     doctor.check(DoctorLayer::Workflow, "no workflow override left in place", tickets.len(), findings);
 }
 
 async fn stuck_jobs(state: &AppState, doctor: &mut Doctor) {
-    // The reaper ends a job whose worker stays silent past the grace; one
-    // dispatching far longer means no server's reaper looks at it.
-    let grace = state.config.heartbeat_grace_secs.saturating_mul(3).max(120);
-    let before = viberglass_store::now() - time::Duration::seconds(i64::try_from(grace).unwrap_or(i64::MAX / 2));
-    let jobs = match state.store.jobs_dispatching_before(before, LIMIT).await {
+    // The reaper ends a job whose worker stays silent past its grace (the
+    // one its spec froze); one dispatching three times as long means no
+    // server's reaper looks at it.
+    const FLOOR_SECS: u64 = 120;
+    let now = viberglass_store::now();
+    let before = now - time::Duration::seconds(FLOOR_SECS as i64);
+    let candidates = match state.store.jobs_dispatching_before(before, LIMIT).await {
         Ok(jobs) => jobs,
         Err(err) => return unreadable(doctor, DoctorLayer::Jobs, "jobs", &err),
     };
-    let findings = jobs
-        .iter()
-        .map(|job| {
-            let since = job.dispatched_at.map(|t| t.to_string()).unwrap_or_else(|| "an unknown time".into());
-            finding(
-                Error,
-                DoctorLayer::Jobs,
-                format!("job {}", job.id),
-                format!(
-                    "it has been dispatching since {since} ({}) and its worker never called in, past the {grace} s \
-                     any reaper allows",
-                    job.compute_ref.as_deref().unwrap_or("no worker recorded")
-                ),
-                "check that a viberglass server is running (its reaper ends such jobs) and the clanker's compute, then \
-                 cancel the job and re-run it",
-            )
-        })
-        .collect();
-    doctor.check(DoctorLayer::Jobs, "no job stuck in dispatching", jobs.len(), findings);
+    let mut findings = Vec::new();
+    for job in &candidates {
+        let grace = match state.store.job_limits(job.id).await {
+            Ok(Some(limits)) => limits.heartbeat_grace_secs,
+            _ => state.config.heartbeat_grace_secs,
+        };
+        let allowed = grace.saturating_mul(3).max(FLOOR_SECS);
+        let Some(since) = job.dispatched_at else { continue };
+        if (now - since).whole_seconds() < i64::try_from(allowed).unwrap_or(i64::MAX) {
+            continue;
+        }
+        findings.push(finding(
+            Error,
+            DoctorLayer::Jobs,
+            format!("job {}", job.id),
+            format!(
+                "it has been dispatching since {since} ({}) and its worker never called in, past the {allowed} s any \
+                 reaper allows it",
+                job.compute_ref.as_deref().unwrap_or("no worker recorded")
+            ),
+            "check that a viberglass server is running (its reaper ends such jobs) and the clanker's compute, then \
+             cancel the job and re-run it",
+        ));
+    }
+    findings.extend(cut(DoctorLayer::Jobs, "jobs dispatching", candidates.len(), LIMIT));
+    doctor.check(DoctorLayer::Jobs, "no job stuck in dispatching", candidates.len(), findings);
+}
+
+/// `vault::resolve` within [`CALL_TIMEOUT`].
+async fn resolve(state: &AppState, secret: &str, whose: &str) -> Result<String, String> {
+    match tokio::time::timeout(CALL_TIMEOUT, crate::vault::resolve(state, secret, whose)).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(failure)) => Err(failure.message),
+        Err(_) => Err(format!(
+            "the secret {secret} of {whose}: its backend did not answer within {} s",
+            CALL_TIMEOUT.as_secs()
+        )),
+    }
+}
+
+/// At most `max` characters of text from outside (an error a destination or a provider sent).
+fn clip(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        text.to_owned()
+    } else {
+        format!("{}…", text.chars().take(max).collect::<String>())
+    }
+}
+
+/// A finding saying a list was cut at `limit`, when it was.
+fn cut(layer: DoctorLayer, what: &str, found: usize, limit: u32) -> Option<Finding> {
+    (found >= limit as usize).then(|| {
+        finding(
+            Warning,
+            layer,
+            what,
+            format!("only the first {limit} {what} were checked"),
+            "fix the findings shown, then run the doctor again for the rest",
+        )
+    })
 }
 
 /// A check that could not read what it checks.

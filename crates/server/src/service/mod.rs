@@ -8,6 +8,7 @@
 //! service, and shapes the answer.
 
 pub mod clankers;
+pub mod diagnostics;
 pub mod doctor;
 pub mod jobs;
 pub mod projects;

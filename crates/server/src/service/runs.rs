@@ -113,6 +113,7 @@ pub async fn start_run(state: &AppState, caller: Option<&Caller>, request: RunRe
         clanker_id: Some(clanker.id),
         spec,
         requested_by: caller.and_then(Caller::user_id),
+        request_id: crate::request::current_request_id(),
     };
     let job = match &trigger {
         Trigger::Run | Trigger::Revision { .. } | Trigger::Source { .. } | Trigger::Schedule { .. } => {

@@ -226,3 +226,125 @@ fn every_failure_code_is_in_the_troubleshooting_guide() {
     let missing: Vec<_> = codes.iter().filter(|c| !guide.contains(&format!("`{c}`"))).collect();
     assert!(missing.is_empty(), "docs/troubleshooting.md does not document {missing:?}");
 }
+
+backend_tests!(a_bundle_for_a_failed_job_holds_what_the_guide_asks_for_and_no_secret_value);
+
+/// The files of a zip answer, by name below its root folder.
+async fn unzip(response: reqwest::Response) -> std::collections::BTreeMap<String, Value> {
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/zip");
+    let bytes = response.bytes().await.unwrap();
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes.to_vec())).unwrap();
+    let mut files = std::collections::BTreeMap::new();
+    for i in 0..archive.len() {
+        let mut file = archive.by_index(i).unwrap();
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut file, &mut text).unwrap();
+        let name = file.name().unwrap().split_once('/').unwrap().1.to_owned();
+        files.insert(name, serde_json::from_str(&text).unwrap());
+    }
+    files
+}
+
+async fn a_bundle_for_a_failed_job_holds_what_the_guide_asks_for_and_no_secret_value(backend: TestBackend) {
+    let key = "ab".repeat(32);
+    let app = TestApp::builder(backend)
+        .without_dispatcher()
+        .env("SECRETS_ENCRYPTION_KEY", &key)
+        .env("BUNDLE_CANARY_ENV", "canary-env-value-7d1f")
+        .spawn()
+        .await;
+    let created = app
+        .post_json(
+            "/api/v1/secrets",
+            &json!({"name": "BUNDLE_DB", "backend": "database", "value": "canary-db-value-93ab"}),
+        )
+        .await;
+    assert_eq!(created.status(), 201);
+    assert_eq!(app.post_json("/api/v1/secrets", &json!({"name": "BUNDLE_CANARY_ENV"})).await.status(), 201);
+    let created = app
+        .post_json(
+            "/api/v1/clankers",
+            &json!({"shared": true, "name": "Cmd", "agent": "command", "agent_settings": {"command": ["true"]},
+                    "secrets": ["BUNDLE_DB", "BUNDLE_CANARY_ENV"]}),
+        )
+        .await;
+    assert_eq!(created.status(), 201, "{}", created.text().await.unwrap());
+    assert!(app.post_json("/api/v1/clankers/cmd/start", &json!({})).await.status().is_success());
+    let project =
+        app.create_project(json!({"name": "Shop", "repository_url": "https://github.com/acme/shop.git"})).await;
+    let ticket = app.create_ticket(project["slug"].as_str().unwrap(), json!({"title": "Fix the checkout"})).await;
+    let ticket_id = ticket["id"].as_str().unwrap().to_owned();
+    let job = app.run_phase(&ticket_id, "cmd", "research").await;
+    let failure = viberglass_domain::Failure::new(
+        viberglass_domain::FailureLayer::Clone,
+        "clone_authentication_failed",
+        "cloning https://github.com/acme/shop.git failed: authentication failed; fix it in the project's SCM settings, then re-run",
+        false,
+    );
+    assert!(app.store.finish_job(job.parse().unwrap(), viberglass_store::Outcome::failed(failure)).await.unwrap());
+    // An inbound delivery refused in the window.
+    let hook = app
+        .post_json("/api/v1/projects/shop/webhooks", &json!({"provider": "custom", "secret": "bundle-secret-0000"}))
+        .await;
+    assert_eq!(hook.status(), 201, "{}", hook.text().await.unwrap());
+    let hook: Value = hook.json().await.unwrap();
+    let refused = reqwest::Client::new()
+        .post(app.url(hook["path"].as_str().unwrap()))
+        .json(&json!({"title": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+
+    let files = unzip(app.get(&format!("/api/v1/diagnostics?job={job}")).await).await;
+    let names: Vec<&str> = files.keys().map(String::as_str).collect();
+    for name in [
+        "manifest.json",
+        "ticket.json",
+        "approvals.json",
+        "jobs.json",
+        "clankers.json",
+        "webhook-deliveries.json",
+        "doctor.json",
+        "configuration.json",
+    ] {
+        assert!(names.contains(&name), "{name} in {names:?}");
+    }
+    assert!(names.contains(&format!("jobs/{job}/events.json").as_str()), "{names:?}");
+    assert_eq!(files["manifest.json"]["versions"]["viberglass"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(files["jobs.json"][0]["failure"]["code"], "clone_authentication_failed");
+    assert_eq!(files["ticket.json"]["id"], ticket_id.as_str());
+    assert_eq!(files["clankers.json"][0]["name"], "Cmd");
+    let events = files[&format!("jobs/{job}/events.json")].to_string();
+    assert!(events.contains("failed: cloning"), "the job's log: {events}");
+    let deliveries = files["webhook-deliveries.json"].as_array().unwrap();
+    assert!(
+        deliveries.iter().any(|d| d["direction"] == "inbound" && d["status"] == "rejected" && d["error"].is_string()),
+        "{deliveries:?}"
+    );
+    let settings = files["configuration.json"]["settings"].as_array().unwrap();
+    let key_setting = settings.iter().find(|s| s["env"] == "SECRETS_ENCRYPTION_KEY").unwrap();
+    assert_eq!(key_setting["value"], "(set, not shown)");
+    let everything = serde_json::to_string(&files).unwrap();
+    for canary in [key.as_str(), "canary-db-value-93ab", "canary-env-value-7d1f", "bundle-secret-0000"] {
+        assert!(!everything.contains(canary), "the bundle holds {canary}");
+    }
+
+    // A ticket's bundle and a window's; a bad request says what to give.
+    let files = unzip(app.get(&format!("/api/v1/diagnostics?ticket={ticket_id}")).await).await;
+    assert_eq!(files["jobs.json"].as_array().unwrap().len(), 1);
+    let since = "2020-01-01T00:00:00Z";
+    let files = unzip(app.get(&format!("/api/v1/diagnostics?since={since}&until=2100-01-01T00:00:00Z")).await).await;
+    assert_eq!(files["manifest.json"]["scope"]["jobs"], 1, "{}", files["manifest.json"]);
+    let neither = app.get("/api/v1/diagnostics").await;
+    assert_eq!(neither.status(), 400);
+    assert!(neither.text().await.unwrap().contains("exactly one of"));
+    let missing = app.get(&format!("/api/v1/diagnostics?job={}", viberglass_domain::JobId::new())).await;
+    assert_eq!(missing.status(), 404);
+    // The job's page offers it to administrators.
+    let page = app.get(&format!("/jobs/{job}")).await.text().await.unwrap();
+    assert!(page.contains(&format!("/api/v1/diagnostics?job={job}")), "{page}");
+    let (member, _) = app.user_client("member@example.com", false).await;
+    assert_eq!(member.get(app.url(&format!("/api/v1/diagnostics?job={job}"))).send().await.unwrap().status(), 403);
+}

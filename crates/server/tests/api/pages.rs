@@ -411,6 +411,7 @@ async fn a_failure_whose_rerun_succeeded_leaves_the_dashboard_and_links_its_reru
         clanker_id: None,
         spec: crate::worker_auth::spec(),
         requested_by: None,
+        request_id: None,
     };
     let first = app.store.create_job(new()).await.unwrap();
     let failure = viberglass_domain::Failure::new(

@@ -54,3 +54,36 @@ async fn the_route_is_logged_as_the_template_not_the_raw_path() {
     assert_eq!(logs::field(&closing, "route"), "/api/v1/projects/{project}");
     assert_eq!(closing["status"], 404);
 }
+
+#[tokio::test]
+async fn a_job_records_the_request_that_queued_it_and_shows_it() {
+    let app = TestApp::builder(viberglass_testkit::TestBackend::Sqlite).without_dispatcher().spawn().await;
+    app.create_project(serde_json::json!({"name": "Shop", "repository_url": "https://github.com/acme/shop.git"})).await;
+    let ticket = app.create_ticket("shop", serde_json::json!({"title": "Fix the checkout"})).await;
+    app.post_json(
+        "/api/v1/clankers",
+        &serde_json::json!({"shared": true, "name": "Cmd", "agent": "command", "agent_settings": {"command": ["true"]}}),
+    )
+    .await;
+    assert!(app.post_json("/api/v1/clankers/cmd/start", &serde_json::json!({})).await.status().is_success());
+    let id = format!("run-{}", uuid::Uuid::new_v4());
+    let run = app
+        .client
+        .post(app.url(&format!("/api/v1/tickets/{}/runs", ticket["id"].as_str().unwrap())))
+        .header("X-Request-Id", &id)
+        .json(&serde_json::json!({"phase": "research", "clanker": "cmd"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(run.status(), 202);
+    let job: serde_json::Value = run.json().await.unwrap();
+    assert_eq!(job["request_id"], id.as_str(), "{job}");
+    let read: serde_json::Value =
+        app.get(&format!("/api/v1/jobs/{}", job["id"].as_str().unwrap())).await.json().await.unwrap();
+    assert_eq!(read["request_id"], id.as_str());
+    // The log line of that request names the job; the job's page names the request.
+    let lines = logs::lines_containing(&id);
+    assert!(lines.iter().any(|l| l.to_string().contains(job["id"].as_str().unwrap())), "{lines:?}");
+    let page = app.get(&format!("/jobs/{}", job["id"].as_str().unwrap())).await.text().await.unwrap();
+    assert!(page.contains("by request") && page.contains(&format!(">{id}</span>")), "{page}");
+}

@@ -37,6 +37,7 @@ const EXPECTED: &[(&str, &str, Option<Who>)] = &[
     ("patch", "/api/v1/users/{user_id}", Some(Admin)),
     ("get", "/api/v1/audit", Some(Admin)),
     ("get", "/api/v1/doctor", Some(Admin)),
+    ("get", "/api/v1/diagnostics", Some(Admin)),
     ("get", "/api/v1/projects", Some(Outsider)),
     ("post", "/api/v1/projects", Some(Admin)),
     ("get", "/api/v1/projects/{project}", Some(Viewer)),
@@ -207,6 +208,7 @@ pub(crate) async fn fixture(app: &TestApp) -> Fixture {
             clanker_id: None,
             spec: crate::worker_auth::spec(),
             requested_by: None,
+            request_id: None,
         })
         .await
         .unwrap();

@@ -101,6 +101,7 @@ async fn forged_foreign_and_expired_tokens_are_refused_on_every_worker_route() {
             clanker_id: Some(clanker.id),
             spec: spec(),
             requested_by: None,
+            request_id: None,
         };
         jobs.push(app.store.create_job(new).await.unwrap().id);
     }
@@ -139,7 +140,15 @@ async fn forged_foreign_and_expired_tokens_are_refused_on_every_worker_route() {
 async fn claimed_job(app: &TestApp, spec: JobSpec, ticket: Option<viberglass_domain::TicketId>) -> (JobId, String) {
     let project = app.create_project(json!({"name": format!("App {}", JobId::new())})).await;
     let project_id = project["id"].as_str().unwrap().parse().unwrap();
-    let new = NewJob { id: JobId::new(), project_id, ticket_id: ticket, clanker_id: None, spec, requested_by: None };
+    let new = NewJob {
+        id: JobId::new(),
+        project_id,
+        ticket_id: ticket,
+        clanker_id: None,
+        spec,
+        requested_by: None,
+        request_id: None,
+    };
     let id = app.store.create_job(new).await.unwrap().id;
     let token = hex_token();
     assert_eq!(app.store.claim_next_job(&hash_token(&token)).await.unwrap().unwrap().id, id);

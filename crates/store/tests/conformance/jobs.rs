@@ -219,6 +219,7 @@ fn job(project: &Project, clanker: Option<&viberglass_domain::Clanker>) -> NewJo
         clanker_id: clanker.map(|c| c.id),
         spec: spec(Phase::Execution),
         requested_by: None,
+        request_id: None,
     }
 }
 

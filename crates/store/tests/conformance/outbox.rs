@@ -30,6 +30,7 @@ async fn queued(
         clanker_id: None,
         spec: spec(phase),
         requested_by: None,
+        request_id: None,
     };
     store.create_job(new).await.unwrap()
 }

@@ -65,6 +65,7 @@ async fn documents_comments_approvals_and_continuing_in_one_transaction(backend:
         clanker_id: None,
         spec: crate::jobs::spec(Phase::Execution),
         requested_by: None,
+        request_id: None,
     };
     let queued = store
         .approve_and_continue(
