@@ -188,8 +188,9 @@ pub struct Job {
     /// The pull request it opened or updated, checked to be on the project's forge.
     pub pull_request_url: Option<String>,
     pub requested_by: Option<UserId>,
-    /// The id of the API request that queued it (its `x-request-id`, in the server's log lines of that request);
-    /// none for runs a webhook, Slack, a schedule or a ticket source queued.
+    /// The id of the request that queued it (its `x-request-id`, which the server's log lines of that request
+    /// carry; a caller may choose it), when a request did: runs the background loops queue (ticket sources,
+    /// schedules, Slack's inbox) have none.
     pub request_id: Option<String>,
     pub cancelled_by: Option<String>,
     #[serde(with = "time::serde::rfc3339")]

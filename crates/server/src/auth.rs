@@ -74,6 +74,8 @@ pub const RULES: &[(&str, &str, Rule)] = &[
     ("GET", "/api/v1/audit", Admin),
     ("GET", "/api/v1/doctor", Admin),
     ("GET", "/api/v1/diagnostics", Admin),
+    ("GET", "/api/v1/jobs/{job_id}/diagnostics", Admin),
+    ("GET", "/api/v1/tickets/{ticket_id}/diagnostics", Admin),
     ("GET", "/api/v1/projects", Authenticated),
     ("POST", "/api/v1/projects", Admin),
     ("GET", "/api/v1/projects/{project}", Project(Viewer, Scope::Project)),

@@ -752,6 +752,30 @@ impl Store {
         Ok(rows)
     }
 
+    /// Jobs live at some moment of `[since, until]` (queued by its end, not
+    /// finished before its start), newest first.
+    pub async fn jobs_between(
+        &self,
+        since: time::OffsetDateTime,
+        until: time::OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<Job>, StoreError> {
+        let rows = on_pool!(self, |pool| {
+            sqlx::query(select!(
+                "WHERE queued_at <= $2 AND (finished_at IS NULL OR finished_at >= $1) ORDER BY id DESC LIMIT $3"
+            ))
+            .bind(DbTime(since))
+            .bind(DbTime(until))
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(from_row)
+            .collect::<Result<Vec<_>, _>>()
+        })?;
+        Ok(rows)
+    }
+
     /// How many jobs are in each status.
     pub async fn job_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
         let rows = on_pool!(self, |pool| {

@@ -1109,10 +1109,12 @@ pub struct DiagnoseArgs {
 /// Downloads the diagnostics bundle (`GET /api/v1/diagnostics`) into one zip file.
 pub async fn diagnose(args: DiagnoseArgs) -> Result<()> {
     let api = Api::open(&args.connection, true)?;
-    let query = match (&args.job, &args.ticket, &args.since, &args.until) {
-        (Some(job), None, None, None) => format!("job={}", encode(job)),
-        (None, Some(ticket), None, None) => format!("ticket={}", encode(ticket)),
-        (None, None, Some(since), Some(until)) => format!("since={}&until={}", encode(since), encode(until)),
+    let path = match (&args.job, &args.ticket, &args.since, &args.until) {
+        (Some(job), None, None, None) => format!("/api/v1/jobs/{}/diagnostics", segment(job, "job")?),
+        (None, Some(ticket), None, None) => format!("/api/v1/tickets/{}/diagnostics", segment(ticket, "ticket")?),
+        (None, None, Some(since), Some(until)) => {
+            format!("/api/v1/diagnostics?since={}&until={}", encode(since), encode(until))
+        }
         _ => {
             return Err(Failure::new(
                 "say what the bundle is about",
@@ -1120,25 +1122,51 @@ pub async fn diagnose(args: DiagnoseArgs) -> Result<()> {
             ));
         }
     };
-    let response = api.send(api.request(reqwest::Method::GET, &format!("/api/v1/diagnostics?{query}"))).await?;
+    let response = api.send(api.request(reqwest::Method::GET, &path)).await?;
     let named = response
         .headers()
         .get(reqwest::header::CONTENT_DISPOSITION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split("filename=\"").nth(1))
         .and_then(|v| v.split('"').next())
-        .filter(|name| !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)))
+        // Only a name the server makes: never one that would land on a file people keep (.bashrc, Makefile).
+        .filter(|name| {
+            name.strip_prefix("viberglass-").and_then(|rest| rest.strip_suffix(".zip")).is_some_and(|middle| {
+                !middle.is_empty() && middle.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            })
+        })
         .map(str::to_owned)
         .unwrap_or_else(|| "viberglass-diagnostics.zip".to_owned());
+    const MAX_BUNDLE: u64 = 256 << 20;
+    if response.content_length().is_some_and(|n| n > MAX_BUNDLE) {
+        return Err(Failure::new(
+            format!("the bundle from {} is larger than {} MiB", api.server, MAX_BUNDLE >> 20),
+            "ask for a narrower one: --job, or a shorter --since/--until window",
+        ));
+    }
     let bytes = response
         .bytes()
         .await
         .map_err(|e| Failure::new(format!("the bundle from {} broke off: {e}", api.server), "try again"))?;
     let path = args.out.unwrap_or_else(|| std::path::PathBuf::from(&named));
-    std::fs::write(&path, &bytes).map_err(|e| {
-        Failure::new(format!("cannot write {}: {e}", path.display()), "pass --out with a path you can write")
+    // A new file only: an existing one (or a link planted in its place) is never overwritten.
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .and_then(|mut file| std::io::Write::write_all(&mut file, &bytes));
+    written.map_err(|e| {
+        Failure::new(
+            format!("cannot write {}: {e}", path.display()),
+            "pass --out with a new file's path (an existing file is not overwritten)",
+        )
     })?;
-    println!("Wrote {} ({} bytes): send it with your issue; it holds no secret values.", path.display(), bytes.len());
+    println!(
+        "Wrote {} ({} bytes). It holds no stored secret values, but it does hold ticket text and job logs: review it \
+         before you share it.",
+        path.display(),
+        bytes.len()
+    );
     Ok(())
 }
 

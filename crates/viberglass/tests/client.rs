@@ -294,8 +294,14 @@ async fn doctor_exits_zero_when_healthy_and_one_with_each_finding_and_fix_when_n
     bundle.extend(["--since", "2020-01-01T00:00:00Z", "--until", "2100-01-01T00:00:00Z", "--out"].map(str::to_owned));
     bundle.push(out.display().to_string());
     let wrote = ok(&run(bundle).await);
-    assert!(wrote.contains("Wrote") && wrote.contains("holds no secret values"), "{wrote}");
+    assert!(wrote.contains("Wrote") && wrote.contains("review it before you share it"), "{wrote}");
     assert!(std::fs::read(&out).unwrap().starts_with(b"PK"), "a zip");
+    let mut again =
+        vec!["diagnose".to_owned(), "--server".to_owned(), server.clone(), "--token".to_owned(), token.clone()];
+    again.extend(["--since", "2020-01-01T00:00:00Z", "--until", "2100-01-01T00:00:00Z", "--out"].map(str::to_owned));
+    again.push(out.display().to_string());
+    let kept = refused(&run(again).await);
+    assert!(kept.contains("not overwritten"), "{kept}");
     let nothing =
         run(vec!["diagnose".to_owned(), "--server".to_owned(), server.clone(), "--token".to_owned(), token.clone()])
             .await;

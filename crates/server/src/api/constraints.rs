@@ -528,6 +528,10 @@ fn path_parameters() -> Vec<(&'static str, Value)> {
     ]
 }
 
+/// A UTC time as RFC 3339 writes it (days up to 28, so every month has them; no leap second).
+const RFC3339_UTC: &str =
+    r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?Z$";
+
 /// Query parameters: (the path, or `*` for every path; the name; the rule). An empty value is no filter.
 fn query_parameters() -> Vec<(&'static str, &'static str, Value)> {
     use viberglass_domain::{DeliveryStatus, JobStatus, OutboundStatus, Phase, TicketStatus};
@@ -551,6 +555,8 @@ fn query_parameters() -> Vec<(&'static str, &'static str, Value)> {
         ("/api/v1/jobs", "status", filter(JobStatus::NAMES)),
         ("/api/v1/jobs", "ticket", json!({"type": "string", "pattern": format!("^(|{uuid})$")})),
         ("/api/v1/projects/{project}/webhook-deliveries", "status", filter(DeliveryStatus::NAMES)),
+        ("/api/v1/diagnostics", "since", json!({"type": "string", "pattern": RFC3339_UTC})),
+        ("/api/v1/diagnostics", "until", json!({"type": "string", "pattern": RFC3339_UTC})),
         ("/api/v1/webhook-subscriptions/{subscription_id}/deliveries", "status", filter(OutboundStatus::NAMES)),
     ]
 }

@@ -76,59 +76,118 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Readiness>, Ap
     tag = "health",
     responses((status = 200, body = viberglass_domain::doctor::DoctorReport))
 )]
-pub async fn doctor(State(state): State<AppState>) -> Json<viberglass_domain::doctor::DoctorReport> {
-    Json(crate::service::doctor::run(&state).await)
+pub async fn doctor(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> Result<Json<viberglass_domain::doctor::DoctorReport>, ApiError> {
+    not_from_another_site(&headers)?;
+    Ok(Json(crate::service::doctor::run(&state).await))
 }
 
-/// What a diagnostics bundle is about: one of `job`, `ticket`, or the window `since`..`until`.
+/// A browser says where a request comes from (`Sec-Fetch-Site`): the doctor and the bundle call out and build in
+/// memory, so another site may not make an administrator's browser ask for them (a GET carries the session cookie
+/// on a top-level navigation). Clients that are not browsers send no such header.
+fn not_from_another_site(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    match headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+        Some("cross-site" | "same-site") => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "cross_site_request",
+            "this is asked for from another site: open it from Viberglass itself",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// A diagnostics bundle's window.
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
-pub struct DiagnosticsQuery {
-    /// A job's id: the job, its ticket, log, clanker and the deliveries around it.
-    job: Option<String>,
-    /// A ticket's id: the ticket, its approvals and override, its latest jobs and their logs.
-    ticket: Option<String>,
-    /// The start of a window (RFC 3339), with `until`.
-    since: Option<String>,
-    /// The end of a window (RFC 3339), with `since`.
-    until: Option<String>,
+pub struct WindowQuery {
+    /// The window's start (RFC 3339, e.g. 2026-12-04T10:00:00Z).
+    since: String,
+    /// The window's end (RFC 3339), after `since`.
+    until: String,
 }
 
-/// **Diagnostics bundle**: one zip of everything the troubleshooting guide asks for about a job, a ticket or a
-/// time window: the rows, the logs, approvals and override, the clanker and its status message, the webhook
-/// deliveries that went wrong around it, the doctor's report, the configuration (secret values never) and the
-/// versions. Administrators only.
+/// **Diagnostics bundle** of a job: one zip of everything the troubleshooting guide asks for: the job and its
+/// ticket, its log, approvals and override, the clanker and its status message, the webhook deliveries that went
+/// wrong around it, the doctor's report, the configuration (secret values never) and the versions. Administrators
+/// only.
+#[utoipa::path(
+    get,
+    path = "/api/v1/jobs/{job_id}/diagnostics",
+    tag = "health",
+    params(("job_id" = String, Path, description = "The job's id")),
+    responses(
+        (status = 200, description = "The bundle", content_type = "application/zip", body = Vec<u8>),
+        (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "Another bundle is being made: try again in a moment")
+    )
+)]
+pub async fn job_diagnostics(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    axum::extract::Path(job): axum::extract::Path<String>,
+) -> Result<axum::response::Response, ApiError> {
+    not_from_another_site(&headers)?;
+    let scope = crate::service::diagnostics::Scope::Job(crate::extract::parse_job_id(&job)?);
+    zip_answer(crate::service::diagnostics::bundle(&state, scope).await?)
+}
+
+/// **Diagnostics bundle** of a ticket: the ticket, its approvals and override, its latest jobs with their logs and
+/// clankers, and the rest as for a job. Administrators only.
+#[utoipa::path(
+    get,
+    path = "/api/v1/tickets/{ticket_id}/diagnostics",
+    tag = "health",
+    params(("ticket_id" = String, Path, description = "The ticket's id")),
+    responses(
+        (status = 200, description = "The bundle", content_type = "application/zip", body = Vec<u8>),
+        (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "Another bundle is being made: try again in a moment")
+    )
+)]
+pub async fn ticket_diagnostics(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    axum::extract::Path(ticket): axum::extract::Path<String>,
+) -> Result<axum::response::Response, ApiError> {
+    not_from_another_site(&headers)?;
+    let scope = crate::service::diagnostics::Scope::Ticket(crate::extract::parse_ticket_id(&ticket)?);
+    zip_answer(crate::service::diagnostics::bundle(&state, scope).await?)
+}
+
+/// **Diagnostics bundle** of a time window: the jobs live in it (up to 20) with their logs and clankers, the
+/// webhook deliveries that went wrong in it, and the rest as for a job. Administrators only.
 #[utoipa::path(
     get,
     path = "/api/v1/diagnostics",
     tag = "health",
-    params(DiagnosticsQuery),
+    params(WindowQuery),
     responses(
         (status = 200, description = "The bundle", content_type = "application/zip", body = Vec<u8>),
-        (status = 404, body = ErrorBody)
+        (status = 409, body = ErrorBody, description = "Another bundle is being made: try again in a moment"),
+        (status = 422, body = ErrorBody, description = "`until` is not after `since`")
     )
 )]
-pub async fn diagnostics(
+pub async fn window_diagnostics(
     State(state): State<AppState>,
-    crate::extract::ApiQuery(query): crate::extract::ApiQuery<DiagnosticsQuery>,
+    headers: axum::http::HeaderMap,
+    crate::extract::ApiQuery(query): crate::extract::ApiQuery<WindowQuery>,
 ) -> Result<axum::response::Response, ApiError> {
-    use crate::service::diagnostics::Scope;
+    not_from_another_site(&headers)?;
     let time = |field: &str, value: &str| {
         time::OffsetDateTime::parse(value.trim(), &time::format_description::well_known::Rfc3339)
             .map_err(|_| ApiError::invalid_field(field, "must be an RFC 3339 time, e.g. 2026-12-04T10:00:00Z"))
     };
-    let scope = match (&query.job, &query.ticket, &query.since, &query.until) {
-        (Some(job), None, None, None) => Scope::Job(crate::extract::parse_job_id(job)?),
-        (None, Some(ticket), None, None) => Scope::Ticket(crate::extract::parse_ticket_id(ticket)?),
-        (None, None, Some(since), Some(until)) => {
-            Scope::Window { since: time("since", since)?, until: time("until", until)? }
-        }
-        _ => {
-            return Err(ApiError::invalid_field("job", "give exactly one of `job`, `ticket`, or `since` with `until`"));
-        }
+    let scope = crate::service::diagnostics::Scope::Window {
+        since: time("since", &query.since)?,
+        until: time("until", &query.until)?,
     };
-    let (name, bytes) = crate::service::diagnostics::bundle(&state, scope).await?;
+    zip_answer(crate::service::diagnostics::bundle(&state, scope).await?)
+}
+
+fn zip_answer((name, bytes): (String, Vec<u8>)) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
     Ok((
         [

@@ -302,7 +302,7 @@ async fn clankers(state: &AppState, doctor: &mut Doctor) {
                 format!(
                     "it did not start on {}: {}",
                     clanker.compute,
-                    clanker.status_message.as_deref().unwrap_or("no reason was recorded")
+                    clip(clanker.status_message.as_deref().unwrap_or("no reason was recorded"), 600)
                 ),
                 "fix what the message names on the compute side (image, permissions, network, CPU and memory), \
                  then press Start on the clanker's page",

@@ -229,6 +229,11 @@ fn every_failure_code_is_in_the_troubleshooting_guide() {
 
 backend_tests!(a_bundle_for_a_failed_job_holds_what_the_guide_asks_for_and_no_secret_value);
 
+fn settings_value(files: &std::collections::BTreeMap<String, Value>, env: &str) -> String {
+    let settings = files["configuration.json"]["settings"].as_array().unwrap();
+    settings.iter().find(|s| s["env"] == env).unwrap()["value"].to_string()
+}
+
 /// The files of a zip answer, by name below its root folder.
 async fn unzip(response: reqwest::Response) -> std::collections::BTreeMap<String, Value> {
     assert_eq!(response.status(), 200);
@@ -297,7 +302,7 @@ async fn a_bundle_for_a_failed_job_holds_what_the_guide_asks_for_and_no_secret_v
         .unwrap();
     assert_eq!(refused.status(), 401);
 
-    let files = unzip(app.get(&format!("/api/v1/diagnostics?job={job}")).await).await;
+    let files = unzip(app.get(&format!("/api/v1/jobs/{job}/diagnostics")).await).await;
     let names: Vec<&str> = files.keys().map(String::as_str).collect();
     for name in [
         "manifest.json",
@@ -316,6 +321,9 @@ async fn a_bundle_for_a_failed_job_holds_what_the_guide_asks_for_and_no_secret_v
     assert_eq!(files["jobs.json"][0]["failure"]["code"], "clone_authentication_failed");
     assert_eq!(files["ticket.json"]["id"], ticket_id.as_str());
     assert_eq!(files["clankers.json"][0]["name"], "Cmd");
+    assert_eq!(files["clankers.json"][0]["agent_settings"], json!({"set": ["command"], "values": "left out"}));
+    let database = settings_value(&files, "DATABASE_URL");
+    assert!(!database.contains("://"), "where the database is, not its URL: {database}");
     let events = files[&format!("jobs/{job}/events.json")].to_string();
     assert!(events.contains("failed: cloning"), "the job's log: {events}");
     let deliveries = files["webhook-deliveries.json"].as_array().unwrap();
@@ -332,19 +340,32 @@ async fn a_bundle_for_a_failed_job_holds_what_the_guide_asks_for_and_no_secret_v
     }
 
     // A ticket's bundle and a window's; a bad request says what to give.
-    let files = unzip(app.get(&format!("/api/v1/diagnostics?ticket={ticket_id}")).await).await;
+    let files = unzip(app.get(&format!("/api/v1/tickets/{ticket_id}/diagnostics")).await).await;
     assert_eq!(files["jobs.json"].as_array().unwrap().len(), 1);
     let since = "2020-01-01T00:00:00Z";
     let files = unzip(app.get(&format!("/api/v1/diagnostics?since={since}&until=2100-01-01T00:00:00Z")).await).await;
     assert_eq!(files["manifest.json"]["scope"]["jobs"], 1, "{}", files["manifest.json"]);
     let neither = app.get("/api/v1/diagnostics").await;
     assert_eq!(neither.status(), 400);
-    assert!(neither.text().await.unwrap().contains("exactly one of"));
-    let missing = app.get(&format!("/api/v1/diagnostics?job={}", viberglass_domain::JobId::new())).await;
+    let backwards = app.get("/api/v1/diagnostics?since=2026-01-02T00:00:00Z&until=2026-01-01T00:00:00Z").await;
+    assert_eq!(backwards.status(), 422);
+    assert!(backwards.text().await.unwrap().contains("`until` must be after `since`"));
+    // Another site may not make an administrator's browser ask for it.
+    let cross = app
+        .client
+        .get(app.url(&format!("/api/v1/jobs/{job}/diagnostics")))
+        .header("sec-fetch-site", "cross-site")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cross.status(), 403);
+    let cross = app.client.get(app.url("/api/v1/doctor")).header("sec-fetch-site", "cross-site").send().await.unwrap();
+    assert_eq!(cross.status(), 403);
+    let missing = app.get(&format!("/api/v1/jobs/{}/diagnostics", viberglass_domain::JobId::new())).await;
     assert_eq!(missing.status(), 404);
     // The job's page offers it to administrators.
     let page = app.get(&format!("/jobs/{job}")).await.text().await.unwrap();
-    assert!(page.contains(&format!("/api/v1/diagnostics?job={job}")), "{page}");
+    assert!(page.contains(&format!("/api/v1/jobs/{job}/diagnostics")), "{page}");
     let (member, _) = app.user_client("member@example.com", false).await;
-    assert_eq!(member.get(app.url(&format!("/api/v1/diagnostics?job={job}"))).send().await.unwrap().status(), 403);
+    assert_eq!(member.get(app.url(&format!("/api/v1/jobs/{job}/diagnostics"))).send().await.unwrap().status(), 403);
 }

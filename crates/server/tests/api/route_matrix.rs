@@ -38,6 +38,8 @@ const EXPECTED: &[(&str, &str, Option<Who>)] = &[
     ("get", "/api/v1/audit", Some(Admin)),
     ("get", "/api/v1/doctor", Some(Admin)),
     ("get", "/api/v1/diagnostics", Some(Admin)),
+    ("get", "/api/v1/jobs/{job_id}/diagnostics", Some(Admin)),
+    ("get", "/api/v1/tickets/{ticket_id}/diagnostics", Some(Admin)),
     ("get", "/api/v1/projects", Some(Outsider)),
     ("post", "/api/v1/projects", Some(Admin)),
     ("get", "/api/v1/projects/{project}", Some(Viewer)),
