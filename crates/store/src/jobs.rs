@@ -143,6 +143,21 @@ const INSERT_EVENTS_BATCH: &str = "INSERT INTO job_events (job_id, worker_seq, k
 const SELECT_EVENTS: &str = "SELECT id, job_id, kind, level, message, data, created_at FROM job_events \
      WHERE job_id = $1 AND id > $2 ORDER BY id LIMIT $3";
 
+/// Writes one server-made line (`worker_seq` NULL) to a job's log, through `$executor` (a pool or a transaction).
+macro_rules! insert_line {
+    ($executor:expr, $id:expr, $kind:expr, $level:expr, $message:expr, $data:expr, $at:expr) => {
+        sqlx::query(INSERT_EVENT)
+            .bind($id.as_uuid())
+            .bind(None::<i64>)
+            .bind($kind.as_str())
+            .bind($level.as_str())
+            .bind(bound_message($message))
+            .bind($data.map(Json))
+            .bind(DbTime($at))
+            .execute($executor)
+    };
+}
+
 /// A job to queue.
 #[derive(Debug, Clone)]
 pub struct NewJob {
@@ -335,15 +350,7 @@ impl Store {
                 .await?;
             emit!(self, tx, &event)?;
             // Its log's first line, in the same commit.
-            sqlx::query(INSERT_EVENT)
-                .bind(id.as_uuid())
-                .bind(None::<i64>)
-                .bind(EventKind::Status.as_str())
-                .bind(LogLevel::Info.as_str())
-                .bind(message.as_str())
-                .bind(None::<Json<serde_json::Value>>)
-                .bind(DbTime(now))
-                .execute(&mut *tx)
+            insert_line!(&mut *tx, id, EventKind::Status, LogLevel::Info, &message, None::<serde_json::Value>, now)
                 .await?;
             tx.commit().await
         }
@@ -692,16 +699,8 @@ impl Store {
             emit!(self, tx, &event)?;
             // The job's log says how it ended in the same commit: one commit per end, and no
             // ended job whose log stops short of its end.
-            sqlx::query(INSERT_EVENT)
-                .bind(id.as_uuid())
-                .bind(None::<i64>)
-                .bind(EventKind::Status.as_str())
-                .bind(level.as_str())
-                .bind(bound_message(&format!("{status}: {message}")))
-                .bind(status_data.clone().map(Json))
-                .bind(DbTime(now))
-                .execute(&mut *tx)
-                .await?;
+            let line = format!("{status}: {message}");
+            insert_line!(&mut *tx, id, EventKind::Status, level, &line, status_data.clone(), now).await?;
             tx.commit().await?;
             Ok(true)
         }
@@ -958,19 +957,7 @@ impl Store {
         message: &str,
         data: Option<serde_json::Value>,
     ) -> Result<(), StoreError> {
-        on_pool!(self, |pool| {
-            sqlx::query(INSERT_EVENT)
-                .bind(id.as_uuid())
-                .bind(None::<i64>)
-                .bind(kind.as_str())
-                .bind(level.as_str())
-                .bind(bound_message(message))
-                .bind(data.map(Json))
-                .bind(DbTime(crate::now()))
-                .execute(pool)
-                .await
-                .map(|_| ())
-        })?;
+        on_pool!(self, |pool| { insert_line!(pool, id, kind, level, message, data, crate::now()).await.map(|_| ()) })?;
         Ok(())
     }
 

@@ -59,9 +59,11 @@ pub async fn run(state: &AppState) -> DoctorReport {
     if !database(state, &mut doctor).await {
         return DoctorReport::new(doctor.checks, doctor.findings, viberglass_store::now());
     }
-    secrets(state, &mut doctor).await;
+    // Read once: the secrets check reads each, the clankers check looks up the names.
+    let secrets_list = state.store.list_secrets().await;
+    secrets(state, &secrets_list, &mut doctor).await;
     scm(state, &mut doctor).await;
-    clankers(state, &mut doctor).await;
+    clankers(state, &secrets_list, &mut doctor).await;
     webhooks(state, &mut doctor).await;
     slack(state, &mut doctor).await;
     overrides(state, &mut doctor).await;
@@ -164,10 +166,12 @@ async fn database(state: &AppState, doctor: &mut Doctor) -> bool {
     reachable
 }
 
-async fn secrets(state: &AppState, doctor: &mut Doctor) {
-    let secrets = match state.store.list_secrets().await {
+type Secrets = Result<Vec<viberglass_domain::Secret>, viberglass_store::StoreError>;
+
+async fn secrets(state: &AppState, secrets: &Secrets, doctor: &mut Doctor) {
+    let secrets = match secrets {
         Ok(secrets) => secrets,
-        Err(err) => return unreadable(doctor, DoctorLayer::Secrets, "secrets", &err),
+        Err(err) => return unreadable(doctor, DoctorLayer::Secrets, "secrets", err),
     };
     let mut findings = Vec::new();
     let mut sealed = 0;
@@ -282,14 +286,14 @@ async fn scm(state: &AppState, doctor: &mut Doctor) {
     doctor.check(DoctorLayer::Scm, "every SCM integration passes Test connection", integrations.len(), findings);
 }
 
-async fn clankers(state: &AppState, doctor: &mut Doctor) {
+async fn clankers(state: &AppState, secrets: &Secrets, doctor: &mut Doctor) {
     let clankers = match state.store.list_clankers(PageRequest { limit: 200, after: None }).await {
         Ok(page) => page.items,
         Err(err) => return unreadable(doctor, DoctorLayer::Compute, "clankers", &err),
     };
-    let known: std::collections::HashSet<String> = match state.store.list_secrets().await {
-        Ok(secrets) => secrets.into_iter().map(|s| s.name).collect(),
-        Err(err) => return unreadable(doctor, DoctorLayer::Compute, "secrets", &err),
+    let known: std::collections::HashSet<&str> = match secrets {
+        Ok(secrets) => secrets.iter().map(|s| s.name.as_str()).collect(),
+        Err(err) => return unreadable(doctor, DoctorLayer::Compute, "secrets", err),
     };
     let mut findings = Vec::new();
     for clanker in &clankers {
@@ -308,7 +312,7 @@ async fn clankers(state: &AppState, doctor: &mut Doctor) {
                  then press Start on the clanker's page",
             ));
         }
-        for missing in clanker.secrets.iter().filter(|name| !known.contains(*name)) {
+        for missing in clanker.secrets.iter().filter(|name| !known.contains(name.as_str())) {
             findings.push(finding(
                 Error,
                 DoctorLayer::Secrets,
